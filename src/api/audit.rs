@@ -1,0 +1,113 @@
+//! `assent.v1.Audit`: reading and verifying the audit log.
+
+use tonic::{Request, Response, Status};
+
+use super::{AppState, convert, validate};
+use crate::audit::AuditEvent;
+use crate::error::ApiError;
+use crate::proto;
+use crate::revision::Revision;
+use crate::store::EventQuery;
+
+const DEFAULT_PAGE_SIZE: u32 = 100;
+const MAX_PAGE_SIZE: u32 = 1_000;
+
+#[derive(Clone, Debug)]
+pub struct AuditService {
+    state: AppState,
+}
+
+impl AuditService {
+    pub fn new(state: AppState) -> AuditService {
+        AuditService { state }
+    }
+}
+
+fn event_to_proto(event: AuditEvent) -> proto::AuditEvent {
+    proto::AuditEvent {
+        revision: Revision::new(event.sequence).to_token(),
+        event_id: event.event_id,
+        at: Some(convert::timestamp(event.at_micros)),
+        subject_id: event.subject_id,
+        kind: event.kind,
+        caller: event.caller,
+        actor: Some(proto::Actor {
+            operator_id: event.operator_id,
+            reason: event.actor_reason,
+        }),
+        detail_json: event.detail_json,
+        policy_version: event.policy_version,
+        trace_id: event.trace_id,
+        prev_hash: event.prev_hash,
+        hash: event.hash,
+    }
+}
+
+#[tonic::async_trait]
+impl proto::audit_server::Audit for AuditService {
+    #[tracing::instrument(name = "Audit/ListEvents", skip_all)]
+    async fn list_events(
+        &self,
+        request: Request<proto::ListEventsRequest>,
+    ) -> Result<Response<proto::ListEventsResponse>, Status> {
+        let body = request.get_ref();
+        let subject_id = body
+            .subject_id
+            .as_deref()
+            .map(validate::subject_id)
+            .transpose()?;
+        let after_sequence = validate::page_token(&body.page_token)?;
+        // Page sizes above the maximum are lowered to it rather than refused (AIP-158).
+        let page_size = match body.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            size => size.min(MAX_PAGE_SIZE),
+        };
+        // One event more than the page tells whether another page follows.
+        let query = EventQuery {
+            subject_id,
+            after_sequence,
+            limit: page_size + 1,
+        };
+        let mut events = self
+            .state
+            .store
+            .events(&query)
+            .await
+            .map_err(|error| ApiError::from_store(error, ""))?;
+        let more = events.len() > page_size as usize;
+        events.truncate(page_size as usize);
+        let next_page_token = match events.last() {
+            Some(last) if more => Revision::new(last.sequence).to_token(),
+            _ => String::new(),
+        };
+        Ok(Response::new(proto::ListEventsResponse {
+            events: events.into_iter().map(event_to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    #[tracing::instrument(name = "Audit/VerifyChain", skip_all)]
+    async fn verify_chain(
+        &self,
+        _request: Request<proto::VerifyChainRequest>,
+    ) -> Result<Response<proto::VerifyChainResponse>, Status> {
+        let report = self
+            .state
+            .store
+            .verify_chain()
+            .await
+            .map_err(|error| ApiError::from_store(error, ""))?;
+        if !report.ok {
+            tracing::error!(
+                first_bad_event_id = report.first_bad_event_id.as_deref().unwrap_or_default(),
+                events_checked = report.events_checked,
+                "audit chain verification failed"
+            );
+        }
+        Ok(Response::new(proto::VerifyChainResponse {
+            ok: report.ok,
+            events_checked: report.events_checked,
+            first_bad_event_id: report.first_bad_event_id.unwrap_or_default(),
+        }))
+    }
+}

@@ -1,0 +1,181 @@
+//! `assent.v1.Subjects`: the write path, and GetSubject.
+
+use tonic::{Request, Response, Status};
+
+use super::decisions::response;
+use super::{AppState, caller_of, convert, trace_id_of, validate};
+use crate::error::ApiError;
+use crate::policy::{self, Purpose, Question};
+use crate::proto;
+use crate::store::{Command, WriteContext, WriteRequest};
+
+#[derive(Clone, Debug)]
+pub struct SubjectsService {
+    state: AppState,
+}
+
+impl SubjectsService {
+    pub fn new(state: AppState) -> SubjectsService {
+        SubjectsService { state }
+    }
+
+    /// Validates the common fields of a write, applies `command` and answers its revision.
+    async fn write<T>(
+        &self,
+        request: &Request<T>,
+        subject_id: &str,
+        actor: Option<&proto::Actor>,
+        command: Result<Command, ApiError>,
+    ) -> Result<Response<proto::WriteResponse>, Status> {
+        let subject_id = validate::subject_id(subject_id)?;
+        let command = command?;
+        let actor = validate::actor(actor)?;
+        let write = WriteRequest {
+            subject_id,
+            command,
+            context: WriteContext {
+                caller: caller_of(request),
+                actor,
+                trace_id: trace_id_of(request.metadata()),
+            },
+        };
+        let outcome = self
+            .state
+            .store
+            .write(&write)
+            .await
+            .map_err(|error| ApiError::from_store(error, write.subject_id.as_str()))?;
+        if outcome.changed {
+            tracing::info!(revision = %outcome.revision, "subject changed");
+        }
+        Ok(Response::new(proto::WriteResponse {
+            revision: outcome.revision.to_token(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl proto::subjects_server::Subjects for SubjectsService {
+    #[tracing::instrument(name = "Subjects/UpsertSubject", skip_all)]
+    async fn upsert_subject(
+        &self,
+        request: Request<proto::UpsertSubjectRequest>,
+    ) -> Result<Response<proto::WriteResponse>, Status> {
+        let body = request.get_ref();
+        let command = validate::upsert(body);
+        self.write(&request, &body.subject_id, body.actor.as_ref(), command)
+            .await
+    }
+
+    #[tracing::instrument(name = "Subjects/SetChoice", skip_all)]
+    async fn set_choice(
+        &self,
+        request: Request<proto::SetChoiceRequest>,
+    ) -> Result<Response<proto::WriteResponse>, Status> {
+        let body = request.get_ref();
+        let command = validate::set_choice(body);
+        self.write(&request, &body.subject_id, body.actor.as_ref(), command)
+            .await
+    }
+
+    #[tracing::instrument(name = "Subjects/RecordFeedback", skip_all)]
+    async fn record_feedback(
+        &self,
+        request: Request<proto::RecordFeedbackRequest>,
+    ) -> Result<Response<proto::WriteResponse>, Status> {
+        let body = request.get_ref();
+        let command = validate::record_feedback(body);
+        self.write(&request, &body.subject_id, body.actor.as_ref(), command)
+            .await
+    }
+
+    #[tracing::instrument(name = "Subjects/FlagConversation", skip_all)]
+    async fn flag_conversation(
+        &self,
+        request: Request<proto::FlagConversationRequest>,
+    ) -> Result<Response<proto::WriteResponse>, Status> {
+        let body = request.get_ref();
+        let command = validate::flag_conversation(body);
+        self.write(&request, &body.subject_id, body.actor.as_ref(), command)
+            .await
+    }
+
+    #[tracing::instrument(name = "Subjects/SetRestriction", skip_all)]
+    async fn set_restriction(
+        &self,
+        request: Request<proto::SetRestrictionRequest>,
+    ) -> Result<Response<proto::WriteResponse>, Status> {
+        let body = request.get_ref();
+        let command = Ok(Command::SetRestriction {
+            restricted: body.restricted,
+        });
+        self.write(&request, &body.subject_id, body.actor.as_ref(), command)
+            .await
+    }
+
+    #[tracing::instrument(name = "Subjects/DeleteSubject", skip_all)]
+    async fn delete_subject(
+        &self,
+        request: Request<proto::DeleteSubjectRequest>,
+    ) -> Result<Response<proto::WriteResponse>, Status> {
+        let body = request.get_ref();
+        self.write(
+            &request,
+            &body.subject_id,
+            body.actor.as_ref(),
+            Ok(Command::Delete),
+        )
+        .await
+    }
+
+    #[tracing::instrument(name = "Subjects/GetSubject", skip_all)]
+    async fn get_subject(
+        &self,
+        request: Request<proto::GetSubjectRequest>,
+    ) -> Result<Response<proto::Subject>, Status> {
+        let subject_id = validate::subject_id(&request.get_ref().subject_id)?;
+        let view = self
+            .state
+            .store
+            .subject(&subject_id)
+            .await
+            .map_err(|error| ApiError::from_store(error, subject_id.as_str()))?
+            .ok_or_else(|| ApiError::SubjectNotFound(subject_id.as_str().to_owned()))?;
+        let state = &view.record.state;
+        let effective = Purpose::ALL
+            .iter()
+            .map(|purpose| {
+                let rule = policy::evaluate(Some(state), &Question::about(*purpose));
+                response(
+                    subject_id.as_str(),
+                    *purpose,
+                    String::new(),
+                    rule,
+                    Some(view.revision),
+                )
+            })
+            .collect();
+        let choices = view
+            .choices
+            .iter()
+            .map(|entry| proto::ChoiceRecord {
+                purpose: proto::Purpose::from(entry.purpose) as i32,
+                choice: convert::choice_to_proto(entry.choice) as i32,
+                updated_at: Some(convert::timestamp(entry.updated_at_micros)),
+            })
+            .collect();
+        Ok(Response::new(proto::Subject {
+            subject_id: subject_id.as_str().to_owned(),
+            plan: state
+                .plan
+                .map_or(proto::Plan::Unspecified, proto::Plan::from) as i32,
+            jurisdiction: view.record.jurisdiction.clone().unwrap_or_default(),
+            status: proto::Status::from(state.status) as i32,
+            gpc: state.gpc,
+            zero_data_retention: state.zero_data_retention,
+            choices,
+            effective,
+            revision: view.revision.to_token(),
+        }))
+    }
+}

@@ -1,0 +1,295 @@
+//! The client subcommands: one gRPC call each (ListEvents --all follows pages).
+
+use anyhow::{Context, anyhow};
+use tonic::transport::{Channel, Endpoint};
+
+use super::output;
+use super::{ActorArgs, AuditCommand, CheckArgs, ClientArgs, SubjectCommand};
+use crate::proto;
+use crate::proto::audit_client::AuditClient;
+use crate::proto::consistency::Requirement;
+use crate::proto::decisions_client::DecisionsClient;
+use crate::proto::subjects_client::SubjectsClient;
+
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn connect(client: &ClientArgs) -> anyhow::Result<Channel> {
+    let endpoint = Endpoint::from_shared(client.server.clone())
+        .with_context(|| format!("invalid server address {:?}", client.server))?
+        .connect_timeout(CONNECT_TIMEOUT);
+    endpoint
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the assent server at {}", client.server))
+}
+
+/// A failed call as one line: "INVALID_ARGUMENT: subject_id: must not be empty".
+fn call_failed(status: tonic::Status) -> anyhow::Error {
+    let code = format!("{:?}", status.code());
+    let mut name = String::new();
+    for (index, character) in code.chars().enumerate() {
+        if character.is_uppercase() && index > 0 {
+            name.push('_');
+        }
+        name.push(character.to_ascii_uppercase());
+    }
+    anyhow!("{name}: {}", status.message())
+}
+
+fn print(client: &ClientArgs, json: serde_json::Value, text: String) {
+    if client.json {
+        println!("{json}");
+    } else {
+        println!("{text}");
+    }
+}
+
+fn actor(args: &ActorArgs) -> Option<proto::Actor> {
+    Some(proto::Actor {
+        operator_id: args.operator.clone(),
+        reason: args.reason.clone(),
+    })
+}
+
+pub async fn check(args: CheckArgs) -> anyhow::Result<()> {
+    let mut decisions = DecisionsClient::new(connect(&args.client).await?);
+    let requirement = match (&args.at_least_as_fresh, args.fully_consistent) {
+        (Some(token), _) => Some(Requirement::AtLeastAsFresh(token.clone())),
+        (None, true) => Some(Requirement::FullyConsistent(true)),
+        (None, false) => None,
+    };
+    let request = proto::CheckRequest {
+        subject_id: args.subject,
+        purpose: proto::Purpose::from(args.purpose) as i32,
+        conversation_id: args.conversation,
+        source: args
+            .source
+            .map_or(proto::Source::Unspecified, proto::Source::from) as i32,
+        consistency: requirement.map(|requirement| proto::Consistency {
+            requirement: Some(requirement),
+        }),
+        ..Default::default()
+    };
+    let response = decisions
+        .check(request)
+        .await
+        .map_err(call_failed)?
+        .into_inner();
+    print(
+        &args.client,
+        output::check_json(&response),
+        output::check_text(&response),
+    );
+    Ok(())
+}
+
+pub async fn subject(command: SubjectCommand) -> anyhow::Result<()> {
+    if let SubjectCommand::Get { subject, client } = &command {
+        let mut subjects = SubjectsClient::new(connect(client).await?);
+        let request = proto::GetSubjectRequest {
+            subject_id: subject.clone(),
+        };
+        let response = subjects
+            .get_subject(request)
+            .await
+            .map_err(call_failed)?
+            .into_inner();
+        print(
+            client,
+            output::subject_json(&response),
+            output::subject_text(&response),
+        );
+        return Ok(());
+    }
+    let (client, call) = write_call(command);
+    let mut subjects = SubjectsClient::new(connect(&client).await?);
+    let response = match call {
+        WriteCall::Upsert(request) => subjects.upsert_subject(request).await,
+        WriteCall::Choice(request) => subjects.set_choice(request).await,
+        WriteCall::Feedback(request) => subjects.record_feedback(request).await,
+        WriteCall::Flag(request) => subjects.flag_conversation(request).await,
+        WriteCall::Restrict(request) => subjects.set_restriction(request).await,
+        WriteCall::Delete(request) => subjects.delete_subject(request).await,
+    }
+    .map_err(call_failed)?
+    .into_inner();
+    print(
+        &client,
+        output::write_json(&response),
+        output::write_text(&response),
+    );
+    Ok(())
+}
+
+enum WriteCall {
+    Upsert(proto::UpsertSubjectRequest),
+    Choice(proto::SetChoiceRequest),
+    Feedback(proto::RecordFeedbackRequest),
+    Flag(proto::FlagConversationRequest),
+    Restrict(proto::SetRestrictionRequest),
+    Delete(proto::DeleteSubjectRequest),
+}
+
+fn write_call(command: SubjectCommand) -> (ClientArgs, WriteCall) {
+    match command {
+        SubjectCommand::Get { .. } => unreachable!("GetSubject is not a write"),
+        SubjectCommand::Upsert {
+            subject,
+            plan,
+            jurisdiction,
+            gpc,
+            zero_data_retention,
+            actor: actor_args,
+            client,
+        } => {
+            let request = proto::UpsertSubjectRequest {
+                subject_id: subject,
+                plan: plan.map(|plan| proto::Plan::from(plan) as i32),
+                jurisdiction,
+                gpc,
+                zero_data_retention,
+                actor: actor(&actor_args),
+            };
+            (client, WriteCall::Upsert(request))
+        }
+        SubjectCommand::Choice {
+            subject,
+            purpose,
+            choice,
+            actor: actor_args,
+            client,
+        } => {
+            let choice = match choice.as_str() {
+                "granted" => proto::Choice::Granted,
+                "refused" => proto::Choice::Refused,
+                _ => proto::Choice::Cleared,
+            };
+            let request = proto::SetChoiceRequest {
+                subject_id: subject,
+                purpose: proto::Purpose::from(purpose) as i32,
+                choice: choice as i32,
+                actor: actor(&actor_args),
+            };
+            (client, WriteCall::Choice(request))
+        }
+        SubjectCommand::Feedback {
+            subject,
+            conversation,
+            rating,
+            actor: actor_args,
+            client,
+        } => {
+            let request = proto::RecordFeedbackRequest {
+                subject_id: subject,
+                conversation_id: conversation,
+                rating: proto::Rating::from(rating) as i32,
+                actor: actor(&actor_args),
+            };
+            (client, WriteCall::Feedback(request))
+        }
+        SubjectCommand::Flag {
+            subject,
+            conversation,
+            kind,
+            actor: actor_args,
+            client,
+        } => {
+            let request = proto::FlagConversationRequest {
+                subject_id: subject,
+                conversation_id: conversation,
+                kind: proto::FlagKind::from(kind) as i32,
+                actor: actor(&actor_args),
+            };
+            (client, WriteCall::Flag(request))
+        }
+        SubjectCommand::Restrict {
+            subject,
+            lift,
+            actor: actor_args,
+            client,
+        } => {
+            let request = proto::SetRestrictionRequest {
+                subject_id: subject,
+                restricted: !lift,
+                actor: actor(&actor_args),
+            };
+            (client, WriteCall::Restrict(request))
+        }
+        SubjectCommand::Delete {
+            subject,
+            actor: actor_args,
+            client,
+        } => {
+            let request = proto::DeleteSubjectRequest {
+                subject_id: subject,
+                actor: actor(&actor_args),
+            };
+            (client, WriteCall::Delete(request))
+        }
+    }
+}
+
+pub async fn audit(command: AuditCommand) -> anyhow::Result<()> {
+    match command {
+        AuditCommand::List {
+            subject,
+            page_size,
+            page_token,
+            all,
+            client,
+        } => {
+            let mut audit = AuditClient::new(connect(&client).await?);
+            let mut token = page_token;
+            loop {
+                let request = proto::ListEventsRequest {
+                    subject_id: subject.clone(),
+                    page_size,
+                    page_token: token,
+                };
+                let page = audit
+                    .list_events(request)
+                    .await
+                    .map_err(call_failed)?
+                    .into_inner();
+                for event in &page.events {
+                    print(
+                        &client,
+                        output::event_json(event),
+                        output::event_text(event),
+                    );
+                }
+                token = page.next_page_token;
+                if token.is_empty() {
+                    break;
+                }
+                if !all {
+                    if client.json {
+                        println!("{}", serde_json::json!({"nextPageToken": token}));
+                    } else {
+                        println!("more: --page-token {token}");
+                    }
+                    break;
+                }
+            }
+            Ok(())
+        }
+        AuditCommand::Verify { client } => {
+            let mut audit = AuditClient::new(connect(&client).await?);
+            let response = audit
+                .verify_chain(proto::VerifyChainRequest {})
+                .await
+                .map_err(call_failed)?
+                .into_inner();
+            print(
+                &client,
+                output::verify_json(&response),
+                output::verify_text(&response),
+            );
+            if response.ok {
+                Ok(())
+            } else {
+                Err(anyhow!("audit chain verification failed"))
+            }
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! The `assent` command line: `serve` runs the server; every other subcommand is a client that
+//! calls a running server over gRPC.
+
+mod client;
+mod output;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Overrides, Settings};
+use crate::policy::{FlagKind, Plan, Purpose, Rating, Source};
+use crate::startup::{Application, shutdown_signal};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "assent",
+    version,
+    about = "The consent authority: may this user's data be processed for this purpose?"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (embedded SQLite store by default).
+    Serve(ServeArgs),
+    /// Ask for one decision.
+    Check(CheckArgs),
+    /// Read and change subjects.
+    #[command(subcommand)]
+    Subject(SubjectCommand),
+    /// Read and verify the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The gRPC listen address [env: ASSENT_LISTEN] [default: 127.0.0.1:50051]
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Where the embedded store keeps its data [env: ASSENT_DATA_DIR] [default: ./data]
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// A TOML file of settings [env: ASSENT_CONFIG]
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// Where the server is and how to print its answers.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// The server to call.
+    #[arg(long, env = "ASSENT_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+    /// Print JSON (proto3 JSON names) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Who makes a write, and why; recorded in the audit event.
+#[derive(Debug, Clone, Args)]
+pub struct ActorArgs {
+    /// The operator or end user on whose behalf the write is made.
+    #[arg(long, env = "ASSENT_OPERATOR", default_value = "cli")]
+    pub operator: String,
+    /// Why the write is made.
+    #[arg(long, default_value = "")]
+    pub reason: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[arg(long)]
+    pub subject: String,
+    /// model-training, memory, sensitive-memory, ip-geolocation, marketing-email,
+    /// analytics-cookies, marketing-cookies, abuse-monitoring-retention, product-improvement,
+    /// service-delivery
+    #[arg(long, value_parser = parse_purpose)]
+    pub purpose: Purpose,
+    #[arg(long)]
+    pub conversation: Option<String>,
+    /// conversation or connector
+    #[arg(long, value_parser = parse_source)]
+    pub source: Option<Source>,
+    /// Demand an answer at least as fresh as this revision (returned by a write).
+    #[arg(long, conflicts_with = "fully_consistent")]
+    pub at_least_as_fresh: Option<String>,
+    /// Read the store of record.
+    #[arg(long)]
+    pub fully_consistent: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SubjectCommand {
+    /// Show a subject, its choices and its effective decisions.
+    Get {
+        subject: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Create a subject or change the fields given.
+    Upsert {
+        subject: String,
+        /// free, pro, student, team, enterprise, api-free, api-paid
+        #[arg(long, value_parser = parse_plan)]
+        plan: Option<Plan>,
+        /// ISO 3166 code such as FR or US-CA.
+        #[arg(long)]
+        jurisdiction: Option<String>,
+        /// The browser sends Global Privacy Control.
+        #[arg(long)]
+        gpc: Option<bool>,
+        /// The API organisation has zero data retention.
+        #[arg(long)]
+        zero_data_retention: Option<bool>,
+        #[command(flatten)]
+        actor: ActorArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Record the user's choice for one purpose.
+    Choice {
+        subject: String,
+        #[arg(long, value_parser = parse_purpose)]
+        purpose: Purpose,
+        /// granted, refused or cleared
+        #[arg(long, value_parser = ["granted", "refused", "cleared"])]
+        choice: String,
+        #[command(flatten)]
+        actor: ActorArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Record a thumbs up or down on a conversation.
+    Feedback {
+        subject: String,
+        #[arg(long)]
+        conversation: String,
+        /// up or down
+        #[arg(long, value_parser = parse_rating)]
+        rating: Rating,
+        #[command(flatten)]
+        actor: ActorArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Flag a conversation (automated moderation or user report).
+    Flag {
+        subject: String,
+        #[arg(long)]
+        conversation: String,
+        /// automated-moderation or user-report
+        #[arg(long, value_parser = parse_flag_kind)]
+        kind: FlagKind,
+        #[command(flatten)]
+        actor: ActorArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Restrict all processing of a subject (or lift the restriction with --lift).
+    Restrict {
+        subject: String,
+        #[arg(long)]
+        lift: bool,
+        #[command(flatten)]
+        actor: ActorArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Mark a subject's account deleted (kept as a tombstone).
+    Delete {
+        subject: String,
+        #[command(flatten)]
+        actor: ActorArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// List audit events, oldest first.
+    List {
+        /// Only the events of this subject.
+        #[arg(long)]
+        subject: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        page_size: u32,
+        #[arg(long, default_value = "")]
+        page_token: String,
+        /// Follow page tokens to the end.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Recompute the audit hash chain.
+    Verify {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Check(args) => client::check(args).await,
+        Command::Subject(command) => client::subject(command).await,
+        Command::Audit(command) => client::audit(command).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let flags = Overrides {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        ..Overrides::default()
+    };
+    let settings = Settings::resolve(args.config.as_deref(), &env, flags)?;
+    crate::telemetry::init(settings.log_format);
+    let application = Application::build(settings).await?;
+    application.run_until(shutdown_signal()).await
+}
+
+/// Parses an enum value given as `model-training`, `model_training` or `MODEL_TRAINING`.
+fn parse_named<T: Copy>(
+    text: &str,
+    from_name: fn(&str) -> Option<T>,
+    all: &[T],
+    as_str: fn(T) -> &'static str,
+) -> Result<T, String> {
+    from_name(&text.trim().replace('-', "_").to_ascii_uppercase()).ok_or_else(|| {
+        let known: Vec<String> = all
+            .iter()
+            .map(|value| as_str(*value).to_ascii_lowercase().replace('_', "-"))
+            .collect();
+        format!("expected one of {}", known.join(", "))
+    })
+}
+
+fn parse_purpose(text: &str) -> Result<Purpose, String> {
+    parse_named(text, Purpose::from_name, Purpose::ALL, Purpose::as_str)
+}
+
+fn parse_plan(text: &str) -> Result<Plan, String> {
+    parse_named(text, Plan::from_name, Plan::ALL, Plan::as_str)
+}
+
+fn parse_source(text: &str) -> Result<Source, String> {
+    parse_named(text, Source::from_name, Source::ALL, Source::as_str)
+}
+
+fn parse_flag_kind(text: &str) -> Result<FlagKind, String> {
+    parse_named(text, FlagKind::from_name, FlagKind::ALL, FlagKind::as_str)
+}
+
+fn parse_rating(text: &str) -> Result<Rating, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "up" => Ok(Rating::ThumbsUp),
+        "down" => Ok(Rating::ThumbsDown),
+        _ => parse_named(text, Rating::from_name, Rating::ALL, Rating::as_str),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn enum_values_parse_in_any_case() {
+        assert_eq!(parse_purpose("model-training"), Ok(Purpose::ModelTraining));
+        assert_eq!(parse_purpose("MODEL_TRAINING"), Ok(Purpose::ModelTraining));
+        assert_eq!(parse_plan("api-free"), Ok(Plan::ApiFree));
+        assert_eq!(parse_rating("up"), Ok(Rating::ThumbsUp));
+        assert_eq!(parse_rating("thumbs-down"), Ok(Rating::ThumbsDown));
+        let error = parse_purpose("training").unwrap_err();
+        assert!(error.contains("model-training"), "{error}");
+    }
+}

@@ -1,0 +1,219 @@
+//! How client commands print answers: aligned text for people, JSON for scripts. JSON uses the
+//! proto3 JSON mapping (lowerCamelCase names, enum value names, RFC 3339 times), as grpcurl
+//! prints it, with every field present.
+
+use serde_json::{Value, json};
+
+use crate::proto;
+
+fn enum_name<E: TryFrom<i32>>(value: i32, name: fn(&E) -> &'static str) -> String {
+    E::try_from(value)
+        .map(|known| name(&known).to_owned())
+        .unwrap_or_else(|_| value.to_string())
+}
+
+fn purpose(value: i32) -> String {
+    enum_name::<proto::Purpose>(value, |value| value.as_str_name())
+}
+
+fn decision(value: i32) -> String {
+    enum_name::<proto::Decision>(value, |value| value.as_str_name())
+}
+
+fn reason(value: i32) -> String {
+    enum_name::<proto::Reason>(value, |value| value.as_str_name())
+}
+
+fn basis(value: i32) -> String {
+    enum_name::<proto::LawfulBasis>(value, |value| value.as_str_name())
+}
+
+fn timestamp(stamp: Option<&prost_types::Timestamp>) -> Value {
+    let Some(stamp) = stamp else {
+        return Value::Null;
+    };
+    let Ok(seconds) = u64::try_from(stamp.seconds) else {
+        return Value::Null;
+    };
+    let time = std::time::UNIX_EPOCH
+        + std::time::Duration::new(seconds, u32::try_from(stamp.nanos).unwrap_or_default());
+    Value::String(humantime::format_rfc3339_micros(time).to_string())
+}
+
+/// The value of a wire enum without its prefix, lower-case: `DECISION_ALLOW` → `allow`.
+fn short(name: &str, prefix: &str) -> String {
+    name.strip_prefix(prefix)
+        .unwrap_or(name)
+        .to_ascii_lowercase()
+        .replace('_', "-")
+}
+
+pub fn check_json(response: &proto::CheckResponse) -> Value {
+    json!({
+        "subjectId": response.subject_id,
+        "purpose": purpose(response.purpose),
+        "conversationId": response.conversation_id,
+        "decision": decision(response.decision),
+        "reason": reason(response.reason),
+        "basis": basis(response.basis),
+        "rule": response.rule,
+        "policyVersion": response.policy_version,
+        "revision": response.revision,
+        "explanation": response.explanation,
+        "decisionId": response.decision_id,
+        "degraded": response.degraded,
+    })
+}
+
+pub fn check_text(response: &proto::CheckResponse) -> String {
+    let decision = short(&decision(response.decision), "DECISION_").to_ascii_uppercase();
+    let mut line = format!(
+        "{decision:<5}  {purpose}",
+        purpose = short(&purpose(response.purpose), "PURPOSE_")
+    );
+    if !response.conversation_id.is_empty() {
+        line.push_str(&format!(" (conversation {})", response.conversation_id));
+    }
+    line.push_str(&format!(
+        "  rule {} {}",
+        response.rule,
+        reason(response.reason).trim_start_matches("REASON_")
+    ));
+    if response.basis != 0 {
+        line.push_str(&format!(
+            ", basis {}",
+            basis(response.basis).trim_start_matches("LAWFUL_BASIS_")
+        ));
+    }
+    if response.degraded {
+        line.push_str(", DEGRADED");
+    }
+    format!("{line}\n       {}", response.explanation)
+}
+
+pub fn write_json(response: &proto::WriteResponse) -> Value {
+    json!({"revision": response.revision})
+}
+
+pub fn write_text(response: &proto::WriteResponse) -> String {
+    format!("ok, revision {}", response.revision)
+}
+
+pub fn subject_json(subject: &proto::Subject) -> Value {
+    json!({
+        "subjectId": subject.subject_id,
+        "plan": enum_name::<proto::Plan>(subject.plan, |value| value.as_str_name()),
+        "jurisdiction": subject.jurisdiction,
+        "status": enum_name::<proto::Status>(subject.status, |value| value.as_str_name()),
+        "gpc": subject.gpc,
+        "zeroDataRetention": subject.zero_data_retention,
+        "choices": subject.choices.iter().map(|choice| json!({
+            "purpose": purpose(choice.purpose),
+            "choice": enum_name::<proto::Choice>(choice.choice, |value| value.as_str_name()),
+            "updatedAt": timestamp(choice.updated_at.as_ref()),
+        })).collect::<Vec<_>>(),
+        "effective": subject.effective.iter().map(check_json).collect::<Vec<_>>(),
+        "revision": subject.revision,
+    })
+}
+
+pub fn subject_text(subject: &proto::Subject) -> String {
+    let plan = enum_name::<proto::Plan>(subject.plan, |value| value.as_str_name());
+    let status = enum_name::<proto::Status>(subject.status, |value| value.as_str_name());
+    let mut text = format!(
+        "subject       {}\nstatus        {}\nplan          {}\njurisdiction  {}\ngpc           {}\nzero data ret {}\nrevision      {}\n",
+        subject.subject_id,
+        short(&status, "STATUS_"),
+        if subject.plan == 0 {
+            "unknown".to_owned()
+        } else {
+            short(&plan, "PLAN_")
+        },
+        if subject.jurisdiction.is_empty() {
+            "-"
+        } else {
+            &subject.jurisdiction
+        },
+        subject.gpc,
+        subject.zero_data_retention,
+        subject.revision,
+    );
+    text.push_str("choices\n");
+    if subject.choices.is_empty() {
+        text.push_str("  (none: the defaults apply)\n");
+    }
+    for choice in &subject.choices {
+        let value = enum_name::<proto::Choice>(choice.choice, |value| value.as_str_name());
+        text.push_str(&format!(
+            "  {:<28} {}\n",
+            short(&purpose(choice.purpose), "PURPOSE_"),
+            short(&value, "CHOICE_")
+        ));
+    }
+    text.push_str("effective decisions\n");
+    for decision_response in &subject.effective {
+        text.push_str(&format!(
+            "  {:<28} {:<5} {} {}\n",
+            short(&purpose(decision_response.purpose), "PURPOSE_"),
+            short(&decision(decision_response.decision), "DECISION_").to_ascii_uppercase(),
+            decision_response.rule,
+            reason(decision_response.reason).trim_start_matches("REASON_"),
+        ));
+    }
+    text
+}
+
+pub fn event_json(event: &proto::AuditEvent) -> Value {
+    let actor = event.actor.clone().unwrap_or_default();
+    json!({
+        "eventId": event.event_id,
+        "revision": event.revision,
+        "at": timestamp(event.at.as_ref()),
+        "subjectId": event.subject_id,
+        "kind": event.kind,
+        "caller": event.caller,
+        "actor": {"operatorId": actor.operator_id, "reason": actor.reason},
+        "detailJson": event.detail_json,
+        "policyVersion": event.policy_version,
+        "traceId": event.trace_id,
+        "prevHash": event.prev_hash,
+        "hash": event.hash,
+    })
+}
+
+pub fn event_text(event: &proto::AuditEvent) -> String {
+    let at = timestamp(event.at.as_ref());
+    let actor = event.actor.clone().unwrap_or_default();
+    format!(
+        "{revision:<8} {at}  {kind:<21} {subject}  by {caller}/{operator}  {detail}",
+        revision = event.revision,
+        at = at.as_str().unwrap_or("-"),
+        kind = event.kind,
+        subject = event.subject_id,
+        caller = event.caller,
+        operator = actor.operator_id,
+        detail = event.detail_json,
+    )
+}
+
+pub fn verify_json(response: &proto::VerifyChainResponse) -> Value {
+    json!({
+        "ok": response.ok,
+        "eventsChecked": response.events_checked.to_string(),
+        "firstBadEventId": response.first_bad_event_id,
+    })
+}
+
+pub fn verify_text(response: &proto::VerifyChainResponse) -> String {
+    if response.ok {
+        format!(
+            "ok: the audit chain verifies ({} events)",
+            response.events_checked
+        )
+    } else {
+        format!(
+            "BROKEN: the audit chain does not verify at event {} ({} events checked)",
+            response.first_bad_event_id, response.events_checked
+        )
+    }
+}

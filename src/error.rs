@@ -1,0 +1,97 @@
+//! The one mapping from the service's errors to gRPC status codes.
+//!
+//! Messages are lower-case, have no trailing period, and start with the field they are about,
+//! so a caller can tell which part of its request to fix.
+
+use tonic::{Code, Status};
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A request field is empty, malformed or out of range.
+    #[error("{field}: {message}")]
+    InvalidArgument { field: String, message: String },
+    /// The subject was never seen.
+    #[error("subject_id: subject {0} not found")]
+    SubjectNotFound(String),
+    /// A write to a deleted subject.
+    #[error("subject_id: subject {0} is deleted; a deleted account stays deleted")]
+    SubjectDeleted(String),
+    /// A field names a capability this server does not offer.
+    #[error("{field}: {message}")]
+    Unimplemented { field: String, message: String },
+    /// The store of record cannot be reached.
+    #[error("the store of record is unavailable; retry later")]
+    StoreUnavailable(#[source] StoreError),
+    /// Anything else: logged in full, reported without detail.
+    #[error("internal error")]
+    Internal(#[source] StoreError),
+}
+
+impl ApiError {
+    pub fn invalid(field: impl Into<String>, message: impl std::fmt::Display) -> ApiError {
+        ApiError::InvalidArgument {
+            field: field.into(),
+            message: message.to_string(),
+        }
+    }
+
+    /// The same error about a field nested under `prefix` (for example `checks[3]`).
+    pub fn within(self, prefix: &str) -> ApiError {
+        match self {
+            ApiError::InvalidArgument { field, message } => ApiError::InvalidArgument {
+                field: format!("{prefix}.{field}"),
+                message,
+            },
+            ApiError::Unimplemented { field, message } => ApiError::Unimplemented {
+                field: format!("{prefix}.{field}"),
+                message,
+            },
+            other => other,
+        }
+    }
+
+    /// Maps a store error for a request about `subject_id`.
+    pub fn from_store(error: StoreError, subject_id: &str) -> ApiError {
+        match error {
+            StoreError::NotFound => ApiError::SubjectNotFound(subject_id.to_owned()),
+            StoreError::SubjectDeleted => ApiError::SubjectDeleted(subject_id.to_owned()),
+            StoreError::Unavailable(_) => ApiError::StoreUnavailable(error),
+            other => ApiError::Internal(other),
+        }
+    }
+
+    pub fn code(&self) -> Code {
+        match self {
+            ApiError::InvalidArgument { .. } => Code::InvalidArgument,
+            ApiError::SubjectNotFound(_) => Code::NotFound,
+            ApiError::SubjectDeleted(_) => Code::FailedPrecondition,
+            ApiError::Unimplemented { .. } => Code::Unimplemented,
+            ApiError::StoreUnavailable(_) => Code::Unavailable,
+            ApiError::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(error: ApiError) -> Status {
+        let code = error.code();
+        if matches!(code, Code::Internal | Code::Unavailable) {
+            tracing::error!(error = %error_chain(&error), "request failed");
+        }
+        Status::new(code, error.to_string())
+    }
+}
+
+/// The error and its causes on one line: "a: b: c".
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

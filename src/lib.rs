@@ -1,0 +1,16 @@
+//! assent: the authority other backends ask, on every request, whether a user's data may be
+//! processed for a purpose. See ARCHITECTURE.md for the map of the modules below.
+
+pub mod api;
+pub mod audit;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod policy;
+pub mod proto;
+pub mod revision;
+pub mod scenarios;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

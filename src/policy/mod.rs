@@ -1,0 +1,222 @@
+//! The decision engine: a pure function of (subject state, question) → verdict.
+//!
+//! Architecture Invariant: this module does no I/O, spawns nothing, allocates nothing on the
+//! decision path, and knows nothing of gRPC, SQL or time. Everything it needs is in its
+//! arguments, so it cannot fail and is tested with data tables.
+
+mod rules;
+mod vocabulary;
+
+pub use rules::{Outcome, Rule};
+pub use vocabulary::{
+    Choice, Decision, FlagKind, LawfulBasis, PURPOSE_COUNT, Plan, Purpose, Rating, Reason, Source,
+    Status,
+};
+
+/// The version of the built-in policy: the effective date of the privacy policy it is derived
+/// from.
+pub const POLICY_VERSION: &str = "2026-01-01";
+
+/// The choices of one subject, one slot per purpose (`None`: no choice, the default applies).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Choices([Option<Choice>; PURPOSE_COUNT]);
+
+impl Choices {
+    pub fn get(&self, purpose: Purpose) -> Option<Choice> {
+        self.0[purpose.index()]
+    }
+
+    pub fn set(&mut self, purpose: Purpose, choice: Option<Choice>) {
+        self.0[purpose.index()] = choice;
+    }
+
+    /// The purposes with a choice, in purpose order.
+    pub fn iter(&self) -> impl Iterator<Item = (Purpose, Choice)> + '_ {
+        Purpose::ALL
+            .iter()
+            .filter_map(|purpose| self.get(*purpose).map(|choice| (*purpose, choice)))
+    }
+}
+
+/// What the policy reads of a subject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubjectState {
+    /// `None` when no plan was ever set (training fails closed, rule T7).
+    pub plan: Option<Plan>,
+    pub status: Status,
+    /// The browser sent Global Privacy Control.
+    pub gpc: bool,
+    /// The API organisation has zero data retention.
+    pub zero_data_retention: bool,
+    pub choices: Choices,
+}
+
+impl SubjectState {
+    /// A subject that was just created with no field set.
+    pub const fn new() -> SubjectState {
+        SubjectState {
+            plan: None,
+            status: Status::Active,
+            gpc: false,
+            zero_data_retention: false,
+            choices: Choices([None; PURPOSE_COUNT]),
+        }
+    }
+}
+
+impl Default for SubjectState {
+    fn default() -> Self {
+        SubjectState::new()
+    }
+}
+
+/// What is known of one conversation of a subject.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConversationFacts {
+    /// The latest rating the user gave; either rating counts as feedback.
+    pub feedback: Option<Rating>,
+    /// Flagged by automated moderation.
+    pub automated_moderation: bool,
+    /// Reported as prohibited content.
+    pub user_report: bool,
+}
+
+impl ConversationFacts {
+    pub const fn has_feedback(&self) -> bool {
+        self.feedback.is_some()
+    }
+
+    pub const fn has_moderation_flag(&self) -> bool {
+        self.automated_moderation || self.user_report
+    }
+
+    pub const fn has_flag(&self, kind: FlagKind) -> bool {
+        match kind {
+            FlagKind::AutomatedModeration => self.automated_moderation,
+            FlagKind::UserReport => self.user_report,
+        }
+    }
+
+    pub fn set_flag(&mut self, kind: FlagKind) {
+        match kind {
+            FlagKind::AutomatedModeration => self.automated_moderation = true,
+            FlagKind::UserReport => self.user_report = true,
+        }
+    }
+
+    pub const fn is_empty(&self) -> bool {
+        !self.has_feedback() && !self.has_moderation_flag()
+    }
+}
+
+/// The question asked of the policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Question {
+    pub purpose: Purpose,
+    pub source: Source,
+    /// The facts of the conversation the request names; `None` when it names none, or names one
+    /// with no facts recorded (the two are decided alike).
+    pub conversation: Option<ConversationFacts>,
+}
+
+impl Question {
+    /// A question about a purpose in general: no conversation, data from conversations.
+    pub const fn about(purpose: Purpose) -> Question {
+        Question {
+            purpose,
+            source: Source::Conversation,
+            conversation: None,
+        }
+    }
+}
+
+/// Decides one question. `subject` is `None` for a subject never seen.
+pub fn evaluate(subject: Option<&SubjectState>, question: &Question) -> Rule {
+    let Some(subject) = subject else {
+        return Rule::G1;
+    };
+    match subject.status {
+        Status::Deleted => return Rule::G2,
+        Status::Restricted => return Rule::G3,
+        Status::Active => {}
+    }
+    let choice = subject.choices.get(question.purpose);
+    match question.purpose {
+        Purpose::ModelTraining => model_training(subject, question),
+        Purpose::Memory => match choice {
+            Some(Choice::Refused) => Rule::M1,
+            _ => Rule::M2,
+        },
+        Purpose::SensitiveMemory => {
+            if subject.choices.get(Purpose::Memory) == Some(Choice::Refused) {
+                Rule::S1
+            } else if choice == Some(Choice::Granted) {
+                Rule::S2
+            } else {
+                Rule::S3
+            }
+        }
+        Purpose::IpGeolocation => match choice {
+            Some(Choice::Refused) => Rule::I1,
+            _ => Rule::I2,
+        },
+        Purpose::MarketingEmail => match choice {
+            Some(Choice::Granted) => Rule::E1,
+            _ => Rule::E2,
+        },
+        Purpose::AnalyticsCookies => match choice {
+            Some(Choice::Granted) => Rule::A1,
+            _ => Rule::A2,
+        },
+        Purpose::MarketingCookies => {
+            if subject.gpc {
+                Rule::K1
+            } else if choice == Some(Choice::Granted) {
+                Rule::K2
+            } else {
+                Rule::K3
+            }
+        }
+        Purpose::AbuseMonitoringRetention => {
+            if subject.zero_data_retention {
+                Rule::R1
+            } else {
+                Rule::R2
+            }
+        }
+        Purpose::ProductImprovement => match choice {
+            Some(Choice::Refused) => Rule::P1,
+            _ => Rule::P2,
+        },
+        Purpose::ServiceDelivery => Rule::D1,
+    }
+}
+
+fn model_training(subject: &SubjectState, question: &Question) -> Rule {
+    if question.source == Source::Connector {
+        return Rule::T1;
+    }
+    if let Some(conversation) = &question.conversation {
+        if conversation.has_moderation_flag() {
+            return Rule::T2;
+        }
+        if conversation.has_feedback() {
+            return Rule::T3;
+        }
+    }
+    match subject.plan {
+        Some(Plan::Team | Plan::Enterprise | Plan::ApiPaid) => Rule::T4,
+        _ if subject.choices.get(Purpose::ModelTraining) == Some(Choice::Refused) => Rule::T5,
+        Some(Plan::Free | Plan::Pro | Plan::Student | Plan::ApiFree) => Rule::T6,
+        None => Rule::T7,
+    }
+}
+
+/// The fail-safe answer when the subject's state cannot be read (store down, nothing cached):
+/// never a guessed ALLOW for a purpose that needs consent or allows an opt-out.
+pub const fn degraded(purpose: Purpose) -> Rule {
+    match purpose {
+        Purpose::ServiceDelivery => Rule::U2,
+        _ => Rule::U1,
+    }
+}

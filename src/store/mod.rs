@@ -1,0 +1,221 @@
+//! The store of record: subjects, choices, conversation facts and the audit log.
+//!
+//! Architecture Invariant: every state change and its audit event are written in one
+//! transaction, and the audit chain is extended by exactly one event per change. What a command
+//! changes is decided by the pure [`change::plan_change`], the same for every backend; a backend
+//! only loads rows, writes rows and keeps the chain.
+//!
+//! Backends are variants of [`Store`] (an enum rather than a trait object: the set is closed
+//! and the calls stay statically dispatched).
+
+pub mod change;
+mod sqlite;
+
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use change::{Command, SubjectFields, SubjectRecord};
+pub use sqlite::SqliteStore;
+
+use crate::audit::{AuditEvent, ChainReport};
+use crate::domain::{Actor, ConversationId, SubjectId};
+use crate::policy::{Choice, ConversationFacts, Purpose, SubjectState};
+use crate::revision::Revision;
+
+/// Where the state lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// The embedded default: one SQLite file, created with its schema on start.
+    SqliteFile(PathBuf),
+}
+
+/// The context of a write, recorded in its audit event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteContext {
+    /// The authenticated calling service.
+    pub caller: String,
+    pub actor: Actor,
+    /// The W3C trace id of the request, or empty.
+    pub trace_id: String,
+}
+
+/// One write to one subject.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteRequest {
+    pub subject_id: SubjectId,
+    pub command: Command,
+    pub context: WriteContext,
+}
+
+/// What a write did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// The revision of the subject after the write: the write's own revision when it changed
+    /// something, the subject's current revision when it did not.
+    pub revision: Revision,
+    pub changed: bool,
+}
+
+/// What a decision needs to know: the subject (if ever seen) and one conversation's facts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecisionState {
+    pub subject: Option<SubjectState>,
+    pub conversation: Option<ConversationFacts>,
+    /// The subject's revision, or the store's latest revision for a subject never seen.
+    pub revision: Revision,
+}
+
+/// A stored choice with the time it was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChoiceEntry {
+    pub purpose: Purpose,
+    pub choice: Choice,
+    pub updated_at_micros: i64,
+}
+
+/// A subject as `GetSubject` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubjectView {
+    pub record: SubjectRecord,
+    /// In purpose order.
+    pub choices: Vec<ChoiceEntry>,
+    pub revision: Revision,
+}
+
+/// Which audit events to list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventQuery {
+    pub subject_id: Option<SubjectId>,
+    /// List events with a sequence strictly greater than this.
+    pub after_sequence: u64,
+    pub limit: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("subject not found")]
+    NotFound,
+    #[error("subject is deleted")]
+    SubjectDeleted,
+    #[error("the store is unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("store query failed")]
+    Query(#[source] sqlx::Error),
+    #[error("store schema migration failed")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot prepare the data directory {path}")]
+    DataDirectory {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> StoreError {
+        let unavailable = match &error {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            // SQLITE_BUSY / SQLITE_LOCKED: another writer holds the file past the busy timeout.
+            sqlx::Error::Database(database) => {
+                matches!(database.code().as_deref(), Some("5" | "6" | "517"))
+            }
+            _ => false,
+        };
+        if unavailable {
+            StoreError::Unavailable(error)
+        } else {
+            StoreError::Query(error)
+        }
+    }
+}
+
+impl From<change::Refusal> for StoreError {
+    fn from(refusal: change::Refusal) -> StoreError {
+        match refusal {
+            change::Refusal::NotFound => StoreError::NotFound,
+            change::Refusal::Deleted => StoreError::SubjectDeleted,
+        }
+    }
+}
+
+/// The store of record, whichever backend holds it.
+#[derive(Clone, Debug)]
+pub enum Store {
+    Sqlite(SqliteStore),
+}
+
+impl Store {
+    /// Opens the store and brings its schema up to date.
+    pub async fn open(location: &StoreLocation) -> Result<Store, StoreError> {
+        match location {
+            StoreLocation::SqliteFile(path) => Ok(Store::Sqlite(SqliteStore::open(path).await?)),
+        }
+    }
+
+    /// Applies one write and its audit event in one transaction.
+    pub async fn write(&self, request: &WriteRequest) -> Result<WriteOutcome, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.write(request).await,
+        }
+    }
+
+    /// The state a decision about `subject_id` (and optionally one conversation) needs.
+    pub async fn decision_state(
+        &self,
+        subject_id: &SubjectId,
+        conversation_id: Option<&ConversationId>,
+    ) -> Result<DecisionState, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.decision_state(subject_id, conversation_id).await,
+        }
+    }
+
+    /// The subject with its choices, or `None` if never seen.
+    pub async fn subject(&self, subject_id: &SubjectId) -> Result<Option<SubjectView>, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.subject(subject_id).await,
+        }
+    }
+
+    /// Audit events in sequence order.
+    pub async fn events(&self, query: &EventQuery) -> Result<Vec<AuditEvent>, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.events(query).await,
+        }
+    }
+
+    /// Recomputes the whole audit chain.
+    pub async fn verify_chain(&self) -> Result<ChainReport, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.verify_chain().await,
+        }
+    }
+
+    /// The latest committed revision.
+    pub async fn head_revision(&self) -> Result<Revision, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.head_revision().await,
+        }
+    }
+
+    /// Waits for open connections to finish and closes them.
+    pub async fn close(&self) {
+        match self {
+            Store::Sqlite(store) => store.close().await,
+        }
+    }
+}
+
+/// Microseconds since the Unix epoch, now.
+pub(crate) fn now_micros() -> i64 {
+    let elapsed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX)
+}
