@@ -121,10 +121,10 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed => true,
-            // SQLITE_BUSY / SQLITE_LOCKED: another writer holds the file past the busy timeout.
-            sqlx::Error::Database(database) => {
-                matches!(database.code().as_deref(), Some("5" | "6" | "517"))
-            }
+            sqlx::Error::Database(database) => database
+                .code()
+                .and_then(|code| code.parse::<i32>().ok())
+                .is_some_and(sqlite_code_is_transient),
             _ => false,
         };
         if unavailable {
@@ -142,6 +142,13 @@ impl From<change::Refusal> for StoreError {
             change::Refusal::Deleted => StoreError::SubjectDeleted,
         }
     }
+}
+
+/// SQLite result codes (primary part of an extended code) that say the file cannot be used right
+/// now rather than that the query is wrong: BUSY and LOCKED (another writer held the file past
+/// the busy timeout), IOERR, FULL and CANTOPEN (the disk).
+fn sqlite_code_is_transient(extended_code: i32) -> bool {
+    matches!(extended_code & 0xff, 5 | 6 | 10 | 13 | 14)
 }
 
 /// The store of record, whichever backend holds it.

@@ -1,0 +1,230 @@
+//! Audit: what events record, paging, and the hash chain (including tampering with the file).
+
+use assent::proto::{self, Choice, Plan, Purpose};
+use sqlx::Connection;
+use tonic::Code;
+
+use crate::helpers::{TestApp, assert_status};
+
+#[tokio::test]
+async fn events_record_who_what_and_why() {
+    let app = TestApp::spawn().await;
+    app.upsert("lena", Plan::Free).await;
+    let mut request = tonic::Request::new(proto::SetChoiceRequest {
+        subject_id: "lena".into(),
+        purpose: Purpose::ModelTraining as i32,
+        choice: Choice::Refused as i32,
+        actor: Some(proto::Actor {
+            operator_id: "user:lena".into(),
+            reason: "settings page".into(),
+        }),
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            .parse()
+            .unwrap(),
+    );
+    let revision = app
+        .subjects()
+        .set_choice(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .revision;
+    let events = app.all_events(Some("lena")).await;
+    assert_eq!(events.len(), 2);
+    let (created, choice) = (&events[0], &events[1]);
+    assert_eq!(created.kind, "subject_upserted");
+    assert_eq!(choice.kind, "choice_set");
+    assert_eq!(choice.revision, revision);
+    assert_eq!(choice.caller, "anonymous");
+    let choice_actor = choice.actor.clone().unwrap();
+    assert_eq!(
+        (
+            choice_actor.operator_id.as_str(),
+            choice_actor.reason.as_str()
+        ),
+        ("user:lena", "settings page")
+    );
+    assert_eq!(choice.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(choice.policy_version, "2026-01-01");
+    let detail: serde_json::Value = serde_json::from_str(&choice.detail_json).unwrap();
+    assert_eq!(
+        detail,
+        serde_json::json!({"purpose": "MODEL_TRAINING", "before": null, "after": "REFUSED"})
+    );
+    assert_eq!(created.prev_hash, "0".repeat(64));
+    assert_eq!(choice.prev_hash, created.hash);
+    assert_eq!(choice.hash.len(), 64);
+    assert!(choice.at.is_some());
+}
+
+#[tokio::test]
+async fn events_page_oldest_first() {
+    let app = TestApp::spawn().await;
+    for subject in 0..5 {
+        let subject_id = format!("p-{subject}");
+        app.upsert(&subject_id, Plan::Free).await;
+        for purpose in [
+            Purpose::Memory,
+            Purpose::MarketingEmail,
+            Purpose::AnalyticsCookies,
+            Purpose::MarketingCookies,
+        ] {
+            app.set_choice(&subject_id, purpose, Choice::Granted)
+                .await
+                .unwrap();
+        }
+    }
+    let mut audit = app.audit();
+    let mut pages = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = audit
+            .list_events(proto::ListEventsRequest {
+                subject_id: None,
+                page_size: 10,
+                page_token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        pages.push(page.events.len());
+        let revisions: Vec<u64> = page
+            .events
+            .iter()
+            .map(|event| {
+                assent::revision::Revision::parse_token(&event.revision)
+                    .unwrap()
+                    .sequence()
+            })
+            .collect();
+        let expected_start = 1 + 10 * (pages.len() as u64 - 1);
+        assert_eq!(
+            revisions,
+            (expected_start..expected_start + revisions.len() as u64).collect::<Vec<_>>()
+        );
+        page_token = page.next_page_token;
+        if page_token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(pages, [10, 10, 5]);
+
+    let one_subject = app.all_events(Some("p-3")).await;
+    assert_eq!(one_subject.len(), 5);
+    assert!(one_subject.iter().all(|event| event.subject_id == "p-3"));
+
+    let default_page = audit
+        .list_events(proto::ListEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(default_page.events.len(), 25);
+    assert!(default_page.next_page_token.is_empty());
+
+    assert_status(
+        audit
+            .list_events(proto::ListEventsRequest {
+                page_token: "page two".into(),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "page_token",
+    );
+    assert_status(
+        audit
+            .list_events(proto::ListEventsRequest {
+                subject_id: Some(String::new()),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "subject_id",
+    );
+}
+
+#[tokio::test]
+async fn the_chain_verifies_and_reports_a_tampered_row() {
+    let app = TestApp::spawn().await;
+    app.upsert("mia", Plan::Pro).await;
+    app.set_choice("mia", Purpose::ModelTraining, Choice::Refused)
+        .await
+        .unwrap();
+    app.set_choice("mia", Purpose::MarketingEmail, Choice::Granted)
+        .await
+        .unwrap();
+    app.upsert("noah", Plan::Free).await;
+    let intact = app.verify_chain().await;
+    assert!(intact.ok);
+    assert_eq!(intact.events_checked, 4);
+    assert!(intact.first_bad_event_id.is_empty());
+
+    let events = app.all_events(None).await;
+    let target = &events[1];
+    let url = format!("sqlite://{}", app.database_path().display());
+    let mut connection = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    // The log is append-only through SQL...
+    let blocked = sqlx::query("UPDATE audit_events SET detail_json = '{}' WHERE sequence = 2")
+        .execute(&mut connection)
+        .await;
+    assert!(blocked.unwrap_err().to_string().contains("append-only"));
+    // ...but whoever holds the file can drop the trigger: the chain still tells.
+    sqlx::query("DROP TRIGGER audit_events_append_only_update")
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE audit_events SET detail_json = '{\"after\":\"GRANTED\",\"before\":null,\"purpose\":\"MODEL_TRAINING\"}' WHERE sequence = 2",
+    )
+    .execute(&mut connection)
+    .await
+    .unwrap();
+    connection.close().await.unwrap();
+
+    let tampered = app.verify_chain().await;
+    assert!(!tampered.ok);
+    assert_eq!(tampered.events_checked, 4);
+    assert_eq!(tampered.first_bad_event_id, target.event_id);
+}
+
+#[tokio::test]
+async fn removing_the_newest_event_breaks_the_chain() {
+    let app = TestApp::spawn().await;
+    app.upsert("olga", Plan::Free).await;
+    app.set_choice("olga", Purpose::Memory, Choice::Refused)
+        .await
+        .unwrap();
+    let url = format!("sqlite://{}", app.database_path().display());
+    let mut connection = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("DROP TRIGGER audit_events_append_only_delete")
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM audit_events WHERE sequence = 2")
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    connection.close().await.unwrap();
+    let report = app.verify_chain().await;
+    assert!(!report.ok);
+    assert_eq!(report.events_checked, 1);
+    assert!(!report.first_bad_event_id.is_empty());
+}
+
+#[tokio::test]
+async fn reads_add_no_events() {
+    let app = TestApp::spawn().await;
+    app.upsert("pia", Plan::Free).await;
+    app.check("pia", Purpose::ModelTraining).await;
+    app.subjects()
+        .get_subject(proto::GetSubjectRequest {
+            subject_id: "pia".into(),
+        })
+        .await
+        .unwrap();
+    app.verify_chain().await;
+    assert_eq!(app.all_events(None).await.len(), 1);
+}

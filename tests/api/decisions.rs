@@ -1,0 +1,333 @@
+//! Decisions.Check, BatchCheck and StreamCheck.
+
+use std::collections::{HashMap, HashSet};
+
+use assent::proto::{self, Plan, Purpose, consistency::Requirement};
+use tonic::Code;
+
+use crate::helpers::{TestApp, actor, assert_status, check_request};
+
+#[tokio::test]
+async fn check_answers_with_every_field() {
+    let app = TestApp::spawn().await;
+    let revision = app.upsert("alice", Plan::Free).await;
+    let response = app.check("alice", Purpose::ModelTraining).await;
+    assert_eq!(response.subject_id, "alice");
+    assert_eq!(response.purpose(), Purpose::ModelTraining);
+    assert_eq!(response.conversation_id, "");
+    assert_eq!(response.decision(), proto::Decision::Allow);
+    assert_eq!(response.reason(), proto::Reason::PlanDefault);
+    assert_eq!(response.basis(), proto::LawfulBasis::LegitimateInterest);
+    assert_eq!(response.rule, "T6");
+    assert_eq!(response.policy_version, "2026-01-01");
+    assert_eq!(response.revision, revision);
+    assert!(
+        response
+            .explanation
+            .contains("terms of service exception (a)")
+    );
+    assert!(!response.degraded);
+    let again = app.check("alice", Purpose::ModelTraining).await;
+    assert_ne!(response.decision_id, again.decision_id);
+    assert!(!response.decision_id.is_empty());
+}
+
+#[tokio::test]
+async fn an_unknown_subject_is_denied_not_an_error() {
+    let app = TestApp::spawn().await;
+    for purpose in [Purpose::ModelTraining, Purpose::ServiceDelivery] {
+        let response = app.check("never-seen", purpose).await;
+        assert_eq!(response.decision(), proto::Decision::Deny);
+        assert_eq!(response.reason(), proto::Reason::UnknownSubject);
+        assert_eq!(response.rule, "G1");
+        assert_eq!(response.basis(), proto::LawfulBasis::Unspecified);
+    }
+}
+
+#[tokio::test]
+async fn a_check_names_its_conversation_and_source() {
+    let app = TestApp::spawn().await;
+    app.upsert("bob", Plan::Team).await;
+    app.subjects()
+        .flag_conversation(proto::FlagConversationRequest {
+            subject_id: "bob".into(),
+            conversation_id: "c-9".into(),
+            kind: proto::FlagKind::UserReport as i32,
+            actor: actor(),
+        })
+        .await
+        .unwrap();
+    let mut request = check_request("bob", Purpose::ModelTraining);
+    request.conversation_id = Some("c-9".into());
+    let flagged = app
+        .decisions()
+        .check(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (flagged.rule.as_str(), flagged.conversation_id.as_str()),
+        ("T2", "c-9")
+    );
+    request.source = proto::Source::Connector as i32;
+    let connector = app.decisions().check(request).await.unwrap().into_inner();
+    assert_eq!(connector.rule, "T1");
+    assert_eq!(app.check("bob", Purpose::ModelTraining).await.rule, "T4");
+}
+
+#[tokio::test]
+async fn malformed_checks_are_refused_naming_the_field() {
+    let app = TestApp::spawn().await;
+    let mut decisions = app.decisions();
+    let cases: Vec<(proto::CheckRequest, &str)> = vec![
+        (check_request("", Purpose::Memory), "subject_id"),
+        (check_request("has space", Purpose::Memory), "subject_id"),
+        (
+            check_request(&"x".repeat(129), Purpose::Memory),
+            "subject_id",
+        ),
+        (check_request("u", Purpose::Unspecified), "purpose"),
+        (
+            proto::CheckRequest {
+                purpose: 42,
+                ..check_request("u", Purpose::Memory)
+            },
+            "purpose",
+        ),
+        (
+            proto::CheckRequest {
+                conversation_id: Some(String::new()),
+                ..check_request("u", Purpose::Memory)
+            },
+            "conversation_id",
+        ),
+        (
+            proto::CheckRequest {
+                conversation_id: Some("c/1".into()),
+                ..check_request("u", Purpose::Memory)
+            },
+            "conversation_id",
+        ),
+        (
+            proto::CheckRequest {
+                source: 9,
+                ..check_request("u", Purpose::Memory)
+            },
+            "source",
+        ),
+        (
+            proto::CheckRequest {
+                consistency: Some(proto::Consistency {
+                    requirement: Some(Requirement::AtLeastAsFresh("not-a-token".into())),
+                }),
+                ..check_request("u", Purpose::Memory)
+            },
+            "consistency.at_least_as_fresh",
+        ),
+    ];
+    for (request, field) in cases {
+        assert_status(decisions.check(request).await, Code::InvalidArgument, field);
+    }
+}
+
+#[tokio::test]
+async fn consistency_requirements_are_honoured() {
+    let app = TestApp::spawn().await;
+    app.upsert("carol", Plan::Pro).await;
+    let revision = app
+        .set_choice("carol", Purpose::ModelTraining, proto::Choice::Refused)
+        .await
+        .unwrap();
+    for requirement in [
+        Requirement::AtLeastAsFresh(revision.clone()),
+        Requirement::FullyConsistent(true),
+        Requirement::MinimizeLatency(true),
+    ] {
+        let request = proto::CheckRequest {
+            consistency: Some(proto::Consistency {
+                requirement: Some(requirement),
+            }),
+            ..check_request("carol", Purpose::ModelTraining)
+        };
+        let response = app.decisions().check(request).await.unwrap().into_inner();
+        assert_eq!(response.rule, "T5");
+        assert_eq!(response.revision, revision);
+    }
+}
+
+#[tokio::test]
+async fn batch_check_answers_in_request_order() {
+    let app = TestApp::spawn().await;
+    app.upsert("free", Plan::Free).await;
+    app.upsert("enterprise", Plan::Enterprise).await;
+    let subjects = ["free", "enterprise", "ghost"];
+    let checks: Vec<proto::CheckRequest> = (0..300)
+        .map(|index| {
+            let purpose = Purpose::try_from(1 + (index % 10) as i32).unwrap();
+            check_request(subjects[index % subjects.len()], purpose)
+        })
+        .collect();
+    let results = app
+        .decisions()
+        .batch_check(proto::BatchCheckRequest {
+            checks: checks.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), checks.len());
+    for (check, result) in checks.iter().zip(&results) {
+        assert_eq!(result.subject_id, check.subject_id);
+        assert_eq!(result.purpose, check.purpose);
+        let single = app.check(&check.subject_id, check.purpose()).await;
+        assert_eq!(
+            (&result.rule, result.decision),
+            (&single.rule, single.decision)
+        );
+    }
+    let ids: HashSet<&str> = results.iter().map(|r| r.decision_id.as_str()).collect();
+    assert_eq!(ids.len(), results.len(), "decision ids repeat");
+}
+
+#[tokio::test]
+async fn batch_check_limits_and_errors() {
+    let app = TestApp::spawn().await;
+    let mut decisions = app.decisions();
+    let empty = decisions
+        .batch_check(proto::BatchCheckRequest { checks: vec![] })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(empty.results.is_empty());
+    let full = vec![check_request("u", Purpose::Memory); 1_000];
+    let answered = decisions
+        .batch_check(proto::BatchCheckRequest { checks: full })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answered.results.len(), 1_000);
+    let too_many = vec![check_request("u", Purpose::Memory); 1_001];
+    assert_status(
+        decisions
+            .batch_check(proto::BatchCheckRequest { checks: too_many })
+            .await,
+        Code::InvalidArgument,
+        "checks:",
+    );
+    let mut one_bad = vec![check_request("u", Purpose::Memory); 10];
+    one_bad[7].purpose = 0;
+    assert_status(
+        decisions
+            .batch_check(proto::BatchCheckRequest { checks: one_bad })
+            .await,
+        Code::InvalidArgument,
+        "checks[7].purpose",
+    );
+}
+
+/// 2,000 checks over one stream, answered in order, each equal to the unary answer.
+#[tokio::test]
+async fn stream_check_answers_two_thousand_checks_in_order() {
+    let app = TestApp::spawn().await;
+    let plans = [
+        Plan::Free,
+        Plan::Pro,
+        Plan::Team,
+        Plan::ApiPaid,
+        Plan::Student,
+    ];
+    for (index, plan) in plans.iter().enumerate() {
+        app.upsert(&format!("s-{index}"), *plan).await;
+    }
+    app.set_choice("s-1", Purpose::ModelTraining, proto::Choice::Refused)
+        .await
+        .unwrap();
+    app.subjects()
+        .record_feedback(proto::RecordFeedbackRequest {
+            subject_id: "s-1".into(),
+            conversation_id: "c-1".into(),
+            rating: proto::Rating::ThumbsDown as i32,
+            actor: actor(),
+        })
+        .await
+        .unwrap();
+    let requests: Vec<proto::CheckRequest> = (0..2_000)
+        .map(|index| proto::CheckRequest {
+            subject_id: format!("s-{}", (index / 10) % 6),
+            purpose: 1 + (index % 10),
+            conversation_id: Some(format!("c-{}", (index / 60) % 3)),
+            ..Default::default()
+        })
+        .collect();
+    let mut expected: HashMap<(String, i32, String), (String, i32)> = HashMap::new();
+    for request in &requests {
+        let key = (
+            request.subject_id.clone(),
+            request.purpose,
+            request.conversation_id.clone().unwrap(),
+        );
+        if let std::collections::hash_map::Entry::Vacant(entry) = expected.entry(key) {
+            let single = app
+                .decisions()
+                .check(request.clone())
+                .await
+                .unwrap()
+                .into_inner();
+            entry.insert((single.rule, single.decision));
+        }
+    }
+    let outbound = tokio_stream::iter(requests.clone());
+    let mut answers = app
+        .decisions()
+        .stream_check(outbound)
+        .await
+        .unwrap()
+        .into_inner();
+    let mut received = 0;
+    while let Some(answer) = answers.message().await.unwrap() {
+        let request = &requests[received];
+        assert_eq!(answer.subject_id, request.subject_id, "answer {received}");
+        assert_eq!(answer.purpose, request.purpose, "answer {received}");
+        assert_eq!(
+            Some(&answer.conversation_id),
+            request.conversation_id.as_ref()
+        );
+        let key = (
+            request.subject_id.clone(),
+            request.purpose,
+            answer.conversation_id.clone(),
+        );
+        assert_eq!(expected[&key], (answer.rule.clone(), answer.decision));
+        received += 1;
+    }
+    assert_eq!(received, 2_000);
+    // The feedback on c-1 beat the opt-out of s-1.
+    let s1_training_c1 = (
+        String::from("s-1"),
+        Purpose::ModelTraining as i32,
+        String::from("c-1"),
+    );
+    assert_eq!(expected[&s1_training_c1].0, "T3");
+}
+
+#[tokio::test]
+async fn an_invalid_streamed_check_ends_the_stream() {
+    let app = TestApp::spawn().await;
+    let mut requests = vec![check_request("u", Purpose::Memory); 5];
+    requests[3].subject_id = String::new();
+    let mut answers = app
+        .decisions()
+        .stream_check(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    for _ in 0..3 {
+        assert!(answers.message().await.unwrap().is_some());
+    }
+    assert_status(
+        answers.message().await,
+        Code::InvalidArgument,
+        "stream[3].subject_id",
+    );
+}

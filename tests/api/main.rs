@@ -1,0 +1,9 @@
+//! Integration tests over real gRPC: a server per test on loopback, a fresh data directory each.
+
+mod audit;
+mod cli;
+mod decisions;
+mod helpers;
+mod lifecycle;
+mod scenarios;
+mod subjects;
