@@ -11,19 +11,25 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::store::StoreLocation;
+use crate::store::{DatabaseUrl, StoreLocation};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const DEFAULT_DATA_DIR: &str = "data";
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const DATABASE_FILE: &str = "assent.db";
+const DEFAULT_DATABASE_MAX_CONNECTIONS: u32 = 16;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
     /// The gRPC listen address.
     pub listen: SocketAddr,
-    /// Where the embedded store keeps its file.
+    /// Where the embedded store keeps its file (when no database URL is set).
     pub data_dir: PathBuf,
+    /// `postgres://…` selects PostgreSQL; `sqlite://PATH` a SQLite file elsewhere than
+    /// `data_dir`; unset, the embedded store in `data_dir`.
+    pub database_url: Option<DatabaseUrl>,
+    /// The PostgreSQL connection pool's size.
+    pub database_max_connections: u32,
     /// How long in-flight calls may take to finish after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
@@ -43,6 +49,8 @@ pub enum LogFormat {
 pub struct Overrides {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub database_max_connections: Option<u32>,
     pub shutdown_grace_seconds: Option<u64>,
     pub log_format: Option<String>,
 }
@@ -68,18 +76,12 @@ impl Overrides {
     /// The `ASSENT_*` variables of `env`.
     pub fn from_env(env: &HashMap<String, String>) -> Result<Overrides, ConfigError> {
         let get = |name: &str| env.get(name).filter(|value| !value.is_empty()).cloned();
-        let shutdown_grace_seconds = get("ASSENT_SHUTDOWN_GRACE_SECONDS")
-            .map(|text| {
-                text.parse().map_err(|_| ConfigError::Invalid {
-                    setting: "ASSENT_SHUTDOWN_GRACE_SECONDS",
-                    message: format!("expected a whole number of seconds, got {text:?}"),
-                })
-            })
-            .transpose()?;
         Ok(Overrides {
             listen: get("ASSENT_LISTEN"),
             data_dir: get("ASSENT_DATA_DIR").map(PathBuf::from),
-            shutdown_grace_seconds,
+            database_url: get("ASSENT_DATABASE_URL"),
+            database_max_connections: parse_number(env, "ASSENT_DATABASE_MAX_CONNECTIONS")?,
+            shutdown_grace_seconds: parse_number(env, "ASSENT_SHUTDOWN_GRACE_SECONDS")?,
             log_format: get("ASSENT_LOG_FORMAT"),
         })
     }
@@ -100,10 +102,27 @@ impl Overrides {
         Overrides {
             listen: later.listen.or(self.listen),
             data_dir: later.data_dir.or(self.data_dir),
+            database_url: later.database_url.or(self.database_url),
+            database_max_connections: later
+                .database_max_connections
+                .or(self.database_max_connections),
             shutdown_grace_seconds: later.shutdown_grace_seconds.or(self.shutdown_grace_seconds),
             log_format: later.log_format.or(self.log_format),
         }
     }
+}
+
+fn parse_number<T: std::str::FromStr>(
+    env: &HashMap<String, String>,
+    name: &'static str,
+) -> Result<Option<T>, ConfigError> {
+    let Some(text) = env.get(name).filter(|value| !value.is_empty()) else {
+        return Ok(None);
+    };
+    text.parse().map(Some).map_err(|_| ConfigError::Invalid {
+        setting: name,
+        message: format!("expected a whole number, got {text:?}"),
+    })
 }
 
 impl Settings {
@@ -139,11 +158,32 @@ impl Settings {
                 });
             }
         };
+        let database_url = overrides.database_url.map(DatabaseUrl::new);
+        if let Some(url) = &database_url {
+            let known = ["postgres://", "postgresql://", "sqlite://", "sqlite:"];
+            if !known.iter().any(|scheme| url.expose().starts_with(scheme)) {
+                return Err(ConfigError::Invalid {
+                    setting: "database_url",
+                    message: format!("expected a postgres:// or sqlite:// URL, got {url}"),
+                });
+            }
+        }
+        let database_max_connections = overrides
+            .database_max_connections
+            .unwrap_or(DEFAULT_DATABASE_MAX_CONNECTIONS);
+        if database_max_connections == 0 {
+            return Err(ConfigError::Invalid {
+                setting: "database_max_connections",
+                message: "must be at least 1".into(),
+            });
+        }
         Ok(Settings {
             listen,
             data_dir: overrides
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            database_url,
+            database_max_connections,
             shutdown_grace: overrides
                 .shutdown_grace_seconds
                 .map_or(DEFAULT_SHUTDOWN_GRACE, Duration::from_secs),
@@ -153,7 +193,20 @@ impl Settings {
 
     /// The store these settings select.
     pub fn store_location(&self) -> StoreLocation {
-        StoreLocation::SqliteFile(self.data_dir.join(DATABASE_FILE))
+        let Some(url) = &self.database_url else {
+            return StoreLocation::SqliteFile(self.data_dir.join(DATABASE_FILE));
+        };
+        let text = url.expose();
+        match text
+            .strip_prefix("sqlite://")
+            .or_else(|| text.strip_prefix("sqlite:"))
+        {
+            Some(path) => StoreLocation::SqliteFile(PathBuf::from(path)),
+            None => StoreLocation::Postgres {
+                url: url.clone(),
+                max_connections: self.database_max_connections,
+            },
+        }
     }
 }
 
@@ -200,6 +253,31 @@ mod tests {
         assert_eq!(settings.listen.port(), 3);
         assert_eq!(settings.data_dir, PathBuf::from("/from/env"));
         assert_eq!(settings.shutdown_grace, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_database_url_selects_the_store() {
+        let postgres = env(&[("ASSENT_DATABASE_URL", "postgres://assent:pw@db:5432/assent")]);
+        let settings = Settings::resolve(None, &postgres, Overrides::default()).unwrap();
+        let StoreLocation::Postgres {
+            url,
+            max_connections,
+        } = settings.store_location()
+        else {
+            panic!("not postgres");
+        };
+        assert_eq!(url.expose(), "postgres://assent:pw@db:5432/assent");
+        assert_eq!(
+            format!("{url:?}"),
+            "\"postgres://assent:***@db:5432/assent\""
+        );
+        assert_eq!(max_connections, 16);
+        let sqlite = env(&[("ASSENT_DATABASE_URL", "sqlite:///var/lib/assent/a.db")]);
+        let settings = Settings::resolve(None, &sqlite, Overrides::default()).unwrap();
+        assert_eq!(
+            settings.store_location(),
+            StoreLocation::SqliteFile(PathBuf::from("/var/lib/assent/a.db"))
+        );
     }
 
     #[test]

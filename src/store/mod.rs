@@ -9,12 +9,18 @@
 //! and the calls stay statically dispatched).
 
 pub mod change;
+mod postgres;
+mod rows;
 mod sqlite;
+pub mod testing;
+#[cfg(test)]
+mod tests;
 
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use change::{Command, SubjectFields, SubjectRecord};
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 use crate::audit::{AuditEvent, ChainReport};
@@ -27,6 +33,52 @@ use crate::revision::Revision;
 pub enum StoreLocation {
     /// The embedded default: one SQLite file, created with its schema on start.
     SqliteFile(PathBuf),
+    /// PostgreSQL, the production store of record.
+    Postgres {
+        url: DatabaseUrl,
+        max_connections: u32,
+    },
+}
+
+/// A database URL. It may carry a password, so it never prints one.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn new(url: impl Into<String>) -> DatabaseUrl {
+        DatabaseUrl(url.into())
+    }
+
+    /// The URL itself, password included: only for connecting.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        let Some((scheme, rest)) = self.0.split_once("://") else {
+            return self.0.clone();
+        };
+        let Some((userinfo, host)) = rest.rsplit_once('@') else {
+            return self.0.clone();
+        };
+        match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+            None => self.0.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "{:?}", self.redacted())
+    }
+}
+
+impl std::fmt::Display for DatabaseUrl {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(&self.redacted())
+    }
 }
 
 /// The context of a write, recorded in its audit event.
@@ -103,6 +155,11 @@ pub enum StoreError {
     Query(#[source] sqlx::Error),
     #[error("store schema migration failed")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    #[error(
+        "the database schema is newer than this binary: migration {version} is applied but \
+         unknown here; run a newer assent (or restore the database of this version)"
+    )]
+    SchemaTooNew { version: i64 },
     #[error("cannot prepare the data directory {path}")]
     DataDirectory {
         path: PathBuf,
@@ -121,16 +178,34 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed => true,
-            sqlx::Error::Database(database) => database
-                .code()
-                .and_then(|code| code.parse::<i32>().ok())
-                .is_some_and(sqlite_code_is_transient),
+            sqlx::Error::Database(database) => {
+                database.code().is_some_and(|code| code_is_transient(&code))
+            }
             _ => false,
         };
         if unavailable {
             StoreError::Unavailable(error)
         } else {
             StoreError::Query(error)
+        }
+    }
+}
+
+/// Whether a database error code says the store cannot serve right now, rather than that the
+/// query is wrong.
+///
+/// SQLite reports numeric (extended) result codes: BUSY and LOCKED (another writer held the file
+/// past the busy timeout), IOERR, FULL and CANTOPEN (the disk). PostgreSQL reports SQLSTATEs:
+/// class 08 (connection), 53 (insufficient resources), 57P (shutdown, cannot connect now), and
+/// 55P03 (a lock not obtained within `lock_timeout`).
+fn code_is_transient(code: &str) -> bool {
+    match code.parse::<i32>() {
+        Ok(extended_code) => matches!(extended_code & 0xff, 5 | 6 | 10 | 13 | 14),
+        Err(_) => {
+            code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57P")
+                || code == "55P03"
         }
     }
 }
@@ -144,17 +219,11 @@ impl From<change::Refusal> for StoreError {
     }
 }
 
-/// SQLite result codes (primary part of an extended code) that say the file cannot be used right
-/// now rather than that the query is wrong: BUSY and LOCKED (another writer held the file past
-/// the busy timeout), IOERR, FULL and CANTOPEN (the disk).
-fn sqlite_code_is_transient(extended_code: i32) -> bool {
-    matches!(extended_code & 0xff, 5 | 6 | 10 | 13 | 14)
-}
-
 /// The store of record, whichever backend holds it.
 #[derive(Clone, Debug)]
 pub enum Store {
     Sqlite(SqliteStore),
+    Postgres(PostgresStore),
 }
 
 impl Store {
@@ -162,6 +231,12 @@ impl Store {
     pub async fn open(location: &StoreLocation) -> Result<Store, StoreError> {
         match location {
             StoreLocation::SqliteFile(path) => Ok(Store::Sqlite(SqliteStore::open(path).await?)),
+            StoreLocation::Postgres {
+                url,
+                max_connections,
+            } => Ok(Store::Postgres(
+                PostgresStore::open(url.expose(), *max_connections).await?,
+            )),
         }
     }
 
@@ -169,6 +244,7 @@ impl Store {
     pub async fn write(&self, request: &WriteRequest) -> Result<WriteOutcome, StoreError> {
         match self {
             Store::Sqlite(store) => store.write(request).await,
+            Store::Postgres(store) => store.write(request).await,
         }
     }
 
@@ -180,6 +256,7 @@ impl Store {
     ) -> Result<DecisionState, StoreError> {
         match self {
             Store::Sqlite(store) => store.decision_state(subject_id, conversation_id).await,
+            Store::Postgres(store) => store.decision_state(subject_id, conversation_id).await,
         }
     }
 
@@ -187,6 +264,7 @@ impl Store {
     pub async fn subject(&self, subject_id: &SubjectId) -> Result<Option<SubjectView>, StoreError> {
         match self {
             Store::Sqlite(store) => store.subject(subject_id).await,
+            Store::Postgres(store) => store.subject(subject_id).await,
         }
     }
 
@@ -194,6 +272,7 @@ impl Store {
     pub async fn events(&self, query: &EventQuery) -> Result<Vec<AuditEvent>, StoreError> {
         match self {
             Store::Sqlite(store) => store.events(query).await,
+            Store::Postgres(store) => store.events(query).await,
         }
     }
 
@@ -201,6 +280,7 @@ impl Store {
     pub async fn verify_chain(&self) -> Result<ChainReport, StoreError> {
         match self {
             Store::Sqlite(store) => store.verify_chain().await,
+            Store::Postgres(store) => store.verify_chain().await,
         }
     }
 
@@ -208,6 +288,7 @@ impl Store {
     pub async fn head_revision(&self) -> Result<Revision, StoreError> {
         match self {
             Store::Sqlite(store) => store.head_revision().await,
+            Store::Postgres(store) => store.head_revision().await,
         }
     }
 
@@ -215,7 +296,26 @@ impl Store {
     pub async fn close(&self) {
         match self {
             Store::Sqlite(store) => store.close().await,
+            Store::Postgres(store) => store.close().await,
         }
+    }
+}
+
+/// Runs the migrations a binary knows, refusing a database that has applied one it does not know
+/// (written by a newer binary).
+async fn migrate<DB>(
+    migrator: &sqlx::migrate::Migrator,
+    pool: &sqlx::Pool<DB>,
+) -> Result<(), StoreError>
+where
+    DB: sqlx::Database,
+    <DB as sqlx::Database>::Connection: sqlx::migrate::Migrate,
+{
+    match migrator.run(pool).await {
+        Err(sqlx::migrate::MigrateError::VersionMissing(version)) => {
+            Err(StoreError::SchemaTooNew { version })
+        }
+        other => Ok(other?),
     }
 }
 

@@ -1,7 +1,6 @@
 //! Audit: what events record, paging, and the hash chain (including tampering with the file).
 
 use assent::proto::{self, Choice, Plan, Purpose};
-use sqlx::Connection;
 use tonic::Code;
 
 use crate::helpers::{TestApp, assert_status};
@@ -164,25 +163,22 @@ async fn the_chain_verifies_and_reports_a_tampered_row() {
 
     let events = app.all_events(None).await;
     let target = &events[1];
-    let url = format!("sqlite://{}", app.database_path().display());
-    let mut connection = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let mut connection = app.direct_connection().await;
     // The log is append-only through SQL...
-    let blocked = sqlx::query("UPDATE audit_events SET detail_json = '{}' WHERE sequence = 2")
-        .execute(&mut connection)
+    let blocked = connection
+        .execute("UPDATE audit_events SET detail_json = '{}' WHERE sequence = 2")
         .await;
     assert!(blocked.unwrap_err().to_string().contains("append-only"));
-    // ...but whoever holds the file can drop the trigger: the chain still tells.
-    sqlx::query("DROP TRIGGER audit_events_append_only_update")
-        .execute(&mut connection)
+    // ...but whoever holds the database can drop the trigger: the chain still tells.
+    connection.drop_audit_guards().await;
+    let altered = connection
+        .execute(
+            "UPDATE audit_events SET detail_json = '{\"after\":\"GRANTED\",\"before\":null,\"purpose\":\"MODEL_TRAINING\"}' WHERE sequence = 2",
+        )
         .await
         .unwrap();
-    sqlx::query(
-        "UPDATE audit_events SET detail_json = '{\"after\":\"GRANTED\",\"before\":null,\"purpose\":\"MODEL_TRAINING\"}' WHERE sequence = 2",
-    )
-    .execute(&mut connection)
-    .await
-    .unwrap();
-    connection.close().await.unwrap();
+    assert_eq!(altered, 1);
+    connection.close().await;
 
     let tampered = app.verify_chain().await;
     assert!(!tampered.ok);
@@ -197,17 +193,14 @@ async fn removing_the_newest_event_breaks_the_chain() {
     app.set_choice("olga", Purpose::Memory, Choice::Refused)
         .await
         .unwrap();
-    let url = format!("sqlite://{}", app.database_path().display());
-    let mut connection = sqlx::SqliteConnection::connect(&url).await.unwrap();
-    sqlx::query("DROP TRIGGER audit_events_append_only_delete")
-        .execute(&mut connection)
+    let mut connection = app.direct_connection().await;
+    connection.drop_audit_guards().await;
+    let removed = connection
+        .execute("DELETE FROM audit_events WHERE sequence = 2")
         .await
         .unwrap();
-    sqlx::query("DELETE FROM audit_events WHERE sequence = 2")
-        .execute(&mut connection)
-        .await
-        .unwrap();
-    connection.close().await.unwrap();
+    assert_eq!(removed, 1);
+    connection.close().await;
     let report = app.verify_chain().await;
     assert!(!report.ok);
     assert_eq!(report.events_checked, 1);

@@ -2,7 +2,6 @@
 //! clients for every service.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,30 +11,35 @@ use assent::proto::audit_client::AuditClient;
 use assent::proto::decisions_client::DecisionsClient;
 use assent::proto::subjects_client::SubjectsClient;
 use assent::startup::Application;
-use tempfile::TempDir;
+use assent::store::DatabaseUrl;
+use assent::store::testing::{Backend, TestDatabase};
+use sqlx::Connection;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 pub struct TestApp {
     pub address: SocketAddr,
-    pub data: Arc<TempDir>,
+    pub data: Arc<TestDatabase>,
     channel: Channel,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
 impl TestApp {
-    /// A server on a fresh, empty data directory.
+    /// A server on a fresh, empty database of the backend `ASSENT_TEST_STORE` names.
     pub async fn spawn() -> TestApp {
-        TestApp::spawn_on(Arc::new(tempfile::tempdir().unwrap())).await
+        let database = TestDatabase::create(Backend::from_env()).await;
+        TestApp::spawn_on(Arc::new(database)).await
     }
 
-    /// A server on an existing data directory (to test a restart).
-    pub async fn spawn_on(data: Arc<TempDir>) -> TestApp {
+    /// A server on an existing database (to test a restart).
+    pub async fn spawn_on(data: Arc<TestDatabase>) -> TestApp {
         let settings = Settings {
             listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: data.path().to_owned(),
+            data_dir: data.directory().to_owned(),
+            database_url: Some(DatabaseUrl::new(data.url())),
+            database_max_connections: 4,
             shutdown_grace: Duration::from_secs(10),
             log_format: LogFormat::Text,
         };
@@ -75,8 +79,21 @@ impl TestApp {
         AuditClient::new(self.channel())
     }
 
-    pub fn database_path(&self) -> PathBuf {
-        database_path(self.data.path())
+    pub fn backend(&self) -> Backend {
+        self.data.backend
+    }
+
+    /// A connection of its own to the server's database, as another process would have.
+    pub async fn direct_connection(&self) -> DirectConnection {
+        let url = self.data.url();
+        match self.backend() {
+            Backend::Sqlite => {
+                DirectConnection::Sqlite(sqlx::SqliteConnection::connect(&url).await.unwrap())
+            }
+            Backend::Postgres => {
+                DirectConnection::Postgres(sqlx::PgConnection::connect(&url).await.unwrap())
+            }
+        }
     }
 
     /// Starts a graceful shutdown without waiting for it.
@@ -88,7 +105,7 @@ impl TestApp {
 
     /// Shuts the server down gracefully, waits until its store is closed, and hands back the
     /// data directory.
-    pub async fn stop(mut self) -> Arc<TempDir> {
+    pub async fn stop(mut self) -> Arc<TestDatabase> {
         self.begin_shutdown();
         let server = self.server.take().unwrap();
         tokio::time::timeout(Duration::from_secs(20), server)
@@ -170,8 +187,73 @@ impl TestApp {
     }
 }
 
-pub fn database_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("assent.db")
+/// A connection to a test database that bypasses the server.
+pub enum DirectConnection {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+impl DirectConnection {
+    pub async fn execute(&mut self, sql: &str) -> Result<u64, sqlx::Error> {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        match self {
+            DirectConnection::Sqlite(connection) => sqlx::query(sql)
+                .execute(connection)
+                .await
+                .map(|done| done.rows_affected()),
+            DirectConnection::Postgres(connection) => sqlx::query(sql)
+                .execute(connection)
+                .await
+                .map(|done| done.rows_affected()),
+        }
+    }
+
+    /// Drops the triggers that make `audit_events` append-only, as someone with write access to
+    /// the database could.
+    pub async fn drop_audit_guards(&mut self) {
+        let statements: &[&str] = match self {
+            DirectConnection::Sqlite(_) => &[
+                "DROP TRIGGER audit_events_append_only_update",
+                "DROP TRIGGER audit_events_append_only_delete",
+            ],
+            DirectConnection::Postgres(_) => {
+                &["DROP TRIGGER audit_events_append_only ON audit_events"]
+            }
+        };
+        for statement in statements {
+            self.execute(statement).await.unwrap();
+        }
+    }
+
+    /// Takes the lock every write needs and keeps it until `release`.
+    pub async fn hold_write_lock(&mut self) {
+        match self {
+            DirectConnection::Sqlite(_) => {
+                self.execute("BEGIN IMMEDIATE").await.unwrap();
+            }
+            DirectConnection::Postgres(_) => {
+                self.execute("BEGIN").await.unwrap();
+                self.execute("LOCK TABLE audit_chain_head IN EXCLUSIVE MODE")
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
+    pub async fn release(mut self) {
+        self.execute("ROLLBACK").await.unwrap();
+        match self {
+            DirectConnection::Sqlite(connection) => connection.close().await.unwrap(),
+            DirectConnection::Postgres(connection) => connection.close().await.unwrap(),
+        }
+    }
+
+    pub async fn close(self) {
+        match self {
+            DirectConnection::Sqlite(connection) => connection.close().await.unwrap(),
+            DirectConnection::Postgres(connection) => connection.close().await.unwrap(),
+        }
+    }
 }
 
 pub fn actor() -> Option<proto::Actor> {

@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use assent::proto::{Choice, Plan, Purpose};
-use sqlx::Connection;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -72,9 +71,11 @@ async fn a_shutdown_lets_in_flight_calls_finish() {
     drop(requests);
     assert!(answers.message().await.unwrap().is_none());
     let data = app.stop().await;
-    // Closed cleanly: the WAL was checkpointed into the database file.
-    let wal = crate::helpers::database_path(data.path()).with_extension("db-wal");
-    assert!(!wal.exists() || std::fs::metadata(&wal).unwrap().len() == 0);
+    if let assent::store::StoreLocation::SqliteFile(path) = data.location() {
+        // Closed cleanly: the WAL was checkpointed into the database file.
+        let wal = path.with_extension("db-wal");
+        assert!(!wal.exists() || std::fs::metadata(&wal).unwrap().len() == 0);
+    }
 }
 
 #[tokio::test]
@@ -169,19 +170,15 @@ async fn reflection_lists_the_three_services() {
     }
 }
 
-/// Another process holds the database's write lock past the busy timeout: writes fail
+/// Another process holds the lock every write needs past the store's lock timeout: writes fail
 /// UNAVAILABLE and leave nothing behind, decisions keep being answered, and writes succeed again
 /// once the lock is gone.
 #[tokio::test]
 async fn writes_fail_unavailable_while_the_store_is_locked() {
     let app = TestApp::spawn().await;
     app.upsert("tara", Plan::Free).await;
-    let url = format!("sqlite://{}", app.database_path().display());
-    let mut intruder = sqlx::SqliteConnection::connect(&url).await.unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut intruder)
-        .await
-        .unwrap();
+    let mut intruder = app.direct_connection().await;
+    intruder.hold_write_lock().await;
 
     let started = std::time::Instant::now();
     let refused = app
@@ -192,11 +189,7 @@ async fn writes_fail_unavailable_while_the_store_is_locked() {
     assert!(started.elapsed() < Duration::from_secs(15));
     assert_eq!(app.check("tara", Purpose::ModelTraining).await.rule, "T6");
 
-    sqlx::query("ROLLBACK")
-        .execute(&mut intruder)
-        .await
-        .unwrap();
-    intruder.close().await.unwrap();
+    intruder.release().await;
     assert_eq!(
         app.all_events(None).await.len(),
         1,

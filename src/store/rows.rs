@@ -1,0 +1,461 @@
+//! The row-level work of a SQL store, written once for every backend.
+//!
+//! The SQL below runs unchanged on SQLite and PostgreSQL (`$n` parameters, `ON CONFLICT`,
+//! `BOOLEAN`, 64-bit integers). Generic code over `sqlx::Database` needs a wall of higher-ranked
+//! trait bounds; instead [`sql_rows!`] stamps these functions out for one concrete connection
+//! and row type, inside each backend's module. What differs between backends (how a transaction
+//! begins, how the chain head is locked, connection setup) stays in `sqlite.rs` and
+//! `postgres.rs`.
+
+/// Expands to the row-level functions for `$connection` (e.g. `sqlx::PgConnection`) and `$row`
+/// (e.g. `sqlx::postgres::PgRow`). `$head_query` reads (and where needed locks) the chain head.
+macro_rules! sql_rows {
+    ($connection:ty, $row:ty, head_query = $head_query:literal) => {
+        use sqlx::Row as _;
+
+        use $crate::audit::{AuditEvent, ChainReport, ChainVerifier, canonical_bytes, chain_hash};
+        use $crate::domain::{ConversationId, SubjectId};
+        use $crate::policy::{
+            Choice, ConversationFacts, POLICY_VERSION, Plan, Purpose, Rating, Status, SubjectState,
+        };
+        use $crate::revision::Revision;
+        use $crate::store::change::{Change, SubjectRecord, plan_change};
+        use $crate::store::{
+            ChoiceEntry, DecisionState, EventQuery, StoreError, WriteOutcome, WriteRequest,
+            now_micros,
+        };
+
+        const VERIFY_PAGE: i64 = 1_000;
+
+        /// Applies a write inside an open write transaction; the caller commits.
+        pub(super) async fn write_in(
+            connection: &mut $connection,
+            request: &WriteRequest,
+        ) -> Result<WriteOutcome, StoreError> {
+            // The head first: where it is locked, this orders every writer before any read.
+            let (head_sequence, head_hash) = chain_head(&mut *connection).await?;
+            let subject_id = request.subject_id.as_str();
+            let current = load_subject(&mut *connection, subject_id).await?;
+            let conversation = match request.command.conversation_id() {
+                Some(conversation_id) => {
+                    load_conversation(&mut *connection, subject_id, conversation_id).await?
+                }
+                None => None,
+            };
+            let planned = plan_change(
+                current.as_ref().map(|(record, _)| record),
+                conversation,
+                &request.command,
+            )?;
+            let Some(change) = planned else {
+                let revision = current.map(|(_, revision)| revision).unwrap_or_default();
+                return Ok(WriteOutcome {
+                    revision,
+                    changed: false,
+                });
+            };
+            let revision = Revision::new(head_sequence).next();
+            let now = now_micros();
+            apply_change(&mut *connection, subject_id, &change, revision, now).await?;
+            let mut event = AuditEvent {
+                sequence: revision.sequence(),
+                event_id: uuid::Uuid::now_v7().to_string(),
+                at_micros: now,
+                subject_id: subject_id.to_owned(),
+                kind: change.kind.as_str().to_owned(),
+                caller: request.context.caller.clone(),
+                operator_id: request.context.actor.operator_id.clone(),
+                actor_reason: request.context.actor.reason.clone(),
+                detail_json: change.detail.to_string(),
+                policy_version: POLICY_VERSION.to_owned(),
+                trace_id: request.context.trace_id.clone(),
+                prev_hash: head_hash,
+                hash: String::new(),
+            };
+            event.hash = chain_hash(&event.prev_hash, &canonical_bytes(&event));
+            append_event(&mut *connection, &event).await?;
+            Ok(WriteOutcome {
+                revision,
+                changed: true,
+            })
+        }
+
+        /// Reads what a decision needs inside an open read transaction.
+        pub(super) async fn decision_state_in(
+            connection: &mut $connection,
+            subject_id: &SubjectId,
+            conversation_id: Option<&ConversationId>,
+        ) -> Result<DecisionState, StoreError> {
+            let Some((record, revision)) =
+                load_subject(&mut *connection, subject_id.as_str()).await?
+            else {
+                let head = latest_sequence(&mut *connection).await?;
+                return Ok(DecisionState {
+                    subject: None,
+                    conversation: None,
+                    revision: Revision::new(head),
+                });
+            };
+            let conversation = match conversation_id {
+                Some(conversation_id) => {
+                    load_conversation(&mut *connection, subject_id.as_str(), conversation_id)
+                        .await?
+                }
+                None => None,
+            };
+            Ok(DecisionState {
+                subject: Some(record.state),
+                conversation,
+                revision,
+            })
+        }
+
+        pub(super) async fn load_subject(
+            connection: &mut $connection,
+            subject_id: &str,
+        ) -> Result<Option<(SubjectRecord, Revision)>, StoreError> {
+            let row = sqlx::query(
+                "SELECT plan, jurisdiction, status, gpc, zero_data_retention, revision
+                 FROM subjects WHERE subject_id = $1",
+            )
+            .bind(subject_id)
+            .fetch_optional(&mut *connection)
+            .await?;
+            let Some(row) = row else { return Ok(None) };
+            let plan: Option<String> = row.try_get("plan")?;
+            let mut state = SubjectState {
+                plan: plan
+                    .as_deref()
+                    .map(|name| parse("plan", name, Plan::from_name))
+                    .transpose()?,
+                status: parse_column(&row, "status", Status::from_name)?,
+                gpc: row.try_get("gpc")?,
+                zero_data_retention: row.try_get("zero_data_retention")?,
+                ..SubjectState::new()
+            };
+            for entry in load_choices(&mut *connection, subject_id).await? {
+                state.choices.set(entry.purpose, Some(entry.choice));
+            }
+            let record = SubjectRecord {
+                state,
+                jurisdiction: row.try_get("jurisdiction")?,
+            };
+            let revision = Revision::new(from_i64(row.try_get("revision")?));
+            Ok(Some((record, revision)))
+        }
+
+        /// The subject's choices, in purpose order.
+        pub(super) async fn load_choices(
+            connection: &mut $connection,
+            subject_id: &str,
+        ) -> Result<Vec<ChoiceEntry>, StoreError> {
+            let rows = sqlx::query(
+                "SELECT purpose, choice, updated_at FROM choices WHERE subject_id = $1",
+            )
+            .bind(subject_id)
+            .fetch_all(&mut *connection)
+            .await?;
+            let mut entries = rows
+                .iter()
+                .map(|row| {
+                    Ok(ChoiceEntry {
+                        purpose: parse_column(row, "purpose", Purpose::from_name)?,
+                        choice: parse_column(row, "choice", Choice::from_name)?,
+                        updated_at_micros: row.try_get("updated_at")?,
+                    })
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            entries.sort_by_key(|entry| entry.purpose);
+            Ok(entries)
+        }
+
+        async fn load_conversation(
+            connection: &mut $connection,
+            subject_id: &str,
+            conversation_id: &ConversationId,
+        ) -> Result<Option<ConversationFacts>, StoreError> {
+            let row = sqlx::query(
+                "SELECT feedback, automated_moderation, user_report FROM conversation_facts
+                 WHERE subject_id = $1 AND conversation_id = $2",
+            )
+            .bind(subject_id)
+            .bind(conversation_id.as_str())
+            .fetch_optional(&mut *connection)
+            .await?;
+            let Some(row) = row else { return Ok(None) };
+            let feedback: Option<String> = row.try_get("feedback")?;
+            Ok(Some(ConversationFacts {
+                feedback: feedback
+                    .as_deref()
+                    .map(|name| parse("feedback", name, Rating::from_name))
+                    .transpose()?,
+                automated_moderation: row.try_get("automated_moderation")?,
+                user_report: row.try_get("user_report")?,
+            }))
+        }
+
+        /// The latest committed sequence, read without locking.
+        pub(super) async fn latest_sequence(
+            connection: &mut $connection,
+        ) -> Result<u64, StoreError> {
+            let (sequence,): (i64,) =
+                sqlx::query_as("SELECT sequence FROM audit_chain_head WHERE chain_id = 0")
+                    .fetch_one(&mut *connection)
+                    .await?;
+            Ok(from_i64(sequence))
+        }
+
+        /// The last sequence and hash of the chain, locked for a write where the backend needs
+        /// it.
+        async fn chain_head(connection: &mut $connection) -> Result<(u64, String), StoreError> {
+            let (sequence, hash): (i64, String) = sqlx::query_as($head_query)
+                .fetch_one(&mut *connection)
+                .await?;
+            Ok((from_i64(sequence), hash))
+        }
+
+        async fn apply_change(
+            connection: &mut $connection,
+            subject_id: &str,
+            change: &Change,
+            revision: Revision,
+            now: i64,
+        ) -> Result<(), StoreError> {
+            let sequence = to_i64(revision.sequence());
+            let state = &change.subject.state;
+            sqlx::query(
+                "INSERT INTO subjects
+                     (subject_id, plan, jurisdiction, status, gpc, zero_data_retention,
+                      created_at, updated_at, revision)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)
+                 ON CONFLICT (subject_id) DO UPDATE SET
+                     plan = excluded.plan,
+                     jurisdiction = excluded.jurisdiction,
+                     status = excluded.status,
+                     gpc = excluded.gpc,
+                     zero_data_retention = excluded.zero_data_retention,
+                     updated_at = excluded.updated_at,
+                     revision = excluded.revision",
+            )
+            .bind(subject_id)
+            .bind(state.plan.map(Plan::as_str))
+            .bind(change.subject.jurisdiction.as_deref())
+            .bind(state.status.as_str())
+            .bind(state.gpc)
+            .bind(state.zero_data_retention)
+            .bind(now)
+            .bind(sequence)
+            .execute(&mut *connection)
+            .await?;
+
+            match change.choice {
+                Some((purpose, Some(choice))) => {
+                    sqlx::query(
+                        "INSERT INTO choices (subject_id, purpose, choice, updated_at, revision)
+                         VALUES ($1, $2, $3, $4, $5)
+                         ON CONFLICT (subject_id, purpose) DO UPDATE SET
+                             choice = excluded.choice,
+                             updated_at = excluded.updated_at,
+                             revision = excluded.revision",
+                    )
+                    .bind(subject_id)
+                    .bind(purpose.as_str())
+                    .bind(choice.as_str())
+                    .bind(now)
+                    .bind(sequence)
+                    .execute(&mut *connection)
+                    .await?;
+                }
+                Some((purpose, None)) => {
+                    sqlx::query("DELETE FROM choices WHERE subject_id = $1 AND purpose = $2")
+                        .bind(subject_id)
+                        .bind(purpose.as_str())
+                        .execute(&mut *connection)
+                        .await?;
+                }
+                None => {}
+            }
+
+            if let Some((conversation_id, facts)) = &change.conversation {
+                sqlx::query(
+                    "INSERT INTO conversation_facts
+                         (subject_id, conversation_id, feedback, automated_moderation,
+                          user_report, updated_at, revision)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)
+                     ON CONFLICT (subject_id, conversation_id) DO UPDATE SET
+                         feedback = excluded.feedback,
+                         automated_moderation = excluded.automated_moderation,
+                         user_report = excluded.user_report,
+                         updated_at = excluded.updated_at,
+                         revision = excluded.revision",
+                )
+                .bind(subject_id)
+                .bind(conversation_id.as_str())
+                .bind(facts.feedback.map(Rating::as_str))
+                .bind(facts.automated_moderation)
+                .bind(facts.user_report)
+                .bind(now)
+                .bind(sequence)
+                .execute(&mut *connection)
+                .await?;
+            }
+
+            if change.erase_personal_data {
+                sqlx::query("DELETE FROM choices WHERE subject_id = $1")
+                    .bind(subject_id)
+                    .execute(&mut *connection)
+                    .await?;
+                sqlx::query("DELETE FROM conversation_facts WHERE subject_id = $1")
+                    .bind(subject_id)
+                    .execute(&mut *connection)
+                    .await?;
+            }
+            Ok(())
+        }
+
+        /// Appends an event and moves the chain head to it.
+        async fn append_event(
+            connection: &mut $connection,
+            event: &AuditEvent,
+        ) -> Result<(), StoreError> {
+            let sequence = to_i64(event.sequence);
+            sqlx::query(
+                "INSERT INTO audit_events
+                     (sequence, event_id, at_micros, subject_id, kind, caller, operator_id,
+                      actor_reason, detail_json, policy_version, trace_id, prev_hash, hash)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            )
+            .bind(sequence)
+            .bind(&event.event_id)
+            .bind(event.at_micros)
+            .bind(&event.subject_id)
+            .bind(&event.kind)
+            .bind(&event.caller)
+            .bind(&event.operator_id)
+            .bind(&event.actor_reason)
+            .bind(&event.detail_json)
+            .bind(&event.policy_version)
+            .bind(&event.trace_id)
+            .bind(&event.prev_hash)
+            .bind(&event.hash)
+            .execute(&mut *connection)
+            .await?;
+            sqlx::query("UPDATE audit_chain_head SET sequence = $1, hash = $2 WHERE chain_id = 0")
+                .bind(sequence)
+                .bind(&event.hash)
+                .execute(&mut *connection)
+                .await?;
+            Ok(())
+        }
+
+        /// Audit events in sequence order.
+        pub(super) async fn events_in(
+            connection: &mut $connection,
+            query: &EventQuery,
+        ) -> Result<Vec<AuditEvent>, StoreError> {
+            let after = to_i64(query.after_sequence);
+            let limit = i64::from(query.limit);
+            let rows =
+                match &query.subject_id {
+                    Some(subject_id) => {
+                        sqlx::query(
+                            "SELECT * FROM audit_events WHERE subject_id = $1 AND sequence > $2
+                         ORDER BY sequence LIMIT $3",
+                        )
+                        .bind(subject_id.as_str())
+                        .bind(after)
+                        .bind(limit)
+                        .fetch_all(&mut *connection)
+                        .await?
+                    }
+                    None => sqlx::query(
+                        "SELECT * FROM audit_events WHERE sequence > $1 ORDER BY sequence LIMIT $2",
+                    )
+                    .bind(after)
+                    .bind(limit)
+                    .fetch_all(&mut *connection)
+                    .await?,
+                };
+            rows.iter().map(event_from_row).collect()
+        }
+
+        /// Recomputes the chain inside an open read transaction (one snapshot of events and
+        /// head, even while writes continue).
+        pub(super) async fn verify_chain_in(
+            connection: &mut $connection,
+        ) -> Result<ChainReport, StoreError> {
+            let head: Option<(i64, String)> =
+                sqlx::query_as("SELECT sequence, hash FROM audit_chain_head WHERE chain_id = 0")
+                    .fetch_optional(&mut *connection)
+                    .await?;
+            let mut verifier = ChainVerifier::new();
+            let mut after = 0_i64;
+            loop {
+                let rows = sqlx::query(
+                    "SELECT * FROM audit_events WHERE sequence > $1 ORDER BY sequence LIMIT $2",
+                )
+                .bind(after)
+                .bind(VERIFY_PAGE)
+                .fetch_all(&mut *connection)
+                .await?;
+                let Some(last) = rows.last() else { break };
+                after = last.try_get("sequence")?;
+                for row in &rows {
+                    verifier.feed(&event_from_row(row)?);
+                }
+            }
+            let head = head.map(|(sequence, hash)| (from_i64(sequence), hash));
+            Ok(verifier.finish(
+                head.as_ref()
+                    .map(|(sequence, hash)| (*sequence, hash.as_str())),
+            ))
+        }
+
+        fn parse<T>(
+            column: &str,
+            text: &str,
+            from_name: fn(&str) -> Option<T>,
+        ) -> Result<T, StoreError> {
+            from_name(text).ok_or_else(|| StoreError::Corrupt(format!("{column} {text:?}")))
+        }
+
+        fn parse_column<T>(
+            row: &$row,
+            column: &str,
+            from_name: fn(&str) -> Option<T>,
+        ) -> Result<T, StoreError> {
+            let text: String = row.try_get(column)?;
+            parse(column, &text, from_name)
+        }
+
+        fn event_from_row(row: &$row) -> Result<AuditEvent, StoreError> {
+            Ok(AuditEvent {
+                sequence: from_i64(row.try_get("sequence")?),
+                event_id: row.try_get("event_id")?,
+                at_micros: row.try_get("at_micros")?,
+                subject_id: row.try_get("subject_id")?,
+                kind: row.try_get("kind")?,
+                caller: row.try_get("caller")?,
+                operator_id: row.try_get("operator_id")?,
+                actor_reason: row.try_get("actor_reason")?,
+                detail_json: row.try_get("detail_json")?,
+                policy_version: row.try_get("policy_version")?,
+                trace_id: row.try_get("trace_id")?,
+                prev_hash: row.try_get("prev_hash")?,
+                hash: row.try_get("hash")?,
+            })
+        }
+
+        /// Sequences are stored as signed 64-bit integers; they start at 1 and never approach
+        /// `i64::MAX`.
+        fn to_i64(sequence: u64) -> i64 {
+            i64::try_from(sequence).unwrap_or(i64::MAX)
+        }
+
+        fn from_i64(sequence: i64) -> u64 {
+            u64::try_from(sequence).unwrap_or_default()
+        }
+    };
+}
+
+pub(crate) use sql_rows;

@@ -1,0 +1,428 @@
+//! The store test suite: every test written once and run against each backend, on a fresh
+//! database it creates and drops (see `testing`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::testing::{Backend, TestDatabase};
+use super::*;
+use crate::domain::{Actor, ConversationId, SubjectId};
+use crate::policy::{FlagKind, Plan, Rating, Status};
+
+macro_rules! store_tests {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Backend::Sqlite).await
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Postgres).await
+                }
+            )+
+        }
+    };
+}
+
+store_tests!(
+    writes_are_read_back,
+    writes_that_change_nothing_record_nothing,
+    refused_writes_change_nothing,
+    revisions_are_gap_free_and_the_chain_verifies,
+    deletion_erases_personal_data,
+    events_page_by_subject,
+    concurrent_writers_line_up,
+    state_survives_reopening,
+    a_newer_schema_is_refused,
+);
+
+fn subject(id: &str) -> SubjectId {
+    SubjectId::parse(id).unwrap()
+}
+
+fn conversation(id: &str) -> ConversationId {
+    ConversationId::parse(id).unwrap()
+}
+
+fn request(subject_id: &str, command: Command) -> WriteRequest {
+    WriteRequest {
+        subject_id: subject(subject_id),
+        command,
+        context: WriteContext {
+            caller: "store-tests".into(),
+            actor: Actor::parse("tester", "").unwrap(),
+            trace_id: String::new(),
+        },
+    }
+}
+
+fn upsert(plan: Plan) -> Command {
+    Command::Upsert(SubjectFields {
+        plan: Some(plan),
+        ..Default::default()
+    })
+}
+
+fn choice(purpose: Purpose, choice: Option<Choice>) -> Command {
+    Command::SetChoice { purpose, choice }
+}
+
+async fn open(database: &TestDatabase) -> Store {
+    Store::open(database.location()).await.unwrap()
+}
+
+async fn all_events(store: &Store, subject_id: Option<&str>) -> Vec<AuditEvent> {
+    store
+        .events(&EventQuery {
+            subject_id: subject_id.map(subject),
+            after_sequence: 0,
+            limit: 100_000,
+        })
+        .await
+        .unwrap()
+}
+
+async fn writes_are_read_back(backend: Backend) {
+    let database = TestDatabase::create(backend).await;
+    let store = open(&database).await;
+    store
+        .write(&request("u-1", upsert(Plan::Pro)))
+        .await
+        .unwrap();
+    store
+        .write(&request(
+            "u-1",
+            choice(Purpose::ModelTraining, Some(Choice::Refused)),
+        ))
+        .await
+        .unwrap();
+    let feedback = Command::RecordFeedback {
+        conversation_id: conversation("c-1"),
+        rating: Rating::ThumbsUp,
+    };
+    store.write(&request("u-1", feedback)).await.unwrap();
+    let flag = Command::FlagConversation {
+        conversation_id: conversation("c-1"),
+        kind: FlagKind::UserReport,
+    };
+    let last = store.write(&request("u-1", flag)).await.unwrap();
+    assert!(last.changed);
+    assert_eq!(last.revision, Revision::new(4));
+
+    let state = store
+        .decision_state(&subject("u-1"), Some(&conversation("c-1")))
+        .await
+        .unwrap();
+    let subject_state = state.subject.unwrap();
+    assert_eq!(subject_state.plan, Some(Plan::Pro));
+    assert_eq!(
+        subject_state.choices.get(Purpose::ModelTraining),
+        Some(Choice::Refused)
+    );
+    let facts = state.conversation.unwrap();
+    assert_eq!(facts.feedback, Some(Rating::ThumbsUp));
+    assert!(facts.user_report && !facts.automated_moderation);
+    assert_eq!(state.revision, Revision::new(4));
+
+    let other = store
+        .decision_state(&subject("u-1"), Some(&conversation("c-2")))
+        .await
+        .unwrap();
+    assert_eq!(other.conversation, None);
+    let unknown = store
+        .decision_state(&subject("nobody"), None)
+        .await
+        .unwrap();
+    assert_eq!(unknown.subject, None);
+    assert_eq!(
+        unknown.revision,
+        Revision::new(4),
+        "the store's latest revision"
+    );
+
+    let view = store.subject(&subject("u-1")).await.unwrap().unwrap();
+    assert_eq!(view.choices.len(), 1);
+    assert_eq!(view.choices[0].purpose, Purpose::ModelTraining);
+    assert!(view.choices[0].updated_at_micros > 0);
+    assert_eq!(view.revision, Revision::new(4));
+    assert!(store.subject(&subject("nobody")).await.unwrap().is_none());
+    store.close().await;
+}
+
+async fn writes_that_change_nothing_record_nothing(backend: Backend) {
+    let database = TestDatabase::create(backend).await;
+    let store = open(&database).await;
+    let first = store
+        .write(&request("u-1", upsert(Plan::Free)))
+        .await
+        .unwrap();
+    for command in [
+        upsert(Plan::Free),
+        choice(Purpose::Memory, None),
+        Command::SetRestriction { restricted: false },
+    ] {
+        let outcome = store.write(&request("u-1", command)).await.unwrap();
+        assert!(!outcome.changed);
+        assert_eq!(outcome.revision, first.revision);
+    }
+    let deleted = store.write(&request("u-1", Command::Delete)).await.unwrap();
+    let again = store.write(&request("u-1", Command::Delete)).await.unwrap();
+    assert!(deleted.changed && !again.changed);
+    assert_eq!(again.revision, deleted.revision);
+    assert_eq!(all_events(&store, None).await.len(), 2);
+    store.close().await;
+}
+
+async fn refused_writes_change_nothing(backend: Backend) {
+    let database = TestDatabase::create(backend).await;
+    let store = open(&database).await;
+    let refused = store
+        .write(&request(
+            "ghost",
+            Command::SetRestriction { restricted: true },
+        ))
+        .await;
+    assert!(matches!(refused, Err(StoreError::NotFound)));
+    store
+        .write(&request("u-1", upsert(Plan::Free)))
+        .await
+        .unwrap();
+    store.write(&request("u-1", Command::Delete)).await.unwrap();
+    let refused = store.write(&request("u-1", upsert(Plan::Pro))).await;
+    assert!(matches!(refused, Err(StoreError::SubjectDeleted)));
+    let view = store.subject(&subject("u-1")).await.unwrap().unwrap();
+    assert_eq!(view.record.state.status, Status::Deleted);
+    assert_eq!(view.record.state.plan, Some(Plan::Free));
+    assert_eq!(all_events(&store, None).await.len(), 2);
+    store.close().await;
+}
+
+async fn revisions_are_gap_free_and_the_chain_verifies(backend: Backend) {
+    let database = TestDatabase::create(backend).await;
+    let store = open(&database).await;
+    for index in 0..20 {
+        let plan = Plan::ALL[index % Plan::ALL.len()];
+        store
+            .write(&request(&format!("u-{}", index % 3), upsert(plan)))
+            .await
+            .unwrap();
+    }
+    let events = all_events(&store, None).await;
+    let sequences: Vec<u64> = events.iter().map(|event| event.sequence).collect();
+    assert_eq!(sequences, (1..=events.len() as u64).collect::<Vec<_>>());
+    for pair in events.windows(2) {
+        assert_eq!(pair[1].prev_hash, pair[0].hash);
+    }
+    let report = store.verify_chain().await.unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.events_checked, events.len() as u64);
+    assert_eq!(
+        store.head_revision().await.unwrap(),
+        Revision::new(events.len() as u64)
+    );
+    store.close().await;
+}
+
+async fn deletion_erases_personal_data(backend: Backend) {
+    let database = TestDatabase::create(backend).await;
+    let store = open(&database).await;
+    store
+        .write(&request("u-1", upsert(Plan::Free)))
+        .await
+        .unwrap();
+    store
+        .write(&request(
+            "u-1",
+            choice(Purpose::Memory, Some(Choice::Refused)),
+        ))
+        .await
+        .unwrap();
+    let feedback = Command::RecordFeedback {
+        conversation_id: conversation("c-1"),
+        rating: Rating::ThumbsDown,
+    };
+    store.write(&request("u-1", feedback)).await.unwrap();
+    store.write(&request("u-1", Command::Delete)).await.unwrap();
+    let state = store
+        .decision_state(&subject("u-1"), Some(&conversation("c-1")))
+        .await
+        .unwrap();
+    assert_eq!(state.subject.unwrap().status, Status::Deleted);
+    assert_eq!(state.conversation, None);
+    let view = store.subject(&subject("u-1")).await.unwrap().unwrap();
+    assert!(view.choices.is_empty());
+    store.close().await;
+}
+
+async fn events_page_by_subject(backend: Backend) {
+    let database = TestDatabase::create(backend).await;
+    let store = open(&database).await;
+    for index in 0..9 {
+        let subject_id = format!("u-{}", index % 3);
+        let command = if index < 3 {
+            upsert(Plan::Free)
+        } else {
+            let purposes = [Purpose::Memory, Purpose::MarketingEmail];
+            choice(purposes[index / 3 - 1], Some(Choice::Granted))
+        };
+        store.write(&request(&subject_id, command)).await.unwrap();
+    }
+    let page = store
+        .events(&EventQuery {
+            subject_id: Some(subject("u-1")),
+            after_sequence: 2,
+            limit: 2,
+        })
+        .await
+        .unwrap();
+    let sequences: Vec<u64> = page.iter().map(|event| event.sequence).collect();
+    assert_eq!(sequences, [5, 8]);
+    assert!(page.iter().all(|event| event.subject_id == "u-1"));
+    store.close().await;
+}
+
+/// Many writers on one subject at once: every change gets its own revision and its own event,
+/// the chain stays linear, and the final state is the last change of each field.
+async fn concurrent_writers_line_up(backend: Backend) {
+    let database = TestDatabase::create(backend).await;
+    let store = open(&database).await;
+    store
+        .write(&request("hot", upsert(Plan::Free)))
+        .await
+        .unwrap();
+    let purposes = [
+        Purpose::Memory,
+        Purpose::MarketingEmail,
+        Purpose::IpGeolocation,
+    ];
+    let mut writers = Vec::new();
+    let store = Arc::new(store);
+    for writer in 0..8 {
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            for index in 0..25 {
+                let purpose = purposes[(writer + index) % purposes.len()];
+                let value = if (writer * 7 + index) % 2 == 0 {
+                    Choice::Granted
+                } else {
+                    Choice::Refused
+                };
+                let outcome = store
+                    .write(&request("hot", choice(purpose, Some(value))))
+                    .await
+                    .unwrap();
+                acknowledged.push((outcome, purpose, value));
+            }
+            acknowledged
+        }));
+    }
+    let mut acknowledged = Vec::new();
+    for writer in writers {
+        acknowledged.extend(writer.await.unwrap());
+    }
+    let changed: Vec<_> = acknowledged
+        .iter()
+        .filter(|(outcome, ..)| outcome.changed)
+        .collect();
+    let events = all_events(&store, Some("hot")).await;
+    assert_eq!(events.len(), changed.len() + 1, "one event per change");
+    let mut latest: HashMap<Purpose, (Revision, Choice)> = HashMap::new();
+    for (outcome, purpose, value) in &changed {
+        let entry = latest.entry(*purpose).or_insert((outcome.revision, *value));
+        if outcome.revision > entry.0 {
+            *entry = (outcome.revision, *value);
+        }
+    }
+    let state = store.decision_state(&subject("hot"), None).await.unwrap();
+    let choices = state.subject.unwrap().choices;
+    for (purpose, (_, value)) in latest {
+        assert_eq!(choices.get(purpose), Some(value), "{purpose}");
+    }
+    let mut revisions: Vec<Revision> = changed
+        .iter()
+        .map(|(outcome, ..)| outcome.revision)
+        .collect();
+    revisions.sort();
+    revisions.dedup();
+    assert_eq!(
+        revisions.len(),
+        changed.len(),
+        "two changes shared a revision"
+    );
+    assert!(store.verify_chain().await.unwrap().ok);
+    store.close().await;
+}
+
+async fn state_survives_reopening(backend: Backend) {
+    let database = TestDatabase::create(backend).await;
+    let store = open(&database).await;
+    store
+        .write(&request("u-1", upsert(Plan::Student)))
+        .await
+        .unwrap();
+    store.close().await;
+    let reopened = open(&database).await;
+    let state = reopened
+        .decision_state(&subject("u-1"), None)
+        .await
+        .unwrap();
+    assert_eq!(state.subject.unwrap().plan, Some(Plan::Student));
+    reopened
+        .write(&request("u-2", upsert(Plan::Free)))
+        .await
+        .unwrap();
+    assert!(reopened.verify_chain().await.unwrap().ok);
+    reopened.close().await;
+}
+
+/// A database migrated by a newer binary (a migration this one does not know) is refused.
+async fn a_newer_schema_is_refused(backend: Backend) {
+    let database = TestDatabase::create(backend).await;
+    open(&database).await.close().await;
+    let future =
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+                  VALUES (99990101000000, 'from a newer assent', TRUE, $1, 0)";
+    let checksum = vec![0_u8; 48];
+    match backend {
+        Backend::Sqlite => {
+            let mut connection =
+                <sqlx::SqliteConnection as sqlx::Connection>::connect(&database.url())
+                    .await
+                    .unwrap();
+            sqlx::query(future)
+                .bind(checksum)
+                .execute(&mut connection)
+                .await
+                .unwrap();
+        }
+        Backend::Postgres => {
+            let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect(&database.url())
+                .await
+                .unwrap();
+            sqlx::query(future)
+                .bind(checksum)
+                .execute(&mut connection)
+                .await
+                .unwrap();
+        }
+    }
+    let refused = Store::open(database.location()).await;
+    let error = refused.expect_err("a newer schema was accepted");
+    assert!(
+        matches!(
+            error,
+            StoreError::SchemaTooNew {
+                version: 99990101000000
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("newer than this binary"));
+}
