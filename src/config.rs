@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::audit::decision_log::LogMode;
 use crate::store::{DatabaseUrl, StoreLocation};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -18,8 +19,10 @@ pub const DEFAULT_DATA_DIR: &str = "data";
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const DATABASE_FILE: &str = "assent.db";
 const DEFAULT_DATABASE_MAX_CONNECTIONS: u32 = 16;
+const DEFAULT_DECISION_LOG_QUEUE: usize = 65_536;
+const DEFAULT_DECISION_LOG_RETENTION_DAYS: u32 = 400;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
     /// The gRPC listen address.
     pub listen: SocketAddr,
@@ -30,6 +33,12 @@ pub struct Settings {
     pub database_url: Option<DatabaseUrl>,
     /// The PostgreSQL connection pool's size.
     pub database_max_connections: u32,
+    /// Which decisions the decision log records.
+    pub decision_log: LogMode,
+    /// How many decisions may wait to be written before new ones are dropped (and counted).
+    pub decision_log_queue: usize,
+    /// How many days of decisions `assent audit prune` keeps.
+    pub decision_log_retention_days: u32,
     /// How long in-flight calls may take to finish after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
@@ -51,6 +60,9 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<String>,
     pub database_max_connections: Option<u32>,
+    pub decision_log: Option<String>,
+    pub decision_log_queue: Option<usize>,
+    pub decision_log_retention_days: Option<u32>,
     pub shutdown_grace_seconds: Option<u64>,
     pub log_format: Option<String>,
 }
@@ -81,6 +93,9 @@ impl Overrides {
             data_dir: get("ASSENT_DATA_DIR").map(PathBuf::from),
             database_url: get("ASSENT_DATABASE_URL"),
             database_max_connections: parse_number(env, "ASSENT_DATABASE_MAX_CONNECTIONS")?,
+            decision_log: get("ASSENT_DECISION_LOG"),
+            decision_log_queue: parse_number(env, "ASSENT_DECISION_LOG_QUEUE")?,
+            decision_log_retention_days: parse_number(env, "ASSENT_DECISION_LOG_RETENTION_DAYS")?,
             shutdown_grace_seconds: parse_number(env, "ASSENT_SHUTDOWN_GRACE_SECONDS")?,
             log_format: get("ASSENT_LOG_FORMAT"),
         })
@@ -106,6 +121,11 @@ impl Overrides {
             database_max_connections: later
                 .database_max_connections
                 .or(self.database_max_connections),
+            decision_log: later.decision_log.or(self.decision_log),
+            decision_log_queue: later.decision_log_queue.or(self.decision_log_queue),
+            decision_log_retention_days: later
+                .decision_log_retention_days
+                .or(self.decision_log_retention_days),
             shutdown_grace_seconds: later.shutdown_grace_seconds.or(self.shutdown_grace_seconds),
             log_format: later.log_format.or(self.log_format),
         }
@@ -177,8 +197,29 @@ impl Settings {
                 message: "must be at least 1".into(),
             });
         }
+        let decision_log = match overrides.decision_log.as_deref() {
+            Some(text) => LogMode::parse(text).map_err(|message| ConfigError::Invalid {
+                setting: "decision_log",
+                message,
+            })?,
+            None => LogMode::All,
+        };
+        let decision_log_queue = overrides
+            .decision_log_queue
+            .unwrap_or(DEFAULT_DECISION_LOG_QUEUE);
+        if decision_log_queue == 0 {
+            return Err(ConfigError::Invalid {
+                setting: "decision_log_queue",
+                message: "must be at least 1".into(),
+            });
+        }
         Ok(Settings {
             listen,
+            decision_log,
+            decision_log_queue,
+            decision_log_retention_days: overrides
+                .decision_log_retention_days
+                .unwrap_or(DEFAULT_DECISION_LOG_RETENTION_DAYS),
             data_dir: overrides
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),

@@ -5,6 +5,7 @@
 
 use tonic::{Code, Status};
 
+use crate::audit::decision_log::DecisionLogError;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +25,9 @@ pub enum ApiError {
     /// The store of record cannot be reached.
     #[error("the store of record is unavailable; retry later")]
     StoreUnavailable(#[source] StoreError),
+    /// A `require_audit` check whose record could not be made durable: no answer without it.
+    #[error("require_audit: the decision could not be recorded durably ({0}); retry later")]
+    AuditUnavailable(DecisionLogError),
     /// Anything else: logged in full, reported without detail.
     #[error("internal error")]
     Internal(#[source] StoreError),
@@ -68,7 +72,7 @@ impl ApiError {
             ApiError::SubjectNotFound(_) => Code::NotFound,
             ApiError::SubjectDeleted(_) => Code::FailedPrecondition,
             ApiError::Unimplemented { .. } => Code::Unimplemented,
-            ApiError::StoreUnavailable(_) => Code::Unavailable,
+            ApiError::StoreUnavailable(_) | ApiError::AuditUnavailable(_) => Code::Unavailable,
             ApiError::Internal(_) => Code::Internal,
         }
     }

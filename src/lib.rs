@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod calendar;
 pub mod cli;
 pub mod config;
 pub mod domain;

@@ -14,6 +14,7 @@ use crate::api::AppState;
 use crate::api::audit::AuditService;
 use crate::api::decisions::DecisionsService;
 use crate::api::subjects::SubjectsService;
+use crate::audit::decision_log::DecisionLog;
 use crate::config::Settings;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::audit_server::AuditServer;
@@ -59,8 +60,14 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let address = self.local_addr();
+        let (decision_log, decision_log_writer) = DecisionLog::start(
+            self.store.clone(),
+            self.settings.decision_log,
+            self.settings.decision_log_queue,
+        );
         let state = AppState {
             store: self.store.clone(),
+            decision_log,
         };
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
@@ -116,8 +123,9 @@ impl Application {
                 tracing::warn!(?grace, "shutdown grace period over: dropping the calls still open");
             }
         }
+        decision_log_writer.shutdown().await;
         self.store.close().await;
-        tracing::info!("store closed; bye");
+        tracing::info!("decision log flushed, store closed; bye");
         Ok(())
     }
 }

@@ -3,14 +3,16 @@
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use uuid::Uuid;
 
-use super::AppState;
 use super::validate::{self, CheckQuery, Freshness};
+use super::{AppState, CallContext};
+use crate::audit::decision_log::{DecisionRecord, DurableReceipt};
 use crate::error::ApiError;
 use crate::policy::{self, POLICY_VERSION, Purpose, Question, Rule};
 use crate::proto;
 use crate::revision::Revision;
-use crate::store::StoreError;
+use crate::store::{StoreError, now_micros};
 
 /// How many answers of a StreamCheck may wait for the client to read them.
 const STREAM_BUFFER: usize = 256;
@@ -20,49 +22,126 @@ pub struct DecisionsService {
     state: AppState,
 }
 
+/// What a check decided, before it is put on the wire or in the log.
+#[derive(Clone, Copy, Debug)]
+struct Verdict {
+    rule: Rule,
+    /// The state revision the answer was computed from; `None` for a degraded answer.
+    revision: Option<Revision>,
+    decision_id: Uuid,
+}
+
 impl DecisionsService {
     pub fn new(state: AppState) -> DecisionsService {
         DecisionsService { state }
     }
 
-    /// Answers one validated check.
-    async fn decide(&self, query: &CheckQuery) -> Result<proto::CheckResponse, ApiError> {
+    /// Decides one validated check.
+    async fn decide(&self, query: &CheckQuery) -> Result<Verdict, ApiError> {
         let conversation_id = query.conversation_id.as_ref();
         let loaded = self
             .state
             .store
             .decision_state(&query.subject_id, conversation_id)
             .await;
-        let state = match loaded {
-            Ok(state) => state,
+        let (rule, revision) = match loaded {
+            Ok(state) => {
+                let question = Question {
+                    purpose: query.purpose,
+                    source: query.source,
+                    conversation: state.conversation,
+                };
+                let rule = policy::evaluate(state.subject.as_ref(), &question);
+                (rule, Some(state.revision))
+            }
             // The fail-safe answer of POLICY.md, only when the caller asked for no particular
             // freshness: an answer that cannot honour a demanded revision is an error instead.
             Err(StoreError::Unavailable(_)) if query.freshness == Freshness::MinimizeLatency => {
-                return Ok(decision_response(
-                    query,
-                    policy::degraded(query.purpose),
-                    None,
-                ));
+                (policy::degraded(query.purpose), None)
             }
             Err(error) => return Err(ApiError::from_store(error, query.subject_id.as_str())),
         };
-        let question = Question {
-            purpose: query.purpose,
-            source: query.source,
-            conversation: state.conversation,
+        Ok(Verdict {
+            rule,
+            revision,
+            decision_id: Uuid::now_v7(),
+        })
+    }
+
+    /// Decides a check, records it as the decision log's mode asks, and answers it. A
+    /// `require_audit` check hands back the receipt to wait on before answering.
+    async fn check_one(
+        &self,
+        query: &CheckQuery,
+        context: &CallContext,
+    ) -> Result<(proto::CheckResponse, Option<DurableReceipt>), ApiError> {
+        let verdict = self.decide(query).await?;
+        let log = &self.state.decision_log;
+        let draw = verdict.decision_id.as_u128() as u32;
+        let decision = verdict.rule.outcome().decision;
+        let receipt = if query.require_audit {
+            let record = record(query, &verdict, context);
+            let receipt = log
+                .record_durable(record)
+                .await
+                .map_err(ApiError::AuditUnavailable)?;
+            Some(receipt)
+        } else {
+            if log.wants(decision, draw) {
+                log.record(record(query, &verdict, context));
+            }
+            None
         };
-        let rule = policy::evaluate(state.subject.as_ref(), &question);
-        Ok(decision_response(query, rule, Some(state.revision)))
+        Ok((response_to(query, &verdict), receipt))
     }
 }
 
-/// The answer of `rule` to `query`. `revision` is `None` for a degraded answer, made without
-/// reading any state.
-pub fn decision_response(
-    query: &CheckQuery,
-    rule: Rule,
-    revision: Option<Revision>,
-) -> proto::CheckResponse {
+/// Waits until every `require_audit` record of a call is committed.
+async fn await_receipts(
+    receipts: impl IntoIterator<Item = DurableReceipt>,
+) -> Result<(), ApiError> {
+    for receipt in receipts {
+        receipt
+            .committed()
+            .await
+            .map_err(ApiError::AuditUnavailable)?;
+    }
+    Ok(())
+}
+
+fn consistency_name(freshness: Freshness) -> &'static str {
+    match freshness {
+        Freshness::MinimizeLatency => "minimize_latency",
+        Freshness::AtLeastAsFresh(_) => "at_least_as_fresh",
+        Freshness::FullyConsistent => "fully_consistent",
+    }
+}
+
+fn record(query: &CheckQuery, verdict: &Verdict, context: &CallContext) -> DecisionRecord {
+    let outcome = verdict.rule.outcome();
+    DecisionRecord {
+        decided_at_micros: now_micros(),
+        decision_id: verdict.decision_id.to_string(),
+        subject_id: query.subject_id.as_str().to_owned(),
+        purpose: query.purpose,
+        conversation_id: query
+            .conversation_id
+            .as_ref()
+            .map(|id| id.as_str().to_owned()),
+        source: query.source,
+        consistency: consistency_name(query.freshness),
+        decision: outcome.decision,
+        reason: outcome.reason,
+        rule: verdict.rule,
+        policy_version: POLICY_VERSION,
+        revision: verdict.revision.map(Revision::sequence),
+        degraded: verdict.revision.is_none(),
+        caller: context.caller.clone(),
+        trace_id: context.trace_id.clone(),
+    }
+}
+
+fn response_to(query: &CheckQuery, verdict: &Verdict) -> proto::CheckResponse {
     let conversation_id = query
         .conversation_id
         .as_ref()
@@ -72,18 +151,21 @@ pub fn decision_response(
         query.subject_id.as_str(),
         query.purpose,
         conversation_id,
-        rule,
-        revision,
+        verdict.rule,
+        verdict.revision,
+        verdict.decision_id,
     )
 }
 
-/// Builds a CheckResponse; shared by Check and by GetSubject's effective decisions.
+/// Builds a CheckResponse; shared by Check and by GetSubject's effective decisions. `revision`
+/// is `None` for a degraded answer, made without reading any state.
 pub fn response(
     subject_id: &str,
     purpose: Purpose,
     conversation_id: String,
     rule: Rule,
     revision: Option<Revision>,
+    decision_id: Uuid,
 ) -> proto::CheckResponse {
     let outcome = rule.outcome();
     proto::CheckResponse {
@@ -100,7 +182,7 @@ pub fn response(
         policy_version: POLICY_VERSION.to_owned(),
         revision: revision.map(Revision::to_token).unwrap_or_default(),
         explanation: outcome.explanation.to_owned(),
-        decision_id: uuid::Uuid::now_v7().to_string(),
+        decision_id: decision_id.to_string(),
         degraded: revision.is_none(),
     }
 }
@@ -113,7 +195,10 @@ impl proto::decisions_server::Decisions for DecisionsService {
         request: Request<proto::CheckRequest>,
     ) -> Result<Response<proto::CheckResponse>, Status> {
         let query = validate::check(request.get_ref())?;
-        Ok(Response::new(self.decide(&query).await?))
+        let context = CallContext::of(&request);
+        let (response, receipt) = self.check_one(&query, &context).await?;
+        await_receipts(receipt).await?;
+        Ok(Response::new(response))
     }
 
     #[tracing::instrument(name = "Decisions/BatchCheck", skip_all)]
@@ -122,10 +207,15 @@ impl proto::decisions_server::Decisions for DecisionsService {
         request: Request<proto::BatchCheckRequest>,
     ) -> Result<Response<proto::BatchCheckResponse>, Status> {
         let queries = validate::batch(request.get_ref())?;
+        let context = CallContext::of(&request);
         let mut results = Vec::with_capacity(queries.len());
+        let mut receipts = Vec::new();
         for query in &queries {
-            results.push(self.decide(query).await?);
+            let (response, receipt) = self.check_one(query, &context).await?;
+            results.push(response);
+            receipts.extend(receipt);
         }
+        await_receipts(receipts).await?;
         Ok(Response::new(proto::BatchCheckResponse { results }))
     }
 
@@ -136,6 +226,7 @@ impl proto::decisions_server::Decisions for DecisionsService {
         &self,
         request: Request<Streaming<proto::CheckRequest>>,
     ) -> Result<Response<Self::StreamCheckStream>, Status> {
+        let context = CallContext::of(&request);
         let mut requests = request.into_inner();
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
         let service = self.clone();
@@ -144,7 +235,13 @@ impl proto::decisions_server::Decisions for DecisionsService {
             loop {
                 let result = match requests.message().await {
                     Ok(Some(check_request)) => match validate::check(&check_request) {
-                        Ok(query) => service.decide(&query).await.map_err(Status::from),
+                        Ok(query) => match service.check_one(&query, &context).await {
+                            Ok((response, receipt)) => await_receipts(receipt)
+                                .await
+                                .map(|()| response)
+                                .map_err(Status::from),
+                            Err(error) => Err(error.into()),
+                        },
                         Err(error) => Err(error.within(&format!("stream[{position}]")).into()),
                     },
                     Ok(None) => break,

@@ -13,12 +13,30 @@ pub mod validate;
 
 use tonic::metadata::MetadataMap;
 
+use crate::audit::decision_log::DecisionLog;
 use crate::store::Store;
 
 /// What every handler shares.
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub store: Store,
+    pub decision_log: DecisionLog,
+}
+
+/// Who is calling and under which trace, read once per call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallContext {
+    pub caller: String,
+    pub trace_id: String,
+}
+
+impl CallContext {
+    pub fn of<T>(request: &tonic::Request<T>) -> CallContext {
+        CallContext {
+            caller: caller_of(request),
+            trace_id: trace_id_of(request.metadata()),
+        }
+    }
 }
 
 /// The identity of the calling service, set on the request by the authentication layer.

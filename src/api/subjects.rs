@@ -152,6 +152,7 @@ impl proto::subjects_server::Subjects for SubjectsService {
                     String::new(),
                     rule,
                     Some(view.revision),
+                    uuid::Uuid::now_v7(),
                 )
             })
             .collect();

@@ -58,12 +58,6 @@ pub fn check(request: &proto::CheckRequest) -> Result<CheckQuery, ApiError> {
             message: "decisions as of a past instant are not supported by this server yet".into(),
         });
     }
-    if request.require_audit {
-        return Err(ApiError::Unimplemented {
-            field: "require_audit".into(),
-            message: "the decision log is not enabled on this server".into(),
-        });
-    }
     Ok(CheckQuery {
         subject_id,
         purpose,

@@ -6,6 +6,7 @@
 //! `docs/audit.md` so that an auditor can recompute every hash from an export.
 
 mod chain;
+pub mod decision_log;
 
 pub use chain::{ChainReport, ChainVerifier, GENESIS_HASH, canonical_bytes, chain_hash};
 

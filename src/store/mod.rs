@@ -23,6 +23,7 @@ pub use change::{Command, SubjectFields, SubjectRecord};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
+use crate::audit::decision_log::DecisionRecord;
 use crate::audit::{AuditEvent, ChainReport};
 use crate::domain::{Actor, ConversationId, SubjectId};
 use crate::policy::{Choice, ConversationFacts, Purpose, SubjectState};
@@ -133,6 +134,20 @@ pub struct SubjectView {
     pub choices: Vec<ChoiceEntry>,
     pub revision: Revision,
 }
+
+/// What `prune_decision_log` removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// The day partitions dropped (PostgreSQL).
+    pub partitions_dropped: Vec<String>,
+    /// The rows deleted (SQLite, which has no partitions).
+    pub rows_deleted: u64,
+}
+
+/// The column list every backend inserts decision records with.
+const DECISION_LOG_INSERT: &str = "INSERT INTO decision_log
+    (decided_at, decision_id, subject_id, purpose, conversation_id, source, consistency,
+     decision, reason, rule, policy_version, revision, degraded, caller, trace_id) ";
 
 /// Which audit events to list.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -289,6 +304,30 @@ impl Store {
         match self {
             Store::Sqlite(store) => store.head_revision().await,
             Store::Postgres(store) => store.head_revision().await,
+        }
+    }
+
+    /// Records a batch of decisions in the decision log.
+    pub async fn insert_decisions(&self, records: &[DecisionRecord]) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(store) => store.insert_decisions(records).await,
+            Store::Postgres(store) => store.insert_decisions(records).await,
+        }
+    }
+
+    /// Removes the decisions older than `cutoff_micros` (whole day partitions on PostgreSQL).
+    pub async fn prune_decision_log(&self, cutoff_micros: i64) -> Result<PruneReport, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.prune_decision_log(cutoff_micros).await,
+            Store::Postgres(store) => store.prune_decision_log(cutoff_micros).await,
+        }
+    }
+
+    /// The number of recorded decisions.
+    pub async fn count_decisions(&self) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.count_decisions().await,
+            Store::Postgres(store) => store.count_decisions().await,
         }
     }
 

@@ -14,7 +14,10 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use super::{DecisionState, EventQuery, StoreError, SubjectView, WriteOutcome, WriteRequest};
+use super::{
+    DecisionState, EventQuery, PruneReport, StoreError, SubjectView, WriteOutcome, WriteRequest,
+};
+use crate::audit::decision_log::DecisionRecord;
 use crate::audit::{AuditEvent, ChainReport};
 use crate::domain::{ConversationId, SubjectId};
 use crate::revision::Revision;
@@ -120,6 +123,58 @@ impl SqliteStore {
     pub async fn head_revision(&self) -> Result<Revision, StoreError> {
         let mut connection = self.reader.acquire().await?;
         Ok(Revision::new(rows::latest_sequence(&mut connection).await?))
+    }
+
+    /// Inserts decision records, a few hundred rows per statement, in one transaction.
+    pub async fn insert_decisions(&self, records: &[DecisionRecord]) -> Result<(), StoreError> {
+        // 15 parameters a row; SQLite takes up to 32,766 parameters per statement.
+        const ROWS_PER_STATEMENT: usize = 500;
+        let mut tx = self.writer.begin().await?;
+        for chunk in records.chunks(ROWS_PER_STATEMENT) {
+            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(super::DECISION_LOG_INSERT);
+            insert.push_values(chunk, |mut row, record| {
+                row.push_bind(record.decided_at_micros)
+                    .push_bind(record.decision_id.clone())
+                    .push_bind(record.subject_id.clone())
+                    .push_bind(record.purpose.as_str())
+                    .push_bind(record.conversation_id.clone())
+                    .push_bind(record.source.as_str())
+                    .push_bind(record.consistency)
+                    .push_bind(record.decision.as_str())
+                    .push_bind(record.reason.as_str())
+                    .push_bind(record.rule.id())
+                    .push_bind(record.policy_version)
+                    .push_bind(record.revision.map(|revision| revision as i64))
+                    .push_bind(record.degraded)
+                    .push_bind(record.caller.clone())
+                    .push_bind(record.trace_id.clone());
+            });
+            insert.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Deletes the decisions made before `cutoff_micros` in one statement (SQLite has no
+    /// partitions to drop).
+    pub async fn prune_decision_log(&self, cutoff_micros: i64) -> Result<PruneReport, StoreError> {
+        let deleted = sqlx::query("DELETE FROM decision_log WHERE decided_at < $1")
+            .bind(cutoff_micros)
+            .execute(&self.writer)
+            .await?
+            .rows_affected();
+        Ok(PruneReport {
+            partitions_dropped: Vec::new(),
+            rows_deleted: deleted,
+        })
+    }
+
+    /// The number of recorded decisions (for tests and operators).
+    pub async fn count_decisions(&self) -> Result<u64, StoreError> {
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM decision_log")
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(count as u64)
     }
 
     pub async fn close(&self) {

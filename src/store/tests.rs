@@ -40,6 +40,7 @@ store_tests!(
     concurrent_writers_line_up,
     state_survives_reopening,
     a_newer_schema_is_refused,
+    old_decisions_are_pruned,
 );
 
 fn subject(id: &str) -> SubjectId {
@@ -425,4 +426,67 @@ async fn a_newer_schema_is_refused(backend: Backend) {
         "{error:?}"
     );
     assert!(error.to_string().contains("newer than this binary"));
+}
+
+fn decision_at(decided_at_micros: i64, index: usize) -> DecisionRecord {
+    DecisionRecord {
+        decided_at_micros,
+        decision_id: format!("decision-{index}"),
+        subject_id: "u-1".into(),
+        purpose: Purpose::ModelTraining,
+        conversation_id: index.is_multiple_of(2).then(|| "c-1".to_owned()),
+        source: crate::policy::Source::Conversation,
+        consistency: "minimize_latency",
+        decision: crate::policy::Decision::Allow,
+        reason: crate::policy::Reason::PlanDefault,
+        rule: crate::policy::Rule::T6,
+        policy_version: crate::policy::POLICY_VERSION,
+        revision: Some(3),
+        degraded: false,
+        caller: "gateway".into(),
+        trace_id: String::new(),
+    }
+}
+
+/// Retention removes whole days older than the window and keeps the rest.
+async fn old_decisions_are_pruned(backend: Backend) {
+    use crate::calendar::MICROS_PER_DAY;
+    let database = TestDatabase::create(backend).await;
+    let store = open(&database).await;
+    let now = now_micros();
+    let ages_in_days = [500, 401, 10, 0];
+    let records: Vec<DecisionRecord> = ages_in_days
+        .iter()
+        .enumerate()
+        .map(|(index, age)| decision_at(now - age * MICROS_PER_DAY, index))
+        .collect();
+    store.insert_decisions(&records).await.unwrap();
+    assert_eq!(store.count_decisions().await.unwrap(), 4);
+    let report = store
+        .prune_decision_log(now - 400 * MICROS_PER_DAY)
+        .await
+        .unwrap();
+    assert_eq!(store.count_decisions().await.unwrap(), 2);
+    match backend {
+        Backend::Sqlite => assert_eq!(report.rows_deleted, 2),
+        Backend::Postgres => {
+            assert_eq!(report.partitions_dropped.len(), 2, "{report:?}");
+            assert!(
+                report
+                    .partitions_dropped
+                    .iter()
+                    .all(|name| name.starts_with("decision_log_"))
+            );
+            assert_eq!(report.rows_deleted, 0);
+        }
+    }
+    let again = store
+        .prune_decision_log(now - 400 * MICROS_PER_DAY)
+        .await
+        .unwrap();
+    assert_eq!(again, PruneReport::default());
+    // Writing to a day whose partition was dropped creates it again.
+    store.insert_decisions(&records[..1]).await.unwrap();
+    assert_eq!(store.count_decisions().await.unwrap(), 3);
+    store.close().await;
 }

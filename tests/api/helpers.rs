@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use assent::audit::decision_log::LogMode;
 use assent::config::{LogFormat, Settings};
 use assent::proto;
 use assent::proto::audit_client::AuditClient;
@@ -35,14 +36,31 @@ impl TestApp {
 
     /// A server on an existing database (to test a restart).
     pub async fn spawn_on(data: Arc<TestDatabase>) -> TestApp {
-        let settings = Settings {
+        TestApp::spawn_with(data, |_| {}).await
+    }
+
+    /// A server on a fresh database, with settings adjusted by `adjust`.
+    pub async fn spawn_adjusted(adjust: impl FnOnce(&mut Settings)) -> TestApp {
+        let database = TestDatabase::create(Backend::from_env()).await;
+        TestApp::spawn_with(Arc::new(database), adjust).await
+    }
+
+    pub async fn spawn_with(
+        data: Arc<TestDatabase>,
+        adjust: impl FnOnce(&mut Settings),
+    ) -> TestApp {
+        let mut settings = Settings {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: data.directory().to_owned(),
             database_url: Some(DatabaseUrl::new(data.url())),
             database_max_connections: 4,
+            decision_log: LogMode::All,
+            decision_log_queue: 10_000,
+            decision_log_retention_days: 400,
             shutdown_grace: Duration::from_secs(10),
             log_format: LogFormat::Text,
         };
+        adjust(&mut settings);
         let application = Application::build(settings).await.unwrap();
         let address = application.local_addr();
         let (shutdown, signal) = oneshot::channel::<()>();
@@ -187,6 +205,8 @@ impl TestApp {
     }
 }
 
+pub type DecisionRow = (String, String, String, Option<i64>, String, String);
+
 /// A connection to a test database that bypasses the server.
 pub enum DirectConnection {
     Sqlite(sqlx::SqliteConnection),
@@ -225,19 +245,51 @@ impl DirectConnection {
         }
     }
 
-    /// Takes the lock every write needs and keeps it until `release`.
-    pub async fn hold_write_lock(&mut self) {
+    /// Takes the lock every write to `table` needs and keeps it until `release` (on SQLite,
+    /// the lock of the whole database).
+    pub async fn hold_write_lock(&mut self, table: &str) {
         match self {
             DirectConnection::Sqlite(_) => {
                 self.execute("BEGIN IMMEDIATE").await.unwrap();
             }
             DirectConnection::Postgres(_) => {
                 self.execute("BEGIN").await.unwrap();
-                self.execute("LOCK TABLE audit_chain_head IN EXCLUSIVE MODE")
+                self.execute(&format!("LOCK TABLE {table} IN EXCLUSIVE MODE"))
                     .await
                     .unwrap();
             }
         }
+    }
+
+    /// The recorded decision with this id: (subject, purpose, rule, revision, caller, trace id).
+    pub async fn decision_row(&mut self, decision_id: &str) -> Option<DecisionRow> {
+        let sql = "SELECT subject_id, purpose, rule, revision, caller, trace_id
+                   FROM decision_log WHERE decision_id = $1";
+        match self {
+            DirectConnection::Sqlite(connection) => sqlx::query_as(sql)
+                .bind(decision_id)
+                .fetch_optional(connection)
+                .await
+                .unwrap(),
+            DirectConnection::Postgres(connection) => sqlx::query_as(sql)
+                .bind(decision_id)
+                .fetch_optional(connection)
+                .await
+                .unwrap(),
+        }
+    }
+
+    pub async fn count(&mut self, table: &str) -> i64 {
+        let sql = sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}"));
+        let (count,): (i64,) = match self {
+            DirectConnection::Sqlite(connection) => {
+                sqlx::query_as(sql).fetch_one(connection).await.unwrap()
+            }
+            DirectConnection::Postgres(connection) => {
+                sqlx::query_as(sql).fetch_one(connection).await.unwrap()
+            }
+        };
+        count
     }
 
     pub async fn release(mut self) {

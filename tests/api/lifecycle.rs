@@ -178,7 +178,7 @@ async fn writes_fail_unavailable_while_the_store_is_locked() {
     let app = TestApp::spawn().await;
     app.upsert("tara", Plan::Free).await;
     let mut intruder = app.direct_connection().await;
-    intruder.hold_write_lock().await;
+    intruder.hold_write_lock("audit_chain_head").await;
 
     let started = std::time::Instant::now();
     let refused = app

@@ -2,6 +2,7 @@
 
 mod audit;
 mod cli;
+mod decision_log;
 mod decisions;
 mod helpers;
 mod lifecycle;
