@@ -50,6 +50,7 @@ impl SubjectsService {
         }
         Ok(Response::new(proto::WriteResponse {
             revision: outcome.revision.to_token(),
+            changed: outcome.changed,
         }))
     }
 }

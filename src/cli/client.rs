@@ -273,6 +273,7 @@ pub async fn audit(command: AuditCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        AuditCommand::Prune { .. } => unreachable!("prune opens the store itself"),
         AuditCommand::Verify { client } => {
             let mut audit = AuditClient::new(connect(&client).await?);
             let response = audit

@@ -7,11 +7,13 @@ mod output;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Overrides, Settings};
 use crate::policy::{FlagKind, Plan, Purpose, Rating, Source};
 use crate::startup::{Application, shutdown_signal};
+use crate::store::Store;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,6 +30,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the server (embedded SQLite store by default).
     Serve(ServeArgs),
+    /// Bring the store's schema up to date, then exit (the server also does it on start).
+    Migrate(StoreArgs),
     /// Ask for one decision.
     Check(CheckArgs),
     /// Read and change subjects.
@@ -43,12 +47,36 @@ pub struct ServeArgs {
     /// The gRPC listen address [env: ASSENT_LISTEN] [default: 127.0.0.1:50051]
     #[arg(long)]
     pub listen: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// Which store, for the commands that open it themselves.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
     /// Where the embedded store keeps its data [env: ASSENT_DATA_DIR] [default: ./data]
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// postgres://USER:PASSWORD@HOST/DB for PostgreSQL, or sqlite://PATH [env: ASSENT_DATABASE_URL]
+    #[arg(long)]
+    pub database_url: Option<String>,
     /// A TOML file of settings [env: ASSENT_CONFIG]
     #[arg(long)]
     pub config: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    /// The settings from the environment, the configuration file and these flags.
+    fn settings(&self, listen: Option<String>) -> anyhow::Result<Settings> {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        let flags = Overrides {
+            listen,
+            data_dir: self.data_dir.clone(),
+            database_url: self.database_url.clone(),
+            ..Overrides::default()
+        };
+        Ok(Settings::resolve(self.config.as_deref(), &env, flags)?)
+    }
 }
 
 /// Where the server is and how to print its answers.
@@ -206,29 +234,75 @@ pub enum AuditCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Drop the decision log's days older than the retention window (opens the store itself).
+    Prune {
+        /// Keep this many days [default: the decision_log_retention_days setting, 400]
+        #[arg(long)]
+        older_than_days: Option<u32>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Migrate(args) => migrate(args).await,
         Command::Check(args) => client::check(args).await,
         Command::Subject(command) => client::subject(command).await,
+        Command::Audit(AuditCommand::Prune {
+            older_than_days,
+            store,
+        }) => prune(older_than_days, store).await,
         Command::Audit(command) => client::audit(command).await,
     }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let env: HashMap<String, String> = std::env::vars().collect();
-    let flags = Overrides {
-        listen: args.listen,
-        data_dir: args.data_dir,
-        ..Overrides::default()
-    };
-    let settings = Settings::resolve(args.config.as_deref(), &env, flags)?;
+    let settings = args.store.settings(args.listen)?;
     crate::telemetry::init(settings.log_format);
     let application = Application::build(settings).await?;
     application.run_until(shutdown_signal()).await
+}
+
+async fn migrate(args: StoreArgs) -> anyhow::Result<()> {
+    let settings = args.settings(None)?;
+    crate::telemetry::init(settings.log_format);
+    let location = settings.store_location();
+    let store = Store::open(&location)
+        .await
+        .with_context(|| format!("cannot migrate the store at {location:?}"))?;
+    let version = store.schema_version().await?;
+    store.close().await;
+    println!("the store's schema is up to date (version {version})");
+    Ok(())
+}
+
+async fn prune(older_than_days: Option<u32>, args: StoreArgs) -> anyhow::Result<()> {
+    let settings = args.settings(None)?;
+    crate::telemetry::init(settings.log_format);
+    let days = older_than_days.unwrap_or(settings.decision_log_retention_days);
+    let location = settings.store_location();
+    let store = Store::open(&location)
+        .await
+        .with_context(|| format!("cannot open the store at {location:?}"))?;
+    let cutoff = crate::store::now_micros() - i64::from(days) * crate::calendar::MICROS_PER_DAY;
+    let report = store.prune_decision_log(cutoff).await?;
+    store.close().await;
+    if report.partitions_dropped.is_empty() && report.rows_deleted == 0 {
+        println!("nothing older than {days} days in the decision log");
+    }
+    for partition in &report.partitions_dropped {
+        println!("dropped {partition}");
+    }
+    if report.rows_deleted > 0 {
+        println!(
+            "deleted {} decisions older than {days} days",
+            report.rows_deleted
+        );
+    }
+    Ok(())
 }
 
 /// Parses an enum value given as `model-training`, `model_training` or `MODEL_TRAINING`.

@@ -92,11 +92,15 @@ pub fn check_text(response: &proto::CheckResponse) -> String {
 }
 
 pub fn write_json(response: &proto::WriteResponse) -> Value {
-    json!({"revision": response.revision})
+    json!({"revision": response.revision, "changed": response.changed})
 }
 
 pub fn write_text(response: &proto::WriteResponse) -> String {
-    format!("ok, revision {}", response.revision)
+    if response.changed {
+        format!("ok, revision {}", response.revision)
+    } else {
+        format!("ok, nothing to change, revision {}", response.revision)
+    }
 }
 
 pub fn subject_json(subject: &proto::Subject) -> Value {

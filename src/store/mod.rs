@@ -331,6 +331,14 @@ impl Store {
         }
     }
 
+    /// The latest migration applied to the store.
+    pub async fn schema_version(&self) -> Result<i64, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.schema_version().await,
+            Store::Postgres(store) => store.schema_version().await,
+        }
+    }
+
     /// Waits for open connections to finish and closes them.
     pub async fn close(&self) {
         match self {

@@ -169,6 +169,14 @@ impl SqliteStore {
         })
     }
 
+    pub async fn schema_version(&self) -> Result<i64, StoreError> {
+        let (version,): (i64,) =
+            sqlx::query_as("SELECT COALESCE(MAX(version), 0) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&self.reader)
+                .await?;
+        Ok(version)
+    }
+
     /// The number of recorded decisions (for tests and operators).
     pub async fn count_decisions(&self) -> Result<u64, StoreError> {
         let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM decision_log")

@@ -4,6 +4,7 @@ mod audit;
 mod cli;
 mod decision_log;
 mod decisions;
+mod durability;
 mod helpers;
 mod lifecycle;
 mod scenarios;

@@ -1,0 +1,373 @@
+//! Server processes: a crash mid-load loses no acknowledged write, and two processes on one
+//! database keep one linear history.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use assent::proto::audit_client::AuditClient;
+use assent::proto::decisions_client::DecisionsClient;
+use assent::proto::subjects_client::SubjectsClient;
+use assent::proto::{self, Choice, Plan, Purpose};
+use assent::revision::Revision;
+use assent::store::testing::{Backend, TestDatabase};
+use tonic::transport::Channel;
+
+use crate::helpers::{actor, check_request};
+
+/// An `assent serve` process on a free port of loopback.
+struct ServerProcess {
+    child: Child,
+    address: String,
+}
+
+impl ServerProcess {
+    fn start(database: &TestDatabase) -> ServerProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_assent"))
+            .arg("serve")
+            .env("ASSENT_LISTEN", "127.0.0.1:0")
+            .env("ASSENT_DATABASE_URL", database.url())
+            .env("ASSENT_DATA_DIR", database.directory())
+            .env("ASSENT_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (found, address) = std::sync::mpsc::channel();
+        // Read the bound address from the log, then keep draining it so the process never
+        // blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut found = Some(found);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                if entry["message"] == "assent serving"
+                    && let Some(found) = found.take()
+                {
+                    let _ = found.send(entry["address"].as_str().unwrap().to_owned());
+                }
+            }
+        });
+        let address = address
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the server did not start within 30 s");
+        ServerProcess { child, address }
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.address))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// SIGKILL: no shutdown, no flush, nothing.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then wait for the graceful exit.
+    fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "the server ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn all_events(channel: Channel) -> Vec<proto::AuditEvent> {
+    let mut audit = AuditClient::new(channel);
+    let mut events = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = audit
+            .list_events(proto::ListEventsRequest {
+                subject_id: None,
+                page_size: 1_000,
+                page_token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        events.extend(page.events);
+        page_token = page.next_page_token;
+        if page_token.is_empty() {
+            return events;
+        }
+    }
+}
+
+fn sequence(token: &str) -> u64 {
+    Revision::parse_token(token).unwrap().sequence()
+}
+
+/// A client writes as fast as it can; the server is killed with SIGKILL mid-load and started
+/// again. Every write that was acknowledged is there: in the state, in the audit chain, and the
+/// chain verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_loses_no_acknowledged_write() {
+    let database = TestDatabase::create(Backend::from_env()).await;
+    let server = ServerProcess::start(&database);
+    let mut subjects = SubjectsClient::new(server.channel().await);
+    for index in 0..5 {
+        subjects
+            .upsert_subject(proto::UpsertSubjectRequest {
+                subject_id: format!("crash-{index}"),
+                plan: Some(Plan::Team as i32),
+                actor: actor(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let writer = tokio::spawn(async move {
+        let mut acknowledged = Vec::new();
+        for index in 0.. {
+            let request = proto::RecordFeedbackRequest {
+                subject_id: format!("crash-{}", index % 5),
+                conversation_id: format!("c-{index}"),
+                rating: proto::Rating::ThumbsUp as i32,
+                actor: actor(),
+            };
+            match subjects.record_feedback(request.clone()).await {
+                Ok(response) => acknowledged.push((request, response.into_inner().revision)),
+                Err(_) => break,
+            }
+        }
+        acknowledged
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    server.kill();
+    let acknowledged = tokio::time::timeout(Duration::from_secs(10), writer)
+        .await
+        .expect("the writer did not notice the crash")
+        .unwrap();
+    assert!(
+        acknowledged.len() >= 10,
+        "only {} writes before the crash",
+        acknowledged.len()
+    );
+    eprintln!(
+        "crash test: {} writes acknowledged before SIGKILL",
+        acknowledged.len()
+    );
+
+    let restarted = ServerProcess::start(&database);
+    let channel = restarted.channel().await;
+    let mut decisions = DecisionsClient::new(channel.clone());
+    let events = all_events(channel.clone()).await;
+    let by_revision: HashMap<u64, &proto::AuditEvent> = events
+        .iter()
+        .map(|event| (sequence(&event.revision), event))
+        .collect();
+    for (request, revision) in &acknowledged {
+        let check = proto::CheckRequest {
+            conversation_id: Some(request.conversation_id.clone()),
+            ..check_request(&request.subject_id, Purpose::ModelTraining)
+        };
+        let answer = decisions.check(check).await.unwrap().into_inner();
+        assert_eq!(
+            answer.rule, "T3",
+            "{} lost its feedback",
+            request.conversation_id
+        );
+        let event = by_revision[&sequence(revision)];
+        assert_eq!(event.kind, "feedback_recorded");
+        assert!(
+            event
+                .detail_json
+                .contains(&format!("\"{}\"", request.conversation_id))
+        );
+    }
+    let report = AuditClient::new(channel)
+        .verify_chain(proto::VerifyChainRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.events_checked, events.len() as u64);
+    restarted.stop();
+}
+
+/// What one acknowledged write set.
+#[derive(Clone, Debug)]
+struct Acknowledged {
+    revision: u64,
+    changed: bool,
+    subject_id: String,
+    field: String,
+    value: String,
+}
+
+/// 8 clients × 500 writes to the same 10 subjects through 2 server processes on one database:
+/// the final state is the last acknowledged change of each field, the audit log has exactly one
+/// event per change, and the chain verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_keep_one_linear_history() {
+    const CLIENTS: usize = 8;
+    const WRITES: usize = 500;
+    const SUBJECTS: usize = 10;
+    let database = TestDatabase::create(Backend::from_env()).await;
+    let servers = [
+        ServerProcess::start(&database),
+        ServerProcess::start(&database),
+    ];
+    let channels = Arc::new([servers[0].channel().await, servers[1].channel().await]);
+    let mut setup = SubjectsClient::new(channels[0].clone());
+    for subject in 0..SUBJECTS {
+        setup
+            .upsert_subject(proto::UpsertSubjectRequest {
+                subject_id: format!("hot-{subject}"),
+                plan: Some(Plan::Free as i32),
+                actor: actor(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let purposes = [
+        Purpose::Memory,
+        Purpose::MarketingEmail,
+        Purpose::AnalyticsCookies,
+    ];
+    let mut clients = Vec::new();
+    for client in 0..CLIENTS {
+        let channels = channels.clone();
+        clients.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::with_capacity(WRITES);
+            for write in 0..WRITES {
+                let mut subjects = SubjectsClient::new(channels[(client + write) % 2].clone());
+                let subject_id = format!("hot-{}", (client * 31 + write * 7) % SUBJECTS);
+                let salt = client * 1_000 + write;
+                let (field, value, response) = if write % 4 == 3 {
+                    let plan = if salt % 3 == 0 {
+                        Plan::Pro
+                    } else {
+                        Plan::Student
+                    };
+                    let response = subjects
+                        .upsert_subject(proto::UpsertSubjectRequest {
+                            subject_id: subject_id.clone(),
+                            plan: Some(plan as i32),
+                            actor: actor(),
+                            ..Default::default()
+                        })
+                        .await;
+                    ("plan".to_owned(), plan.as_str_name().to_owned(), response)
+                } else {
+                    let purpose = purposes[salt % purposes.len()];
+                    let choice = if salt % 2 == 0 {
+                        Choice::Granted
+                    } else {
+                        Choice::Refused
+                    };
+                    let response = subjects
+                        .set_choice(proto::SetChoiceRequest {
+                            subject_id: subject_id.clone(),
+                            purpose: purpose as i32,
+                            choice: choice as i32,
+                            actor: actor(),
+                        })
+                        .await;
+                    (
+                        purpose.as_str_name().to_owned(),
+                        choice.as_str_name().to_owned(),
+                        response,
+                    )
+                };
+                let response = response.unwrap().into_inner();
+                acknowledged.push(Acknowledged {
+                    revision: sequence(&response.revision),
+                    changed: response.changed,
+                    subject_id,
+                    field,
+                    value,
+                });
+            }
+            acknowledged
+        }));
+    }
+    let mut acknowledged = Vec::new();
+    for client in clients {
+        acknowledged.extend(client.await.unwrap());
+    }
+    assert_eq!(acknowledged.len(), CLIENTS * WRITES);
+    let changes: Vec<&Acknowledged> = acknowledged.iter().filter(|write| write.changed).collect();
+    eprintln!(
+        "concurrency test: {} writes acknowledged, {} changed something",
+        acknowledged.len(),
+        changes.len()
+    );
+
+    // One event per change, at the change's own revision; no two changes share one.
+    let events = all_events(channels[1].clone()).await;
+    assert_eq!(events.len(), SUBJECTS + changes.len());
+    let change_revisions: HashSet<u64> = changes.iter().map(|write| write.revision).collect();
+    assert_eq!(change_revisions.len(), changes.len());
+    let by_revision: HashMap<u64, &proto::AuditEvent> = events
+        .iter()
+        .map(|event| (sequence(&event.revision), event))
+        .collect();
+    for change in &changes {
+        let event = by_revision[&change.revision];
+        assert_eq!(event.subject_id, change.subject_id);
+    }
+
+    // The final state of each field is its last change.
+    let mut last: BTreeMap<(String, String), (u64, String)> = BTreeMap::new();
+    for change in &changes {
+        let key = (change.subject_id.clone(), change.field.clone());
+        let entry = last.entry(key).or_insert((0, String::new()));
+        if change.revision > entry.0 {
+            *entry = (change.revision, change.value.clone());
+        }
+    }
+    let mut subjects = SubjectsClient::new(channels[0].clone());
+    for ((subject_id, field), (_, value)) in &last {
+        let subject = subjects
+            .get_subject(proto::GetSubjectRequest {
+                subject_id: subject_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let stored = if field == "plan" {
+            subject.plan().as_str_name().to_owned()
+        } else {
+            subject
+                .choices
+                .iter()
+                .find(|record| record.purpose().as_str_name() == field)
+                .map(|record| record.choice().as_str_name().to_owned())
+                .unwrap_or_default()
+        };
+        assert_eq!(&stored, value, "{subject_id} {field}");
+    }
+
+    let report = AuditClient::new(channels[0].clone())
+        .verify_chain(proto::VerifyChainRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(report.ok, "{report:?}");
+    let [first, second] = servers;
+    first.stop();
+    second.stop();
+}
