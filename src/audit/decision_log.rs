@@ -295,11 +295,12 @@ async fn flush(store: &Store, batch: Vec<Entry>, counters: &Counters) {
         .into_iter()
         .map(|entry| (entry.record, entry.durable))
         .unzip();
-    let mut result = store.insert_decisions(&records).await;
+    let durable = waiters.iter().any(Option::is_some);
+    let mut result = store.insert_decisions(&records, durable).await;
     if result.is_err() {
         // One retry covers a dropped connection; a store that stays down fails the batch.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        result = store.insert_decisions(&records).await;
+        result = store.insert_decisions(&records, durable).await;
     }
     let committed = match result {
         Ok(()) => {

@@ -144,10 +144,10 @@ pub struct PruneReport {
     pub rows_deleted: u64,
 }
 
-/// The column list every backend inserts decision records with.
-const DECISION_LOG_INSERT: &str = "INSERT INTO decision_log
-    (decided_at, decision_id, subject_id, purpose, conversation_id, source, consistency,
-     decision, reason, rule, policy_version, revision, degraded, caller, trace_id) ";
+/// The columns of a decision record, in the order every backend writes them.
+const DECISION_LOG_COLUMNS: &str = "decided_at, decision_id, subject_id, purpose, \
+     conversation_id, source, consistency, decision, reason, rule, policy_version, revision, \
+     degraded, caller, trace_id";
 
 /// Which audit events to list.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -307,11 +307,16 @@ impl Store {
         }
     }
 
-    /// Records a batch of decisions in the decision log.
-    pub async fn insert_decisions(&self, records: &[DecisionRecord]) -> Result<(), StoreError> {
+    /// Records a batch of decisions in the decision log. `durable`: the batch carries a
+    /// record someone waits on, and must be on disk when this returns.
+    pub async fn insert_decisions(
+        &self,
+        records: &[DecisionRecord],
+        durable: bool,
+    ) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(store) => store.insert_decisions(records).await,
-            Store::Postgres(store) => store.insert_decisions(records).await,
+            Store::Postgres(store) => store.insert_decisions(records, durable).await,
         }
     }
 
@@ -367,7 +372,7 @@ where
 }
 
 /// Microseconds since the Unix epoch, now.
-pub(crate) fn now_micros() -> i64 {
+pub fn now_micros() -> i64 {
     let elapsed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();

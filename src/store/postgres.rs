@@ -39,6 +39,46 @@ const STATEMENT_TIMEOUT: &str = "30s";
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 const READ_SNAPSHOT: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY";
 
+/// Appends one record as a line of COPY's text format: tab-separated, `\N` for NULL.
+fn copy_row(out: &mut Vec<u8>, record: &DecisionRecord) {
+    fn text(out: &mut Vec<u8>, value: &str) {
+        for byte in value.bytes() {
+            match byte {
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                other => out.push(other),
+            }
+        }
+        out.push(b'\t');
+    }
+    let null = b"\\N\t";
+    text(out, &record.decided_at_micros.to_string());
+    text(out, &record.decision_id);
+    text(out, &record.subject_id);
+    text(out, record.purpose.as_str());
+    match &record.conversation_id {
+        Some(conversation_id) => text(out, conversation_id),
+        None => out.extend_from_slice(null),
+    }
+    text(out, record.source.as_str());
+    text(out, record.consistency);
+    text(out, record.decision.as_str());
+    text(out, record.reason.as_str());
+    text(out, record.rule.id());
+    text(out, record.policy_version);
+    match record.revision {
+        Some(revision) => text(out, &revision.to_string()),
+        None => out.extend_from_slice(null),
+    }
+    text(out, if record.degraded { "t" } else { "f" });
+    text(out, &record.caller);
+    text(out, &record.trace_id);
+    // The last field ends the line instead of a tab.
+    *out.last_mut().expect("a row has fields") = b'\n';
+}
+
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
     pool: PgPool,
@@ -119,9 +159,15 @@ impl PostgresStore {
         Ok(Revision::new(rows::latest_sequence(&mut connection).await?))
     }
 
-    /// Inserts decision records in one statement (arrays unnested server-side), creating the
-    /// day partitions they fall in first.
-    pub async fn insert_decisions(&self, records: &[DecisionRecord]) -> Result<(), StoreError> {
+    /// Inserts decision records with one COPY, creating the day partitions they fall in
+    /// first. Unless `durable`, the transaction commits without waiting for the WAL flush
+    /// (`synchronous_commit = off`): ordinary records are best-effort anyway (a full queue drops
+    /// them), while a batch carrying a `require_audit` record is committed durably.
+    pub async fn insert_decisions(
+        &self,
+        records: &[DecisionRecord],
+        durable: bool,
+    ) -> Result<(), StoreError> {
         let days: HashSet<i64> = records
             .iter()
             .map(|record| record.decided_at_micros.div_euclid(MICROS_PER_DAY))
@@ -129,50 +175,24 @@ impl PostgresStore {
         for day in days {
             self.ensure_partition(day).await?;
         }
-        let texts = |field: fn(&DecisionRecord) -> &str| -> Vec<String> {
-            records
-                .iter()
-                .map(|record| field(record).to_owned())
-                .collect()
-        };
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{} SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[],
-                 $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
-                 $11::text[], $12::bigint[], $13::boolean[], $14::text[], $15::text[])",
-            super::DECISION_LOG_INSERT
-        )))
-        .bind(
-            records
-                .iter()
-                .map(|r| r.decided_at_micros)
-                .collect::<Vec<i64>>(),
-        )
-        .bind(texts(|r| &r.decision_id))
-        .bind(texts(|r| &r.subject_id))
-        .bind(texts(|r| r.purpose.as_str()))
-        .bind(
-            records
-                .iter()
-                .map(|r| r.conversation_id.clone())
-                .collect::<Vec<Option<String>>>(),
-        )
-        .bind(texts(|r| r.source.as_str()))
-        .bind(texts(|r| r.consistency))
-        .bind(texts(|r| r.decision.as_str()))
-        .bind(texts(|r| r.reason.as_str()))
-        .bind(texts(|r| r.rule.id()))
-        .bind(texts(|r| r.policy_version))
-        .bind(
-            records
-                .iter()
-                .map(|r| r.revision.map(|revision| revision as i64))
-                .collect::<Vec<Option<i64>>>(),
-        )
-        .bind(records.iter().map(|r| r.degraded).collect::<Vec<bool>>())
-        .bind(texts(|r| &r.caller))
-        .bind(texts(|r| &r.trace_id))
-        .execute(&self.pool)
-        .await?;
+        let mut rows = Vec::with_capacity(records.len() * 256);
+        for record in records {
+            copy_row(&mut rows, record);
+        }
+        let mut tx = self.pool.begin().await?;
+        if !durable {
+            sqlx::query("SET LOCAL synchronous_commit = off")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let statement = format!(
+            "COPY decision_log ({}) FROM STDIN",
+            super::DECISION_LOG_COLUMNS
+        );
+        let mut copy = tx.copy_in_raw(&statement).await?;
+        copy.send(rows).await?;
+        copy.finish().await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -269,5 +289,39 @@ impl PostgresStore {
 
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Decision, POLICY_VERSION, Purpose, Reason, Rule, Source};
+
+    #[test]
+    fn copy_rows_escape_text_and_mark_nulls() {
+        let record = DecisionRecord {
+            decided_at_micros: 1_700_000_000_000_000,
+            decision_id: "d-1".into(),
+            subject_id: "u-1".into(),
+            purpose: Purpose::Memory,
+            conversation_id: None,
+            source: Source::Conversation,
+            consistency: "minimize_latency",
+            decision: Decision::Deny,
+            reason: Reason::ChoiceRefused,
+            rule: Rule::M1,
+            policy_version: POLICY_VERSION,
+            revision: None,
+            degraded: true,
+            caller: "tab\there\\back\nline".into(),
+            trace_id: String::new(),
+        };
+        let mut out = Vec::new();
+        copy_row(&mut out, &record);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "1700000000000000\td-1\tu-1\tMEMORY\t\\N\tCONVERSATION\tminimize_latency\tDENY\t\
+             CHOICE_REFUSED\tM1\t2026-01-01\t\\N\tt\ttab\\there\\\\back\\nline\t\n"
+        );
     }
 }

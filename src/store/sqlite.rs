@@ -131,7 +131,10 @@ impl SqliteStore {
         const ROWS_PER_STATEMENT: usize = 500;
         let mut tx = self.writer.begin().await?;
         for chunk in records.chunks(ROWS_PER_STATEMENT) {
-            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(super::DECISION_LOG_INSERT);
+            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
+                "INSERT INTO decision_log ({}) ",
+                super::DECISION_LOG_COLUMNS
+            ));
             insert.push_values(chunk, |mut row, record| {
                 row.push_bind(record.decided_at_micros)
                     .push_bind(record.decision_id.clone())

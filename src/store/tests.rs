@@ -460,7 +460,7 @@ async fn old_decisions_are_pruned(backend: Backend) {
         .enumerate()
         .map(|(index, age)| decision_at(now - age * MICROS_PER_DAY, index))
         .collect();
-    store.insert_decisions(&records).await.unwrap();
+    store.insert_decisions(&records, true).await.unwrap();
     assert_eq!(store.count_decisions().await.unwrap(), 4);
     let report = store
         .prune_decision_log(now - 400 * MICROS_PER_DAY)
@@ -486,7 +486,7 @@ async fn old_decisions_are_pruned(backend: Backend) {
         .unwrap();
     assert_eq!(again, PruneReport::default());
     // Writing to a day whose partition was dropped creates it again.
-    store.insert_decisions(&records[..1]).await.unwrap();
+    store.insert_decisions(&records[..1], false).await.unwrap();
     assert_eq!(store.count_decisions().await.unwrap(), 3);
     store.close().await;
 }

@@ -15,7 +15,7 @@ use assent::revision::Revision;
 use assent::store::testing::{Backend, TestDatabase};
 use tonic::transport::Channel;
 
-use crate::helpers::{actor, check_request};
+use crate::helpers::{actor, all_events, check_request};
 
 /// An `assent serve` process on a free port of loopback.
 struct ServerProcess {
@@ -92,28 +92,6 @@ impl Drop for ServerProcess {
     }
 }
 
-async fn all_events(channel: Channel) -> Vec<proto::AuditEvent> {
-    let mut audit = AuditClient::new(channel);
-    let mut events = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = audit
-            .list_events(proto::ListEventsRequest {
-                subject_id: None,
-                page_size: 1_000,
-                page_token,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        events.extend(page.events);
-        page_token = page.next_page_token;
-        if page_token.is_empty() {
-            return events;
-        }
-    }
-}
-
 fn sequence(token: &str) -> u64 {
     Revision::parse_token(token).unwrap().sequence()
 }
@@ -172,7 +150,7 @@ async fn a_crash_loses_no_acknowledged_write() {
     let restarted = ServerProcess::start(&database);
     let channel = restarted.channel().await;
     let mut decisions = DecisionsClient::new(channel.clone());
-    let events = all_events(channel.clone()).await;
+    let events = all_events(channel.clone(), None).await;
     let by_revision: HashMap<u64, &proto::AuditEvent> = events
         .iter()
         .map(|event| (sequence(&event.revision), event))
@@ -317,7 +295,7 @@ async fn two_processes_keep_one_linear_history() {
     );
 
     // One event per change, at the change's own revision; no two changes share one.
-    let events = all_events(channels[1].clone()).await;
+    let events = all_events(channels[1].clone(), None).await;
     assert_eq!(events.len(), SUBJECTS + changes.len());
     let change_revisions: HashSet<u64> = changes.iter().map(|write| write.revision).collect();
     assert_eq!(change_revisions.len(), changes.len());

@@ -175,25 +175,7 @@ impl TestApp {
     }
 
     pub async fn all_events(&self, subject_id: Option<&str>) -> Vec<proto::AuditEvent> {
-        let mut events = Vec::new();
-        let mut page_token = String::new();
-        loop {
-            let page = self
-                .audit()
-                .list_events(proto::ListEventsRequest {
-                    subject_id: subject_id.map(str::to_owned),
-                    page_size: 1_000,
-                    page_token,
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            events.extend(page.events);
-            page_token = page.next_page_token;
-            if page_token.is_empty() {
-                return events;
-            }
-        }
+        all_events(self.channel(), subject_id).await
     }
 
     pub async fn verify_chain(&self) -> proto::VerifyChainResponse {
@@ -202,6 +184,29 @@ impl TestApp {
             .await
             .unwrap()
             .into_inner()
+    }
+}
+
+/// Every audit event (of one subject, or all), following the pages to the end.
+pub async fn all_events(channel: Channel, subject_id: Option<&str>) -> Vec<proto::AuditEvent> {
+    let mut audit = AuditClient::new(channel);
+    let mut events = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = audit
+            .list_events(proto::ListEventsRequest {
+                subject_id: subject_id.map(str::to_owned),
+                page_size: 1_000,
+                page_token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        events.extend(page.events);
+        page_token = page.next_page_token;
+        if page_token.is_empty() {
+            return events;
+        }
     }
 }
 
