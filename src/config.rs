@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::audit::decision_log::LogMode;
+use crate::cache::CacheSettings;
 use crate::store::{DatabaseUrl, StoreLocation};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -39,6 +40,8 @@ pub struct Settings {
     pub decision_log_queue: usize,
     /// How many days of decisions `assent audit prune` keeps.
     pub decision_log_retention_days: u32,
+    /// The in-process cache of subject state.
+    pub cache: CacheSettings,
     /// How long in-flight calls may take to finish after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
@@ -63,6 +66,10 @@ pub struct Overrides {
     pub decision_log: Option<String>,
     pub decision_log_queue: Option<usize>,
     pub decision_log_retention_days: Option<u32>,
+    pub cache_max_subjects: Option<u64>,
+    pub cache_ttl_seconds: Option<u64>,
+    pub cache_max_conversations: Option<usize>,
+    pub change_poll_interval_ms: Option<u64>,
     pub shutdown_grace_seconds: Option<u64>,
     pub log_format: Option<String>,
 }
@@ -96,6 +103,10 @@ impl Overrides {
             decision_log: get("ASSENT_DECISION_LOG"),
             decision_log_queue: parse_number(env, "ASSENT_DECISION_LOG_QUEUE")?,
             decision_log_retention_days: parse_number(env, "ASSENT_DECISION_LOG_RETENTION_DAYS")?,
+            cache_max_subjects: parse_number(env, "ASSENT_CACHE_MAX_SUBJECTS")?,
+            cache_ttl_seconds: parse_number(env, "ASSENT_CACHE_TTL_SECONDS")?,
+            cache_max_conversations: parse_number(env, "ASSENT_CACHE_MAX_CONVERSATIONS")?,
+            change_poll_interval_ms: parse_number(env, "ASSENT_CHANGE_POLL_INTERVAL_MS")?,
             shutdown_grace_seconds: parse_number(env, "ASSENT_SHUTDOWN_GRACE_SECONDS")?,
             log_format: get("ASSENT_LOG_FORMAT"),
         })
@@ -126,6 +137,14 @@ impl Overrides {
             decision_log_retention_days: later
                 .decision_log_retention_days
                 .or(self.decision_log_retention_days),
+            cache_max_subjects: later.cache_max_subjects.or(self.cache_max_subjects),
+            cache_ttl_seconds: later.cache_ttl_seconds.or(self.cache_ttl_seconds),
+            cache_max_conversations: later
+                .cache_max_conversations
+                .or(self.cache_max_conversations),
+            change_poll_interval_ms: later
+                .change_poll_interval_ms
+                .or(self.change_poll_interval_ms),
             shutdown_grace_seconds: later.shutdown_grace_seconds.or(self.shutdown_grace_seconds),
             log_format: later.log_format.or(self.log_format),
         }
@@ -213,8 +232,31 @@ impl Settings {
                 message: "must be at least 1".into(),
             });
         }
+        let defaults = CacheSettings::default();
+        let cache = CacheSettings {
+            max_subjects: overrides
+                .cache_max_subjects
+                .unwrap_or(defaults.max_subjects),
+            time_to_live: overrides
+                .cache_ttl_seconds
+                .map_or(defaults.time_to_live, Duration::from_secs),
+            max_conversations: overrides
+                .cache_max_conversations
+                .unwrap_or(defaults.max_conversations),
+            poll_interval: overrides
+                .change_poll_interval_ms
+                .map_or(defaults.poll_interval, Duration::from_millis),
+            freshness_wait: defaults.freshness_wait,
+        };
+        if cache.poll_interval.is_zero() {
+            return Err(ConfigError::Invalid {
+                setting: "change_poll_interval_ms",
+                message: "must be at least 1".into(),
+            });
+        }
         Ok(Settings {
             listen,
+            cache,
             decision_log,
             decision_log_queue,
             decision_log_retention_days: overrides

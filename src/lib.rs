@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod cache;
 pub mod calendar;
 pub mod cli;
 pub mod config;

@@ -10,6 +10,17 @@ use std::fmt;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Revision(u64);
 
+/// How fresh the state behind a decision must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Freshness {
+    /// Whatever answers fastest (a cache).
+    MinimizeLatency,
+    /// Reflect at least the write that returned this revision.
+    AtLeastAsFresh(Revision),
+    /// Read the store of record.
+    FullyConsistent,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("is not a revision token returned by assent")]
 pub struct MalformedRevision;

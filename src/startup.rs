@@ -15,6 +15,7 @@ use crate::api::audit::AuditService;
 use crate::api::decisions::DecisionsService;
 use crate::api::subjects::SubjectsService;
 use crate::audit::decision_log::DecisionLog;
+use crate::cache::SubjectCache;
 use crate::config::Settings;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::audit_server::AuditServer;
@@ -65,8 +66,13 @@ impl Application {
             self.settings.decision_log,
             self.settings.decision_log_queue,
         );
+        let (cache, cache_tasks) =
+            SubjectCache::start(self.store.clone(), self.settings.cache.clone())
+                .await
+                .context("cannot start the cache")?;
         let state = AppState {
             store: self.store.clone(),
+            cache,
             decision_log,
         };
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -123,6 +129,7 @@ impl Application {
                 tracing::warn!(?grace, "shutdown grace period over: dropping the calls still open");
             }
         }
+        cache_tasks.shutdown().await;
         decision_log_writer.shutdown().await;
         self.store.close().await;
         tracing::info!("decision log flushed, store closed; bye");

@@ -41,11 +41,11 @@ impl DecisionsService {
         let conversation_id = query.conversation_id.as_ref();
         let loaded = self
             .state
-            .store
-            .decision_state(&query.subject_id, conversation_id)
+            .cache
+            .decision_state(&query.subject_id, conversation_id, query.freshness)
             .await;
         let (rule, revision) = match loaded {
-            Ok(state) => {
+            Ok((state, _tier)) => {
                 let question = Question {
                     purpose: query.purpose,
                     source: query.source,

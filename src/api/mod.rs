@@ -14,12 +14,14 @@ pub mod validate;
 use tonic::metadata::MetadataMap;
 
 use crate::audit::decision_log::DecisionLog;
+use crate::cache::SubjectCache;
 use crate::store::Store;
 
 /// What every handler shares.
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub store: Store,
+    pub cache: SubjectCache,
     pub decision_log: DecisionLog,
 }
 

@@ -46,6 +46,9 @@ impl SubjectsService {
             .await
             .map_err(|error| ApiError::from_store(error, write.subject_id.as_str()))?;
         if outcome.changed {
+            self.state
+                .cache
+                .committed(write.subject_id.as_str(), outcome.revision);
             tracing::info!(revision = %outcome.revision, "subject changed");
         }
         Ok(Response::new(proto::WriteResponse {

@@ -6,6 +6,7 @@ use crate::error::ApiError;
 use crate::policy::{FlagKind, Plan, Purpose, Rating, Source};
 use crate::proto;
 use crate::proto::consistency::Requirement;
+pub use crate::revision::Freshness;
 use crate::revision::Revision;
 use crate::store::{Command, SubjectFields};
 
@@ -13,15 +14,6 @@ use super::convert;
 
 /// The most checks one BatchCheck may carry.
 pub const MAX_BATCH: usize = 1_000;
-
-/// How fresh the state behind a decision must be.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Freshness {
-    MinimizeLatency,
-    /// Reflect at least the write that returned this revision.
-    AtLeastAsFresh(Revision),
-    FullyConsistent,
-}
 
 /// A validated CheckRequest.
 #[derive(Clone, Debug, PartialEq, Eq)]

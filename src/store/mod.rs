@@ -118,6 +118,26 @@ pub struct DecisionState {
     pub revision: Revision,
 }
 
+/// What the cache keeps of one subject.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubjectSnapshot {
+    /// `None` for a subject never seen.
+    pub subject: Option<SubjectState>,
+    /// The subject's revision, or the store's latest revision for a subject never seen.
+    pub revision: Revision,
+    /// Conversation facts, the most recently changed first.
+    pub conversations: Vec<(String, ConversationFacts)>,
+    /// Whether `conversations` holds every conversation fact of the subject.
+    pub complete: bool,
+}
+
+/// One committed change, as the change log tells it: which subject changed at which revision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub revision: Revision,
+    pub subject_id: String,
+}
+
 /// A stored choice with the time it was made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChoiceEntry {
@@ -272,6 +292,26 @@ impl Store {
         match self {
             Store::Sqlite(store) => store.decision_state(subject_id, conversation_id).await,
             Store::Postgres(store) => store.decision_state(subject_id, conversation_id).await,
+        }
+    }
+
+    /// What the cache keeps of a subject, read in one snapshot.
+    pub async fn snapshot(
+        &self,
+        subject_id: &SubjectId,
+        max_conversations: usize,
+    ) -> Result<SubjectSnapshot, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.snapshot(subject_id, max_conversations).await,
+            Store::Postgres(store) => store.snapshot(subject_id, max_conversations).await,
+        }
+    }
+
+    /// The changes committed after revision `after`, oldest first, at most `limit`.
+    pub async fn changes_since(&self, after: Revision, limit: u32) -> Result<Vec<Change>, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.changes_since(after, limit).await,
+            Store::Postgres(store) => store.changes_since(after, limit).await,
         }
     }
 

@@ -21,8 +21,8 @@ macro_rules! sql_rows {
         use $crate::revision::Revision;
         use $crate::store::change::{Change, SubjectRecord, plan_change};
         use $crate::store::{
-            ChoiceEntry, DecisionState, EventQuery, StoreError, WriteOutcome, WriteRequest,
-            now_micros,
+            Change as ChangeNotice, ChoiceEntry, DecisionState, EventQuery, StoreError,
+            SubjectSnapshot, WriteOutcome, WriteRequest, now_micros,
         };
 
         const VERIFY_PAGE: i64 = 1_000;
@@ -110,6 +110,70 @@ macro_rules! sql_rows {
             })
         }
 
+        /// Everything the cache keeps of a subject, in one read transaction: its state and up to
+        /// `max_conversations` conversation facts (the most recent first), or the store's
+        /// latest revision for a subject never seen.
+        pub(super) async fn snapshot_in(
+            connection: &mut $connection,
+            subject_id: &SubjectId,
+            max_conversations: usize,
+        ) -> Result<SubjectSnapshot, StoreError> {
+            let Some((record, revision)) = load_subject(&mut *connection, subject_id.as_str()).await?
+            else {
+                let head = latest_sequence(&mut *connection).await?;
+                return Ok(SubjectSnapshot {
+                    subject: None,
+                    revision: Revision::new(head),
+                    conversations: Vec::new(),
+                    complete: true,
+                });
+            };
+            let limit = i64::try_from(max_conversations).unwrap_or(i64::MAX).saturating_add(1);
+            let rows = sqlx::query(
+                "SELECT conversation_id, feedback, automated_moderation, user_report
+                 FROM conversation_facts WHERE subject_id = $1
+                 ORDER BY revision DESC LIMIT $2",
+            )
+            .bind(subject_id.as_str())
+            .bind(limit)
+            .fetch_all(&mut *connection)
+            .await?;
+            let complete = rows.len() <= max_conversations;
+            let mut conversations = Vec::with_capacity(rows.len().min(max_conversations));
+            for row in rows.iter().take(max_conversations) {
+                conversations.push((row.try_get("conversation_id")?, facts_from_row(row)?));
+            }
+            Ok(SubjectSnapshot {
+                subject: Some(record.state),
+                revision,
+                conversations,
+                complete,
+            })
+        }
+
+        /// The changes committed after `after`, in revision order, at most `limit`.
+        pub(super) async fn changes_since_in(
+            connection: &mut $connection,
+            after: u64,
+            limit: u32,
+        ) -> Result<Vec<ChangeNotice>, StoreError> {
+            let rows: Vec<(i64, String)> = sqlx::query_as(
+                "SELECT sequence, subject_id FROM audit_events WHERE sequence > $1
+                 ORDER BY sequence LIMIT $2",
+            )
+            .bind(to_i64(after))
+            .bind(i64::from(limit))
+            .fetch_all(&mut *connection)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|(sequence, subject_id)| ChangeNotice {
+                    revision: Revision::new(from_i64(sequence)),
+                    subject_id,
+                })
+                .collect())
+        }
+
         pub(super) async fn load_subject(
             connection: &mut $connection,
             subject_id: &str,
@@ -183,15 +247,19 @@ macro_rules! sql_rows {
             .fetch_optional(&mut *connection)
             .await?;
             let Some(row) = row else { return Ok(None) };
+            Ok(Some(facts_from_row(&row)?))
+        }
+
+        fn facts_from_row(row: &$row) -> Result<ConversationFacts, StoreError> {
             let feedback: Option<String> = row.try_get("feedback")?;
-            Ok(Some(ConversationFacts {
+            Ok(ConversationFacts {
                 feedback: feedback
                     .as_deref()
                     .map(|name| parse("feedback", name, Rating::from_name))
                     .transpose()?,
                 automated_moderation: row.try_get("automated_moderation")?,
                 user_report: row.try_get("user_report")?,
-            }))
+            })
         }
 
         /// The latest committed sequence, read without locking.

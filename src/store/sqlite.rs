@@ -15,7 +15,8 @@ use sqlx::sqlite::{
 };
 
 use super::{
-    DecisionState, EventQuery, PruneReport, StoreError, SubjectView, WriteOutcome, WriteRequest,
+    Change, DecisionState, EventQuery, PruneReport, StoreError, SubjectSnapshot, SubjectView,
+    WriteOutcome, WriteRequest,
 };
 use crate::audit::decision_log::DecisionRecord;
 use crate::audit::{AuditEvent, ChainReport};
@@ -106,6 +107,22 @@ impl SqliteStore {
             choices,
             revision,
         }))
+    }
+
+    pub async fn snapshot(
+        &self,
+        subject_id: &SubjectId,
+        max_conversations: usize,
+    ) -> Result<SubjectSnapshot, StoreError> {
+        let mut tx = self.reader.begin().await?;
+        let snapshot = rows::snapshot_in(&mut tx, subject_id, max_conversations).await?;
+        tx.commit().await?;
+        Ok(snapshot)
+    }
+
+    pub async fn changes_since(&self, after: Revision, limit: u32) -> Result<Vec<Change>, StoreError> {
+        let mut connection = self.reader.acquire().await?;
+        rows::changes_since_in(&mut connection, after.sequence(), limit).await
     }
 
     pub async fn events(&self, query: &EventQuery) -> Result<Vec<AuditEvent>, StoreError> {

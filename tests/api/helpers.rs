@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use assent::audit::decision_log::LogMode;
+use assent::cache::CacheSettings;
 use assent::config::{LogFormat, Settings};
 use assent::proto;
 use assent::proto::audit_client::AuditClient;
@@ -57,6 +58,7 @@ impl TestApp {
             decision_log: LogMode::All,
             decision_log_queue: 10_000,
             decision_log_retention_days: 400,
+            cache: CacheSettings::default(),
             shutdown_grace: Duration::from_secs(10),
             log_format: LogFormat::Text,
         };

@@ -1,0 +1,237 @@
+//! The in-process tier: each cached subject with the facts of its conversations, so a hit
+//! answers every purpose and conversation without I/O.
+//!
+//! A subject keeps at most `max_conversations` conversation facts (the most recently changed).
+//! A subject with more is cached as incomplete: a conversation not among those kept is looked up
+//! in the store once and remembered in a second, bounded cache, tied to the subject's revision.
+
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::policy::{ConversationFacts, SubjectState};
+use crate::revision::Revision;
+use crate::store::SubjectSnapshot;
+
+/// What the cache holds of one subject.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CachedSubject {
+    /// `None`: the subject was never seen (a negative entry).
+    pub subject: Option<SubjectState>,
+    /// The subject's revision; for a negative entry, the store's revision when it was read.
+    pub revision: Revision,
+    /// Sorted by conversation id.
+    conversations: Box<[(Box<str>, ConversationFacts)]>,
+    /// Whether `conversations` holds every conversation fact of the subject.
+    complete: bool,
+}
+
+/// What the cached entry knows of one conversation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConversationLookup {
+    Known(Option<ConversationFacts>),
+    /// The subject has more conversation facts than the entry keeps, and not this one.
+    NotKept,
+}
+
+impl CachedSubject {
+    pub fn from_snapshot(snapshot: SubjectSnapshot) -> CachedSubject {
+        let mut conversations: Vec<(Box<str>, ConversationFacts)> = snapshot
+            .conversations
+            .into_iter()
+            .map(|(id, facts)| (id.into_boxed_str(), facts))
+            .collect();
+        conversations.sort_by(|left, right| left.0.cmp(&right.0));
+        CachedSubject {
+            subject: snapshot.subject,
+            revision: snapshot.revision,
+            conversations: conversations.into_boxed_slice(),
+            complete: snapshot.complete,
+        }
+    }
+
+    pub fn conversation(&self, conversation_id: &str) -> ConversationLookup {
+        match self
+            .conversations
+            .binary_search_by(|(id, _)| id.as_ref().cmp(conversation_id))
+        {
+            Ok(index) => ConversationLookup::Known(Some(self.conversations[index].1)),
+            Err(_) if self.complete => ConversationLookup::Known(None),
+            Err(_) => ConversationLookup::NotKept,
+        }
+    }
+}
+
+const STRIPES: usize = 64;
+
+/// The subjects cache, the overflow conversations, and the recent invalidations that keep a
+/// slow read from putting back a state older than a change already announced.
+pub struct LocalCache {
+    subjects: moka::sync::Cache<String, Arc<CachedSubject>>,
+    overflow: moka::sync::Cache<(String, String), (Revision, Option<ConversationFacts>)>,
+    /// Subject → the latest revision announced for it, kept long enough to outlive any read.
+    invalidated: moka::sync::Cache<String, Revision>,
+    /// Makes "check the invalidations, then insert" atomic against "record, then invalidate".
+    stripes: Box<[Mutex<()>]>,
+}
+
+impl std::fmt::Debug for LocalCache {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("LocalCache")
+            .field("subjects", &self.subjects.entry_count())
+            .finish()
+    }
+}
+
+impl LocalCache {
+    pub fn new(max_subjects: u64, time_to_live: Duration) -> LocalCache {
+        LocalCache {
+            subjects: moka::sync::Cache::builder()
+                .max_capacity(max_subjects)
+                .time_to_live(time_to_live)
+                .build(),
+            overflow: moka::sync::Cache::builder()
+                .max_capacity(max_subjects.clamp(1_024, 1 << 20))
+                .time_to_live(time_to_live)
+                .build(),
+            invalidated: moka::sync::Cache::builder()
+                .max_capacity(1 << 20)
+                .time_to_live(Duration::from_secs(120))
+                .build(),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+        }
+    }
+
+    fn stripe(&self, subject_id: &str) -> std::sync::MutexGuard<'_, ()> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        subject_id.hash(&mut hasher);
+        let index = (hasher.finish() as usize) % STRIPES;
+        self.stripes[index]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn get(&self, subject_id: &str) -> Option<Arc<CachedSubject>> {
+        self.subjects.get(subject_id)
+    }
+
+    /// Caches an entry read from a slower tier, unless a later change of the subject was
+    /// announced meanwhile. Returns whether it was cached.
+    pub fn insert(&self, subject_id: &str, entry: Arc<CachedSubject>) -> bool {
+        let _guard = self.stripe(subject_id);
+        if self
+            .invalidated
+            .get(subject_id)
+            .is_some_and(|announced| announced > entry.revision)
+        {
+            return false;
+        }
+        self.subjects.insert(subject_id.to_owned(), entry);
+        true
+    }
+
+    /// A change of the subject at `revision` was announced: drop what is cached of it.
+    pub fn invalidate(&self, subject_id: &str, revision: Revision) {
+        let _guard = self.stripe(subject_id);
+        let latest = self
+            .invalidated
+            .get(subject_id)
+            .map_or(revision, |announced| announced.max(revision));
+        self.invalidated.insert(subject_id.to_owned(), latest);
+        self.subjects.invalidate(subject_id);
+    }
+
+    /// The facts of a conversation not kept in its subject's entry, if looked up at the entry's
+    /// revision.
+    pub fn overflow(
+        &self,
+        subject_id: &str,
+        conversation_id: &str,
+        revision: Revision,
+    ) -> Option<Option<ConversationFacts>> {
+        let key = (subject_id.to_owned(), conversation_id.to_owned());
+        self.overflow
+            .get(&key)
+            .filter(|(at, _)| *at == revision)
+            .map(|(_, facts)| facts)
+    }
+
+    pub fn remember_overflow(
+        &self,
+        subject_id: &str,
+        conversation_id: &str,
+        revision: Revision,
+        facts: Option<ConversationFacts>,
+    ) {
+        let key = (subject_id.to_owned(), conversation_id.to_owned());
+        self.overflow.insert(key, (revision, facts));
+    }
+
+    pub fn entry_count(&self) -> u64 {
+        self.subjects.entry_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Plan, Rating};
+
+    fn snapshot(revision: u64, conversations: &[&str], complete: bool) -> SubjectSnapshot {
+        SubjectSnapshot {
+            subject: Some(SubjectState {
+                plan: Some(Plan::Free),
+                ..SubjectState::new()
+            }),
+            revision: Revision::new(revision),
+            conversations: conversations
+                .iter()
+                .map(|id| {
+                    let facts = ConversationFacts {
+                        feedback: Some(Rating::ThumbsUp),
+                        ..Default::default()
+                    };
+                    (id.to_string(), facts)
+                })
+                .collect(),
+            complete,
+        }
+    }
+
+    #[test]
+    fn conversations_are_found_or_known_absent() {
+        let complete = CachedSubject::from_snapshot(snapshot(3, &["c-9", "c-1", "c-5"], true));
+        assert!(matches!(
+            complete.conversation("c-5"),
+            ConversationLookup::Known(Some(_))
+        ));
+        assert_eq!(complete.conversation("c-2"), ConversationLookup::Known(None));
+        let partial = CachedSubject::from_snapshot(snapshot(3, &["c-1"], false));
+        assert_eq!(partial.conversation("c-2"), ConversationLookup::NotKept);
+    }
+
+    #[test]
+    fn an_announced_change_beats_an_older_read() {
+        let cache = LocalCache::new(100, Duration::from_secs(60));
+        let old = Arc::new(CachedSubject::from_snapshot(snapshot(3, &[], true)));
+        assert!(cache.insert("u-1", old.clone()));
+        cache.invalidate("u-1", Revision::new(7));
+        assert!(cache.get("u-1").is_none());
+        // A read that started before revision 7 must not put its state back...
+        assert!(!cache.insert("u-1", old));
+        assert!(cache.get("u-1").is_none());
+        // ...one at or after it may.
+        let fresh = Arc::new(CachedSubject::from_snapshot(snapshot(7, &[], true)));
+        assert!(cache.insert("u-1", fresh));
+        assert_eq!(cache.get("u-1").unwrap().revision, Revision::new(7));
+    }
+
+    #[test]
+    fn overflow_facts_are_tied_to_the_revision() {
+        let cache = LocalCache::new(100, Duration::from_secs(60));
+        cache.remember_overflow("u-1", "c-77", Revision::new(4), None);
+        assert_eq!(cache.overflow("u-1", "c-77", Revision::new(4)), Some(None));
+        assert_eq!(cache.overflow("u-1", "c-77", Revision::new(5)), None);
+    }
+}
