@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::audit::decision_log::LogMode;
-use crate::cache::CacheSettings;
+use crate::cache::{CacheSettings, SharedSettings};
 use crate::store::{DatabaseUrl, StoreLocation};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -70,6 +70,10 @@ pub struct Overrides {
     pub cache_ttl_seconds: Option<u64>,
     pub cache_max_conversations: Option<usize>,
     pub change_poll_interval_ms: Option<u64>,
+    pub redis_url: Option<String>,
+    pub redis_prefix: Option<String>,
+    pub redis_ttl_seconds: Option<u64>,
+    pub redis_timeout_ms: Option<u64>,
     pub shutdown_grace_seconds: Option<u64>,
     pub log_format: Option<String>,
 }
@@ -107,6 +111,10 @@ impl Overrides {
             cache_ttl_seconds: parse_number(env, "ASSENT_CACHE_TTL_SECONDS")?,
             cache_max_conversations: parse_number(env, "ASSENT_CACHE_MAX_CONVERSATIONS")?,
             change_poll_interval_ms: parse_number(env, "ASSENT_CHANGE_POLL_INTERVAL_MS")?,
+            redis_url: get("ASSENT_REDIS_URL"),
+            redis_prefix: get("ASSENT_REDIS_PREFIX"),
+            redis_ttl_seconds: parse_number(env, "ASSENT_REDIS_TTL_SECONDS")?,
+            redis_timeout_ms: parse_number(env, "ASSENT_REDIS_TIMEOUT_MS")?,
             shutdown_grace_seconds: parse_number(env, "ASSENT_SHUTDOWN_GRACE_SECONDS")?,
             log_format: get("ASSENT_LOG_FORMAT"),
         })
@@ -145,6 +153,10 @@ impl Overrides {
             change_poll_interval_ms: later
                 .change_poll_interval_ms
                 .or(self.change_poll_interval_ms),
+            redis_url: later.redis_url.or(self.redis_url),
+            redis_prefix: later.redis_prefix.or(self.redis_prefix),
+            redis_ttl_seconds: later.redis_ttl_seconds.or(self.redis_ttl_seconds),
+            redis_timeout_ms: later.redis_timeout_ms.or(self.redis_timeout_ms),
             shutdown_grace_seconds: later.shutdown_grace_seconds.or(self.shutdown_grace_seconds),
             log_format: later.log_format.or(self.log_format),
         }
@@ -247,7 +259,25 @@ impl Settings {
                 .change_poll_interval_ms
                 .map_or(defaults.poll_interval, Duration::from_millis),
             freshness_wait: defaults.freshness_wait,
+            shared: overrides.redis_url.map(|url| SharedSettings {
+                url: DatabaseUrl::new(url),
+                prefix: overrides
+                    .redis_prefix
+                    .unwrap_or_else(|| "assent".to_owned()),
+                time_to_live: Duration::from_secs(overrides.redis_ttl_seconds.unwrap_or(600)),
+                timeout: Duration::from_millis(overrides.redis_timeout_ms.unwrap_or(50)),
+            }),
         };
+        if let Some(shared) = &cache.shared
+            && !["redis://", "rediss://"]
+                .iter()
+                .any(|scheme| shared.url.expose().starts_with(scheme))
+        {
+            return Err(ConfigError::Invalid {
+                setting: "redis_url",
+                message: "expected a redis:// URL".into(),
+            });
+        }
         if cache.poll_interval.is_zero() {
             return Err(ConfigError::Invalid {
                 setting: "change_poll_interval_ms",

@@ -50,6 +50,16 @@ impl CachedSubject {
         }
     }
 
+    /// The conversation facts kept, sorted by conversation id.
+    pub fn conversations(&self) -> &[(Box<str>, ConversationFacts)] {
+        &self.conversations
+    }
+
+    /// Whether the entry keeps every conversation fact of the subject.
+    pub fn is_complete(&self) -> bool {
+        self.complete
+    }
+
     pub fn conversation(&self, conversation_id: &str) -> ConversationLookup {
         match self
             .conversations
@@ -168,7 +178,9 @@ impl LocalCache {
         self.overflow.insert(key, (revision, facts));
     }
 
+    /// How many subjects are cached (after the cache's pending housekeeping).
     pub fn entry_count(&self) -> u64 {
+        self.subjects.run_pending_tasks();
         self.subjects.entry_count()
     }
 }
@@ -206,7 +218,10 @@ mod tests {
             complete.conversation("c-5"),
             ConversationLookup::Known(Some(_))
         ));
-        assert_eq!(complete.conversation("c-2"), ConversationLookup::Known(None));
+        assert_eq!(
+            complete.conversation("c-2"),
+            ConversationLookup::Known(None)
+        );
         let partial = CachedSubject::from_snapshot(snapshot(3, &["c-1"], false));
         assert_eq!(partial.conversation("c-2"), ConversationLookup::NotKept);
     }

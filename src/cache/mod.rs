@@ -12,16 +12,21 @@
 //! check that needs more (a later revision than the watermark, or `fully_consistent`) reads the
 //! store.
 
+pub mod known;
 pub mod local;
+pub mod shared;
 pub mod watermark;
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
+pub use known::KnownSubjects;
 pub use local::{CachedSubject, ConversationLookup, LocalCache};
+pub use shared::{SharedCache, SharedLookup, SharedSettings};
 pub use watermark::Watermark;
 
 use crate::domain::{ConversationId, SubjectId};
@@ -30,6 +35,37 @@ use crate::store::{DecisionState, Store, StoreError};
 
 /// The most changes read from the change log in one query.
 const CHANGE_LOG_PAGE: u32 = 10_000;
+/// How long a lost announcement channel waits before it is re-made.
+const LISTEN_RETRY: Duration = Duration::from_millis(500);
+
+#[cfg(test)]
+mod tests;
+
+/// Every subject id of the store, in a filter sized for twice as many (at least a million).
+async fn load_known_subjects(store: &Store) -> Result<KnownSubjects, StoreError> {
+    const PAGE: u32 = 10_000;
+    let count = store.count_subjects().await?;
+    let known = KnownSubjects::with_capacity((count * 2).max(1_000_000));
+    let mut after = String::new();
+    loop {
+        let page = store.subject_ids(&after, PAGE).await?;
+        for subject_id in &page {
+            known.insert(subject_id);
+        }
+        match page.last() {
+            Some(last) if page.len() == PAGE as usize => after.clone_from(last),
+            _ => return Ok(known),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cannot read the store's latest revision")]
+    Store(#[from] StoreError),
+    #[error("invalid redis settings")]
+    Redis(#[from] redis::RedisError),
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CacheSettings {
@@ -44,6 +80,8 @@ pub struct CacheSettings {
     pub poll_interval: Duration,
     /// How long an `at_least_as_fresh` check waits for the watermark before reading the store.
     pub freshness_wait: Duration,
+    /// The shared Redis tier and announcement channel, if any.
+    pub shared: Option<SharedSettings>,
 }
 
 impl Default for CacheSettings {
@@ -54,6 +92,7 @@ impl Default for CacheSettings {
             max_conversations: 64,
             poll_interval: Duration::from_millis(100),
             freshness_wait: Duration::from_millis(50),
+            shared: None,
         }
     }
 }
@@ -62,6 +101,7 @@ impl Default for CacheSettings {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tier {
     Local,
+    Shared,
     Store,
 }
 
@@ -69,6 +109,7 @@ impl Tier {
     pub const fn as_str(self) -> &'static str {
         match self {
             Tier::Local => "local",
+            Tier::Shared => "redis",
             Tier::Store => "store",
         }
     }
@@ -84,10 +125,54 @@ pub struct SubjectCache {
 struct Inner {
     store: Store,
     local: LocalCache,
+    known: KnownSubjects,
+    counters: Counters,
+    shared: Option<SharedCache>,
     watermark: Watermark,
     settings: CacheSettings,
     /// Wakes the change-log reader before its next tick.
     read_change_log: Notify,
+    /// Whether entries read from Redis may be used: only while its announcements are heard,
+    /// and once the changes it may have missed have been re-announced to it.
+    shared_ready: AtomicBool,
+    /// When this replica last lost Redis (microseconds since the epoch).
+    shared_lost_at: Mutex<Option<i64>>,
+}
+
+/// How the cache has answered since start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Answered from memory.
+    pub local_hits: u64,
+    /// Answered from Redis.
+    pub shared_hits: u64,
+    /// Read from the store (misses, overflow conversations, demanded freshness).
+    pub store_reads: u64,
+    /// Unknown subjects answered by the known-subjects filter, without a store read.
+    pub unknown_filtered: u64,
+    /// Subjects in memory now.
+    pub entries: u64,
+    /// The revision up to which every change has been applied.
+    pub applied_revision: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    local_hits: std::sync::atomic::AtomicU64,
+    shared_hits: std::sync::atomic::AtomicU64,
+    store_reads: std::sync::atomic::AtomicU64,
+    unknown_filtered: std::sync::atomic::AtomicU64,
+}
+
+impl Counters {
+    fn count(&self, tier: Tier) {
+        let counter = match tier {
+            Tier::Local => &self.local_hits,
+            Tier::Shared => &self.shared_hits,
+            Tier::Store => &self.store_reads,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// The background tasks of the cache; [`CacheTasks::shutdown`] stops them.
@@ -106,30 +191,38 @@ impl CacheTasks {
 }
 
 impl SubjectCache {
-    /// Starts with an empty cache at the store's latest revision, and the change-log reader.
+    /// Starts with an empty cache at the store's latest revision, the change-log reader, and
+    /// the listener of announcements (Redis when configured, else PostgreSQL's NOTIFY).
     pub async fn start(
         store: Store,
         settings: CacheSettings,
-    ) -> Result<(SubjectCache, CacheTasks), StoreError> {
+    ) -> Result<(SubjectCache, CacheTasks), CacheError> {
         let head = store.head_revision().await?;
+        let known = load_known_subjects(&store).await?;
+        let shared = settings.shared.clone().map(SharedCache::new).transpose()?;
         let cache = SubjectCache {
             inner: Arc::new(Inner {
                 local: LocalCache::new(settings.max_subjects, settings.time_to_live),
+                known,
+                counters: Counters::default(),
+                shared,
                 watermark: Watermark::new(head),
                 store,
                 settings,
                 read_change_log: Notify::new(),
+                shared_ready: AtomicBool::new(false),
+                shared_lost_at: Mutex::new(None),
             }),
         };
         let (stop, stopped) = watch::channel(false);
-        let reader = tokio::spawn(cache.clone().read_change_log(stopped));
-        Ok((
-            cache,
-            CacheTasks {
-                stop,
-                handles: vec![reader],
-            },
-        ))
+        let mut handles = vec![tokio::spawn(cache.clone().read_change_log(stopped.clone()))];
+        if cache.inner.shared.is_some() {
+            handles.push(tokio::spawn(cache.clone().listen_redis(stopped)));
+        } else if let Store::Postgres(postgres) = &cache.inner.store {
+            let pool = postgres.pool().clone();
+            handles.push(tokio::spawn(cache.clone().listen_postgres(pool, stopped)));
+        }
+        Ok((cache, CacheTasks { stop, handles }))
     }
 
     /// The revision up to which every change has been applied to this replica's cache.
@@ -137,8 +230,34 @@ impl SubjectCache {
         self.inner.watermark.applied()
     }
 
-    /// The state a decision needs, from the fastest tier the freshness allows.
+    pub fn stats(&self) -> CacheStats {
+        let counters = &self.inner.counters;
+        CacheStats {
+            local_hits: counters.local_hits.load(Ordering::Relaxed),
+            shared_hits: counters.shared_hits.load(Ordering::Relaxed),
+            store_reads: counters.store_reads.load(Ordering::Relaxed),
+            unknown_filtered: counters.unknown_filtered.load(Ordering::Relaxed),
+            entries: self.inner.local.entry_count(),
+            applied_revision: self.applied_revision().sequence(),
+        }
+    }
+
+    /// Answers, counting which tier did.
     pub async fn decision_state(
+        &self,
+        subject_id: &SubjectId,
+        conversation_id: Option<&ConversationId>,
+        freshness: Freshness,
+    ) -> Result<(DecisionState, Tier), StoreError> {
+        let answer = self
+            .decide_state(subject_id, conversation_id, freshness)
+            .await?;
+        self.inner.counters.count(answer.1);
+        Ok(answer)
+    }
+
+    /// The state a decision needs, from the fastest tier the freshness allows.
+    async fn decide_state(
         &self,
         subject_id: &SubjectId,
         conversation_id: Option<&ConversationId>,
@@ -147,7 +266,10 @@ impl SubjectCache {
         let inner = &self.inner;
         match freshness {
             Freshness::FullyConsistent => {
-                let state = inner.store.decision_state(subject_id, conversation_id).await?;
+                let state = inner
+                    .store
+                    .decision_state(subject_id, conversation_id)
+                    .await?;
                 return Ok((state, Tier::Store));
             }
             Freshness::AtLeastAsFresh(revision) if inner.watermark.applied() < revision => {
@@ -157,7 +279,10 @@ impl SubjectCache {
                     .wait_for(revision, inner.settings.freshness_wait)
                     .await;
                 if !caught_up {
-                    let state = inner.store.decision_state(subject_id, conversation_id).await?;
+                    let state = inner
+                        .store
+                        .decision_state(subject_id, conversation_id)
+                        .await?;
                     return Ok((state, Tier::Store));
                 }
             }
@@ -166,15 +291,20 @@ impl SubjectCache {
 
         let (entry, tier) = match inner.local.get(subject_id.as_str()) {
             Some(entry) => (entry, Tier::Local),
-            None => {
-                let snapshot = inner
-                    .store
-                    .snapshot(subject_id, inner.settings.max_conversations)
-                    .await?;
-                let entry = Arc::new(CachedSubject::from_snapshot(snapshot));
-                inner.local.insert(subject_id.as_str(), entry.clone());
-                (entry, Tier::Store)
+            None if !inner.known.may_contain(subject_id.as_str()) => {
+                // Never created (as of the watermark): no store read for an unknown id.
+                inner
+                    .counters
+                    .unknown_filtered
+                    .fetch_add(1, Ordering::Relaxed);
+                let state = DecisionState {
+                    subject: None,
+                    conversation: None,
+                    revision: inner.watermark.applied(),
+                };
+                return Ok((state, Tier::Local));
             }
+            None => self.load(subject_id).await?,
         };
         let conversation = match conversation_id {
             None => None,
@@ -193,6 +323,37 @@ impl SubjectCache {
             },
             tier,
         ))
+    }
+
+    /// A subject not in memory: from Redis if it has it, else from the store (and then shared).
+    async fn load(&self, subject_id: &SubjectId) -> Result<(Arc<CachedSubject>, Tier), StoreError> {
+        let inner = &self.inner;
+        if let Some(shared) = &inner.shared
+            && inner.shared_ready.load(Ordering::Acquire)
+            && let SharedLookup::Hit(entry) = shared.get(subject_id.as_str()).await
+        {
+            // Used only if no later change of the subject was announced meanwhile.
+            let entry = Arc::new(entry);
+            if inner.local.insert(subject_id.as_str(), entry.clone()) {
+                return Ok((entry, Tier::Shared));
+            }
+        }
+        let snapshot = inner
+            .store
+            .snapshot(subject_id, inner.settings.max_conversations)
+            .await?;
+        let entry = Arc::new(CachedSubject::from_snapshot(snapshot));
+        inner.local.insert(subject_id.as_str(), entry.clone());
+        if inner.shared.is_some() {
+            let cache = self.clone();
+            let (subject_id, shared_entry) = (subject_id.as_str().to_owned(), entry.clone());
+            tokio::spawn(async move {
+                if let Some(shared) = &cache.inner.shared {
+                    shared.put(&subject_id, &shared_entry).await;
+                }
+            });
+        }
+        Ok((entry, Tier::Store))
     }
 
     /// A conversation of a subject with more facts than an entry keeps.
@@ -217,20 +378,33 @@ impl SubjectCache {
             .decision_state(subject_id, Some(conversation_id))
             .await?;
         if state.revision == entry.revision {
-            inner
-                .local
-                .remember_overflow(subject, conversation, state.revision, state.conversation);
+            inner.local.remember_overflow(
+                subject,
+                conversation,
+                state.revision,
+                state.conversation,
+            );
         }
         Ok((state, Tier::Store))
     }
 
     /// A change this replica committed: drop the subject's entry at once (so this replica reads
-    /// its own writes) and count the revision as applied.
+    /// its own writes), count the revision as applied, and announce it to the other replicas.
     pub fn committed(&self, subject_id: &str, revision: Revision) {
         self.announce(subject_id, revision);
+        if self.inner.shared.is_some() {
+            let cache = self.clone();
+            let subject_id = subject_id.to_owned();
+            tokio::spawn(async move {
+                if let Some(shared) = &cache.inner.shared {
+                    shared.announce(&subject_id, revision).await;
+                }
+            });
+        }
     }
 
     fn announce(&self, subject_id: &str, revision: Revision) {
+        self.inner.known.insert(subject_id);
         self.inner.local.invalidate(subject_id, revision);
         self.inner.watermark.record(revision);
     }
@@ -251,7 +425,138 @@ impl SubjectCache {
         }
     }
 
-    /// Applies every change after the watermark, page by page, up to the store's head.
+    /// Applies the announcements of other replicas from Redis, reconnecting after failures.
+    /// After each (re)subscription the change log is read, for what was announced meanwhile.
+    async fn listen_redis(self, mut stopped: watch::Receiver<bool>) {
+        use tokio_stream::StreamExt;
+        let Some(shared) = &self.inner.shared else {
+            return;
+        };
+        loop {
+            let subscribed = async {
+                let mut pubsub = shared.client().get_async_pubsub().await?;
+                pubsub.subscribe(shared.channel()).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            };
+            let subscribed = match subscribed.await {
+                Ok(pubsub) if self.reannounce_to_redis(shared).await => Ok(pubsub),
+                Ok(_) => Err("cannot re-announce recent changes to redis".to_owned()),
+                Err(error) => Err(error.to_string()),
+            };
+            match subscribed {
+                Ok(pubsub) => {
+                    tracing::info!("listening to change announcements on redis");
+                    self.inner.shared_ready.store(true, Ordering::Release);
+                    self.inner.read_change_log.notify_one();
+                    let mut messages = pubsub.into_on_message();
+                    loop {
+                        tokio::select! {
+                            _ = stopped.changed() => return,
+                            message = messages.next() => match message {
+                                Some(message) => {
+                                    let Ok(text) = message.get_payload::<String>() else { continue };
+                                    if let Some((revision, subject_id)) = shared::parse_announcement(&text) {
+                                        self.announce(subject_id, revision);
+                                    }
+                                }
+                                None => break,
+                            },
+                        }
+                    }
+                    self.lost_redis();
+                    tracing::warn!("lost the redis announcement channel; reconnecting");
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "cannot subscribe to redis announcements");
+                }
+            }
+            tokio::select! {
+                _ = stopped.changed() => return,
+                () = tokio::time::sleep(LISTEN_RETRY) => {}
+            }
+        }
+    }
+
+    fn lost_redis(&self) {
+        self.inner.shared_ready.store(false, Ordering::Release);
+        let mut lost_at = self
+            .inner
+            .shared_lost_at
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *lost_at = Some(crate::store::now_micros());
+    }
+
+    /// Before entries are read from Redis again: puts a tombstone for every subject changed
+    /// while this replica could not reach it (a minute of margin before it noticed), or, at
+    /// start, within the time an entry lives there. A change whose tombstone got lost then
+    /// cannot be hidden by an older entry.
+    async fn reannounce_to_redis(&self, shared: &SharedCache) -> bool {
+        const MARGIN_MICROS: i64 = 60_000_000;
+        let lost_at = *self
+            .inner
+            .shared_lost_at
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let since = match lost_at {
+            Some(lost_at) => lost_at - MARGIN_MICROS,
+            None => {
+                let lived = i64::try_from(shared.time_to_live().as_micros()).unwrap_or(i64::MAX);
+                crate::store::now_micros().saturating_sub(lived)
+            }
+        };
+        let Ok(changes) = self.inner.store.subjects_changed_since(since).await else {
+            return false;
+        };
+        let tombstones: Vec<(&str, Revision)> = changes
+            .iter()
+            .map(|change| (change.subject_id.as_str(), change.revision))
+            .collect();
+        shared.tombstone(&tombstones).await
+    }
+
+    /// Applies the announcements PostgreSQL delivers (NOTIFY at each commit), when there is no
+    /// Redis. A lost connection is re-made by the listener; the change log covers the gap.
+    async fn listen_postgres(self, pool: sqlx::PgPool, mut stopped: watch::Receiver<bool>) {
+        loop {
+            let listening = async {
+                let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+                listener.listen(crate::store::CHANGES_CHANNEL).await?;
+                Ok::<_, sqlx::Error>(listener)
+            };
+            match listening.await {
+                Ok(mut listener) => {
+                    self.inner.read_change_log.notify_one();
+                    loop {
+                        tokio::select! {
+                            _ = stopped.changed() => return,
+                            notification = listener.try_recv() => match notification {
+                                Ok(Some(notification)) => {
+                                    if let Some((revision, subject_id)) =
+                                        shared::parse_announcement(notification.payload())
+                                    {
+                                        self.announce(subject_id, revision);
+                                    }
+                                }
+                                // Reconnected: what was sent meanwhile is in the change log.
+                                Ok(None) => self.inner.read_change_log.notify_one(),
+                                Err(_) => break,
+                            },
+                        }
+                    }
+                }
+                Err(error) => tracing::debug!(%error, "cannot listen to PostgreSQL announcements"),
+            }
+            tokio::select! {
+                _ = stopped.changed() => return,
+                () = tokio::time::sleep(LISTEN_RETRY) => {}
+            }
+        }
+    }
+
+    /// Applies every change after the watermark, page by page, up to the store's head. A
+    /// change learnt here was not announced through Redis (or not yet): its tombstone is put
+    /// there too, in case the replica that made it could not.
     pub async fn catch_up(&self) -> Result<(), StoreError> {
         let inner = &self.inner;
         loop {
@@ -260,6 +565,15 @@ impl SubjectCache {
             let full_page = changes.len() == CHANGE_LOG_PAGE as usize;
             for change in &changes {
                 self.announce(&change.subject_id, change.revision);
+            }
+            if let Some(shared) = &inner.shared
+                && !changes.is_empty()
+            {
+                let tombstones: Vec<(&str, Revision)> = changes
+                    .iter()
+                    .map(|change| (change.subject_id.as_str(), change.revision))
+                    .collect();
+                shared.tombstone(&tombstones).await;
             }
             if !full_page {
                 return Ok(());

@@ -38,7 +38,10 @@ impl Watermark {
 
     /// Records that the change at `revision` has been applied to the cache.
     pub fn record(&self, revision: Revision) {
-        let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut applied = self.applied.load(Ordering::Acquire);
         let sequence = revision.sequence();
         if sequence <= applied {
@@ -60,7 +63,10 @@ impl Watermark {
 
     /// The revision after which a change is missing, if announcements past a gap are waiting.
     pub fn gap(&self) -> Option<Revision> {
-        let pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         (!pending.is_empty()).then(|| self.applied())
     }
 
@@ -102,12 +108,20 @@ mod tests {
     async fn waiting_ends_when_the_watermark_arrives() {
         let watermark = std::sync::Arc::new(Watermark::new(Revision::new(1)));
         assert!(watermark.wait_for(Revision::new(1), Duration::ZERO).await);
-        assert!(!watermark.wait_for(Revision::new(2), Duration::from_millis(5)).await);
+        assert!(
+            !watermark
+                .wait_for(Revision::new(2), Duration::from_millis(5))
+                .await
+        );
         let advancing = watermark.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(10)).await;
             advancing.record(Revision::new(2));
         });
-        assert!(watermark.wait_for(Revision::new(2), Duration::from_secs(5)).await);
+        assert!(
+            watermark
+                .wait_for(Revision::new(2), Duration::from_secs(5))
+                .await
+        );
     }
 }

@@ -41,7 +41,7 @@ pub enum StoreLocation {
     },
 }
 
-/// A database URL. It may carry a password, so it never prints one.
+/// A database or Redis URL. It may carry a password, so it never prints one.
 #[derive(Clone, PartialEq, Eq)]
 pub struct DatabaseUrl(String);
 
@@ -154,6 +154,10 @@ pub struct SubjectView {
     pub choices: Vec<ChoiceEntry>,
     pub revision: Revision,
 }
+
+/// The PostgreSQL NOTIFY channel every committed change is announced on, as
+/// `"REVISION SUBJECT"`.
+pub const CHANGES_CHANNEL: &str = "assent_changes";
 
 /// What `prune_decision_log` removed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -308,10 +312,41 @@ impl Store {
     }
 
     /// The changes committed after revision `after`, oldest first, at most `limit`.
-    pub async fn changes_since(&self, after: Revision, limit: u32) -> Result<Vec<Change>, StoreError> {
+    pub async fn changes_since(
+        &self,
+        after: Revision,
+        limit: u32,
+    ) -> Result<Vec<Change>, StoreError> {
         match self {
             Store::Sqlite(store) => store.changes_since(after, limit).await,
             Store::Postgres(store) => store.changes_since(after, limit).await,
+        }
+    }
+
+    /// Every subject changed at or after `since_micros`, with its latest revision.
+    pub async fn subjects_changed_since(
+        &self,
+        since_micros: i64,
+    ) -> Result<Vec<Change>, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.subjects_changed_since(since_micros).await,
+            Store::Postgres(store) => store.subjects_changed_since(since_micros).await,
+        }
+    }
+
+    /// Subject ids after `after`, in id order, at most `limit`.
+    pub async fn subject_ids(&self, after: &str, limit: u32) -> Result<Vec<String>, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.subject_ids(after, limit).await,
+            Store::Postgres(store) => store.subject_ids(after, limit).await,
+        }
+    }
+
+    /// How many subjects the store holds (deleted ones included).
+    pub async fn count_subjects(&self) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.count_subjects().await,
+            Store::Postgres(store) => store.count_subjects().await,
         }
     }
 

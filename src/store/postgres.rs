@@ -113,8 +113,25 @@ impl PostgresStore {
     pub async fn write(&self, request: &WriteRequest) -> Result<WriteOutcome, StoreError> {
         let mut tx = self.pool.begin().await?;
         let outcome = rows::write_in(&mut tx, request).await?;
+        if outcome.changed {
+            // Delivered to every listener when, and only if, the transaction commits.
+            let announcement = format!(
+                "{} {}",
+                outcome.revision.sequence(),
+                request.subject_id.as_str()
+            );
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(super::CHANGES_CHANNEL)
+                .bind(announcement)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(outcome)
+    }
+
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
     }
 
     pub async fn decision_state(
@@ -154,9 +171,34 @@ impl PostgresStore {
         Ok(snapshot)
     }
 
-    pub async fn changes_since(&self, after: Revision, limit: u32) -> Result<Vec<Change>, StoreError> {
+    pub async fn changes_since(
+        &self,
+        after: Revision,
+        limit: u32,
+    ) -> Result<Vec<Change>, StoreError> {
         let mut connection = self.pool.acquire().await?;
         rows::changes_since_in(&mut connection, after.sequence(), limit).await
+    }
+
+    pub async fn subjects_changed_since(
+        &self,
+        since_micros: i64,
+    ) -> Result<Vec<Change>, StoreError> {
+        let mut connection = self.pool.acquire().await?;
+        rows::subjects_changed_since_in(&mut connection, since_micros).await
+    }
+
+    pub async fn subject_ids(&self, after: &str, limit: u32) -> Result<Vec<String>, StoreError> {
+        let mut connection = self.pool.acquire().await?;
+        rows::subject_ids_in(&mut connection, after, limit).await
+    }
+
+    pub async fn count_subjects(&self) -> Result<u64, StoreError> {
+        let mut connection = self.pool.acquire().await?;
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM subjects")
+            .fetch_one(&mut *connection)
+            .await?;
+        Ok(count as u64)
     }
 
     pub async fn events(&self, query: &EventQuery) -> Result<Vec<AuditEvent>, StoreError> {

@@ -174,6 +174,43 @@ macro_rules! sql_rows {
                 .collect())
         }
 
+        /// Each subject changed at or after `since_micros`, with its latest revision.
+        pub(super) async fn subjects_changed_since_in(
+            connection: &mut $connection,
+            since_micros: i64,
+        ) -> Result<Vec<ChangeNotice>, StoreError> {
+            let rows: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT subject_id, MAX(sequence) FROM audit_events WHERE at_micros >= $1
+                 GROUP BY subject_id",
+            )
+            .bind(since_micros)
+            .fetch_all(&mut *connection)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|(subject_id, sequence)| ChangeNotice {
+                    revision: Revision::new(from_i64(sequence)),
+                    subject_id,
+                })
+                .collect())
+        }
+
+        /// Subject ids after `after` in id order, at most `limit` (for paging through them all).
+        pub(super) async fn subject_ids_in(
+            connection: &mut $connection,
+            after: &str,
+            limit: u32,
+        ) -> Result<Vec<String>, StoreError> {
+            let rows: Vec<(String,)> = sqlx::query_as(
+                "SELECT subject_id FROM subjects WHERE subject_id > $1 ORDER BY subject_id LIMIT $2",
+            )
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *connection)
+            .await?;
+            Ok(rows.into_iter().map(|(subject_id,)| subject_id).collect())
+        }
+
         pub(super) async fn load_subject(
             connection: &mut $connection,
             subject_id: &str,

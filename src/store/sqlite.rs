@@ -120,9 +120,34 @@ impl SqliteStore {
         Ok(snapshot)
     }
 
-    pub async fn changes_since(&self, after: Revision, limit: u32) -> Result<Vec<Change>, StoreError> {
+    pub async fn changes_since(
+        &self,
+        after: Revision,
+        limit: u32,
+    ) -> Result<Vec<Change>, StoreError> {
         let mut connection = self.reader.acquire().await?;
         rows::changes_since_in(&mut connection, after.sequence(), limit).await
+    }
+
+    pub async fn subjects_changed_since(
+        &self,
+        since_micros: i64,
+    ) -> Result<Vec<Change>, StoreError> {
+        let mut connection = self.reader.acquire().await?;
+        rows::subjects_changed_since_in(&mut connection, since_micros).await
+    }
+
+    pub async fn subject_ids(&self, after: &str, limit: u32) -> Result<Vec<String>, StoreError> {
+        let mut connection = self.reader.acquire().await?;
+        rows::subject_ids_in(&mut connection, after, limit).await
+    }
+
+    pub async fn count_subjects(&self) -> Result<u64, StoreError> {
+        let mut connection = self.reader.acquire().await?;
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM subjects")
+            .fetch_one(&mut *connection)
+            .await?;
+        Ok(count as u64)
     }
 
     pub async fn events(&self, query: &EventQuery) -> Result<Vec<AuditEvent>, StoreError> {

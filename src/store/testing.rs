@@ -148,6 +148,33 @@ fn with_database(url: &str, database: &str) -> String {
     format!("{scheme}://{authority}/{database}{query}")
 }
 
+/// Declares each async test `name(backend: Backend)` once per backend, as `sqlite::name` and
+/// `postgres::name`.
+#[cfg(test)]
+macro_rules! backend_tests {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::store::testing::Backend::Sqlite).await
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::store::testing::Backend::Postgres).await
+                }
+            )+
+        }
+    };
+}
+
+#[cfg(test)]
+pub(crate) use backend_tests;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,28 +9,7 @@ use super::*;
 use crate::domain::{Actor, ConversationId, SubjectId};
 use crate::policy::{FlagKind, Plan, Rating, Status};
 
-macro_rules! store_tests {
-    ($($name:ident),+ $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(super::Backend::Sqlite).await
-                }
-            )+
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Postgres).await
-                }
-            )+
-        }
-    };
-}
-
-store_tests!(
+super::testing::backend_tests!(
     writes_are_read_back,
     writes_that_change_nothing_record_nothing,
     refused_writes_change_nothing,

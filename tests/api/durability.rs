@@ -2,94 +2,26 @@
 //! database keep one linear history.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::helpers::{actor, all_events, check_request};
+use crate::process::ServerProcess;
 use assent::proto::audit_client::AuditClient;
 use assent::proto::decisions_client::DecisionsClient;
 use assent::proto::subjects_client::SubjectsClient;
 use assent::proto::{self, Choice, Plan, Purpose};
 use assent::revision::Revision;
 use assent::store::testing::{Backend, TestDatabase};
-use tonic::transport::Channel;
 
-use crate::helpers::{actor, all_events, check_request};
-
-/// An `assent serve` process on a free port of loopback.
-struct ServerProcess {
-    child: Child,
-    address: String,
-}
-
-impl ServerProcess {
-    fn start(database: &TestDatabase) -> ServerProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_assent"))
-            .arg("serve")
-            .env("ASSENT_LISTEN", "127.0.0.1:0")
-            .env("ASSENT_DATABASE_URL", database.url())
-            .env("ASSENT_DATA_DIR", database.directory())
-            .env("ASSENT_LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (found, address) = std::sync::mpsc::channel();
-        // Read the bound address from the log, then keep draining it so the process never
-        // blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut found = Some(found);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
-                    continue;
-                };
-                if entry["message"] == "assent serving"
-                    && let Some(found) = found.take()
-                {
-                    let _ = found.send(entry["address"].as_str().unwrap().to_owned());
-                }
-            }
-        });
-        let address = address
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the server did not start within 30 s");
-        ServerProcess { child, address }
-    }
-
-    async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.address))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    }
-
-    /// SIGKILL: no shutdown, no flush, nothing.
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    /// SIGTERM, then wait for the graceful exit.
-    fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "the server ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start(database: &TestDatabase) -> ServerProcess {
+    ServerProcess::start(&[
+        ("ASSENT_DATABASE_URL", database.url()),
+        (
+            "ASSENT_DATA_DIR",
+            database.directory().display().to_string(),
+        ),
+    ])
 }
 
 fn sequence(token: &str) -> u64 {
@@ -102,7 +34,7 @@ fn sequence(token: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_loses_no_acknowledged_write() {
     let database = TestDatabase::create(Backend::from_env()).await;
-    let server = ServerProcess::start(&database);
+    let server = start(&database);
     let mut subjects = SubjectsClient::new(server.channel().await);
     for index in 0..5 {
         subjects
@@ -147,7 +79,7 @@ async fn a_crash_loses_no_acknowledged_write() {
         acknowledged.len()
     );
 
-    let restarted = ServerProcess::start(&database);
+    let restarted = start(&database);
     let channel = restarted.channel().await;
     let mut decisions = DecisionsClient::new(channel.clone());
     let events = all_events(channel.clone(), None).await;
@@ -203,10 +135,7 @@ async fn two_processes_keep_one_linear_history() {
     const WRITES: usize = 500;
     const SUBJECTS: usize = 10;
     let database = TestDatabase::create(Backend::from_env()).await;
-    let servers = [
-        ServerProcess::start(&database),
-        ServerProcess::start(&database),
-    ];
+    let servers = [start(&database), start(&database)];
     let channels = Arc::new([servers[0].channel().await, servers[1].channel().await]);
     let mut setup = SubjectsClient::new(channels[0].clone());
     for subject in 0..SUBJECTS {

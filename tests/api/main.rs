@@ -7,5 +7,7 @@ mod decisions;
 mod durability;
 mod helpers;
 mod lifecycle;
+#[path = "../support/process.rs"]
+mod process;
 mod scenarios;
 mod subjects;

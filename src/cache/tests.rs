@@ -1,0 +1,214 @@
+//! The cache over a real store of each backend.
+
+use std::time::Duration;
+
+use super::*;
+use crate::domain::{Actor, ConversationId, SubjectId};
+use crate::policy::{Plan, Rating};
+use crate::store::testing::{Backend, TestDatabase, backend_tests};
+use crate::store::{Command, SubjectFields, WriteContext, WriteRequest};
+
+backend_tests!(
+    a_cached_subject_answers_from_memory,
+    a_flood_of_unknown_ids_barely_reaches_the_store,
+    conversations_beyond_the_bound_are_still_answered,
+    a_change_made_elsewhere_arrives_through_the_change_log,
+);
+
+fn subject(id: &str) -> SubjectId {
+    SubjectId::parse(id).unwrap()
+}
+
+fn settings() -> CacheSettings {
+    CacheSettings {
+        poll_interval: Duration::from_millis(20),
+        ..CacheSettings::default()
+    }
+}
+
+async fn write(store: &Store, subject_id: &str, command: Command) -> Revision {
+    let request = WriteRequest {
+        subject_id: subject(subject_id),
+        command,
+        context: WriteContext {
+            caller: "cache-tests".into(),
+            actor: Actor::parse("tester", "").unwrap(),
+            trace_id: String::new(),
+        },
+    };
+    store.write(&request).await.unwrap().revision
+}
+
+fn upsert(plan: Plan) -> Command {
+    Command::Upsert(SubjectFields {
+        plan: Some(plan),
+        ..Default::default()
+    })
+}
+
+async fn a_cached_subject_answers_from_memory(backend: Backend) {
+    let database = TestDatabase::create(backend).await;
+    let store = Store::open(database.location()).await.unwrap();
+    let revision = write(&store, "u-1", upsert(Plan::Pro)).await;
+    let (cache, tasks) = SubjectCache::start(store.clone(), settings())
+        .await
+        .unwrap();
+    let fresh = Freshness::MinimizeLatency;
+    let (first, tier) = cache
+        .decision_state(&subject("u-1"), None, fresh)
+        .await
+        .unwrap();
+    assert_eq!((tier, first.revision), (Tier::Store, revision));
+    let (second, tier) = cache
+        .decision_state(&subject("u-1"), None, fresh)
+        .await
+        .unwrap();
+    assert_eq!((tier, second), (Tier::Local, first));
+    let (consistent, tier) = cache
+        .decision_state(&subject("u-1"), None, Freshness::FullyConsistent)
+        .await
+        .unwrap();
+    assert_eq!((tier, consistent.subject), (Tier::Store, first.subject));
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.local_hits, stats.store_reads, stats.entries),
+        (1, 2, 1)
+    );
+    tasks.shutdown().await;
+    store.close().await;
+}
+
+/// 100,000 checks of distinct ids nobody created: the known-subjects filter answers almost all
+/// of them, and the store is read for about one in a thousand.
+async fn a_flood_of_unknown_ids_barely_reaches_the_store(backend: Backend) {
+    let database = TestDatabase::create(backend).await;
+    let store = Store::open(database.location()).await.unwrap();
+    for index in 0..100 {
+        write(&store, &format!("known-{index}"), upsert(Plan::Free)).await;
+    }
+    let (cache, tasks) = SubjectCache::start(store.clone(), settings())
+        .await
+        .unwrap();
+    for index in 0..100_000 {
+        let (state, _) = cache
+            .decision_state(
+                &subject(&format!("stranger-{index}")),
+                None,
+                Freshness::MinimizeLatency,
+            )
+            .await
+            .unwrap();
+        assert_eq!(state.subject, None);
+    }
+    for index in 0..100 {
+        let (state, _) = cache
+            .decision_state(
+                &subject(&format!("known-{index}")),
+                None,
+                Freshness::MinimizeLatency,
+            )
+            .await
+            .unwrap();
+        assert!(state.subject.is_some(), "known-{index} was filtered out");
+    }
+    let stats = cache.stats();
+    eprintln!("flood of 100,000 unknown ids: {stats:?}");
+    assert!(stats.store_reads < 100 + 500, "{stats:?}");
+    assert!(stats.unknown_filtered > 99_000, "{stats:?}");
+    // A subject created after start is known at once through its announcement.
+    let revision = write(&store, "newcomer", upsert(Plan::Free)).await;
+    cache.committed("newcomer", revision);
+    let (state, _) = cache
+        .decision_state(&subject("newcomer"), None, Freshness::MinimizeLatency)
+        .await
+        .unwrap();
+    assert!(state.subject.is_some());
+    tasks.shutdown().await;
+    store.close().await;
+}
+
+async fn conversations_beyond_the_bound_are_still_answered(backend: Backend) {
+    let database = TestDatabase::create(backend).await;
+    let store = Store::open(database.location()).await.unwrap();
+    write(&store, "chatty", upsert(Plan::Free)).await;
+    for index in 0..10 {
+        let feedback = Command::RecordFeedback {
+            conversation_id: ConversationId::parse(&format!("c-{index}")).unwrap(),
+            rating: Rating::ThumbsUp,
+        };
+        write(&store, "chatty", feedback).await;
+    }
+    let bounded = CacheSettings {
+        max_conversations: 4,
+        ..settings()
+    };
+    let (cache, tasks) = SubjectCache::start(store.clone(), bounded).await.unwrap();
+    for round in 0..2 {
+        for index in 0..12 {
+            let conversation = ConversationId::parse(&format!("c-{index}")).unwrap();
+            let (state, _) = cache
+                .decision_state(
+                    &subject("chatty"),
+                    Some(&conversation),
+                    Freshness::MinimizeLatency,
+                )
+                .await
+                .unwrap();
+            let expected = (index < 10).then_some(Rating::ThumbsUp);
+            assert_eq!(
+                state.conversation.and_then(|facts| facts.feedback),
+                expected,
+                "round {round}, c-{index}"
+            );
+        }
+    }
+    let stats = cache.stats();
+    // Round one: 8 answers need the store (the first loads the entry; c-0..c-5, c-10 and c-11
+    // are not kept in it), the 4 kept conversations answer from memory; round two: all memory.
+    assert_eq!(stats.store_reads, 8, "{stats:?}");
+    assert_eq!(stats.local_hits, 4 + 12, "{stats:?}");
+    tasks.shutdown().await;
+    store.close().await;
+}
+
+/// A change committed by another process (straight into the store, unannounced here) reaches
+/// the cache through the change log: at once for a check that names its revision, within a few
+/// reads of the change log otherwise.
+async fn a_change_made_elsewhere_arrives_through_the_change_log(backend: Backend) {
+    let database = TestDatabase::create(backend).await;
+    let store = Store::open(database.location()).await.unwrap();
+    write(&store, "u-1", upsert(Plan::Free)).await;
+    let (cache, tasks) = SubjectCache::start(store.clone(), settings())
+        .await
+        .unwrap();
+    let latency = Freshness::MinimizeLatency;
+    cache
+        .decision_state(&subject("u-1"), None, latency)
+        .await
+        .unwrap();
+    let revision = write(&store, "u-1", upsert(Plan::Team)).await;
+    let (state, _) = cache
+        .decision_state(&subject("u-1"), None, Freshness::AtLeastAsFresh(revision))
+        .await
+        .unwrap();
+    assert_eq!(state.subject.unwrap().plan, Some(Plan::Team));
+    let revision = write(&store, "u-1", upsert(Plan::Enterprise)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (state, _) = cache
+            .decision_state(&subject("u-1"), None, latency)
+            .await
+            .unwrap();
+        if state.subject.unwrap().plan == Some(Plan::Enterprise) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the change never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(cache.applied_revision() >= revision);
+    tasks.shutdown().await;
+    store.close().await;
+}

@@ -1,0 +1,575 @@
+//! Several `assent serve` processes sharing PostgreSQL and Redis on loopback, as replicas run in
+//! production: freshness across replicas, and what happens when Redis or PostgreSQL goes away.
+//!
+//! Every test has its own database and its own Redis key prefix. Outages are made with a TCP
+//! proxy in front of the real server, so other tests keep their PostgreSQL and Redis.
+
+#[path = "../support/process.rs"]
+mod process;
+#[path = "../support/proxy.rs"]
+mod proxy;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use assent::proto::decisions_client::DecisionsClient;
+use assent::proto::subjects_client::SubjectsClient;
+use assent::proto::{self, Choice, Plan, Purpose, consistency::Requirement};
+use assent::store::testing::{Backend, TestDatabase};
+use tonic::transport::Channel;
+
+use process::ServerProcess;
+use proxy::FaultProxy;
+
+fn redis_url() -> String {
+    std::env::var("ASSENT_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// `host:port` of a URL such as `postgres://u:p@127.0.0.1:5432/db` or `redis://127.0.0.1:6379`.
+fn authority(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
+    rest.split('/').next().unwrap()
+}
+
+fn redirect(url: &str, to: SocketAddr) -> String {
+    url.replacen(authority(url), &to.to_string(), 1)
+}
+
+async fn proxy_for(url: &str) -> FaultProxy {
+    let target = tokio::net::lookup_host(authority(url))
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    FaultProxy::start(target).await
+}
+
+struct Options {
+    replicas: usize,
+    redis: bool,
+    poll_interval_ms: u64,
+    redis_through: Option<SocketAddr>,
+    postgres_through: Option<SocketAddr>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            replicas: 3,
+            redis: true,
+            poll_interval_ms: 100,
+            redis_through: None,
+            postgres_through: None,
+        }
+    }
+}
+
+struct Cluster {
+    replicas: Vec<ServerProcess>,
+    decisions: Vec<DecisionsClient<Channel>>,
+    subjects: Vec<SubjectsClient<Channel>>,
+    _database: TestDatabase,
+}
+
+impl Cluster {
+    async fn start(database: TestDatabase, options: Options) -> Cluster {
+        let prefix = format!("assent-test-{}", uuid::Uuid::now_v7().simple());
+        let database_url = match options.postgres_through {
+            Some(proxy) => redirect(&database.url(), proxy),
+            None => database.url(),
+        };
+        let mut settings = vec![
+            ("ASSENT_DATABASE_URL", database_url),
+            ("ASSENT_DECISION_LOG", "off".to_owned()),
+            (
+                "ASSENT_CHANGE_POLL_INTERVAL_MS",
+                options.poll_interval_ms.to_string(),
+            ),
+            ("ASSENT_REDIS_PREFIX", prefix),
+        ];
+        if options.redis {
+            let url = match options.redis_through {
+                Some(proxy) => redirect(&redis_url(), proxy),
+                None => redis_url(),
+            };
+            settings.push(("ASSENT_REDIS_URL", url));
+        }
+        let replicas: Vec<ServerProcess> = (0..options.replicas)
+            .map(|_| ServerProcess::start(&settings))
+            .collect();
+        let mut decisions = Vec::new();
+        let mut subjects = Vec::new();
+        for replica in &replicas {
+            let channel = replica.channel().await;
+            decisions.push(DecisionsClient::new(channel.clone()));
+            subjects.push(SubjectsClient::new(channel));
+        }
+        Cluster {
+            replicas,
+            decisions,
+            subjects,
+            _database: database,
+        }
+    }
+
+    async fn upsert(&mut self, replica: usize, subject_id: &str, plan: Plan) -> String {
+        self.subjects[replica]
+            .upsert_subject(proto::UpsertSubjectRequest {
+                subject_id: subject_id.into(),
+                plan: Some(plan as i32),
+                actor: actor(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .revision
+    }
+
+    async fn set_choice(
+        &mut self,
+        replica: usize,
+        subject_id: &str,
+        purpose: Purpose,
+        choice: Choice,
+    ) -> Result<proto::WriteResponse, tonic::Status> {
+        self.subjects[replica]
+            .set_choice(proto::SetChoiceRequest {
+                subject_id: subject_id.into(),
+                purpose: purpose as i32,
+                choice: choice as i32,
+                actor: actor(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    async fn check(
+        &mut self,
+        replica: usize,
+        subject_id: &str,
+        purpose: Purpose,
+        token: Option<&str>,
+    ) -> Result<proto::CheckResponse, tonic::Status> {
+        let request = proto::CheckRequest {
+            subject_id: subject_id.into(),
+            purpose: purpose as i32,
+            consistency: token.map(|token| proto::Consistency {
+                requirement: Some(Requirement::AtLeastAsFresh(token.to_owned())),
+            }),
+            ..Default::default()
+        };
+        self.decisions[replica]
+            .check(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    fn stop(self) {
+        for replica in self.replicas {
+            replica.stop();
+        }
+    }
+}
+
+fn actor() -> Option<proto::Actor> {
+    Some(proto::Actor {
+        operator_id: "replica-tests".into(),
+        reason: String::new(),
+    })
+}
+
+/// The marketing e-mail rule a choice leads to.
+fn email_rule(choice: Choice) -> &'static str {
+    if choice == Choice::Granted {
+        "E1"
+    } else {
+        "E2"
+    }
+}
+
+fn flip(choice: Choice) -> Choice {
+    if choice == Choice::Granted {
+        Choice::Refused
+    } else {
+        Choice::Granted
+    }
+}
+
+fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * fraction).round() as usize]
+}
+
+/// A write on one replica, then a Check with the write's revision on the two others: the answer
+/// reflects the write, every time (1,000 trials).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_token_makes_every_replica_reflect_the_write() {
+    let database = TestDatabase::create(Backend::Postgres).await;
+    let mut cluster = Cluster::start(database, Options::default()).await;
+    let subjects: Vec<String> = (0..20).map(|index| format!("fresh-{index}")).collect();
+    let mut current = HashMap::new();
+    for subject_id in &subjects {
+        cluster.upsert(0, subject_id, Plan::Free).await;
+        current.insert(subject_id.clone(), Choice::Refused);
+    }
+    // Warm every replica's cache, so a stale entry would be there to be served.
+    for replica in 0..3 {
+        for subject_id in &subjects {
+            cluster
+                .check(replica, subject_id, Purpose::MarketingEmail, None)
+                .await
+                .unwrap();
+        }
+    }
+    let mut stale = Vec::new();
+    for trial in 0..1_000 {
+        let subject_id = &subjects[trial % subjects.len()];
+        let choice = flip(current[subject_id]);
+        current.insert(subject_id.clone(), choice);
+        let writer = trial % 3;
+        let written = cluster
+            .set_choice(writer, subject_id, Purpose::MarketingEmail, choice)
+            .await
+            .unwrap();
+        assert!(written.changed);
+        for reader in [(writer + 1) % 3, (writer + 2) % 3] {
+            let answer = cluster
+                .check(
+                    reader,
+                    subject_id,
+                    Purpose::MarketingEmail,
+                    Some(&written.revision),
+                )
+                .await
+                .unwrap();
+            if answer.rule != email_rule(choice) {
+                stale.push(format!(
+                    "trial {trial}: replica {reader} answered {}",
+                    answer.rule
+                ));
+            }
+        }
+    }
+    assert!(stale.is_empty(), "{} stale answers: {stale:?}", stale.len());
+    cluster.stop();
+}
+
+/// Without a token, another replica reflects a write once the announcement arrives: measured
+/// from the write's acknowledgement to the first answer that reflects it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_reflect_a_write_without_a_token_soon_after() {
+    let database = TestDatabase::create(Backend::Postgres).await;
+    let mut cluster = Cluster::start(database, Options::default()).await;
+    cluster.upsert(0, "lagging", Plan::Free).await;
+    let mut choice = Choice::Refused;
+    let mut lags = Vec::new();
+    for trial in 0..200 {
+        cluster
+            .check(1, "lagging", Purpose::MarketingEmail, None)
+            .await
+            .unwrap();
+        choice = flip(choice);
+        cluster
+            .set_choice(trial % 2 * 2, "lagging", Purpose::MarketingEmail, choice)
+            .await
+            .unwrap();
+        let written = Instant::now();
+        loop {
+            let answer = cluster
+                .check(1, "lagging", Purpose::MarketingEmail, None)
+                .await
+                .unwrap();
+            if answer.rule == email_rule(choice) {
+                lags.push(written.elapsed());
+                break;
+            }
+            assert!(
+                written.elapsed() < Duration::from_secs(5),
+                "trial {trial}: never reflected"
+            );
+        }
+    }
+    lags.sort();
+    eprintln!(
+        "replica lag without a token over {} writes: p50 {:?}, p99 {:?}, max {:?}",
+        lags.len(),
+        percentile(&lags, 0.50),
+        percentile(&lags, 0.99),
+        lags.last().unwrap()
+    );
+    cluster.stop();
+}
+
+/// Without Redis, PostgreSQL's NOTIFY carries the announcements: with the change log read only
+/// every 5 s, a write on one replica is still reflected on another well before that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_postgres_notify_announces_changes() {
+    let database = TestDatabase::create(Backend::Postgres).await;
+    let options = Options {
+        replicas: 2,
+        redis: false,
+        poll_interval_ms: 5_000,
+        ..Options::default()
+    };
+    let mut cluster = Cluster::start(database, options).await;
+    cluster.upsert(0, "notified", Plan::Free).await;
+    let mut choice = Choice::Refused;
+    let mut lags = Vec::new();
+    for _ in 0..20 {
+        cluster
+            .check(1, "notified", Purpose::MarketingEmail, None)
+            .await
+            .unwrap();
+        choice = flip(choice);
+        cluster
+            .set_choice(0, "notified", Purpose::MarketingEmail, choice)
+            .await
+            .unwrap();
+        let written = Instant::now();
+        while cluster
+            .check(1, "notified", Purpose::MarketingEmail, None)
+            .await
+            .unwrap()
+            .rule
+            != email_rule(choice)
+        {
+            assert!(written.elapsed() < Duration::from_secs(10));
+        }
+        lags.push(written.elapsed());
+    }
+    lags.sort();
+    eprintln!(
+        "replica lag through NOTIFY: p50 {:?}, max {:?}",
+        percentile(&lags, 0.5),
+        lags.last().unwrap()
+    );
+    assert!(
+        percentile(&lags, 0.5) < Duration::from_millis(2_500),
+        "announcements did not arrive; only the 5 s change-log reads did: {lags:?}"
+    );
+    cluster.stop();
+}
+
+/// One write, then checks on every replica, with and without the write's token.
+async fn outage_round(
+    cluster: &mut Cluster,
+    subjects: &[String],
+    current: &mut HashMap<String, Choice>,
+    trial: usize,
+) {
+    let subject_id = &subjects[trial % subjects.len()];
+    let choice = flip(current[subject_id]);
+    current.insert(subject_id.clone(), choice);
+    let written = cluster
+        .set_choice(trial % 3, subject_id, Purpose::MarketingEmail, choice)
+        .await
+        .unwrap();
+    for reader in 0..3 {
+        let with_token = cluster
+            .check(
+                reader,
+                subject_id,
+                Purpose::MarketingEmail,
+                Some(&written.revision),
+            )
+            .await
+            .unwrap_or_else(|status| panic!("trial {trial}: a check failed: {status}"));
+        assert_eq!(
+            with_token.rule,
+            email_rule(choice),
+            "trial {trial}, replica {reader}"
+        );
+        assert!(!with_token.degraded);
+        let without = cluster
+            .check(reader, subject_id, Purpose::ModelTraining, None)
+            .await
+            .unwrap_or_else(|status| panic!("trial {trial}: a check failed: {status}"));
+        assert_eq!(without.rule, "T6");
+    }
+}
+
+/// Redis goes away mid-load and comes back. No Check fails, every answer given with a token is
+/// right, writes made during the outage reach every replica (through the change log), and once
+/// Redis is back the replicas use its announcements again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_costs_no_answer() {
+    let redis = proxy_for(&redis_url()).await;
+    let database = TestDatabase::create(Backend::Postgres).await;
+    let options = Options {
+        redis_through: Some(redis.address()),
+        poll_interval_ms: 2_000,
+        ..Options::default()
+    };
+    let mut cluster = Cluster::start(database, options).await;
+    let subjects: Vec<String> = (0..10).map(|index| format!("outage-{index}")).collect();
+    let mut current = HashMap::new();
+    for subject_id in &subjects {
+        cluster.upsert(0, subject_id, Plan::Free).await;
+        current.insert(subject_id.clone(), Choice::Refused);
+    }
+
+    for trial in 0..50 {
+        outage_round(&mut cluster, &subjects, &mut current, trial).await;
+    }
+    redis.cut();
+    for trial in 50..100 {
+        outage_round(&mut cluster, &subjects, &mut current, trial).await;
+    }
+    redis.restore().await;
+    for trial in 100..150 {
+        outage_round(&mut cluster, &subjects, &mut current, trial).await;
+    }
+
+    // Recovered: writes are announced through Redis again, far sooner than the 2 s change-log
+    // reads would tell (three fast ones in a row rule out a lucky read).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut fast_in_a_row = 0;
+    let mut choice = current[&subjects[0]];
+    while fast_in_a_row < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "announcements did not come back after the outage"
+        );
+        cluster
+            .check(1, &subjects[0], Purpose::MarketingEmail, None)
+            .await
+            .unwrap();
+        choice = flip(choice);
+        cluster
+            .set_choice(0, &subjects[0], Purpose::MarketingEmail, choice)
+            .await
+            .unwrap();
+        let written = Instant::now();
+        loop {
+            let answer = cluster
+                .check(1, &subjects[0], Purpose::MarketingEmail, None)
+                .await
+                .unwrap();
+            if answer.rule == email_rule(choice) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        if written.elapsed() < Duration::from_millis(200) {
+            fast_in_a_row += 1;
+        } else {
+            fast_in_a_row = 0;
+        }
+    }
+    cluster.stop();
+}
+
+/// PostgreSQL goes away. Subjects in the cache keep their exact answers; others get the
+/// fail-safe answer (DENY / STATE_UNAVAILABLE, degraded; service delivery ALLOW, degraded);
+/// writes fail UNAVAILABLE. When PostgreSQL is back, everything works again without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_outage_keeps_cached_answers_and_fails_safe() {
+    let database = TestDatabase::create(Backend::Postgres).await;
+    let postgres = proxy_for(&database.url()).await;
+    let options = Options {
+        replicas: 2,
+        postgres_through: Some(postgres.address()),
+        ..Options::default()
+    };
+    let mut cluster = Cluster::start(database, options).await;
+    let purposes = [
+        Purpose::ModelTraining,
+        Purpose::Memory,
+        Purpose::ServiceDelivery,
+    ];
+    let mut cached = HashMap::new();
+    for index in 0..5 {
+        let subject_id = format!("cached-{index}");
+        let plan = [Plan::Free, Plan::Team][index % 2];
+        cluster.upsert(0, &subject_id, plan).await;
+        for replica in 0..2 {
+            for purpose in purposes {
+                let answer = cluster
+                    .check(replica, &subject_id, purpose, None)
+                    .await
+                    .unwrap();
+                cached.insert((replica, subject_id.clone(), purpose), answer.rule);
+            }
+        }
+    }
+    for index in 0..3 {
+        cluster
+            .upsert(0, &format!("uncached-{index}"), Plan::Free)
+            .await;
+    }
+
+    postgres.cut();
+    for ((replica, subject_id, purpose), rule) in &cached {
+        let answer = cluster
+            .check(*replica, subject_id, *purpose, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            &answer.rule, rule,
+            "{subject_id} {purpose:?} on replica {replica}"
+        );
+        assert!(!answer.degraded);
+    }
+    for index in 0..3 {
+        let subject_id = format!("uncached-{index}");
+        let training = cluster
+            .check(1, &subject_id, Purpose::ModelTraining, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            (training.decision(), training.reason(), training.degraded),
+            (proto::Decision::Deny, proto::Reason::StateUnavailable, true)
+        );
+        let delivery = cluster
+            .check(1, &subject_id, Purpose::ServiceDelivery, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            (delivery.decision(), delivery.reason(), delivery.degraded),
+            (
+                proto::Decision::Allow,
+                proto::Reason::StateUnavailable,
+                true
+            )
+        );
+    }
+    let refused = cluster
+        .set_choice(0, "cached-0", Purpose::Memory, Choice::Refused)
+        .await
+        .expect_err("a write was acknowledged without the store");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::Unavailable,
+        "{}",
+        refused.message()
+    );
+
+    postgres.restore().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let written = loop {
+        match cluster
+            .set_choice(0, "cached-0", Purpose::Memory, Choice::Refused)
+            .await
+        {
+            Ok(written) => break written,
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable);
+                assert!(Instant::now() < deadline, "writes did not recover");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let memory = cluster
+        .check(1, "cached-0", Purpose::Memory, Some(&written.revision))
+        .await
+        .unwrap();
+    assert_eq!(memory.rule, "M1");
+    let uncached = cluster
+        .check(1, "uncached-0", Purpose::ModelTraining, None)
+        .await
+        .unwrap();
+    assert_eq!((uncached.rule.as_str(), uncached.degraded), ("T6", false));
+    cluster.stop();
+}

@@ -1,0 +1,85 @@
+//! `assent serve` as a separate process, as it runs in production.
+#![allow(dead_code)] // Shared by several test binaries, each using part of it.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+
+/// An `assent serve` process on a free port of loopback.
+pub struct ServerProcess {
+    child: Child,
+    pub address: String,
+}
+
+impl ServerProcess {
+    /// Starts a server with these `ASSENT_*` settings (listening on a free port, JSON logs).
+    pub fn start(settings: &[(&str, String)]) -> ServerProcess {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_assent"));
+        command
+            .arg("serve")
+            .env("ASSENT_LISTEN", "127.0.0.1:0")
+            .env("ASSENT_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (name, value) in settings {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (found, address) = std::sync::mpsc::channel();
+        // Read the bound address from the log, then keep draining it so the process never
+        // blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut found = Some(found);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                if entry["message"] == "assent serving"
+                    && let Some(found) = found.take()
+                {
+                    let _ = found.send(entry["address"].as_str().unwrap().to_owned());
+                }
+            }
+        });
+        let address = address
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the server did not start within 30 s");
+        ServerProcess { child, address }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.address))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// SIGKILL: no shutdown, no flush, nothing.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then wait for the graceful exit.
+    pub fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "the server ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
