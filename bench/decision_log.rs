@@ -11,8 +11,9 @@
 //! figures are steadier than throughput. Environment: BENCH_ROUNDS (default 5), BENCH_SECONDS
 //! per run (default 8), BENCH_CONCURRENCY (in-flight calls, default 32).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+#[path = "support.rs"]
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -22,91 +23,10 @@ use assent::proto::subjects_client::SubjectsClient;
 use assent::proto::{self, Plan, Purpose};
 use assent::store::testing::{Backend, TestDatabase};
 use sqlx::Connection;
+use support::{Server, ensure_services, env_number, median, postgres_cpu};
 use tonic::transport::Channel;
 
 const SUBJECTS: usize = 1_000;
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
-
-struct Server {
-    child: Child,
-    address: String,
-}
-
-impl Server {
-    fn start(database: &TestDatabase, log_mode: &str) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_assent"))
-            .arg("serve")
-            .env("ASSENT_LISTEN", "127.0.0.1:0")
-            .env("ASSENT_DATABASE_URL", database.url())
-            .env("ASSENT_DATABASE_MAX_CONNECTIONS", "16")
-            .env("ASSENT_DECISION_LOG", log_mode)
-            .env("ASSENT_LOG_FORMAT", "json")
-            .env("RUST_LOG", "warn,assent::startup=info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start assent serve");
-        let stderr = child.stderr.take().unwrap();
-        let (found, address) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut found = Some(found);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line)
-                    && entry["message"] == "assent serving"
-                    && let Some(found) = found.take()
-                {
-                    let _ = found.send(entry["address"].as_str().unwrap_or_default().to_owned());
-                }
-            }
-        });
-        let address = address
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the server did not start");
-        Server { child, address }
-    }
-
-    /// User + system CPU time of the server process so far.
-    fn cpu_time(&self) -> Duration {
-        process_cpu(self.child.id()).expect("cannot read the server's /proc entry")
-    }
-
-    fn stop(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-/// User + system CPU time of a process, from /proc/PID/stat (USER_HZ = 100).
-fn process_cpu(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_name = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = after_name.split(' ').collect();
-    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 10))
-}
-
-/// CPU time of every PostgreSQL process of the machine (backends, WAL writer, checkpointer).
-fn postgres_cpu() -> Duration {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Duration::ZERO;
-    };
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|name| name.starts_with("postgres"))
-        })
-        .filter_map(process_cpu)
-        .sum()
-}
 
 struct Round {
     mode: &'static str,
@@ -129,7 +49,11 @@ async fn count_decisions(database: &TestDatabase) -> i64 {
 
 async fn round(mode: &'static str, seconds: u64, concurrency: usize) -> Round {
     let database = TestDatabase::create(Backend::Postgres).await;
-    let server = Server::start(&database, mode);
+    let server = Server::start(&[
+        ("ASSENT_DATABASE_URL", database.url()),
+        ("ASSENT_DATABASE_MAX_CONNECTIONS", "16".to_owned()),
+        ("ASSENT_DECISION_LOG", mode.to_owned()),
+    ]);
     let channel = Channel::from_shared(format!("http://{}", server.address))
         .unwrap()
         .connect()
@@ -259,24 +183,8 @@ async fn ingestion_capacity(records: usize) -> f64 {
     records as f64 / elapsed.as_secs_f64()
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let middle = values.len() / 2;
-    if values.len() % 2 == 1 {
-        values[middle]
-    } else {
-        (values[middle - 1] + values[middle]) / 2.0
-    }
-}
-
 fn main() {
-    if std::env::var("ASSENT_TEST_DATABASE_URL").is_err() {
-        let status = Command::new("scripts/ensure-postgres").status();
-        assert!(
-            status.is_ok_and(|status| status.success()),
-            "PostgreSQL is not available"
-        );
-    }
+    ensure_services(false);
     let rounds = env_number("BENCH_ROUNDS", 5);
     let seconds = env_number("BENCH_SECONDS", 8);
     let concurrency = env_number("BENCH_CONCURRENCY", 32) as usize;
