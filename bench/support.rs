@@ -145,7 +145,13 @@ pub struct Load {
 
 /// Unary Checks from `concurrency` tasks spread over `channels`, for `duration` after a second
 /// of warm-up. `pace` = Some(rate): an open-loop rate in requests per second over all tasks
-/// (for latency at a given load); None: as fast as answers come (for throughput).
+/// (for latency at a given load), each task on a connection of its own; None: as fast as
+/// answers come (for throughput), the tasks sharing `channels`.
+///
+/// Why a connection per paced task: tonic's client, when several calls start at the same
+/// instant on one connection, was seen to leave some waiting until the connection's next call
+/// (latency equal to the pacing interval, whatever the server); a Python gRPC client on one
+/// connection showed no such wait against the same server.
 pub async fn check_load(
     server: &Server,
     channels: &[Channel],
@@ -161,7 +167,12 @@ pub async fn check_load(
     let interval = pace.map(|rate| Duration::from_secs_f64(concurrency as f64 / rate));
     let mut workers = Vec::new();
     for worker in 0..concurrency {
-        let mut client = DecisionsClient::new(channels[worker % channels.len()].clone());
+        let channel = if pace.is_some() {
+            server.channels(1).await.remove(0)
+        } else {
+            channels[worker % channels.len()].clone()
+        };
+        let mut client = DecisionsClient::new(channel);
         let (running, measuring, completed) =
             (running.clone(), measuring.clone(), completed.clone());
         let request = request.clone();
