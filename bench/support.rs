@@ -47,6 +47,7 @@ impl Server {
         command
             .arg("serve")
             .env("ASSENT_LISTEN", "127.0.0.1:0")
+            .env("ASSENT_ADMIN_LISTEN", "127.0.0.1:0")
             .env("ASSENT_LOG_FORMAT", "json")
             .env("RUST_LOG", "warn,assent::startup=info")
             .stdout(Stdio::null())

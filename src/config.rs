@@ -14,8 +14,11 @@ use serde::Deserialize;
 use crate::audit::decision_log::LogMode;
 use crate::cache::{CacheSettings, SharedSettings};
 use crate::store::{DatabaseUrl, StoreLocation};
+use crate::telemetry::{SubjectHashKey, TraceSettings};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+const DEFAULT_SERVICE_NAME: &str = "assent";
 pub const DEFAULT_DATA_DIR: &str = "data";
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const DATABASE_FILE: &str = "assent.db";
@@ -45,6 +48,12 @@ pub struct Settings {
     /// How long in-flight calls may take to finish after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
+    /// The admin HTTP address (`/metrics`, `/healthz`, `/readyz`); `None`: not served.
+    pub admin_listen: Option<SocketAddr>,
+    /// Trace export, when an OTLP endpoint is configured.
+    pub traces: Option<TraceSettings>,
+    /// The key of the subject hash in telemetry; `None`: a random key per process.
+    pub subject_hash_key: Option<SubjectHashKey>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,6 +85,11 @@ pub struct Overrides {
     pub redis_timeout_ms: Option<u64>,
     pub shutdown_grace_seconds: Option<u64>,
     pub log_format: Option<String>,
+    pub admin_listen: Option<String>,
+    pub otlp_endpoint: Option<String>,
+    pub service_name: Option<String>,
+    pub trace_sample_ratio: Option<String>,
+    pub subject_hash_key: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +131,13 @@ impl Overrides {
             redis_timeout_ms: parse_number(env, "ASSENT_REDIS_TIMEOUT_MS")?,
             shutdown_grace_seconds: parse_number(env, "ASSENT_SHUTDOWN_GRACE_SECONDS")?,
             log_format: get("ASSENT_LOG_FORMAT"),
+            admin_listen: get("ASSENT_ADMIN_LISTEN"),
+            // The OpenTelemetry SDK's standard variables.
+            otlp_endpoint: get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                .or_else(|| get("OTEL_EXPORTER_OTLP_ENDPOINT")),
+            service_name: get("OTEL_SERVICE_NAME"),
+            trace_sample_ratio: get("OTEL_TRACES_SAMPLER_ARG"),
+            subject_hash_key: get("ASSENT_SUBJECT_HASH_KEY"),
         })
     }
 
@@ -159,6 +180,11 @@ impl Overrides {
             redis_timeout_ms: later.redis_timeout_ms.or(self.redis_timeout_ms),
             shutdown_grace_seconds: later.shutdown_grace_seconds.or(self.shutdown_grace_seconds),
             log_format: later.log_format.or(self.log_format),
+            admin_listen: later.admin_listen.or(self.admin_listen),
+            otlp_endpoint: later.otlp_endpoint.or(self.otlp_endpoint),
+            service_name: later.service_name.or(self.service_name),
+            trace_sample_ratio: later.trace_sample_ratio.or(self.trace_sample_ratio),
+            subject_hash_key: later.subject_hash_key.or(self.subject_hash_key),
         }
     }
 }
@@ -284,8 +310,55 @@ impl Settings {
                 message: "must be at least 1".into(),
             });
         }
+        let admin_listen = match overrides.admin_listen.as_deref() {
+            Some("off") => None,
+            text => {
+                let text = text.unwrap_or(DEFAULT_ADMIN_LISTEN);
+                Some(text.parse().map_err(|_| ConfigError::Invalid {
+                    setting: "admin_listen",
+                    message: format!(
+                        "expected an address such as {DEFAULT_ADMIN_LISTEN}, or off; got {text:?}"
+                    ),
+                })?)
+            }
+        };
+        let sample_ratio = match overrides.trace_sample_ratio.as_deref() {
+            None => 1.0,
+            Some(text) => text
+                .parse::<f64>()
+                .ok()
+                .filter(|ratio| (0.0..=1.0).contains(ratio))
+                .ok_or_else(|| ConfigError::Invalid {
+                    setting: "trace_sample_ratio",
+                    message: format!("expected a number from 0 to 1, got {text:?}"),
+                })?,
+        };
+        let traces = overrides.otlp_endpoint.map(|otlp_endpoint| TraceSettings {
+            otlp_endpoint,
+            service_name: overrides
+                .service_name
+                .unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_owned()),
+            sample_ratio,
+        });
+        if let Some(traces) = &traces
+            && !["http://", "https://"]
+                .iter()
+                .any(|scheme| traces.otlp_endpoint.starts_with(scheme))
+        {
+            return Err(ConfigError::Invalid {
+                setting: "otlp_endpoint",
+                message: format!(
+                    "expected an http:// or https:// URL, got {:?}",
+                    traces.otlp_endpoint
+                ),
+            });
+        }
+        let subject_hash_key = overrides.subject_hash_key.map(SubjectHashKey::new);
         Ok(Settings {
             listen,
+            admin_listen,
+            traces,
+            subject_hash_key,
             cache,
             decision_log,
             decision_log_queue,
@@ -343,6 +416,42 @@ mod tests {
             StoreLocation::SqliteFile(PathBuf::from("data/assent.db"))
         );
         assert_eq!(settings.log_format, LogFormat::Text);
+        assert_eq!(
+            settings.admin_listen,
+            Some("127.0.0.1:9090".parse().unwrap())
+        );
+        assert_eq!(settings.traces, None);
+    }
+
+    #[test]
+    fn traces_follow_the_opentelemetry_variables() {
+        let environment = env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.01"),
+            ("ASSENT_ADMIN_LISTEN", "off"),
+            ("ASSENT_SUBJECT_HASH_KEY", "secret"),
+        ]);
+        let settings = Settings::resolve(None, &environment, Overrides::default()).unwrap();
+        let traces = settings.traces.unwrap();
+        assert_eq!(traces.otlp_endpoint, "http://collector:4317");
+        assert_eq!(traces.service_name, "assent");
+        assert_eq!(traces.sample_ratio, 0.01);
+        assert_eq!(settings.admin_listen, None);
+        assert!(!format!("{:?}", settings.subject_hash_key).contains("secret"));
+        for (name, value, setting) in [
+            ("OTEL_TRACES_SAMPLER_ARG", "2", "trace_sample_ratio"),
+            ("ASSENT_ADMIN_LISTEN", "9090", "admin_listen"),
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "collector:4317",
+                "otlp_endpoint",
+            ),
+        ] {
+            let mut environment = environment.clone();
+            environment.insert(name.to_owned(), value.to_owned());
+            let error = Settings::resolve(None, &environment, Overrides::default()).unwrap_err();
+            assert!(error.to_string().starts_with(setting), "{error}");
+        }
     }
 
     #[test]

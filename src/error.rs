@@ -82,7 +82,8 @@ impl From<ApiError> for Status {
     fn from(error: ApiError) -> Status {
         let code = error.code();
         if matches!(code, Code::Internal | Code::Unavailable) {
-            tracing::error!(error = %error_chain(&error), "request failed");
+            let trace_id = crate::telemetry::layer::call_trace_id();
+            tracing::error!(error = %error_chain(&error), %trace_id, "request failed");
         }
         Status::new(code, error.to_string())
     }

@@ -1,6 +1,7 @@
 //! assent: the authority other backends ask, on every request, whether a user's data may be
 //! processed for a purpose. See ARCHITECTURE.md for the map of the modules below.
 
+pub mod admin;
 pub mod api;
 pub mod audit;
 pub mod cache;
@@ -9,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod metrics;
 pub mod policy;
 pub mod proto;
 pub mod revision;

@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -10,6 +11,7 @@ use tokio::sync::Notify;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
+use crate::admin::AdminState;
 use crate::api::AppState;
 use crate::api::audit::AuditService;
 use crate::api::decisions::DecisionsService;
@@ -22,11 +24,13 @@ use crate::proto::audit_server::AuditServer;
 use crate::proto::decisions_server::DecisionsServer;
 use crate::proto::subjects_server::SubjectsServer;
 use crate::store::Store;
+use crate::telemetry::layer::RpcLayer;
 
 /// A server whose store is open and whose port is bound, ready to run.
 pub struct Application {
     settings: Settings,
     listener: TcpListener,
+    admin_listener: Option<TcpListener>,
     store: Store,
 }
 
@@ -40,9 +44,21 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let admin_listener = match settings.admin_listen {
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("cannot listen on {address} (admin_listen)"))?,
+            ),
+            None => None,
+        };
+        if let Some(key) = &settings.subject_hash_key {
+            key.install();
+        }
         Ok(Application {
             settings,
             listener,
+            admin_listener,
             store,
         })
     }
@@ -54,6 +70,15 @@ impl Application {
             .expect("a bound listener has an address")
     }
 
+    /// The bound admin address, when the admin port is served.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_listener.as_ref().map(|listener| {
+            listener
+                .local_addr()
+                .expect("a bound listener has an address")
+        })
+    }
+
     /// Serves until `shutdown` completes, then lets in-flight calls finish (for at most the
     /// configured grace period) and closes the store.
     pub async fn run_until(
@@ -61,6 +86,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let address = self.local_addr();
+        let admin_address = self.admin_addr();
         let (decision_log, decision_log_writer) = DecisionLog::start(
             self.store.clone(),
             self.settings.decision_log,
@@ -70,6 +96,7 @@ impl Application {
             SubjectCache::start(self.store.clone(), self.settings.cache.clone())
                 .await
                 .context("cannot start the cache")?;
+        crate::metrics::METRICS.observe_server(cache.clone(), decision_log.clone());
         let state = AppState {
             store: self.store.clone(),
             cache,
@@ -98,8 +125,21 @@ impl Application {
 
         let draining = Arc::new(Notify::new());
         let drain_started = draining.clone();
+        let not_ready = Arc::new(AtomicBool::new(false));
+        let admin_stop = Arc::new(Notify::new());
+        let admin = self.admin_listener.map(|listener| {
+            let state = AdminState {
+                store: self.store.clone(),
+                draining: not_ready.clone(),
+            };
+            let stop = admin_stop.clone();
+            tokio::spawn(crate::admin::serve(listener, state, async move {
+                stop.notified().await;
+            }))
+        });
         let announce_shutdown = async move {
             shutdown.await;
+            not_ready.store(true, Ordering::Release);
             tracing::info!("shutting down: refusing new calls, finishing in-flight ones");
             health_reporter
                 .set_service_status("", tonic_health::ServingStatus::NotServing)
@@ -109,6 +149,7 @@ impl Application {
 
         let serve = Server::builder()
             .tcp_nodelay(true)
+            .layer(RpcLayer)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_v1alpha)
@@ -116,7 +157,10 @@ impl Application {
             .add_service(SubjectsServer::new(SubjectsService::new(state.clone())))
             .add_service(AuditServer::new(AuditService::new(state)))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), announce_shutdown);
-        tracing::info!(%address, "assent serving");
+        match admin_address {
+            Some(admin) => tracing::info!(%address, %admin, "assent serving"),
+            None => tracing::info!(%address, "assent serving"),
+        }
 
         let grace = self.settings.shutdown_grace;
         let grace_expired = async move {
@@ -131,6 +175,14 @@ impl Application {
         }
         cache_tasks.shutdown().await;
         decision_log_writer.shutdown().await;
+        admin_stop.notify_one();
+        if let Some(admin) = admin {
+            match admin.await {
+                Ok(Err(error)) => tracing::warn!(%error, "the admin port failed"),
+                Err(error) => tracing::warn!(%error, "the admin port failed"),
+                Ok(Ok(())) => {}
+            }
+        }
         self.store.close().await;
         tracing::info!("decision log flushed, store closed; bye");
         Ok(())

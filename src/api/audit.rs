@@ -45,7 +45,6 @@ fn event_to_proto(event: AuditEvent) -> proto::AuditEvent {
 
 #[tonic::async_trait]
 impl proto::audit_server::Audit for AuditService {
-    #[tracing::instrument(name = "Audit/ListEvents", skip_all)]
     async fn list_events(
         &self,
         request: Request<proto::ListEventsRequest>,
@@ -86,7 +85,6 @@ impl proto::audit_server::Audit for AuditService {
         }))
     }
 
-    #[tracing::instrument(name = "Audit/VerifyChain", skip_all)]
     async fn verify_chain(
         &self,
         _request: Request<proto::VerifyChainRequest>,
@@ -97,6 +95,11 @@ impl proto::audit_server::Audit for AuditService {
             .verify_chain()
             .await
             .map_err(|error| ApiError::from_store(error, ""))?;
+        let result = if report.ok { "ok" } else { "broken" };
+        crate::metrics::METRICS
+            .chain_verifications
+            .get_or_create(&crate::metrics::ResultLabels { result })
+            .inc();
         if !report.ok {
             tracing::error!(
                 first_bad_event_id = report.first_bad_event_id.as_deref().unwrap_or_default(),

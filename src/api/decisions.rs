@@ -3,6 +3,7 @@
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::validate::{self, CheckQuery, Freshness};
@@ -13,6 +14,7 @@ use crate::policy::{self, POLICY_VERSION, Purpose, Question, Rule};
 use crate::proto;
 use crate::revision::Revision;
 use crate::store::{StoreError, now_micros};
+use crate::{metrics, telemetry};
 
 /// How many answers of a StreamCheck may wait for the client to read them.
 const STREAM_BUFFER: usize = 256;
@@ -39,11 +41,22 @@ impl DecisionsService {
     /// Decides one validated check.
     async fn decide(&self, query: &CheckQuery) -> Result<Verdict, ApiError> {
         let conversation_id = query.conversation_id.as_ref();
+        let lookup = crate::child_span!(
+            "cache.lookup",
+            assent.subject = %telemetry::subject_hash(query.subject_id.as_str()),
+            assent.consistency = consistency_name(query.freshness),
+            cache.tier = tracing::field::Empty,
+        );
         let loaded = self
             .state
             .cache
             .decision_state(&query.subject_id, conversation_id, query.freshness)
+            .instrument(lookup.clone())
             .await;
+        if let Ok((_, tier)) = &loaded {
+            lookup.record("cache.tier", tier.as_str());
+        }
+        drop(lookup);
         let (rule, revision) = match loaded {
             Ok((state, _tier)) => {
                 let question = Question {
@@ -51,7 +64,7 @@ impl DecisionsService {
                     source: query.source,
                     conversation: state.conversation,
                 };
-                let rule = policy::evaluate(state.subject.as_ref(), &question);
+                let rule = evaluate(state.subject.as_ref(), &question);
                 (rule, Some(state.revision))
             }
             // The fail-safe answer of POLICY.md, only when the caller asked for no particular
@@ -61,6 +74,8 @@ impl DecisionsService {
             }
             Err(error) => return Err(ApiError::from_store(error, query.subject_id.as_str())),
         };
+        let outcome = rule.outcome();
+        metrics::record_decision(query.purpose, outcome.decision, outcome.reason);
         Ok(Verdict {
             rule,
             revision,
@@ -80,14 +95,18 @@ impl DecisionsService {
         let draw = verdict.decision_id.as_u128() as u32;
         let decision = verdict.rule.outcome().decision;
         let receipt = if query.require_audit {
+            let span = crate::child_span!("audit.decision_log", assent.durable = true);
             let record = record(query, &verdict, context);
             let receipt = log
                 .record_durable(record)
+                .instrument(span)
                 .await
                 .map_err(ApiError::AuditUnavailable)?;
             Some(receipt)
         } else {
             if log.wants(decision, draw) {
+                let _span =
+                    crate::child_span!("audit.decision_log", assent.durable = false).entered();
                 log.record(record(query, &verdict, context));
             }
             None
@@ -96,13 +115,36 @@ impl DecisionsService {
     }
 }
 
+/// Evaluates the policy, in a span of its own when the call is traced.
+fn evaluate(subject: Option<&policy::SubjectState>, question: &Question) -> Rule {
+    if !telemetry::layer::traced() {
+        return policy::evaluate(subject, question);
+    }
+    let span = tracing::info_span!(
+        "policy.evaluate",
+        assent.purpose = question.purpose.as_str(),
+        assent.decision = tracing::field::Empty,
+        assent.reason = tracing::field::Empty,
+        assent.rule = tracing::field::Empty,
+        assent.policy_version = POLICY_VERSION,
+    );
+    let rule = span.in_scope(|| policy::evaluate(subject, question));
+    let outcome = rule.outcome();
+    span.record("assent.decision", outcome.decision.as_str());
+    span.record("assent.reason", outcome.reason.as_str());
+    span.record("assent.rule", rule.id());
+    rule
+}
+
 /// Waits until every `require_audit` record of a call is committed.
 async fn await_receipts(
     receipts: impl IntoIterator<Item = DurableReceipt>,
 ) -> Result<(), ApiError> {
     for receipt in receipts {
+        let span = crate::child_span!("audit.decision_log.commit");
         receipt
             .committed()
+            .instrument(span)
             .await
             .map_err(ApiError::AuditUnavailable)?;
     }
@@ -189,7 +231,6 @@ pub fn response(
 
 #[tonic::async_trait]
 impl proto::decisions_server::Decisions for DecisionsService {
-    #[tracing::instrument(name = "Decisions/Check", skip_all)]
     async fn check(
         &self,
         request: Request<proto::CheckRequest>,
@@ -201,7 +242,6 @@ impl proto::decisions_server::Decisions for DecisionsService {
         Ok(Response::new(response))
     }
 
-    #[tracing::instrument(name = "Decisions/BatchCheck", skip_all)]
     async fn batch_check(
         &self,
         request: Request<proto::BatchCheckRequest>,
@@ -221,7 +261,6 @@ impl proto::decisions_server::Decisions for DecisionsService {
 
     type StreamCheckStream = ReceiverStream<Result<proto::CheckResponse, Status>>;
 
-    #[tracing::instrument(name = "Decisions/StreamCheck", skip_all)]
     async fn stream_check(
         &self,
         request: Request<Streaming<proto::CheckRequest>>,
@@ -230,7 +269,10 @@ impl proto::decisions_server::Decisions for DecisionsService {
         let mut requests = request.into_inner();
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
         let service = self.clone();
-        tokio::spawn(async move {
+        // The answers are made by a task of their own, still part of this call's trace.
+        let call = telemetry::layer::current_call();
+        let span = tracing::Span::current();
+        let answer = async move {
             let mut position = 0_usize;
             loop {
                 let result = match requests.message().await {
@@ -255,7 +297,8 @@ impl proto::decisions_server::Decisions for DecisionsService {
                     break;
                 }
             }
-        });
+        };
+        tokio::spawn(telemetry::layer::within_call(call, answer.instrument(span)));
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
 }

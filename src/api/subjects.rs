@@ -60,7 +60,6 @@ impl SubjectsService {
 
 #[tonic::async_trait]
 impl proto::subjects_server::Subjects for SubjectsService {
-    #[tracing::instrument(name = "Subjects/UpsertSubject", skip_all)]
     async fn upsert_subject(
         &self,
         request: Request<proto::UpsertSubjectRequest>,
@@ -71,7 +70,6 @@ impl proto::subjects_server::Subjects for SubjectsService {
             .await
     }
 
-    #[tracing::instrument(name = "Subjects/SetChoice", skip_all)]
     async fn set_choice(
         &self,
         request: Request<proto::SetChoiceRequest>,
@@ -82,7 +80,6 @@ impl proto::subjects_server::Subjects for SubjectsService {
             .await
     }
 
-    #[tracing::instrument(name = "Subjects/RecordFeedback", skip_all)]
     async fn record_feedback(
         &self,
         request: Request<proto::RecordFeedbackRequest>,
@@ -93,7 +90,6 @@ impl proto::subjects_server::Subjects for SubjectsService {
             .await
     }
 
-    #[tracing::instrument(name = "Subjects/FlagConversation", skip_all)]
     async fn flag_conversation(
         &self,
         request: Request<proto::FlagConversationRequest>,
@@ -104,7 +100,6 @@ impl proto::subjects_server::Subjects for SubjectsService {
             .await
     }
 
-    #[tracing::instrument(name = "Subjects/SetRestriction", skip_all)]
     async fn set_restriction(
         &self,
         request: Request<proto::SetRestrictionRequest>,
@@ -117,7 +112,6 @@ impl proto::subjects_server::Subjects for SubjectsService {
             .await
     }
 
-    #[tracing::instrument(name = "Subjects/DeleteSubject", skip_all)]
     async fn delete_subject(
         &self,
         request: Request<proto::DeleteSubjectRequest>,
@@ -132,7 +126,6 @@ impl proto::subjects_server::Subjects for SubjectsService {
         .await
     }
 
-    #[tracing::instrument(name = "Subjects/GetSubject", skip_all)]
     async fn get_subject(
         &self,
         request: Request<proto::GetSubjectRequest>,

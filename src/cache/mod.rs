@@ -31,7 +31,7 @@ pub use watermark::Watermark;
 
 use crate::domain::{ConversationId, SubjectId};
 use crate::revision::{Freshness, Revision};
-use crate::store::{DecisionState, Store, StoreError};
+use crate::store::{Change, DecisionState, Store, StoreError};
 
 /// The most changes read from the change log in one query.
 const CHANGE_LOG_PAGE: u32 = 10_000;
@@ -403,6 +403,19 @@ impl SubjectCache {
         }
     }
 
+    /// A change learnt from the other replicas (an announcement or the change log). The first
+    /// time it is applied here, the time since its commit is the invalidation lag.
+    fn apply(&self, change: &Change) {
+        let fresh = change.revision > self.inner.watermark.applied();
+        self.announce(&change.subject_id, change.revision);
+        if fresh && change.at_micros > 0 {
+            let lag_micros = crate::store::now_micros().saturating_sub(change.at_micros);
+            crate::metrics::METRICS
+                .invalidation_lag
+                .observe(lag_micros.max(0) as f64 / 1e6);
+        }
+    }
+
     fn announce(&self, subject_id: &str, revision: Revision) {
         self.inner.known.insert(subject_id);
         self.inner.local.invalidate(subject_id, revision);
@@ -455,8 +468,8 @@ impl SubjectCache {
                             message = messages.next() => match message {
                                 Some(message) => {
                                     let Ok(text) = message.get_payload::<String>() else { continue };
-                                    if let Some((revision, subject_id)) = shared::parse_announcement(&text) {
-                                        self.announce(subject_id, revision);
+                                    if let Some(change) = Change::parse_announcement(&text) {
+                                        self.apply(&change);
                                     }
                                 }
                                 None => break,
@@ -532,10 +545,10 @@ impl SubjectCache {
                             _ = stopped.changed() => return,
                             notification = listener.try_recv() => match notification {
                                 Ok(Some(notification)) => {
-                                    if let Some((revision, subject_id)) =
-                                        shared::parse_announcement(notification.payload())
+                                    if let Some(change) =
+                                        Change::parse_announcement(notification.payload())
                                     {
-                                        self.announce(subject_id, revision);
+                                        self.apply(&change);
                                     }
                                 }
                                 // Reconnected: what was sent meanwhile is in the change log.
@@ -564,7 +577,7 @@ impl SubjectCache {
             let changes = inner.store.changes_since(after, CHANGE_LOG_PAGE).await?;
             let full_page = changes.len() == CHANGE_LOG_PAGE as usize;
             for change in &changes {
-                self.announce(&change.subject_id, change.revision);
+                self.apply(change);
             }
             if let Some(shared) = &inner.shared
                 && !changes.is_empty()

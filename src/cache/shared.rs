@@ -4,7 +4,8 @@
 //! A subject is kept under `PREFIX:subject:ID` as `"REVISION ENCODED"`, written only if no later
 //! revision is there (a Lua script compares them), so a slow reader cannot overwrite a newer
 //! entry. A replica that commits a change writes a tombstone `"REVISION -"` in its place (which
-//! stops every older fill) and then publishes `"REVISION SUBJECT"` on `PREFIX:changes`.
+//! stops every older fill) and then publishes the change's announcement
+//! ([`crate::store::Change::announcement`]) on `PREFIX:changes`.
 //!
 //! Redis is an accelerator, never a dependency: every call has a short timeout, a failure makes
 //! the replica leave Redis alone for a moment, and the connection is re-established in the
@@ -240,7 +241,12 @@ impl SharedCache {
         if !self.tombstone(&[(subject_id, revision)]).await {
             return;
         }
-        let message = format!("{} {subject_id}", revision.sequence());
+        let message = crate::store::Change {
+            revision,
+            subject_id: subject_id.to_owned(),
+            at_micros: crate::store::now_micros(),
+        }
+        .announcement();
         let _: Option<i64> = self
             .call(redis::cmd("PUBLISH").arg(self.channel()).arg(message))
             .await;
@@ -249,13 +255,6 @@ impl SharedCache {
     pub fn time_to_live(&self) -> Duration {
         self.settings.time_to_live
     }
-}
-
-/// Parses an announcement `"REVISION SUBJECT"`.
-pub fn parse_announcement(message: &str) -> Option<(Revision, &str)> {
-    let (revision, subject_id) = message.split_once(' ')?;
-    let revision = Revision::new(revision.parse().ok()?);
-    (!subject_id.is_empty()).then_some((revision, subject_id))
 }
 
 /// The wire form of an entry (names, not positions, so it survives reordering).
@@ -395,15 +394,5 @@ mod tests {
         assert_eq!(decode(&format!("7 {}", encode(&unknown))), Some(unknown));
         assert_eq!(decode("43 -"), None);
         assert_eq!(decode("garbage"), None);
-    }
-
-    #[test]
-    fn announcements_parse() {
-        assert_eq!(
-            parse_announcement("17 user@example.com"),
-            Some((Revision::new(17), "user@example.com"))
-        );
-        assert_eq!(parse_announcement("x u"), None);
-        assert_eq!(parse_announcement("17 "), None);
     }
 }

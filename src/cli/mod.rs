@@ -261,14 +261,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = args.store.settings(args.listen)?;
-    crate::telemetry::init(settings.log_format);
-    let application = Application::build(settings).await?;
-    application.run_until(shutdown_signal()).await
+    let telemetry = crate::telemetry::init(settings.log_format, settings.traces.as_ref());
+    let served = match Application::build(settings).await {
+        Ok(application) => application.run_until(shutdown_signal()).await,
+        Err(error) => Err(error),
+    };
+    // The last spans, of the calls that finished while draining, go out before the exit.
+    telemetry.shutdown().await;
+    served
 }
 
 async fn migrate(args: StoreArgs) -> anyhow::Result<()> {
     let settings = args.settings(None)?;
-    crate::telemetry::init(settings.log_format);
+    let _telemetry = crate::telemetry::init(settings.log_format, None);
     let location = settings.store_location();
     let store = Store::open(&location)
         .await
@@ -281,7 +286,7 @@ async fn migrate(args: StoreArgs) -> anyhow::Result<()> {
 
 async fn prune(older_than_days: Option<u32>, args: StoreArgs) -> anyhow::Result<()> {
     let settings = args.settings(None)?;
-    crate::telemetry::init(settings.log_format);
+    let _telemetry = crate::telemetry::init(settings.log_format, None);
     let days = older_than_days.unwrap_or(settings.decision_log_retention_days);
     let location = settings.store_location();
     let store = Store::open(&location)

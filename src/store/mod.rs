@@ -17,7 +17,9 @@ pub mod testing;
 mod tests;
 
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use tracing::Instrument;
 
 pub use change::{Command, SubjectFields, SubjectRecord};
 pub use postgres::PostgresStore;
@@ -136,6 +138,37 @@ pub struct SubjectSnapshot {
 pub struct Change {
     pub revision: Revision,
     pub subject_id: String,
+    /// When it was committed (microseconds since the epoch, the committing replica's clock);
+    /// 0 when unknown.
+    pub at_micros: i64,
+}
+
+impl Change {
+    /// How replicas announce the change to each other (PostgreSQL NOTIFY, Redis PUBLISH):
+    /// `"REVISION@MICROS SUBJECT"`.
+    pub fn announcement(&self) -> String {
+        format!(
+            "{}@{} {}",
+            self.revision.sequence(),
+            self.at_micros,
+            self.subject_id
+        )
+    }
+
+    /// Parses an announcement; the `@MICROS` part is optional.
+    pub fn parse_announcement(message: &str) -> Option<Change> {
+        let (stamp, subject_id) = message.split_once(' ')?;
+        let (revision, at_micros) = match stamp.split_once('@') {
+            Some((revision, at)) => (revision, at.parse().ok()?),
+            None => (stamp, 0),
+        };
+        let revision = Revision::new(revision.parse().ok()?);
+        (!subject_id.is_empty()).then(|| Change {
+            revision,
+            subject_id: subject_id.to_owned(),
+            at_micros,
+        })
+    }
 }
 
 /// A stored choice with the time it was made.
@@ -155,8 +188,8 @@ pub struct SubjectView {
     pub revision: Revision,
 }
 
-/// The PostgreSQL NOTIFY channel every committed change is announced on, as
-/// `"REVISION SUBJECT"`.
+/// The PostgreSQL NOTIFY channel every committed change is announced on
+/// ([`Change::announcement`]).
 pub const CHANGES_CHANNEL: &str = "assent_changes";
 
 /// What `prune_decision_log` removed.
@@ -281,10 +314,13 @@ impl Store {
 
     /// Applies one write and its audit event in one transaction.
     pub async fn write(&self, request: &WriteRequest) -> Result<WriteOutcome, StoreError> {
-        match self {
-            Store::Sqlite(store) => store.write(request).await,
-            Store::Postgres(store) => store.write(request).await,
-        }
+        observed(self, "write", async {
+            match self {
+                Store::Sqlite(store) => store.write(request).await,
+                Store::Postgres(store) => store.write(request).await,
+            }
+        })
+        .await
     }
 
     /// The state a decision about `subject_id` (and optionally one conversation) needs.
@@ -293,10 +329,13 @@ impl Store {
         subject_id: &SubjectId,
         conversation_id: Option<&ConversationId>,
     ) -> Result<DecisionState, StoreError> {
-        match self {
-            Store::Sqlite(store) => store.decision_state(subject_id, conversation_id).await,
-            Store::Postgres(store) => store.decision_state(subject_id, conversation_id).await,
-        }
+        observed(self, "decision_state", async {
+            match self {
+                Store::Sqlite(store) => store.decision_state(subject_id, conversation_id).await,
+                Store::Postgres(store) => store.decision_state(subject_id, conversation_id).await,
+            }
+        })
+        .await
     }
 
     /// What the cache keeps of a subject, read in one snapshot.
@@ -305,10 +344,13 @@ impl Store {
         subject_id: &SubjectId,
         max_conversations: usize,
     ) -> Result<SubjectSnapshot, StoreError> {
-        match self {
-            Store::Sqlite(store) => store.snapshot(subject_id, max_conversations).await,
-            Store::Postgres(store) => store.snapshot(subject_id, max_conversations).await,
-        }
+        observed(self, "snapshot", async {
+            match self {
+                Store::Sqlite(store) => store.snapshot(subject_id, max_conversations).await,
+                Store::Postgres(store) => store.snapshot(subject_id, max_conversations).await,
+            }
+        })
+        .await
     }
 
     /// The changes committed after revision `after`, oldest first, at most `limit`.
@@ -317,10 +359,13 @@ impl Store {
         after: Revision,
         limit: u32,
     ) -> Result<Vec<Change>, StoreError> {
-        match self {
-            Store::Sqlite(store) => store.changes_since(after, limit).await,
-            Store::Postgres(store) => store.changes_since(after, limit).await,
-        }
+        observed(self, "changes_since", async {
+            match self {
+                Store::Sqlite(store) => store.changes_since(after, limit).await,
+                Store::Postgres(store) => store.changes_since(after, limit).await,
+            }
+        })
+        .await
     }
 
     /// Every subject changed at or after `since_micros`, with its latest revision.
@@ -328,58 +373,79 @@ impl Store {
         &self,
         since_micros: i64,
     ) -> Result<Vec<Change>, StoreError> {
-        match self {
-            Store::Sqlite(store) => store.subjects_changed_since(since_micros).await,
-            Store::Postgres(store) => store.subjects_changed_since(since_micros).await,
-        }
+        observed(self, "subjects_changed_since", async {
+            match self {
+                Store::Sqlite(store) => store.subjects_changed_since(since_micros).await,
+                Store::Postgres(store) => store.subjects_changed_since(since_micros).await,
+            }
+        })
+        .await
     }
 
     /// Subject ids after `after`, in id order, at most `limit`.
     pub async fn subject_ids(&self, after: &str, limit: u32) -> Result<Vec<String>, StoreError> {
-        match self {
-            Store::Sqlite(store) => store.subject_ids(after, limit).await,
-            Store::Postgres(store) => store.subject_ids(after, limit).await,
-        }
+        observed(self, "subject_ids", async {
+            match self {
+                Store::Sqlite(store) => store.subject_ids(after, limit).await,
+                Store::Postgres(store) => store.subject_ids(after, limit).await,
+            }
+        })
+        .await
     }
 
     /// How many subjects the store holds (deleted ones included).
     pub async fn count_subjects(&self) -> Result<u64, StoreError> {
-        match self {
-            Store::Sqlite(store) => store.count_subjects().await,
-            Store::Postgres(store) => store.count_subjects().await,
-        }
+        observed(self, "count_subjects", async {
+            match self {
+                Store::Sqlite(store) => store.count_subjects().await,
+                Store::Postgres(store) => store.count_subjects().await,
+            }
+        })
+        .await
     }
 
     /// The subject with its choices, or `None` if never seen.
     pub async fn subject(&self, subject_id: &SubjectId) -> Result<Option<SubjectView>, StoreError> {
-        match self {
-            Store::Sqlite(store) => store.subject(subject_id).await,
-            Store::Postgres(store) => store.subject(subject_id).await,
-        }
+        observed(self, "subject", async {
+            match self {
+                Store::Sqlite(store) => store.subject(subject_id).await,
+                Store::Postgres(store) => store.subject(subject_id).await,
+            }
+        })
+        .await
     }
 
     /// Audit events in sequence order.
     pub async fn events(&self, query: &EventQuery) -> Result<Vec<AuditEvent>, StoreError> {
-        match self {
-            Store::Sqlite(store) => store.events(query).await,
-            Store::Postgres(store) => store.events(query).await,
-        }
+        observed(self, "events", async {
+            match self {
+                Store::Sqlite(store) => store.events(query).await,
+                Store::Postgres(store) => store.events(query).await,
+            }
+        })
+        .await
     }
 
     /// Recomputes the whole audit chain.
     pub async fn verify_chain(&self) -> Result<ChainReport, StoreError> {
-        match self {
-            Store::Sqlite(store) => store.verify_chain().await,
-            Store::Postgres(store) => store.verify_chain().await,
-        }
+        observed(self, "verify_chain", async {
+            match self {
+                Store::Sqlite(store) => store.verify_chain().await,
+                Store::Postgres(store) => store.verify_chain().await,
+            }
+        })
+        .await
     }
 
     /// The latest committed revision.
     pub async fn head_revision(&self) -> Result<Revision, StoreError> {
-        match self {
-            Store::Sqlite(store) => store.head_revision().await,
-            Store::Postgres(store) => store.head_revision().await,
-        }
+        observed(self, "head_revision", async {
+            match self {
+                Store::Sqlite(store) => store.head_revision().await,
+                Store::Postgres(store) => store.head_revision().await,
+            }
+        })
+        .await
     }
 
     /// Records a batch of decisions in the decision log. `durable`: the batch carries a
@@ -389,33 +455,53 @@ impl Store {
         records: &[DecisionRecord],
         durable: bool,
     ) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(store) => store.insert_decisions(records).await,
-            Store::Postgres(store) => store.insert_decisions(records, durable).await,
-        }
+        observed(self, "insert_decisions", async {
+            match self {
+                Store::Sqlite(store) => store.insert_decisions(records).await,
+                Store::Postgres(store) => store.insert_decisions(records, durable).await,
+            }
+        })
+        .await
     }
 
     /// Removes the decisions older than `cutoff_micros` (whole day partitions on PostgreSQL).
     pub async fn prune_decision_log(&self, cutoff_micros: i64) -> Result<PruneReport, StoreError> {
-        match self {
-            Store::Sqlite(store) => store.prune_decision_log(cutoff_micros).await,
-            Store::Postgres(store) => store.prune_decision_log(cutoff_micros).await,
-        }
+        observed(self, "prune_decision_log", async {
+            match self {
+                Store::Sqlite(store) => store.prune_decision_log(cutoff_micros).await,
+                Store::Postgres(store) => store.prune_decision_log(cutoff_micros).await,
+            }
+        })
+        .await
     }
 
     /// The number of recorded decisions.
     pub async fn count_decisions(&self) -> Result<u64, StoreError> {
-        match self {
-            Store::Sqlite(store) => store.count_decisions().await,
-            Store::Postgres(store) => store.count_decisions().await,
-        }
+        observed(self, "count_decisions", async {
+            match self {
+                Store::Sqlite(store) => store.count_decisions().await,
+                Store::Postgres(store) => store.count_decisions().await,
+            }
+        })
+        .await
     }
 
     /// The latest migration applied to the store.
     pub async fn schema_version(&self) -> Result<i64, StoreError> {
+        observed(self, "schema_version", async {
+            match self {
+                Store::Sqlite(store) => store.schema_version().await,
+                Store::Postgres(store) => store.schema_version().await,
+            }
+        })
+        .await
+    }
+
+    /// The database system, as OpenTelemetry names it.
+    pub fn system(&self) -> &'static str {
         match self {
-            Store::Sqlite(store) => store.schema_version().await,
-            Store::Postgres(store) => store.schema_version().await,
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgresql",
         }
     }
 
@@ -426,6 +512,27 @@ impl Store {
             Store::Postgres(store) => store.close().await,
         }
     }
+}
+
+/// Runs one store operation in a span of its own (when the call is traced) and times it.
+async fn observed<T>(
+    store: &Store,
+    operation: &'static str,
+    work: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    let span = crate::child_span!(
+        "store.query",
+        db.system = store.system(),
+        db.operation = operation,
+        otel.status_code = tracing::field::Empty,
+    );
+    let started = Instant::now();
+    let result = work.instrument(span.clone()).await;
+    crate::metrics::record_store_query(operation, started.elapsed());
+    if result.is_err() {
+        span.record("otel.status_code", "ERROR");
+    }
+    result
 }
 
 /// Runs the migrations a binary knows, refusing a database that has applied one it does not know
@@ -452,4 +559,37 @@ pub fn now_micros() -> i64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod announcement_tests {
+    use super::*;
+
+    #[test]
+    fn announcements_round_trip() {
+        let change = Change {
+            revision: Revision::new(17),
+            subject_id: "user@example.com x".to_owned(),
+            at_micros: 1_700_000_000_000_000,
+        };
+        assert_eq!(
+            change.announcement(),
+            "17@1700000000000000 user@example.com x"
+        );
+        assert_eq!(
+            Change::parse_announcement(&change.announcement()),
+            Some(change)
+        );
+        assert_eq!(
+            Change::parse_announcement("17 u"),
+            Some(Change {
+                revision: Revision::new(17),
+                subject_id: "u".to_owned(),
+                at_micros: 0,
+            })
+        );
+        for invalid in ["x u", "17 ", "17@x u", "17"] {
+            assert_eq!(Change::parse_announcement(invalid), None, "{invalid}");
+        }
+    }
 }

@@ -115,11 +115,12 @@ impl PostgresStore {
         let outcome = rows::write_in(&mut tx, request).await?;
         if outcome.changed {
             // Delivered to every listener when, and only if, the transaction commits.
-            let announcement = format!(
-                "{} {}",
-                outcome.revision.sequence(),
-                request.subject_id.as_str()
-            );
+            let announcement = super::Change {
+                revision: outcome.revision,
+                subject_id: request.subject_id.as_str().to_owned(),
+                at_micros: super::now_micros(),
+            }
+            .announcement();
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(super::CHANGES_CHANNEL)
                 .bind(announcement)

@@ -73,7 +73,12 @@ macro_rules! sql_rows {
                 hash: String::new(),
             };
             event.hash = chain_hash(&event.prev_hash, &canonical_bytes(&event));
-            append_event(&mut *connection, &event).await?;
+            let span = $crate::child_span!(
+                "audit.append",
+                assent.audit_sequence = event.sequence,
+                assent.audit_kind = event.kind.as_str(),
+            );
+            tracing::Instrument::instrument(append_event(&mut *connection, &event), span).await?;
             Ok(WriteOutcome {
                 revision,
                 changed: true,
@@ -157,8 +162,8 @@ macro_rules! sql_rows {
             after: u64,
             limit: u32,
         ) -> Result<Vec<ChangeNotice>, StoreError> {
-            let rows: Vec<(i64, String)> = sqlx::query_as(
-                "SELECT sequence, subject_id FROM audit_events WHERE sequence > $1
+            let rows: Vec<(i64, String, i64)> = sqlx::query_as(
+                "SELECT sequence, subject_id, at_micros FROM audit_events WHERE sequence > $1
                  ORDER BY sequence LIMIT $2",
             )
             .bind(to_i64(after))
@@ -167,9 +172,10 @@ macro_rules! sql_rows {
             .await?;
             Ok(rows
                 .into_iter()
-                .map(|(sequence, subject_id)| ChangeNotice {
+                .map(|(sequence, subject_id, at_micros)| ChangeNotice {
                     revision: Revision::new(from_i64(sequence)),
                     subject_id,
+                    at_micros,
                 })
                 .collect())
         }
@@ -179,18 +185,19 @@ macro_rules! sql_rows {
             connection: &mut $connection,
             since_micros: i64,
         ) -> Result<Vec<ChangeNotice>, StoreError> {
-            let rows: Vec<(String, i64)> = sqlx::query_as(
-                "SELECT subject_id, MAX(sequence) FROM audit_events WHERE at_micros >= $1
-                 GROUP BY subject_id",
+            let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+                "SELECT subject_id, MAX(sequence), MAX(at_micros) FROM audit_events
+                 WHERE at_micros >= $1 GROUP BY subject_id",
             )
             .bind(since_micros)
             .fetch_all(&mut *connection)
             .await?;
             Ok(rows
                 .into_iter()
-                .map(|(subject_id, sequence)| ChangeNotice {
+                .map(|(subject_id, sequence, at_micros)| ChangeNotice {
                     revision: Revision::new(from_i64(sequence)),
                     subject_id,
+                    at_micros,
                 })
                 .collect())
         }

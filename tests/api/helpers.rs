@@ -61,6 +61,9 @@ impl TestApp {
             cache: CacheSettings::default(),
             shutdown_grace: Duration::from_secs(10),
             log_format: LogFormat::Text,
+            admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+            traces: None,
+            subject_hash_key: None,
         };
         adjust(&mut settings);
         let application = Application::build(settings).await.unwrap();

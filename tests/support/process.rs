@@ -11,6 +11,8 @@ use tonic::transport::Channel;
 pub struct ServerProcess {
     child: Child,
     pub address: String,
+    /// The admin HTTP address (`/metrics`, `/healthz`, `/readyz`).
+    pub admin_address: String,
 }
 
 impl ServerProcess {
@@ -20,6 +22,7 @@ impl ServerProcess {
         command
             .arg("serve")
             .env("ASSENT_LISTEN", "127.0.0.1:0")
+            .env("ASSENT_ADMIN_LISTEN", "127.0.0.1:0")
             .env("ASSENT_LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -41,14 +44,22 @@ impl ServerProcess {
                 if entry["message"] == "assent serving"
                     && let Some(found) = found.take()
                 {
-                    let _ = found.send(entry["address"].as_str().unwrap().to_owned());
+                    let addresses = (
+                        entry["address"].as_str().unwrap().to_owned(),
+                        entry["admin"].as_str().unwrap_or_default().to_owned(),
+                    );
+                    let _ = found.send(addresses);
                 }
             }
         });
-        let address = address
+        let (address, admin_address) = address
             .recv_timeout(Duration::from_secs(30))
             .expect("the server did not start within 30 s");
-        ServerProcess { child, address }
+        ServerProcess {
+            child,
+            address,
+            admin_address,
+        }
     }
 
     pub async fn channel(&self) -> Channel {
@@ -66,11 +77,19 @@ impl ServerProcess {
     }
 
     /// SIGTERM, then wait for the graceful exit.
-    pub fn stop(mut self) {
+    pub fn stop(self) {
+        self.stop_with_status();
+    }
+
+    /// SIGTERM, then wait for the graceful exit; its exit status.
+    pub fn stop_with_status(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
-        while self.child.try_wait().unwrap().is_none() {
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
             assert!(Instant::now() < deadline, "the server ignored SIGTERM");
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -1,0 +1,303 @@
+//! The service's metrics, in one process-wide registry, exposed in the Prometheus text format
+//! (OpenMetrics) on the admin port. `docs/observability.md` says what each one means.
+//!
+//! Request path metrics are recorded where things happen (a counter increment, a histogram
+//! observation); what other parts already count — the cache's tiers, the decision log's queue —
+//! is read from them at scrape time by a collector, so the request path pays nothing more.
+
+use std::sync::{LazyLock, Mutex};
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::audit::decision_log::DecisionLog;
+use crate::cache::SubjectCache;
+use crate::policy::{Decision, Purpose, Reason};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: &'static str,
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub method: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub purpose: &'static str,
+    pub decision: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TierLabels {
+    tier: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    policy_version: &'static str,
+}
+
+/// Every metric of the process.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<MethodLabels, Histogram>,
+    pub decisions: Family<DecisionLabels, Counter>,
+    pub store_query_duration: Family<OperationLabels, Histogram>,
+    pub invalidation_lag: Histogram,
+    pub chain_verifications: Family<ResultLabels, Counter>,
+    sources: std::sync::Arc<Sources>,
+}
+
+/// What the collector reads at scrape time: set when a server starts.
+#[derive(Debug, Default)]
+struct Sources {
+    cache: Mutex<Option<SubjectCache>>,
+    decision_log: Mutex<Option<DecisionLog>>,
+}
+
+/// Latency buckets from 50 µs to 10 s.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    [
+        0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+        0.5, 1.0, 2.5, 10.0,
+    ]
+    .into_iter()
+}
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("assent");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "grpc_requests",
+            "gRPC calls answered, by method and status code",
+            requests.clone(),
+        );
+        let request_duration = Family::<MethodLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(latency_buckets())
+        });
+        registry.register(
+            "grpc_request_duration_seconds",
+            "Time from a call's arrival to its response headers, by method",
+            request_duration.clone(),
+        );
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "decisions",
+            "Decisions given, by purpose, decision and reason",
+            decisions.clone(),
+        );
+        let store_query_duration =
+            Family::<OperationLabels, Histogram>::new_with_constructor(|| {
+                Histogram::new(latency_buckets())
+            });
+        registry.register(
+            "store_query_duration_seconds",
+            "Time of store operations, by operation",
+            store_query_duration.clone(),
+        );
+        let invalidation_lag = Histogram::new(latency_buckets());
+        registry.register(
+            "invalidation_lag_seconds",
+            "Time from a change's commit (on any replica) to this replica applying it",
+            invalidation_lag.clone(),
+        );
+        let chain_verifications = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "audit_chain_verifications",
+            "Audit chain verifications, by result (ok, broken)",
+            chain_verifications.clone(),
+        );
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                policy_version: crate::policy::POLICY_VERSION,
+            })
+            .set(1);
+        registry.register("build_info", "The running version (always 1)", build);
+        let sources = std::sync::Arc::new(Sources::default());
+        registry.register_collector(Box::new(SourcesCollector(sources.clone())));
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            decisions,
+            store_query_duration,
+            invalidation_lag,
+            chain_verifications,
+            sources,
+        }
+    }
+
+    /// The cache and decision log of the server now running, read at each scrape.
+    pub fn observe_server(&self, cache: SubjectCache, decision_log: DecisionLog) {
+        *self.sources.cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(cache);
+        *self
+            .sources
+            .decision_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(decision_log);
+    }
+
+    /// Every metric in the text format.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+}
+
+pub fn record_decision(purpose: Purpose, decision: Decision, reason: Reason) {
+    METRICS
+        .decisions
+        .get_or_create(&DecisionLabels {
+            purpose: purpose.as_str(),
+            decision: decision.as_str(),
+            reason: reason.as_str(),
+        })
+        .inc();
+}
+
+pub fn record_request(method: &'static str, code: &'static str, duration: Duration) {
+    METRICS
+        .requests
+        .get_or_create(&RequestLabels { method, code })
+        .inc();
+    METRICS
+        .request_duration
+        .get_or_create(&MethodLabels { method })
+        .observe(duration.as_secs_f64());
+}
+
+pub fn record_store_query(operation: &'static str, duration: Duration) {
+    METRICS
+        .store_query_duration
+        .get_or_create(&OperationLabels { operation })
+        .observe(duration.as_secs_f64());
+}
+
+#[derive(Debug)]
+struct SourcesCollector(std::sync::Arc<Sources>);
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> std::fmt::Result {
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> std::fmt::Result {
+    let metric = ConstGauge::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+impl Collector for SourcesCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let cache = self
+            .0
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(cache) = cache {
+            let stats = cache.stats();
+            let answers = [
+                ("local", stats.local_hits),
+                ("redis", stats.shared_hits),
+                ("store", stats.store_reads),
+            ];
+            let metric_type = ConstCounter::new(0_u64).metric_type();
+            let mut family = encoder.encode_descriptor(
+                "cache_answers",
+                "State lookups by the tier that answered (local memory, redis, store)",
+                None,
+                metric_type,
+            )?;
+            for (tier, value) in answers {
+                ConstCounter::new(value).encode(family.encode_family(&TierLabels { tier })?)?;
+            }
+            counter(
+                &mut encoder,
+                "cache_unknown_filtered",
+                "Unknown subjects answered by the known-subjects filter, without a store read",
+                stats.unknown_filtered,
+            )?;
+            gauge(
+                &mut encoder,
+                "cache_entries",
+                "Subjects held in this replica's memory",
+                i64::try_from(stats.entries).unwrap_or(i64::MAX),
+            )?;
+            gauge(
+                &mut encoder,
+                "cache_applied_revision",
+                "The revision up to which this replica has applied every change",
+                i64::try_from(stats.applied_revision).unwrap_or(i64::MAX),
+            )?;
+        }
+        let decision_log = self
+            .0
+            .decision_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(decision_log) = decision_log {
+            let stats = decision_log.stats();
+            gauge(
+                &mut encoder,
+                "decision_log_queue_depth",
+                "Decisions waiting to be written to the decision log",
+                i64::try_from(stats.queued).unwrap_or(i64::MAX),
+            )?;
+            counter(
+                &mut encoder,
+                "decision_log_written",
+                "Decisions written to the decision log",
+                stats.written,
+            )?;
+            counter(
+                &mut encoder,
+                "decision_log_dropped",
+                "Decisions not recorded because the decision log's queue was full",
+                stats.dropped,
+            )?;
+            counter(
+                &mut encoder,
+                "decision_log_failed",
+                "Decisions whose batch could not be written",
+                stats.failed,
+            )?;
+        }
+        Ok(())
+    }
+}

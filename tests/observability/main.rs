@@ -1,0 +1,495 @@
+//! What SREs see of a running `assent serve`: the spans it exports over OTLP, and the metrics on
+//! its admin port. Each test runs its own server process (tracing and metrics are process-wide)
+//! on the embedded store.
+
+#[path = "../support/process.rs"]
+mod process;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use assent::proto::decisions_client::DecisionsClient;
+use assent::proto::subjects_client::SubjectsClient;
+use assent::proto::{self, Choice, Plan, Purpose};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Channel;
+
+use process::ServerProcess;
+
+const SUBJECT: &str = "jane.doe@example.com";
+const HASH_KEY: &str = "observability-test-key";
+
+/// An OTLP/gRPC trace receiver that keeps every span it is sent.
+#[derive(Clone, Default)]
+struct Receiver {
+    spans: Arc<Mutex<Vec<Span>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.spans.lock().unwrap();
+        for resource_spans in request.into_inner().resource_spans {
+            for scope_spans in resource_spans.scope_spans {
+                spans.extend(scope_spans.spans);
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+impl Receiver {
+    /// Serves on a free loopback port; returns the endpoint URL.
+    async fn start(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let service = TraceServiceServer::new(self.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        format!("http://{address}")
+    }
+
+    fn spans(&self) -> Vec<Span> {
+        self.spans.lock().unwrap().clone()
+    }
+}
+
+fn attribute(span: &Span, key: &str) -> Option<String> {
+    let value = span
+        .attributes
+        .iter()
+        .find(|attribute| attribute.key == key)?
+        .value
+        .as_ref()?
+        .value
+        .as_ref()?;
+    Some(match value {
+        Value::StringValue(text) => text.clone(),
+        Value::IntValue(number) => number.to_string(),
+        Value::BoolValue(flag) => flag.to_string(),
+        Value::DoubleValue(number) => number.to_string(),
+        other => format!("{other:?}"),
+    })
+}
+
+fn find<'a>(spans: &'a [Span], name: &str) -> &'a Span {
+    spans
+        .iter()
+        .find(|span| span.name == name)
+        .unwrap_or_else(|| {
+            let names: Vec<&str> = spans.iter().map(|span| span.name.as_str()).collect();
+            panic!("no span {name}; spans: {names:?}")
+        })
+}
+
+/// A request carrying a W3C `traceparent`.
+fn traced<T>(message: T, traceparent: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("traceparent", traceparent.parse().unwrap());
+    request
+}
+
+fn actor() -> Option<proto::Actor> {
+    Some(proto::Actor {
+        operator_id: "support:tester".into(),
+        reason: "observability test".into(),
+    })
+}
+
+fn data_dir() -> (tempfile::TempDir, (&'static str, String)) {
+    let directory = tempfile::tempdir().unwrap();
+    let setting = (
+        "ASSENT_DATA_DIR",
+        directory.path().to_str().unwrap().to_owned(),
+    );
+    (directory, setting)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_continue_the_callers_trace_and_never_hold_the_subject_id() {
+    let receiver = Receiver::default();
+    let endpoint = receiver.start().await;
+    let (_data, data_setting) = data_dir();
+    let server = ServerProcess::start(&[
+        data_setting,
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+        ("OTEL_SERVICE_NAME", "assent-under-test".to_owned()),
+        // Only calls whose caller samples them are traced.
+        ("OTEL_TRACES_SAMPLER_ARG", "0".to_owned()),
+        ("ASSENT_SUBJECT_HASH_KEY", HASH_KEY.to_owned()),
+        // Quiet logs do not silence the traces.
+        ("RUST_LOG", "warn,assent::startup=info".to_owned()),
+    ]);
+    let channel = server.channel().await;
+    let mut subjects = SubjectsClient::new(channel.clone());
+    let mut decisions = DecisionsClient::new(channel);
+
+    let write_trace = "0af7651916cd43dd8448eb211c80319c";
+    let write_parent = "b7ad6b7169203331";
+    subjects
+        .upsert_subject(traced(
+            proto::UpsertSubjectRequest {
+                subject_id: SUBJECT.into(),
+                plan: Some(Plan::Free as i32),
+                actor: actor(),
+                ..Default::default()
+            },
+            &format!("00-{write_trace}-{write_parent}-01"),
+        ))
+        .await
+        .unwrap();
+    subjects
+        .set_choice(proto::SetChoiceRequest {
+            subject_id: SUBJECT.into(),
+            purpose: Purpose::ModelTraining as i32,
+            choice: Choice::Refused as i32,
+            actor: actor(),
+        })
+        .await
+        .unwrap();
+
+    let check_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let check_parent = "00f067aa0ba902b7";
+    let answer = decisions
+        .check(traced(
+            proto::CheckRequest {
+                subject_id: SUBJECT.into(),
+                purpose: Purpose::ModelTraining as i32,
+                ..Default::default()
+            },
+            &format!("00-{check_trace}-{check_parent}-01"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.decision, proto::Decision::Deny as i32);
+
+    // A caller that does not sample its call: nothing of it is exported.
+    let unsampled_trace = "5bf92f3577b34da6a3ce929d0e0e4737";
+    decisions
+        .check(traced(
+            proto::CheckRequest {
+                subject_id: SUBJECT.into(),
+                purpose: Purpose::Memory as i32,
+                ..Default::default()
+            },
+            &format!("00-{unsampled_trace}-00f067aa0ba902b8-00"),
+        ))
+        .await
+        .unwrap();
+
+    // The audit event of the traced write carries its trace id.
+    let events = assent::proto::audit_client::AuditClient::new(server.channel().await)
+        .list_events(proto::ListEventsRequest {
+            subject_id: Some(SUBJECT.into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(events[0].trace_id, write_trace);
+
+    // SIGTERM: the server flushes its last spans before it exits.
+    assert!(server.stop_with_status().success());
+    let spans = receiver.spans();
+    let trace_hex = |span: &Span| hex::encode(&span.trace_id);
+    let of_trace = |trace: &str| -> Vec<Span> {
+        spans
+            .iter()
+            .filter(|span| trace_hex(span) == trace)
+            .cloned()
+            .collect()
+    };
+
+    let check_spans = of_trace(check_trace);
+    let server_span = find(&check_spans, "assent.v1.Decisions/Check");
+    assert_eq!(hex::encode(&server_span.parent_span_id), check_parent);
+    assert_eq!(server_span.kind, SpanKind::Server as i32);
+    assert_eq!(
+        attribute(server_span, "rpc.system").as_deref(),
+        Some("grpc")
+    );
+    assert_eq!(
+        attribute(server_span, "rpc.service").as_deref(),
+        Some("assent.v1.Decisions")
+    );
+    assert_eq!(
+        attribute(server_span, "rpc.method").as_deref(),
+        Some("Check")
+    );
+    assert_eq!(
+        attribute(server_span, "rpc.grpc.status_code").as_deref(),
+        Some("0")
+    );
+    let is_child_of = |child: &Span, parent: &Span| child.parent_span_id == parent.span_id;
+
+    let lookup = find(&check_spans, "cache.lookup");
+    assert!(is_child_of(lookup, server_span));
+    let tier = attribute(lookup, "cache.tier").unwrap();
+    assert!(
+        ["local", "redis", "store"].contains(&tier.as_str()),
+        "{tier}"
+    );
+    let expected_hash = {
+        assert!(assent::telemetry::layer::set_hash_key(HASH_KEY.as_bytes()));
+        assent::telemetry::subject_hash(SUBJECT)
+    };
+    assert_eq!(
+        attribute(lookup, "assent.subject").as_deref(),
+        Some(expected_hash.as_str())
+    );
+
+    let policy = find(&check_spans, "policy.evaluate");
+    assert!(is_child_of(policy, server_span));
+    assert_eq!(
+        attribute(policy, "assent.purpose").as_deref(),
+        Some("MODEL_TRAINING")
+    );
+    assert_eq!(
+        attribute(policy, "assent.decision").as_deref(),
+        Some("DENY")
+    );
+    assert_eq!(
+        attribute(policy, "assent.reason").as_deref(),
+        Some("CHOICE_REFUSED")
+    );
+    assert_eq!(
+        attribute(policy, "assent.rule").as_deref(),
+        Some(answer.rule.as_str())
+    );
+
+    let decision_log = find(&check_spans, "audit.decision_log");
+    assert!(is_child_of(decision_log, server_span));
+
+    // The write: its store transaction, and the audit event appended in it.
+    let write_spans = of_trace(write_trace);
+    let write_span = find(&write_spans, "assent.v1.Subjects/UpsertSubject");
+    assert_eq!(hex::encode(&write_span.parent_span_id), write_parent);
+    let store_write = find(&write_spans, "store.query");
+    assert!(is_child_of(store_write, write_span));
+    assert_eq!(
+        attribute(store_write, "db.operation").as_deref(),
+        Some("write")
+    );
+    assert_eq!(
+        attribute(store_write, "db.system").as_deref(),
+        Some("sqlite")
+    );
+    let append = find(&write_spans, "audit.append");
+    assert!(is_child_of(append, store_write));
+    // The cache lookup missed right after the write, so the store was read under it.
+    if tier == "store" {
+        let read = check_spans
+            .iter()
+            .find(|span| span.name == "store.query")
+            .expect("a store read under the lookup");
+        assert!(is_child_of(read, lookup));
+    }
+
+    assert!(of_trace(unsampled_trace).is_empty());
+    assert!(spans.len() >= check_spans.len() + write_spans.len());
+    for span in &spans {
+        assert!(!span.name.contains(SUBJECT));
+        for attribute in &span.attributes {
+            let text = format!("{:?}", attribute.value);
+            assert!(
+                !text.contains(SUBJECT) && !text.contains("jane.doe"),
+                "span {} holds the subject id in {}",
+                span.name,
+                attribute.key
+            );
+        }
+    }
+}
+
+/// GET over a fresh HTTP/1.1 connection: (status code, body).
+async fn http_get(address: &str, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
+}
+
+/// Every sample of a Prometheus text exposition, by `name{labels}`.
+fn samples(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+async fn scrape(address: &str) -> HashMap<String, f64> {
+    let (status, body) = http_get(address, "/metrics").await;
+    assert_eq!(status, 200);
+    samples(&body)
+}
+
+fn delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>, series: &str) -> f64 {
+    after.get(series).copied().unwrap_or(0.0) - before.get(series).copied().unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_known_traffic() {
+    let (_data, data_setting) = data_dir();
+    let server = ServerProcess::start(&[data_setting]);
+    let admin = server.admin_address.clone();
+    assert_eq!(http_get(&admin, "/healthz").await.0, 200);
+    assert_eq!(http_get(&admin, "/readyz").await.0, 200);
+    let channel: Channel = server.channel().await;
+    let mut subjects = SubjectsClient::new(channel.clone());
+    let mut decisions = DecisionsClient::new(channel);
+
+    let before = scrape(&admin).await;
+    assert_eq!(
+        before["assent_build_info{version=\"0.1.0\",policy_version=\"2026-01-01\"}"],
+        1.0
+    );
+    subjects
+        .upsert_subject(proto::UpsertSubjectRequest {
+            subject_id: "metrics-user".into(),
+            plan: Some(Plan::Free as i32),
+            actor: actor(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    subjects
+        .set_choice(proto::SetChoiceRequest {
+            subject_id: "metrics-user".into(),
+            purpose: Purpose::ModelTraining as i32,
+            choice: Choice::Refused as i32,
+            actor: actor(),
+        })
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        decisions
+            .check(proto::CheckRequest {
+                subject_id: "metrics-user".into(),
+                purpose: Purpose::ModelTraining as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    for _ in 0..2 {
+        let status = decisions
+            .check(proto::CheckRequest {
+                subject_id: String::new(),
+                purpose: Purpose::ModelTraining as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    }
+    // The decision log writes within 100 ms; wait for its counter rather than guess.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let after = scrape(&admin).await;
+        if delta(&before, &after, "assent_decision_log_written_total") >= 3.0
+            || Instant::now() > deadline
+        {
+            break after;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    let check = "method=\"assent.v1.Decisions/Check\"";
+    assert_eq!(
+        delta(
+            &before,
+            &after,
+            &format!("assent_grpc_requests_total{{{check},code=\"OK\"}}")
+        ),
+        3.0
+    );
+    assert_eq!(
+        delta(
+            &before,
+            &after,
+            &format!("assent_grpc_requests_total{{{check},code=\"INVALID_ARGUMENT\"}}")
+        ),
+        2.0
+    );
+    assert_eq!(
+        delta(
+            &before,
+            &after,
+            &format!("assent_grpc_request_duration_seconds_count{{{check}}}")
+        ),
+        5.0
+    );
+    assert_eq!(
+        delta(
+            &before,
+            &after,
+            "assent_grpc_requests_total{method=\"assent.v1.Subjects/SetChoice\",code=\"OK\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        delta(
+            &before,
+            &after,
+            "assent_decisions_total{purpose=\"MODEL_TRAINING\",decision=\"DENY\",reason=\"CHOICE_REFUSED\"}"
+        ),
+        3.0
+    );
+    let answered: f64 = ["local", "redis", "store"]
+        .iter()
+        .map(|tier| {
+            delta(
+                &before,
+                &after,
+                &format!("assent_cache_answers_total{{tier=\"{tier}\"}}"),
+            )
+        })
+        .sum();
+    assert_eq!(answered, 3.0);
+    assert_eq!(
+        delta(
+            &before,
+            &after,
+            "assent_store_query_duration_seconds_count{operation=\"write\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        delta(&before, &after, "assent_decision_log_written_total"),
+        3.0
+    );
+    assert_eq!(after["assent_decision_log_dropped_total"], 0.0);
+    assert_eq!(after["assent_decision_log_queue_depth"], 0.0);
+
+    server.stop();
+}
