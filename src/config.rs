@@ -12,7 +12,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::audit::decision_log::LogMode;
+use crate::auth::{Scopes, TokenSettings, parse_client_scopes};
 use crate::cache::{CacheSettings, SharedSettings};
+use crate::limits::LimitSettings;
 use crate::store::{DatabaseUrl, StoreLocation};
 use crate::telemetry::{SubjectHashKey, TraceSettings};
 
@@ -54,6 +56,31 @@ pub struct Settings {
     pub traces: Option<TraceSettings>,
     /// The key of the subject hash in telemetry; `None`: a random key per process.
     pub subject_hash_key: Option<SubjectHashKey>,
+    /// TLS on the gRPC port (and client certificates, with a client CA).
+    pub tls: Option<TlsSettings>,
+    /// Bearer token verification; `None`: tokens are not accepted.
+    pub tokens: Option<TokenSettings>,
+    /// The scopes of callers identified by a client certificate.
+    pub client_scopes: HashMap<String, Scopes>,
+    pub limits: LimitSettings,
+}
+
+/// The server's certificate and key, and the CA of client certificates (mutual TLS).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// PEM: the server's certificate chain.
+    pub cert: PathBuf,
+    /// PEM: the server's private key.
+    pub key: PathBuf,
+    /// PEM: the CA that signs client certificates; set, every client must present one.
+    pub client_ca: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Whether callers must prove who they are (a token verifier or client certificates).
+    pub fn authenticates(&self) -> bool {
+        self.tokens.is_some() || self.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some())
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,6 +117,19 @@ pub struct Overrides {
     pub service_name: Option<String>,
     pub trace_sample_ratio: Option<String>,
     pub subject_hash_key: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
+    pub jwt_jwks_file: Option<PathBuf>,
+    pub jwt_hs256_secret: Option<String>,
+    pub jwt_issuer: Option<String>,
+    pub jwt_audience: Option<String>,
+    pub jwt_leeway_seconds: Option<u64>,
+    pub client_scopes: Option<String>,
+    pub max_concurrent_requests: Option<usize>,
+    pub request_timeout_ms: Option<u64>,
+    pub writes_per_second_per_caller: Option<u32>,
+    pub max_message_bytes: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +178,19 @@ impl Overrides {
             service_name: get("OTEL_SERVICE_NAME"),
             trace_sample_ratio: get("OTEL_TRACES_SAMPLER_ARG"),
             subject_hash_key: get("ASSENT_SUBJECT_HASH_KEY"),
+            tls_cert: get("ASSENT_TLS_CERT").map(PathBuf::from),
+            tls_key: get("ASSENT_TLS_KEY").map(PathBuf::from),
+            tls_client_ca: get("ASSENT_TLS_CLIENT_CA").map(PathBuf::from),
+            jwt_jwks_file: get("ASSENT_JWT_JWKS_FILE").map(PathBuf::from),
+            jwt_hs256_secret: get("ASSENT_JWT_HS256_SECRET"),
+            jwt_issuer: get("ASSENT_JWT_ISSUER"),
+            jwt_audience: get("ASSENT_JWT_AUDIENCE"),
+            jwt_leeway_seconds: parse_number(env, "ASSENT_JWT_LEEWAY_SECONDS")?,
+            client_scopes: get("ASSENT_CLIENT_SCOPES"),
+            max_concurrent_requests: parse_number(env, "ASSENT_MAX_CONCURRENT_REQUESTS")?,
+            request_timeout_ms: parse_number(env, "ASSENT_REQUEST_TIMEOUT_MS")?,
+            writes_per_second_per_caller: parse_number(env, "ASSENT_WRITES_PER_SECOND_PER_CALLER")?,
+            max_message_bytes: parse_number(env, "ASSENT_MAX_MESSAGE_BYTES")?,
         })
     }
 
@@ -185,6 +238,23 @@ impl Overrides {
             service_name: later.service_name.or(self.service_name),
             trace_sample_ratio: later.trace_sample_ratio.or(self.trace_sample_ratio),
             subject_hash_key: later.subject_hash_key.or(self.subject_hash_key),
+            tls_cert: later.tls_cert.or(self.tls_cert),
+            tls_key: later.tls_key.or(self.tls_key),
+            tls_client_ca: later.tls_client_ca.or(self.tls_client_ca),
+            jwt_jwks_file: later.jwt_jwks_file.or(self.jwt_jwks_file),
+            jwt_hs256_secret: later.jwt_hs256_secret.or(self.jwt_hs256_secret),
+            jwt_issuer: later.jwt_issuer.or(self.jwt_issuer),
+            jwt_audience: later.jwt_audience.or(self.jwt_audience),
+            jwt_leeway_seconds: later.jwt_leeway_seconds.or(self.jwt_leeway_seconds),
+            client_scopes: later.client_scopes.or(self.client_scopes),
+            max_concurrent_requests: later
+                .max_concurrent_requests
+                .or(self.max_concurrent_requests),
+            request_timeout_ms: later.request_timeout_ms.or(self.request_timeout_ms),
+            writes_per_second_per_caller: later
+                .writes_per_second_per_caller
+                .or(self.writes_per_second_per_caller),
+            max_message_bytes: later.max_message_bytes.or(self.max_message_bytes),
         }
     }
 }
@@ -354,7 +424,91 @@ impl Settings {
             });
         }
         let subject_hash_key = overrides.subject_hash_key.map(SubjectHashKey::new);
+        let tls = match (overrides.tls_cert, overrides.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsSettings {
+                cert,
+                key,
+                client_ca: overrides.tls_client_ca,
+            }),
+            (None, None) if overrides.tls_client_ca.is_some() => {
+                return Err(ConfigError::Invalid {
+                    setting: "tls_client_ca",
+                    message: "client certificates need TLS: set tls_cert and tls_key too".into(),
+                });
+            }
+            (None, None) => None,
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    setting: "tls_cert",
+                    message: "tls_cert and tls_key go together".into(),
+                });
+            }
+        };
+        let tokens = if overrides.jwt_jwks_file.is_some() || overrides.jwt_hs256_secret.is_some() {
+            let required = |value: Option<String>, setting: &'static str| {
+                value.ok_or_else(|| ConfigError::Invalid {
+                    setting,
+                    message: "required to accept bearer tokens".into(),
+                })
+            };
+            Some(TokenSettings {
+                jwks_file: overrides.jwt_jwks_file,
+                hs256_secret: overrides.jwt_hs256_secret,
+                issuer: required(overrides.jwt_issuer, "jwt_issuer")?,
+                audience: required(overrides.jwt_audience, "jwt_audience")?,
+                leeway_seconds: overrides.jwt_leeway_seconds.unwrap_or(30),
+            })
+        } else {
+            None
+        };
+        let client_scopes = match overrides.client_scopes.as_deref() {
+            Some(text) => parse_client_scopes(text).map_err(|message| ConfigError::Invalid {
+                setting: "client_scopes",
+                message,
+            })?,
+            None => HashMap::new(),
+        };
+        let default_limits = LimitSettings::default();
+        let limits = LimitSettings {
+            max_concurrent: overrides
+                .max_concurrent_requests
+                .unwrap_or(default_limits.max_concurrent),
+            deadline: match overrides.request_timeout_ms {
+                Some(0) => None,
+                Some(millis) => Some(Duration::from_millis(millis)),
+                None => default_limits.deadline,
+            },
+            writes_per_second: overrides
+                .writes_per_second_per_caller
+                .unwrap_or(default_limits.writes_per_second),
+            max_message_bytes: overrides
+                .max_message_bytes
+                .unwrap_or(default_limits.max_message_bytes),
+        };
+        if limits.max_message_bytes < 1024 {
+            return Err(ConfigError::Invalid {
+                setting: "max_message_bytes",
+                message: "must be at least 1024".into(),
+            });
+        }
+        let authenticates =
+            tokens.is_some() || tls.as_ref().is_some_and(|tls| tls.client_ca.is_some());
+        let listen: SocketAddr = listen;
+        if !listen.ip().is_loopback() && (tls.is_none() || !authenticates) {
+            return Err(ConfigError::Invalid {
+                setting: "listen",
+                message: format!(
+                    "refusing to serve {listen} without TLS and authentication: set tls_cert and \
+                     tls_key, and jwt_* or tls_client_ca (see docs/security.md), or listen on \
+                     127.0.0.1"
+                ),
+            });
+        }
         Ok(Settings {
+            tls,
+            tokens,
+            client_scopes,
+            limits,
             listen,
             admin_listen,
             traces,

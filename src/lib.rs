@@ -4,12 +4,14 @@
 pub mod admin;
 pub mod api;
 pub mod audit;
+pub mod auth;
 pub mod cache;
 pub mod calendar;
 pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod limits;
 pub mod metrics;
 pub mod policy;
 pub mod proto;

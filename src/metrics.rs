@@ -49,6 +49,11 @@ pub struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TierLabels {
     tier: &'static str,
 }
@@ -68,6 +73,7 @@ pub struct Metrics {
     pub store_query_duration: Family<OperationLabels, Histogram>,
     pub invalidation_lag: Histogram,
     pub chain_verifications: Family<ResultLabels, Counter>,
+    pub limited: Family<LimitLabels, Counter>,
     sources: std::sync::Arc<Sources>,
 }
 
@@ -133,6 +139,12 @@ impl Metrics {
             "Audit chain verifications, by result (ok, broken)",
             chain_verifications.clone(),
         );
+        let limited = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "limited_requests",
+            "Calls refused by a limit, by limit (concurrency, deadline, write_rate)",
+            limited.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -151,6 +163,7 @@ impl Metrics {
             store_query_duration,
             invalidation_lag,
             chain_verifications,
+            limited,
             sources,
         }
     }
@@ -194,6 +207,10 @@ pub fn record_request(method: &'static str, code: &'static str, duration: Durati
         .request_duration
         .get_or_create(&MethodLabels { method })
         .observe(duration.as_secs_f64());
+}
+
+pub fn record_limited(limit: &'static str) {
+    METRICS.limited.get_or_create(&LimitLabels { limit }).inc();
 }
 
 pub fn record_store_query(operation: &'static str, duration: Duration) {

@@ -9,7 +9,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::admin::AdminState;
 use crate::api::AppState;
@@ -17,8 +17,10 @@ use crate::api::audit::AuditService;
 use crate::api::decisions::DecisionsService;
 use crate::api::subjects::SubjectsService;
 use crate::audit::decision_log::DecisionLog;
+use crate::auth::{AuthLayer, Authenticator, TokenVerifier};
 use crate::cache::SubjectCache;
-use crate::config::Settings;
+use crate::config::{Settings, TlsSettings};
+use crate::limits::LimitLayer;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::audit_server::AuditServer;
 use crate::proto::decisions_server::DecisionsServer;
@@ -147,15 +149,49 @@ impl Application {
             drain_started.notify_one();
         };
 
-        let serve = Server::builder()
-            .tcp_nodelay(true)
+        let mut builder = Server::builder().tcp_nodelay(true);
+        if let Some(tls) = &self.settings.tls {
+            builder = builder
+                .tls_config(tls_config(tls)?)
+                .context("cannot set up TLS")?;
+        }
+        let authenticator = Arc::new(authenticator(&self.settings)?);
+        if !authenticator.enabled() {
+            tracing::warn!(
+                "no authentication configured: every caller is trusted; serving on loopback only"
+            );
+        }
+        let limits = LimitLayer::new(self.settings.limits);
+        let forget_idle = {
+            let limits = limits.clone();
+            tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(std::time::Duration::from_secs(60));
+                loop {
+                    ticks.tick().await;
+                    limits.forget_idle_callers();
+                }
+            })
+        };
+        let max_message = self.settings.limits.max_message_bytes;
+        let serve = builder
             .layer(RpcLayer)
+            .layer(limits.clone())
+            .layer(AuthLayer::new(authenticator))
+            .layer(limits.write_rate())
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_v1alpha)
-            .add_service(DecisionsServer::new(DecisionsService::new(state.clone())))
-            .add_service(SubjectsServer::new(SubjectsService::new(state.clone())))
-            .add_service(AuditServer::new(AuditService::new(state)))
+            .add_service(
+                DecisionsServer::new(DecisionsService::new(state.clone()))
+                    .max_decoding_message_size(max_message),
+            )
+            .add_service(
+                SubjectsServer::new(SubjectsService::new(state.clone()))
+                    .max_decoding_message_size(max_message),
+            )
+            .add_service(
+                AuditServer::new(AuditService::new(state)).max_decoding_message_size(max_message),
+            )
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), announce_shutdown);
         match admin_address {
             Some(admin) => tracing::info!(%address, %admin, "assent serving"),
@@ -173,6 +209,7 @@ impl Application {
                 tracing::warn!(?grace, "shutdown grace period over: dropping the calls still open");
             }
         }
+        forget_idle.abort();
         cache_tasks.shutdown().await;
         decision_log_writer.shutdown().await;
         admin_stop.notify_one();
@@ -187,6 +224,34 @@ impl Application {
         tracing::info!("decision log flushed, store closed; bye");
         Ok(())
     }
+}
+
+/// The TLS configuration of the gRPC port, from PEM files.
+fn tls_config(tls: &TlsSettings) -> anyhow::Result<ServerTlsConfig> {
+    let read = |path: &std::path::Path, setting: &str| {
+        std::fs::read(path).with_context(|| format!("{setting}: cannot read {}", path.display()))
+    };
+    let identity = Identity::from_pem(read(&tls.cert, "tls_cert")?, read(&tls.key, "tls_key")?);
+    let mut config = ServerTlsConfig::new().identity(identity);
+    if let Some(client_ca) = &tls.client_ca {
+        config = config.client_ca_root(Certificate::from_pem(read(client_ca, "tls_client_ca")?));
+    }
+    Ok(config)
+}
+
+fn authenticator(settings: &Settings) -> anyhow::Result<Authenticator> {
+    let tokens = match &settings.tokens {
+        Some(tokens) => Some(TokenVerifier::new(tokens).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    Ok(Authenticator {
+        tokens,
+        client_scopes: settings.client_scopes.clone(),
+        certificates: settings
+            .tls
+            .as_ref()
+            .is_some_and(|tls| tls.client_ca.is_some()),
+    })
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).

@@ -64,6 +64,10 @@ impl TestApp {
             admin_listen: Some("127.0.0.1:0".parse().unwrap()),
             traces: None,
             subject_hash_key: None,
+            tls: None,
+            tokens: None,
+            client_scopes: Default::default(),
+            limits: Default::default(),
         };
         adjust(&mut settings);
         let application = Application::build(settings).await.unwrap();

@@ -7,6 +7,7 @@ mod decisions;
 mod durability;
 mod helpers;
 mod lifecycle;
+mod limits;
 #[path = "../support/process.rs"]
 mod process;
 mod scenarios;

@@ -23,6 +23,8 @@ impl ServerProcess {
             .arg("serve")
             .env("ASSENT_LISTEN", "127.0.0.1:0")
             .env("ASSENT_ADMIN_LISTEN", "127.0.0.1:0")
+            // Load generators write as fast as they can, as one caller.
+            .env("ASSENT_WRITES_PER_SECOND_PER_CALLER", "0")
             .env("ASSENT_LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
