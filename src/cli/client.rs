@@ -1,7 +1,10 @@
 //! The client subcommands: one gRPC call each (ListEvents --all follows pages).
 
 use anyhow::{Context, anyhow};
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use super::output;
 use super::{ActorArgs, AuditCommand, CheckArgs, ClientArgs, SubjectCommand};
@@ -13,14 +16,57 @@ use crate::proto::subjects_client::SubjectsClient;
 
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-async fn connect(client: &ClientArgs) -> anyhow::Result<Channel> {
-    let endpoint = Endpoint::from_shared(client.server.clone())
+/// Puts the bearer token, if any, on every call.
+#[derive(Clone)]
+struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for BearerToken {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+type Connection = InterceptedService<Channel, BearerToken>;
+
+async fn connect(client: &ClientArgs) -> anyhow::Result<Connection> {
+    let mut endpoint = Endpoint::from_shared(client.server.clone())
         .with_context(|| format!("invalid server address {:?}", client.server))?
         .connect_timeout(CONNECT_TIMEOUT);
-    endpoint
+    if client.server.starts_with("https://") {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+        };
+        let ca_cert = client
+            .ca_cert
+            .as_deref()
+            .context("--ca-cert: required to verify an https:// server")?;
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca_cert)?));
+        if let (Some(cert), Some(key)) = (&client.client_cert, &client.client_key) {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        endpoint = endpoint.tls_config(tls).context("cannot set up TLS")?;
+    }
+    let token = match &client.token {
+        Some(token) => Some(
+            format!("Bearer {}", token.trim())
+                .parse()
+                .context("--token: not a valid header value")?,
+        ),
+        None => None,
+    };
+    let channel = endpoint
         .connect()
         .await
-        .with_context(|| format!("cannot reach the assent server at {}", client.server))
+        .with_context(|| format!("cannot reach the assent server at {}", client.server))?;
+    Ok(InterceptedService::new(channel, BearerToken(token)))
 }
 
 /// A failed call as one line: "INVALID_ARGUMENT: subject_id: must not be empty".

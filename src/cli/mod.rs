@@ -85,6 +85,17 @@ pub struct ClientArgs {
     /// The server to call.
     #[arg(long, env = "ASSENT_SERVER", default_value = "http://127.0.0.1:50051")]
     pub server: String,
+    /// A bearer token (JWT) to present, for a server that requires one.
+    #[arg(long, env = "ASSENT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM file of the CA that signed the server's certificate (for an https:// server).
+    #[arg(long, env = "ASSENT_CA_CERT")]
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// PEM files of a client certificate and its key, for a server that requires mutual TLS.
+    #[arg(long, env = "ASSENT_CLIENT_CERT", requires = "client_key")]
+    pub client_cert: Option<std::path::PathBuf>,
+    #[arg(long, env = "ASSENT_CLIENT_KEY", requires = "client_cert")]
+    pub client_key: Option<std::path::PathBuf>,
     /// Print JSON (proto3 JSON names) instead of text.
     #[arg(long)]
     pub json: bool,

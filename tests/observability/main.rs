@@ -493,3 +493,65 @@ async fn metrics_count_known_traffic() {
 
     server.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unknown_subjects_barely_reaches_the_store() {
+    const FLOOD: usize = 100_000;
+    let (_data, data_setting) = data_dir();
+    let server = ServerProcess::start(&[data_setting, ("ASSENT_DECISION_LOG", "off".to_owned())]);
+    let admin = server.admin_address.clone();
+    let mut subjects = SubjectsClient::new(server.channel().await);
+    for index in 0..100 {
+        subjects
+            .upsert_subject(proto::UpsertSubjectRequest {
+                subject_id: format!("customer-{index}"),
+                plan: Some(Plan::Pro as i32),
+                actor: actor(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let store_reads = |samples: &HashMap<String, f64>| -> f64 {
+        samples
+            .iter()
+            .filter(|(series, _)| {
+                series.starts_with("assent_store_query_duration_seconds_count")
+                    && !series.contains("changes_since")
+            })
+            .map(|(_, value)| value)
+            .sum()
+    };
+    let before = scrape(&admin).await;
+    let mut decisions = DecisionsClient::new(server.channel().await);
+    let mut answered = 0;
+    for batch in 0..FLOOD / 1_000 {
+        let checks = (0..1_000)
+            .map(|index| proto::CheckRequest {
+                subject_id: format!("stranger-{batch}-{index}"),
+                purpose: Purpose::ModelTraining as i32,
+                ..Default::default()
+            })
+            .collect();
+        let results = decisions
+            .batch_check(proto::BatchCheckRequest { checks })
+            .await
+            .unwrap()
+            .into_inner()
+            .results;
+        for result in results {
+            assert_eq!(result.decision, proto::Decision::Deny as i32);
+            assert_eq!(result.reason, proto::Reason::UnknownSubject as i32);
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, FLOOD);
+    let after = scrape(&admin).await;
+    let reads = store_reads(&after) - store_reads(&before);
+    let filtered = delta(&before, &after, "assent_cache_unknown_filtered_total");
+    eprintln!("{FLOOD} unknown subjects: {filtered} answered by the filter, {reads} store reads");
+    // The filter's false-positive rate is 0.1%: about 100 reads, never one per stranger.
+    assert!(reads <= 1_000.0, "{reads} store reads");
+    assert!(filtered >= (FLOOD - 1_000) as f64, "{filtered}");
+    server.stop();
+}

@@ -536,3 +536,41 @@ fn serving_beyond_loopback_needs_tls_and_authentication() {
     )
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_client_speaks_tls_and_presents_its_token() {
+    let authority = Authority::new("test CA");
+    let server = Server::start(&authority, &token_settings()).await;
+    let directory = tempfile::tempdir().unwrap();
+    let ca = directory.path().join("ca.pem");
+    std::fs::write(&ca, authority.pem()).unwrap();
+    let token = hs256(&claims("operator", "decisions:check"), SECRET);
+    let run = |token: Option<&str>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_assent"));
+        command
+            .args(["check", "--subject", "u1", "--purpose", "model-training"])
+            .env(
+                "ASSENT_SERVER",
+                format!("https://localhost:{}", server.address.port()),
+            )
+            .env("ASSENT_CA_CERT", &ca)
+            .env_remove("ASSENT_TOKEN");
+        if let Some(token) = token {
+            command.env("ASSENT_TOKEN", token);
+        }
+        command.output().unwrap()
+    };
+    let refused = tokio::task::block_in_place(|| run(None));
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("UNAUTHENTICATED"), "{stderr}");
+    let answered = tokio::task::block_in_place(|| run(Some(&token)));
+    let stdout = String::from_utf8_lossy(&answered.stdout);
+    assert!(
+        answered.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&answered.stderr)
+    );
+    assert!(stdout.contains("DENY"), "{stdout}");
+    server.stop().await;
+}
