@@ -91,6 +91,11 @@ impl Server {
         channels
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// User + system CPU time of the server process so far.
     pub fn cpu_time(&self) -> Duration {
         process_cpu(self.child.id()).expect("cannot read the server's /proc entry")

@@ -97,9 +97,7 @@ impl DecisionsService {
         let receipt = if query.require_audit {
             let span = crate::child_span!("audit.decision_log", assent.durable = true);
             let record = record(query, &verdict, context);
-            let receipt = log
-                .record_durable(record)
-                .instrument(span)
+            let receipt = Box::pin(log.record_durable(record).instrument(span))
                 .await
                 .map_err(ApiError::AuditUnavailable)?;
             Some(receipt)
@@ -142,9 +140,7 @@ async fn await_receipts(
 ) -> Result<(), ApiError> {
     for receipt in receipts {
         let span = crate::child_span!("audit.decision_log.commit");
-        receipt
-            .committed()
-            .instrument(span)
+        Box::pin(receipt.committed().instrument(span))
             .await
             .map_err(ApiError::AuditUnavailable)?;
     }

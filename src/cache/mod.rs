@@ -249,11 +249,61 @@ impl SubjectCache {
         conversation_id: Option<&ConversationId>,
         freshness: Freshness,
     ) -> Result<(DecisionState, Tier), StoreError> {
-        let answer = self
-            .decide_state(subject_id, conversation_id, freshness)
-            .await?;
+        // The common case, answered from memory, stays a small future; the paths that wait or
+        // read (and whose futures are large) are boxed, so that moving the request's future
+        // does not copy them.
+        let answer = match self.answer_in_memory(subject_id, conversation_id, freshness) {
+            Some(answer) => answer,
+            None => Box::pin(self.decide_state(subject_id, conversation_id, freshness)).await?,
+        };
         self.inner.counters.count(answer.1);
         Ok(answer)
+    }
+
+    /// The answer when memory has it and the freshness asked for allows it; `None` otherwise.
+    fn answer_in_memory(
+        &self,
+        subject_id: &SubjectId,
+        conversation_id: Option<&ConversationId>,
+        freshness: Freshness,
+    ) -> Option<(DecisionState, Tier)> {
+        let inner = &self.inner;
+        match freshness {
+            Freshness::FullyConsistent => return None,
+            Freshness::AtLeastAsFresh(revision) if inner.watermark.applied() < revision => {
+                return None;
+            }
+            Freshness::AtLeastAsFresh(_) | Freshness::MinimizeLatency => {}
+        }
+        let Some(entry) = inner.local.get(subject_id.as_str()) else {
+            if inner.known.may_contain(subject_id.as_str()) {
+                return None;
+            }
+            // Never created (as of the watermark): no store read for an unknown id.
+            inner
+                .counters
+                .unknown_filtered
+                .fetch_add(1, Ordering::Relaxed);
+            let state = DecisionState {
+                subject: None,
+                conversation: None,
+                revision: inner.watermark.applied(),
+            };
+            return Some((state, Tier::Local));
+        };
+        let conversation = match conversation_id {
+            None => None,
+            Some(conversation_id) => match entry.conversation(conversation_id.as_str()) {
+                ConversationLookup::Known(facts) => facts,
+                ConversationLookup::NotKept => return None,
+            },
+        };
+        let state = DecisionState {
+            subject: entry.subject,
+            conversation,
+            revision: entry.revision,
+        };
+        Some((state, Tier::Local))
     }
 
     /// The state a decision needs, from the fastest tier the freshness allows.
