@@ -154,7 +154,7 @@ fn run_constant_server() {
             .add_service(proto::decisions_server::DecisionsServer::new(Constant(
                 answer,
             )))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .serve_with_incoming(assent::startup::incoming(listener))
             .await
             .unwrap();
     });
@@ -449,7 +449,7 @@ fn run_spicedb_front(library: &str) {
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(SpiceDbFront(Arc::new(spicedb)))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .serve_with_incoming(assent::startup::incoming(listener))
             .await
             .unwrap();
     });

@@ -83,6 +83,9 @@ impl Server {
             channels.push(
                 Channel::from_shared(format!("http://{}", self.address))
                     .unwrap()
+                    // As a gateway would: windows large enough for big batches.
+                    .initial_stream_window_size(assent::startup::HTTP2_STREAM_WINDOW)
+                    .initial_connection_window_size(assent::startup::HTTP2_CONNECTION_WINDOW)
                     .connect()
                     .await
                     .unwrap(),

@@ -4,6 +4,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc rather than the system allocator: the request path allocates small objects at a
+/// high rate, and the cache holds millions of them; mimalloc is faster at the first and wastes
+/// less memory on the second (see docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = assent::cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

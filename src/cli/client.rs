@@ -39,7 +39,9 @@ type Connection = InterceptedService<Channel, BearerToken>;
 async fn connect(client: &ClientArgs) -> anyhow::Result<Connection> {
     let mut endpoint = Endpoint::from_shared(client.server.clone())
         .with_context(|| format!("invalid server address {:?}", client.server))?
-        .connect_timeout(CONNECT_TIMEOUT);
+        .connect_timeout(CONNECT_TIMEOUT)
+        .initial_stream_window_size(crate::startup::HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(crate::startup::HTTP2_CONNECTION_WINDOW);
     if client.server.starts_with("https://") {
         let read = |path: &std::path::Path| {
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
