@@ -29,6 +29,113 @@ mod rows {
         sqlx::postgres::PgRow,
         head_query = "SELECT sequence, hash FROM audit_chain_head WHERE chain_id = 0 FOR UPDATE"
     );
+
+    /// What `snapshot_in` reads, in one statement: one round trip instead of five (a
+    /// transaction and three queries), and one statement sees one snapshot, so the parts agree
+    /// as they do in a REPEATABLE READ transaction. The conversation columns are aggregated in
+    /// one order (revision, then id), so their arrays line up.
+    const SNAPSHOT_QUERY: &str = "
+        SELECT s.plan, s.status, s.gpc, s.zero_data_retention, s.revision,
+               c.purposes, c.choices,
+               f.ids, f.feedback, f.moderation, f.reports, f.kept,
+               (SELECT sequence FROM audit_chain_head WHERE chain_id = 0) AS head
+        FROM (SELECT $1::TEXT AS id) AS q
+        LEFT JOIN subjects AS s ON s.subject_id = q.id
+        LEFT JOIN LATERAL (
+            SELECT array_agg(purpose) AS purposes, array_agg(choice) AS choices
+            FROM choices WHERE subject_id = q.id
+        ) AS c ON TRUE
+        LEFT JOIN LATERAL (
+            SELECT array_agg(conversation_id ORDER BY revision DESC, conversation_id) AS ids,
+                   array_agg(feedback ORDER BY revision DESC, conversation_id) AS feedback,
+                   array_agg(automated_moderation ORDER BY revision DESC, conversation_id)
+                       AS moderation,
+                   array_agg(user_report ORDER BY revision DESC, conversation_id) AS reports,
+                   COUNT(*) AS kept
+            FROM (SELECT * FROM conversation_facts WHERE subject_id = q.id
+                  ORDER BY revision DESC, conversation_id LIMIT $2) AS recent
+        ) AS f ON TRUE";
+
+    pub(super) async fn snapshot_in_one_statement(
+        connection: &mut sqlx::PgConnection,
+        subject_id: &SubjectId,
+        max_conversations: usize,
+    ) -> Result<SubjectSnapshot, StoreError> {
+        let limit = i64::try_from(max_conversations)
+            .unwrap_or(i64::MAX)
+            .saturating_add(1);
+        let row = sqlx::query(SNAPSHOT_QUERY)
+            .bind(subject_id.as_str())
+            .bind(limit)
+            .fetch_one(&mut *connection)
+            .await?;
+        let status: Option<String> = row.try_get("status")?;
+        let Some(status) = status else {
+            return Ok(SubjectSnapshot {
+                subject: None,
+                revision: Revision::new(from_i64(row.try_get("head")?)),
+                conversations: Vec::new(),
+                complete: true,
+            });
+        };
+        let plan: Option<String> = row.try_get("plan")?;
+        let mut state = SubjectState {
+            plan: plan
+                .as_deref()
+                .map(|name| parse("plan", name, Plan::from_name))
+                .transpose()?,
+            status: parse("status", &status, Status::from_name)?,
+            gpc: row.try_get("gpc")?,
+            zero_data_retention: row.try_get("zero_data_retention")?,
+            ..SubjectState::new()
+        };
+        let purposes: Option<Vec<String>> = row.try_get("purposes")?;
+        let choices: Option<Vec<String>> = row.try_get("choices")?;
+        for (purpose, choice) in purposes
+            .unwrap_or_default()
+            .iter()
+            .zip(choices.unwrap_or_default().iter())
+        {
+            state.choices.set(
+                parse("purpose", purpose, Purpose::from_name)?,
+                Some(parse("choice", choice, Choice::from_name)?),
+            );
+        }
+        let ids: Vec<String> = row.try_get::<Option<_>, _>("ids")?.unwrap_or_default();
+        let feedback: Vec<Option<String>> =
+            row.try_get::<Option<_>, _>("feedback")?.unwrap_or_default();
+        let moderation: Vec<bool> = row
+            .try_get::<Option<_>, _>("moderation")?
+            .unwrap_or_default();
+        let reports: Vec<bool> = row.try_get::<Option<_>, _>("reports")?.unwrap_or_default();
+        let kept: i64 = row.try_get("kept")?;
+        if [feedback.len(), moderation.len(), reports.len()] != [ids.len(); 3]
+            || usize::try_from(kept).ok() != Some(ids.len())
+        {
+            return Err(StoreError::Corrupt(
+                "conversation facts do not line up".into(),
+            ));
+        }
+        let complete = ids.len() <= max_conversations;
+        let mut conversations = Vec::with_capacity(ids.len().min(max_conversations));
+        for (index, id) in ids.into_iter().enumerate().take(max_conversations) {
+            let facts = ConversationFacts {
+                feedback: feedback[index]
+                    .as_deref()
+                    .map(|name| parse("feedback", name, Rating::from_name))
+                    .transpose()?,
+                automated_moderation: moderation[index],
+                user_report: reports[index],
+            };
+            conversations.push((id, facts));
+        }
+        Ok(SubjectSnapshot {
+            subject: Some(state),
+            revision: Revision::new(from_i64(row.try_get("revision")?)),
+            conversations,
+            complete,
+        })
+    }
 }
 
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -166,10 +273,8 @@ impl PostgresStore {
         subject_id: &SubjectId,
         max_conversations: usize,
     ) -> Result<SubjectSnapshot, StoreError> {
-        let mut tx = self.pool.begin_with(READ_SNAPSHOT).await?;
-        let snapshot = rows::snapshot_in(&mut tx, subject_id, max_conversations).await?;
-        tx.commit().await?;
-        Ok(snapshot)
+        let mut connection = self.pool.acquire().await?;
+        rows::snapshot_in_one_statement(&mut connection, subject_id, max_conversations).await
     }
 
     pub async fn changes_since(

@@ -118,6 +118,8 @@ macro_rules! sql_rows {
         /// Everything the cache keeps of a subject, in one read transaction: its state and up to
         /// `max_conversations` conversation facts (the most recent first), or the store's
         /// latest revision for a subject never seen.
+        // PostgreSQL reads the same in one statement instead (`postgres.rs`).
+        #[allow(dead_code)]
         pub(super) async fn snapshot_in(
             connection: &mut $connection,
             subject_id: &SubjectId,

@@ -20,6 +20,7 @@ super::testing::backend_tests!(
     state_survives_reopening,
     a_newer_schema_is_refused,
     old_decisions_are_pruned,
+    snapshots_hold_the_latest_conversations,
 );
 
 fn subject(id: &str) -> SubjectId {
@@ -467,5 +468,75 @@ async fn old_decisions_are_pruned(backend: Backend) {
     // Writing to a day whose partition was dropped creates it again.
     store.insert_decisions(&records[..1], false).await.unwrap();
     assert_eq!(store.count_decisions().await.unwrap(), 3);
+    store.close().await;
+}
+
+async fn snapshots_hold_the_latest_conversations(backend: Backend) {
+    let database = TestDatabase::create(backend).await;
+    let store = open(&database).await;
+    store
+        .write(&request("u-1", upsert(Plan::Free)))
+        .await
+        .unwrap();
+    for (purpose, value) in [
+        (Purpose::ModelTraining, Choice::Refused),
+        (Purpose::Memory, Choice::Granted),
+    ] {
+        store
+            .write(&request("u-1", choice(purpose, Some(value))))
+            .await
+            .unwrap();
+    }
+    for index in 1..=4 {
+        let feedback = Command::RecordFeedback {
+            conversation_id: conversation(&format!("c-{index}")),
+            rating: if index % 2 == 0 {
+                Rating::ThumbsUp
+            } else {
+                Rating::ThumbsDown
+            },
+        };
+        store.write(&request("u-1", feedback)).await.unwrap();
+    }
+    let flag = Command::FlagConversation {
+        conversation_id: conversation("c-1"),
+        kind: FlagKind::AutomatedModeration,
+    };
+    let last = store.write(&request("u-1", flag)).await.unwrap();
+
+    // c-1 changed last, then c-4, c-3, c-2.
+    let bounded = store.snapshot(&subject("u-1"), 2).await.unwrap();
+    assert_eq!(bounded.revision, last.revision);
+    assert!(!bounded.complete);
+    let kept: Vec<&str> = bounded
+        .conversations
+        .iter()
+        .map(|(id, _)| id.as_str())
+        .collect();
+    assert_eq!(kept, ["c-1", "c-4"]);
+    let full = store.snapshot(&subject("u-1"), 10).await.unwrap();
+    assert!(full.complete);
+    assert_eq!(full.conversations.len(), 4);
+    for (id, facts) in &full.conversations {
+        let state = store
+            .decision_state(&subject("u-1"), Some(&conversation(id)))
+            .await
+            .unwrap();
+        assert_eq!(Some(*facts), state.conversation, "{id}");
+        assert_eq!(full.subject, state.subject);
+    }
+    let state = full.subject.unwrap();
+    assert_eq!(state.plan, Some(Plan::Free));
+    assert_eq!(
+        state.choices.get(Purpose::ModelTraining),
+        Some(Choice::Refused)
+    );
+    assert_eq!(state.choices.get(Purpose::Memory), Some(Choice::Granted));
+    assert_eq!(state.status, Status::Active);
+
+    let unknown = store.snapshot(&subject("nobody"), 2).await.unwrap();
+    assert_eq!(unknown.subject, None);
+    assert!(unknown.complete && unknown.conversations.is_empty());
+    assert_eq!(unknown.revision, last.revision);
     store.close().await;
 }
