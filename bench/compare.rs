@@ -658,22 +658,13 @@ async fn assent_target(
     });
     let address = address.recv_timeout(Duration::from_secs(60)).unwrap();
     let channel = connect(&address).await;
-    let mut subjects = proto::subjects_client::SubjectsClient::new(channel);
-    for index in 0..1_000 {
-        let plan = [Plan::Free, Plan::Pro, Plan::Student][index % 3];
-        subjects
-            .upsert_subject(proto::UpsertSubjectRequest {
-                subject_id: format!("user-{index}"),
-                plan: Some(plan as i32),
-                actor: Some(proto::Actor {
-                    operator_id: "bench".into(),
-                    reason: String::new(),
-                }),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-    }
+    support::seed_subjects(
+        channel,
+        "user",
+        1_000,
+        &[Plan::Free, Plan::Pro, Plan::Student],
+    )
+    .await;
     Target {
         name,
         child,

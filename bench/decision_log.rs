@@ -19,11 +19,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use assent::proto::decisions_client::DecisionsClient;
-use assent::proto::subjects_client::SubjectsClient;
 use assent::proto::{self, Plan, Purpose};
 use assent::store::testing::{Backend, TestDatabase};
 use sqlx::Connection;
-use support::{Server, ensure_services, env_number, median, postgres_cpu};
+use support::{Server, ensure_services, env_number, median, postgres_cpu, seed_subjects};
 use tonic::transport::Channel;
 
 const SUBJECTS: usize = 1_000;
@@ -59,22 +58,13 @@ async fn round(mode: &'static str, seconds: u64, concurrency: usize) -> Round {
         .connect()
         .await
         .unwrap();
-    let mut subjects = SubjectsClient::new(channel.clone());
-    for index in 0..SUBJECTS {
-        let plan = [Plan::Free, Plan::Pro, Plan::Team][index % 3];
-        subjects
-            .upsert_subject(proto::UpsertSubjectRequest {
-                subject_id: format!("bench-{index}"),
-                plan: Some(plan as i32),
-                actor: Some(proto::Actor {
-                    operator_id: "bench".into(),
-                    reason: String::new(),
-                }),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-    }
+    seed_subjects(
+        channel.clone(),
+        "bench",
+        SUBJECTS,
+        &[Plan::Free, Plan::Pro, Plan::Team],
+    )
+    .await;
     // Four HTTP/2 connections, as a gateway pool would hold.
     let mut channels = vec![channel];
     for _ in 1..4 {

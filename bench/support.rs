@@ -136,6 +136,25 @@ pub fn postgres_cpu() -> Duration {
         .sum()
 }
 
+/// Creates subjects `PREFIX-0` … over gRPC, their plans taken in turn from `plans`.
+pub async fn seed_subjects(channel: Channel, prefix: &str, count: usize, plans: &[proto::Plan]) {
+    let mut subjects = proto::subjects_client::SubjectsClient::new(channel);
+    for index in 0..count {
+        subjects
+            .upsert_subject(proto::UpsertSubjectRequest {
+                subject_id: format!("{prefix}-{index}"),
+                plan: Some(plans[index % plans.len()] as i32),
+                actor: Some(proto::Actor {
+                    operator_id: "bench".into(),
+                    reason: String::new(),
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+}
+
 pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     let middle = values.len() / 2;

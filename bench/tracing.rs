@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use assent::proto::subjects_client::SubjectsClient;
 use assent::proto::{self, Plan, Purpose};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -27,7 +26,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use support::{Server, check_load, env_number, median};
+use support::{Server, check_load, env_number, median, seed_subjects};
 use tokio_stream::wrappers::TcpListenerStream;
 
 const SUBJECTS: usize = 1_000;
@@ -86,22 +85,13 @@ async fn run(mode: usize, endpoint: &str, receiver: &Receiver, seconds: u64) -> 
     }
     let server = Server::start(&settings);
     let channels = server.channels(4).await;
-    let mut subjects = SubjectsClient::new(channels[0].clone());
-    for index in 0..SUBJECTS {
-        let plan = [Plan::Free, Plan::Pro, Plan::Team][index % 3];
-        subjects
-            .upsert_subject(proto::UpsertSubjectRequest {
-                subject_id: format!("bench-{index}"),
-                plan: Some(plan as i32),
-                actor: Some(proto::Actor {
-                    operator_id: "bench".into(),
-                    reason: String::new(),
-                }),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-    }
+    seed_subjects(
+        channels[0].clone(),
+        "bench",
+        SUBJECTS,
+        &[Plan::Free, Plan::Pro, Plan::Team],
+    )
+    .await;
     let spans_before = receiver.spans.load(Ordering::Relaxed);
     let load = check_load(
         &server,
