@@ -20,8 +20,12 @@ pub struct CachedSubject {
     pub subject: Option<SubjectState>,
     /// The subject's revision; for a negative entry, the store's revision when it was read.
     pub revision: Revision,
-    /// Sorted by conversation id.
-    conversations: Box<[(Box<str>, ConversationFacts)]>,
+    /// The kept conversation ids, sorted and concatenated: one allocation rather than one per
+    /// id (memory per cached subject is a goal, docs/benchmarks.md).
+    conversation_ids: Box<str>,
+    /// For each kept conversation, in id order: where its id ends in `conversation_ids`, and
+    /// its facts.
+    conversations: Box<[(u32, ConversationFacts)]>,
     /// Whether `conversations` holds every conversation fact of the subject.
     complete: bool,
 }
@@ -36,23 +40,40 @@ pub enum ConversationLookup {
 
 impl CachedSubject {
     pub fn from_snapshot(snapshot: SubjectSnapshot) -> CachedSubject {
-        let mut conversations: Vec<(Box<str>, ConversationFacts)> = snapshot
-            .conversations
-            .into_iter()
-            .map(|(id, facts)| (id.into_boxed_str(), facts))
-            .collect();
+        let mut conversations = snapshot.conversations;
         conversations.sort_by(|left, right| left.0.cmp(&right.0));
+        let mut ids = String::with_capacity(conversations.iter().map(|(id, _)| id.len()).sum());
+        let mut index = Vec::with_capacity(conversations.len());
+        for (id, facts) in conversations {
+            ids.push_str(&id);
+            index.push((u32::try_from(ids.len()).unwrap_or(u32::MAX), facts));
+        }
         CachedSubject {
             subject: snapshot.subject,
             revision: snapshot.revision,
-            conversations: conversations.into_boxed_slice(),
+            conversation_ids: ids.into_boxed_str(),
+            conversations: index.into_boxed_slice(),
             complete: snapshot.complete,
         }
     }
 
-    /// The conversation facts kept, sorted by conversation id.
-    pub fn conversations(&self) -> &[(Box<str>, ConversationFacts)] {
-        &self.conversations
+    fn conversation_id(&self, position: usize) -> &str {
+        let start = match position {
+            0 => 0,
+            _ => self.conversations[position - 1].0 as usize,
+        };
+        let end = self.conversations[position].0 as usize;
+        &self.conversation_ids[start..end]
+    }
+
+    /// The conversation facts kept, in conversation id order.
+    pub fn conversations(&self) -> impl Iterator<Item = (&str, ConversationFacts)> {
+        (0..self.conversations.len()).map(|position| {
+            (
+                self.conversation_id(position),
+                self.conversations[position].1,
+            )
+        })
     }
 
     /// Whether the entry keeps every conversation fact of the subject.
@@ -61,15 +82,31 @@ impl CachedSubject {
     }
 
     pub fn conversation(&self, conversation_id: &str) -> ConversationLookup {
-        match self
-            .conversations
-            .binary_search_by(|(id, _)| id.as_ref().cmp(conversation_id))
-        {
-            Ok(index) => ConversationLookup::Known(Some(self.conversations[index].1)),
-            Err(_) if self.complete => ConversationLookup::Known(None),
-            Err(_) => ConversationLookup::NotKept,
+        let (mut low, mut high) = (0, self.conversations.len());
+        while low < high {
+            let middle = (low + high) / 2;
+            match self.conversation_id(middle).cmp(conversation_id) {
+                std::cmp::Ordering::Less => low = middle + 1,
+                std::cmp::Ordering::Greater => high = middle,
+                std::cmp::Ordering::Equal => {
+                    return ConversationLookup::Known(Some(self.conversations[middle].1));
+                }
+            }
+        }
+        if self.complete {
+            ConversationLookup::Known(None)
+        } else {
+            ConversationLookup::NotKept
         }
     }
+}
+
+/// An entry with the time it was cached, in seconds since the cache started: the time to live
+/// is checked on reading, which costs the cache no expiry queue per entry.
+#[derive(Clone, Debug)]
+struct Stamped {
+    cached_at: u32,
+    entry: Arc<CachedSubject>,
 }
 
 const STRIPES: usize = 64;
@@ -77,7 +114,9 @@ const STRIPES: usize = 64;
 /// The subjects cache, the overflow conversations, and the recent invalidations that keep a
 /// slow read from putting back a state older than a change already announced.
 pub struct LocalCache {
-    subjects: moka::sync::Cache<String, Arc<CachedSubject>>,
+    subjects: moka::sync::Cache<String, Stamped>,
+    started: std::time::Instant,
+    time_to_live: Duration,
     overflow: moka::sync::Cache<(String, String), (Revision, Option<ConversationFacts>)>,
     /// Subject → the latest revision announced for it, kept long enough to outlive any read.
     invalidated: moka::sync::Cache<String, Revision>,
@@ -99,8 +138,9 @@ impl LocalCache {
         LocalCache {
             subjects: moka::sync::Cache::builder()
                 .max_capacity(max_subjects)
-                .time_to_live(time_to_live)
                 .build(),
+            started: std::time::Instant::now(),
+            time_to_live,
             overflow: moka::sync::Cache::builder()
                 .max_capacity(max_subjects.clamp(1_024, 1 << 20))
                 .time_to_live(time_to_live)
@@ -122,8 +162,18 @@ impl LocalCache {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn now(&self) -> u32 {
+        u32::try_from(self.started.elapsed().as_secs()).unwrap_or(u32::MAX)
+    }
+
     pub fn get(&self, subject_id: &str) -> Option<Arc<CachedSubject>> {
-        self.subjects.get(subject_id)
+        let stamped = self.subjects.get(subject_id)?;
+        let age = u64::from(self.now().saturating_sub(stamped.cached_at));
+        if age >= self.time_to_live.as_secs() {
+            self.subjects.invalidate(subject_id);
+            return None;
+        }
+        Some(stamped.entry)
     }
 
     /// Caches an entry read from a slower tier, unless a later change of the subject was
@@ -137,7 +187,9 @@ impl LocalCache {
         {
             return false;
         }
-        self.subjects.insert(subject_id.to_owned(), entry);
+        let cached_at = self.now();
+        self.subjects
+            .insert(subject_id.to_owned(), Stamped { cached_at, entry });
         true
     }
 
@@ -240,6 +292,24 @@ mod tests {
         let fresh = Arc::new(CachedSubject::from_snapshot(snapshot(7, &[], true)));
         assert!(cache.insert("u-1", fresh));
         assert_eq!(cache.get("u-1").unwrap().revision, Revision::new(7));
+    }
+
+    #[test]
+    fn entries_expire_after_their_time_to_live() {
+        let cache = LocalCache::new(100, Duration::ZERO);
+        let entry = Arc::new(CachedSubject::from_snapshot(snapshot(3, &[], true)));
+        assert!(cache.insert("u-1", entry));
+        assert!(cache.get("u-1").is_none());
+        let cache = LocalCache::new(100, Duration::from_secs(60));
+        let entry = Arc::new(CachedSubject::from_snapshot(snapshot(
+            3,
+            &["c-2", "c-10"],
+            true,
+        )));
+        assert!(cache.insert("u-1", entry));
+        let kept = cache.get("u-1").unwrap();
+        let ids: Vec<&str> = kept.conversations().map(|(id, _)| id).collect();
+        assert_eq!(ids, ["c-10", "c-2"]);
     }
 
     #[test]

@@ -290,7 +290,6 @@ fn encode(entry: &CachedSubject) -> String {
         }),
         conversations: entry
             .conversations()
-            .iter()
             .map(|(id, facts)| {
                 (
                     id.to_string(),
