@@ -539,8 +539,7 @@ where
                 if let Some(identity) = identity {
                     request.extensions_mut().insert(Caller(identity.name));
                 }
-                let clone = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, clone);
+                let mut inner = crate::limits::take_ready(&mut self.inner);
                 Box::pin(inner.call(request))
             }
             Err(status) => {

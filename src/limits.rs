@@ -58,6 +58,13 @@ enum Stage {
     WriteRate,
 }
 
+/// The service that was made ready, for this call; a fresh clone stays for the next one (the
+/// tower idiom for a `Clone` service whose `call` moves into a future).
+pub fn take_ready<S: Clone>(inner: &mut S) -> S {
+    let clone = inner.clone();
+    std::mem::replace(inner, clone)
+}
+
 /// A call's future, as the layers return it.
 pub type BoxedCall<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send>>;
 
@@ -240,8 +247,7 @@ where
             (Some(ours), Some(theirs)) => Some(ours.min(theirs)),
             (ours, theirs) => ours.or(theirs),
         };
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = take_ready(&mut self.inner);
         let future = inner.call(request);
         Box::pin(async move {
             let _permit = permit;
@@ -294,8 +300,7 @@ impl<S> LimitService<S> {
                 return refuse("write_rate", request, status);
             }
         }
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = take_ready(&mut self.inner);
         Box::pin(inner.call(request))
     }
 }

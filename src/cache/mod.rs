@@ -279,17 +279,7 @@ impl SubjectCache {
             if inner.known.may_contain(subject_id.as_str()) {
                 return None;
             }
-            // Never created (as of the watermark): no store read for an unknown id.
-            inner
-                .counters
-                .unknown_filtered
-                .fetch_add(1, Ordering::Relaxed);
-            let state = DecisionState {
-                subject: None,
-                conversation: None,
-                revision: inner.watermark.applied(),
-            };
-            return Some((state, Tier::Local));
+            return Some(self.never_created());
         };
         let conversation = match conversation_id {
             None => None,
@@ -342,17 +332,7 @@ impl SubjectCache {
         let (entry, tier) = match inner.local.get(subject_id.as_str()) {
             Some(entry) => (entry, Tier::Local),
             None if !inner.known.may_contain(subject_id.as_str()) => {
-                // Never created (as of the watermark): no store read for an unknown id.
-                inner
-                    .counters
-                    .unknown_filtered
-                    .fetch_add(1, Ordering::Relaxed);
-                let state = DecisionState {
-                    subject: None,
-                    conversation: None,
-                    revision: inner.watermark.applied(),
-                };
-                return Ok((state, Tier::Local));
+                return Ok(self.never_created());
             }
             None => self.load(subject_id).await?,
         };
@@ -373,6 +353,21 @@ impl SubjectCache {
             },
             tier,
         ))
+    }
+
+    /// The answer for a subject never created (as of the watermark), with no store read.
+    fn never_created(&self) -> (DecisionState, Tier) {
+        let inner = &self.inner;
+        inner
+            .counters
+            .unknown_filtered
+            .fetch_add(1, Ordering::Relaxed);
+        let state = DecisionState {
+            subject: None,
+            conversation: None,
+            revision: inner.watermark.applied(),
+        };
+        (state, Tier::Local)
     }
 
     /// A subject not in memory: from Redis if it has it, else from the store (and then shared).

@@ -323,9 +323,7 @@ where
         let started = Instant::now();
         let method = method_of(request.uri().path());
         let (call, span) = start_call(request.headers(), method);
-        // The clone that was made ready serves this call; the fresh one waits for the next.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = crate::limits::take_ready(&mut self.inner);
         Box::pin(async move {
             let future = {
                 let _entered = span.enter();
