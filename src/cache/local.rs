@@ -5,7 +5,7 @@
 //! A subject with more is cached as incomplete: a conversation not among those kept is looked up
 //! in the store once and remembered in a second, bounded cache, tied to the subject's revision.
 
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -101,25 +101,56 @@ impl CachedSubject {
     }
 }
 
-/// An entry with the time it was cached, in seconds since the cache started: the time to live
+/// A value with the time it was cached, in seconds since the cache started: the time to live
 /// is checked on reading, which costs the cache no expiry queue per entry.
 #[derive(Clone, Debug)]
-struct Stamped {
+struct Stamped<V> {
     cached_at: u32,
-    entry: Arc<CachedSubject>,
+    value: V,
 }
+
+/// A bounded map (quick_cache's CLOCK-PRO: a small slot per entry, reads under a shard's read
+/// lock), keys hashed with a per-process random seed.
+type Bounded<K, V> = quick_cache::sync::Cache<
+    K,
+    Stamped<V>,
+    quick_cache::UnitWeighter,
+    foldhash::quality::RandomState,
+>;
+
+fn bounded<K, V>(capacity: u64) -> Bounded<K, V>
+where
+    K: Eq + Hash,
+    V: Clone,
+{
+    let capacity = capacity.max(1);
+    let options = quick_cache::OptionsBuilder::new()
+        .estimated_items_capacity(usize::try_from(capacity).unwrap_or(usize::MAX))
+        .weight_capacity(capacity)
+        .build()
+        .expect("cache options are valid");
+    quick_cache::sync::Cache::with_options(
+        options,
+        quick_cache::UnitWeighter,
+        foldhash::quality::RandomState::default(),
+        quick_cache::sync::DefaultLifecycle::default(),
+    )
+}
+
+/// How long an announced change is remembered: longer than any read takes.
+const INVALIDATION_MEMORY: Duration = Duration::from_secs(120);
 
 const STRIPES: usize = 64;
 
 /// The subjects cache, the overflow conversations, and the recent invalidations that keep a
 /// slow read from putting back a state older than a change already announced.
 pub struct LocalCache {
-    subjects: moka::sync::Cache<String, Stamped>,
+    subjects: Bounded<Box<str>, Arc<CachedSubject>>,
     started: std::time::Instant,
     time_to_live: Duration,
-    overflow: moka::sync::Cache<(String, String), (Revision, Option<ConversationFacts>)>,
+    overflow: Bounded<(String, String), (Revision, Option<ConversationFacts>)>,
     /// Subject → the latest revision announced for it, kept long enough to outlive any read.
-    invalidated: moka::sync::Cache<String, Revision>,
+    invalidated: Bounded<Box<str>, Revision>,
     /// Makes "check the invalidations, then insert" atomic against "record, then invalidate".
     stripes: Box<[Mutex<()>]>,
 }
@@ -128,7 +159,7 @@ impl std::fmt::Debug for LocalCache {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
             .debug_struct("LocalCache")
-            .field("subjects", &self.subjects.entry_count())
+            .field("subjects", &self.subjects.len())
             .finish()
     }
 }
@@ -136,27 +167,17 @@ impl std::fmt::Debug for LocalCache {
 impl LocalCache {
     pub fn new(max_subjects: u64, time_to_live: Duration) -> LocalCache {
         LocalCache {
-            subjects: moka::sync::Cache::builder()
-                .max_capacity(max_subjects)
-                .build(),
+            subjects: bounded(max_subjects),
             started: std::time::Instant::now(),
             time_to_live,
-            overflow: moka::sync::Cache::builder()
-                .max_capacity(max_subjects.clamp(1_024, 1 << 20))
-                .time_to_live(time_to_live)
-                .build(),
-            invalidated: moka::sync::Cache::builder()
-                .max_capacity(1 << 20)
-                .time_to_live(Duration::from_secs(120))
-                .build(),
+            overflow: bounded(max_subjects.clamp(1_024, 1 << 20)),
+            invalidated: bounded(1 << 20),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
         }
     }
 
     fn stripe(&self, subject_id: &str) -> std::sync::MutexGuard<'_, ()> {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        subject_id.hash(&mut hasher);
-        let index = (hasher.finish() as usize) % STRIPES;
+        let index = (foldhash::fast::FixedState::default().hash_one(subject_id) as usize) % STRIPES;
         self.stripes[index]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -166,14 +187,27 @@ impl LocalCache {
         u32::try_from(self.started.elapsed().as_secs()).unwrap_or(u32::MAX)
     }
 
-    pub fn get(&self, subject_id: &str) -> Option<Arc<CachedSubject>> {
-        let stamped = self.subjects.get(subject_id)?;
-        let age = u64::from(self.now().saturating_sub(stamped.cached_at));
-        if age >= self.time_to_live.as_secs() {
-            self.subjects.invalidate(subject_id);
-            return None;
+    fn stamp<V>(&self, value: V) -> Stamped<V> {
+        Stamped {
+            cached_at: self.now(),
+            value,
         }
-        Some(stamped.entry)
+    }
+
+    /// The value, unless it is older than `time_to_live`.
+    fn fresh<V>(&self, stamped: Option<Stamped<V>>, time_to_live: Duration) -> Option<V> {
+        let stamped = stamped?;
+        let age = u64::from(self.now().saturating_sub(stamped.cached_at));
+        (age < time_to_live.as_secs()).then_some(stamped.value)
+    }
+
+    pub fn get(&self, subject_id: &str) -> Option<Arc<CachedSubject>> {
+        let found = self.subjects.get(subject_id)?;
+        let fresh = self.fresh(Some(found), self.time_to_live);
+        if fresh.is_none() {
+            self.subjects.remove(subject_id);
+        }
+        fresh
     }
 
     /// Caches an entry read from a slower tier, unless a later change of the subject was
@@ -181,15 +215,12 @@ impl LocalCache {
     pub fn insert(&self, subject_id: &str, entry: Arc<CachedSubject>) -> bool {
         let _guard = self.stripe(subject_id);
         if self
-            .invalidated
-            .get(subject_id)
+            .fresh(self.invalidated.get(subject_id), INVALIDATION_MEMORY)
             .is_some_and(|announced| announced > entry.revision)
         {
             return false;
         }
-        let cached_at = self.now();
-        self.subjects
-            .insert(subject_id.to_owned(), Stamped { cached_at, entry });
+        self.subjects.insert(subject_id.into(), self.stamp(entry));
         true
     }
 
@@ -197,11 +228,11 @@ impl LocalCache {
     pub fn invalidate(&self, subject_id: &str, revision: Revision) {
         let _guard = self.stripe(subject_id);
         let latest = self
-            .invalidated
-            .get(subject_id)
+            .fresh(self.invalidated.get(subject_id), INVALIDATION_MEMORY)
             .map_or(revision, |announced| announced.max(revision));
-        self.invalidated.insert(subject_id.to_owned(), latest);
-        self.subjects.invalidate(subject_id);
+        self.invalidated
+            .insert(subject_id.into(), self.stamp(latest));
+        self.subjects.remove(subject_id);
     }
 
     /// The facts of a conversation not kept in its subject's entry, if looked up at the entry's
@@ -213,8 +244,7 @@ impl LocalCache {
         revision: Revision,
     ) -> Option<Option<ConversationFacts>> {
         let key = (subject_id.to_owned(), conversation_id.to_owned());
-        self.overflow
-            .get(&key)
+        self.fresh(self.overflow.get(&key), self.time_to_live)
             .filter(|(at, _)| *at == revision)
             .map(|(_, facts)| facts)
     }
@@ -227,13 +257,12 @@ impl LocalCache {
         facts: Option<ConversationFacts>,
     ) {
         let key = (subject_id.to_owned(), conversation_id.to_owned());
-        self.overflow.insert(key, (revision, facts));
+        self.overflow.insert(key, self.stamp((revision, facts)));
     }
 
-    /// How many subjects are cached (after the cache's pending housekeeping).
+    /// How many subjects are cached.
     pub fn entry_count(&self) -> u64 {
-        self.subjects.run_pending_tasks();
-        self.subjects.entry_count()
+        self.subjects.len() as u64
     }
 }
 
