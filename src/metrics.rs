@@ -5,7 +5,7 @@
 //! observation); what other parts already count — the cache's tiers, the decision log's queue —
 //! is read from them at scrape time by a collector, so the request path pays nothing more.
 
-use std::sync::{LazyLock, Mutex};
+use std::sync::{LazyLock, Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -18,7 +18,7 @@ use prometheus_client::registry::Registry;
 
 use crate::audit::decision_log::DecisionLog;
 use crate::cache::SubjectCache;
-use crate::policy::{Decision, Purpose, Reason};
+use crate::policy::{Purpose, Rule};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -187,13 +187,27 @@ impl Metrics {
     }
 }
 
-pub fn record_decision(purpose: Purpose, decision: Decision, reason: Reason) {
-    METRICS
-        .decisions
-        .get_or_create(&DecisionLabels {
-            purpose: purpose.as_str(),
-            decision: decision.as_str(),
-            reason: reason.as_str(),
+/// The decisions counter of each (purpose, rule), looked up in the family once: a BatchCheck
+/// counts a thousand decisions, and the family's lookup hashes its labels under a lock.
+static DECISION_COUNTERS: LazyLock<Box<[OnceLock<Counter>]>> = LazyLock::new(|| {
+    (0..Purpose::ALL.len() * Rule::ALL.len())
+        .map(|_| OnceLock::new())
+        .collect()
+});
+
+pub fn record_decision(purpose: Purpose, rule: Rule) {
+    let slot = purpose as usize * Rule::ALL.len() + rule as usize;
+    DECISION_COUNTERS[slot]
+        .get_or_init(|| {
+            let outcome = rule.outcome();
+            METRICS
+                .decisions
+                .get_or_create(&DecisionLabels {
+                    purpose: purpose.as_str(),
+                    decision: outcome.decision.as_str(),
+                    reason: outcome.reason.as_str(),
+                })
+                .clone()
         })
         .inc();
 }
