@@ -1,5 +1,6 @@
 //! `assent.v1.Decisions`: the read-only request path.
 
+use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -9,12 +10,16 @@ use uuid::Uuid;
 use super::validate::{self, CheckQuery, Freshness};
 use super::{AppState, CallContext};
 use crate::audit::decision_log::{DecisionRecord, DurableReceipt};
+use crate::cache::Tier;
 use crate::error::ApiError;
 use crate::policy::{self, POLICY_VERSION, Purpose, Question, Rule};
 use crate::proto;
 use crate::revision::Revision;
-use crate::store::{StoreError, now_micros};
+use crate::store::{DecisionState, StoreError, now_micros};
 use crate::{metrics, telemetry};
+
+/// How many checks of one BatchCheck may wait on the cache's slower tiers or the store at once.
+const BATCH_READS_IN_FLIGHT: usize = 16;
 
 /// How many answers of a StreamCheck may wait for the client to read them.
 const STREAM_BUFFER: usize = 256;
@@ -39,7 +44,7 @@ impl DecisionsService {
     }
 
     /// Decides one validated check.
-    async fn decide(&self, query: &CheckQuery) -> Result<Verdict, ApiError> {
+    async fn decide(&self, query: &CheckQuery, ids: &DecisionIds) -> Result<Verdict, ApiError> {
         let conversation_id = query.conversation_id.as_ref();
         let lookup = crate::child_span!(
             "cache.lookup",
@@ -57,6 +62,16 @@ impl DecisionsService {
             lookup.record("cache.tier", tier.as_str());
         }
         drop(lookup);
+        self.verdict(query, loaded, ids)
+    }
+
+    /// The verdict on what the cache's tiers answered.
+    fn verdict(
+        &self,
+        query: &CheckQuery,
+        loaded: Result<(DecisionState, Tier), StoreError>,
+        ids: &DecisionIds,
+    ) -> Result<Verdict, ApiError> {
         let (rule, revision) = match loaded {
             Ok((state, _tier)) => {
                 let question = Question {
@@ -74,13 +89,50 @@ impl DecisionsService {
             }
             Err(error) => return Err(ApiError::from_store(error, query.subject_id.as_str())),
         };
-        let outcome = rule.outcome();
-        metrics::record_decision(query.purpose, outcome.decision, outcome.reason);
+        metrics::record_decision(query.purpose, rule);
         Ok(Verdict {
             rule,
             revision,
-            decision_id: Uuid::now_v7(),
+            decision_id: ids.next(),
         })
+    }
+
+    /// A check answered without waiting: from memory, not traced, no `require_audit`. `None`
+    /// when it needs `check_one`.
+    fn check_at_once(
+        &self,
+        query: &CheckQuery,
+        context: &CallContext,
+        ids: &DecisionIds,
+    ) -> Option<Result<proto::CheckResponse, ApiError>> {
+        if query.require_audit || telemetry::layer::traced() {
+            return None;
+        }
+        let loaded = self.state.cache.decision_state_in_memory(
+            &query.subject_id,
+            query.conversation_id.as_ref(),
+            query.freshness,
+        )?;
+        Some(
+            self.verdict(query, Ok(loaded), ids)
+                .map(|verdict| self.answer_logged(query, context, &verdict)),
+        )
+    }
+
+    /// The answer to a decided check, the decision logged if the log's mode samples it.
+    fn answer_logged(
+        &self,
+        query: &CheckQuery,
+        context: &CallContext,
+        verdict: &Verdict,
+    ) -> proto::CheckResponse {
+        let log = &self.state.decision_log;
+        let draw = verdict.decision_id.as_u128() as u32;
+        if log.wants(verdict.rule.outcome().decision, draw) {
+            let _span = crate::child_span!("audit.decision_log", assent.durable = false).entered();
+            log.record(record(query, verdict, context));
+        }
+        response_to(query, verdict)
     }
 
     /// Decides a check, records it as the decision log's mode asks, and answers it. A
@@ -89,27 +141,90 @@ impl DecisionsService {
         &self,
         query: &CheckQuery,
         context: &CallContext,
+        ids: &DecisionIds,
     ) -> Result<(proto::CheckResponse, Option<DurableReceipt>), ApiError> {
-        let verdict = self.decide(query).await?;
-        let log = &self.state.decision_log;
-        let draw = verdict.decision_id.as_u128() as u32;
-        let decision = verdict.rule.outcome().decision;
-        let receipt = if query.require_audit {
-            let span = crate::child_span!("audit.decision_log", assent.durable = true);
-            let record = record(query, &verdict, context);
-            let receipt = Box::pin(log.record_durable(record).instrument(span))
-                .await
-                .map_err(ApiError::AuditUnavailable)?;
-            Some(receipt)
-        } else {
-            if log.wants(decision, draw) {
-                let _span =
-                    crate::child_span!("audit.decision_log", assent.durable = false).entered();
-                log.record(record(query, &verdict, context));
+        let verdict = self.decide(query, ids).await?;
+        if !query.require_audit {
+            return Ok((self.answer_logged(query, context, &verdict), None));
+        }
+        let span = crate::child_span!("audit.decision_log", assent.durable = true);
+        let record = record(query, &verdict, context);
+        let receipt = Box::pin(
+            self.state
+                .decision_log
+                .record_durable(record)
+                .instrument(span),
+        )
+        .await
+        .map_err(ApiError::AuditUnavailable)?;
+        Ok((response_to(query, &verdict), Some(receipt)))
+    }
+
+    /// The answers to a batch's checks, in order. Checks answered from memory are answered in
+    /// turn; those that wait on a slower tier or the decision log overlap, up to
+    /// `BATCH_READS_IN_FLIGHT` at once.
+    async fn check_all(
+        &self,
+        queries: &[CheckQuery],
+        context: &CallContext,
+    ) -> Result<(Vec<proto::CheckResponse>, Vec<DurableReceipt>), ApiError> {
+        let ids = DecisionIds::now();
+        let mut answers: Vec<Option<proto::CheckResponse>> = Vec::with_capacity(queries.len());
+        let mut receipts = Vec::new();
+        let mut waiting = futures_util::stream::FuturesUnordered::new();
+        for (index, query) in queries.iter().enumerate() {
+            if let Some(answer) = self.check_at_once(query, context, &ids) {
+                answers.push(Some(answer?));
+                continue;
             }
-            None
-        };
-        Ok((response_to(query, &verdict), receipt))
+            answers.push(None);
+            if waiting.len() == BATCH_READS_IN_FLIGHT
+                && let Some((at, answer)) = waiting.next().await
+            {
+                let (response, receipt) = answer?;
+                answers[at] = Some(response);
+                receipts.extend(receipt);
+            }
+            let ids = &ids;
+            waiting.push(async move { (index, self.check_one(query, context, ids).await) });
+        }
+        while let Some((at, answer)) = waiting.next().await {
+            let (response, receipt) = answer?;
+            answers[at] = Some(response);
+            receipts.extend(receipt);
+        }
+        let results = answers
+            .into_iter()
+            .map(|answer| answer.expect("every check of the batch was answered"))
+            .collect();
+        Ok((results, receipts))
+    }
+}
+
+/// Makes the decision ids of one call: UUIDv7s that share one reading of the clock (a batch of
+/// a thousand checks reads it once), each with 74 random bits of its own.
+struct DecisionIds {
+    seconds: u64,
+    nanos: u32,
+}
+
+impl DecisionIds {
+    fn now() -> DecisionIds {
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        DecisionIds {
+            seconds: since_epoch.as_secs(),
+            nanos: since_epoch.subsec_nanos(),
+        }
+    }
+
+    fn next(&self) -> Uuid {
+        Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            self.seconds,
+            self.nanos,
+        ))
     }
 }
 
@@ -233,7 +348,9 @@ impl proto::decisions_server::Decisions for DecisionsService {
     ) -> Result<Response<proto::CheckResponse>, Status> {
         let query = validate::check(request.get_ref())?;
         let context = CallContext::of(&request);
-        let (response, receipt) = self.check_one(&query, &context).await?;
+        let (response, receipt) = self
+            .check_one(&query, &context, &DecisionIds::now())
+            .await?;
         await_receipts(receipt).await?;
         Ok(Response::new(response))
     }
@@ -244,13 +361,7 @@ impl proto::decisions_server::Decisions for DecisionsService {
     ) -> Result<Response<proto::BatchCheckResponse>, Status> {
         let queries = validate::batch(request.get_ref())?;
         let context = CallContext::of(&request);
-        let mut results = Vec::with_capacity(queries.len());
-        let mut receipts = Vec::new();
-        for query in &queries {
-            let (response, receipt) = self.check_one(query, &context).await?;
-            results.push(response);
-            receipts.extend(receipt);
-        }
+        let (results, receipts) = self.check_all(&queries, &context).await?;
         await_receipts(receipts).await?;
         Ok(Response::new(proto::BatchCheckResponse { results }))
     }
@@ -273,7 +384,10 @@ impl proto::decisions_server::Decisions for DecisionsService {
             loop {
                 let result = match requests.message().await {
                     Ok(Some(check_request)) => match validate::check(&check_request) {
-                        Ok(query) => match service.check_one(&query, &context).await {
+                        Ok(query) => match service
+                            .check_one(&query, &context, &DecisionIds::now())
+                            .await
+                        {
                             Ok((response, receipt)) => await_receipts(receipt)
                                 .await
                                 .map(|()| response)
@@ -296,5 +410,23 @@ impl proto::decisions_server::Decisions for DecisionsService {
         };
         tokio::spawn(telemetry::layer::within_call(call, answer.instrument(span)));
         Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DecisionIds;
+
+    #[test]
+    fn decision_ids_of_one_call_share_the_time_and_differ() {
+        let ids = DecisionIds::now();
+        let made: std::collections::HashSet<uuid::Uuid> = (0..10_000).map(|_| ids.next()).collect();
+        assert_eq!(made.len(), 10_000);
+        let first = made.iter().next().unwrap();
+        assert_eq!(first.get_version_num(), 7);
+        assert!(
+            made.iter()
+                .all(|id| id.get_timestamp() == first.get_timestamp())
+        );
     }
 }

@@ -260,6 +260,19 @@ impl SubjectCache {
         Ok(answer)
     }
 
+    /// The answer from memory, counted, when memory has it and the freshness asked for allows
+    /// it; `None` when it takes `decision_state`.
+    pub fn decision_state_in_memory(
+        &self,
+        subject_id: &SubjectId,
+        conversation_id: Option<&ConversationId>,
+        freshness: Freshness,
+    ) -> Option<(DecisionState, Tier)> {
+        let answer = self.answer_in_memory(subject_id, conversation_id, freshness)?;
+        self.inner.counters.count(answer.1);
+        Some(answer)
+    }
+
     /// The answer when memory has it and the freshness asked for allows it; `None` otherwise.
     fn answer_in_memory(
         &self,

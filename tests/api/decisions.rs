@@ -190,6 +190,55 @@ async fn batch_check_answers_in_request_order() {
     assert_eq!(ids.len(), results.len(), "decision ids repeat");
 }
 
+/// Checks that wait on the store (subjects not yet cached, fully consistent reads, a
+/// `require_audit` check) overlap with each other and with answers from memory, and the batch
+/// still answers each check in its place.
+#[tokio::test]
+async fn batch_check_keeps_order_when_reads_overlap() {
+    let app = TestApp::spawn().await;
+    let plans = [Plan::Free, Plan::Enterprise, Plan::Pro, Plan::Team];
+    for index in 0..60 {
+        app.upsert(&format!("cold-{index}"), plans[index % plans.len()])
+            .await;
+    }
+    let checks: Vec<proto::CheckRequest> = (0..240)
+        .map(|index| {
+            let purpose = Purpose::try_from(1 + index % 10).unwrap();
+            let mut check = check_request(&format!("cold-{}", index % 60), purpose);
+            if index % 7 == 0 {
+                check.consistency = Some(proto::Consistency {
+                    requirement: Some(Requirement::FullyConsistent(true)),
+                });
+            }
+            check.require_audit = index == 100;
+            check
+        })
+        .collect();
+    let results = app
+        .decisions()
+        .batch_check(proto::BatchCheckRequest {
+            checks: checks.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), checks.len());
+    for (check, result) in checks.iter().zip(&results) {
+        assert_eq!(
+            (&result.subject_id, result.purpose),
+            (&check.subject_id, check.purpose)
+        );
+        let single = app.check(&check.subject_id, check.purpose()).await;
+        assert_eq!(
+            (&result.rule, result.decision, &result.revision),
+            (&single.rule, single.decision, &single.revision),
+            "{}",
+            check.subject_id
+        );
+    }
+}
+
 #[tokio::test]
 async fn batch_check_limits_and_errors() {
     let app = TestApp::spawn().await;
