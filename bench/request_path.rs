@@ -1,10 +1,11 @@
 //! The rest of the request path, against one `assent serve` process on PostgreSQL (decision log
 //! off):
-//! - BatchCheck of 1,000 cached subjects: latency per batch, one batch at a time;
+//! - BatchCheck of 1,000 cached subjects: latency per batch (client time, encoding and decoding
+//!   included) and server CPU per batch, BENCH_BATCHES (default 1,000) one at a time;
 //! - StreamCheck on one connection: decisions per second, the client keeping 256 in flight;
 //! - writes (UpsertSubject, SetChoice), each with its audit event: latency, one at a time;
 //! - memory per cached subject: resident memory before and after BENCH_SUBJECTS subjects
-//!   (default 200,000; each a plan, 3 choices and 5 conversation facts, seeded into the
+//!   (default 1,000,000; each a plan, 3 choices and 5 conversation facts, seeded into the
 //!   database) were read into the cache.
 //!
 //!     cargo bench --bench request_path
@@ -73,16 +74,39 @@ async fn seed(database: &TestDatabase, subjects: usize) {
     connection.close().await.unwrap();
 }
 
+/// BatchChecks of the subjects `mem-N` for N in `range`, 1,000 at a time.
+async fn load(
+    decisions: &mut DecisionsClient<tonic::transport::Channel>,
+    range: std::ops::Range<usize>,
+) {
+    for first in range.clone().step_by(1_000) {
+        let checks = (first..(first + 1_000).min(range.end))
+            .map(|index| proto::CheckRequest {
+                subject_id: format!("mem-{index}"),
+                purpose: Purpose::ModelTraining as i32,
+                conversation_id: Some("conversation-1".into()),
+                ..Default::default()
+            })
+            .collect();
+        decisions
+            .batch_check(proto::BatchCheckRequest { checks })
+            .await
+            .unwrap();
+    }
+}
+
 fn main() {
     ensure_services(false);
-    let subjects = env_number("BENCH_SUBJECTS", 200_000) as usize;
+    let subjects = env_number("BENCH_SUBJECTS", 1_000_000) as usize;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
         let database = TestDatabase::create(Backend::Postgres).await;
-        seed(&database, subjects).await;
+        // 1,000 more than are measured: a first batch of them opens the server's store
+        // connections before the resident memory is read.
+        seed(&database, subjects + 1_000).await;
         let server = Server::start(&[
             ("ASSENT_DATABASE_URL", database.url()),
             ("ASSENT_DECISION_LOG", "off".to_owned()),
@@ -94,31 +118,24 @@ fn main() {
         let mut writer = SubjectsClient::new(channel.clone());
 
         // Memory per cached subject.
+        load(&mut decisions, subjects..subjects + 1_000).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let before = resident_bytes(server_pid(&server));
         let loaded = Instant::now();
-        for first in (0..subjects).step_by(1_000) {
-            let checks = (first..(first + 1_000).min(subjects))
-                .map(|index| proto::CheckRequest {
-                    subject_id: format!("mem-{index}"),
-                    purpose: Purpose::ModelTraining as i32,
-                    conversation_id: Some("conversation-1".into()),
-                    ..Default::default()
-                })
-                .collect();
-            decisions
-                .batch_check(proto::BatchCheckRequest { checks })
-                .await
-                .unwrap();
-        }
+        load(&mut decisions, 0..subjects).await;
         let load_time = loaded.elapsed();
         tokio::time::sleep(Duration::from_secs(1)).await;
         let after = resident_bytes(server_pid(&server));
         let per_subject = (after.saturating_sub(before)) as f64 / subjects as f64;
+        // The same subjects again: all answered from memory if all stayed cached.
+        let again = Instant::now();
+        load(&mut decisions, 0..subjects).await;
         println!(
             "memory: {subjects} subjects cached (plan, 3 choices, 5 conversation facts) in {:.1} \
-             s: resident {:.1} MiB -> {:.1} MiB, {per_subject:.0} bytes per subject",
+             s, read again from the cache in {:.1} s: resident {:.1} MiB -> {:.1} MiB, \
+             {per_subject:.0} bytes per subject",
             load_time.as_secs_f64(),
+            again.elapsed().as_secs_f64(),
             before as f64 / 1048576.0,
             after as f64 / 1048576.0
         );
@@ -133,7 +150,9 @@ fn main() {
             })
             .collect();
         let mut latencies = Vec::new();
-        for _ in 0..300 {
+        let batches = env_number("BENCH_BATCHES", 1_000);
+        let cpu_before = process_cpu(server_pid(&server)).unwrap();
+        for _ in 0..batches {
             let started = Instant::now();
             decisions
                 .batch_check(proto::BatchCheckRequest {
@@ -143,8 +162,13 @@ fn main() {
                 .unwrap();
             latencies.push(started.elapsed().as_secs_f64() * 1e3);
         }
+        let cpu = process_cpu(server_pid(&server)).unwrap() - cpu_before;
         let (p50, p99) = percentiles(latencies);
-        println!("BatchCheck of 1,000 cached subjects: p50 {p50:.2} ms, p99 {p99:.2} ms per batch");
+        println!(
+            "BatchCheck of 1,000 cached subjects: p50 {p50:.2} ms, p99 {p99:.2} ms per batch \
+             ({:.2} ms server CPU each)",
+            cpu.as_secs_f64() * 1e3 / batches as f64
+        );
 
         // StreamCheck on one connection.
         let seconds = env_number("BENCH_SECONDS", 5);

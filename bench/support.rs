@@ -175,8 +175,9 @@ pub struct Load {
 
 /// Unary Checks from `concurrency` tasks spread over `channels`, for `duration` after a second
 /// of warm-up. `pace` = Some(rate): an open-loop rate in requests per second over all tasks
-/// (for latency at a given load), each task on a connection of its own; None: as fast as
-/// answers come (for throughput), the tasks sharing `channels`.
+/// (for latency at a given load), each task on a connection of its own and the tasks' starts
+/// spread over one interval, so calls arrive evenly rather than all tasks at the same instant;
+/// None: as fast as answers come (for throughput), the tasks sharing `channels`.
 ///
 /// Why a connection per paced task: tonic's client, when several calls start at the same
 /// instant on one connection, was seen to leave some waiting until the connection's next call
@@ -195,6 +196,7 @@ pub async fn check_load(
     let measuring = Arc::new(AtomicBool::new(false));
     let completed = Arc::new(AtomicU64::new(0));
     let interval = pace.map(|rate| Duration::from_secs_f64(concurrency as f64 / rate));
+    let start = tokio::time::Instant::now();
     let mut workers = Vec::new();
     for worker in 0..concurrency {
         let channel = if pace.is_some() {
@@ -209,7 +211,8 @@ pub async fn check_load(
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut index = worker;
-            let mut next = tokio::time::Instant::now();
+            let mut next =
+                start + interval.unwrap_or_default() * worker as u32 / concurrency as u32;
             while running.load(Ordering::Relaxed) {
                 if let Some(interval) = interval {
                     next += interval;
