@@ -7,7 +7,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use super::output;
-use super::{ActorArgs, AuditCommand, CheckArgs, ClientArgs, SubjectCommand};
+use super::{ActorArgs, AuditCommand, CheckArgs, ClientArgs, HealthArgs, SubjectCommand};
 use crate::proto;
 use crate::proto::audit_client::AuditClient;
 use crate::proto::consistency::Requirement;
@@ -54,6 +54,9 @@ async fn connect(client: &ClientArgs) -> anyhow::Result<Connection> {
         if let (Some(cert), Some(key)) = (&client.client_cert, &client.client_key) {
             tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
         }
+        if let Some(domain) = &client.tls_domain {
+            tls = tls.domain_name(domain.clone());
+        }
         endpoint = endpoint.tls_config(tls).context("cannot set up TLS")?;
     }
     let token = match &client.token {
@@ -97,6 +100,38 @@ fn actor(args: &ActorArgs) -> Option<proto::Actor> {
         operator_id: args.operator.clone(),
         reason: args.reason.clone(),
     })
+}
+
+pub async fn health(args: HealthArgs) -> anyhow::Result<()> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let timeout = std::time::Duration::from_millis(args.timeout_ms);
+    let ask = async {
+        let mut health = HealthClient::new(connect(&args.client).await?);
+        let request = HealthCheckRequest {
+            service: args.service.clone(),
+        };
+        health
+            .check(request)
+            .await
+            .map_err(call_failed)
+            .map(|response| response.into_inner().status())
+    };
+    let status = tokio::time::timeout(timeout, ask)
+        .await
+        .map_err(|_| anyhow!("no answer from {} within {timeout:?}", args.client.server))??;
+    let name = status.as_str_name();
+    print(
+        &args.client,
+        serde_json::json!({ "status": name }),
+        name.to_owned(),
+    );
+    if status != ServingStatus::Serving {
+        return Err(anyhow!("{} is {name}", args.client.server));
+    }
+    Ok(())
 }
 
 pub async fn check(args: CheckArgs) -> anyhow::Result<()> {

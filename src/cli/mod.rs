@@ -40,6 +40,21 @@ pub enum Command {
     /// Read and verify the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Ask a running server's gRPC health service whether it serves; exits 0 if it does, 1 if
+    /// not (the container's and Kubernetes' probe).
+    Health(HealthArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// The service to ask about; empty for the whole server.
+    #[arg(long, default_value = "")]
+    pub service: String,
+    /// How long to wait for the answer, in milliseconds.
+    #[arg(long, default_value_t = 2_000)]
+    pub timeout_ms: u64,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, Args)]
@@ -96,6 +111,10 @@ pub struct ClientArgs {
     pub client_cert: Option<std::path::PathBuf>,
     #[arg(long, env = "ASSENT_CLIENT_KEY", requires = "client_cert")]
     pub client_key: Option<std::path::PathBuf>,
+    /// The name the server's certificate is checked against, when it is not the host of
+    /// --server (a probe calling 127.0.0.1 inside the server's pod).
+    #[arg(long, env = "ASSENT_TLS_DOMAIN")]
+    pub tls_domain: Option<String>,
     /// Print JSON (proto3 JSON names) instead of text.
     #[arg(long)]
     pub json: bool,
@@ -262,6 +281,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate(args) => migrate(args).await,
         Command::Check(args) => client::check(args).await,
         Command::Subject(command) => client::subject(command).await,
+        Command::Health(args) => client::health(args).await,
         Command::Audit(AuditCommand::Prune {
             older_than_days,
             store,

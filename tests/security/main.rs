@@ -574,3 +574,69 @@ async fn the_command_line_client_speaks_tls_and_presents_its_token() {
     assert!(stdout.contains("DENY"), "{stdout}");
     server.stop().await;
 }
+
+/// `assent health`, the probe of the container image and the Helm chart: it calls the server
+/// at 127.0.0.1 inside the pod, checks the certificate against the service's name, needs no
+/// token, and presents the pod's certificate where clients must have one.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_health_probe_speaks_tls_to_the_loopback_address() {
+    let authority = Authority::new("test CA");
+    let directory = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = directory.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let ca = write("ca.pem", &authority.pem());
+    let (client_cert, client_key) = authority.sign("probe.assent.test");
+    let client_cert = write("client.pem", &client_cert);
+    let client_key = write("client.key", &client_key);
+    let probe = |port: u16, domain: Option<&str>, identity: bool| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_assent"));
+        command
+            .args(["health", "--timeout-ms", "3000"])
+            .env("ASSENT_SERVER", format!("https://127.0.0.1:{port}"))
+            .env("ASSENT_CA_CERT", &ca)
+            .env_remove("ASSENT_TOKEN")
+            .env_remove("ASSENT_TLS_DOMAIN")
+            .env_remove("ASSENT_CLIENT_CERT")
+            .env_remove("ASSENT_CLIENT_KEY");
+        if let Some(domain) = domain {
+            command.env("ASSENT_TLS_DOMAIN", domain);
+        }
+        if identity {
+            command
+                .env("ASSENT_CLIENT_CERT", &client_cert)
+                .env("ASSENT_CLIENT_KEY", &client_key);
+        }
+        let output = command.output().unwrap();
+        (
+            output.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        )
+    };
+
+    let server = Server::start(&authority, &token_settings()).await;
+    let port = server.address.port();
+    let (serving, said) = tokio::task::block_in_place(|| probe(port, Some("localhost"), false));
+    assert!(serving, "{said}");
+    assert!(said.contains("SERVING"), "{said}");
+    // The certificate names localhost, not 127.0.0.1: without the domain the check fails.
+    let (serving, said) = tokio::task::block_in_place(|| probe(port, None, false));
+    assert!(!serving, "{said}");
+    server.stop().await;
+    let (serving, said) = tokio::task::block_in_place(|| probe(port, Some("localhost"), false));
+    assert!(!serving, "a stopped server must fail the probe: {said}");
+
+    let mutual = Server::start(&authority, &[("ASSENT_TLS_CLIENT_CA", authority.pem())]).await;
+    let port = mutual.address.port();
+    let (serving, said) = tokio::task::block_in_place(|| probe(port, Some("localhost"), true));
+    assert!(serving, "{said}");
+    let (serving, said) = tokio::task::block_in_place(|| probe(port, Some("localhost"), false));
+    assert!(!serving, "mutual TLS without a certificate: {said}");
+    mutual.stop().await;
+}
