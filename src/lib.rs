@@ -8,6 +8,7 @@ pub mod auth;
 pub mod cache;
 pub mod calendar;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod domain;
 pub mod error;

@@ -36,13 +36,14 @@ impl Interceptor for BearerToken {
 
 type Connection = InterceptedService<Channel, BearerToken>;
 
-async fn connect(client: &ClientArgs) -> anyhow::Result<Connection> {
-    let mut endpoint = Endpoint::from_shared(client.server.clone())
-        .with_context(|| format!("invalid server address {:?}", client.server))?
+/// One server's endpoint, with TLS when its address is https://.
+fn endpoint(client: &ClientArgs, address: &str) -> anyhow::Result<Endpoint> {
+    let mut endpoint = Endpoint::from_shared(address.to_owned())
+        .with_context(|| format!("invalid server address {address:?}"))?
         .connect_timeout(CONNECT_TIMEOUT)
         .initial_stream_window_size(crate::startup::HTTP2_STREAM_WINDOW)
         .initial_connection_window_size(crate::startup::HTTP2_CONNECTION_WINDOW);
-    if client.server.starts_with("https://") {
+    if address.starts_with("https://") {
         let read = |path: &std::path::Path| {
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
         };
@@ -59,6 +60,25 @@ async fn connect(client: &ClientArgs) -> anyhow::Result<Connection> {
         }
         endpoint = endpoint.tls_config(tls).context("cannot set up TLS")?;
     }
+    Ok(endpoint)
+}
+
+/// A connection to the server, or to several replicas (`--server a,b,c`: calls are spread over
+/// them and a read that one leaves unanswered is tried on another).
+async fn connect(client: &ClientArgs) -> anyhow::Result<Connection> {
+    let addresses: Vec<&str> = client.server.split(',').map(str::trim).collect();
+    let channel = if let [address] = addresses[..] {
+        endpoint(client, address)?
+            .connect()
+            .await
+            .with_context(|| format!("cannot reach the assent server at {address}"))?
+    } else {
+        let endpoints = addresses
+            .iter()
+            .map(|address| endpoint(client, address))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Channel::balance_list(endpoints.into_iter())
+    };
     let token = match &client.token {
         Some(token) => Some(
             format!("Bearer {}", token.trim())
@@ -67,10 +87,6 @@ async fn connect(client: &ClientArgs) -> anyhow::Result<Connection> {
         ),
         None => None,
     };
-    let channel = endpoint
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the assent server at {}", client.server))?;
     Ok(InterceptedService::new(channel, BearerToken(token)))
 }
 
@@ -135,7 +151,7 @@ pub async fn health(args: HealthArgs) -> anyhow::Result<()> {
 }
 
 pub async fn check(args: CheckArgs) -> anyhow::Result<()> {
-    let mut decisions = DecisionsClient::new(connect(&args.client).await?);
+    let decisions = DecisionsClient::new(connect(&args.client).await?);
     let requirement = match (&args.at_least_as_fresh, args.fully_consistent) {
         (Some(token), _) => Some(Requirement::AtLeastAsFresh(token.clone())),
         (None, true) => Some(Requirement::FullyConsistent(true)),
@@ -153,8 +169,13 @@ pub async fn check(args: CheckArgs) -> anyhow::Result<()> {
         }),
         ..Default::default()
     };
-    let response = decisions
-        .check(request)
+    // A check changes nothing: one that a replica left unanswered is tried again.
+    let response = crate::client::Retry::default()
+        .run(|| {
+            let mut decisions = decisions.clone();
+            let request = request.clone();
+            async move { decisions.check(request).await }
+        })
         .await
         .map_err(call_failed)?
         .into_inner();

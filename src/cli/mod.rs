@@ -97,7 +97,7 @@ impl StoreArgs {
 /// Where the server is and how to print its answers.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
-    /// The server to call.
+    /// The server to call; several replicas separated by commas spread the calls over them.
     #[arg(long, env = "ASSENT_SERVER", default_value = "http://127.0.0.1:50051")]
     pub server: String,
     /// A bearer token (JWT) to present, for a server that requires one.

@@ -152,3 +152,30 @@ async fn errors_are_reported_with_their_status() {
             .contains("model-training")
     );
 }
+
+/// `--server a,b`: the calls spread over the replicas listed, and a check that one leaves
+/// unanswered (here: nothing listens there) is tried on another.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_spreads_over_the_replicas_listed() {
+    let app = TestApp::spawn().await;
+    app.upsert("alice", assent::proto::Plan::Free).await;
+    let vacant = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nobody = format!("http://{}", vacant.local_addr().unwrap());
+    drop(vacant);
+    let servers = format!("{nobody},http://{}", app.address);
+    for _ in 0..10 {
+        let output = tokio::task::block_in_place(|| {
+            Command::new(env!("CARGO_BIN_EXE_assent"))
+                .args(["check", "--subject", "alice", "--purpose", "model-training"])
+                .env("ASSENT_SERVER", &servers)
+                .output()
+                .unwrap()
+        });
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains("ALLOW"),
+            "{stdout} {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}

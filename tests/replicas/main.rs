@@ -573,3 +573,128 @@ async fn a_postgres_outage_keeps_cached_answers_and_fails_safe() {
     assert_eq!((uncached.rule.as_str(), uncached.degraded), ("T6", false));
     cluster.stop();
 }
+
+/// The Check calls answered OK so far by the server whose admin port is `admin`.
+async fn checks_answered(admin: &str) -> u64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut connection = tokio::net::TcpStream::connect(admin).await.unwrap();
+    connection
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: assent\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    connection.read_to_string(&mut text).await.unwrap();
+    text.lines()
+        .filter(|line| {
+            line.starts_with("assent_grpc_requests_total{")
+                && line.contains("method=\"assent.v1.Decisions/Check\"")
+                && line.contains("code=\"OK\"")
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Three replicas behind one client-side balanced channel (`assent::client`), callers
+/// retrying unanswered Checks; one replica is killed (SIGKILL) mid-load. Every Check is
+/// answered, none waits longer than the retry budget allows, and before the kill the calls
+/// spread over all three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replica_costs_callers_no_answer() {
+    use assent::client::{Replicas, Retry};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let database = TestDatabase::create(Backend::Postgres).await;
+    let mut cluster = Cluster::start(database, Options::default()).await;
+    cluster.upsert(0, "alice", Plan::Free).await;
+    let endpoints = cluster
+        .replicas
+        .iter()
+        .map(|replica| {
+            tonic::transport::Endpoint::from_shared(format!("http://{}", replica.address))
+                .unwrap()
+                .connect_timeout(Duration::from_millis(500))
+        })
+        .collect();
+    let replicas = Replicas::connect(endpoints);
+    let retry = Retry::default();
+    let running = Arc::new(AtomicBool::new(true));
+    let mut callers = Vec::new();
+    for _ in 0..8 {
+        let decisions = DecisionsClient::new(replicas.channel());
+        let running = running.clone();
+        callers.push(tokio::spawn(async move {
+            // (calls, calls that needed more than one try, failures, slowest call)
+            let mut tally = (0_u64, 0_u64, Vec::new(), Duration::ZERO);
+            while running.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let mut tries = 0;
+                let answer = retry
+                    .run(|| {
+                        tries += 1;
+                        let mut decisions = decisions.clone();
+                        async move {
+                            let mut request = tonic::Request::new(proto::CheckRequest {
+                                subject_id: "alice".into(),
+                                purpose: Purpose::ModelTraining as i32,
+                                ..Default::default()
+                            });
+                            request.set_timeout(Duration::from_secs(1));
+                            decisions.check(request).await
+                        }
+                    })
+                    .await;
+                tally.0 += 1;
+                tally.1 += u64::from(tries > 1);
+                if let Err(status) = answer {
+                    tally.2.push(status);
+                }
+                tally.3 = tally.3.max(started.elapsed());
+            }
+            tally
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let mut before = Vec::new();
+    for replica in &cluster.replicas {
+        before.push(checks_answered(&replica.admin_address).await);
+    }
+    let killed = cluster.replicas.remove(1);
+    killed.kill();
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    running.store(false, Ordering::Relaxed);
+    let (mut calls, mut retried, mut failures, mut slowest) = (0, 0, Vec::new(), Duration::ZERO);
+    for caller in callers {
+        let tally = caller.await.unwrap();
+        calls += tally.0;
+        retried += tally.1;
+        failures.extend(tally.2);
+        slowest = slowest.max(tally.3);
+    }
+    let mut after = Vec::new();
+    for replica in &cluster.replicas {
+        after.push(checks_answered(&replica.admin_address).await);
+    }
+    println!(
+        "kill one of 3 replicas: {calls} Checks, {retried} needed a retry, {} failed, slowest \
+         {slowest:?}; Checks per replica before the kill {before:?}, survivors after {after:?}",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "unanswered after retries: {failures:?}"
+    );
+    assert!(
+        before.iter().all(|answered| *answered > 10),
+        "calls did not spread over the replicas: {before:?}"
+    );
+    assert!(
+        after[0] > before[0] && after[1] > before[2],
+        "the survivors took the load"
+    );
+    // Budget: 4 tries of at most the 1 s deadline, 70 ms of backoff.
+    assert!(
+        slowest < Duration::from_millis(4_070),
+        "slowest {slowest:?}"
+    );
+}
