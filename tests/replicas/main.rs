@@ -698,3 +698,136 @@ async fn a_killed_replica_costs_callers_no_answer() {
         "slowest {slowest:?}"
     );
 }
+
+/// TLS to the store and to Redis: PostgreSQL with `sslmode=require`, Redis at a `rediss://`
+/// address (a redis-server that listens for TLS only, its certificate from a test CA that the
+/// server trusts through `SSL_CERT_FILE`). A write and a Check go through both, and PostgreSQL
+/// reports the server's connections as encrypted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_and_redis_are_reached_over_tls() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use sqlx::Connection;
+
+    let directory = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = directory.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "assent test CA");
+    let authority = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let certificate = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &authority)
+        .unwrap();
+    let ca = write("ca.pem", &authority.pem());
+    let cert = write("redis.pem", &certificate.pem());
+    let key = write("redis.key", &key.serialize_pem());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let mut redis = std::process::Command::new("redis-server")
+        .args(["--port", "0", "--tls-port", &port, "--bind", "127.0.0.1"])
+        .args(["--tls-cert-file", &cert, "--tls-key-file", &key])
+        .args(["--tls-ca-cert-file", &ca, "--tls-auth-clients", "no"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server (scripts/ensure-redis installs it)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "redis-server did not listen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let database = TestDatabase::create(Backend::Postgres).await;
+    let separator = if database.url().contains('?') {
+        '&'
+    } else {
+        '?'
+    };
+    let prefix = format!("assent-tls-{}", uuid::Uuid::now_v7().simple());
+    let server = ServerProcess::start(&[
+        (
+            "ASSENT_DATABASE_URL",
+            format!("{}{separator}sslmode=require", database.url()),
+        ),
+        ("ASSENT_REDIS_URL", format!("rediss://localhost:{port}")),
+        ("ASSENT_REDIS_PREFIX", prefix.clone()),
+        ("SSL_CERT_FILE", ca.clone()),
+    ]);
+    let channel = server.channel().await;
+    let mut subjects = SubjectsClient::new(channel.clone());
+    subjects
+        .upsert_subject(proto::UpsertSubjectRequest {
+            subject_id: "tls-subject".into(),
+            plan: Some(Plan::Free as i32),
+            actor: actor(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let answer = DecisionsClient::new(channel)
+        .check(proto::CheckRequest {
+            subject_id: "tls-subject".into(),
+            purpose: Purpose::ModelTraining as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.rule, "T6");
+
+    // The Check's miss filled Redis (in the background), which speaks TLS only.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let keys = loop {
+        let scan = std::process::Command::new("redis-cli")
+            .args(["--tls", "--cacert", &ca, "-h", "localhost", "-p", &port])
+            .args(["--scan", "--pattern", &format!("{prefix}*")])
+            .output()
+            .unwrap();
+        let keys = format!(
+            "{}{}",
+            String::from_utf8_lossy(&scan.stdout),
+            String::from_utf8_lossy(&scan.stderr)
+        );
+        if keys.contains("tls-subject") || Instant::now() > deadline {
+            break keys;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // PostgreSQL's view of the server's connections.
+    let mut admin = sqlx::PgConnection::connect(&database.url()).await.unwrap();
+    let name: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    let (encrypted, plain): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl)
+         FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+         WHERE a.datname = $1 AND a.pid <> pg_backend_pid()",
+    )
+    .bind(&name)
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    server.stop();
+    redis.kill().unwrap();
+    redis.wait().unwrap();
+    assert!(keys.contains("tls-subject"), "Redis keys: {keys:?}");
+    assert!(
+        encrypted > 0 && plain == 0,
+        "{encrypted} encrypted, {plain} plain"
+    );
+}
