@@ -149,27 +149,106 @@ pub enum ConfigError {
     },
 }
 
+/// Every environment variable the server's settings are read from (besides `ASSENT_CONFIG`, the
+/// file of settings, and the client commands' own, which `assent --help` lists). Deployments
+/// are checked against it (tests/chart.rs).
+pub const ENVIRONMENT: &[&str] = &[
+    "ASSENT_LISTEN",
+    "ASSENT_DATA_DIR",
+    "ASSENT_DATABASE_URL",
+    "ASSENT_DATABASE_MAX_CONNECTIONS",
+    "ASSENT_DECISION_LOG",
+    "ASSENT_DECISION_LOG_QUEUE",
+    "ASSENT_DECISION_LOG_RETENTION_DAYS",
+    "ASSENT_CACHE_MAX_SUBJECTS",
+    "ASSENT_CACHE_TTL_SECONDS",
+    "ASSENT_CACHE_MAX_CONVERSATIONS",
+    "ASSENT_CHANGE_POLL_INTERVAL_MS",
+    "ASSENT_REDIS_URL",
+    "ASSENT_REDIS_PREFIX",
+    "ASSENT_REDIS_TTL_SECONDS",
+    "ASSENT_REDIS_TIMEOUT_MS",
+    "ASSENT_SHUTDOWN_GRACE_SECONDS",
+    "ASSENT_LOG_FORMAT",
+    "ASSENT_ADMIN_LISTEN",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_SERVICE_NAME",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "ASSENT_SUBJECT_HASH_KEY",
+    "ASSENT_TLS_CERT",
+    "ASSENT_TLS_KEY",
+    "ASSENT_TLS_CLIENT_CA",
+    "ASSENT_JWT_JWKS_FILE",
+    "ASSENT_JWT_HS256_SECRET",
+    "ASSENT_JWT_ISSUER",
+    "ASSENT_JWT_AUDIENCE",
+    "ASSENT_JWT_LEEWAY_SECONDS",
+    "ASSENT_CLIENT_SCOPES",
+    "ASSENT_MAX_CONCURRENT_REQUESTS",
+    "ASSENT_REQUEST_TIMEOUT_MS",
+    "ASSENT_WRITES_PER_SECOND_PER_CALLER",
+    "ASSENT_MAX_MESSAGE_BYTES",
+];
+
 impl Overrides {
     /// The `ASSENT_*` variables of `env`.
     pub fn from_env(env: &HashMap<String, String>) -> Result<Overrides, ConfigError> {
-        let get = |name: &str| env.get(name).filter(|value| !value.is_empty()).cloned();
+        Overrides::from_lookup(&|name| env.get(name).filter(|value| !value.is_empty()).cloned())
+    }
+
+    /// The settings `lookup` gives for the names of [`ENVIRONMENT`] (an empty value is unset).
+    fn from_lookup(
+        lookup: &dyn Fn(&'static str) -> Option<String>,
+    ) -> Result<Overrides, ConfigError> {
+        let get = |name: &'static str| lookup(name);
         Ok(Overrides {
             listen: get("ASSENT_LISTEN"),
             data_dir: get("ASSENT_DATA_DIR").map(PathBuf::from),
             database_url: get("ASSENT_DATABASE_URL"),
-            database_max_connections: parse_number(env, "ASSENT_DATABASE_MAX_CONNECTIONS")?,
+            database_max_connections: parse_number(
+                get("ASSENT_DATABASE_MAX_CONNECTIONS"),
+                "ASSENT_DATABASE_MAX_CONNECTIONS",
+            )?,
             decision_log: get("ASSENT_DECISION_LOG"),
-            decision_log_queue: parse_number(env, "ASSENT_DECISION_LOG_QUEUE")?,
-            decision_log_retention_days: parse_number(env, "ASSENT_DECISION_LOG_RETENTION_DAYS")?,
-            cache_max_subjects: parse_number(env, "ASSENT_CACHE_MAX_SUBJECTS")?,
-            cache_ttl_seconds: parse_number(env, "ASSENT_CACHE_TTL_SECONDS")?,
-            cache_max_conversations: parse_number(env, "ASSENT_CACHE_MAX_CONVERSATIONS")?,
-            change_poll_interval_ms: parse_number(env, "ASSENT_CHANGE_POLL_INTERVAL_MS")?,
+            decision_log_queue: parse_number(
+                get("ASSENT_DECISION_LOG_QUEUE"),
+                "ASSENT_DECISION_LOG_QUEUE",
+            )?,
+            decision_log_retention_days: parse_number(
+                get("ASSENT_DECISION_LOG_RETENTION_DAYS"),
+                "ASSENT_DECISION_LOG_RETENTION_DAYS",
+            )?,
+            cache_max_subjects: parse_number(
+                get("ASSENT_CACHE_MAX_SUBJECTS"),
+                "ASSENT_CACHE_MAX_SUBJECTS",
+            )?,
+            cache_ttl_seconds: parse_number(
+                get("ASSENT_CACHE_TTL_SECONDS"),
+                "ASSENT_CACHE_TTL_SECONDS",
+            )?,
+            cache_max_conversations: parse_number(
+                get("ASSENT_CACHE_MAX_CONVERSATIONS"),
+                "ASSENT_CACHE_MAX_CONVERSATIONS",
+            )?,
+            change_poll_interval_ms: parse_number(
+                get("ASSENT_CHANGE_POLL_INTERVAL_MS"),
+                "ASSENT_CHANGE_POLL_INTERVAL_MS",
+            )?,
             redis_url: get("ASSENT_REDIS_URL"),
             redis_prefix: get("ASSENT_REDIS_PREFIX"),
-            redis_ttl_seconds: parse_number(env, "ASSENT_REDIS_TTL_SECONDS")?,
-            redis_timeout_ms: parse_number(env, "ASSENT_REDIS_TIMEOUT_MS")?,
-            shutdown_grace_seconds: parse_number(env, "ASSENT_SHUTDOWN_GRACE_SECONDS")?,
+            redis_ttl_seconds: parse_number(
+                get("ASSENT_REDIS_TTL_SECONDS"),
+                "ASSENT_REDIS_TTL_SECONDS",
+            )?,
+            redis_timeout_ms: parse_number(
+                get("ASSENT_REDIS_TIMEOUT_MS"),
+                "ASSENT_REDIS_TIMEOUT_MS",
+            )?,
+            shutdown_grace_seconds: parse_number(
+                get("ASSENT_SHUTDOWN_GRACE_SECONDS"),
+                "ASSENT_SHUTDOWN_GRACE_SECONDS",
+            )?,
             log_format: get("ASSENT_LOG_FORMAT"),
             admin_listen: get("ASSENT_ADMIN_LISTEN"),
             // The OpenTelemetry SDK's standard variables.
@@ -185,12 +264,27 @@ impl Overrides {
             jwt_hs256_secret: get("ASSENT_JWT_HS256_SECRET"),
             jwt_issuer: get("ASSENT_JWT_ISSUER"),
             jwt_audience: get("ASSENT_JWT_AUDIENCE"),
-            jwt_leeway_seconds: parse_number(env, "ASSENT_JWT_LEEWAY_SECONDS")?,
+            jwt_leeway_seconds: parse_number(
+                get("ASSENT_JWT_LEEWAY_SECONDS"),
+                "ASSENT_JWT_LEEWAY_SECONDS",
+            )?,
             client_scopes: get("ASSENT_CLIENT_SCOPES"),
-            max_concurrent_requests: parse_number(env, "ASSENT_MAX_CONCURRENT_REQUESTS")?,
-            request_timeout_ms: parse_number(env, "ASSENT_REQUEST_TIMEOUT_MS")?,
-            writes_per_second_per_caller: parse_number(env, "ASSENT_WRITES_PER_SECOND_PER_CALLER")?,
-            max_message_bytes: parse_number(env, "ASSENT_MAX_MESSAGE_BYTES")?,
+            max_concurrent_requests: parse_number(
+                get("ASSENT_MAX_CONCURRENT_REQUESTS"),
+                "ASSENT_MAX_CONCURRENT_REQUESTS",
+            )?,
+            request_timeout_ms: parse_number(
+                get("ASSENT_REQUEST_TIMEOUT_MS"),
+                "ASSENT_REQUEST_TIMEOUT_MS",
+            )?,
+            writes_per_second_per_caller: parse_number(
+                get("ASSENT_WRITES_PER_SECOND_PER_CALLER"),
+                "ASSENT_WRITES_PER_SECOND_PER_CALLER",
+            )?,
+            max_message_bytes: parse_number(
+                get("ASSENT_MAX_MESSAGE_BYTES"),
+                "ASSENT_MAX_MESSAGE_BYTES",
+            )?,
         })
     }
 
@@ -260,10 +354,10 @@ impl Overrides {
 }
 
 fn parse_number<T: std::str::FromStr>(
-    env: &HashMap<String, String>,
+    text: Option<String>,
     name: &'static str,
 ) -> Result<Option<T>, ConfigError> {
-    let Some(text) = env.get(name).filter(|value| !value.is_empty()) else {
+    let Some(text) = text else {
         return Ok(None);
     };
     text.parse().map(Some).map_err(|_| ConfigError::Invalid {
@@ -552,6 +646,17 @@ impl Settings {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_environment_list_is_what_the_settings_read() {
+        let read = std::cell::RefCell::new(Vec::new());
+        super::Overrides::from_lookup(&|name| {
+            read.borrow_mut().push(name);
+            None
+        })
+        .unwrap();
+        assert_eq!(read.into_inner(), super::ENVIRONMENT);
+    }
+
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
