@@ -1,0 +1,185 @@
+{{/*
+The chart's name: app.kubernetes.io/name of every resource.
+*/}}
+{{- define "assent.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The full name of the resources: "<release>-<chart>", or the release name when it already
+contains the chart's name. Truncated to 63 characters (DNS label).
+*/}}
+{{- define "assent.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+helm.sh/chart: name and version of the chart.
+*/}}
+{{- define "assent.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The labels that identify the release's objects (stable across upgrades: a Deployment's
+selector is immutable).
+*/}}
+{{- define "assent.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "assent.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+The labels that select the server pods: the migration job's pods, of the same release, are
+component "migrations" and stay out of the Services, the PodDisruptionBudget and the spread.
+*/}}
+{{- define "assent.serverSelectorLabels" -}}
+{{ include "assent.selectorLabels" . }}
+app.kubernetes.io/component: server
+{{- end }}
+
+{{/*
+The standard labels of every resource.
+*/}}
+{{- define "assent.labels" -}}
+helm.sh/chart: {{ include "assent.chart" . }}
+{{ include "assent.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: assent
+{{- end }}
+
+{{/*
+The ServiceAccount of the server pods.
+*/}}
+{{- define "assent.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "assent.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The server image.
+*/}}
+{{- define "assent.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+
+{{/*
+Whether callers authenticate with bearer tokens: issuer, audience and JWKS all given.
+Renders "true" or nothing.
+*/}}
+{{- define "assent.jwtEnabled" -}}
+{{- $jwt := .Values.auth.jwt }}
+{{- if and $jwt.issuer $jwt.audience $jwt.jwksSecret }}true{{ end }}
+{{- end }}
+
+{{/*
+The DNS name the health probe expects in the server certificate.
+*/}}
+{{- define "assent.tlsServerName" -}}
+{{- default (printf "%s.%s.svc" (include "assent.fullname" .) .Release.Namespace) .Values.tls.serverName }}
+{{- end }}
+
+{{/*
+Refuses to render a release the server would refuse to run: assent listens beyond loopback only
+with TLS and caller authentication (docs/security.md), and replicas share one PostgreSQL store.
+Included by the Deployment, so every render checks it.
+*/}}
+{{- define "assent.validate" -}}
+{{- if not .Values.tls.existingSecret }}
+{{- fail "assent: tls.existingSecret is required: the server listens beyond loopback only with TLS. Name a Secret of type kubernetes.io/tls with tls.crt, tls.key and ca.crt (cert-manager writes these)." }}
+{{- end }}
+{{- $jwt := .Values.auth.jwt }}
+{{- if and (or $jwt.issuer $jwt.audience $jwt.jwksSecret) (not (include "assent.jwtEnabled" .)) }}
+{{- fail "assent: auth.jwt is incomplete: set all of auth.jwt.issuer, auth.jwt.audience and auth.jwt.jwksSecret, or none." }}
+{{- end }}
+{{- if and (not (include "assent.jwtEnabled" .)) (not .Values.tls.mutual) }}
+{{- fail "assent: no caller authentication configured: the server listens beyond loopback only when callers authenticate. Set auth.jwt.issuer, auth.jwt.audience and auth.jwt.jwksSecret (bearer tokens), and/or tls.mutual=true (client certificates)." }}
+{{- end }}
+{{- if not .Values.database.existingSecret }}
+{{- fail "assent: database.existingSecret is required: replicas share one PostgreSQL store of record. Name a Secret whose key database.key holds postgres://USER:PASSWORD@HOST:PORT/DB." }}
+{{- end }}
+{{- if and .Values.redis.enabled (not .Values.redis.existingSecret) }}
+{{- fail "assent: redis.existingSecret is required when redis.enabled is true: name a Secret whose key redis.key holds redis://[:PASSWORD@]HOST:PORT[/DB]." }}
+{{- end }}
+{{- if not (has .Values.auth.jwt.jwksSource (list "secret" "configMap")) }}
+{{- fail "assent: auth.jwt.jwksSource must be secret or configMap." }}
+{{- end }}
+{{- if le (int .Values.terminationGracePeriodSeconds) (int .Values.shutdownGraceSeconds) }}
+{{- fail "assent: terminationGracePeriodSeconds must exceed shutdownGraceSeconds, or Kubernetes kills replicas before in-flight calls and the decision log are flushed." }}
+{{- end }}
+{{- end }}
+
+{{/*
+ASSENT_DATABASE_URL from its Secret: the server and the migration job read the same.
+*/}}
+{{- define "assent.databaseEnv" -}}
+- name: ASSENT_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.database.existingSecret }}
+      key: {{ .Values.database.key }}
+{{- end }}
+
+{{/*
+The pod securityContext of the server and the migration job: the image's unprivileged user.
+*/}}
+{{- define "assent.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/*
+The container securityContext of the server and the migration job.
+*/}}
+{{- define "assent.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+privileged: false
+runAsNonRoot: true
+capabilities:
+  drop:
+    - ALL
+{{- end }}
+
+{{/*
+A NetworkPolicy peer from a {podSelector, namespaceSelector} value. A selector that is absent
+(or null) is left out; one given as {} selects all. With neither, every pod of the namespace.
+*/}}
+{{- define "assent.networkPeer" -}}
+{{- $hasPods := not (kindIs "invalid" .podSelector) -}}
+{{- $hasNamespaces := not (kindIs "invalid" .namespaceSelector) -}}
+{{- if $hasNamespaces -}}
+- namespaceSelector:{{ include "assent.labelSelector" .namespaceSelector }}
+  {{- if $hasPods }}
+  podSelector:{{ include "assent.labelSelector" .podSelector }}
+  {{- end }}
+{{- else if $hasPods -}}
+- podSelector:{{ include "assent.labelSelector" .podSelector }}
+{{- else -}}
+- podSelector: {}
+{{- end }}
+{{- end }}
+
+{{/*
+A label selector as the value of a key of a NetworkPolicy peer: {} when it selects all.
+*/}}
+{{- define "assent.labelSelector" -}}
+{{- if empty . }} {}{{ else }}{{ toYaml . | nindent 4 }}{{ end }}
+{{- end }}
