@@ -74,6 +74,16 @@ async fn seed(database: &TestDatabase, subjects: usize) {
     connection.close().await.unwrap();
 }
 
+/// May subject `mem-N` be trained on, in its first conversation?
+fn training_check(index: usize) -> proto::CheckRequest {
+    proto::CheckRequest {
+        subject_id: format!("mem-{index}"),
+        purpose: Purpose::ModelTraining as i32,
+        conversation_id: Some("conversation-1".into()),
+        ..Default::default()
+    }
+}
+
 /// BatchChecks of the subjects `mem-N` for N in `range`, 1,000 at a time.
 async fn load(
     decisions: &mut DecisionsClient<tonic::transport::Channel>,
@@ -81,12 +91,7 @@ async fn load(
 ) {
     for first in range.clone().step_by(1_000) {
         let checks = (first..(first + 1_000).min(range.end))
-            .map(|index| proto::CheckRequest {
-                subject_id: format!("mem-{index}"),
-                purpose: Purpose::ModelTraining as i32,
-                conversation_id: Some("conversation-1".into()),
-                ..Default::default()
-            })
+            .map(training_check)
             .collect();
         decisions
             .batch_check(proto::BatchCheckRequest { checks })
@@ -141,14 +146,7 @@ fn main() {
         );
 
         // BatchCheck of 1,000 cached subjects.
-        let batch: Vec<proto::CheckRequest> = (0..1_000)
-            .map(|index| proto::CheckRequest {
-                subject_id: format!("mem-{index}"),
-                purpose: Purpose::ModelTraining as i32,
-                conversation_id: Some("conversation-1".into()),
-                ..Default::default()
-            })
-            .collect();
+        let batch: Vec<proto::CheckRequest> = (0..1_000).map(training_check).collect();
         let mut latencies = Vec::new();
         let batches = env_number("BENCH_BATCHES", 1_000);
         let cpu_before = process_cpu(server_pid(&server)).unwrap();

@@ -19,10 +19,9 @@ use std::time::{Duration, Instant};
 
 use assent::client::{Replicas, Retry};
 use assent::proto::decisions_client::DecisionsClient;
-use assent::proto::subjects_client::SubjectsClient;
 use assent::proto::{self, Plan, Purpose};
 use assent::store::testing::{Backend, TestDatabase};
-use support::{Server, ensure_services, env_number, median};
+use support::{Server, ensure_services, env_number, median, seed_subjects};
 
 struct Measured {
     checks_per_second: f64,
@@ -44,21 +43,8 @@ async fn measure(count: usize, seconds: u64, concurrency: usize) -> Measured {
         ),
     ];
     let servers: Vec<Server> = (0..count).map(|_| Server::start(&settings)).collect();
-    let mut writer = SubjectsClient::new(servers[0].channels(1).await.remove(0));
-    for index in 0..1_000 {
-        writer
-            .upsert_subject(proto::UpsertSubjectRequest {
-                subject_id: format!("s-{index}"),
-                plan: Some(Plan::Free as i32),
-                actor: Some(proto::Actor {
-                    operator_id: "bench".into(),
-                    reason: String::new(),
-                }),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-    }
+    let channel = servers[0].channels(1).await.remove(0);
+    seed_subjects(channel, "s", 1_000, &[Plan::Free]).await;
     let endpoints = servers
         .iter()
         .map(|server| {
