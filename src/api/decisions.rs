@@ -142,7 +142,7 @@ impl DecisionsService {
         query: &CheckQuery,
         context: &CallContext,
         ids: &DecisionIds,
-    ) -> Result<(proto::CheckResponse, Option<DurableReceipt>), ApiError> {
+    ) -> CheckAnswer {
         let verdict = self.decide(query, ids).await?;
         if !query.require_audit {
             return Ok((self.answer_logged(query, context, &verdict), None));
@@ -179,19 +179,15 @@ impl DecisionsService {
             }
             answers.push(None);
             if waiting.len() == BATCH_READS_IN_FLIGHT
-                && let Some((at, answer)) = waiting.next().await
+                && let Some(answered) = waiting.next().await
             {
-                let (response, receipt) = answer?;
-                answers[at] = Some(response);
-                receipts.extend(receipt);
+                settle(&mut answers, &mut receipts, answered)?;
             }
             let ids = &ids;
             waiting.push(async move { (index, self.check_one(query, context, ids).await) });
         }
-        while let Some((at, answer)) = waiting.next().await {
-            let (response, receipt) = answer?;
-            answers[at] = Some(response);
-            receipts.extend(receipt);
+        while let Some(answered) = waiting.next().await {
+            settle(&mut answers, &mut receipts, answered)?;
         }
         let results = answers
             .into_iter()
@@ -200,6 +196,21 @@ impl DecisionsService {
         Ok((results, receipts))
     }
 }
+
+/// Puts a batch's check that waited, answered, in its place.
+fn settle(
+    answers: &mut [Option<proto::CheckResponse>],
+    receipts: &mut Vec<DurableReceipt>,
+    (at, answer): (usize, CheckAnswer),
+) -> Result<(), ApiError> {
+    let (response, receipt) = answer?;
+    answers[at] = Some(response);
+    receipts.extend(receipt);
+    Ok(())
+}
+
+/// A check's answer, with the receipt to wait on when it asked for `require_audit`.
+type CheckAnswer = Result<(proto::CheckResponse, Option<DurableReceipt>), ApiError>;
 
 /// Makes the decision ids of one call: UUIDv7s that share one reading of the clock (a batch of
 /// a thousand checks reads it once), each with 74 random bits of its own.

@@ -252,10 +252,11 @@ impl SubjectCache {
         // The common case, answered from memory, stays a small future; the paths that wait or
         // read (and whose futures are large) are boxed, so that moving the request's future
         // does not copy them.
-        let answer = match self.answer_in_memory(subject_id, conversation_id, freshness) {
-            Some(answer) => answer,
-            None => Box::pin(self.decide_state(subject_id, conversation_id, freshness)).await?,
-        };
+        if let Some(answer) = self.decision_state_in_memory(subject_id, conversation_id, freshness)
+        {
+            return Ok(answer);
+        }
+        let answer = Box::pin(self.decide_state(subject_id, conversation_id, freshness)).await?;
         self.inner.counters.count(answer.1);
         Ok(answer)
     }
