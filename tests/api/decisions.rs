@@ -155,6 +155,34 @@ async fn consistency_requirements_are_honoured() {
     }
 }
 
+/// `checks` as one BatchCheck, each result checked to stand in its check's place, paired with
+/// the answer to the same check asked alone afterwards.
+async fn batch_and_singles(
+    app: &TestApp,
+    checks: &[proto::CheckRequest],
+) -> Vec<(proto::CheckResponse, proto::CheckResponse)> {
+    let results = app
+        .decisions()
+        .batch_check(proto::BatchCheckRequest {
+            checks: checks.to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), checks.len());
+    let mut pairs = Vec::new();
+    for (check, result) in checks.iter().zip(results) {
+        assert_eq!(
+            (&result.subject_id, result.purpose),
+            (&check.subject_id, check.purpose)
+        );
+        let single = app.check(&check.subject_id, check.purpose()).await;
+        pairs.push((result, single));
+    }
+    pairs
+}
+
 #[tokio::test]
 async fn batch_check_answers_in_request_order() {
     let app = TestApp::spawn().await;
@@ -167,27 +195,18 @@ async fn batch_check_answers_in_request_order() {
             check_request(subjects[index % subjects.len()], purpose)
         })
         .collect();
-    let results = app
-        .decisions()
-        .batch_check(proto::BatchCheckRequest {
-            checks: checks.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .results;
-    assert_eq!(results.len(), checks.len());
-    for (check, result) in checks.iter().zip(&results) {
-        assert_eq!(result.subject_id, check.subject_id);
-        assert_eq!(result.purpose, check.purpose);
-        let single = app.check(&check.subject_id, check.purpose()).await;
+    let answers = batch_and_singles(&app, &checks).await;
+    for (result, single) in &answers {
         assert_eq!(
             (&result.rule, result.decision),
             (&single.rule, single.decision)
         );
     }
-    let ids: HashSet<&str> = results.iter().map(|r| r.decision_id.as_str()).collect();
-    assert_eq!(ids.len(), results.len(), "decision ids repeat");
+    let ids: HashSet<&str> = answers
+        .iter()
+        .map(|(result, _)| result.decision_id.as_str())
+        .collect();
+    assert_eq!(ids.len(), answers.len(), "decision ids repeat");
 }
 
 /// Checks that wait on the store (subjects not yet cached, fully consistent reads, a
@@ -214,27 +233,12 @@ async fn batch_check_keeps_order_when_reads_overlap() {
             check
         })
         .collect();
-    let results = app
-        .decisions()
-        .batch_check(proto::BatchCheckRequest {
-            checks: checks.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .results;
-    assert_eq!(results.len(), checks.len());
-    for (check, result) in checks.iter().zip(&results) {
-        assert_eq!(
-            (&result.subject_id, result.purpose),
-            (&check.subject_id, check.purpose)
-        );
-        let single = app.check(&check.subject_id, check.purpose()).await;
+    for (result, single) in batch_and_singles(&app, &checks).await {
         assert_eq!(
             (&result.rule, result.decision, &result.revision),
             (&single.rule, single.decision, &single.revision),
             "{}",
-            check.subject_id
+            result.subject_id
         );
     }
 }

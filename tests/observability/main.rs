@@ -21,11 +21,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Channel;
 
-use process::ServerProcess;
+use process::{ServerProcess, http_get, scrape};
 
 const SUBJECT: &str = "jane.doe@example.com";
 const HASH_KEY: &str = "observability-test-key";
@@ -322,35 +321,6 @@ async fn spans_continue_the_callers_trace_and_never_hold_the_subject_id() {
             );
         }
     }
-}
-
-/// GET over a fresh HTTP/1.1 connection: (status code, body).
-async fn http_get(address: &str, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, body.to_owned())
-}
-
-/// Every sample of a Prometheus text exposition, by `name{labels}`.
-fn samples(text: &str) -> HashMap<String, f64> {
-    text.lines()
-        .filter(|line| !line.starts_with('#') && !line.is_empty())
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            Some((series.to_owned(), value.parse().ok()?))
-        })
-        .collect()
-}
-
-async fn scrape(address: &str) -> HashMap<String, f64> {
-    let (status, body) = http_get(address, "/metrics").await;
-    assert_eq!(status, 200);
-    samples(&body)
 }
 
 fn delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>, series: &str) -> f64 {

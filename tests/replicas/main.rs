@@ -576,22 +576,12 @@ async fn a_postgres_outage_keeps_cached_answers_and_fails_safe() {
 
 /// The Check calls answered OK so far by the server whose admin port is `admin`.
 async fn checks_answered(admin: &str) -> u64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut connection = tokio::net::TcpStream::connect(admin).await.unwrap();
-    connection
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: assent\r\n\r\n")
+    let series = "assent_grpc_requests_total{method=\"assent.v1.Decisions/Check\",code=\"OK\"}";
+    process::scrape(admin)
         .await
-        .unwrap();
-    let mut text = String::new();
-    connection.read_to_string(&mut text).await.unwrap();
-    text.lines()
-        .filter(|line| {
-            line.starts_with("assent_grpc_requests_total{")
-                && line.contains("method=\"assent.v1.Decisions/Check\"")
-                && line.contains("code=\"OK\"")
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+        .get(series)
+        .copied()
+        .unwrap_or(0.0) as u64
 }
 
 /// Three replicas behind one client-side balanced channel (`assent::client`), callers
