@@ -628,35 +628,12 @@ async fn assent_target(
     settings: Vec<(&'static str, String)>,
     keep: Vec<Box<dyn std::any::Any>>,
 ) -> Target {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_assent"));
-    command
-        .arg("serve")
-        .env("ASSENT_LISTEN", "127.0.0.1:0")
-        .env("ASSENT_ADMIN_LISTEN", "off")
-        .env("ASSENT_LOG_FORMAT", "json")
-        .env("RUST_LOG", "warn,assent::startup=info")
-        .env("ASSENT_DECISION_LOG", "off")
-        .env("ASSENT_WRITES_PER_SECOND_PER_CALLER", "0")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (name, value) in &settings {
-        command.env(name, value);
-    }
-    let mut child = command.spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (found, address) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut found = Some(found);
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line)
-                && entry["message"] == "assent serving"
-                && let Some(found) = found.take()
-            {
-                let _ = found.send(entry["address"].as_str().unwrap_or_default().to_owned());
-            }
-        }
-    });
-    let address = address.recv_timeout(Duration::from_secs(60)).unwrap();
+    let mut settings = settings;
+    settings.push(("ASSENT_ADMIN_LISTEN", "off".to_owned()));
+    settings.push(("ASSENT_DECISION_LOG", "off".to_owned()));
+    let server = support::Server::start(&settings);
+    let address = server.address.clone();
+    let child = server.into_child();
     let channel = connect(&address).await;
     support::seed_subjects(
         channel,

@@ -104,6 +104,11 @@ impl Server {
         process_cpu(self.child.id()).expect("cannot read the server's /proc entry")
     }
 
+    /// The server's process, for a caller that manages it itself.
+    pub fn into_child(self) -> Child {
+        self.child
+    }
+
     pub fn stop(mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
