@@ -483,11 +483,13 @@ async fn a_postgres_outage_keeps_cached_answers_and_fails_safe() {
     for index in 0..5 {
         let subject_id = format!("cached-{index}");
         let plan = [Plan::Free, Plan::Team][index % 2];
-        cluster.upsert(0, &subject_id, plan).await;
+        let revision = cluster.upsert(0, &subject_id, plan).await;
         for replica in 0..2 {
             for purpose in purposes {
+                // At the write's revision: without it, replica 1 may still answer (and cache)
+                // the state before the write, which its announcement replaces afterwards.
                 let answer = cluster
-                    .check(replica, &subject_id, purpose, None)
+                    .check(replica, &subject_id, purpose, Some(&revision))
                     .await
                     .unwrap();
                 cached.insert((replica, subject_id.clone(), purpose), answer.rule);
