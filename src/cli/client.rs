@@ -63,22 +63,25 @@ fn endpoint(client: &ClientArgs, address: &str) -> anyhow::Result<Endpoint> {
     Ok(endpoint)
 }
 
-/// A connection to the server, or to several replicas (`--server a,b,c`: calls are spread over
-/// them and a read that one leaves unanswered is tried on another).
+/// A connection to the server, or to one of several replicas (`--server a,b,c`): a command
+/// makes one call, so it connects to the replicas in turn from one picked at random (spreading
+/// invocations over them) and uses the first that accepts.
 async fn connect(client: &ClientArgs) -> anyhow::Result<Connection> {
     let addresses: Vec<&str> = client.server.split(',').map(str::trim).collect();
-    let channel = if let [address] = addresses[..] {
-        endpoint(client, address)?
-            .connect()
-            .await
-            .with_context(|| format!("cannot reach the assent server at {address}"))?
-    } else {
-        let endpoints = addresses
-            .iter()
-            .map(|address| endpoint(client, address))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        Channel::balance_list(endpoints.into_iter())
-    };
+    let first = std::process::id() as usize % addresses.len();
+    let mut refused = Vec::new();
+    let mut connected = None;
+    for address in addresses.iter().cycle().skip(first).take(addresses.len()) {
+        match endpoint(client, address)?.connect().await {
+            Ok(channel) => {
+                connected = Some(channel);
+                break;
+            }
+            Err(error) => refused.push(format!("{address}: {error}")),
+        }
+    }
+    let channel = connected
+        .with_context(|| format!("cannot reach the assent server: {}", refused.join("; ")))?;
     let token = match &client.token {
         Some(token) => Some(
             format!("Bearer {}", token.trim())

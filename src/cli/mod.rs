@@ -97,7 +97,8 @@ impl StoreArgs {
 /// Where the server is and how to print its answers.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
-    /// The server to call; several replicas separated by commas spread the calls over them.
+    /// The server to call; several replicas separated by commas: the first of them, from one
+    /// picked at random, that accepts a connection.
     #[arg(long, env = "ASSENT_SERVER", default_value = "http://127.0.0.1:50051")]
     pub server: String,
     /// A bearer token (JWT) to present, for a server that requires one.

@@ -153,8 +153,8 @@ async fn errors_are_reported_with_their_status() {
     );
 }
 
-/// `--server a,b`: the calls spread over the replicas listed, and a check that one leaves
-/// unanswered (here: nothing listens there) is tried on another.
+/// `--server a,b`: a command reaches a replica that accepts even when another listed one does
+/// not (here: nothing listens there), whichever it tries first.
 #[tokio::test(flavor = "multi_thread")]
 async fn check_spreads_over_the_replicas_listed() {
     let app = TestApp::spawn().await;
