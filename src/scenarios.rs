@@ -3,8 +3,10 @@
 //! policy authors write, and the tests run every scenario against the engine alone and against a
 //! running server.
 //!
-//! [`run_on_engine`] applies the steps with the same pure change logic as the store
-//! ([`crate::store::change::plan_change`]) and asks [`crate::policy::evaluate`], with no I/O.
+//! [`run_on`] applies the steps with the same pure change logic as the store
+//! ([`crate::store::change::plan_change`]) and answers the checks with a decision function, with
+//! no I/O: [`run_on_engine`] asks the built-in engine ([`crate::policy::evaluate`]),
+//! [`run_on_policy`] a compiled policy file.
 
 use std::collections::HashMap;
 
@@ -12,8 +14,8 @@ use serde::Deserialize;
 
 use crate::domain::{ConversationId, Jurisdiction};
 use crate::policy::{
-    self, Choice, ConversationFacts, Decision, FlagKind, Plan, Purpose, Question, Rating, Reason,
-    Source,
+    self, Choice, CompiledPolicy, ConversationFacts, Decision, FlagKind, Plan, Purpose, Question,
+    Rating, Reason, Source, SubjectState,
 };
 use crate::store::change::{Command, SubjectFields, SubjectRecord, plan_change};
 
@@ -177,8 +179,40 @@ impl CheckOutcome {
     }
 }
 
-/// Applies a scenario's steps in memory and answers its checks with the engine.
+/// Applies a scenario's steps in memory and answers its checks with the built-in engine.
 pub fn run_on_engine(scenario: &Scenario) -> Result<Vec<CheckOutcome>, String> {
+    run_on(scenario, |subject, question| {
+        let rule = policy::evaluate(subject, question);
+        let outcome = rule.outcome();
+        Expectation {
+            decision: outcome.decision.as_str().to_owned(),
+            reason: outcome.reason.as_str().to_owned(),
+            rule: rule.id().to_owned(),
+        }
+    })
+}
+
+/// Applies a scenario's steps in memory and answers its checks with a compiled policy.
+pub fn run_on_policy(
+    scenario: &Scenario,
+    policy: &CompiledPolicy,
+) -> Result<Vec<CheckOutcome>, String> {
+    run_on(scenario, |subject, question| {
+        let ruling = policy.evaluate(subject, question);
+        Expectation {
+            decision: ruling.decision.as_str().to_owned(),
+            reason: ruling.reason.as_str().to_owned(),
+            rule: ruling.rule.to_string(),
+        }
+    })
+}
+
+/// Applies a scenario's steps in memory, then answers each check with `decide`, given the
+/// subject's state (`None` if no step created it) and the check's question.
+pub fn run_on(
+    scenario: &Scenario,
+    mut decide: impl FnMut(Option<&SubjectState>, &Question) -> Expectation,
+) -> Result<Vec<CheckOutcome>, String> {
     let mut subject: Option<SubjectRecord> = None;
     let mut conversations: HashMap<ConversationId, ConversationFacts> = HashMap::new();
     for (index, step) in scenario.steps.iter().enumerate() {
@@ -218,17 +252,11 @@ pub fn run_on_engine(scenario: &Scenario) -> Result<Vec<CheckOutcome>, String> {
                 source: check.source()?,
                 conversation,
             };
-            let rule = policy::evaluate(subject.as_ref().map(|record| &record.state), &question);
-            let outcome = rule.outcome();
             Ok(CheckOutcome {
                 scenario: scenario.name.clone(),
                 check_index,
                 expected: check.expect.clone(),
-                actual: Expectation {
-                    decision: outcome.decision.as_str().to_owned(),
-                    reason: outcome.reason.as_str().to_owned(),
-                    rule: rule.id().to_owned(),
-                },
+                actual: decide(subject.as_ref().map(|record| &record.state), &question),
             })
         })
         .collect()

@@ -1,12 +1,21 @@
 //! The decision engine: a pure function of (subject state, question) → verdict.
 //!
+//! The policy exists twice. [`evaluate`] and [`Rule`] are the default policy written by hand,
+//! the reference for tests and benchmarks (the built-in engine). [`CompiledPolicy`] is a policy
+//! file (`policies/*.toml`, parsed in `file.rs`), checked and compiled into lookup tables
+//! (`compiled.rs`); [`BUILTIN_POLICY`] is the default policy as such a file, and gives the same
+//! answers as the built-in engine.
+//!
 //! Architecture Invariant: this module does no I/O, spawns nothing, allocates nothing on the
 //! decision path, and knows nothing of gRPC, SQL or time. Everything it needs is in its
 //! arguments, so it cannot fail and is tested with data tables.
 
+mod compiled;
+mod file;
 mod rules;
 mod vocabulary;
 
+pub use compiled::{BUILTIN_POLICY, CompiledPolicy, PolicyError, Ruling};
 pub use rules::{Outcome, Rule};
 pub use vocabulary::{
     Choice, Decision, FlagKind, LawfulBasis, PURPOSE_COUNT, Plan, Purpose, Rating, Reason, Source,
