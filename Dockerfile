@@ -11,6 +11,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto ./proto
 COPY migrations ./migrations
+COPY policies ./policies
 COPY src ./src
 # Only the binary is built, but the manifest names the benchmark and test targets, whose
 # files cargo looks for when it reads it.

@@ -9,6 +9,8 @@ const PROTO_FILES: &[&str] = &[
     "proto/assent/v1/decisions.proto",
     "proto/assent/v1/subjects.proto",
     "proto/assent/v1/audit.proto",
+    "proto/assent/v1/changes.proto",
+    "proto/assent/v1/policies.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -138,7 +138,7 @@ async fn round(mode: &'static str, seconds: u64, concurrency: usize) -> Round {
 /// else runs (queue kept full, 1,000-row batches).
 async fn ingestion_capacity(records: usize) -> f64 {
     use assent::audit::decision_log::{DecisionLog, DecisionRecord, LogMode};
-    use assent::policy::{Decision, POLICY_VERSION, Reason, Rule, Source};
+    use assent::policy::{Decision, POLICY_VERSION, Reason, Source};
     let database = TestDatabase::create(Backend::Postgres).await;
     let store = assent::store::Store::open(database.location())
         .await
@@ -157,7 +157,7 @@ async fn ingestion_capacity(records: usize) -> f64 {
             consistency: "minimize_latency",
             decision: Decision::Allow,
             reason: Reason::PlanDefault,
-            rule: Rule::T6,
+            rule: "T6",
             policy_version: POLICY_VERSION,
             revision: Some(index as u64),
             degraded: false,

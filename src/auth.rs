@@ -34,16 +34,22 @@ pub enum Scope {
     SubjectsWrite,
     /// `audit:read`: ListEvents, VerifyChain.
     AuditRead,
+    /// `changes:watch`: Changes.Watch.
+    ChangesWatch,
+    /// `policies:read`: ListPolicies, GetPolicy, DiffPolicy (ApplyPolicy needs `admin`).
+    PoliciesRead,
     /// `admin`: everything.
     Admin,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 5] = [
+    pub const ALL: [Scope; 7] = [
         Scope::Check,
         Scope::SubjectsRead,
         Scope::SubjectsWrite,
         Scope::AuditRead,
+        Scope::ChangesWatch,
+        Scope::PoliciesRead,
         Scope::Admin,
     ];
 
@@ -53,6 +59,8 @@ impl Scope {
             Scope::SubjectsRead => "subjects:read",
             Scope::SubjectsWrite => "subjects:write",
             Scope::AuditRead => "audit:read",
+            Scope::ChangesWatch => "changes:watch",
+            Scope::PoliciesRead => "policies:read",
             Scope::Admin => "admin",
         }
     }
@@ -119,6 +127,9 @@ pub fn requirement(path: &str) -> Requirement {
         "assent.v1.Subjects" if method == "GetSubject" => Requirement::Scope(Scope::SubjectsRead),
         "assent.v1.Subjects" => Requirement::Scope(Scope::SubjectsWrite),
         "assent.v1.Audit" => Requirement::Scope(Scope::AuditRead),
+        "assent.v1.Changes" => Requirement::Scope(Scope::ChangesWatch),
+        "assent.v1.Policies" if method == "ApplyPolicy" => Requirement::Scope(Scope::Admin),
+        "assent.v1.Policies" => Requirement::Scope(Scope::PoliciesRead),
         "grpc.health.v1.Health" => Requirement::Nobody,
         _ => Requirement::Authenticated,
     }
@@ -582,6 +593,18 @@ mod tests {
         assert_eq!(
             requirement("/assent.v1.Audit/VerifyChain"),
             Requirement::Scope(Scope::AuditRead)
+        );
+        assert_eq!(
+            requirement("/assent.v1.Changes/Watch"),
+            Requirement::Scope(Scope::ChangesWatch)
+        );
+        assert_eq!(
+            requirement("/assent.v1.Policies/ApplyPolicy"),
+            Requirement::Scope(Scope::Admin)
+        );
+        assert_eq!(
+            requirement("/assent.v1.Policies/DiffPolicy"),
+            Requirement::Scope(Scope::PoliciesRead)
         );
         assert_eq!(
             requirement("/grpc.health.v1.Health/Check"),

@@ -22,6 +22,16 @@ pub enum ApiError {
     /// A field names a capability this server does not offer.
     #[error("{field}: {message}")]
     Unimplemented { field: String, message: String },
+    /// The request is valid but cannot be served in the state things are in (a revision no
+    /// longer in the change log, say); the message tells the caller what to do instead.
+    #[error("{field}: {message}")]
+    FailedPrecondition { field: String, message: String },
+    /// A named thing (other than a subject) does not exist.
+    #[error("{field}: {message}")]
+    NotFound { field: String, message: String },
+    /// The request would overwrite something that exists.
+    #[error("{field}: {message}")]
+    AlreadyExists { field: String, message: String },
     /// The store of record cannot be reached.
     #[error("the store of record is unavailable; retry later")]
     StoreUnavailable(#[source] StoreError),
@@ -69,8 +79,11 @@ impl ApiError {
     pub fn code(&self) -> Code {
         match self {
             ApiError::InvalidArgument { .. } => Code::InvalidArgument,
-            ApiError::SubjectNotFound(_) => Code::NotFound,
-            ApiError::SubjectDeleted(_) => Code::FailedPrecondition,
+            ApiError::SubjectNotFound(_) | ApiError::NotFound { .. } => Code::NotFound,
+            ApiError::SubjectDeleted(_) | ApiError::FailedPrecondition { .. } => {
+                Code::FailedPrecondition
+            }
+            ApiError::AlreadyExists { .. } => Code::AlreadyExists,
             ApiError::Unimplemented { .. } => Code::Unimplemented,
             ApiError::StoreUnavailable(_) | ApiError::AuditUnavailable(_) => Code::Unavailable,
             ApiError::Internal(_) => Code::Internal,

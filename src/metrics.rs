@@ -18,7 +18,7 @@ use prometheus_client::registry::Registry;
 
 use crate::audit::decision_log::DecisionLog;
 use crate::cache::SubjectCache;
-use crate::policy::{Purpose, Rule};
+use crate::policy::{Decision, Purpose, Reason};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -187,25 +187,26 @@ impl Metrics {
     }
 }
 
-/// The decisions counter of each (purpose, rule), looked up in the family once: a BatchCheck
-/// counts a thousand decisions, and the family's lookup hashes its labels under a lock.
+/// The decisions counter of each (purpose, decision, reason), looked up in the family once: a
+/// BatchCheck counts a thousand decisions, and the family's lookup hashes its labels under a
+/// lock.
 static DECISION_COUNTERS: LazyLock<Box<[OnceLock<Counter>]>> = LazyLock::new(|| {
-    (0..Purpose::ALL.len() * Rule::ALL.len())
+    (0..Purpose::ALL.len() * Decision::ALL.len() * Reason::ALL.len())
         .map(|_| OnceLock::new())
         .collect()
 });
 
-pub fn record_decision(purpose: Purpose, rule: Rule) {
-    let slot = purpose as usize * Rule::ALL.len() + rule as usize;
+pub fn record_decision(purpose: Purpose, decision: Decision, reason: Reason) {
+    let slot = (purpose as usize * Decision::ALL.len() + decision as usize) * Reason::ALL.len()
+        + reason as usize;
     DECISION_COUNTERS[slot]
         .get_or_init(|| {
-            let outcome = rule.outcome();
             METRICS
                 .decisions
                 .get_or_create(&DecisionLabels {
                     purpose: purpose.as_str(),
-                    decision: outcome.decision.as_str(),
-                    reason: outcome.reason.as_str(),
+                    decision: decision.as_str(),
+                    reason: reason.as_str(),
                 })
                 .clone()
         })

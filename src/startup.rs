@@ -14,16 +14,21 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use crate::admin::AdminState;
 use crate::api::AppState;
 use crate::api::audit::AuditService;
+use crate::api::changes::ChangesService;
 use crate::api::decisions::DecisionsService;
+use crate::api::policies::PoliciesService;
 use crate::api::subjects::SubjectsService;
 use crate::audit::decision_log::DecisionLog;
 use crate::auth::{AuthLayer, Authenticator, TokenVerifier};
 use crate::cache::SubjectCache;
 use crate::config::{Settings, TlsSettings};
 use crate::limits::LimitLayer;
+use crate::policies::Policies;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::audit_server::AuditServer;
+use crate::proto::changes_server::ChangesServer;
 use crate::proto::decisions_server::DecisionsServer;
+use crate::proto::policies_server::PoliciesServer;
 use crate::proto::subjects_server::SubjectsServer;
 use crate::store::Store;
 use crate::telemetry::layer::RpcLayer;
@@ -103,11 +108,22 @@ impl Application {
                 .await
                 .context("cannot start the cache")?;
         crate::metrics::METRICS.observe_server(cache.clone(), decision_log.clone());
+        let policies = Arc::new(Policies::builtin());
+        let stored_policies = self
+            .store
+            .policy_versions()
+            .await
+            .context("cannot read the stored policy versions")?;
+        policies
+            .install(&stored_policies)
+            .context("cannot load the stored policy versions")?;
         let state = AppState {
             store: self.store.clone(),
             cache,
             decision_log,
+            policies,
         };
+        let reload_policies = tokio::spawn(reload_policies(state.clone()));
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<DecisionsServer<DecisionsService>>()
@@ -117,6 +133,12 @@ impl Application {
             .await;
         health_reporter
             .set_serving::<AuditServer<AuditService>>()
+            .await;
+        health_reporter
+            .set_serving::<ChangesServer<ChangesService>>()
+            .await;
+        health_reporter
+            .set_serving::<PoliciesServer<PoliciesService>>()
             .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -199,7 +221,16 @@ impl Application {
                     .max_decoding_message_size(max_message),
             )
             .add_service(
-                AuditServer::new(AuditService::new(state)).max_decoding_message_size(max_message),
+                AuditServer::new(AuditService::new(state.clone()))
+                    .max_decoding_message_size(max_message),
+            )
+            .add_service(
+                ChangesServer::new(ChangesService::new(state.clone()))
+                    .max_decoding_message_size(max_message),
+            )
+            .add_service(
+                PoliciesServer::new(PoliciesService::new(state))
+                    .max_decoding_message_size(max_message),
             )
             .serve_with_incoming_shutdown(incoming(self.listener), announce_shutdown);
         match admin_address {
@@ -219,6 +250,7 @@ impl Application {
             }
         }
         forget_idle.abort();
+        reload_policies.abort();
         cache_tasks.shutdown().await;
         decision_log_writer.shutdown().await;
         admin_stop.notify_one();
@@ -232,6 +264,24 @@ impl Application {
         self.store.close().await;
         tracing::info!("decision log flushed, store closed; bye");
         Ok(())
+    }
+}
+
+/// Installs the stored policy versions again whenever the cache learns that one was applied
+/// (by this replica or another). A version that cannot be installed is logged and the versions
+/// installed before stay in force.
+async fn reload_policies(state: AppState) {
+    let mut changes = state.cache.policy_changes();
+    while changes.changed().await.is_ok() {
+        match PoliciesService::reload(&state).await {
+            Ok(()) => tracing::info!(
+                versions = state.policies.all().len(),
+                "policy versions reloaded"
+            ),
+            Err(error) => {
+                tracing::error!(error = %crate::error::error_chain(&error), "cannot reload the policy versions");
+            }
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use super::{AppState, CallContext};
 use crate::audit::decision_log::{DecisionRecord, DurableReceipt};
 use crate::cache::Tier;
 use crate::error::ApiError;
-use crate::policy::{self, POLICY_VERSION, Purpose, Question, Rule};
+use crate::policy::{CompiledPolicy, Purpose, Question, Ruling, SubjectState};
 use crate::proto;
 use crate::revision::Revision;
 use crate::store::{DecisionState, StoreError, now_micros};
@@ -32,7 +32,9 @@ pub struct DecisionsService {
 /// What a check decided, before it is put on the wire or in the log.
 #[derive(Clone, Copy, Debug)]
 struct Verdict {
-    rule: Rule,
+    ruling: &'static Ruling,
+    /// The policy version that decided.
+    policy: &'static CompiledPolicy,
     /// The state revision the answer was computed from; `None` for a degraded answer.
     revision: Option<Revision>,
     decision_id: Uuid,
@@ -45,11 +47,14 @@ impl DecisionsService {
 
     /// Decides one validated check.
     async fn decide(&self, query: &CheckQuery, ids: &DecisionIds) -> Result<Verdict, ApiError> {
+        if let Some(as_of) = query.as_of {
+            return self.decide_as_of(query, as_of, ids).await;
+        }
         let conversation_id = query.conversation_id.as_ref();
         let lookup = crate::child_span!(
             "cache.lookup",
             assent.subject = %telemetry::subject_hash(query.subject_id.as_str()),
-            assent.consistency = consistency_name(query.freshness),
+            assent.consistency = consistency_name(query),
             cache.tier = tracing::field::Empty,
         );
         let loaded = self
@@ -65,6 +70,31 @@ impl DecisionsService {
         self.verdict(query, loaded, ids)
     }
 
+    /// Decides a check as of a past instant: under the policy version then in force, on the
+    /// subject's state then, rebuilt from its audit events.
+    async fn decide_as_of(
+        &self,
+        query: &CheckQuery,
+        as_of: i64,
+        ids: &DecisionIds,
+    ) -> Result<Verdict, ApiError> {
+        let policies = &self.state.policies;
+        validate::as_of_in_range(as_of, policies.first_effective_micros(), ids.micros())?;
+        let history = crate::child_span!(
+            "store.history",
+            assent.subject = %telemetry::subject_hash(query.subject_id.as_str()),
+        );
+        let state = self
+            .state
+            .store
+            .state_as_of(&query.subject_id, query.conversation_id.as_ref(), as_of)
+            .instrument(history)
+            .await
+            .map_err(|error| ApiError::from_store(error, query.subject_id.as_str()))?;
+        let policy = policies.in_force(as_of);
+        Ok(self.judge(query, policy, state, ids))
+    }
+
     /// The verdict on what the cache's tiers answered.
     fn verdict(
         &self,
@@ -72,29 +102,46 @@ impl DecisionsService {
         loaded: Result<(DecisionState, Tier), StoreError>,
         ids: &DecisionIds,
     ) -> Result<Verdict, ApiError> {
-        let (rule, revision) = match loaded {
-            Ok((state, _tier)) => {
-                let question = Question {
-                    purpose: query.purpose,
-                    source: query.source,
-                    conversation: state.conversation,
-                };
-                let rule = evaluate(state.subject.as_ref(), &question);
-                (rule, Some(state.revision))
-            }
+        let policy = self.state.policies.in_force(ids.micros());
+        match loaded {
+            Ok((state, _tier)) => Ok(self.judge(query, policy, state, ids)),
             // The fail-safe answer of POLICY.md, only when the caller asked for no particular
             // freshness: an answer that cannot honour a demanded revision is an error instead.
             Err(StoreError::Unavailable(_)) if query.freshness == Freshness::MinimizeLatency => {
-                (policy::degraded(query.purpose), None)
+                let ruling = policy.degraded(query.purpose);
+                metrics::record_decision(query.purpose, ruling.decision, ruling.reason);
+                Ok(Verdict {
+                    ruling,
+                    policy,
+                    revision: None,
+                    decision_id: ids.next(),
+                })
             }
-            Err(error) => return Err(ApiError::from_store(error, query.subject_id.as_str())),
+            Err(error) => Err(ApiError::from_store(error, query.subject_id.as_str())),
+        }
+    }
+
+    /// Decides a check on a state read.
+    fn judge(
+        &self,
+        query: &CheckQuery,
+        policy: &'static CompiledPolicy,
+        state: DecisionState,
+        ids: &DecisionIds,
+    ) -> Verdict {
+        let question = Question {
+            purpose: query.purpose,
+            source: query.source,
+            conversation: state.conversation,
         };
-        metrics::record_decision(query.purpose, rule);
-        Ok(Verdict {
-            rule,
-            revision,
+        let ruling = evaluate(policy, state.subject.as_ref(), &question);
+        metrics::record_decision(query.purpose, ruling.decision, ruling.reason);
+        Verdict {
+            ruling,
+            policy,
+            revision: Some(state.revision),
             decision_id: ids.next(),
-        })
+        }
     }
 
     /// A check answered without waiting: from memory, not traced, no `require_audit`. `None`
@@ -105,7 +152,7 @@ impl DecisionsService {
         context: &CallContext,
         ids: &DecisionIds,
     ) -> Option<Result<proto::CheckResponse, ApiError>> {
-        if query.require_audit || telemetry::layer::traced() {
+        if query.require_audit || query.as_of.is_some() || telemetry::layer::traced() {
             return None;
         }
         let loaded = self.state.cache.decision_state_in_memory(
@@ -128,7 +175,7 @@ impl DecisionsService {
     ) -> proto::CheckResponse {
         let log = &self.state.decision_log;
         let draw = verdict.decision_id.as_u128() as u32;
-        if log.wants(verdict.rule.outcome().decision, draw) {
+        if log.wants(verdict.ruling.decision, draw) {
             let _span = crate::child_span!("audit.decision_log", assent.durable = false).entered();
             log.record(record(query, verdict, context));
         }
@@ -213,7 +260,8 @@ fn settle(
 type CheckAnswer = Result<(proto::CheckResponse, Option<DurableReceipt>), ApiError>;
 
 /// Makes the decision ids of one call: UUIDv7s that share one reading of the clock (a batch of
-/// a thousand checks reads it once), each with 74 random bits of its own.
+/// a thousand checks reads it once), each with 74 random bits of its own. The same reading
+/// chooses the policy version in force.
 struct DecisionIds {
     seconds: u64,
     nanos: u32,
@@ -230,6 +278,14 @@ impl DecisionIds {
         }
     }
 
+    /// The call's instant, in microseconds since the epoch.
+    fn micros(&self) -> i64 {
+        i64::try_from(self.seconds)
+            .unwrap_or(i64::MAX / 1_000_000)
+            .saturating_mul(1_000_000)
+            .saturating_add(i64::from(self.nanos / 1_000))
+    }
+
     fn next(&self) -> Uuid {
         Uuid::new_v7(uuid::Timestamp::from_unix(
             uuid::NoContext,
@@ -240,9 +296,13 @@ impl DecisionIds {
 }
 
 /// Evaluates the policy, in a span of its own when the call is traced.
-fn evaluate(subject: Option<&policy::SubjectState>, question: &Question) -> Rule {
+fn evaluate(
+    policy: &'static CompiledPolicy,
+    subject: Option<&SubjectState>,
+    question: &Question,
+) -> &'static Ruling {
     if !telemetry::layer::traced() {
-        return policy::evaluate(subject, question);
+        return policy.evaluate(subject, question);
     }
     let span = tracing::info_span!(
         "policy.evaluate",
@@ -250,14 +310,13 @@ fn evaluate(subject: Option<&policy::SubjectState>, question: &Question) -> Rule
         assent.decision = tracing::field::Empty,
         assent.reason = tracing::field::Empty,
         assent.rule = tracing::field::Empty,
-        assent.policy_version = POLICY_VERSION,
+        assent.policy_version = policy.version(),
     );
-    let rule = span.in_scope(|| policy::evaluate(subject, question));
-    let outcome = rule.outcome();
-    span.record("assent.decision", outcome.decision.as_str());
-    span.record("assent.reason", outcome.reason.as_str());
-    span.record("assent.rule", rule.id());
-    rule
+    let ruling = span.in_scope(|| policy.evaluate(subject, question));
+    span.record("assent.decision", ruling.decision.as_str());
+    span.record("assent.reason", ruling.reason.as_str());
+    span.record("assent.rule", &*ruling.rule);
+    ruling
 }
 
 /// Waits until every `require_audit` record of a call is committed.
@@ -273,8 +332,11 @@ async fn await_receipts(
     Ok(())
 }
 
-fn consistency_name(freshness: Freshness) -> &'static str {
-    match freshness {
+fn consistency_name(query: &CheckQuery) -> &'static str {
+    if query.as_of.is_some() {
+        return "as_of";
+    }
+    match query.freshness {
         Freshness::MinimizeLatency => "minimize_latency",
         Freshness::AtLeastAsFresh(_) => "at_least_as_fresh",
         Freshness::FullyConsistent => "fully_consistent",
@@ -282,7 +344,6 @@ fn consistency_name(freshness: Freshness) -> &'static str {
 }
 
 fn record(query: &CheckQuery, verdict: &Verdict, context: &CallContext) -> DecisionRecord {
-    let outcome = verdict.rule.outcome();
     DecisionRecord {
         decided_at_micros: now_micros(),
         decision_id: verdict.decision_id.to_string(),
@@ -293,11 +354,11 @@ fn record(query: &CheckQuery, verdict: &Verdict, context: &CallContext) -> Decis
             .as_ref()
             .map(|id| id.as_str().to_owned()),
         source: query.source,
-        consistency: consistency_name(query.freshness),
-        decision: outcome.decision,
-        reason: outcome.reason,
-        rule: verdict.rule,
-        policy_version: POLICY_VERSION,
+        consistency: consistency_name(query),
+        decision: verdict.ruling.decision,
+        reason: verdict.ruling.reason,
+        rule: &verdict.ruling.rule,
+        policy_version: verdict.policy.version(),
         revision: verdict.revision.map(Revision::sequence),
         degraded: verdict.revision.is_none(),
         caller: context.caller.clone(),
@@ -315,7 +376,7 @@ fn response_to(query: &CheckQuery, verdict: &Verdict) -> proto::CheckResponse {
         query.subject_id.as_str(),
         query.purpose,
         conversation_id,
-        verdict.rule,
+        (verdict.policy, verdict.ruling),
         verdict.revision,
         verdict.decision_id,
     )
@@ -327,25 +388,24 @@ pub fn response(
     subject_id: &str,
     purpose: Purpose,
     conversation_id: String,
-    rule: Rule,
+    (policy, ruling): (&CompiledPolicy, &Ruling),
     revision: Option<Revision>,
     decision_id: Uuid,
 ) -> proto::CheckResponse {
-    let outcome = rule.outcome();
     proto::CheckResponse {
         subject_id: subject_id.to_owned(),
         purpose: proto::Purpose::from(purpose) as i32,
         conversation_id,
-        decision: proto::Decision::from(outcome.decision) as i32,
-        reason: proto::Reason::from(outcome.reason) as i32,
-        basis: outcome
+        decision: proto::Decision::from(ruling.decision) as i32,
+        reason: proto::Reason::from(ruling.reason) as i32,
+        basis: ruling
             .basis
             .map_or(proto::LawfulBasis::Unspecified, proto::LawfulBasis::from)
             as i32,
-        rule: rule.id().to_owned(),
-        policy_version: POLICY_VERSION.to_owned(),
+        rule: ruling.rule.to_string(),
+        policy_version: policy.version().to_owned(),
         revision: revision.map(Revision::to_token).unwrap_or_default(),
-        explanation: outcome.explanation.to_owned(),
+        explanation: ruling.explanation.to_string(),
         decision_id: decision_id.to_string(),
         degraded: revision.is_none(),
     }

@@ -6,15 +6,20 @@
 //! gRPC status codes.
 
 pub mod audit;
+pub mod changes;
 pub mod convert;
 pub mod decisions;
+pub mod policies;
 pub mod subjects;
 pub mod validate;
 
 use tonic::metadata::MetadataMap;
 
+use std::sync::Arc;
+
 use crate::audit::decision_log::DecisionLog;
 use crate::cache::SubjectCache;
+use crate::policies::Policies;
 use crate::store::Store;
 
 /// What every handler shares.
@@ -23,6 +28,8 @@ pub struct AppState {
     pub store: Store,
     pub cache: SubjectCache,
     pub decision_log: DecisionLog,
+    /// The policy versions known, for choosing the one in force.
+    pub policies: Arc<Policies>,
 }
 
 /// Who is calling and under which trace, read once per call.

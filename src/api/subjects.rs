@@ -5,9 +5,9 @@ use tonic::{Request, Response, Status};
 use super::decisions::response;
 use super::{AppState, caller_of, convert, trace_id_of, validate};
 use crate::error::ApiError;
-use crate::policy::{self, Purpose, Question};
+use crate::policy::{Purpose, Question};
 use crate::proto;
-use crate::store::{Command, WriteContext, WriteRequest};
+use crate::store::{Command, WriteContext, WriteRequest, now_micros};
 
 #[derive(Clone, Debug)]
 pub struct SubjectsService {
@@ -37,6 +37,12 @@ impl SubjectsService {
                 caller: caller_of(request),
                 actor,
                 trace_id: trace_id_of(request.metadata()),
+                policy_version: self
+                    .state
+                    .policies
+                    .in_force(now_micros())
+                    .version()
+                    .to_owned(),
             },
         };
         let outcome = self
@@ -139,15 +145,16 @@ impl proto::subjects_server::Subjects for SubjectsService {
             .map_err(|error| ApiError::from_store(error, subject_id.as_str()))?
             .ok_or_else(|| ApiError::SubjectNotFound(subject_id.as_str().to_owned()))?;
         let state = &view.record.state;
+        let policy = self.state.policies.in_force(now_micros());
         let effective = Purpose::ALL
             .iter()
             .map(|purpose| {
-                let rule = policy::evaluate(Some(state), &Question::about(*purpose));
+                let ruling = policy.evaluate(Some(state), &Question::about(*purpose));
                 response(
                     subject_id.as_str(),
                     *purpose,
                     String::new(),
-                    rule,
+                    (policy, ruling),
                     Some(view.revision),
                     uuid::Uuid::now_v7(),
                 )

@@ -23,6 +23,8 @@ pub struct CheckQuery {
     pub conversation_id: Option<ConversationId>,
     pub source: Source,
     pub freshness: Freshness,
+    /// Decide as of this instant (microseconds since the epoch) instead of now.
+    pub as_of: Option<i64>,
     pub require_audit: bool,
 }
 
@@ -44,11 +46,13 @@ pub fn check(request: &proto::CheckRequest) -> Result<CheckQuery, ApiError> {
         .transpose()?;
     let source = convert::source(request.source)?;
     let freshness = freshness(request.consistency.as_ref())?;
-    if request.as_of.is_some() {
-        return Err(ApiError::Unimplemented {
-            field: "as_of".into(),
-            message: "decisions as of a past instant are not supported by this server yet".into(),
-        });
+    let as_of = request.as_of.as_ref().map(timestamp_micros).transpose()?;
+    if as_of.is_some() && freshness != Freshness::MinimizeLatency {
+        return Err(ApiError::invalid(
+            "consistency",
+            "cannot be combined with as_of: a decision as of a past instant is always read \
+             from the store of record",
+        ));
     }
     Ok(CheckQuery {
         subject_id,
@@ -56,8 +60,46 @@ pub fn check(request: &proto::CheckRequest) -> Result<CheckQuery, ApiError> {
         conversation_id,
         source,
         freshness,
+        as_of,
         require_audit: request.require_audit,
     })
+}
+
+/// An `as_of` timestamp in microseconds since the epoch.
+fn timestamp_micros(timestamp: &prost_types::Timestamp) -> Result<i64, ApiError> {
+    if !(0..1_000_000_000).contains(&timestamp.nanos) {
+        return Err(ApiError::invalid(
+            "as_of.nanos",
+            format_args!("must be 0-999999999, got {}", timestamp.nanos),
+        ));
+    }
+    timestamp
+        .seconds
+        .checked_mul(1_000_000)
+        .and_then(|micros| micros.checked_add(i64::from(timestamp.nanos / 1_000)))
+        .ok_or_else(|| ApiError::invalid("as_of.seconds", "is out of range"))
+}
+
+/// Whether a check can be decided as of `as_of`: not before the first policy version took
+/// effect (no policy was in force) and not after `now` (the state then is not known yet).
+pub fn as_of_in_range(as_of: i64, first_effective: i64, now: i64) -> Result<(), ApiError> {
+    if as_of > now {
+        return Err(ApiError::invalid(
+            "as_of",
+            "is in the future: decisions can be asked as of now or a past instant",
+        ));
+    }
+    if as_of < first_effective {
+        return Err(ApiError::invalid(
+            "as_of",
+            format_args!(
+                "is before the first policy version took effect ({} microseconds since the \
+                 epoch): no policy was in force",
+                first_effective
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Validates every check of a batch; the first invalid one fails the batch, naming its index.
@@ -79,6 +121,56 @@ pub fn batch(request: &proto::BatchCheckRequest) -> Result<Vec<CheckQuery>, ApiE
             check(check_request).map_err(|error| error.within(&format!("checks[{index}]")))
         })
         .collect()
+}
+
+/// A validated WatchRequest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchQuery {
+    pub since: Revision,
+    /// Empty: every purpose, and every change.
+    pub purposes: Vec<Purpose>,
+    pub heartbeat: std::time::Duration,
+}
+
+/// Heartbeat intervals a watcher may ask for, in milliseconds.
+const HEARTBEAT_MS: std::ops::RangeInclusive<u32> = 100..=60_000;
+const DEFAULT_HEARTBEAT_MS: u32 = 5_000;
+
+pub fn watch(request: &proto::WatchRequest) -> Result<WatchQuery, ApiError> {
+    let since = match request.since_revision.as_str() {
+        "" => Revision::ZERO,
+        token => Revision::parse_token(token)
+            .map_err(|malformed| ApiError::invalid("since_revision", malformed))?,
+    };
+    let mut purposes = request
+        .purposes
+        .iter()
+        .enumerate()
+        .map(|(index, value)| {
+            convert::required::<proto::Purpose, Purpose>(*value, &format!("purposes[{index}]"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    purposes.sort();
+    purposes.dedup();
+    let heartbeat_ms = match request.heartbeat_interval_ms {
+        0 => DEFAULT_HEARTBEAT_MS,
+        ms if HEARTBEAT_MS.contains(&ms) => ms,
+        ms => {
+            return Err(ApiError::invalid(
+                "heartbeat_interval_ms",
+                format_args!(
+                    "must be 0 (the default, {DEFAULT_HEARTBEAT_MS}) or {}-{}, got {ms}",
+                    HEARTBEAT_MS.start(),
+                    HEARTBEAT_MS.end()
+                ),
+            ));
+        }
+    };
+    Ok(WatchQuery {
+        since,
+        purposes,
+        heartbeat: std::time::Duration::from_millis(u64::from(heartbeat_ms)),
+    })
 }
 
 fn freshness(consistency: Option<&proto::Consistency>) -> Result<Freshness, ApiError> {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::policy::{Decision, Purpose, Reason, Rule, Source};
+use crate::policy::{Decision, Purpose, Reason, Source};
 use crate::store::Store;
 
 /// The most rows one insert carries.
@@ -82,7 +82,8 @@ pub struct DecisionRecord {
     pub consistency: &'static str,
     pub decision: Decision,
     pub reason: Reason,
-    pub rule: Rule,
+    /// The rule id, such as `T3`.
+    pub rule: &'static str,
     pub policy_version: &'static str,
     /// The state revision the answer was computed from; `None` for a degraded answer.
     pub revision: Option<u64>,
@@ -342,7 +343,7 @@ mod tests {
             consistency: "minimize_latency",
             decision: Decision::Allow,
             reason: Reason::LegitimateInterestDefault,
-            rule: Rule::M2,
+            rule: "M2",
             policy_version: crate::policy::POLICY_VERSION,
             revision: Some(1),
             degraded: false,

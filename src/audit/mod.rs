@@ -19,6 +19,8 @@ pub enum EventKind {
     ConversationFlagged,
     RestrictionSet,
     SubjectDeleted,
+    /// A policy version was stored (its subject id is empty).
+    PolicyApplied,
 }
 
 impl EventKind {
@@ -30,12 +32,30 @@ impl EventKind {
             EventKind::ConversationFlagged => "conversation_flagged",
             EventKind::RestrictionSet => "restriction_set",
             EventKind::SubjectDeleted => "subject_deleted",
+            EventKind::PolicyApplied => "policy_applied",
         }
+    }
+
+    pub const ALL: [EventKind; 7] = [
+        EventKind::SubjectUpserted,
+        EventKind::ChoiceSet,
+        EventKind::FeedbackRecorded,
+        EventKind::ConversationFlagged,
+        EventKind::RestrictionSet,
+        EventKind::SubjectDeleted,
+        EventKind::PolicyApplied,
+    ];
+
+    /// Parses a stored kind name; `None` for a name this binary does not know.
+    pub fn from_name(text: &str) -> Option<EventKind> {
+        EventKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == text)
     }
 }
 
 /// One audit event as stored.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AuditEvent {
     /// The revision this event produced: its position in the chain, from 1.
     pub sequence: u64,

@@ -137,6 +137,9 @@ struct Inner {
     shared_ready: AtomicBool,
     /// When this replica last lost Redis (microseconds since the epoch).
     shared_lost_at: Mutex<Option<i64>>,
+    /// The revision of the latest change about no subject (a policy version applied) learnt
+    /// from the change log or an announcement.
+    policy_changes: watch::Sender<Revision>,
 }
 
 /// How the cache has answered since start.
@@ -212,6 +215,7 @@ impl SubjectCache {
                 read_change_log: Notify::new(),
                 shared_ready: AtomicBool::new(false),
                 shared_lost_at: Mutex::new(None),
+                policy_changes: watch::channel(head).0,
             }),
         };
         let (stop, stopped) = watch::channel(false);
@@ -228,6 +232,18 @@ impl SubjectCache {
     /// The revision up to which every change has been applied to this replica's cache.
     pub fn applied_revision(&self) -> Revision {
         self.inner.watermark.applied()
+    }
+
+    /// Changes about no subject (policy versions applied), by the revision of the latest: what
+    /// tells this replica to reload its policy versions.
+    pub fn policy_changes(&self) -> watch::Receiver<Revision> {
+        self.inner.policy_changes.subscribe()
+    }
+
+    /// Waits until this replica has applied the change log up to `revision`, for at most
+    /// `timeout`; whether it has.
+    pub async fn wait_for_revision(&self, revision: Revision, timeout: Duration) -> bool {
+        self.inner.watermark.wait_for(revision, timeout).await
     }
 
     pub fn stats(&self) -> CacheStats {
@@ -476,6 +492,15 @@ impl SubjectCache {
     }
 
     fn announce(&self, subject_id: &str, revision: Revision) {
+        if subject_id.is_empty() {
+            self.inner.policy_changes.send_if_modified(|latest| {
+                let newer = revision > *latest;
+                *latest = (*latest).max(revision);
+                newer
+            });
+            self.inner.watermark.record(revision);
+            return;
+        }
         self.inner.known.insert(subject_id);
         self.inner.local.invalidate(subject_id, revision);
         self.inner.watermark.record(revision);

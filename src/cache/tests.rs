@@ -34,6 +34,7 @@ async fn write(store: &Store, subject_id: &str, command: Command) -> Revision {
             caller: "cache-tests".into(),
             actor: Actor::parse("tester", "").unwrap(),
             trace_id: String::new(),
+            policy_version: crate::policy::POLICY_VERSION.to_owned(),
         },
     };
     store.write(&request).await.unwrap().revision

@@ -18,7 +18,7 @@ const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Puts the bearer token, if any, on every call.
 #[derive(Clone)]
-struct BearerToken(Option<MetadataValue<Ascii>>);
+pub(super) struct BearerToken(Option<MetadataValue<Ascii>>);
 
 impl Interceptor for BearerToken {
     fn call(
@@ -34,7 +34,7 @@ impl Interceptor for BearerToken {
     }
 }
 
-type Connection = InterceptedService<Channel, BearerToken>;
+pub(super) type Connection = InterceptedService<Channel, BearerToken>;
 
 /// One server's endpoint, with TLS when its address is https://.
 fn endpoint(client: &ClientArgs, address: &str) -> anyhow::Result<Endpoint> {
@@ -66,7 +66,7 @@ fn endpoint(client: &ClientArgs, address: &str) -> anyhow::Result<Endpoint> {
 /// A connection to the server, or to one of several replicas (`--server a,b,c`): a command
 /// makes one call, so it connects to the replicas in turn from one picked at random (spreading
 /// invocations over them) and uses the first that accepts.
-async fn connect(client: &ClientArgs) -> anyhow::Result<Connection> {
+pub(super) async fn connect(client: &ClientArgs) -> anyhow::Result<Connection> {
     let addresses: Vec<&str> = client.server.split(',').map(str::trim).collect();
     let first = std::process::id() as usize % addresses.len();
     let mut refused = Vec::new();
@@ -94,7 +94,7 @@ async fn connect(client: &ClientArgs) -> anyhow::Result<Connection> {
 }
 
 /// A failed call as one line: "INVALID_ARGUMENT: subject_id: must not be empty".
-fn call_failed(status: tonic::Status) -> anyhow::Error {
+pub(super) fn call_failed(status: tonic::Status) -> anyhow::Error {
     let code = format!("{:?}", status.code());
     let mut name = String::new();
     for (index, character) in code.chars().enumerate() {
@@ -106,7 +106,7 @@ fn call_failed(status: tonic::Status) -> anyhow::Error {
     anyhow!("{name}: {}", status.message())
 }
 
-fn print(client: &ClientArgs, json: serde_json::Value, text: String) {
+pub(super) fn print(client: &ClientArgs, json: serde_json::Value, text: String) {
     if client.json {
         println!("{json}");
     } else {
@@ -114,7 +114,7 @@ fn print(client: &ClientArgs, json: serde_json::Value, text: String) {
     }
 }
 
-fn actor(args: &ActorArgs) -> Option<proto::Actor> {
+pub(super) fn actor(args: &ActorArgs) -> Option<proto::Actor> {
     Some(proto::Actor {
         operator_id: args.operator.clone(),
         reason: args.reason.clone(),
@@ -170,6 +170,7 @@ pub async fn check(args: CheckArgs) -> anyhow::Result<()> {
         consistency: requirement.map(|requirement| proto::Consistency {
             requirement: Some(requirement),
         }),
+        as_of: args.as_of.map(prost_types::Timestamp::from),
         ..Default::default()
     };
     // A check changes nothing: one that a replica left unanswered is tried again.

@@ -3,6 +3,7 @@
 
 mod client;
 mod output;
+mod policy;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -40,6 +41,12 @@ pub enum Command {
     /// Read and verify the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Apply, list, compare and test policy versions.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Follow the change log.
+    #[command(subcommand)]
+    Changes(ChangesCommand),
     /// Ask a running server's gRPC health service whether it serves; exits 0 if it does, 1 if
     /// not (the container's and Kubernetes' probe).
     Health(HealthArgs),
@@ -152,8 +159,79 @@ pub struct CheckArgs {
     /// Read the store of record.
     #[arg(long)]
     pub fully_consistent: bool,
+    /// Decide as of this past instant (RFC 3339, such as 2026-11-23T15:00:00Z): under the
+    /// policy version and the subject's state then.
+    #[arg(long, value_parser = parse_instant, conflicts_with_all = ["fully_consistent", "at_least_as_fresh"])]
+    pub as_of: Option<std::time::SystemTime>,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a policy file and store it as a new version, in force from its effective date
+    /// on every replica.
+    Apply {
+        file: PathBuf,
+        #[command(flatten)]
+        actor: ActorArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The known versions, and the one in force.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print one version's policy file.
+    Get {
+        version: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// A dry run over the stored subjects: how many answers per purpose would change from OLD
+    /// to NEW. OLD is a policy file, or `in-force` for the version in force now.
+    Diff {
+        old: String,
+        new: PathBuf,
+        /// Examples to show per purpose (0-100).
+        #[arg(long, default_value_t = 5)]
+        examples: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Run scenario vectors (the format of tests/fixtures/scenarios.json) against a policy
+    /// file, without a server. Exits 1 if a check fails.
+    Test {
+        file: PathBuf,
+        scenarios: PathBuf,
+        /// Print JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a policy file without a server.
+    Validate { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChangesCommand {
+    /// Print every change after a revision, then new ones as they commit (one line each).
+    Watch {
+        /// Start after this revision [default: the beginning of the change log]
+        #[arg(long, default_value = "")]
+        since: String,
+        /// Only changes that flipped a decision of these purposes (repeatable).
+        #[arg(long = "purpose", value_parser = parse_purpose)]
+        purposes: Vec<Purpose>,
+        /// Print heartbeats too.
+        #[arg(long)]
+        heartbeats: bool,
+        /// Stop after this many changes.
+        #[arg(long)]
+        limit: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -288,6 +366,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             store,
         }) => prune(older_than_days, store).await,
         Command::Audit(command) => client::audit(command).await,
+        Command::Policy(command) => policy::policy(command).await,
+        Command::Changes(command) => policy::changes(command).await,
     }
 }
 
@@ -368,6 +448,11 @@ fn parse_plan(text: &str) -> Result<Plan, String> {
 
 fn parse_source(text: &str) -> Result<Source, String> {
     parse_named(text, Source::from_name, Source::ALL, Source::as_str)
+}
+
+fn parse_instant(text: &str) -> Result<std::time::SystemTime, String> {
+    humantime::parse_rfc3339_weak(text)
+        .map_err(|error| format!("{error}: expected an RFC 3339 time such as 2026-11-23T15:00:00Z"))
 }
 
 fn parse_flag_kind(text: &str) -> Result<FlagKind, String> {

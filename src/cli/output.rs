@@ -28,7 +28,7 @@ fn basis(value: i32) -> String {
     enum_name::<proto::LawfulBasis>(value, |value| value.as_str_name())
 }
 
-fn timestamp(stamp: Option<&prost_types::Timestamp>) -> Value {
+pub fn timestamp(stamp: Option<&prost_types::Timestamp>) -> Value {
     let Some(stamp) = stamp else {
         return Value::Null;
     };
@@ -38,6 +38,14 @@ fn timestamp(stamp: Option<&prost_types::Timestamp>) -> Value {
     let time = std::time::UNIX_EPOCH
         + std::time::Duration::new(seconds, u32::try_from(stamp.nanos).unwrap_or_default());
     Value::String(humantime::format_rfc3339_micros(time).to_string())
+}
+
+/// A time as RFC 3339 text, `-` when unset.
+pub fn time_text(stamp: Option<&prost_types::Timestamp>) -> String {
+    match timestamp(stamp) {
+        Value::String(text) => text,
+        _ => "-".to_owned(),
+    }
 }
 
 /// The value of a wire enum without its prefix, lower-case: `DECISION_ALLOW` → `allow`.
@@ -220,4 +228,118 @@ pub fn verify_text(response: &proto::VerifyChainResponse) -> String {
             response.first_bad_event_id, response.events_checked
         )
     }
+}
+
+fn flip_json(flip: &proto::DecisionFlip) -> Value {
+    json!({
+        "purpose": purpose(flip.purpose),
+        "conversationId": flip.conversation_id,
+        "before": decision(flip.before),
+        "after": decision(flip.after),
+        "beforeRule": flip.before_rule,
+        "afterRule": flip.after_rule,
+        "beforeReason": reason(flip.before_reason),
+        "afterReason": reason(flip.after_reason),
+    })
+}
+
+pub fn change_json(change: &proto::ChangeEvent) -> Value {
+    json!({
+        "revision": change.revision,
+        "subjectId": change.subject_id,
+        "kind": change.kind,
+        "at": timestamp(change.at.as_ref()),
+        "beforeJson": change.before_json,
+        "afterJson": change.after_json,
+        "flipped": change.flipped.iter().map(flip_json).collect::<Vec<_>>(),
+        "policyVersion": change.policy_version,
+        "eventId": change.event_id,
+        "conversationId": change.conversation_id,
+    })
+}
+
+pub fn change_text(change: &proto::ChangeEvent) -> String {
+    let mut text = format!(
+        "{:<8} {}  {:<21} {}",
+        change.revision,
+        time_text(change.at.as_ref()),
+        change.kind,
+        change.subject_id
+    );
+    if !change.conversation_id.is_empty() {
+        text.push_str(&format!(" conversation {}", change.conversation_id));
+    }
+    for flip in &change.flipped {
+        text.push_str(&format!(
+            "  {} {}->{} ({}->{})",
+            short(&purpose(flip.purpose), "PURPOSE_"),
+            short(&decision(flip.before), "DECISION_").to_ascii_uppercase(),
+            short(&decision(flip.after), "DECISION_").to_ascii_uppercase(),
+            flip.before_rule,
+            flip.after_rule,
+        ));
+    }
+    text
+}
+
+pub fn diff_json(response: &proto::DiffPolicyResponse) -> Value {
+    let purposes: Vec<Value> = response
+        .purposes
+        .iter()
+        .map(|diff| {
+            let examples: Vec<Value> = diff
+                .examples
+                .iter()
+                .map(|example| {
+                    json!({
+                        "subjectId": example.subject_id,
+                        "oldDecision": decision(example.old_decision),
+                        "newDecision": decision(example.new_decision),
+                        "oldRule": example.old_rule,
+                        "newRule": example.new_rule,
+                    })
+                })
+                .collect();
+            json!({
+                "purpose": purpose(diff.purpose),
+                "changed": diff.changed.to_string(),
+                "allowToDeny": diff.allow_to_deny.to_string(),
+                "denyToAllow": diff.deny_to_allow.to_string(),
+                "examples": examples,
+            })
+        })
+        .collect();
+    json!({
+        "oldVersion": response.old_version,
+        "newVersion": response.new_version,
+        "subjectsScanned": response.subjects_scanned.to_string(),
+        "purposes": purposes,
+    })
+}
+
+pub fn diff_text(response: &proto::DiffPolicyResponse) -> String {
+    let mut text = format!(
+        "{} -> {}: {} subjects compared (a check naming no conversation, per purpose)\n",
+        response.old_version, response.new_version, response.subjects_scanned
+    );
+    for diff in &response.purposes {
+        text.push_str(&format!(
+            "  {:<28} {:>8} changed  {:>8} ALLOW->DENY  {:>8} DENY->ALLOW\n",
+            short(&purpose(diff.purpose), "PURPOSE_"),
+            diff.changed,
+            diff.allow_to_deny,
+            diff.deny_to_allow
+        ));
+        for example in &diff.examples {
+            text.push_str(&format!(
+                "      e.g. {}: {} {} -> {} {}\n",
+                example.subject_id,
+                short(&decision(example.old_decision), "DECISION_").to_ascii_uppercase(),
+                example.old_rule,
+                short(&decision(example.new_decision), "DECISION_").to_ascii_uppercase(),
+                example.new_rule
+            ));
+        }
+    }
+    text
 }

@@ -10,6 +10,7 @@
 
 pub mod change;
 mod postgres;
+pub mod replay;
 mod rows;
 mod sqlite;
 pub mod testing;
@@ -92,6 +93,8 @@ pub struct WriteContext {
     pub actor: Actor,
     /// The W3C trace id of the request, or empty.
     pub trace_id: String,
+    /// The policy version in force when the write is made.
+    pub policy_version: String,
 }
 
 /// One write to one subject.
@@ -100,6 +103,25 @@ pub struct WriteRequest {
     pub subject_id: SubjectId,
     pub command: Command,
     pub context: WriteContext,
+}
+
+/// A policy version to store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewPolicy {
+    pub version: String,
+    pub effective_from_micros: i64,
+    pub description: String,
+    /// The policy file.
+    pub source: String,
+}
+
+/// A stored policy version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredPolicy {
+    pub policy: NewPolicy,
+    pub applied_at_micros: i64,
+    /// The revision of the audit event recording it.
+    pub revision: Revision,
 }
 
 /// What a write did.
@@ -155,7 +177,8 @@ impl Change {
         )
     }
 
-    /// Parses an announcement; the `@MICROS` part is optional.
+    /// Parses an announcement; the `@MICROS` part is optional. An empty subject announces a
+    /// change about no subject (a policy version applied).
     pub fn parse_announcement(message: &str) -> Option<Change> {
         let (stamp, subject_id) = message.split_once(' ')?;
         let (revision, at_micros) = match stamp.split_once('@') {
@@ -163,7 +186,7 @@ impl Change {
             None => (stamp, 0),
         };
         let revision = Revision::new(revision.parse().ok()?);
-        (!subject_id.is_empty()).then(|| Change {
+        Some(Change {
             revision,
             subject_id: subject_id.to_owned(),
             at_micros,
@@ -238,6 +261,8 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error("policy version {0} is stored already, with another text")]
+    PolicyConflict(String),
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
 }
@@ -318,6 +343,33 @@ impl Store {
             match self {
                 Store::Sqlite(store) => store.write(request).await,
                 Store::Postgres(store) => store.write(request).await,
+            }
+        })
+        .await
+    }
+
+    /// Stores a policy version and its audit event in one transaction; unchanged when this
+    /// exact version is stored, [`StoreError::PolicyConflict`] when another text is.
+    pub async fn apply_policy(
+        &self,
+        policy: &NewPolicy,
+        context: &WriteContext,
+    ) -> Result<WriteOutcome, StoreError> {
+        observed(self, "apply_policy", async {
+            match self {
+                Store::Sqlite(store) => store.apply_policy(policy, context).await,
+                Store::Postgres(store) => store.apply_policy(policy, context).await,
+            }
+        })
+        .await
+    }
+
+    /// Every stored policy version, by effective date.
+    pub async fn policy_versions(&self) -> Result<Vec<StoredPolicy>, StoreError> {
+        observed(self, "policy_versions", async {
+            match self {
+                Store::Sqlite(store) => store.policy_versions().await,
+                Store::Postgres(store) => store.policy_versions().await,
             }
         })
         .await
@@ -415,6 +467,47 @@ impl Store {
         .await
     }
 
+    /// What a decision about `subject_id` needed as of `at_micros`, rebuilt from the subject's
+    /// audit events committed by then (in revision order, up to the first committed later).
+    /// The revision is that of the last event applied (zero when there was none).
+    pub async fn state_as_of(
+        &self,
+        subject_id: &SubjectId,
+        conversation_id: Option<&ConversationId>,
+        at_micros: i64,
+    ) -> Result<DecisionState, StoreError> {
+        const HISTORY_PAGE: u32 = 1_000;
+        let mut replayed = replay::Replayed::default();
+        let mut revision = Revision::ZERO;
+        'pages: loop {
+            let events = self
+                .events(&EventQuery {
+                    subject_id: Some(subject_id.clone()),
+                    after_sequence: revision.sequence(),
+                    limit: HISTORY_PAGE,
+                })
+                .await?;
+            let full_page = events.len() == HISTORY_PAGE as usize;
+            for event in &events {
+                if event.at_micros > at_micros {
+                    break 'pages;
+                }
+                replayed
+                    .apply(event)
+                    .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+                revision = Revision::new(event.sequence);
+            }
+            if !full_page {
+                break;
+            }
+        }
+        Ok(DecisionState {
+            conversation: conversation_id.and_then(|id| replayed.conversation(id.as_str())),
+            subject: replayed.subject.map(|record| record.state),
+            revision,
+        })
+    }
+
     /// Audit events in sequence order.
     pub async fn events(&self, query: &EventQuery) -> Result<Vec<AuditEvent>, StoreError> {
         observed(self, "events", async {
@@ -443,6 +536,18 @@ impl Store {
             match self {
                 Store::Sqlite(store) => store.head_revision().await,
                 Store::Postgres(store) => store.head_revision().await,
+            }
+        })
+        .await
+    }
+
+    /// The oldest revision the change log can be read from (everything after it is kept) and
+    /// the latest committed revision.
+    pub async fn change_log_bounds(&self) -> Result<(Revision, Revision), StoreError> {
+        observed(self, "change_log_bounds", async {
+            match self {
+                Store::Sqlite(store) => store.change_log_bounds().await,
+                Store::Postgres(store) => store.change_log_bounds().await,
             }
         })
         .await
@@ -588,7 +693,15 @@ mod announcement_tests {
                 at_micros: 0,
             })
         );
-        for invalid in ["x u", "17 ", "17@x u", "17"] {
+        assert_eq!(
+            Change::parse_announcement("18@5 "),
+            Some(Change {
+                revision: Revision::new(18),
+                subject_id: String::new(),
+                at_micros: 5,
+            })
+        );
+        for invalid in ["x u", "17@x u", "17", ""] {
             assert_eq!(Change::parse_announcement(invalid), None, "{invalid}");
         }
     }

@@ -14,8 +14,8 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::{
-    Change, DecisionState, EventQuery, PruneReport, StoreError, SubjectSnapshot, SubjectView,
-    WriteOutcome, WriteRequest,
+    Change, DecisionState, EventQuery, NewPolicy, PruneReport, StoreError, StoredPolicy,
+    SubjectSnapshot, SubjectView, WriteContext, WriteOutcome, WriteRequest,
 };
 use crate::audit::decision_log::DecisionRecord;
 use crate::audit::{AuditEvent, ChainReport};
@@ -174,7 +174,7 @@ fn copy_row(out: &mut Vec<u8>, record: &DecisionRecord) {
     text(out, record.consistency);
     text(out, record.decision.as_str());
     text(out, record.reason.as_str());
-    text(out, record.rule.id());
+    text(out, record.rule);
     text(out, record.policy_version);
     match record.revision {
         Some(revision) => text(out, &revision.to_string()),
@@ -221,21 +221,30 @@ impl PostgresStore {
         let mut tx = self.pool.begin().await?;
         let outcome = rows::write_in(&mut tx, request).await?;
         if outcome.changed {
-            // Delivered to every listener when, and only if, the transaction commits.
-            let announcement = super::Change {
-                revision: outcome.revision,
-                subject_id: request.subject_id.as_str().to_owned(),
-                at_micros: super::now_micros(),
-            }
-            .announcement();
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(super::CHANGES_CHANNEL)
-                .bind(announcement)
-                .execute(&mut *tx)
-                .await?;
+            announce(&mut tx, outcome.revision, request.subject_id.as_str()).await?;
         }
         tx.commit().await?;
         Ok(outcome)
+    }
+
+    pub async fn apply_policy(
+        &self,
+        policy: &NewPolicy,
+        context: &WriteContext,
+    ) -> Result<WriteOutcome, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let outcome = rows::apply_policy_in(&mut tx, policy, context).await?;
+        if outcome.changed {
+            // No subject: a policy version, for every replica to load.
+            announce(&mut tx, outcome.revision, "").await?;
+        }
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    pub async fn policy_versions(&self) -> Result<Vec<StoredPolicy>, StoreError> {
+        let mut connection = self.pool.acquire().await?;
+        rows::policy_versions_in(&mut connection).await
     }
 
     pub(crate) fn pool(&self) -> &PgPool {
@@ -322,6 +331,12 @@ impl PostgresStore {
     pub async fn head_revision(&self) -> Result<Revision, StoreError> {
         let mut connection = self.pool.acquire().await?;
         Ok(Revision::new(rows::latest_sequence(&mut connection).await?))
+    }
+
+    pub async fn change_log_bounds(&self) -> Result<(Revision, Revision), StoreError> {
+        let mut connection = self.pool.acquire().await?;
+        let (first, head) = rows::change_log_bounds(&mut connection).await?;
+        Ok((Revision::new(first), Revision::new(head)))
     }
 
     /// Inserts decision records with one COPY, creating the day partitions they fall in
@@ -457,10 +472,31 @@ impl PostgresStore {
     }
 }
 
+/// Announces a change on [`super::CHANGES_CHANNEL`]: delivered to every listener when, and
+/// only if, the transaction commits.
+async fn announce(
+    connection: &mut sqlx::PgConnection,
+    revision: Revision,
+    subject_id: &str,
+) -> Result<(), StoreError> {
+    let announcement = super::Change {
+        revision,
+        subject_id: subject_id.to_owned(),
+        at_micros: super::now_micros(),
+    }
+    .announcement();
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(super::CHANGES_CHANNEL)
+        .bind(announcement)
+        .execute(&mut *connection)
+        .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{Decision, POLICY_VERSION, Purpose, Reason, Rule, Source};
+    use crate::policy::{Decision, POLICY_VERSION, Purpose, Reason, Source};
 
     #[test]
     fn copy_rows_escape_text_and_mark_nulls() {
@@ -474,7 +510,7 @@ mod tests {
             consistency: "minimize_latency",
             decision: Decision::Deny,
             reason: Reason::ChoiceRefused,
-            rule: Rule::M1,
+            rule: "M1",
             policy_version: POLICY_VERSION,
             revision: None,
             degraded: true,

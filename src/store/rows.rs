@@ -13,16 +13,20 @@ macro_rules! sql_rows {
     ($connection:ty, $row:ty, head_query = $head_query:literal) => {
         use sqlx::Row as _;
 
-        use $crate::audit::{AuditEvent, ChainReport, ChainVerifier, canonical_bytes, chain_hash};
+        use sha2::Digest as _;
+
+        use $crate::audit::{
+            AuditEvent, ChainReport, ChainVerifier, EventKind, canonical_bytes, chain_hash,
+        };
         use $crate::domain::{ConversationId, SubjectId};
         use $crate::policy::{
-            Choice, ConversationFacts, POLICY_VERSION, Plan, Purpose, Rating, Status, SubjectState,
+            Choice, ConversationFacts, Plan, Purpose, Rating, Status, SubjectState,
         };
         use $crate::revision::Revision;
         use $crate::store::change::{Change, SubjectRecord, plan_change};
         use $crate::store::{
-            Change as ChangeNotice, ChoiceEntry, DecisionState, EventQuery, StoreError,
-            SubjectSnapshot, WriteOutcome, WriteRequest, now_micros,
+            Change as ChangeNotice, ChoiceEntry, DecisionState, EventQuery, NewPolicy, StoreError,
+            StoredPolicy, SubjectSnapshot, WriteContext, WriteOutcome, WriteRequest, now_micros,
         };
 
         const VERIFY_PAGE: i64 = 1_000;
@@ -67,7 +71,7 @@ macro_rules! sql_rows {
                 operator_id: request.context.actor.operator_id.clone(),
                 actor_reason: request.context.actor.reason.clone(),
                 detail_json: change.detail.to_string(),
-                policy_version: POLICY_VERSION.to_owned(),
+                policy_version: request.context.policy_version.clone(),
                 trace_id: request.context.trace_id.clone(),
                 prev_hash: head_hash,
                 hash: String::new(),
@@ -83,6 +87,103 @@ macro_rules! sql_rows {
                 revision,
                 changed: true,
             })
+        }
+
+        /// Stores a policy version with its audit event (kind `policy_applied`, no subject),
+        /// unless this exact version is stored already.
+        pub(super) async fn apply_policy_in(
+            connection: &mut $connection,
+            policy: &NewPolicy,
+            context: &WriteContext,
+        ) -> Result<WriteOutcome, StoreError> {
+            let (head_sequence, head_hash) = chain_head(&mut *connection).await?;
+            let stored: Option<(String,)> =
+                sqlx::query_as("SELECT source FROM policy_versions WHERE version = $1")
+                    .bind(&policy.version)
+                    .fetch_optional(&mut *connection)
+                    .await?;
+            if let Some((source,)) = stored {
+                if source == policy.source {
+                    return Ok(WriteOutcome {
+                        revision: Revision::new(head_sequence),
+                        changed: false,
+                    });
+                }
+                return Err(StoreError::PolicyConflict(policy.version.clone()));
+            }
+            let revision = Revision::new(head_sequence).next();
+            let now = now_micros();
+            sqlx::query(
+                "INSERT INTO policy_versions
+                     (version, effective_from_micros, description, source, applied_at_micros,
+                      revision)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&policy.version)
+            .bind(policy.effective_from_micros)
+            .bind(&policy.description)
+            .bind(&policy.source)
+            .bind(now)
+            .bind(to_i64(revision.sequence()))
+            .execute(&mut *connection)
+            .await?;
+            let detail = serde_json::json!({
+                "version": policy.version,
+                "effective_from_micros": policy.effective_from_micros,
+                "description": policy.description,
+                "source_sha256": hex::encode(sha2::Sha256::digest(policy.source.as_bytes())),
+            });
+            let mut event = AuditEvent {
+                sequence: revision.sequence(),
+                event_id: uuid::Uuid::now_v7().to_string(),
+                at_micros: now,
+                subject_id: String::new(),
+                kind: EventKind::PolicyApplied.as_str().to_owned(),
+                caller: context.caller.clone(),
+                operator_id: context.actor.operator_id.clone(),
+                actor_reason: context.actor.reason.clone(),
+                detail_json: detail.to_string(),
+                policy_version: policy.version.clone(),
+                trace_id: context.trace_id.clone(),
+                prev_hash: head_hash,
+                hash: String::new(),
+            };
+            event.hash = chain_hash(&event.prev_hash, &canonical_bytes(&event));
+            append_event(&mut *connection, &event).await?;
+            Ok(WriteOutcome {
+                revision,
+                changed: true,
+            })
+        }
+
+        /// Every stored policy version, by effective date.
+        pub(super) async fn policy_versions_in(
+            connection: &mut $connection,
+        ) -> Result<Vec<StoredPolicy>, StoreError> {
+            let rows: Vec<(String, i64, String, String, i64, i64)> = sqlx::query_as(
+                "SELECT version, effective_from_micros, description, source, applied_at_micros,
+                        revision
+                 FROM policy_versions ORDER BY effective_from_micros, version",
+            )
+            .fetch_all(&mut *connection)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(
+                    |(version, effective_from_micros, description, source, applied_at, revision)| {
+                        StoredPolicy {
+                            policy: NewPolicy {
+                                version,
+                                effective_from_micros,
+                                description,
+                                source,
+                            },
+                            applied_at_micros: applied_at,
+                            revision: Revision::new(from_i64(revision)),
+                        }
+                    },
+                )
+                .collect())
         }
 
         /// Reads what a decision needs inside an open read transaction.
@@ -317,6 +418,21 @@ macro_rules! sql_rows {
                     .fetch_one(&mut *connection)
                     .await?;
             Ok(from_i64(sequence))
+        }
+
+        /// The oldest revision the change log can be read from (the one before its first
+        /// event still kept) and the latest committed one.
+        pub(super) async fn change_log_bounds(
+            connection: &mut $connection,
+        ) -> Result<(u64, u64), StoreError> {
+            let (first, head): (Option<i64>, i64) = sqlx::query_as(
+                "SELECT (SELECT MIN(sequence) FROM audit_events),
+                        (SELECT sequence FROM audit_chain_head WHERE chain_id = 0)",
+            )
+            .fetch_one(&mut *connection)
+            .await?;
+            let head = from_i64(head);
+            Ok((first.map_or(head, |first| from_i64(first) - 1), head))
         }
 
         /// The last sequence and hash of the chain, locked for a write where the backend needs

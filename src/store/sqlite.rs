@@ -15,8 +15,8 @@ use sqlx::sqlite::{
 };
 
 use super::{
-    Change, DecisionState, EventQuery, PruneReport, StoreError, SubjectSnapshot, SubjectView,
-    WriteOutcome, WriteRequest,
+    Change, DecisionState, EventQuery, NewPolicy, PruneReport, StoreError, StoredPolicy,
+    SubjectSnapshot, SubjectView, WriteContext, WriteOutcome, WriteRequest,
 };
 use crate::audit::decision_log::DecisionRecord;
 use crate::audit::{AuditEvent, ChainReport};
@@ -81,6 +81,22 @@ impl SqliteStore {
         let outcome = rows::write_in(&mut tx, request).await?;
         tx.commit().await?;
         Ok(outcome)
+    }
+
+    pub async fn apply_policy(
+        &self,
+        policy: &NewPolicy,
+        context: &WriteContext,
+    ) -> Result<WriteOutcome, StoreError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let outcome = rows::apply_policy_in(&mut tx, policy, context).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    pub async fn policy_versions(&self) -> Result<Vec<StoredPolicy>, StoreError> {
+        let mut connection = self.reader.acquire().await?;
+        rows::policy_versions_in(&mut connection).await
     }
 
     pub async fn decision_state(
@@ -167,6 +183,12 @@ impl SqliteStore {
         Ok(Revision::new(rows::latest_sequence(&mut connection).await?))
     }
 
+    pub async fn change_log_bounds(&self) -> Result<(Revision, Revision), StoreError> {
+        let mut connection = self.reader.acquire().await?;
+        let (first, head) = rows::change_log_bounds(&mut connection).await?;
+        Ok((Revision::new(first), Revision::new(head)))
+    }
+
     /// Inserts decision records, a few hundred rows per statement, in one transaction.
     pub async fn insert_decisions(&self, records: &[DecisionRecord]) -> Result<(), StoreError> {
         // 15 parameters a row; SQLite takes up to 32,766 parameters per statement.
@@ -187,7 +209,7 @@ impl SqliteStore {
                     .push_bind(record.consistency)
                     .push_bind(record.decision.as_str())
                     .push_bind(record.reason.as_str())
-                    .push_bind(record.rule.id())
+                    .push_bind(record.rule)
                     .push_bind(record.policy_version)
                     .push_bind(record.revision.map(|revision| revision as i64))
                     .push_bind(record.degraded)

@@ -39,6 +39,7 @@ fn request(subject_id: &str, command: Command) -> WriteRequest {
             caller: "store-tests".into(),
             actor: Actor::parse("tester", "").unwrap(),
             trace_id: String::new(),
+            policy_version: crate::policy::POLICY_VERSION.to_owned(),
         },
     }
 }
@@ -419,7 +420,7 @@ fn decision_at(decided_at_micros: i64, index: usize) -> DecisionRecord {
         consistency: "minimize_latency",
         decision: crate::policy::Decision::Allow,
         reason: crate::policy::Reason::PlanDefault,
-        rule: crate::policy::Rule::T6,
+        rule: "T6",
         policy_version: crate::policy::POLICY_VERSION,
         revision: Some(3),
         degraded: false,

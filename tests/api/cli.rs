@@ -179,3 +179,98 @@ async fn check_spreads_over_the_replicas_listed() {
         );
     }
 }
+
+/// The policy commands: validate and test a file without a server, then apply it, list the
+/// versions, compare, and ask as of an instant; `changes watch` prints the change log.
+#[tokio::test]
+async fn policy_files_are_validated_tested_applied_and_compared() {
+    let app = TestApp::spawn().await;
+    let builtin = "policies/2026-01-01.toml";
+    let scenarios = "tests/fixtures/scenarios.json";
+    let valid = stdout(&app, &["policy", "validate", builtin]).await;
+    assert!(
+        valid.contains("policy version 2026-01-01 is valid"),
+        "{valid}"
+    );
+    let tested = stdout(&app, &["policy", "test", builtin, scenarios]).await;
+    assert!(tested.contains(" 0 failed"), "{tested}");
+
+    // A second version: the free plan is never trained on, from a minute from now.
+    let effective = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+    let source = std::fs::read_to_string(builtin)
+        .unwrap()
+        .replacen("version = \"2026-01-01\"", "version = \"2026-12-cli\"", 1)
+        .replacen(
+            "effective_from = 2026-01-01",
+            &format!(
+                "effective_from = {}",
+                humantime::format_rfc3339_seconds(effective)
+            ),
+            1,
+        )
+        .replacen(
+            "plan = [\"TEAM\", \"ENTERPRISE\", \"API_PAID\"]",
+            "plan = [\"FREE\", \"TEAM\", \"ENTERPRISE\", \"API_PAID\"]",
+            1,
+        );
+    let directory = tempfile::tempdir().unwrap();
+    let v2 = directory.path().join("v2.toml");
+    std::fs::write(&v2, source).unwrap();
+    let v2 = v2.to_str().unwrap();
+    // The scenarios were written for the built-in policy: the new one fails some, and says so.
+    let output = assent(&app, &["policy", "test", v2, scenarios]).await;
+    assert!(!output.status.success());
+    let report = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        report.contains("FAIL free plan trains by default"),
+        "{report}"
+    );
+    let broken = directory.path().join("broken.toml");
+    std::fs::write(&broken, "version = \"x\"\n").unwrap();
+    let output = assent(&app, &["policy", "validate", broken.to_str().unwrap()]).await;
+    assert!(!output.status.success());
+
+    app.upsert("alice", assent::proto::Plan::Free).await;
+    let diff = stdout(&app, &["policy", "diff", "in-force", v2]).await;
+    assert!(
+        diff.contains("2026-01-01 -> 2026-12-cli: 1 subjects"),
+        "{diff}"
+    );
+    assert!(diff.contains("e.g. alice: ALLOW T6 -> DENY T4"), "{diff}");
+    let applied = stdout(&app, &["policy", "apply", v2, "--reason", "test"]).await;
+    assert!(
+        applied.starts_with("applied policy version 2026-12-cli"),
+        "{applied}"
+    );
+    let listed = stdout(&app, &["policy", "list"]).await;
+    assert!(
+        listed.contains("2026-01-01") && listed.contains("IN FORCE"),
+        "{listed}"
+    );
+    assert!(listed.contains("2026-12-cli"), "{listed}");
+    let fetched = stdout(&app, &["policy", "get", "2026-12-cli"]).await;
+    assert!(fetched.contains("version = \"2026-12-cli\""));
+
+    let now = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
+    let as_of = [
+        "--subject",
+        "alice",
+        "--purpose",
+        "model-training",
+        "--as-of",
+        now.as_str(),
+    ];
+    assert_eq!(
+        decision(&app, &as_of).await,
+        ("DECISION_ALLOW".to_owned(), "T6".to_owned())
+    );
+    let watched = stdout(&app, &["changes", "watch", "--limit", "2", "--json"]).await;
+    let kinds: Vec<String> = watched
+        .lines()
+        .map(|line| {
+            let change: serde_json::Value = serde_json::from_str(line).unwrap();
+            change["kind"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(kinds, ["subject_upserted", "policy_applied"]);
+}

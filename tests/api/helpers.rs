@@ -10,7 +10,9 @@ use assent::cache::CacheSettings;
 use assent::config::{LogFormat, Settings};
 use assent::proto;
 use assent::proto::audit_client::AuditClient;
+use assent::proto::changes_client::ChangesClient;
 use assent::proto::decisions_client::DecisionsClient;
+use assent::proto::policies_client::PoliciesClient;
 use assent::proto::subjects_client::SubjectsClient;
 use assent::startup::Application;
 use assent::store::DatabaseUrl;
@@ -104,6 +106,14 @@ impl TestApp {
 
     pub fn audit(&self) -> AuditClient<Channel> {
         AuditClient::new(self.channel())
+    }
+
+    pub fn changes(&self) -> ChangesClient<Channel> {
+        ChangesClient::new(self.channel())
+    }
+
+    pub fn policies(&self) -> PoliciesClient<Channel> {
+        PoliciesClient::new(self.channel())
     }
 
     pub fn backend(&self) -> Backend {

@@ -1,6 +1,7 @@
 //! Integration tests over real gRPC: a server per test on loopback, a fresh data directory each.
 
 mod audit;
+mod changes;
 mod cli;
 mod decision_log;
 mod decisions;
@@ -8,6 +9,7 @@ mod durability;
 mod helpers;
 mod lifecycle;
 mod limits;
+mod policies;
 #[path = "../support/process.rs"]
 mod process;
 mod scenarios;

@@ -1,0 +1,265 @@
+//! A subject's state rebuilt from its audit events, without I/O.
+//!
+//! Every change is recorded with what it changed before and after (see [`super::change`]), so
+//! replaying a subject's events in revision order gives its state at any revision: what a check
+//! `as_of` a past instant decides on, and what `Changes.Watch` compares to tell which decisions
+//! a change flipped. Events of kinds that do not change a subject (a policy version applied) are
+//! skipped.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use super::change::SubjectRecord;
+use crate::audit::{AuditEvent, EventKind};
+use crate::policy::{Choice, ConversationFacts, Plan, Purpose, Rating, Status};
+
+/// A subject's state as its events so far make it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// `None` until the subject's creation.
+    pub subject: Option<SubjectRecord>,
+    /// The facts of each conversation, by conversation id.
+    pub conversations: HashMap<String, ConversationFacts>,
+}
+
+/// An event whose detail is not what its kind records.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("audit event {sequence} ({kind}): {problem}")]
+pub struct ReplayError {
+    pub sequence: u64,
+    pub kind: String,
+    pub problem: String,
+}
+
+impl Replayed {
+    /// Applies one event of this subject (events must come in revision order).
+    pub fn apply(&mut self, event: &AuditEvent) -> Result<(), ReplayError> {
+        let fail = |problem: String| ReplayError {
+            sequence: event.sequence,
+            kind: event.kind.clone(),
+            problem,
+        };
+        let Some(kind) = EventKind::from_name(&event.kind) else {
+            return Ok(());
+        };
+        let detail: Value = serde_json::from_str(&event.detail_json)
+            .map_err(|error| fail(format!("detail is not JSON: {error}")))?;
+        let after = &detail["after"];
+        match kind {
+            EventKind::SubjectUpserted => {
+                self.subject = Some(record(after).map_err(fail)?);
+            }
+            EventKind::SubjectDeleted => {
+                self.subject = Some(record(after).map_err(fail)?);
+                self.conversations.clear();
+            }
+            EventKind::ChoiceSet => {
+                let purpose = name(&detail["purpose"], Purpose::from_name)
+                    .map_err(|problem| fail(format!("purpose: {problem}")))?;
+                let choice = optional_name(after, Choice::from_name)
+                    .map_err(|problem| fail(format!("after: {problem}")))?;
+                self.existing(event)?.state.choices.set(purpose, choice);
+            }
+            EventKind::RestrictionSet => {
+                let status = name(&after["status"], Status::from_name)
+                    .map_err(|problem| fail(format!("after.status: {problem}")))?;
+                self.existing(event)?.state.status = status;
+            }
+            EventKind::FeedbackRecorded | EventKind::ConversationFlagged => {
+                let conversation_id = detail["conversation_id"]
+                    .as_str()
+                    .ok_or_else(|| fail("conversation_id is missing".to_owned()))?;
+                let facts = conversation(after).map_err(fail)?;
+                self.existing(event)?;
+                self.conversations.insert(conversation_id.to_owned(), facts);
+            }
+            EventKind::PolicyApplied => {}
+        }
+        Ok(())
+    }
+
+    /// The facts of one conversation (`None` when none are recorded).
+    pub fn conversation(&self, conversation_id: &str) -> Option<ConversationFacts> {
+        self.conversations.get(conversation_id).copied()
+    }
+
+    fn existing(&mut self, event: &AuditEvent) -> Result<&mut SubjectRecord, ReplayError> {
+        self.subject.as_mut().ok_or_else(|| ReplayError {
+            sequence: event.sequence,
+            kind: event.kind.clone(),
+            problem: "the subject has no creation event before it".to_owned(),
+        })
+    }
+}
+
+/// Replays the events of one subject, in revision order.
+pub fn replay<'a>(
+    events: impl IntoIterator<Item = &'a AuditEvent>,
+) -> Result<Replayed, ReplayError> {
+    let mut replayed = Replayed::default();
+    for event in events {
+        replayed.apply(event)?;
+    }
+    Ok(replayed)
+}
+
+/// A whole subject row as `change::describe` writes it.
+fn record(value: &Value) -> Result<SubjectRecord, String> {
+    let mut record = SubjectRecord::default();
+    record.state.plan = optional_name(&value["plan"], Plan::from_name)
+        .map_err(|problem| format!("plan: {problem}"))?;
+    record.state.status = name(&value["status"], Status::from_name)
+        .map_err(|problem| format!("status: {problem}"))?;
+    record.state.gpc = flag(&value["gpc"]).map_err(|problem| format!("gpc: {problem}"))?;
+    record.state.zero_data_retention = flag(&value["zero_data_retention"])
+        .map_err(|problem| format!("zero_data_retention: {problem}"))?;
+    record.jurisdiction = value["jurisdiction"].as_str().map(str::to_owned);
+    if let Some(choices) = value["choices"].as_object() {
+        for (purpose, choice) in choices {
+            let purpose = Purpose::from_name(purpose)
+                .ok_or_else(|| format!("choices: unknown purpose {purpose:?}"))?;
+            let choice = name(choice, Choice::from_name)
+                .map_err(|problem| format!("choices.{purpose}: {problem}"))?;
+            record.state.choices.set(purpose, Some(choice));
+        }
+    }
+    Ok(record)
+}
+
+/// A conversation's facts as `change::describe_conversation` writes them.
+fn conversation(value: &Value) -> Result<ConversationFacts, String> {
+    Ok(ConversationFacts {
+        feedback: optional_name(&value["feedback"], Rating::from_name)
+            .map_err(|problem| format!("feedback: {problem}"))?,
+        automated_moderation: flag(&value["automated_moderation"])
+            .map_err(|problem| format!("automated_moderation: {problem}"))?,
+        user_report: flag(&value["user_report"])
+            .map_err(|problem| format!("user_report: {problem}"))?,
+    })
+}
+
+fn name<T>(value: &Value, parse: fn(&str) -> Option<T>) -> Result<T, String> {
+    let text = value.as_str().ok_or("missing")?;
+    parse(text).ok_or_else(|| format!("unknown name {text:?}"))
+}
+
+fn optional_name<T>(value: &Value, parse: fn(&str) -> Option<T>) -> Result<Option<T>, String> {
+    match value {
+        Value::Null => Ok(None),
+        _ => name(value, parse).map(Some),
+    }
+}
+
+fn flag(value: &Value) -> Result<bool, String> {
+    value.as_bool().ok_or_else(|| "missing".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{ConversationId, Jurisdiction};
+    use crate::policy::FlagKind;
+    use crate::store::change::{Command, SubjectFields, plan_change};
+
+    /// Applies commands the way the store does, recording each change as an audit event, and
+    /// checks after every step that replaying the events gives the state the store keeps.
+    #[test]
+    fn replaying_the_events_gives_the_stored_state() {
+        let commands = [
+            Command::Upsert(SubjectFields {
+                plan: Some(Plan::Pro),
+                jurisdiction: Some(Jurisdiction::parse("FR").unwrap()),
+                ..SubjectFields::default()
+            }),
+            Command::SetChoice {
+                purpose: Purpose::ModelTraining,
+                choice: Some(Choice::Refused),
+            },
+            Command::SetChoice {
+                purpose: Purpose::MarketingEmail,
+                choice: Some(Choice::Granted),
+            },
+            Command::RecordFeedback {
+                conversation_id: ConversationId::parse("c1").unwrap(),
+                rating: Rating::ThumbsDown,
+            },
+            Command::FlagConversation {
+                conversation_id: ConversationId::parse("c1").unwrap(),
+                kind: FlagKind::UserReport,
+            },
+            Command::SetRestriction { restricted: true },
+            Command::Upsert(SubjectFields {
+                gpc: Some(true),
+                zero_data_retention: Some(true),
+                ..SubjectFields::default()
+            }),
+            Command::SetChoice {
+                purpose: Purpose::ModelTraining,
+                choice: None,
+            },
+            Command::SetRestriction { restricted: false },
+            Command::Delete,
+        ];
+        let mut stored: Option<SubjectRecord> = None;
+        let mut conversations = HashMap::new();
+        let mut events = Vec::new();
+        for (index, command) in commands.iter().enumerate() {
+            let facts = command
+                .conversation_id()
+                .and_then(|id| conversations.get(id.as_str()).copied());
+            let change = plan_change(stored.as_ref(), facts, command)
+                .unwrap()
+                .expect("every command changes something");
+            if change.erase_personal_data {
+                conversations.clear();
+            }
+            if let Some((id, facts)) = change.conversation {
+                conversations.insert(id.as_str().to_owned(), facts);
+            }
+            stored = Some(change.subject);
+            events.push(AuditEvent {
+                sequence: index as u64 + 1,
+                kind: change.kind.as_str().to_owned(),
+                detail_json: change.detail.to_string(),
+                ..AuditEvent::default()
+            });
+            let replayed = replay(&events).unwrap();
+            assert_eq!(replayed.subject, stored, "after {command:?}");
+            assert_eq!(replayed.conversations, conversations, "after {command:?}");
+        }
+        assert_eq!(stored.unwrap().state.status, Status::Deleted);
+    }
+
+    #[test]
+    fn a_malformed_detail_names_the_event_and_field() {
+        let event = AuditEvent {
+            sequence: 7,
+            kind: "subject_upserted".to_owned(),
+            detail_json: r#"{"before": null, "after": {"plan": "GOLD", "status": "ACTIVE"}}"#
+                .to_owned(),
+            ..AuditEvent::default()
+        };
+        let error = replay([&event]).unwrap_err();
+        assert_eq!(error.sequence, 7);
+        assert!(error.problem.contains("plan"), "{error}");
+        let orphan = AuditEvent {
+            sequence: 8,
+            kind: "choice_set".to_owned(),
+            detail_json: r#"{"purpose": "MEMORY", "before": null, "after": "REFUSED"}"#.to_owned(),
+            ..AuditEvent::default()
+        };
+        assert!(replay([&orphan]).unwrap_err().problem.contains("creation"));
+    }
+
+    #[test]
+    fn events_that_change_no_subject_are_skipped() {
+        let event = AuditEvent {
+            sequence: 1,
+            kind: "policy_applied".to_owned(),
+            detail_json: r#"{"version": "2027-01-01"}"#.to_owned(),
+            ..AuditEvent::default()
+        };
+        assert_eq!(replay([&event]).unwrap(), Replayed::default());
+    }
+}
