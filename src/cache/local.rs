@@ -224,7 +224,9 @@ impl LocalCache {
         true
     }
 
-    /// A change of the subject at `revision` was announced: drop what is cached of it.
+    /// A change of the subject at `revision` was announced: drop what is cached of it, unless
+    /// the entry was read at that revision or later (it reflects the change already: the
+    /// announcement of a write arriving after a read that saw it).
     pub fn invalidate(&self, subject_id: &str, revision: Revision) {
         let _guard = self.stripe(subject_id);
         let latest = self
@@ -232,7 +234,8 @@ impl LocalCache {
             .map_or(revision, |announced| announced.max(revision));
         self.invalidated
             .insert(subject_id.into(), self.stamp(latest));
-        self.subjects.remove(subject_id);
+        self.subjects
+            .remove_if(subject_id, |cached| cached.value.revision < revision);
     }
 
     /// The facts of a conversation not kept in its subject's entry, if looked up at the entry's
@@ -321,6 +324,12 @@ mod tests {
         let fresh = Arc::new(CachedSubject::from_snapshot(snapshot(7, &[], true)));
         assert!(cache.insert("u-1", fresh));
         assert_eq!(cache.get("u-1").unwrap().revision, Revision::new(7));
+        // The announcement of revision 7 arriving again (or late, after the read that saw it)
+        // keeps the entry; a later change drops it.
+        cache.invalidate("u-1", Revision::new(7));
+        assert_eq!(cache.get("u-1").unwrap().revision, Revision::new(7));
+        cache.invalidate("u-1", Revision::new(8));
+        assert!(cache.get("u-1").is_none());
     }
 
     #[test]
