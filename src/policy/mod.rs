@@ -12,10 +12,14 @@
 
 mod compiled;
 mod file;
+mod retention;
 mod rules;
 mod vocabulary;
 
 pub use compiled::{BUILTIN_POLICY, CompiledPolicy, PolicyError, Ruling};
+pub use retention::{
+    Consent, DataCategory, Event, Keep, Period, Retention, RetentionFacts, retention,
+};
 pub use rules::{Outcome, Rule};
 pub use vocabulary::{
     Choice, Decision, FlagKind, LawfulBasis, PURPOSE_COUNT, Plan, Purpose, Rating, Reason, Source,

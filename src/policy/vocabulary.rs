@@ -168,6 +168,33 @@ named_enum! {
     }
 }
 
+named_enum! {
+    /// A category of personal data with its own row in the retention schedule (privacy policy §5).
+    pub enum DataCategory {
+        /// Le Chat conversations (Input and Output).
+        ChatConversation => "CHAT_CONVERSATION",
+        /// Input and Output of the APIs other than the Agents and Fine-Tuning APIs.
+        ApiIo => "API_IO",
+        AgentsApiIo => "AGENTS_API_IO",
+        FineTuningData => "FINE_TUNING_DATA",
+        NonEssentialCookies => "NON_ESSENTIAL_COOKIES",
+        /// Contact data used for marketing operations (the newsletter).
+        MarketingContact => "MARKETING_CONTACT",
+        LeadContact => "LEAD_CONTACT",
+        CivilIdentity => "CIVIL_IDENTITY",
+        AccountData => "ACCOUNT_DATA",
+        TechnicalData => "TECHNICAL_DATA",
+        /// Invoices and related correspondence.
+        Invoices => "INVOICES",
+        /// Contracts, commercial licenses to use the models, and the contact details of both.
+        Contracts => "CONTRACTS",
+        DisputeResolution => "DISPUTE_RESOLUTION",
+        PrivacyRequests => "PRIVACY_REQUESTS",
+        /// Technical support data.
+        SupportTickets => "SUPPORT_TICKETS",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,6 +209,9 @@ mod tests {
         }
         for plan in Plan::ALL {
             assert_eq!(Plan::from_name(plan.as_str()), Some(*plan));
+        }
+        for category in DataCategory::ALL {
+            assert_eq!(DataCategory::from_name(category.as_str()), Some(*category));
         }
         assert_eq!(Purpose::from_name("model_training"), None);
     }
