@@ -174,8 +174,10 @@ impl Retry {
 pub fn unanswered(status: &Status) -> bool {
     match status.code() {
         Code::Unavailable => true,
-        // A connection cut mid-call surfaces as UNKNOWN with the transport's error as source.
-        Code::Unknown => std::error::Error::source(status).is_some(),
+        // A connection cut mid-call surfaces as UNKNOWN, or as CANCELLED when the transport
+        // saw the connection close, with the transport's error as source (a cancellation the
+        // server answered carries none).
+        Code::Unknown | Code::Cancelled => std::error::Error::source(status).is_some(),
         _ => false,
     }
 }
@@ -223,5 +225,15 @@ mod tests {
             })
             .await;
         assert_eq!(outcome.unwrap(), 2);
+    }
+
+    #[test]
+    fn a_connection_closed_mid_call_is_unanswered_and_a_server_cancellation_is_not() {
+        let closed = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection closed");
+        let mut cut = Status::cancelled("operation was canceled");
+        cut.set_source(std::sync::Arc::new(closed));
+        assert!(unanswered(&cut));
+        assert!(!unanswered(&Status::cancelled("the caller gave up")));
+        assert!(!unanswered(&Status::unknown("a handler panicked")));
     }
 }
