@@ -38,18 +38,24 @@ pub enum Scope {
     ChangesWatch,
     /// `policies:read`: ListPolicies, GetPolicy, DiffPolicy (ApplyPolicy needs `admin`).
     PoliciesRead,
+    /// `rights:read`: GetRequest, ListRequests, ListOverdue.
+    RightsRead,
+    /// `rights:write`: FileRequest, AdvanceRequest, ExtendRequest.
+    RightsWrite,
     /// `admin`: everything.
     Admin,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 7] = [
+    pub const ALL: [Scope; 9] = [
         Scope::Check,
         Scope::SubjectsRead,
         Scope::SubjectsWrite,
         Scope::AuditRead,
         Scope::ChangesWatch,
         Scope::PoliciesRead,
+        Scope::RightsRead,
+        Scope::RightsWrite,
         Scope::Admin,
     ];
 
@@ -61,6 +67,8 @@ impl Scope {
             Scope::AuditRead => "audit:read",
             Scope::ChangesWatch => "changes:watch",
             Scope::PoliciesRead => "policies:read",
+            Scope::RightsRead => "rights:read",
+            Scope::RightsWrite => "rights:write",
             Scope::Admin => "admin",
         }
     }
@@ -69,14 +77,14 @@ impl Scope {
         Scope::ALL.into_iter().find(|scope| scope.as_str() == text)
     }
 
-    fn bit(self) -> u8 {
-        1 << self as u8
+    fn bit(self) -> u16 {
+        1 << self as u16
     }
 }
 
 /// A set of scopes.
 #[derive(Clone, Copy, Default, PartialEq, Eq)]
-pub struct Scopes(u8);
+pub struct Scopes(u16);
 
 impl Scopes {
     /// The known scopes among space-separated names (OAuth 2.0 `scope`); unknown ones are
@@ -130,6 +138,12 @@ pub fn requirement(path: &str) -> Requirement {
         "assent.v1.Changes" => Requirement::Scope(Scope::ChangesWatch),
         "assent.v1.Policies" if method == "ApplyPolicy" => Requirement::Scope(Scope::Admin),
         "assent.v1.Policies" => Requirement::Scope(Scope::PoliciesRead),
+        "assent.v1.Rights"
+            if matches!(method, "FileRequest" | "AdvanceRequest" | "ExtendRequest") =>
+        {
+            Requirement::Scope(Scope::RightsWrite)
+        }
+        "assent.v1.Rights" => Requirement::Scope(Scope::RightsRead),
         "grpc.health.v1.Health" => Requirement::Nobody,
         _ => Requirement::Authenticated,
     }
@@ -606,6 +620,18 @@ mod tests {
             requirement("/assent.v1.Policies/DiffPolicy"),
             Requirement::Scope(Scope::PoliciesRead)
         );
+        for write in ["FileRequest", "AdvanceRequest", "ExtendRequest"] {
+            assert_eq!(
+                requirement(&format!("/assent.v1.Rights/{write}")),
+                Requirement::Scope(Scope::RightsWrite)
+            );
+        }
+        for read in ["GetRequest", "ListRequests", "ListOverdue"] {
+            assert_eq!(
+                requirement(&format!("/assent.v1.Rights/{read}")),
+                Requirement::Scope(Scope::RightsRead)
+            );
+        }
         assert_eq!(
             requirement("/grpc.health.v1.Health/Check"),
             Requirement::Nobody

@@ -66,6 +66,44 @@ impl Date {
         };
         (Date::from_days(date.to_days()) == date).then_some(date)
     }
+
+    /// The same day `months` calendar months later; a day the target month lacks becomes its
+    /// last day (31 January + 1 month = 28 or 29 February), as periods in months are counted in
+    /// EU law (Regulation 1182/71, art. 3(2)(c)).
+    pub fn add_months(self, months: u32) -> Date {
+        let month_index = i64::from(self.month - 1) + i64::from(months);
+        let year = i64::from(self.year) + month_index.div_euclid(12);
+        let year = i32::try_from(year).unwrap_or(i32::MAX);
+        let month = u32::try_from(month_index.rem_euclid(12)).unwrap_or(0) + 1;
+        Date {
+            year,
+            month,
+            day: self.day.min(days_in_month(year, month)),
+        }
+    }
+
+    /// The instant this day starts (UTC), in microseconds since the epoch.
+    pub fn start_micros(self) -> i64 {
+        self.to_days().saturating_mul(MICROS_PER_DAY)
+    }
+
+    /// The last microsecond of this day (UTC).
+    pub fn end_micros(self) -> i64 {
+        self.to_days()
+            .saturating_add(1)
+            .saturating_mul(MICROS_PER_DAY)
+            .saturating_sub(1)
+    }
+}
+
+/// The number of days in a month of the proleptic Gregorian calendar.
+pub const fn days_in_month(year: i32, month: u32) -> u32 {
+    match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
 }
 
 #[cfg(test)]
@@ -135,5 +173,19 @@ mod tests {
         assert_eq!(Date::parse_compact("20260105"), Some(date));
         assert_eq!(Date::parse_compact("20260230"), None);
         assert_eq!(Date::parse_compact("2026015"), None);
+    }
+
+    #[test]
+    fn months_are_added_as_eu_law_counts_them() {
+        let date = |year, month, day| Date { year, month, day };
+        assert_eq!(date(2026, 3, 15).add_months(1), date(2026, 4, 15));
+        assert_eq!(date(2026, 1, 31).add_months(1), date(2026, 2, 28));
+        assert_eq!(date(2028, 1, 31).add_months(1), date(2028, 2, 29));
+        assert_eq!(date(2026, 11, 30).add_months(3), date(2027, 2, 28));
+        assert_eq!(date(2026, 12, 31).add_months(1), date(2027, 1, 31));
+        assert_eq!(date(2026, 5, 31).add_months(0), date(2026, 5, 31));
+        let day = date(2026, 4, 15);
+        assert_eq!(day.end_micros() + 1, date(2026, 4, 16).start_micros());
+        assert_eq!(Date::from_micros(day.end_micros()), day);
     }
 }

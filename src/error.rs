@@ -72,6 +72,20 @@ impl ApiError {
             StoreError::NotFound => ApiError::SubjectNotFound(subject_id.to_owned()),
             StoreError::SubjectDeleted => ApiError::SubjectDeleted(subject_id.to_owned()),
             StoreError::Unavailable(_) => ApiError::StoreUnavailable(error),
+            StoreError::RequestNotFound(request_id) => ApiError::NotFound {
+                field: "request_id".into(),
+                message: format!("rights request {request_id} not found"),
+            },
+            StoreError::RightsStep(refusal) => ApiError::FailedPrecondition {
+                field: refusal.field().into(),
+                message: refusal.to_string(),
+            },
+            StoreError::NoJurisdiction => ApiError::FailedPrecondition {
+                field: "jurisdiction".into(),
+                message: "is required: the subject has no jurisdiction on record to compute \
+                          the deadlines in"
+                    .into(),
+            },
             other => ApiError::Internal(other),
         }
     }

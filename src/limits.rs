@@ -284,8 +284,10 @@ impl<S> LimitService<S> {
         S::Error: Send + 'static,
         ResponseBody: Default + Send + 'static,
     {
-        if needed == Requirement::Scope(Scope::SubjectsWrite)
-            && let Some(writes) = &self.limits.writes
+        if matches!(
+            needed,
+            Requirement::Scope(Scope::SubjectsWrite | Scope::RightsWrite)
+        ) && let Some(writes) = &self.limits.writes
         {
             let caller = request
                 .extensions()

@@ -89,6 +89,30 @@ mirror!(
     [AutomatedModeration, UserReport]
 );
 
+mirror!(
+    policy::rights::RightKind,
+    proto::RightKind,
+    [
+        Access,
+        Portability,
+        Rectification,
+        Deletion,
+        Objection,
+        ConsentWithdrawal,
+        Restriction,
+        PostMortem,
+        Appeal,
+    ]
+);
+mirror!(
+    policy::rights::RequestState,
+    proto::RequestState,
+    [
+        Received, Verifying, InProgress, Completed, Refused, Appealed
+    ]
+);
+mirror!(policy::rights::Regime, proto::Regime, [Gdpr, UsState]);
+
 /// Parses a required enum field: an unknown number or `*_UNSPECIFIED` is refused, naming the
 /// field.
 pub fn required<Wire, Domain>(value: i32, field: &str) -> Result<Domain, ApiError>
@@ -163,6 +187,8 @@ wire_enum!(proto::Plan, "Plan", "PLAN");
 wire_enum!(proto::Rating, "Rating", "RATING");
 wire_enum!(proto::FlagKind, "FlagKind", "FLAG_KIND");
 wire_enum!(proto::Source, "Source", "SOURCE");
+wire_enum!(proto::RightKind, "RightKind", "RIGHT_KIND");
+wire_enum!(proto::RequestState, "RequestState", "REQUEST_STATE");
 
 /// Microseconds since the Unix epoch as a protobuf timestamp.
 pub fn timestamp(micros: i64) -> prost_types::Timestamp {

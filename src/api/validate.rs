@@ -3,12 +3,13 @@
 
 use crate::domain::{Actor, ConversationId, InvalidActor, Jurisdiction, SubjectId};
 use crate::error::ApiError;
+use crate::policy::rights::{RequestState, RightKind};
 use crate::policy::{FlagKind, Plan, Purpose, Rating, Source};
 use crate::proto;
 use crate::proto::consistency::Requirement;
 pub use crate::revision::Freshness;
 use crate::revision::Revision;
-use crate::store::{Command, SubjectFields};
+use crate::store::{Command, NewRightsRequest, RightsStep, SubjectFields};
 
 use super::convert;
 
@@ -67,9 +68,14 @@ pub fn check(request: &proto::CheckRequest) -> Result<CheckQuery, ApiError> {
 
 /// An `as_of` timestamp in microseconds since the epoch.
 fn timestamp_micros(timestamp: &prost_types::Timestamp) -> Result<i64, ApiError> {
+    timestamp_field(timestamp, "as_of")
+}
+
+/// A timestamp field in microseconds since the epoch.
+pub fn timestamp_field(timestamp: &prost_types::Timestamp, field: &str) -> Result<i64, ApiError> {
     if !(0..1_000_000_000).contains(&timestamp.nanos) {
         return Err(ApiError::invalid(
-            "as_of.nanos",
+            format!("{field}.nanos"),
             format_args!("must be 0-999999999, got {}", timestamp.nanos),
         ));
     }
@@ -77,7 +83,7 @@ fn timestamp_micros(timestamp: &prost_types::Timestamp) -> Result<i64, ApiError>
         .seconds
         .checked_mul(1_000_000)
         .and_then(|micros| micros.checked_add(i64::from(timestamp.nanos / 1_000)))
-        .ok_or_else(|| ApiError::invalid("as_of.seconds", "is out of range"))
+        .ok_or_else(|| ApiError::invalid(format!("{field}.seconds"), "is out of range"))
 }
 
 /// Whether a check can be decided as of `as_of`: not before the first policy version took
@@ -255,6 +261,158 @@ pub fn page_token(token: &str) -> Result<u64, ApiError> {
     Revision::parse_token(token)
         .map(Revision::sequence)
         .map_err(|_| ApiError::invalid("page_token", "is not a token returned by ListEvents"))
+}
+
+/// How far in the future a `received_at` may lie (clock skew between services).
+const RECEIVED_AT_SKEW_MICROS: i64 = 60_000_000;
+
+/// The longest reason accepted for a refusal or an extension.
+const MAX_REASON_CHARS: usize = 2_000;
+
+pub fn file_rights(
+    request: &proto::FileRightsRequest,
+    now_micros: i64,
+) -> Result<NewRightsRequest, ApiError> {
+    let subject_id = subject_id(&request.subject_id)?;
+    let kind = convert::required::<proto::RightKind, RightKind>(request.kind, "kind")?;
+    let jurisdiction = if request.jurisdiction.is_empty() {
+        None
+    } else {
+        Some(
+            Jurisdiction::parse(&request.jurisdiction)
+                .map_err(|error| ApiError::invalid("jurisdiction", error))?,
+        )
+    };
+    let received_at_micros = request
+        .received_at
+        .as_ref()
+        .map(|timestamp| timestamp_field(timestamp, "received_at"))
+        .transpose()?;
+    if received_at_micros.is_some_and(|received| received > now_micros + RECEIVED_AT_SKEW_MICROS) {
+        return Err(ApiError::invalid(
+            "received_at",
+            "is in the future: a request is filed once received",
+        ));
+    }
+    let mut purposes = Vec::with_capacity(request.purposes.len());
+    for (index, value) in request.purposes.iter().enumerate() {
+        let field = format!("purposes[{index}]");
+        let purpose = convert::required::<proto::Purpose, Purpose>(*value, &field)?;
+        if !purpose.accepts_choice() {
+            return Err(ApiError::invalid(
+                field,
+                format_args!("{purpose} takes no choice: no rule of the policy reads one"),
+            ));
+        }
+        if !purposes.contains(&purpose) {
+            purposes.push(purpose);
+        }
+    }
+    if !kind.takes_purposes() && !purposes.is_empty() {
+        return Err(ApiError::invalid(
+            "purposes",
+            format_args!("a {kind} request names no purposes"),
+        ));
+    }
+    if kind.requires_purposes() && purposes.is_empty() {
+        return Err(ApiError::invalid(
+            "purposes",
+            format_args!("a {kind} request names the purposes it is about"),
+        ));
+    }
+    Ok(NewRightsRequest {
+        subject_id,
+        kind,
+        jurisdiction,
+        received_at_micros,
+        identity_verified: request.identity_verified,
+        purposes,
+    })
+}
+
+pub fn advance_rights(
+    request: &proto::AdvanceRightsRequest,
+) -> Result<(String, RightsStep), ApiError> {
+    let request_id = request_id(&request.request_id)?;
+    let to = convert::required::<proto::RequestState, RequestState>(request.state, "state")?;
+    if to == RequestState::Received {
+        return Err(ApiError::invalid(
+            "state",
+            "a request is RECEIVED only when filed",
+        ));
+    }
+    let reason = reason(&request.reason, "reason")?;
+    if to == RequestState::Refused && reason.is_empty() {
+        return Err(ApiError::invalid(
+            "reason",
+            "is required when refusing: the reason told to the requester",
+        ));
+    }
+    Ok((
+        request_id,
+        RightsStep::Advance {
+            to,
+            verify: request.identity_verified,
+            reason,
+        },
+    ))
+}
+
+pub fn extend_rights(
+    request: &proto::ExtendRightsRequest,
+) -> Result<(String, RightsStep), ApiError> {
+    let request_id = request_id(&request.request_id)?;
+    let reason = reason(&request.reason, "reason")?;
+    if reason.is_empty() {
+        return Err(ApiError::invalid(
+            "reason",
+            "is required: the reason for the delay, told to the requester",
+        ));
+    }
+    Ok((request_id, RightsStep::Extend { reason }))
+}
+
+/// A rights request id: the UUID it was filed under.
+pub fn request_id(text: &str) -> Result<String, ApiError> {
+    if text.is_empty() {
+        return Err(ApiError::invalid("request_id", "must not be empty"));
+    }
+    uuid::Uuid::parse_str(text)
+        .map(|id| id.to_string())
+        .map_err(|_| ApiError::invalid("request_id", "is not a request id (a UUID)"))
+}
+
+fn reason(text: &str, field: &str) -> Result<String, ApiError> {
+    let text = text.trim();
+    if text.chars().count() > MAX_REASON_CHARS {
+        return Err(ApiError::invalid(
+            field,
+            format_args!("may have at most {MAX_REASON_CHARS} characters"),
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+/// The page size of a rights listing: 1–1000, 0 meaning 100.
+pub fn rights_page_size(page_size: u32) -> Result<u32, ApiError> {
+    match page_size {
+        0 => Ok(100),
+        1..=1_000 => Ok(page_size),
+        _ => Err(ApiError::invalid("page_size", "must be at most 1000")),
+    }
+}
+
+/// Decodes a rights listing page token: `KEY.REQUEST_ID`, the sort key and id of the last
+/// request of the previous page.
+pub fn rights_page_token(token: &str) -> Result<Option<(i64, String)>, ApiError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let invalid = || ApiError::invalid("page_token", "is not a token returned by this listing");
+    let (key, id) = token.split_once('.').ok_or_else(invalid)?;
+    let key = key.parse().map_err(|_| invalid())?;
+    let id = uuid::Uuid::parse_str(id).map_err(|_| invalid())?;
+    Ok(Some((key, id.to_string())))
 }
 
 #[cfg(test)]

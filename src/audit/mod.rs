@@ -21,6 +21,12 @@ pub enum EventKind {
     SubjectDeleted,
     /// A policy version was stored (its subject id is empty).
     PolicyApplied,
+    /// A rights request was filed; its effects on the subject, if any, are events of their own.
+    RightsRequestFiled,
+    /// A rights request moved to another state.
+    RightsRequestAdvanced,
+    /// A rights request's deadline was extended.
+    RightsRequestExtended,
 }
 
 impl EventKind {
@@ -33,10 +39,13 @@ impl EventKind {
             EventKind::RestrictionSet => "restriction_set",
             EventKind::SubjectDeleted => "subject_deleted",
             EventKind::PolicyApplied => "policy_applied",
+            EventKind::RightsRequestFiled => "rights_request_filed",
+            EventKind::RightsRequestAdvanced => "rights_request_advanced",
+            EventKind::RightsRequestExtended => "rights_request_extended",
         }
     }
 
-    pub const ALL: [EventKind; 7] = [
+    pub const ALL: [EventKind; 10] = [
         EventKind::SubjectUpserted,
         EventKind::ChoiceSet,
         EventKind::FeedbackRecorded,
@@ -44,6 +53,9 @@ impl EventKind {
         EventKind::RestrictionSet,
         EventKind::SubjectDeleted,
         EventKind::PolicyApplied,
+        EventKind::RightsRequestFiled,
+        EventKind::RightsRequestAdvanced,
+        EventKind::RightsRequestExtended,
     ];
 
     /// Parses a stored kind name; `None` for a name this binary does not know.

@@ -13,6 +13,7 @@
 mod compiled;
 mod file;
 mod retention;
+pub mod rights;
 mod rules;
 mod vocabulary;
 

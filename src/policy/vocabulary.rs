@@ -36,6 +36,8 @@ macro_rules! named_enum {
     };
 }
 
+pub(super) use named_enum;
+
 named_enum! {
     /// What the data would be processed for.
     pub enum Purpose {

@@ -28,7 +28,8 @@ pub use sqlite::SqliteStore;
 
 use crate::audit::decision_log::DecisionRecord;
 use crate::audit::{AuditEvent, ChainReport};
-use crate::domain::{Actor, ConversationId, SubjectId};
+use crate::domain::{Actor, ConversationId, Jurisdiction, SubjectId};
+use crate::policy::rights::{RequestState, RightKind, RightsRequest, StepRefusal};
 use crate::policy::{Choice, ConversationFacts, Purpose, SubjectState};
 use crate::revision::Revision;
 
@@ -122,6 +123,75 @@ pub struct StoredPolicy {
     pub applied_at_micros: i64,
     /// The revision of the audit event recording it.
     pub revision: Revision,
+}
+
+/// A rights request to file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewRightsRequest {
+    pub subject_id: SubjectId,
+    pub kind: RightKind,
+    /// The jurisdiction to compute deadlines in; `None`: the subject's.
+    pub jurisdiction: Option<Jurisdiction>,
+    /// When the request was received; `None`: now.
+    pub received_at_micros: Option<i64>,
+    pub identity_verified: bool,
+    pub purposes: Vec<Purpose>,
+}
+
+/// A step of a rights request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RightsStep {
+    /// Move to a state; `verify` records that the identity was verified; `reason` is required
+    /// for a refusal.
+    Advance {
+        to: RequestState,
+        verify: bool,
+        reason: String,
+    },
+    /// Extend the deadline once, giving the reason told to the requester.
+    Extend { reason: String },
+}
+
+/// A stored rights request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredRightsRequest {
+    pub request_id: String,
+    pub subject_id: String,
+    pub jurisdiction: String,
+    pub request: RightsRequest,
+    pub extension_reason: String,
+    pub refusal_reason: String,
+    pub created_at_micros: i64,
+    pub updated_at_micros: i64,
+    /// The revision of the request's latest audit event.
+    pub revision: Revision,
+}
+
+/// What a rights write did: the request after it, and the revisions of the audit events it
+/// appended (the step's own, then one per change of the subject it caused), oldest first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RightsOutcome {
+    pub request: StoredRightsRequest,
+    pub revisions: Vec<Revision>,
+}
+
+/// Which rights requests to list, and from where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RightsListing {
+    /// A subject's requests, by time received.
+    Subject(SubjectId),
+    /// Every request still owed an answer whose deadline passed before the instant, by
+    /// deadline.
+    OverdueAt(i64),
+}
+
+/// A page of rights requests: after the key of the last one of the previous page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RightsQuery {
+    pub listing: RightsListing,
+    /// The sort key and request id of the last request already listed.
+    pub after: Option<(i64, String)>,
+    pub limit: u32,
 }
 
 /// What a write did.
@@ -265,6 +335,12 @@ pub enum StoreError {
     PolicyConflict(String),
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
+    #[error("rights request {0} not found")]
+    RequestNotFound(String),
+    #[error("{0}")]
+    RightsStep(#[from] StepRefusal),
+    #[error("the subject has no jurisdiction on record; give the request's jurisdiction")]
+    NoJurisdiction,
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -359,6 +435,69 @@ impl Store {
             match self {
                 Store::Sqlite(store) => store.apply_policy(policy, context).await,
                 Store::Postgres(store) => store.apply_policy(policy, context).await,
+            }
+        })
+        .await
+    }
+
+    /// Files a rights request: the request, its audit event and any effect it has at once on
+    /// the subject (with their own events), in one transaction.
+    pub async fn file_rights_request(
+        &self,
+        request: &NewRightsRequest,
+        context: &WriteContext,
+    ) -> Result<RightsOutcome, StoreError> {
+        observed(self, "file_rights_request", async {
+            match self {
+                Store::Sqlite(store) => store.file_rights_request(request, context).await,
+                Store::Postgres(store) => store.file_rights_request(request, context).await,
+            }
+        })
+        .await
+    }
+
+    /// Takes a step of a rights request, with its audit event and any effect it makes due, in
+    /// one transaction.
+    pub async fn step_rights_request(
+        &self,
+        request_id: &str,
+        step: &RightsStep,
+        context: &WriteContext,
+    ) -> Result<RightsOutcome, StoreError> {
+        observed(self, "step_rights_request", async {
+            match self {
+                Store::Sqlite(store) => store.step_rights_request(request_id, step, context).await,
+                Store::Postgres(store) => {
+                    store.step_rights_request(request_id, step, context).await
+                }
+            }
+        })
+        .await
+    }
+
+    /// One rights request, or `None`.
+    pub async fn rights_request(
+        &self,
+        request_id: &str,
+    ) -> Result<Option<StoredRightsRequest>, StoreError> {
+        observed(self, "rights_request", async {
+            match self {
+                Store::Sqlite(store) => store.rights_request(request_id).await,
+                Store::Postgres(store) => store.rights_request(request_id).await,
+            }
+        })
+        .await
+    }
+
+    /// A page of rights requests.
+    pub async fn rights_requests(
+        &self,
+        query: &RightsQuery,
+    ) -> Result<Vec<StoredRightsRequest>, StoreError> {
+        observed(self, "rights_requests", async {
+            match self {
+                Store::Sqlite(store) => store.rights_requests(query).await,
+                Store::Postgres(store) => store.rights_requests(query).await,
             }
         })
         .await

@@ -74,7 +74,10 @@ impl Replayed {
                 self.existing(event)?;
                 self.conversations.insert(conversation_id.to_owned(), facts);
             }
-            EventKind::PolicyApplied => {}
+            EventKind::PolicyApplied
+            | EventKind::RightsRequestFiled
+            | EventKind::RightsRequestAdvanced
+            | EventKind::RightsRequestExtended => {}
         }
         Ok(())
     }

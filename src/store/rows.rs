@@ -19,14 +19,17 @@ macro_rules! sql_rows {
             AuditEvent, ChainReport, ChainVerifier, EventKind, canonical_bytes, chain_hash,
         };
         use $crate::domain::{ConversationId, SubjectId};
+        use $crate::policy::rights::{Effect, Regime, RequestState, RightKind, RightsRequest};
         use $crate::policy::{
             Choice, ConversationFacts, Plan, Purpose, Rating, Status, SubjectState,
         };
         use $crate::revision::Revision;
-        use $crate::store::change::{Change, SubjectRecord, plan_change};
+        use $crate::store::change::{Change, Command, SubjectRecord, plan_change};
         use $crate::store::{
-            Change as ChangeNotice, ChoiceEntry, DecisionState, EventQuery, NewPolicy, StoreError,
-            StoredPolicy, SubjectSnapshot, WriteContext, WriteOutcome, WriteRequest, now_micros,
+            Change as ChangeNotice, ChoiceEntry, DecisionState, EventQuery, NewPolicy,
+            NewRightsRequest, RightsListing, RightsOutcome, RightsQuery, RightsStep, StoreError,
+            StoredPolicy, StoredRightsRequest, SubjectSnapshot, WriteContext, WriteOutcome,
+            WriteRequest, now_micros,
         };
 
         const VERIFY_PAGE: i64 = 1_000;
@@ -37,7 +40,19 @@ macro_rules! sql_rows {
             request: &WriteRequest,
         ) -> Result<WriteOutcome, StoreError> {
             // The head first: where it is locked, this orders every writer before any read.
-            let (head_sequence, head_hash) = chain_head(&mut *connection).await?;
+            let mut head = chain_head(&mut *connection).await?;
+            command_in(&mut *connection, &mut head, request, None).await
+        }
+
+        /// Applies one command after the chain head `head` (taken by the caller) and moves
+        /// `head` to the event it appends, if any. `rights_request`: the rights request the
+        /// change is the effect of, named in the event's detail.
+        async fn command_in(
+            connection: &mut $connection,
+            head: &mut (u64, String),
+            request: &WriteRequest,
+            rights_request: Option<&str>,
+        ) -> Result<WriteOutcome, StoreError> {
             let subject_id = request.subject_id.as_str();
             let current = load_subject(&mut *connection, subject_id).await?;
             let conversation = match request.command.conversation_id() {
@@ -51,41 +66,399 @@ macro_rules! sql_rows {
                 conversation,
                 &request.command,
             )?;
-            let Some(change) = planned else {
+            let Some(mut change) = planned else {
                 let revision = current.map(|(_, revision)| revision).unwrap_or_default();
                 return Ok(WriteOutcome {
                     revision,
                     changed: false,
                 });
             };
-            let revision = Revision::new(head_sequence).next();
+            if let (Some(request_id), Some(detail)) = (rights_request, change.detail.as_object_mut())
+            {
+                detail.insert("rights_request".to_owned(), request_id.into());
+            }
+            let revision = Revision::new(head.0).next();
             let now = now_micros();
             apply_change(&mut *connection, subject_id, &change, revision, now).await?;
-            let mut event = AuditEvent {
-                sequence: revision.sequence(),
-                event_id: uuid::Uuid::now_v7().to_string(),
-                at_micros: now,
-                subject_id: subject_id.to_owned(),
-                kind: change.kind.as_str().to_owned(),
-                caller: request.context.caller.clone(),
-                operator_id: request.context.actor.operator_id.clone(),
-                actor_reason: request.context.actor.reason.clone(),
-                detail_json: change.detail.to_string(),
-                policy_version: request.context.policy_version.clone(),
-                trace_id: request.context.trace_id.clone(),
-                prev_hash: head_hash,
-                hash: String::new(),
-            };
-            event.hash = chain_hash(&event.prev_hash, &canonical_bytes(&event));
+            let event = sealed_event(
+                revision,
+                now,
+                subject_id,
+                change.kind,
+                &request.context,
+                &change.detail,
+                &request.context.policy_version,
+                &head.1,
+            );
             let span = $crate::child_span!(
                 "audit.append",
                 assent.audit_sequence = event.sequence,
                 assent.audit_kind = event.kind.as_str(),
             );
             tracing::Instrument::instrument(append_event(&mut *connection, &event), span).await?;
+            *head = (event.sequence, event.hash);
             Ok(WriteOutcome {
                 revision,
                 changed: true,
+            })
+        }
+
+        /// The audit event of a change, hashed onto the chain after `prev_hash`.
+        #[allow(clippy::too_many_arguments)]
+        fn sealed_event(
+            revision: Revision,
+            at_micros: i64,
+            subject_id: &str,
+            kind: EventKind,
+            context: &WriteContext,
+            detail: &serde_json::Value,
+            policy_version: &str,
+            prev_hash: &str,
+        ) -> AuditEvent {
+            let mut event = AuditEvent {
+                sequence: revision.sequence(),
+                event_id: uuid::Uuid::now_v7().to_string(),
+                at_micros,
+                subject_id: subject_id.to_owned(),
+                kind: kind.as_str().to_owned(),
+                caller: context.caller.clone(),
+                operator_id: context.actor.operator_id.clone(),
+                actor_reason: context.actor.reason.clone(),
+                detail_json: detail.to_string(),
+                policy_version: policy_version.to_owned(),
+                trace_id: context.trace_id.clone(),
+                prev_hash: prev_hash.to_owned(),
+                hash: String::new(),
+            };
+            event.hash = chain_hash(&event.prev_hash, &canonical_bytes(&event));
+            event
+        }
+
+        /// Files a rights request inside an open write transaction; the caller commits.
+        pub(super) async fn file_rights_in(
+            connection: &mut $connection,
+            new: &NewRightsRequest,
+            context: &WriteContext,
+        ) -> Result<RightsOutcome, StoreError> {
+            let mut head = chain_head(&mut *connection).await?;
+            let subject_id = new.subject_id.as_str();
+            let Some((record, _)) = load_subject(&mut *connection, subject_id).await? else {
+                return Err(StoreError::NotFound);
+            };
+            let jurisdiction = match &new.jurisdiction {
+                Some(jurisdiction) => jurisdiction.as_str().to_owned(),
+                None => record.jurisdiction.clone().ok_or(StoreError::NoJurisdiction)?,
+            };
+            let now = now_micros();
+            let request = RightsRequest::file(
+                new.kind,
+                Regime::of(&jurisdiction),
+                new.received_at_micros.unwrap_or(now),
+                new.identity_verified,
+                new.purposes.clone(),
+            )?;
+            let stored = StoredRightsRequest {
+                request_id: uuid::Uuid::now_v7().to_string(),
+                subject_id: subject_id.to_owned(),
+                jurisdiction,
+                request,
+                extension_reason: String::new(),
+                refusal_reason: String::new(),
+                created_at_micros: now,
+                updated_at_micros: now,
+                revision: Revision::ZERO,
+            };
+            rights_step_in(
+                &mut *connection,
+                &mut head,
+                &record,
+                None,
+                stored,
+                EventKind::RightsRequestFiled,
+                context,
+            )
+            .await
+        }
+
+        /// Takes a step of a rights request inside an open write transaction; the caller
+        /// commits.
+        pub(super) async fn step_rights_in(
+            connection: &mut $connection,
+            request_id: &str,
+            step: &RightsStep,
+            context: &WriteContext,
+        ) -> Result<RightsOutcome, StoreError> {
+            let mut head = chain_head(&mut *connection).await?;
+            let Some(before) = load_rights_request(&mut *connection, request_id).await? else {
+                return Err(StoreError::RequestNotFound(request_id.to_owned()));
+            };
+            let Some((record, _)) = load_subject(&mut *connection, &before.subject_id).await?
+            else {
+                return Err(StoreError::Corrupt(format!(
+                    "rights request {request_id} names a subject not stored"
+                )));
+            };
+            let now = now_micros();
+            let mut after = before.clone();
+            let kind = match step {
+                RightsStep::Advance { to, verify, reason } => {
+                    after.request = before.request.advance(*to, *verify, now)?;
+                    if *to == RequestState::Refused {
+                        after.refusal_reason = reason.clone();
+                    }
+                    EventKind::RightsRequestAdvanced
+                }
+                RightsStep::Extend { reason } => {
+                    after.request = before.request.extend(now)?;
+                    after.extension_reason = reason.clone();
+                    EventKind::RightsRequestExtended
+                }
+            };
+            after.updated_at_micros = now;
+            rights_step_in(
+                &mut *connection,
+                &mut head,
+                &record,
+                Some(&before),
+                after,
+                kind,
+                context,
+            )
+            .await
+        }
+
+        /// Writes a rights request after a step and the step's audit event, then the changes of
+        /// the subject the step makes due, each with its own event.
+        async fn rights_step_in(
+            connection: &mut $connection,
+            head: &mut (u64, String),
+            subject: &SubjectRecord,
+            before: Option<&StoredRightsRequest>,
+            mut after: StoredRightsRequest,
+            kind: EventKind,
+            context: &WriteContext,
+        ) -> Result<RightsOutcome, StoreError> {
+            // A deleted subject is processed no more: nothing is left to take effect on.
+            let effect = after
+                .request
+                .effect_due()
+                .filter(|_| subject.state.status != Status::Deleted);
+            if effect.is_some() {
+                after.request.effect_applied = true;
+            }
+            let revision = Revision::new(head.0).next();
+            after.revision = revision;
+            store_rights_request(&mut *connection, &after, before.is_none()).await?;
+            let detail = serde_json::json!({
+                "request_id": after.request_id,
+                "before": before.map(describe_rights_request),
+                "after": describe_rights_request(&after),
+            });
+            let event = sealed_event(
+                revision,
+                after.updated_at_micros,
+                &after.subject_id,
+                kind,
+                context,
+                &detail,
+                &context.policy_version,
+                &head.1,
+            );
+            append_event(&mut *connection, &event).await?;
+            *head = (event.sequence, event.hash);
+            let mut revisions = vec![revision];
+            let commands = match effect {
+                None => Vec::new(),
+                Some(Effect::RefuseChoices(purposes)) => purposes
+                    .into_iter()
+                    .map(|purpose| Command::SetChoice {
+                        purpose,
+                        choice: Some(Choice::Refused),
+                    })
+                    .collect(),
+                Some(Effect::Restrict) => vec![Command::SetRestriction { restricted: true }],
+                Some(Effect::Delete) => vec![Command::Delete],
+            };
+            let subject_id = SubjectId::parse(&after.subject_id)
+                .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+            for command in commands {
+                let write = WriteRequest {
+                    subject_id: subject_id.clone(),
+                    command,
+                    context: context.clone(),
+                };
+                let outcome =
+                    command_in(&mut *connection, head, &write, Some(&after.request_id)).await?;
+                if outcome.changed {
+                    revisions.push(outcome.revision);
+                }
+            }
+            Ok(RightsOutcome {
+                request: after,
+                revisions,
+            })
+        }
+
+        /// What a rights request's audit event records of it.
+        fn describe_rights_request(stored: &StoredRightsRequest) -> serde_json::Value {
+            let request = &stored.request;
+            serde_json::json!({
+                "kind": request.kind.as_str(),
+                "jurisdiction": stored.jurisdiction,
+                "regime": request.regime.as_str(),
+                "state": request.state.as_str(),
+                "received_at_micros": request.received_at_micros,
+                "identity_verified": request.identity_verified,
+                "purposes": request.purposes.iter().map(|purpose| purpose.as_str()).collect::<Vec<_>>(),
+                "due_at_micros": request.due_at_micros,
+                "extended": request.extended,
+                "extension_reason": stored.extension_reason,
+                "appealed": request.appealed,
+                "effect_applied": request.effect_applied,
+                "refusal_reason": stored.refusal_reason,
+                "answered_at_micros": request.answered_at_micros,
+            })
+        }
+
+        async fn store_rights_request(
+            connection: &mut $connection,
+            stored: &StoredRightsRequest,
+            insert: bool,
+        ) -> Result<(), StoreError> {
+            let request = &stored.request;
+            let purposes = request
+                .purposes
+                .iter()
+                .map(|purpose| purpose.as_str())
+                .collect::<Vec<_>>()
+                .join(",");
+            let statement = if insert {
+                "INSERT INTO rights_requests
+                     (request_id, subject_id, kind, jurisdiction, regime, state, received_at,
+                      identity_verified, purposes, due_at, extended, extension_reason, appealed,
+                      effect_applied, refusal_reason, answered_at, kept_until, created_at,
+                      updated_at, revision)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                         $17, $18, $19, $20)"
+            } else {
+                "UPDATE rights_requests SET
+                     subject_id = $2, kind = $3, jurisdiction = $4, regime = $5, state = $6,
+                     received_at = $7, identity_verified = $8, purposes = $9, due_at = $10,
+                     extended = $11, extension_reason = $12, appealed = $13,
+                     effect_applied = $14, refusal_reason = $15, answered_at = $16,
+                     kept_until = $17, created_at = $18, updated_at = $19, revision = $20
+                 WHERE request_id = $1"
+            };
+            sqlx::query(statement)
+                .bind(&stored.request_id)
+                .bind(&stored.subject_id)
+                .bind(request.kind.as_str())
+                .bind(&stored.jurisdiction)
+                .bind(request.regime.as_str())
+                .bind(request.state.as_str())
+                .bind(request.received_at_micros)
+                .bind(request.identity_verified)
+                .bind(purposes)
+                .bind(request.due_at_micros)
+                .bind(request.extended)
+                .bind(&stored.extension_reason)
+                .bind(request.appealed)
+                .bind(request.effect_applied)
+                .bind(&stored.refusal_reason)
+                .bind(request.answered_at_micros)
+                .bind(request.kept_until())
+                .bind(stored.created_at_micros)
+                .bind(stored.updated_at_micros)
+                .bind(to_i64(stored.revision.sequence()))
+                .execute(&mut *connection)
+                .await?;
+            Ok(())
+        }
+
+        /// One rights request, or `None`.
+        pub(super) async fn load_rights_request(
+            connection: &mut $connection,
+            request_id: &str,
+        ) -> Result<Option<StoredRightsRequest>, StoreError> {
+            let row = sqlx::query("SELECT * FROM rights_requests WHERE request_id = $1")
+                .bind(request_id)
+                .fetch_optional(&mut *connection)
+                .await?;
+            row.as_ref().map(rights_request_from_row).transpose()
+        }
+
+        /// A page of rights requests.
+        pub(super) async fn rights_requests_in(
+            connection: &mut $connection,
+            query: &RightsQuery,
+        ) -> Result<Vec<StoredRightsRequest>, StoreError> {
+            let (after_key, after_id) = query
+                .after
+                .clone()
+                .unwrap_or((i64::MIN, String::new()));
+            let limit = i64::from(query.limit);
+            let rows = match &query.listing {
+                RightsListing::Subject(subject_id) => {
+                    sqlx::query(
+                        "SELECT * FROM rights_requests
+                         WHERE subject_id = $1
+                           AND (received_at > $2 OR (received_at = $2 AND request_id > $3))
+                         ORDER BY received_at, request_id LIMIT $4",
+                    )
+                    .bind(subject_id.as_str())
+                    .bind(after_key)
+                    .bind(after_id)
+                    .bind(limit)
+                    .fetch_all(&mut *connection)
+                    .await?
+                }
+                RightsListing::OverdueAt(now) => {
+                    sqlx::query(
+                        "SELECT * FROM rights_requests
+                         WHERE state NOT IN ('COMPLETED', 'REFUSED') AND due_at < $1
+                           AND (due_at > $2 OR (due_at = $2 AND request_id > $3))
+                         ORDER BY due_at, request_id LIMIT $4",
+                    )
+                    .bind(*now)
+                    .bind(after_key)
+                    .bind(after_id)
+                    .bind(limit)
+                    .fetch_all(&mut *connection)
+                    .await?
+                }
+            };
+            rows.iter().map(rights_request_from_row).collect()
+        }
+
+        fn rights_request_from_row(row: &$row) -> Result<StoredRightsRequest, StoreError> {
+            let purposes: String = row.try_get("purposes")?;
+            let purposes = purposes
+                .split(',')
+                .filter(|name| !name.is_empty())
+                .map(|name| parse("purposes", name, Purpose::from_name))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(StoredRightsRequest {
+                request_id: row.try_get("request_id")?,
+                subject_id: row.try_get("subject_id")?,
+                jurisdiction: row.try_get("jurisdiction")?,
+                request: RightsRequest {
+                    kind: parse_column(row, "kind", RightKind::from_name)?,
+                    regime: parse_column(row, "regime", Regime::from_name)?,
+                    state: parse_column(row, "state", RequestState::from_name)?,
+                    received_at_micros: row.try_get("received_at")?,
+                    identity_verified: row.try_get("identity_verified")?,
+                    purposes,
+                    due_at_micros: row.try_get("due_at")?,
+                    extended: row.try_get("extended")?,
+                    appealed: row.try_get("appealed")?,
+                    effect_applied: row.try_get("effect_applied")?,
+                    answered_at_micros: row.try_get("answered_at")?,
+                },
+                extension_reason: row.try_get("extension_reason")?,
+                refusal_reason: row.try_get("refusal_reason")?,
+                created_at_micros: row.try_get("created_at")?,
+                updated_at_micros: row.try_get("updated_at")?,
+                revision: Revision::new(from_i64(row.try_get("revision")?)),
             })
         }
 
@@ -133,22 +506,16 @@ macro_rules! sql_rows {
                 "description": policy.description,
                 "source_sha256": hex::encode(sha2::Sha256::digest(policy.source.as_bytes())),
             });
-            let mut event = AuditEvent {
-                sequence: revision.sequence(),
-                event_id: uuid::Uuid::now_v7().to_string(),
-                at_micros: now,
-                subject_id: String::new(),
-                kind: EventKind::PolicyApplied.as_str().to_owned(),
-                caller: context.caller.clone(),
-                operator_id: context.actor.operator_id.clone(),
-                actor_reason: context.actor.reason.clone(),
-                detail_json: detail.to_string(),
-                policy_version: policy.version.clone(),
-                trace_id: context.trace_id.clone(),
-                prev_hash: head_hash,
-                hash: String::new(),
-            };
-            event.hash = chain_hash(&event.prev_hash, &canonical_bytes(&event));
+            let event = sealed_event(
+                revision,
+                now,
+                "",
+                EventKind::PolicyApplied,
+                context,
+                &detail,
+                &policy.version,
+                &head_hash,
+            );
             append_event(&mut *connection, &event).await?;
             Ok(WriteOutcome {
                 revision,

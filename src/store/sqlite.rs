@@ -15,8 +15,9 @@ use sqlx::sqlite::{
 };
 
 use super::{
-    Change, DecisionState, EventQuery, NewPolicy, PruneReport, StoreError, StoredPolicy,
-    SubjectSnapshot, SubjectView, WriteContext, WriteOutcome, WriteRequest,
+    Change, DecisionState, EventQuery, NewPolicy, NewRightsRequest, PruneReport, RightsOutcome,
+    RightsQuery, RightsStep, StoreError, StoredPolicy, StoredRightsRequest, SubjectSnapshot,
+    SubjectView, WriteContext, WriteOutcome, WriteRequest,
 };
 use crate::audit::decision_log::DecisionRecord;
 use crate::audit::{AuditEvent, ChainReport};
@@ -92,6 +93,45 @@ impl SqliteStore {
         let outcome = rows::apply_policy_in(&mut tx, policy, context).await?;
         tx.commit().await?;
         Ok(outcome)
+    }
+
+    pub async fn file_rights_request(
+        &self,
+        request: &NewRightsRequest,
+        context: &WriteContext,
+    ) -> Result<RightsOutcome, StoreError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let outcome = rows::file_rights_in(&mut tx, request, context).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    pub async fn step_rights_request(
+        &self,
+        request_id: &str,
+        step: &RightsStep,
+        context: &WriteContext,
+    ) -> Result<RightsOutcome, StoreError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let outcome = rows::step_rights_in(&mut tx, request_id, step, context).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    pub async fn rights_request(
+        &self,
+        request_id: &str,
+    ) -> Result<Option<StoredRightsRequest>, StoreError> {
+        let mut connection = self.reader.acquire().await?;
+        rows::load_rights_request(&mut connection, request_id).await
+    }
+
+    pub async fn rights_requests(
+        &self,
+        query: &RightsQuery,
+    ) -> Result<Vec<StoredRightsRequest>, StoreError> {
+        let mut connection = self.reader.acquire().await?;
+        rows::rights_requests_in(&mut connection, query).await
     }
 
     pub async fn policy_versions(&self) -> Result<Vec<StoredPolicy>, StoreError> {
