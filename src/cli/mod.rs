@@ -4,6 +4,7 @@
 mod client;
 mod output;
 mod policy;
+mod rights;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Overrides, Settings};
+use crate::policy::rights::{RequestState, RightKind};
 use crate::policy::{FlagKind, Plan, Purpose, Rating, Source};
 use crate::startup::{Application, shutdown_signal};
 use crate::store::Store;
@@ -47,6 +49,9 @@ pub enum Command {
     /// Follow the change log.
     #[command(subcommand)]
     Changes(ChangesCommand),
+    /// File, follow and answer rights requests (access, deletion, objection, ...).
+    #[command(subcommand)]
+    Rights(RightsCommand),
     /// Ask a running server's gRPC health service whether it serves; exits 0 if it does, 1 if
     /// not (the container's and Kubernetes' probe).
     Health(HealthArgs),
@@ -214,6 +219,83 @@ pub enum PolicyCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum RightsCommand {
+    /// File a request; prints it with its deadline.
+    File {
+        #[arg(long)]
+        subject: String,
+        /// access, portability, rectification, deletion, objection, consent-withdrawal,
+        /// restriction, post-mortem, appeal
+        #[arg(long, value_parser = parse_right_kind)]
+        kind: RightKind,
+        /// ISO 3166 such as FR or US-CA [default: the subject's]
+        #[arg(long, default_value = "")]
+        jurisdiction: String,
+        /// When the request was received (RFC 3339) [default: now]
+        #[arg(long, value_parser = parse_instant)]
+        received_at: Option<std::time::SystemTime>,
+        #[arg(long)]
+        identity_verified: bool,
+        /// A purpose the objection or consent withdrawal is about (repeatable).
+        #[arg(long = "purpose", value_parser = parse_purpose)]
+        purposes: Vec<Purpose>,
+        #[command(flatten)]
+        actor: ActorArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print one request.
+    Get {
+        request_id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// A subject's requests, oldest received first.
+    List {
+        #[arg(long)]
+        subject: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The requests still owed an answer whose deadline has passed.
+    Overdue {
+        /// Judge at this instant (RFC 3339) [default: now]
+        #[arg(long, value_parser = parse_instant)]
+        at: Option<std::time::SystemTime>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Move a request to another state.
+    Advance {
+        request_id: String,
+        /// verifying, in-progress, completed, refused, appealed
+        #[arg(long, value_parser = parse_request_state)]
+        state: RequestState,
+        /// The requester's identity was verified.
+        #[arg(long)]
+        identity_verified: bool,
+        /// The reason for a refusal, told to the requester (required to refuse).
+        #[arg(long, default_value = "")]
+        refusal_reason: String,
+        #[command(flatten)]
+        actor: ActorArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Extend a request's deadline once (GDPR: by two months; US: by 45 days).
+    Extend {
+        request_id: String,
+        /// The reason for the delay, told to the requester.
+        #[arg(long)]
+        delay_reason: String,
+        #[command(flatten)]
+        actor: ActorArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ChangesCommand {
     /// Print every change after a revision, then new ones as they commit (one line each).
     Watch {
@@ -368,6 +450,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(command) => client::audit(command).await,
         Command::Policy(command) => policy::policy(command).await,
         Command::Changes(command) => policy::changes(command).await,
+        Command::Rights(command) => rights::rights(command).await,
     }
 }
 
@@ -440,6 +523,24 @@ fn parse_named<T: Copy>(
 
 fn parse_purpose(text: &str) -> Result<Purpose, String> {
     parse_named(text, Purpose::from_name, Purpose::ALL, Purpose::as_str)
+}
+
+fn parse_right_kind(text: &str) -> Result<RightKind, String> {
+    parse_named(
+        text,
+        RightKind::from_name,
+        RightKind::ALL,
+        RightKind::as_str,
+    )
+}
+
+fn parse_request_state(text: &str) -> Result<RequestState, String> {
+    parse_named(
+        text,
+        RequestState::from_name,
+        RequestState::ALL,
+        RequestState::as_str,
+    )
 }
 
 fn parse_plan(text: &str) -> Result<Plan, String> {

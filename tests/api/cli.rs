@@ -274,3 +274,85 @@ async fn policy_files_are_validated_tested_applied_and_compared() {
         .collect();
     assert_eq!(kinds, ["subject_upserted", "policy_applied"]);
 }
+
+#[tokio::test]
+async fn rights_requests_are_filed_advanced_and_listed() {
+    let app = TestApp::spawn().await;
+    stdout(
+        &app,
+        &[
+            "subject",
+            "upsert",
+            "carol",
+            "--plan",
+            "free",
+            "--jurisdiction",
+            "US-CA",
+        ],
+    )
+    .await;
+    let filed: serde_json::Value = serde_json::from_str(
+        &stdout(
+            &app,
+            &[
+                "rights",
+                "file",
+                "--json",
+                "--subject",
+                "carol",
+                "--kind",
+                "objection",
+                "--received-at",
+                "2026-01-10T09:00:00Z",
+            ],
+        )
+        .await,
+    )
+    .unwrap();
+    assert_eq!(filed["kind"], "RIGHT_KIND_OBJECTION");
+    assert_eq!(filed["regime"], "REGIME_US_STATE");
+    assert_eq!(filed["dueAt"], "2026-02-24T23:59:59.999999Z");
+    assert_eq!(filed["effectApplied"], true);
+    assert_eq!(
+        decision(&app, &["--subject", "carol", "--purpose", "model-training"]).await,
+        ("DECISION_DENY".to_owned(), "T5".to_owned())
+    );
+    let id = filed["requestId"].as_str().unwrap();
+    let overdue = stdout(&app, &["rights", "overdue", "--at", "2026-02-25T00:00:00Z"]).await;
+    assert!(
+        overdue.contains(id) && overdue.contains("OVERDUE"),
+        "{overdue}"
+    );
+    let refusal = assent(&app, &["rights", "advance", id, "--state", "refused"]).await;
+    assert!(!refusal.status.success());
+    assert!(String::from_utf8_lossy(&refusal.stderr).contains("INVALID_ARGUMENT: reason"));
+    let refused = stdout(
+        &app,
+        &[
+            "rights",
+            "advance",
+            id,
+            "--state",
+            "refused",
+            "--refusal-reason",
+            "duplicate",
+        ],
+    )
+    .await;
+    assert!(
+        refused.contains("REFUSED") && refused.contains("refused: duplicate"),
+        "{refused}"
+    );
+    assert!(
+        stdout(&app, &["rights", "overdue", "--at", "2026-02-25T00:00:00Z"])
+            .await
+            .is_empty()
+    );
+    let listed = stdout(&app, &["rights", "list", "--subject", "carol"]).await;
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert!(
+        stdout(&app, &["rights", "get", id])
+            .await
+            .contains("OBJECTION")
+    );
+}
