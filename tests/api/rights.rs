@@ -873,3 +873,60 @@ async fn bad_requests_name_their_field_and_write_nothing() {
     // Only the one valid filing was recorded.
     assert_eq!(app.all_events(None).await.len(), events + 1);
 }
+
+#[tokio::test]
+async fn watchers_see_the_step_and_the_decision_it_flipped() {
+    let app = TestApp::spawn().await;
+    subject_in(&app, "watched", "FR").await;
+    let since = app.all_events(None).await.last().unwrap().revision.clone();
+    let filed = file(&app, filing("watched", RightKind::Objection))
+        .await
+        .unwrap();
+    let mut stream = app
+        .changes()
+        .watch(proto::WatchRequest {
+            since_revision: since,
+            heartbeat_interval_ms: 200,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let message = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("no change within 10 s")
+            .unwrap()
+            .expect("the watch stream ended");
+        if let Some(proto::watch_response::Event::Change(change)) = message.event {
+            seen.push(change);
+        }
+    }
+    // The filing flips nothing; the refusal it caused flips training, in the same transaction.
+    assert_eq!(seen[0].kind, "rights_request_filed");
+    assert!(seen[0].flipped.is_empty());
+    assert_eq!(seen[1].kind, "choice_set");
+    assert_eq!(seen[1].revision, filed.revision);
+    let flips: Vec<(Purpose, Decision, Decision, String)> = seen[1]
+        .flipped
+        .iter()
+        .map(|flip| {
+            (
+                flip.purpose(),
+                flip.before(),
+                flip.after(),
+                flip.after_rule.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        flips,
+        [(
+            Purpose::ModelTraining,
+            Decision::Allow,
+            Decision::Deny,
+            "T5".to_owned()
+        )]
+    );
+}
