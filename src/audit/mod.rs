@@ -21,6 +21,8 @@ pub enum EventKind {
     SubjectDeleted,
     /// A policy version was stored (its subject id is empty).
     PolicyApplied,
+    /// A choice's expiry passed: the choice was removed and the default applies again.
+    ConsentExpired,
 }
 
 impl EventKind {
@@ -33,10 +35,11 @@ impl EventKind {
             EventKind::RestrictionSet => "restriction_set",
             EventKind::SubjectDeleted => "subject_deleted",
             EventKind::PolicyApplied => "policy_applied",
+            EventKind::ConsentExpired => "consent_expired",
         }
     }
 
-    pub const ALL: [EventKind; 7] = [
+    pub const ALL: [EventKind; 8] = [
         EventKind::SubjectUpserted,
         EventKind::ChoiceSet,
         EventKind::FeedbackRecorded,
@@ -44,6 +47,7 @@ impl EventKind {
         EventKind::RestrictionSet,
         EventKind::SubjectDeleted,
         EventKind::PolicyApplied,
+        EventKind::ConsentExpired,
     ];
 
     /// Parses a stored kind name; `None` for a name this binary does not know.

@@ -17,6 +17,7 @@ async fn events_record_who_what_and_why() {
             operator_id: "user:lena".into(),
             reason: "settings page".into(),
         }),
+        ..Default::default()
     });
     request.metadata_mut().insert(
         "traceparent",
