@@ -25,6 +25,7 @@ super::testing::backend_tests!(
     a_repeated_choice_records_nothing_and_a_renewal_records_one,
     expiries_are_recorded_once_at_the_simulated_instant,
     consent_history_pages_in_order_and_stops_at_as_of,
+    choices_stored_before_consent_records_keep_their_caller,
 );
 
 fn subject(id: &str) -> SubjectId {
@@ -993,5 +994,122 @@ async fn consent_history_pages_in_order_and_stops_at_as_of(backend: Backend) {
             .records
             .is_empty()
     );
+    store.close().await;
+}
+
+/// A store of the schema before consent records (migrations 0001-0004) with a choice in it:
+/// upgraded, the choice keeps its caller (from its audit event) and gets the default
+/// provenance, as replaying its events gives.
+async fn choices_stored_before_consent_records_keep_their_caller(backend: Backend) {
+    let database = TestDatabase::create(backend).await;
+    let folder = match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    };
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(folder);
+    let older = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.as_str() < "0005" {
+            std::fs::copy(&path, older.path().join(&name)).unwrap();
+        }
+    }
+    let migrator = sqlx::migrate::Migrator::new(older.path()).await.unwrap();
+    assert_eq!(migrator.iter().count(), 4);
+    let upsert_detail = r#"{"before": null, "after": {"plan": "FREE", "jurisdiction": null, "status": "ACTIVE", "gpc": false, "zero_data_retention": false, "choices": {}}}"#;
+    let choice_detail = r#"{"purpose": "MEMORY", "before": null, "after": "REFUSED"}"#;
+    let statements = [
+        "INSERT INTO subjects (subject_id, plan, jurisdiction, status, gpc, zero_data_retention,
+                               created_at, updated_at, revision)
+         VALUES ('u-1', 'FREE', NULL, 'ACTIVE', FALSE, FALSE, 10, 20, 2)",
+        "INSERT INTO choices (subject_id, purpose, choice, updated_at, revision)
+         VALUES ('u-1', 'MEMORY', 'REFUSED', 20, 2)",
+    ];
+    let event = |sequence: i64, kind: &str, detail: &str| {
+        format!(
+            "INSERT INTO audit_events (sequence, event_id, at_micros, subject_id, kind, caller,
+                 operator_id, actor_reason, detail_json, policy_version, trace_id, prev_hash, hash)
+             VALUES ({sequence}, 'e-{sequence}', {at}, 'u-1', '{kind}', 'billing', 'user:1', '',
+                     '{detail}', '2026-01-01', '', '', '')",
+            at = sequence * 10
+        )
+    };
+    let events = [
+        event(1, "subject_upserted", upsert_detail),
+        event(2, "choice_set", choice_detail),
+        "UPDATE audit_chain_head SET sequence = 2 WHERE chain_id = 0".to_owned(),
+    ];
+    let all: Vec<String> = statements
+        .iter()
+        .map(|statement| statement.to_string())
+        .chain(events)
+        .collect();
+    match backend {
+        Backend::Sqlite => {
+            let options = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(
+                &database.url(),
+            )
+            .unwrap()
+            .create_if_missing(true);
+            let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+            migrator.run(&pool).await.unwrap();
+            for statement in &all {
+                sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+            }
+            pool.close().await;
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(&database.url()).await.unwrap();
+            migrator.run(&pool).await.unwrap();
+            for statement in &all {
+                sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+            }
+            pool.close().await;
+        }
+    }
+
+    let store = open(&database).await;
+    assert_eq!(store.schema_version().await.unwrap(), 5);
+    let view = store.subject(&subject("u-1")).await.unwrap().unwrap();
+    assert_eq!(view.choices.len(), 1);
+    let entry = &view.choices[0];
+    assert_eq!(
+        (
+            entry.purpose,
+            entry.choice,
+            entry.notice_version.as_str(),
+            entry.method,
+            entry.caller.as_str(),
+            entry.expires_at_micros
+        ),
+        (
+            Purpose::Memory,
+            Choice::Refused,
+            "",
+            crate::policy::ConsentMethod::Unspecified,
+            "billing",
+            None
+        )
+    );
+    let replayed = replay::replay(&all_events(&store, Some("u-1")).await)
+        .unwrap()
+        .subject
+        .unwrap();
+    assert_eq!(replayed, view.record);
+    let history = store
+        .consent_history(&subject("u-1"), None, HistoryCursor::default(), 10)
+        .await
+        .unwrap();
+    assert_eq!(history.records.len(), 1);
+    assert_eq!(history.records[0].caller, "billing");
     store.close().await;
 }
