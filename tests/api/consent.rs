@@ -572,7 +572,7 @@ async fn an_expiring_grant_counts_until_its_expiry_and_watch_shows_the_flip() {
 async fn an_expired_choice_is_not_answered_from_the_cache() {
     let app = TestApp::spawn_adjusted(|settings| settings.consent_expiry_sweep = None).await;
     app.upsert("sven", Plan::Free).await;
-    let expires_at = SystemTime::now() + Duration::from_millis(1_500);
+    let expires_at = SystemTime::now() + Duration::from_secs(3);
     app.subjects()
         .set_choice(consent(
             "sven",
