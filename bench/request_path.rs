@@ -237,6 +237,7 @@ fn main() {
                     purpose: Purpose::ModelTraining as i32,
                     choice: Choice::Refused as i32,
                     actor: actor.clone(),
+                    ..Default::default()
                 })
                 .await
                 .unwrap();

@@ -28,7 +28,7 @@ use crate::api::Caller;
 pub enum Scope {
     /// `decisions:check`: Check, BatchCheck, StreamCheck.
     Check,
-    /// `subjects:read`: GetSubject.
+    /// `subjects:read`: GetSubject, ConsentHistory.
     SubjectsRead,
     /// `subjects:write`: every write of `Subjects`.
     SubjectsWrite,
@@ -132,7 +132,9 @@ pub fn requirement(path: &str) -> Requirement {
     };
     match service {
         "assent.v1.Decisions" => Requirement::Scope(Scope::Check),
-        "assent.v1.Subjects" if method == "GetSubject" => Requirement::Scope(Scope::SubjectsRead),
+        "assent.v1.Subjects" if matches!(method, "GetSubject" | "ConsentHistory") => {
+            Requirement::Scope(Scope::SubjectsRead)
+        }
         "assent.v1.Subjects" => Requirement::Scope(Scope::SubjectsWrite),
         "assent.v1.Audit" => Requirement::Scope(Scope::AuditRead),
         "assent.v1.Changes" => Requirement::Scope(Scope::ChangesWatch),
@@ -598,6 +600,10 @@ mod tests {
         );
         assert_eq!(
             requirement("/assent.v1.Subjects/GetSubject"),
+            Requirement::Scope(Scope::SubjectsRead)
+        );
+        assert_eq!(
+            requirement("/assent.v1.Subjects/ConsentHistory"),
             Requirement::Scope(Scope::SubjectsRead)
         );
         assert_eq!(

@@ -27,6 +27,7 @@ const DATABASE_FILE: &str = "assent.db";
 const DEFAULT_DATABASE_MAX_CONNECTIONS: u32 = 16;
 const DEFAULT_DECISION_LOG_QUEUE: usize = 65_536;
 const DEFAULT_DECISION_LOG_RETENTION_DAYS: u32 = 400;
+const DEFAULT_CONSENT_EXPIRY_SWEEP: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
@@ -47,6 +48,9 @@ pub struct Settings {
     pub decision_log_retention_days: u32,
     /// The in-process cache of subject state.
     pub cache: CacheSettings,
+    /// How often choices whose expiry has passed are recorded as expired (a `consent_expired`
+    /// event each); `None`: never (decisions ignore expired choices either way).
+    pub consent_expiry_sweep: Option<Duration>,
     /// How long in-flight calls may take to finish after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
@@ -106,6 +110,7 @@ pub struct Overrides {
     pub cache_ttl_seconds: Option<u64>,
     pub cache_max_conversations: Option<usize>,
     pub change_poll_interval_ms: Option<u64>,
+    pub consent_expiry_sweep_ms: Option<u64>,
     pub redis_url: Option<String>,
     pub redis_prefix: Option<String>,
     pub redis_ttl_seconds: Option<u64>,
@@ -164,6 +169,7 @@ pub const ENVIRONMENT: &[&str] = &[
     "ASSENT_CACHE_TTL_SECONDS",
     "ASSENT_CACHE_MAX_CONVERSATIONS",
     "ASSENT_CHANGE_POLL_INTERVAL_MS",
+    "ASSENT_CONSENT_EXPIRY_SWEEP_MS",
     "ASSENT_REDIS_URL",
     "ASSENT_REDIS_PREFIX",
     "ASSENT_REDIS_TTL_SECONDS",
@@ -234,6 +240,10 @@ impl Overrides {
             change_poll_interval_ms: parse_number(
                 get("ASSENT_CHANGE_POLL_INTERVAL_MS"),
                 "ASSENT_CHANGE_POLL_INTERVAL_MS",
+            )?,
+            consent_expiry_sweep_ms: parse_number(
+                get("ASSENT_CONSENT_EXPIRY_SWEEP_MS"),
+                "ASSENT_CONSENT_EXPIRY_SWEEP_MS",
             )?,
             redis_url: get("ASSENT_REDIS_URL"),
             redis_prefix: get("ASSENT_REDIS_PREFIX"),
@@ -321,6 +331,9 @@ impl Overrides {
             change_poll_interval_ms: later
                 .change_poll_interval_ms
                 .or(self.change_poll_interval_ms),
+            consent_expiry_sweep_ms: later
+                .consent_expiry_sweep_ms
+                .or(self.consent_expiry_sweep_ms),
             redis_url: later.redis_url.or(self.redis_url),
             redis_prefix: later.redis_prefix.or(self.redis_prefix),
             redis_ttl_seconds: later.redis_ttl_seconds.or(self.redis_ttl_seconds),
@@ -598,7 +611,13 @@ impl Settings {
                 ),
             });
         }
+        let consent_expiry_sweep = match overrides.consent_expiry_sweep_ms {
+            Some(0) => None,
+            Some(millis) => Some(Duration::from_millis(millis)),
+            None => Some(DEFAULT_CONSENT_EXPIRY_SWEEP),
+        };
         Ok(Settings {
+            consent_expiry_sweep,
             tls,
             tokens,
             client_scopes,
@@ -711,6 +730,29 @@ mod tests {
             let error = Settings::resolve(None, &environment, Overrides::default()).unwrap_err();
             assert!(error.to_string().starts_with(setting), "{error}");
         }
+    }
+
+    #[test]
+    fn the_consent_expiry_sweep_runs_every_second_unless_set() {
+        let default = Settings::resolve(None, &env(&[]), Overrides::default()).unwrap();
+        assert_eq!(default.consent_expiry_sweep, Some(Duration::from_secs(1)));
+        for (value, expected) in [("250", Some(Duration::from_millis(250))), ("0", None)] {
+            let environment = env(&[("ASSENT_CONSENT_EXPIRY_SWEEP_MS", value)]);
+            let settings = Settings::resolve(None, &environment, Overrides::default()).unwrap();
+            assert_eq!(settings.consent_expiry_sweep, expected, "{value}");
+        }
+        let error = Settings::resolve(
+            None,
+            &env(&[("ASSENT_CONSENT_EXPIRY_SWEEP_MS", "1s")]),
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("ASSENT_CONSENT_EXPIRY_SWEEP_MS: "),
+            "{error}"
+        );
     }
 
     #[test]

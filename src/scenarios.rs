@@ -116,6 +116,7 @@ impl Step {
                 zero_data_retention: *zero_data_retention,
             }),
             Step::Choice { purpose, choice } => Command::SetChoice {
+                consent: Default::default(),
                 purpose: name("purpose", purpose, Purpose::from_name)?,
                 choice: match choice.as_str() {
                     "CLEARED" => None,

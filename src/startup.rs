@@ -126,6 +126,10 @@ impl Application {
             policies,
         };
         let reload_policies = tokio::spawn(reload_policies(state.clone()));
+        let sweep_expired_consent = self
+            .settings
+            .consent_expiry_sweep
+            .map(|interval| tokio::spawn(sweep_expired_consent(state.clone(), interval)));
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<DecisionsServer<DecisionsService>>()
@@ -259,6 +263,9 @@ impl Application {
         }
         forget_idle.abort();
         reload_policies.abort();
+        if let Some(sweep) = sweep_expired_consent {
+            sweep.abort();
+        }
         cache_tasks.shutdown().await;
         decision_log_writer.shutdown().await;
         admin_stop.notify_one();
@@ -288,6 +295,44 @@ async fn reload_policies(state: AppState) {
             ),
             Err(error) => {
                 tracing::error!(error = %crate::error::error_chain(&error), "cannot reload the policy versions");
+            }
+        }
+    }
+}
+
+/// Every `interval`, records the expiry of every choice whose expiry has passed
+/// (`Store::expire_choices`: one `consent_expired` event each, through the write path) and
+/// announces each change like any write. Decisions do not wait for it: they drop expired
+/// choices themselves. On PostgreSQL every replica sweeps; an expiry recorded twice is recorded
+/// once.
+async fn sweep_expired_consent(state: AppState, interval: std::time::Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let now = crate::store::now_micros();
+        let context = crate::store::WriteContext {
+            caller: crate::store::EXPIRY_CALLER.to_owned(),
+            actor: crate::domain::Actor {
+                operator_id: crate::store::EXPIRY_OPERATOR.to_owned(),
+                reason: "the choice's expiry passed: the policy's default applies again".to_owned(),
+            },
+            trace_id: String::new(),
+            policy_version: state.policies.in_force(now).version().to_owned(),
+        };
+        match state.store.expire_choices(now, &context).await {
+            Ok(recorded) => {
+                for (expired, revision) in &recorded {
+                    state
+                        .cache
+                        .committed(expired.subject_id.as_str(), *revision);
+                }
+                if !recorded.is_empty() {
+                    tracing::info!(expired = recorded.len(), "consent expiries recorded");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(error = %crate::error::error_chain(&error), "cannot record consent expiries; retrying");
             }
         }
     }

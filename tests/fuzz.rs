@@ -212,6 +212,12 @@ fn write_requests_from_hostile_bytes() {
         purpose: proto::Purpose::Memory as i32,
         choice: proto::Choice::Refused as i32,
         actor,
+        notice_version: "privacy-2026-01".into(),
+        method: proto::ConsentMethod::SettingsPage as i32,
+        expires_at: Some(prost_types::Timestamp {
+            seconds: 2_000_000_000,
+            nanos: 0,
+        }),
     };
     fuzz(
         "SetChoiceRequest",
@@ -220,7 +226,29 @@ fn write_requests_from_hostile_bytes() {
             let Ok(request) = proto::SetChoiceRequest::decode(bytes.as_slice()) else {
                 return Ok(());
             };
-            match validate::set_choice(&request) {
+            match validate::set_choice(&request, 1_900_000_000_000_000) {
+                Ok(_) => Ok(()),
+                Err(error) => named_client_error(error),
+            }
+        },
+    );
+    let history = proto::ConsentHistoryRequest {
+        subject_id: "user-1".into(),
+        as_of: Some(prost_types::Timestamp {
+            seconds: 1_900_000_000,
+            nanos: 5,
+        }),
+        page_size: 10,
+        page_token: "h1.1f.2".into(),
+    };
+    fuzz(
+        "ConsentHistoryRequest",
+        hostile_bytes(history.encode_to_vec()),
+        |bytes| {
+            let Ok(request) = proto::ConsentHistoryRequest::decode(bytes.as_slice()) else {
+                return Ok(());
+            };
+            match validate::consent_history(&request) {
                 Ok(_) => Ok(()),
                 Err(error) => named_client_error(error),
             }

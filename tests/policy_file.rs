@@ -164,6 +164,7 @@ fn sweep(mut visit: impl FnMut(Option<&SubjectState>, &Question)) -> usize {
                             gpc,
                             zero_data_retention,
                             choices,
+                            ..SubjectState::new()
                         };
                         for question in &questions {
                             visit(Some(&state), question);

@@ -22,7 +22,7 @@ use tonic::{Request, Response, Status};
 
 use super::validate::{self, WatchQuery};
 use super::{AppState, convert};
-use crate::audit::AuditEvent;
+use crate::audit::{AuditEvent, EventKind};
 use crate::error::ApiError;
 use crate::policy::{ConversationFacts, Purpose, Question, SubjectState};
 use crate::proto;
@@ -183,7 +183,12 @@ impl Watch {
             // A policy version applied: it is about no subject, and always sent.
             Vec::new()
         } else {
-            let flipped = self.flipped(event, conversation_id).await?;
+            // A recorded expiry compares the answers with the choice still counting (as just
+            // before its expiry) against those after: the flip the expiry made.
+            let expired = (event.kind == EventKind::ConsentExpired.as_str())
+                .then(|| detail["purpose"].as_str().and_then(Purpose::from_name))
+                .flatten();
+            let flipped = self.flipped(event, conversation_id, expired).await?;
             if flipped.is_empty() && !self.query.purposes.is_empty() {
                 return Ok(None);
             }
@@ -208,11 +213,14 @@ impl Watch {
         }))
     }
 
-    /// The answers the event turned, comparing the subject's state before and after it.
+    /// The answers the event turned, comparing the subject's state before and after it, both
+    /// as they count at the commit (choices expired by then dropped, except the one whose
+    /// expiry the event records, `expired`).
     async fn flipped(
         &mut self,
         event: &AuditEvent,
         conversation_id: &str,
+        expired: Option<Purpose>,
     ) -> Result<Vec<proto::DecisionFlip>, ApiError> {
         let mut subject = match self.subjects.remove(&event.subject_id) {
             Some(subject) => subject,
@@ -227,12 +235,16 @@ impl Watch {
             (!conversation_id.is_empty()).then(|| subject.conversation(conversation_id))
         };
         let before_conversation = conversation(&subject);
-        let before = subject.subject.as_ref().map(|record| record.state);
+        let at = event.at_micros;
+        let before = subject
+            .subject
+            .as_ref()
+            .map(|record| counted_before(&record.state, at, expired));
         subject
             .apply(event)
             .map_err(|error| ApiError::Internal(StoreError::Corrupt(error.to_string())))?;
         let after_conversation = conversation(&subject);
-        let after = subject.subject.as_ref().map(|record| record.state);
+        let after = subject.subject.as_ref().map(|record| record.state.at(at));
         if self.subjects.len() >= KNOWN_SUBJECTS {
             self.subjects.clear();
         }
@@ -299,6 +311,17 @@ impl Watch {
     }
 }
 
+/// The state before a change committed at `at`, as it counted then; with `expired`, that
+/// purpose's choice still counting (the change is its expiry).
+fn counted_before(state: &SubjectState, at: i64, expired: Option<Purpose>) -> SubjectState {
+    let mut counted = state.at(at);
+    if let Some(purpose) = expired {
+        counted.choices.set(purpose, state.choices.get(purpose));
+        counted.expiries.set(purpose, state.expiries.get(purpose));
+    }
+    counted
+}
+
 fn heartbeat(position: Revision) -> proto::watch_response::Event {
     proto::watch_response::Event::Heartbeat(proto::Heartbeat {
         revision: position.to_token(),
@@ -333,5 +356,33 @@ mod tests {
             assert!(error.to_string().starts_with("since_revision: "), "{error}");
             assert!(error.to_string().contains("resync"), "{error}");
         }
+    }
+
+    #[test]
+    fn an_expiry_flips_what_its_choice_allowed_and_nothing_else() {
+        use crate::policy::{Choice, Plan, Rule, evaluate};
+        let mut state = SubjectState {
+            plan: Some(Plan::Free),
+            ..SubjectState::new()
+        };
+        state
+            .choices
+            .set(Purpose::AnalyticsCookies, Some(Choice::Granted));
+        state.expiries.set(Purpose::AnalyticsCookies, Some(1_000));
+        state
+            .choices
+            .set(Purpose::MarketingEmail, Some(Choice::Granted));
+        state.expiries.set(Purpose::MarketingEmail, Some(900));
+        let cookies = Question::about(Purpose::AnalyticsCookies);
+        let email = Question::about(Purpose::MarketingEmail);
+        // The expiry of the analytics grant, recorded at 1,500: before it, the grant counts.
+        let before = counted_before(&state, 1_500, Some(Purpose::AnalyticsCookies));
+        assert_eq!(evaluate(Some(&before), &cookies), Rule::A1);
+        // The e-mail grant expired earlier: it does not count before this change either.
+        assert_eq!(evaluate(Some(&before), &email), Rule::E2);
+        // Any other change after both expiries sees neither.
+        let unrelated = counted_before(&state, 1_500, None);
+        assert_eq!(evaluate(Some(&unrelated), &cookies), Rule::A2);
+        assert_eq!(counted_before(&state, 800, None), state);
     }
 }

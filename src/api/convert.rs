@@ -7,6 +7,7 @@
 use crate::error::ApiError;
 use crate::policy;
 use crate::proto;
+use crate::store::ConsentCause;
 
 macro_rules! mirror {
     ($domain:ty, $wire:ty, [$($variant:ident),+ $(,)?]) => {
@@ -82,6 +83,18 @@ mirror!(
     [Consent, Contract, LegitimateInterest, LegalObligation,]
 );
 mirror!(policy::Source, proto::Source, [Conversation, Connector]);
+mirror!(
+    policy::ConsentMethod,
+    proto::ConsentMethod,
+    [
+        Unspecified,
+        SettingsPage,
+        CookieBanner,
+        GpcSignal,
+        RightsRequest,
+        ApiImport,
+    ]
+);
 mirror!(policy::Rating, proto::Rating, [ThumbsUp, ThumbsDown]);
 mirror!(
     policy::FlagKind,
@@ -167,6 +180,29 @@ pub fn choice_to_proto(choice: policy::Choice) -> proto::Choice {
     }
 }
 
+/// How a choice was given: any known method, UNSPECIFIED included (callers that do not send
+/// one).
+pub fn consent_method(value: i32) -> Result<policy::ConsentMethod, ApiError> {
+    proto::ConsentMethod::try_from(value)
+        .ok()
+        .and_then(|wire| policy::ConsentMethod::try_from(wire).ok())
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "method",
+                format_args!("unknown ConsentMethod value {value}"),
+            )
+        })
+}
+
+pub fn consent_cause_to_proto(cause: ConsentCause) -> proto::ConsentEventReason {
+    match cause {
+        ConsentCause::SetByCaller => proto::ConsentEventReason::SetByCaller,
+        ConsentCause::RightsRequest => proto::ConsentEventReason::RightsRequest,
+        ConsentCause::Expired => proto::ConsentEventReason::Expired,
+        ConsentCause::ErasedByDeletion => proto::ConsentEventReason::ErasedByDeletion,
+    }
+}
+
 /// The names used in messages about a wire enum.
 pub trait WireEnum {
     const NAME: &'static str;
@@ -227,6 +263,11 @@ mod tests {
             let wire = proto::FlagKind::from(*kind);
             assert_eq!(wire.as_str_name(), format!("FLAG_KIND_{kind}"));
         }
+        for method in policy::ConsentMethod::ALL {
+            let wire = proto::ConsentMethod::from(*method);
+            assert_eq!(wire.as_str_name(), format!("CONSENT_METHOD_{method}"));
+            assert_eq!(consent_method(wire as i32).unwrap(), *method);
+        }
     }
 
     #[test]
@@ -242,6 +283,14 @@ mod tests {
         assert!(source(7).is_err());
         assert_eq!(choice(3).unwrap(), None);
         assert!(choice(0).is_err());
+        assert_eq!(
+            consent_method(0).unwrap(),
+            policy::ConsentMethod::Unspecified
+        );
+        assert_eq!(
+            consent_method(42).unwrap_err().to_string(),
+            "method: unknown ConsentMethod value 42"
+        );
     }
 
     #[test]

@@ -92,7 +92,7 @@ impl DecisionsService {
             .await
             .map_err(|error| ApiError::from_store(error, query.subject_id.as_str()))?;
         let policy = policies.in_force(as_of);
-        Ok(self.judge(query, policy, state, ids))
+        Ok(self.judge(query, policy, state, as_of, ids))
     }
 
     /// The verdict on what the cache's tiers answered.
@@ -104,7 +104,7 @@ impl DecisionsService {
     ) -> Result<Verdict, ApiError> {
         let policy = self.state.policies.in_force(ids.micros());
         match loaded {
-            Ok((state, _tier)) => Ok(self.judge(query, policy, state, ids)),
+            Ok((state, _tier)) => Ok(self.judge(query, policy, state, ids.micros(), ids)),
             // The fail-safe answer of POLICY.md, only when the caller asked for no particular
             // freshness: an answer that cannot honour a demanded revision is an error instead.
             Err(StoreError::Unavailable(_)) if query.freshness == Freshness::MinimizeLatency => {
@@ -121,12 +121,15 @@ impl DecisionsService {
         }
     }
 
-    /// Decides a check on a state read.
+    /// Decides a check on a state read, as that state counts at `at_micros` (the call's
+    /// instant, or its `as_of`): a choice expired by then is not answered from, whichever tier
+    /// the state came from and whether or not the expiry has been recorded yet.
     fn judge(
         &self,
         query: &CheckQuery,
         policy: &'static CompiledPolicy,
         state: DecisionState,
+        at_micros: i64,
         ids: &DecisionIds,
     ) -> Verdict {
         let question = Question {
@@ -134,7 +137,8 @@ impl DecisionsService {
             source: query.source,
             conversation: state.conversation,
         };
-        let ruling = evaluate(policy, state.subject.as_ref(), &question);
+        let subject = state.subject.map(|subject| subject.at(at_micros));
+        let ruling = evaluate(policy, subject.as_ref(), &question);
         metrics::record_decision(query.purpose, ruling.decision, ruling.reason);
         Verdict {
             ruling,

@@ -262,9 +262,10 @@ impl proto::policies_server::Policies for PoliciesService {
         request: Request<proto::DiffPolicyRequest>,
     ) -> Result<Response<proto::DiffPolicyResponse>, Status> {
         let body = request.get_ref();
+        let now = now_micros();
         let compiled_old;
         let old = if body.old_source.is_empty() {
-            self.state.policies.in_force(now_micros())
+            self.state.policies.in_force(now)
         } else {
             compiled_old = compile("old_source", &body.old_source)?;
             &compiled_old
@@ -308,7 +309,8 @@ impl proto::policies_server::Policies for PoliciesService {
                     continue;
                 };
                 scanned += 1;
-                let state = &view.record.state;
+                // As the subject's choices count now (expired ones dropped).
+                let state = &view.record.state.at(now);
                 for (purpose, diff) in Purpose::ALL.iter().zip(&mut diffs) {
                     let question = Question::about(*purpose);
                     let was = old.evaluate(Some(state), &question);

@@ -229,7 +229,7 @@ impl proto::rights_server::Rights for RightsService {
     ) -> Result<Response<proto::ListRightsResponse>, Status> {
         let body = request.get_ref();
         let at = match &body.at {
-            Some(timestamp) => validate::timestamp_field(timestamp, "at")?,
+            Some(timestamp) => validate::timestamp_micros(timestamp, "at")?,
             None => now_micros(),
         };
         let response = self

@@ -7,7 +7,7 @@ use super::{AppState, caller_of, convert, trace_id_of, validate};
 use crate::error::ApiError;
 use crate::policy::{Purpose, Question};
 use crate::proto;
-use crate::store::{Command, WriteContext, WriteRequest, now_micros};
+use crate::store::{Command, ConsentRecord, HistoryCursor, WriteContext, WriteRequest, now_micros};
 
 #[derive(Clone, Debug)]
 pub struct SubjectsService {
@@ -81,7 +81,7 @@ impl proto::subjects_server::Subjects for SubjectsService {
         request: Request<proto::SetChoiceRequest>,
     ) -> Result<Response<proto::WriteResponse>, Status> {
         let body = request.get_ref();
-        let command = validate::set_choice(body);
+        let command = validate::set_choice(body, now_micros());
         self.write(&request, &body.subject_id, body.actor.as_ref(), command)
             .await
     }
@@ -144,8 +144,11 @@ impl proto::subjects_server::Subjects for SubjectsService {
             .await
             .map_err(|error| ApiError::from_store(error, subject_id.as_str()))?
             .ok_or_else(|| ApiError::SubjectNotFound(subject_id.as_str().to_owned()))?;
-        let state = &view.record.state;
-        let policy = self.state.policies.in_force(now_micros());
+        let now = now_micros();
+        // The state as it counts now: a choice whose expiry has passed is neither effective
+        // nor listed, even before the sweep records its expiry.
+        let state = &view.record.state.at(now);
+        let policy = self.state.policies.in_force(now);
         let effective = Purpose::ALL
             .iter()
             .map(|purpose| {
@@ -163,10 +166,15 @@ impl proto::subjects_server::Subjects for SubjectsService {
         let choices = view
             .choices
             .iter()
+            .filter(|entry| state.choices.get(entry.purpose).is_some())
             .map(|entry| proto::ChoiceRecord {
                 purpose: proto::Purpose::from(entry.purpose) as i32,
                 choice: convert::choice_to_proto(entry.choice) as i32,
                 updated_at: Some(convert::timestamp(entry.updated_at_micros)),
+                notice_version: entry.notice_version.clone(),
+                method: proto::ConsentMethod::from(entry.method) as i32,
+                caller: entry.caller.clone(),
+                expires_at: entry.expires_at_micros.map(convert::timestamp),
             })
             .collect();
         Ok(Response::new(proto::Subject {
@@ -182,5 +190,57 @@ impl proto::subjects_server::Subjects for SubjectsService {
             effective,
             revision: view.revision.to_token(),
         }))
+    }
+
+    async fn consent_history(
+        &self,
+        request: Request<proto::ConsentHistoryRequest>,
+    ) -> Result<Response<proto::ConsentHistoryResponse>, Status> {
+        let query = validate::consent_history(request.get_ref())?;
+        let page = self
+            .state
+            .store
+            .consent_history(&query.subject_id, query.as_of, query.from, query.page_size)
+            .await
+            .map_err(|error| ApiError::from_store(error, query.subject_id.as_str()))?;
+        if page.records.is_empty()
+            && query.from == HistoryCursor::default()
+            && self
+                .state
+                .store
+                .subject(&query.subject_id)
+                .await
+                .map_err(|error| ApiError::from_store(error, query.subject_id.as_str()))?
+                .is_none()
+        {
+            return Err(ApiError::SubjectNotFound(query.subject_id.as_str().to_owned()).into());
+        }
+        let records = page.records.into_iter().map(consent_event).collect();
+        Ok(Response::new(proto::ConsentHistoryResponse {
+            records,
+            next_page_token: page.next.map(HistoryCursor::to_token).unwrap_or_default(),
+        }))
+    }
+}
+
+/// A consent record on the wire.
+fn consent_event(record: ConsentRecord) -> proto::ConsentEvent {
+    let choice = record
+        .choice
+        .map_or(proto::Choice::Cleared, convert::choice_to_proto);
+    proto::ConsentEvent {
+        purpose: proto::Purpose::from(record.purpose) as i32,
+        choice: choice as i32,
+        notice_version: record.consent.notice_version,
+        method: proto::ConsentMethod::from(record.consent.method) as i32,
+        caller: record.caller,
+        actor: Some(proto::Actor {
+            operator_id: record.operator_id,
+            reason: record.actor_reason,
+        }),
+        expires_at: record.consent.expires_at_micros.map(convert::timestamp),
+        recorded_at: Some(convert::timestamp(record.recorded_at_micros)),
+        revision: record.revision.to_token(),
+        why: convert::consent_cause_to_proto(record.cause) as i32,
     }
 }

@@ -9,7 +9,9 @@ use crate::proto;
 use crate::proto::consistency::Requirement;
 pub use crate::revision::Freshness;
 use crate::revision::Revision;
-use crate::store::{Command, NewRightsRequest, RightsStep, SubjectFields};
+use crate::store::{
+    Command, ConsentMeta, HistoryCursor, NewRightsRequest, RightsStep, SubjectFields,
+};
 
 use super::convert;
 
@@ -47,7 +49,11 @@ pub fn check(request: &proto::CheckRequest) -> Result<CheckQuery, ApiError> {
         .transpose()?;
     let source = convert::source(request.source)?;
     let freshness = freshness(request.consistency.as_ref())?;
-    let as_of = request.as_of.as_ref().map(timestamp_micros).transpose()?;
+    let as_of = request
+        .as_of
+        .as_ref()
+        .map(|as_of| timestamp_micros(as_of, "as_of"))
+        .transpose()?;
     if as_of.is_some() && freshness != Freshness::MinimizeLatency {
         return Err(ApiError::invalid(
             "consistency",
@@ -66,13 +72,8 @@ pub fn check(request: &proto::CheckRequest) -> Result<CheckQuery, ApiError> {
     })
 }
 
-/// An `as_of` timestamp in microseconds since the epoch.
-fn timestamp_micros(timestamp: &prost_types::Timestamp) -> Result<i64, ApiError> {
-    timestamp_field(timestamp, "as_of")
-}
-
-/// A timestamp field in microseconds since the epoch.
-pub fn timestamp_field(timestamp: &prost_types::Timestamp, field: &str) -> Result<i64, ApiError> {
+/// A timestamp field in microseconds since the epoch (sub-microsecond nanos are dropped).
+pub fn timestamp_micros(timestamp: &prost_types::Timestamp, field: &str) -> Result<i64, ApiError> {
     if !(0..1_000_000_000).contains(&timestamp.nanos) {
         return Err(ApiError::invalid(
             format!("{field}.nanos"),
@@ -227,7 +228,11 @@ pub fn upsert(request: &proto::UpsertSubjectRequest) -> Result<Command, ApiError
     }))
 }
 
-pub fn set_choice(request: &proto::SetChoiceRequest) -> Result<Command, ApiError> {
+/// The longest notice version accepted, in characters.
+pub const NOTICE_VERSION_MAX_LEN: usize = 128;
+
+/// A SetChoice, received at `now_micros` (an expiry must be later).
+pub fn set_choice(request: &proto::SetChoiceRequest, now_micros: i64) -> Result<Command, ApiError> {
     let purpose = convert::required::<proto::Purpose, Purpose>(request.purpose, "purpose")?;
     let choice = convert::choice(request.choice)?;
     if !purpose.accepts_choice() {
@@ -236,7 +241,86 @@ pub fn set_choice(request: &proto::SetChoiceRequest) -> Result<Command, ApiError
             format_args!("{purpose} takes no choice: no rule of the policy reads one"),
         ));
     }
-    Ok(Command::SetChoice { purpose, choice })
+    let notice_version = &request.notice_version;
+    if notice_version.chars().count() > NOTICE_VERSION_MAX_LEN {
+        return Err(ApiError::invalid(
+            "notice_version",
+            format_args!("must be at most {NOTICE_VERSION_MAX_LEN} characters"),
+        ));
+    }
+    if notice_version.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "notice_version",
+            "must be printable characters",
+        ));
+    }
+    let method = convert::consent_method(request.method)?;
+    let expires_at_micros = match &request.expires_at {
+        None => None,
+        Some(_) if choice.is_none() => {
+            return Err(ApiError::invalid(
+                "expires_at",
+                "is not allowed with CHOICE_CLEARED: a cleared choice has nothing to expire",
+            ));
+        }
+        Some(expires_at) => {
+            let micros = timestamp_micros(expires_at, "expires_at")?;
+            if micros <= now_micros {
+                return Err(ApiError::invalid(
+                    "expires_at",
+                    "must be in the future: a choice that has already expired would not count",
+                ));
+            }
+            Some(micros)
+        }
+    };
+    Ok(Command::SetChoice {
+        purpose,
+        choice,
+        consent: ConsentMeta {
+            notice_version: notice_version.clone(),
+            method,
+            expires_at_micros,
+        },
+    })
+}
+
+/// A validated ConsentHistoryRequest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryQuery {
+    pub subject_id: SubjectId,
+    pub as_of: Option<i64>,
+    pub from: HistoryCursor,
+    pub page_size: u32,
+}
+
+const DEFAULT_HISTORY_PAGE: u32 = 100;
+const MAX_HISTORY_PAGE: u32 = 1_000;
+
+pub fn consent_history(request: &proto::ConsentHistoryRequest) -> Result<HistoryQuery, ApiError> {
+    let subject_id = subject_id(&request.subject_id)?;
+    let as_of = request
+        .as_of
+        .as_ref()
+        .map(|as_of| timestamp_micros(as_of, "as_of"))
+        .transpose()?;
+    let from = match request.page_token.as_str() {
+        "" => HistoryCursor::default(),
+        token => HistoryCursor::parse_token(token).ok_or_else(|| {
+            ApiError::invalid("page_token", "is not a token returned by ConsentHistory")
+        })?,
+    };
+    // Page sizes above the maximum are lowered to it rather than refused (AIP-158).
+    let page_size = match request.page_size {
+        0 => DEFAULT_HISTORY_PAGE,
+        size => size.min(MAX_HISTORY_PAGE),
+    };
+    Ok(HistoryQuery {
+        subject_id,
+        as_of,
+        from,
+        page_size,
+    })
 }
 
 pub fn record_feedback(request: &proto::RecordFeedbackRequest) -> Result<Command, ApiError> {
@@ -286,7 +370,7 @@ pub fn file_rights(
     let received_at_micros = request
         .received_at
         .as_ref()
-        .map(|timestamp| timestamp_field(timestamp, "received_at"))
+        .map(|timestamp| timestamp_micros(timestamp, "received_at"))
         .transpose()?;
     if received_at_micros.is_some_and(|received| received > now_micros + RECEIVED_AT_SKEW_MICROS) {
         return Err(ApiError::invalid(
@@ -482,13 +566,151 @@ mod tests {
             subject_id: "u-1".into(),
             purpose: proto::Purpose::ServiceDelivery as i32,
             choice: proto::Choice::Refused as i32,
-            actor: None,
+            ..Default::default()
         };
-        let error = set_choice(&request).unwrap_err();
+        let error = set_choice(&request, 0).unwrap_err();
         assert!(
             error
                 .to_string()
                 .starts_with("purpose: SERVICE_DELIVERY takes no choice")
+        );
+    }
+
+    fn cookies(choice: proto::Choice) -> proto::SetChoiceRequest {
+        proto::SetChoiceRequest {
+            subject_id: "u-1".into(),
+            purpose: proto::Purpose::AnalyticsCookies as i32,
+            choice: choice as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_choice_takes_its_provenance_and_a_future_expiry() {
+        let now = 1_800_000_000_000_000;
+        let request = proto::SetChoiceRequest {
+            notice_version: "cookies-2026-03".into(),
+            method: proto::ConsentMethod::CookieBanner as i32,
+            expires_at: Some(convert::timestamp(now + 1)),
+            ..cookies(proto::Choice::Granted)
+        };
+        assert_eq!(
+            set_choice(&request, now).unwrap(),
+            Command::SetChoice {
+                purpose: Purpose::AnalyticsCookies,
+                choice: Some(crate::policy::Choice::Granted),
+                consent: ConsentMeta {
+                    notice_version: "cookies-2026-03".into(),
+                    method: crate::policy::ConsentMethod::CookieBanner,
+                    expires_at_micros: Some(now + 1),
+                },
+            }
+        );
+        // Existing callers send neither: accepted, recorded as not said.
+        let Command::SetChoice { consent, .. } =
+            set_choice(&cookies(proto::Choice::Refused), now).unwrap()
+        else {
+            panic!("a SetChoice")
+        };
+        assert_eq!(consent, ConsentMeta::default());
+    }
+
+    #[test]
+    fn a_bad_provenance_names_its_field() {
+        let now = 1_800_000_000_000_000;
+        let cases = [
+            (
+                proto::SetChoiceRequest {
+                    expires_at: Some(convert::timestamp(now)),
+                    ..cookies(proto::Choice::Granted)
+                },
+                "expires_at: must be in the future",
+            ),
+            (
+                proto::SetChoiceRequest {
+                    expires_at: Some(convert::timestamp(now + 60_000_000)),
+                    ..cookies(proto::Choice::Cleared)
+                },
+                "expires_at: is not allowed with CHOICE_CLEARED",
+            ),
+            (
+                proto::SetChoiceRequest {
+                    expires_at: Some(prost_types::Timestamp {
+                        seconds: 2_000_000_000,
+                        nanos: -1,
+                    }),
+                    ..cookies(proto::Choice::Granted)
+                },
+                "expires_at.nanos: ",
+            ),
+            (
+                proto::SetChoiceRequest {
+                    method: 17,
+                    ..cookies(proto::Choice::Granted)
+                },
+                "method: unknown ConsentMethod value 17",
+            ),
+            (
+                proto::SetChoiceRequest {
+                    notice_version: "x".repeat(NOTICE_VERSION_MAX_LEN + 1),
+                    ..cookies(proto::Choice::Granted)
+                },
+                "notice_version: must be at most 128",
+            ),
+            (
+                proto::SetChoiceRequest {
+                    notice_version: "v1\n".into(),
+                    ..cookies(proto::Choice::Granted)
+                },
+                "notice_version: must be printable",
+            ),
+        ];
+        for (request, expected) in cases {
+            let error = set_choice(&request, now).unwrap_err();
+            assert!(error.to_string().starts_with(expected), "{error}");
+            assert_eq!(error.code(), tonic::Code::InvalidArgument);
+        }
+    }
+
+    #[test]
+    fn history_requests_are_checked_and_paged() {
+        let request = proto::ConsentHistoryRequest {
+            subject_id: "u-1".into(),
+            page_size: 5_000,
+            page_token: "h1.a.2".into(),
+            ..Default::default()
+        };
+        let query = consent_history(&request).unwrap();
+        assert_eq!(query.page_size, MAX_HISTORY_PAGE);
+        assert_eq!(
+            query.from,
+            HistoryCursor {
+                sequence: 10,
+                index: 2
+            }
+        );
+        let bad_token = proto::ConsentHistoryRequest {
+            page_token: "r1.a".into(),
+            ..request.clone()
+        };
+        assert!(
+            consent_history(&bad_token)
+                .unwrap_err()
+                .to_string()
+                .starts_with("page_token: ")
+        );
+        let bad_as_of = proto::ConsentHistoryRequest {
+            as_of: Some(prost_types::Timestamp {
+                seconds: 1,
+                nanos: 1_000_000_000,
+            }),
+            ..request
+        };
+        assert!(
+            consent_history(&bad_as_of)
+                .unwrap_err()
+                .to_string()
+                .starts_with("as_of.nanos: ")
         );
     }
 }

@@ -27,6 +27,8 @@ pub enum EventKind {
     RightsRequestAdvanced,
     /// A rights request's deadline was extended.
     RightsRequestExtended,
+    /// A choice's expiry passed: the choice was removed and the default applies again.
+    ConsentExpired,
 }
 
 impl EventKind {
@@ -42,10 +44,11 @@ impl EventKind {
             EventKind::RightsRequestFiled => "rights_request_filed",
             EventKind::RightsRequestAdvanced => "rights_request_advanced",
             EventKind::RightsRequestExtended => "rights_request_extended",
+            EventKind::ConsentExpired => "consent_expired",
         }
     }
 
-    pub const ALL: [EventKind; 10] = [
+    pub const ALL: [EventKind; 11] = [
         EventKind::SubjectUpserted,
         EventKind::ChoiceSet,
         EventKind::FeedbackRecorded,
@@ -56,6 +59,7 @@ impl EventKind {
         EventKind::RightsRequestFiled,
         EventKind::RightsRequestAdvanced,
         EventKind::RightsRequestExtended,
+        EventKind::ConsentExpired,
     ];
 
     /// Parses a stored kind name; `None` for a name this binary does not know.

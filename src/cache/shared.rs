@@ -273,6 +273,10 @@ struct WireSubject {
     gpc: bool,
     zero_data_retention: bool,
     choices: Vec<(String, String)>,
+    /// When choices expire (purpose, microseconds since the epoch); absent from entries
+    /// written before expiries were kept, which had none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    expiries: Vec<(String, i64)>,
 }
 
 fn encode(entry: &CachedSubject) -> String {
@@ -286,6 +290,11 @@ fn encode(entry: &CachedSubject) -> String {
                 .choices
                 .iter()
                 .map(|(purpose, choice)| (purpose.as_str().to_owned(), choice.as_str().to_owned()))
+                .collect(),
+            expiries: state
+                .expiries
+                .iter()
+                .map(|(purpose, expires_at)| (purpose.as_str().to_owned(), expires_at))
                 .collect(),
         }),
         conversations: entry
@@ -331,6 +340,11 @@ fn decode(value: &str) -> Option<CachedSubject> {
                     Some(Choice::from_name(&choice)?),
                 );
             }
+            for (purpose, expires_at) in subject.expiries {
+                state
+                    .expiries
+                    .set(Purpose::from_name(&purpose)?, Some(expires_at));
+            }
             Some(state)
         }
     };
@@ -371,6 +385,12 @@ mod tests {
             ..SubjectState::new()
         };
         state.choices.set(Purpose::Memory, Some(Choice::Refused));
+        state
+            .choices
+            .set(Purpose::AnalyticsCookies, Some(Choice::Granted));
+        state
+            .expiries
+            .set(Purpose::AnalyticsCookies, Some(1_834_000_000_123_456));
         let facts = ConversationFacts {
             feedback: Some(Rating::ThumbsDown),
             user_report: true,
@@ -393,5 +413,17 @@ mod tests {
         assert_eq!(decode(&format!("7 {}", encode(&unknown))), Some(unknown));
         assert_eq!(decode("43 -"), None);
         assert_eq!(decode("garbage"), None);
+    }
+
+    #[test]
+    fn entries_written_before_expiries_were_kept_still_decode() {
+        let old = r#"9 {"subject":{"plan":"FREE","status":"ACTIVE","gpc":false,"zero_data_retention":false,"choices":[["MEMORY","REFUSED"]]},"conversations":[],"complete":true}"#;
+        let entry = decode(old).expect("an entry of the earlier wire form");
+        let state = entry.subject.unwrap();
+        assert_eq!(state.choices.get(Purpose::Memory), Some(Choice::Refused));
+        assert_eq!(state.expiries, Default::default());
+        assert_eq!(entry.revision, Revision::new(9));
+        // And an entry without expiries is written as before.
+        assert!(!encode(&entry).contains("expiries"));
     }
 }

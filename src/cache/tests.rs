@@ -13,6 +13,7 @@ backend_tests!(
     a_flood_of_unknown_ids_barely_reaches_the_store,
     conversations_beyond_the_bound_are_still_answered,
     a_change_made_elsewhere_arrives_through_the_change_log,
+    an_expiry_travels_with_the_state_through_every_tier,
 );
 
 fn subject(id: &str) -> SubjectId {
@@ -211,5 +212,101 @@ async fn a_change_made_elsewhere_arrives_through_the_change_log(backend: Backend
     }
     assert!(cache.applied_revision() >= revision);
     tasks.shutdown().await;
+    store.close().await;
+}
+
+/// An expiring choice keeps its expiry in every tier — read from the store, kept in memory,
+/// shared through Redis — so the decision path, which drops what has expired at its own
+/// instant (`SubjectState::at`), never answers from an expired choice whichever tier answered.
+async fn an_expiry_travels_with_the_state_through_every_tier(backend: Backend) {
+    use crate::policy::{Choice, ConsentMethod, Purpose};
+    use crate::store::{ConsentMeta, DatabaseUrl};
+    const EXPIRES_AT: i64 = 2_000_000_000_000_000;
+    let database = TestDatabase::create(backend).await;
+    let store = Store::open(database.location()).await.unwrap();
+    write(&store, "u-1", upsert(Plan::Free)).await;
+    let grant = Command::SetChoice {
+        purpose: Purpose::AnalyticsCookies,
+        choice: Some(Choice::Granted),
+        consent: ConsentMeta {
+            notice_version: "cookies-1".into(),
+            method: ConsentMethod::CookieBanner,
+            expires_at_micros: Some(EXPIRES_AT),
+        },
+    };
+    write(&store, "u-1", grant).await;
+    let redis_url =
+        std::env::var("ASSENT_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let shared = SharedSettings {
+        url: DatabaseUrl::new(redis_url),
+        prefix: format!("assent-test-{}", uuid::Uuid::now_v7().simple()),
+        time_to_live: Duration::from_secs(60),
+        timeout: Duration::from_millis(500),
+    };
+    let with_redis = CacheSettings {
+        shared: Some(shared.clone()),
+        ..settings()
+    };
+    let (first, first_tasks) = SubjectCache::start(store.clone(), with_redis.clone())
+        .await
+        .unwrap();
+    let (second, second_tasks) = SubjectCache::start(store.clone(), with_redis)
+        .await
+        .unwrap();
+    // Both listen to Redis (and have re-announced the recent changes there) before any read.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while ![&first, &second]
+        .iter()
+        .all(|cache| cache.inner.shared_ready.load(Ordering::Acquire))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "redis is not answering at {:?}",
+            shared.url
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let latency = Freshness::MinimizeLatency;
+    let (from_store, tier) = first
+        .decision_state(&subject("u-1"), None, latency)
+        .await
+        .unwrap();
+    assert_eq!(tier, Tier::Store);
+    let (from_memory, tier) = first
+        .decision_state(&subject("u-1"), None, latency)
+        .await
+        .unwrap();
+    assert_eq!(tier, Tier::Local);
+    // The first replica shares what it read; the second then finds it in Redis.
+    let redis = SharedCache::new(shared).unwrap();
+    while !matches!(redis.get("u-1").await, SharedLookup::Hit(_)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the entry never reached redis"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (from_redis, tier) = second
+        .decision_state(&subject("u-1"), None, latency)
+        .await
+        .unwrap();
+    assert_eq!(tier, Tier::Shared);
+    for (state, tier) in [
+        (from_store, "store"),
+        (from_memory, "memory"),
+        (from_redis, "redis"),
+    ] {
+        let subject = state.subject.unwrap();
+        let cookies = Purpose::AnalyticsCookies;
+        assert_eq!(subject.expiries.get(cookies), Some(EXPIRES_AT), "{tier}");
+        assert_eq!(
+            subject.at(EXPIRES_AT - 1).choices.get(cookies),
+            Some(Choice::Granted),
+            "{tier}"
+        );
+        assert_eq!(subject.at(EXPIRES_AT).choices.get(cookies), None, "{tier}");
+    }
+    first_tasks.shutdown().await;
+    second_tasks.shutdown().await;
     store.close().await;
 }

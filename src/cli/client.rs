@@ -192,6 +192,17 @@ pub async fn check(args: CheckArgs) -> anyhow::Result<()> {
 }
 
 pub async fn subject(command: SubjectCommand) -> anyhow::Result<()> {
+    if let SubjectCommand::ConsentHistory {
+        subject,
+        as_of,
+        page_size,
+        page_token,
+        all,
+        client,
+    } = command
+    {
+        return consent_history(subject, as_of, page_size, page_token, all, client).await;
+    }
     if let SubjectCommand::Get { subject, client } = &command {
         let mut subjects = SubjectsClient::new(connect(client).await?);
         let request = proto::GetSubjectRequest {
@@ -229,6 +240,54 @@ pub async fn subject(command: SubjectCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints a subject's consent records, one per line, following pages with `all`.
+async fn consent_history(
+    subject: String,
+    as_of: Option<std::time::SystemTime>,
+    page_size: u32,
+    page_token: String,
+    all: bool,
+    client: ClientArgs,
+) -> anyhow::Result<()> {
+    let mut subjects = SubjectsClient::new(connect(&client).await?);
+    let mut token = page_token;
+    loop {
+        let request = proto::ConsentHistoryRequest {
+            subject_id: subject.clone(),
+            as_of: as_of.map(prost_types::Timestamp::from),
+            page_size,
+            page_token: token,
+        };
+        let page = subjects
+            .consent_history(request)
+            .await
+            .map_err(call_failed)?
+            .into_inner();
+        if page.records.is_empty() && !client.json {
+            println!("(no consent records)");
+        }
+        for record in &page.records {
+            print(
+                &client,
+                output::consent_json(record),
+                output::consent_text(record),
+            );
+        }
+        token = page.next_page_token;
+        if token.is_empty() {
+            return Ok(());
+        }
+        if !all {
+            if client.json {
+                println!("{}", serde_json::json!({"nextPageToken": token}));
+            } else {
+                println!("more: --page-token {token}");
+            }
+            return Ok(());
+        }
+    }
+}
+
 enum WriteCall {
     Upsert(proto::UpsertSubjectRequest),
     Choice(proto::SetChoiceRequest),
@@ -240,7 +299,9 @@ enum WriteCall {
 
 fn write_call(command: SubjectCommand) -> (ClientArgs, WriteCall) {
     match command {
-        SubjectCommand::Get { .. } => unreachable!("GetSubject is not a write"),
+        SubjectCommand::Get { .. } | SubjectCommand::ConsentHistory { .. } => {
+            unreachable!("GetSubject and ConsentHistory are not writes")
+        }
         SubjectCommand::Upsert {
             subject,
             plan,
@@ -264,6 +325,9 @@ fn write_call(command: SubjectCommand) -> (ClientArgs, WriteCall) {
             subject,
             purpose,
             choice,
+            method,
+            notice_version,
+            expires_at,
             actor: actor_args,
             client,
         } => {
@@ -277,6 +341,12 @@ fn write_call(command: SubjectCommand) -> (ClientArgs, WriteCall) {
                 purpose: proto::Purpose::from(purpose) as i32,
                 choice: choice as i32,
                 actor: actor(&actor_args),
+                notice_version,
+                method: method.map_or(
+                    proto::ConsentMethod::Unspecified,
+                    proto::ConsentMethod::from,
+                ) as i32,
+                expires_at: expires_at.map(prost_types::Timestamp::from),
             };
             (client, WriteCall::Choice(request))
         }

@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Overrides, Settings};
 use crate::policy::rights::{RequestState, RightKind};
-use crate::policy::{FlagKind, Plan, Purpose, Rating, Source};
+use crate::policy::{ConsentMethod, FlagKind, Plan, Purpose, Rating, Source};
 use crate::startup::{Application, shutdown_signal};
 use crate::store::Store;
 
@@ -352,8 +352,38 @@ pub enum SubjectCommand {
         /// granted, refused or cleared
         #[arg(long, value_parser = ["granted", "refused", "cleared"])]
         choice: String,
+        /// How the user gave it: settings-page, cookie-banner, gpc-signal, rights-request,
+        /// api-import [default: unspecified]
+        #[arg(long, value_parser = parse_consent_method)]
+        method: Option<ConsentMethod>,
+        /// The notice or policy version shown to the user [default: the policy version in
+        /// force]
+        #[arg(long, default_value = "")]
+        notice_version: String,
+        /// When the choice stops counting and the default applies again (RFC 3339, in the
+        /// future); not with --choice cleared.
+        #[arg(long, value_parser = parse_instant)]
+        expires_at: Option<std::time::SystemTime>,
         #[command(flatten)]
         actor: ActorArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Every consent record of a subject, oldest first: choices given, cleared, expired or
+    /// erased, with how and under what they were given.
+    ConsentHistory {
+        subject: String,
+        /// Only the records committed by this instant (RFC 3339): the last one per purpose is
+        /// the consent then.
+        #[arg(long, value_parser = parse_instant)]
+        as_of: Option<std::time::SystemTime>,
+        #[arg(long, default_value_t = 100)]
+        page_size: u32,
+        #[arg(long, default_value = "")]
+        page_token: String,
+        /// Follow page tokens to the end.
+        #[arg(long)]
+        all: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -556,6 +586,15 @@ fn parse_instant(text: &str) -> Result<std::time::SystemTime, String> {
         .map_err(|error| format!("{error}: expected an RFC 3339 time such as 2026-11-23T15:00:00Z"))
 }
 
+fn parse_consent_method(text: &str) -> Result<ConsentMethod, String> {
+    parse_named(
+        text,
+        ConsentMethod::from_name,
+        ConsentMethod::ALL,
+        ConsentMethod::as_str,
+    )
+}
+
 fn parse_flag_kind(text: &str) -> Result<FlagKind, String> {
     parse_named(text, FlagKind::from_name, FlagKind::ALL, FlagKind::as_str)
 }
@@ -585,6 +624,10 @@ mod tests {
         assert_eq!(parse_plan("api-free"), Ok(Plan::ApiFree));
         assert_eq!(parse_rating("up"), Ok(Rating::ThumbsUp));
         assert_eq!(parse_rating("thumbs-down"), Ok(Rating::ThumbsDown));
+        assert_eq!(
+            parse_consent_method("cookie-banner"),
+            Ok(ConsentMethod::CookieBanner)
+        );
         let error = parse_purpose("training").unwrap_err();
         assert!(error.contains("model-training"), "{error}");
     }

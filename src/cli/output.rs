@@ -123,6 +123,10 @@ pub fn subject_json(subject: &proto::Subject) -> Value {
             "purpose": purpose(choice.purpose),
             "choice": enum_name::<proto::Choice>(choice.choice, |value| value.as_str_name()),
             "updatedAt": timestamp(choice.updated_at.as_ref()),
+            "noticeVersion": choice.notice_version,
+            "method": method(choice.method),
+            "caller": choice.caller,
+            "expiresAt": timestamp(choice.expires_at.as_ref()),
         })).collect::<Vec<_>>(),
         "effective": subject.effective.iter().map(check_json).collect::<Vec<_>>(),
         "revision": subject.revision,
@@ -157,9 +161,15 @@ pub fn subject_text(subject: &proto::Subject) -> String {
     for choice in &subject.choices {
         let value = enum_name::<proto::Choice>(choice.choice, |value| value.as_str_name());
         text.push_str(&format!(
-            "  {:<28} {}\n",
+            "  {:<28} {:<8} {}\n",
             short(&purpose(choice.purpose), "PURPOSE_"),
-            short(&value, "CHOICE_")
+            short(&value, "CHOICE_"),
+            provenance_text(
+                &choice.notice_version,
+                choice.method,
+                &choice.caller,
+                choice.expires_at.as_ref()
+            ),
         ));
     }
     text.push_str("effective decisions\n");
@@ -173,6 +183,78 @@ pub fn subject_text(subject: &proto::Subject) -> String {
         ));
     }
     text
+}
+
+fn method(value: i32) -> String {
+    enum_name::<proto::ConsentMethod>(value, |value| value.as_str_name())
+}
+
+/// `notice V, by METHOD via CALLER, until T` (the parts known).
+fn provenance_text(
+    notice_version: &str,
+    method_value: i32,
+    caller: &str,
+    expires_at: Option<&prost_types::Timestamp>,
+) -> String {
+    let mut parts = Vec::new();
+    if !notice_version.is_empty() {
+        parts.push(format!("notice {notice_version}"));
+    }
+    if method_value != 0 {
+        parts.push(format!(
+            "by {}",
+            short(&method(method_value), "CONSENT_METHOD_")
+        ));
+    }
+    if !caller.is_empty() {
+        parts.push(format!("via {caller}"));
+    }
+    if expires_at.is_some() {
+        parts.push(format!("until {}", time_text(expires_at)));
+    }
+    parts.join(", ")
+}
+
+pub fn consent_json(record: &proto::ConsentEvent) -> Value {
+    let actor = record.actor.clone().unwrap_or_default();
+    json!({
+        "purpose": purpose(record.purpose),
+        "choice": enum_name::<proto::Choice>(record.choice, |value| value.as_str_name()),
+        "noticeVersion": record.notice_version,
+        "method": method(record.method),
+        "caller": record.caller,
+        "actor": {"operatorId": actor.operator_id, "reason": actor.reason},
+        "expiresAt": timestamp(record.expires_at.as_ref()),
+        "recordedAt": timestamp(record.recorded_at.as_ref()),
+        "revision": record.revision,
+        "why": enum_name::<proto::ConsentEventReason>(record.why, |value| value.as_str_name()),
+    })
+}
+
+pub fn consent_text(record: &proto::ConsentEvent) -> String {
+    let choice = enum_name::<proto::Choice>(record.choice, |value| value.as_str_name());
+    let why = enum_name::<proto::ConsentEventReason>(record.why, |value| value.as_str_name());
+    let actor = record.actor.clone().unwrap_or_default();
+    let expired = record.why == proto::ConsentEventReason::Expired as i32;
+    let provenance = if expired {
+        format!("expiry {} passed", time_text(record.expires_at.as_ref()))
+    } else {
+        provenance_text(
+            &record.notice_version,
+            record.method,
+            &record.caller,
+            record.expires_at.as_ref(),
+        )
+    };
+    format!(
+        "{revision:<8} {at}  {purpose:<28} {choice:<8} {why:<19} {provenance}  by {operator}",
+        revision = record.revision,
+        at = time_text(record.recorded_at.as_ref()),
+        purpose = short(&purpose(record.purpose), "PURPOSE_"),
+        choice = short(&choice, "CHOICE_"),
+        why = short(&why, "CONSENT_EVENT_REASON_"),
+        operator = actor.operator_id,
+    )
 }
 
 pub fn event_json(event: &proto::AuditEvent) -> Value {

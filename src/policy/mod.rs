@@ -23,8 +23,8 @@ pub use retention::{
 };
 pub use rules::{Outcome, Rule};
 pub use vocabulary::{
-    Choice, Decision, FlagKind, LawfulBasis, PURPOSE_COUNT, Plan, Purpose, Rating, Reason, Source,
-    Status,
+    Choice, ConsentMethod, Decision, FlagKind, LawfulBasis, PURPOSE_COUNT, Plan, Purpose, Rating,
+    Reason, Source, Status,
 };
 
 /// The version of the built-in policy: the effective date of the privacy policy it is derived
@@ -52,6 +52,46 @@ impl Choices {
     }
 }
 
+/// When each purpose's choice expires, in microseconds since the epoch: from that instant on the
+/// choice no longer counts and the default applies again. The engine never reads it; it is
+/// carried with the state so that [`SubjectState::at`] can drop what has expired wherever a
+/// decision is made. 80 bytes, inline, so the state stays `Copy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expiries([i64; PURPOSE_COUNT]);
+
+impl Expiries {
+    /// The slot value of a choice that does not expire.
+    const NEVER: i64 = i64::MAX;
+
+    /// No choice expires.
+    pub const fn none() -> Expiries {
+        Expiries([Expiries::NEVER; PURPOSE_COUNT])
+    }
+
+    /// The instant the purpose's choice expires, `None` when it does not.
+    pub fn get(&self, purpose: Purpose) -> Option<i64> {
+        let at = self.0[purpose.index()];
+        (at != Expiries::NEVER).then_some(at)
+    }
+
+    pub fn set(&mut self, purpose: Purpose, expires_at_micros: Option<i64>) {
+        self.0[purpose.index()] = expires_at_micros.unwrap_or(Expiries::NEVER);
+    }
+
+    /// The purposes whose choice expires, with the instant, in purpose order.
+    pub fn iter(&self) -> impl Iterator<Item = (Purpose, i64)> + '_ {
+        Purpose::ALL
+            .iter()
+            .filter_map(|purpose| self.get(*purpose).map(|at| (*purpose, at)))
+    }
+}
+
+impl Default for Expiries {
+    fn default() -> Expiries {
+        Expiries::none()
+    }
+}
+
 /// What the policy reads of a subject.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SubjectState {
@@ -63,6 +103,8 @@ pub struct SubjectState {
     /// The API organisation has zero data retention.
     pub zero_data_retention: bool,
     pub choices: Choices,
+    /// When choices expire (read by [`SubjectState::at`], never by the engine).
+    pub expiries: Expiries,
 }
 
 impl SubjectState {
@@ -74,7 +116,28 @@ impl SubjectState {
             gpc: false,
             zero_data_retention: false,
             choices: Choices([None; PURPOSE_COUNT]),
+            expiries: Expiries::none(),
         }
+    }
+
+    /// The state as it counts at `now_micros`: every choice whose expiry is at or before that
+    /// instant is dropped (with its expiry), so the default applies to it again. Every
+    /// decision is made on the state at the decision's instant, whatever tier it was read
+    /// from and whether or not the expiry has been recorded yet.
+    #[must_use]
+    pub fn at(&self, now_micros: i64) -> SubjectState {
+        let mut state = *self;
+        for purpose in Purpose::ALL {
+            if state
+                .expiries
+                .get(*purpose)
+                .is_some_and(|expires_at| expires_at <= now_micros)
+            {
+                state.choices.set(*purpose, None);
+                state.expiries.set(*purpose, None);
+            }
+        }
+        state
     }
 }
 
@@ -232,5 +295,89 @@ pub const fn degraded(purpose: Purpose) -> Rule {
     match purpose {
         Purpose::ServiceDelivery => Rule::U2,
         _ => Rule::U1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A free user who granted analytics cookies until `expires_at` and refused training for
+    /// good.
+    fn granted_until(expires_at: i64) -> SubjectState {
+        let mut state = SubjectState {
+            plan: Some(Plan::Free),
+            ..SubjectState::new()
+        };
+        state
+            .choices
+            .set(Purpose::AnalyticsCookies, Some(Choice::Granted));
+        state
+            .expiries
+            .set(Purpose::AnalyticsCookies, Some(expires_at));
+        state
+            .choices
+            .set(Purpose::ModelTraining, Some(Choice::Refused));
+        state
+    }
+
+    #[test]
+    fn a_choice_counts_until_its_expiry_and_not_from_it() {
+        let expires_at = 1_800_000_000_000_000;
+        let state = granted_until(expires_at);
+        let cookies = Question::about(Purpose::AnalyticsCookies);
+        let training = Question::about(Purpose::ModelTraining);
+        // (instant, the analytics rule, the analytics choice left)
+        let table = [
+            (i64::MIN, Rule::A1, Some(Choice::Granted)),
+            (expires_at - 1_000_000, Rule::A1, Some(Choice::Granted)),
+            (expires_at - 1, Rule::A1, Some(Choice::Granted)),
+            (expires_at, Rule::A2, None),
+            (expires_at + 1, Rule::A2, None),
+            (i64::MAX, Rule::A2, None),
+        ];
+        for (now, rule, choice) in table {
+            let at = state.at(now);
+            assert_eq!(evaluate(Some(&at), &cookies), rule, "at {now}");
+            assert_eq!(
+                at.choices.get(Purpose::AnalyticsCookies),
+                choice,
+                "at {now}"
+            );
+            // The choice without an expiry is never dropped.
+            assert_eq!(evaluate(Some(&at), &training), Rule::T5, "at {now}");
+            assert_eq!(
+                at.expiries.get(Purpose::AnalyticsCookies),
+                choice.map(|_| expires_at),
+                "at {now}"
+            );
+        }
+    }
+
+    #[test]
+    fn expiries_drop_only_their_own_purpose_and_leave_the_rest() {
+        let mut state = granted_until(2_000);
+        state
+            .choices
+            .set(Purpose::MarketingEmail, Some(Choice::Granted));
+        state.expiries.set(Purpose::MarketingEmail, Some(1_000));
+        let at = state.at(1_500);
+        assert_eq!(at.choices.get(Purpose::MarketingEmail), None);
+        assert_eq!(
+            at.choices.get(Purpose::AnalyticsCookies),
+            Some(Choice::Granted)
+        );
+        assert_eq!(
+            at.expiries.iter().collect::<Vec<_>>(),
+            [(Purpose::AnalyticsCookies, 2_000)]
+        );
+        assert_eq!(
+            (at.plan, at.status, at.gpc),
+            (state.plan, state.status, state.gpc)
+        );
+        // Nothing expires: the same state.
+        let unexpired = granted_until(2_000);
+        assert_eq!(unexpired.at(1_999), unexpired);
+        assert_eq!(SubjectState::new().at(i64::MAX), SubjectState::new());
     }
 }

@@ -106,6 +106,26 @@ named_enum! {
 }
 
 named_enum! {
+    /// How a choice was given: the means by which the user said it, recorded with the choice
+    /// (the policy's rules do not read it).
+    #[derive(Default)]
+    pub enum ConsentMethod {
+        /// Not said by the caller (writes made before the method was recorded, or callers that
+        /// do not send it).
+        #[default]
+        Unspecified => "UNSPECIFIED",
+        SettingsPage => "SETTINGS_PAGE",
+        CookieBanner => "COOKIE_BANNER",
+        /// The browser's Global Privacy Control signal.
+        GpcSignal => "GPC_SIGNAL",
+        /// A data-subject rights request (an objection, a withdrawal).
+        RightsRequest => "RIGHTS_REQUEST",
+        /// Imported from another system through the API.
+        ApiImport => "API_IMPORT",
+    }
+}
+
+named_enum! {
     pub enum Decision {
         Allow => "ALLOW",
         Deny => "DENY",
@@ -214,6 +234,9 @@ mod tests {
         }
         for category in DataCategory::ALL {
             assert_eq!(DataCategory::from_name(category.as_str()), Some(*category));
+        }
+        for method in ConsentMethod::ALL {
+            assert_eq!(ConsentMethod::from_name(method.as_str()), Some(*method));
         }
         assert_eq!(Purpose::from_name("model_training"), None);
     }

@@ -9,6 +9,7 @@
 //! and the calls stay statically dispatched).
 
 pub mod change;
+pub mod history;
 mod postgres;
 pub mod replay;
 mod rows;
@@ -22,7 +23,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::Instrument;
 
-pub use change::{Command, SubjectFields, SubjectRecord};
+pub use change::{Command, ConsentMeta, Provenance, SubjectFields, SubjectRecord};
+pub use history::{ConsentCause, ConsentRecord, HistoryCursor};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -30,7 +32,7 @@ use crate::audit::decision_log::DecisionRecord;
 use crate::audit::{AuditEvent, ChainReport};
 use crate::domain::{Actor, ConversationId, Jurisdiction, SubjectId};
 use crate::policy::rights::{RequestState, RightKind, RightsRequest, StepRefusal};
-use crate::policy::{Choice, ConversationFacts, Purpose, SubjectState};
+use crate::policy::{Choice, ConsentMethod, ConversationFacts, Purpose, SubjectState};
 use crate::revision::Revision;
 
 /// Where the state lives.
@@ -264,12 +266,37 @@ impl Change {
     }
 }
 
-/// A stored choice with the time it was made.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A stored choice with the time it was made and how and under what it was given.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChoiceEntry {
     pub purpose: Purpose,
     pub choice: Choice,
     pub updated_at_micros: i64,
+    /// The notice or policy version shown (empty for choices stored before it was recorded).
+    pub notice_version: String,
+    pub method: ConsentMethod,
+    /// The calling service that wrote it (empty for choices stored before it was recorded
+    /// whose event is gone).
+    pub caller: String,
+    /// When it stops counting; `None`: never.
+    pub expires_at_micros: Option<i64>,
+}
+
+/// A stored choice whose expiry has passed, as the expiry sweep finds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpiredChoice {
+    pub subject_id: SubjectId,
+    pub purpose: Purpose,
+    pub expires_at_micros: i64,
+}
+
+/// A page of a subject's consent history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// Oldest first.
+    pub records: Vec<ConsentRecord>,
+    /// Where the next page starts; `None` when this one is the last.
+    pub next: Option<HistoryCursor>,
 }
 
 /// A subject as `GetSubject` shows it.
@@ -280,6 +307,11 @@ pub struct SubjectView {
     pub choices: Vec<ChoiceEntry>,
     pub revision: Revision,
 }
+
+/// The calling service recorded in the audit events of the expiry sweep: assent itself.
+pub const EXPIRY_CALLER: &str = "assent";
+/// The actor recorded in the audit events of the expiry sweep.
+pub const EXPIRY_OPERATOR: &str = "assent:consent-expiry";
 
 /// The PostgreSQL NOTIFY channel every committed change is announced on
 /// ([`Change::announcement`]).
@@ -413,8 +445,31 @@ impl Store {
         }
     }
 
-    /// Applies one write and its audit event in one transaction.
+    /// Applies one write and its audit event in one transaction. A choice given without a
+    /// notice version is recorded under the policy version of the write's context.
     pub async fn write(&self, request: &WriteRequest) -> Result<WriteOutcome, StoreError> {
+        let filled;
+        let request = match &request.command {
+            Command::SetChoice {
+                purpose,
+                choice,
+                consent,
+            } if consent.notice_version.is_empty() => {
+                filled = WriteRequest {
+                    command: Command::SetChoice {
+                        purpose: *purpose,
+                        choice: *choice,
+                        consent: ConsentMeta {
+                            notice_version: request.context.policy_version.clone(),
+                            ..consent.clone()
+                        },
+                    },
+                    ..request.clone()
+                };
+                &filled
+            }
+            _ => request,
+        };
         observed(self, "write", async {
             match self {
                 Store::Sqlite(store) => store.write(request).await,
@@ -422,6 +477,117 @@ impl Store {
             }
         })
         .await
+    }
+
+    /// The stored choices whose expiry is at or before `now_micros`, the earliest first, at
+    /// most `limit`.
+    pub async fn expired_choices(
+        &self,
+        now_micros: i64,
+        limit: u32,
+    ) -> Result<Vec<ExpiredChoice>, StoreError> {
+        observed(self, "expired_choices", async {
+            match self {
+                Store::Sqlite(store) => store.expired_choices(now_micros, limit).await,
+                Store::Postgres(store) => store.expired_choices(now_micros, limit).await,
+            }
+        })
+        .await
+    }
+
+    /// The expiry sweep: records, through the write path, a `consent_expired` event for every
+    /// stored choice whose expiry is at or before `now_micros` (which removes the choice), one
+    /// write each. A choice renewed meanwhile, or whose expiry another replica recorded first,
+    /// is left as it is (`Command::ExpireChoice` applies only to the expiry it names). Returns
+    /// the expiries recorded, with the revision of each.
+    pub async fn expire_choices(
+        &self,
+        now_micros: i64,
+        context: &WriteContext,
+    ) -> Result<Vec<(ExpiredChoice, Revision)>, StoreError> {
+        const PAGE: u32 = 500;
+        let mut recorded = Vec::new();
+        loop {
+            let expired = self.expired_choices(now_micros, PAGE).await?;
+            let mut changed_any = false;
+            for choice in &expired {
+                let request = WriteRequest {
+                    subject_id: choice.subject_id.clone(),
+                    command: Command::ExpireChoice {
+                        purpose: choice.purpose,
+                        expires_at_micros: choice.expires_at_micros,
+                    },
+                    context: context.clone(),
+                };
+                let outcome = self.write(&request).await?;
+                if outcome.changed {
+                    changed_any = true;
+                    recorded.push((choice.clone(), outcome.revision));
+                }
+            }
+            // A full page with nothing left to record would only be read again.
+            if expired.len() < PAGE as usize || !changed_any {
+                return Ok(recorded);
+            }
+        }
+    }
+
+    /// A page of the subject's consent history, oldest first: every choice given, cleared,
+    /// expired or erased, read from its audit events (kept after the choice itself is gone),
+    /// from `from` on, at most `limit` records. With `as_of`, only the records committed by
+    /// then (events in revision order, up to the first committed later, as a check `as_of`
+    /// reads them).
+    pub async fn consent_history(
+        &self,
+        subject_id: &SubjectId,
+        as_of: Option<i64>,
+        from: HistoryCursor,
+        limit: u32,
+    ) -> Result<HistoryPage, StoreError> {
+        const EVENTS_PAGE: u32 = 1_000;
+        let wanted = limit as usize + 1;
+        let mut records: Vec<(HistoryCursor, ConsentRecord)> = Vec::new();
+        let mut after_sequence = from.sequence.saturating_sub(1);
+        'pages: loop {
+            let events = self
+                .events(&EventQuery {
+                    subject_id: Some(subject_id.clone()),
+                    after_sequence,
+                    limit: EVENTS_PAGE,
+                })
+                .await?;
+            let full_page = events.len() == EVENTS_PAGE as usize;
+            for event in &events {
+                if as_of.is_some_and(|as_of| event.at_micros > as_of) {
+                    break 'pages;
+                }
+                let event_records = history::consent_records(event)
+                    .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+                for (index, record) in event_records.into_iter().enumerate() {
+                    let position = HistoryCursor {
+                        sequence: event.sequence,
+                        index: u32::try_from(index).unwrap_or(u32::MAX),
+                    };
+                    if position < from {
+                        continue;
+                    }
+                    records.push((position, record));
+                    if records.len() == wanted {
+                        break 'pages;
+                    }
+                }
+                after_sequence = event.sequence;
+            }
+            if !full_page {
+                break;
+            }
+        }
+        let next = (records.len() == wanted).then(|| records[limit as usize].0);
+        records.truncate(limit as usize);
+        Ok(HistoryPage {
+            records: records.into_iter().map(|(_, record)| record).collect(),
+            next,
+        })
     }
 
     /// Stores a policy version and its audit event in one transaction; unchanged when this
@@ -607,7 +773,8 @@ impl Store {
     }
 
     /// What a decision about `subject_id` needed as of `at_micros`, rebuilt from the subject's
-    /// audit events committed by then (in revision order, up to the first committed later).
+    /// audit events committed by then (in revision order, up to the first committed later),
+    /// without the choices expired by then.
     /// The revision is that of the last event applied (zero when there was none).
     pub async fn state_as_of(
         &self,
@@ -642,7 +809,9 @@ impl Store {
         }
         Ok(DecisionState {
             conversation: conversation_id.and_then(|id| replayed.conversation(id.as_str())),
-            subject: replayed.subject.map(|record| record.state),
+            // As the state counted then: the choices expired by that instant no longer count,
+            // whether or not their expiry was recorded by then.
+            subject: replayed.subject.map(|record| record.state.at(at_micros)),
             revision,
         })
     }

@@ -14,9 +14,9 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::{
-    Change, DecisionState, EventQuery, NewPolicy, NewRightsRequest, PruneReport, RightsOutcome,
-    RightsQuery, RightsStep, StoreError, StoredPolicy, StoredRightsRequest, SubjectSnapshot,
-    SubjectView, WriteContext, WriteOutcome, WriteRequest,
+    Change, DecisionState, EventQuery, ExpiredChoice, NewPolicy, NewRightsRequest, PruneReport,
+    RightsOutcome, RightsQuery, RightsStep, StoreError, StoredPolicy, StoredRightsRequest,
+    SubjectSnapshot, SubjectView, WriteContext, WriteOutcome, WriteRequest,
 };
 use crate::audit::decision_log::DecisionRecord;
 use crate::audit::{AuditEvent, ChainReport};
@@ -37,13 +37,14 @@ mod rows {
     /// one order (revision, then id), so their arrays line up.
     const SNAPSHOT_QUERY: &str = "
         SELECT s.plan, s.status, s.gpc, s.zero_data_retention, s.revision,
-               c.purposes, c.choices,
+               c.purposes, c.choices, c.expiries,
                f.ids, f.feedback, f.moderation, f.reports, f.kept,
                (SELECT sequence FROM audit_chain_head WHERE chain_id = 0) AS head
         FROM (SELECT $1::TEXT AS id) AS q
         LEFT JOIN subjects AS s ON s.subject_id = q.id
         LEFT JOIN LATERAL (
-            SELECT array_agg(purpose) AS purposes, array_agg(choice) AS choices
+            SELECT array_agg(purpose) AS purposes, array_agg(choice) AS choices,
+                   array_agg(expires_at) AS expiries
             FROM choices WHERE subject_id = q.id
         ) AS c ON TRUE
         LEFT JOIN LATERAL (
@@ -90,17 +91,19 @@ mod rows {
             zero_data_retention: row.try_get("zero_data_retention")?,
             ..SubjectState::new()
         };
-        let purposes: Option<Vec<String>> = row.try_get("purposes")?;
-        let choices: Option<Vec<String>> = row.try_get("choices")?;
-        for (purpose, choice) in purposes
-            .unwrap_or_default()
-            .iter()
-            .zip(choices.unwrap_or_default().iter())
-        {
-            state.choices.set(
-                parse("purpose", purpose, Purpose::from_name)?,
-                Some(parse("choice", choice, Choice::from_name)?),
-            );
+        let purposes: Vec<String> = row.try_get::<Option<_>, _>("purposes")?.unwrap_or_default();
+        let choices: Vec<String> = row.try_get::<Option<_>, _>("choices")?.unwrap_or_default();
+        let expiries: Vec<Option<i64>> =
+            row.try_get::<Option<_>, _>("expiries")?.unwrap_or_default();
+        if [choices.len(), expiries.len()] != [purposes.len(); 2] {
+            return Err(StoreError::Corrupt("choices do not line up".into()));
+        }
+        for ((purpose, choice), expires_at) in purposes.iter().zip(&choices).zip(expiries) {
+            let purpose = parse("purpose", purpose, Purpose::from_name)?;
+            state
+                .choices
+                .set(purpose, Some(parse("choice", choice, Choice::from_name)?));
+            state.expiries.set(purpose, expires_at);
         }
         let ids: Vec<String> = row.try_get::<Option<_>, _>("ids")?.unwrap_or_default();
         let feedback: Vec<Option<String>> =
@@ -347,6 +350,15 @@ impl PostgresStore {
     ) -> Result<Vec<Change>, StoreError> {
         let mut connection = self.pool.acquire().await?;
         rows::subjects_changed_since_in(&mut connection, since_micros).await
+    }
+
+    pub async fn expired_choices(
+        &self,
+        now_micros: i64,
+        limit: u32,
+    ) -> Result<Vec<ExpiredChoice>, StoreError> {
+        let mut connection = self.pool.acquire().await?;
+        rows::expired_choices_in(&mut connection, now_micros, limit).await
     }
 
     pub async fn subject_ids(&self, after: &str, limit: u32) -> Result<Vec<String>, StoreError> {

@@ -10,9 +10,9 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use super::change::SubjectRecord;
+use super::change::{ConsentMeta, SubjectRecord};
 use crate::audit::{AuditEvent, EventKind};
-use crate::policy::{Choice, ConversationFacts, Plan, Purpose, Rating, Status};
+use crate::policy::{Choice, ConsentMethod, ConversationFacts, Plan, Purpose, Rating, Status};
 
 /// A subject's state as its events so far make it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -59,7 +59,14 @@ impl Replayed {
                     .map_err(|problem| fail(format!("purpose: {problem}")))?;
                 let choice = optional_name(after, Choice::from_name)
                     .map_err(|problem| fail(format!("after: {problem}")))?;
-                self.existing(event)?.state.choices.set(purpose, choice);
+                let consent = consent_meta(&detail).map_err(fail)?;
+                self.existing(event)?.set_choice(purpose, choice, &consent);
+            }
+            EventKind::ConsentExpired => {
+                let purpose = name(&detail["purpose"], Purpose::from_name)
+                    .map_err(|problem| fail(format!("purpose: {problem}")))?;
+                self.existing(event)?
+                    .set_choice(purpose, None, &ConsentMeta::default());
             }
             EventKind::RestrictionSet => {
                 let status = name(&after["status"], Status::from_name)
@@ -124,10 +131,40 @@ fn record(value: &Value) -> Result<SubjectRecord, String> {
                 .ok_or_else(|| format!("choices: unknown purpose {purpose:?}"))?;
             let choice = name(choice, Choice::from_name)
                 .map_err(|problem| format!("choices.{purpose}: {problem}"))?;
-            record.state.choices.set(purpose, Some(choice));
+            // Events written before consent records were kept have no `consent`: the defaults.
+            let consent = consent_meta(&value["consent"][purpose.as_str()])
+                .map_err(|problem| format!("consent.{purpose}.{problem}"))?;
+            record.set_choice(purpose, Some(choice), &consent);
         }
     }
     Ok(record)
+}
+
+/// A choice's provenance as `change` writes it (`notice_version`, `method`,
+/// `expires_at_micros`), each absent in events older than consent records: the defaults then.
+pub(crate) fn consent_meta(value: &Value) -> Result<ConsentMeta, String> {
+    let notice_version = match &value["notice_version"] {
+        Value::Null => String::new(),
+        Value::String(text) => text.clone(),
+        _ => return Err("notice_version: not a string".to_owned()),
+    };
+    let method = match &value["method"] {
+        Value::Null => ConsentMethod::Unspecified,
+        method => name(method, ConsentMethod::from_name)
+            .map_err(|problem| format!("method: {problem}"))?,
+    };
+    let expires_at_micros = match &value["expires_at_micros"] {
+        Value::Null => None,
+        at => Some(
+            at.as_i64()
+                .ok_or_else(|| "expires_at_micros: not an integer".to_owned())?,
+        ),
+    };
+    Ok(ConsentMeta {
+        notice_version,
+        method,
+        expires_at_micros,
+    })
 }
 
 /// A conversation's facts as `change::describe_conversation` writes them.
@@ -165,6 +202,26 @@ mod tests {
     use crate::policy::FlagKind;
     use crate::store::change::{Command, SubjectFields, plan_change};
 
+    fn set_choice(purpose: Purpose, choice: Option<Choice>) -> Command {
+        Command::SetChoice {
+            purpose,
+            choice,
+            consent: ConsentMeta::default(),
+        }
+    }
+
+    fn cookie_banner(notice: &str, expires_at: i64) -> Command {
+        Command::SetChoice {
+            purpose: Purpose::AnalyticsCookies,
+            choice: Some(Choice::Granted),
+            consent: ConsentMeta {
+                notice_version: notice.to_owned(),
+                method: ConsentMethod::CookieBanner,
+                expires_at_micros: Some(expires_at),
+            },
+        }
+    }
+
     /// Applies commands the way the store does, recording each change as an audit event, and
     /// checks after every step that replaying the events gives the state the store keeps.
     #[test]
@@ -175,14 +232,10 @@ mod tests {
                 jurisdiction: Some(Jurisdiction::parse("FR").unwrap()),
                 ..SubjectFields::default()
             }),
-            Command::SetChoice {
-                purpose: Purpose::ModelTraining,
-                choice: Some(Choice::Refused),
-            },
-            Command::SetChoice {
-                purpose: Purpose::MarketingEmail,
-                choice: Some(Choice::Granted),
-            },
+            set_choice(Purpose::ModelTraining, Some(Choice::Refused)),
+            set_choice(Purpose::MarketingEmail, Some(Choice::Granted)),
+            cookie_banner("cookies-1", 5_000),
+            cookie_banner("cookies-1", 9_000),
             Command::RecordFeedback {
                 conversation_id: ConversationId::parse("c1").unwrap(),
                 rating: Rating::ThumbsDown,
@@ -197,11 +250,13 @@ mod tests {
                 zero_data_retention: Some(true),
                 ..SubjectFields::default()
             }),
-            Command::SetChoice {
-                purpose: Purpose::ModelTraining,
-                choice: None,
-            },
+            set_choice(Purpose::ModelTraining, None),
             Command::SetRestriction { restricted: false },
+            Command::ExpireChoice {
+                purpose: Purpose::AnalyticsCookies,
+                expires_at_micros: 9_000,
+            },
+            cookie_banner("cookies-2", 20_000),
             Command::Delete,
         ];
         let mut stored: Option<SubjectRecord> = None;
@@ -232,6 +287,51 @@ mod tests {
             assert_eq!(replayed.conversations, conversations, "after {command:?}");
         }
         assert_eq!(stored.unwrap().state.status, Status::Deleted);
+    }
+
+    #[test]
+    fn events_older_than_consent_records_replay_with_default_provenance() {
+        let created = AuditEvent {
+            sequence: 1,
+            kind: "subject_upserted".to_owned(),
+            detail_json: r#"{"before": null, "after": {"plan": "FREE", "jurisdiction": null,
+                "status": "ACTIVE", "gpc": false, "zero_data_retention": false,
+                "choices": {"MEMORY": "REFUSED"}}}"#
+                .to_owned(),
+            ..AuditEvent::default()
+        };
+        let choice = AuditEvent {
+            sequence: 2,
+            kind: "choice_set".to_owned(),
+            detail_json: r#"{"purpose": "MARKETING_EMAIL", "before": null, "after": "GRANTED"}"#
+                .to_owned(),
+            ..AuditEvent::default()
+        };
+        let record = replay([&created, &choice]).unwrap().subject.unwrap();
+        assert_eq!(
+            record.state.choices.get(Purpose::Memory),
+            Some(Choice::Refused)
+        );
+        assert_eq!(
+            record.state.choices.get(Purpose::MarketingEmail),
+            Some(Choice::Granted)
+        );
+        assert_eq!(record.state.expiries, Default::default());
+        assert_eq!(record, {
+            let mut expected = record.clone();
+            expected.consent = Default::default();
+            expected
+        });
+        let bad = AuditEvent {
+            sequence: 3,
+            kind: "choice_set".to_owned(),
+            detail_json: r#"{"purpose": "MEMORY", "before": null, "after": "GRANTED",
+                "method": "CARRIER_PIGEON"}"#
+                .to_owned(),
+            ..AuditEvent::default()
+        };
+        let error = replay([&created, &bad]).unwrap_err();
+        assert!(error.problem.contains("method"), "{error}");
     }
 
     #[test]

@@ -21,14 +21,16 @@ macro_rules! sql_rows {
         use $crate::domain::{ConversationId, SubjectId};
         use $crate::policy::rights::{Effect, Regime, RequestState, RightKind, RightsRequest};
         use $crate::policy::{
-            Choice, ConversationFacts, Plan, Purpose, Rating, Status, SubjectState,
+            Choice, ConsentMethod, ConversationFacts, Plan, Purpose, Rating, Status,
+            SubjectState,
         };
         use $crate::revision::Revision;
-        use $crate::store::change::{Change, Command, SubjectRecord, plan_change};
+        use $crate::store::change::{Change, Command, ConsentMeta, SubjectRecord, plan_change};
         use $crate::store::{
-            Change as ChangeNotice, ChoiceEntry, DecisionState, EventQuery, NewPolicy,
-            NewRightsRequest, RightsListing, RightsOutcome, RightsQuery, RightsStep, StoreError,
-            StoredPolicy, StoredRightsRequest, SubjectSnapshot, WriteContext, WriteOutcome,
+            Change as ChangeNotice, ChoiceEntry, DecisionState, EventQuery, ExpiredChoice,
+            NewPolicy, NewRightsRequest, RightsListing, RightsOutcome, RightsQuery, RightsStep,
+            StoreError, StoredPolicy, StoredRightsRequest, SubjectSnapshot, WriteContext,
+            WriteOutcome,
             WriteRequest, now_micros,
         };
 
@@ -79,7 +81,8 @@ macro_rules! sql_rows {
             }
             let revision = Revision::new(head.0).next();
             let now = now_micros();
-            apply_change(&mut *connection, subject_id, &change, revision, now).await?;
+            let caller = request.context.caller.as_str();
+            apply_change(&mut *connection, subject_id, &change, caller, revision, now).await?;
             let event = sealed_event(
                 revision,
                 now,
@@ -274,6 +277,11 @@ macro_rules! sql_rows {
                     .map(|purpose| Command::SetChoice {
                         purpose,
                         choice: Some(Choice::Refused),
+                        consent: ConsentMeta {
+                            notice_version: context.policy_version.clone(),
+                            method: ConsentMethod::RightsRequest,
+                            expires_at_micros: None,
+                        },
                     })
                     .collect(),
                 Some(Effect::Restrict) => vec![Command::SetRestriction { restricted: true }],
@@ -701,7 +709,7 @@ macro_rules! sql_rows {
             .await?;
             let Some(row) = row else { return Ok(None) };
             let plan: Option<String> = row.try_get("plan")?;
-            let mut state = SubjectState {
+            let state = SubjectState {
                 plan: plan
                     .as_deref()
                     .map(|name| parse("plan", name, Plan::from_name))
@@ -711,13 +719,19 @@ macro_rules! sql_rows {
                 zero_data_retention: row.try_get("zero_data_retention")?,
                 ..SubjectState::new()
             };
-            for entry in load_choices(&mut *connection, subject_id).await? {
-                state.choices.set(entry.purpose, Some(entry.choice));
-            }
-            let record = SubjectRecord {
+            let mut record = SubjectRecord {
                 state,
                 jurisdiction: row.try_get("jurisdiction")?,
+                consent: Default::default(),
             };
+            for entry in load_choices(&mut *connection, subject_id).await? {
+                let consent = ConsentMeta {
+                    notice_version: entry.notice_version,
+                    method: entry.method,
+                    expires_at_micros: entry.expires_at_micros,
+                };
+                record.set_choice(entry.purpose, Some(entry.choice), &consent);
+            }
             let revision = Revision::new(from_i64(row.try_get("revision")?));
             Ok(Some((record, revision)))
         }
@@ -728,7 +742,8 @@ macro_rules! sql_rows {
             subject_id: &str,
         ) -> Result<Vec<ChoiceEntry>, StoreError> {
             let rows = sqlx::query(
-                "SELECT purpose, choice, updated_at FROM choices WHERE subject_id = $1",
+                "SELECT purpose, choice, updated_at, notice_version, method, caller, expires_at
+                 FROM choices WHERE subject_id = $1",
             )
             .bind(subject_id)
             .fetch_all(&mut *connection)
@@ -740,6 +755,10 @@ macro_rules! sql_rows {
                         purpose: parse_column(row, "purpose", Purpose::from_name)?,
                         choice: parse_column(row, "choice", Choice::from_name)?,
                         updated_at_micros: row.try_get("updated_at")?,
+                        notice_version: row.try_get("notice_version")?,
+                        method: parse_column(row, "method", ConsentMethod::from_name)?,
+                        caller: row.try_get("caller")?,
+                        expires_at_micros: row.try_get("expires_at")?,
                     })
                 })
                 .collect::<Result<Vec<_>, StoreError>>()?;
@@ -811,10 +830,12 @@ macro_rules! sql_rows {
             Ok((from_i64(sequence), hash))
         }
 
+        /// Writes a change's rows; `caller` is recorded with a stored choice.
         async fn apply_change(
             connection: &mut $connection,
             subject_id: &str,
             change: &Change,
+            caller: &str,
             revision: Revision,
             now: i64,
         ) -> Result<(), StoreError> {
@@ -847,19 +868,30 @@ macro_rules! sql_rows {
 
             match change.choice {
                 Some((purpose, Some(choice))) => {
+                    let provenance = change.subject.provenance(purpose);
                     sqlx::query(
-                        "INSERT INTO choices (subject_id, purpose, choice, updated_at, revision)
-                         VALUES ($1, $2, $3, $4, $5)
+                        "INSERT INTO choices
+                             (subject_id, purpose, choice, updated_at, revision, notice_version,
+                              method, caller, expires_at)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                          ON CONFLICT (subject_id, purpose) DO UPDATE SET
                              choice = excluded.choice,
                              updated_at = excluded.updated_at,
-                             revision = excluded.revision",
+                             revision = excluded.revision,
+                             notice_version = excluded.notice_version,
+                             method = excluded.method,
+                             caller = excluded.caller,
+                             expires_at = excluded.expires_at",
                     )
                     .bind(subject_id)
                     .bind(purpose.as_str())
                     .bind(choice.as_str())
                     .bind(now)
                     .bind(sequence)
+                    .bind(provenance.notice_version.as_str())
+                    .bind(provenance.method.as_str())
+                    .bind(caller)
+                    .bind(state.expiries.get(purpose))
                     .execute(&mut *connection)
                     .await?;
                 }
@@ -908,6 +940,36 @@ macro_rules! sql_rows {
                     .await?;
             }
             Ok(())
+        }
+
+        /// Choices whose expiry is at or before `now_micros`, the earliest first, at most
+        /// `limit`.
+        pub(super) async fn expired_choices_in(
+            connection: &mut $connection,
+            now_micros: i64,
+            limit: u32,
+        ) -> Result<Vec<ExpiredChoice>, StoreError> {
+            let rows = sqlx::query(
+                "SELECT subject_id, purpose, expires_at FROM choices
+                 WHERE expires_at IS NOT NULL AND expires_at <= $1
+                 ORDER BY expires_at, subject_id, purpose LIMIT $2",
+            )
+            .bind(now_micros)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *connection)
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    let subject_id: String = row.try_get("subject_id")?;
+                    Ok(ExpiredChoice {
+                        subject_id: SubjectId::parse(&subject_id).map_err(|invalid| {
+                            StoreError::Corrupt(format!("subject_id {subject_id:?}: {invalid}"))
+                        })?,
+                        purpose: parse_column(row, "purpose", Purpose::from_name)?,
+                        expires_at_micros: row.try_get("expires_at")?,
+                    })
+                })
+                .collect()
         }
 
         /// Appends an event and moves the chain head to it.

@@ -15,9 +15,9 @@ use sqlx::sqlite::{
 };
 
 use super::{
-    Change, DecisionState, EventQuery, NewPolicy, NewRightsRequest, PruneReport, RightsOutcome,
-    RightsQuery, RightsStep, StoreError, StoredPolicy, StoredRightsRequest, SubjectSnapshot,
-    SubjectView, WriteContext, WriteOutcome, WriteRequest,
+    Change, DecisionState, EventQuery, ExpiredChoice, NewPolicy, NewRightsRequest, PruneReport,
+    RightsOutcome, RightsQuery, RightsStep, StoreError, StoredPolicy, StoredRightsRequest,
+    SubjectSnapshot, SubjectView, WriteContext, WriteOutcome, WriteRequest,
 };
 use crate::audit::decision_log::DecisionRecord;
 use crate::audit::{AuditEvent, ChainReport};
@@ -191,6 +191,15 @@ impl SqliteStore {
     ) -> Result<Vec<Change>, StoreError> {
         let mut connection = self.reader.acquire().await?;
         rows::subjects_changed_since_in(&mut connection, since_micros).await
+    }
+
+    pub async fn expired_choices(
+        &self,
+        now_micros: i64,
+        limit: u32,
+    ) -> Result<Vec<ExpiredChoice>, StoreError> {
+        let mut connection = self.reader.acquire().await?;
+        rows::expired_choices_in(&mut connection, now_micros, limit).await
     }
 
     pub async fn subject_ids(&self, after: &str, limit: u32) -> Result<Vec<String>, StoreError> {

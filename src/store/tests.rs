@@ -21,6 +21,11 @@ super::testing::backend_tests!(
     a_newer_schema_is_refused,
     old_decisions_are_pruned,
     snapshots_hold_the_latest_conversations,
+    consent_provenance_is_read_back_as_replayed,
+    a_repeated_choice_records_nothing_and_a_renewal_records_one,
+    expiries_are_recorded_once_at_the_simulated_instant,
+    consent_history_pages_in_order_and_stops_at_as_of,
+    choices_stored_before_consent_records_keep_their_caller,
 );
 
 fn subject(id: &str) -> SubjectId {
@@ -52,7 +57,42 @@ fn upsert(plan: Plan) -> Command {
 }
 
 fn choice(purpose: Purpose, choice: Option<Choice>) -> Command {
-    Command::SetChoice { purpose, choice }
+    Command::SetChoice {
+        purpose,
+        choice,
+        consent: ConsentMeta::default(),
+    }
+}
+
+/// A choice with its provenance.
+fn consent(
+    purpose: Purpose,
+    choice: Option<Choice>,
+    notice_version: &str,
+    method: crate::policy::ConsentMethod,
+    expires_at_micros: Option<i64>,
+) -> Command {
+    Command::SetChoice {
+        purpose,
+        choice,
+        consent: ConsentMeta {
+            notice_version: notice_version.to_owned(),
+            method,
+            expires_at_micros,
+        },
+    }
+}
+
+/// An instant in 2033: the simulated clock of the expiry tests.
+const EXPIRES_AT: i64 = 2_000_000_000_000_000;
+
+fn expiry_context() -> WriteContext {
+    WriteContext {
+        caller: EXPIRY_CALLER.to_owned(),
+        actor: Actor::parse(EXPIRY_OPERATOR, "expired").unwrap(),
+        trace_id: String::new(),
+        policy_version: crate::policy::POLICY_VERSION.to_owned(),
+    }
 }
 
 async fn open(database: &TestDatabase) -> Store {
@@ -539,5 +579,537 @@ async fn snapshots_hold_the_latest_conversations(backend: Backend) {
     assert_eq!(unknown.subject, None);
     assert!(unknown.complete && unknown.conversations.is_empty());
     assert_eq!(unknown.revision, last.revision);
+    store.close().await;
+}
+
+async fn consent_provenance_is_read_back_as_replayed(backend: Backend) {
+    use crate::policy::ConsentMethod;
+    let database = TestDatabase::create(backend).await;
+    let store = open(&database).await;
+    store
+        .write(&request("u-1", upsert(Plan::Free)))
+        .await
+        .unwrap();
+    let cookies = consent(
+        Purpose::AnalyticsCookies,
+        Some(Choice::Granted),
+        "cookies-2026-03",
+        ConsentMethod::CookieBanner,
+        Some(EXPIRES_AT),
+    );
+    store.write(&request("u-1", cookies)).await.unwrap();
+    // No notice version: the policy version of the write's context.
+    let memory = consent(
+        Purpose::Memory,
+        Some(Choice::Refused),
+        "",
+        ConsentMethod::SettingsPage,
+        None,
+    );
+    store.write(&request("u-1", memory)).await.unwrap();
+    // An upsert after the choices keeps them, with their provenance.
+    let last = store
+        .write(&request("u-1", upsert(Plan::Pro)))
+        .await
+        .unwrap();
+
+    let view = store.subject(&subject("u-1")).await.unwrap().unwrap();
+    let entries: Vec<(Purpose, &str, ConsentMethod, &str, Option<i64>)> = view
+        .choices
+        .iter()
+        .map(|entry| {
+            (
+                entry.purpose,
+                entry.notice_version.as_str(),
+                entry.method,
+                entry.caller.as_str(),
+                entry.expires_at_micros,
+            )
+        })
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            (
+                Purpose::Memory,
+                crate::policy::POLICY_VERSION,
+                ConsentMethod::SettingsPage,
+                "store-tests",
+                None
+            ),
+            (
+                Purpose::AnalyticsCookies,
+                "cookies-2026-03",
+                ConsentMethod::CookieBanner,
+                "store-tests",
+                Some(EXPIRES_AT)
+            ),
+        ]
+    );
+    assert_eq!(
+        view.record.state.expiries.get(Purpose::AnalyticsCookies),
+        Some(EXPIRES_AT)
+    );
+    // Every read path carries the expiry: the decision state and the cache's snapshot.
+    let state = store
+        .decision_state(&subject("u-1"), None)
+        .await
+        .unwrap()
+        .subject
+        .unwrap();
+    assert_eq!(state, view.record.state);
+    let snapshot = store.snapshot(&subject("u-1"), 4).await.unwrap();
+    assert_eq!(snapshot.subject, Some(view.record.state));
+    assert_eq!(snapshot.revision, last.revision);
+    // The audit events tell the same record.
+    let replayed = replay::replay(&all_events(&store, Some("u-1")).await)
+        .unwrap()
+        .subject
+        .unwrap();
+    assert_eq!(replayed, view.record);
+    store.close().await;
+}
+
+async fn a_repeated_choice_records_nothing_and_a_renewal_records_one(backend: Backend) {
+    use crate::policy::ConsentMethod;
+    let database = TestDatabase::create(backend).await;
+    let store = open(&database).await;
+    store
+        .write(&request("u-1", upsert(Plan::Free)))
+        .await
+        .unwrap();
+    let banner = |notice: &str, expires_at: i64| {
+        consent(
+            Purpose::AnalyticsCookies,
+            Some(Choice::Granted),
+            notice,
+            ConsentMethod::CookieBanner,
+            Some(expires_at),
+        )
+    };
+    let given = store
+        .write(&request("u-1", banner("n-1", EXPIRES_AT)))
+        .await
+        .unwrap();
+    let repeated = store
+        .write(&request("u-1", banner("n-1", EXPIRES_AT)))
+        .await
+        .unwrap();
+    assert!(given.changed && !repeated.changed);
+    assert_eq!(repeated.revision, given.revision);
+    let renewed = store
+        .write(&request("u-1", banner("n-1", EXPIRES_AT + 1)))
+        .await
+        .unwrap();
+    let new_notice = store
+        .write(&request("u-1", banner("n-2", EXPIRES_AT + 1)))
+        .await
+        .unwrap();
+    assert!(renewed.changed && new_notice.changed);
+    // A choice without a notice version, twice: the same policy version, one change.
+    let plain = || choice(Purpose::Memory, Some(Choice::Refused));
+    assert!(store.write(&request("u-1", plain())).await.unwrap().changed);
+    assert!(!store.write(&request("u-1", plain())).await.unwrap().changed);
+    let kinds: Vec<String> = all_events(&store, Some("u-1"))
+        .await
+        .into_iter()
+        .map(|event| event.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "subject_upserted",
+            "choice_set",
+            "choice_set",
+            "choice_set",
+            "choice_set"
+        ]
+    );
+    let view = store.subject(&subject("u-1")).await.unwrap().unwrap();
+    let cookies = &view.choices[1];
+    assert_eq!(cookies.purpose, Purpose::AnalyticsCookies);
+    assert_eq!(
+        (cookies.notice_version.as_str(), cookies.expires_at_micros),
+        ("n-2", Some(EXPIRES_AT + 1))
+    );
+    store.close().await;
+}
+
+async fn expiries_are_recorded_once_at_the_simulated_instant(backend: Backend) {
+    use crate::policy::ConsentMethod;
+    let database = TestDatabase::create(backend).await;
+    let store = open(&database).await;
+    for id in ["u-1", "u-2", "u-3"] {
+        store.write(&request(id, upsert(Plan::Free))).await.unwrap();
+        let grant = consent(
+            Purpose::AnalyticsCookies,
+            Some(Choice::Granted),
+            "n-1",
+            ConsentMethod::CookieBanner,
+            Some(EXPIRES_AT),
+        );
+        store.write(&request(id, grant)).await.unwrap();
+    }
+    // u-1 refuses training for good; u-2 renews its grant; u-3 deletes its account.
+    store
+        .write(&request(
+            "u-1",
+            choice(Purpose::ModelTraining, Some(Choice::Refused)),
+        ))
+        .await
+        .unwrap();
+    let renewal = consent(
+        Purpose::AnalyticsCookies,
+        Some(Choice::Granted),
+        "n-1",
+        ConsentMethod::CookieBanner,
+        Some(EXPIRES_AT + 60_000_000),
+    );
+    store.write(&request("u-2", renewal)).await.unwrap();
+    store.write(&request("u-3", Command::Delete)).await.unwrap();
+    let events_before = all_events(&store, None).await.len();
+
+    // Before the expiry: nothing is due, nothing recorded.
+    assert!(
+        store
+            .expired_choices(EXPIRES_AT - 1, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let early = store
+        .expire_choices(EXPIRES_AT - 1, &expiry_context())
+        .await
+        .unwrap();
+    assert!(early.is_empty());
+    assert_eq!(all_events(&store, None).await.len(), events_before);
+
+    // At the expiry: u-1's grant, and only it, is recorded as expired, once.
+    let recorded = store
+        .expire_choices(EXPIRES_AT, &expiry_context())
+        .await
+        .unwrap();
+    assert_eq!(recorded.len(), 1);
+    let (expired, revision) = &recorded[0];
+    assert_eq!(expired.subject_id.as_str(), "u-1");
+    assert_eq!(expired.purpose, Purpose::AnalyticsCookies);
+    assert_eq!(expired.expires_at_micros, EXPIRES_AT);
+    let events = all_events(&store, None).await;
+    assert_eq!(events.len(), events_before + 1);
+    let event = events.last().unwrap();
+    assert_eq!(
+        (
+            event.sequence,
+            event.kind.as_str(),
+            event.subject_id.as_str()
+        ),
+        (revision.sequence(), "consent_expired", "u-1")
+    );
+    assert_eq!(event.caller, EXPIRY_CALLER);
+    assert_eq!(event.operator_id, EXPIRY_OPERATOR);
+    let state = store
+        .decision_state(&subject("u-1"), None)
+        .await
+        .unwrap()
+        .subject
+        .unwrap();
+    assert_eq!(state.choices.get(Purpose::AnalyticsCookies), None);
+    assert_eq!(state.expiries.get(Purpose::AnalyticsCookies), None);
+    assert_eq!(
+        state.choices.get(Purpose::ModelTraining),
+        Some(Choice::Refused)
+    );
+    let view = store.subject(&subject("u-1")).await.unwrap().unwrap();
+    assert_eq!(view.choices.len(), 1);
+    let renewed = store.subject(&subject("u-2")).await.unwrap().unwrap();
+    assert_eq!(
+        renewed.record.state.expiries.get(Purpose::AnalyticsCookies),
+        Some(EXPIRES_AT + 60_000_000)
+    );
+
+    // Idempotent: a second sweep, or a stale expiry racing a renewal, records nothing.
+    assert!(
+        store
+            .expire_choices(EXPIRES_AT + 1, &expiry_context())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let stale = WriteRequest {
+        context: expiry_context(),
+        ..request(
+            "u-2",
+            Command::ExpireChoice {
+                purpose: Purpose::AnalyticsCookies,
+                expires_at_micros: EXPIRES_AT,
+            },
+        )
+    };
+    assert!(!store.write(&stale).await.unwrap().changed);
+    assert_eq!(all_events(&store, None).await.len(), events_before + 1);
+    // The replayed state agrees with the stored one after the expiry.
+    let replayed = replay::replay(&all_events(&store, Some("u-1")).await)
+        .unwrap()
+        .subject
+        .unwrap();
+    assert_eq!(replayed, view.record);
+    // As of an instant between grant and expiry, the grant counted; from the expiry on, not.
+    let granted_at = all_events(&store, Some("u-1")).await[1].at_micros;
+    let then = store
+        .state_as_of(&subject("u-1"), None, granted_at)
+        .await
+        .unwrap()
+        .subject
+        .unwrap();
+    assert_eq!(
+        then.choices.get(Purpose::AnalyticsCookies),
+        Some(Choice::Granted)
+    );
+    store.close().await;
+}
+
+async fn consent_history_pages_in_order_and_stops_at_as_of(backend: Backend) {
+    use crate::policy::ConsentMethod;
+    let database = TestDatabase::create(backend).await;
+    let store = open(&database).await;
+    store
+        .write(&request("u-1", upsert(Plan::Free)))
+        .await
+        .unwrap();
+    let commands = [
+        consent(
+            Purpose::AnalyticsCookies,
+            Some(Choice::Granted),
+            "n-1",
+            ConsentMethod::CookieBanner,
+            Some(EXPIRES_AT),
+        ),
+        choice(Purpose::ModelTraining, Some(Choice::Refused)),
+        Command::RecordFeedback {
+            conversation_id: conversation("c-1"),
+            rating: Rating::ThumbsUp,
+        },
+        consent(
+            Purpose::Memory,
+            Some(Choice::Refused),
+            "n-1",
+            ConsentMethod::RightsRequest,
+            None,
+        ),
+        choice(Purpose::MarketingEmail, Some(Choice::Granted)),
+        Command::Delete,
+    ];
+    for command in commands {
+        store.write(&request("u-1", command)).await.unwrap();
+    }
+    let everything = store
+        .consent_history(&subject("u-1"), None, HistoryCursor::default(), 100)
+        .await
+        .unwrap();
+    assert_eq!(everything.next, None);
+    let summary: Vec<(Purpose, Option<Choice>, ConsentCause)> = everything
+        .records
+        .iter()
+        .map(|record| (record.purpose, record.choice, record.cause))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (
+                Purpose::AnalyticsCookies,
+                Some(Choice::Granted),
+                ConsentCause::SetByCaller
+            ),
+            (
+                Purpose::ModelTraining,
+                Some(Choice::Refused),
+                ConsentCause::SetByCaller
+            ),
+            (
+                Purpose::Memory,
+                Some(Choice::Refused),
+                ConsentCause::RightsRequest
+            ),
+            (
+                Purpose::MarketingEmail,
+                Some(Choice::Granted),
+                ConsentCause::SetByCaller
+            ),
+            (Purpose::ModelTraining, None, ConsentCause::ErasedByDeletion),
+            (Purpose::Memory, None, ConsentCause::ErasedByDeletion),
+            (
+                Purpose::MarketingEmail,
+                None,
+                ConsentCause::ErasedByDeletion
+            ),
+            (
+                Purpose::AnalyticsCookies,
+                None,
+                ConsentCause::ErasedByDeletion
+            ),
+        ]
+    );
+    assert_eq!(everything.records[0].consent.notice_version, "n-1");
+    assert_eq!(
+        everything.records[0].consent.expires_at_micros,
+        Some(EXPIRES_AT)
+    );
+    assert_eq!(everything.records[0].caller, "store-tests");
+    // Pages of 3 cut the deletion's records in two, and join up to the whole.
+    let mut paged = Vec::new();
+    let mut from = HistoryCursor::default();
+    let mut pages = 0;
+    loop {
+        let page = store
+            .consent_history(&subject("u-1"), None, from, 3)
+            .await
+            .unwrap();
+        assert!(page.records.len() <= 3);
+        pages += 1;
+        paged.extend(page.records);
+        match page.next {
+            Some(next) => from = next,
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(paged, everything.records);
+    // As of the refusal of training: the two first records.
+    let refusal = everything.records[1].recorded_at_micros;
+    let then = store
+        .consent_history(
+            &subject("u-1"),
+            Some(refusal),
+            HistoryCursor::default(),
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(then.records, everything.records[..2]);
+    assert!(
+        store
+            .consent_history(&subject("nobody"), None, HistoryCursor::default(), 100)
+            .await
+            .unwrap()
+            .records
+            .is_empty()
+    );
+    store.close().await;
+}
+
+/// A store of the schema before consent records (migrations 0001-0004) with a choice in it:
+/// upgraded, the choice keeps its caller (from its audit event) and gets the default
+/// provenance, as replaying its events gives.
+async fn choices_stored_before_consent_records_keep_their_caller(backend: Backend) {
+    let database = TestDatabase::create(backend).await;
+    let folder = match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    };
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(folder);
+    let older = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.as_str() < "0005" {
+            std::fs::copy(&path, older.path().join(&name)).unwrap();
+        }
+    }
+    let migrator = sqlx::migrate::Migrator::new(older.path()).await.unwrap();
+    assert_eq!(migrator.iter().count(), 4);
+    let upsert_detail = r#"{"before": null, "after": {"plan": "FREE", "jurisdiction": null, "status": "ACTIVE", "gpc": false, "zero_data_retention": false, "choices": {}}}"#;
+    let choice_detail = r#"{"purpose": "MEMORY", "before": null, "after": "REFUSED"}"#;
+    let statements = [
+        "INSERT INTO subjects (subject_id, plan, jurisdiction, status, gpc, zero_data_retention,
+                               created_at, updated_at, revision)
+         VALUES ('u-1', 'FREE', NULL, 'ACTIVE', FALSE, FALSE, 10, 20, 2)",
+        "INSERT INTO choices (subject_id, purpose, choice, updated_at, revision)
+         VALUES ('u-1', 'MEMORY', 'REFUSED', 20, 2)",
+    ];
+    let event = |sequence: i64, kind: &str, detail: &str| {
+        format!(
+            "INSERT INTO audit_events (sequence, event_id, at_micros, subject_id, kind, caller,
+                 operator_id, actor_reason, detail_json, policy_version, trace_id, prev_hash, hash)
+             VALUES ({sequence}, 'e-{sequence}', {at}, 'u-1', '{kind}', 'billing', 'user:1', '',
+                     '{detail}', '2026-01-01', '', '', '')",
+            at = sequence * 10
+        )
+    };
+    let events = [
+        event(1, "subject_upserted", upsert_detail),
+        event(2, "choice_set", choice_detail),
+        "UPDATE audit_chain_head SET sequence = 2 WHERE chain_id = 0".to_owned(),
+    ];
+    let all: Vec<String> = statements
+        .iter()
+        .map(|statement| statement.to_string())
+        .chain(events)
+        .collect();
+    match backend {
+        Backend::Sqlite => {
+            let options = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(
+                &database.url(),
+            )
+            .unwrap()
+            .create_if_missing(true);
+            let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+            migrator.run(&pool).await.unwrap();
+            for statement in &all {
+                sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+            }
+            pool.close().await;
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(&database.url()).await.unwrap();
+            migrator.run(&pool).await.unwrap();
+            for statement in &all {
+                sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+            }
+            pool.close().await;
+        }
+    }
+
+    let store = open(&database).await;
+    assert!(store.schema_version().await.unwrap() >= 5);
+    let view = store.subject(&subject("u-1")).await.unwrap().unwrap();
+    assert_eq!(view.choices.len(), 1);
+    let entry = &view.choices[0];
+    assert_eq!(
+        (
+            entry.purpose,
+            entry.choice,
+            entry.notice_version.as_str(),
+            entry.method,
+            entry.caller.as_str(),
+            entry.expires_at_micros
+        ),
+        (
+            Purpose::Memory,
+            Choice::Refused,
+            "",
+            crate::policy::ConsentMethod::Unspecified,
+            "billing",
+            None
+        )
+    );
+    let replayed = replay::replay(&all_events(&store, Some("u-1")).await)
+        .unwrap()
+        .subject
+        .unwrap();
+    assert_eq!(replayed, view.record);
+    let history = store
+        .consent_history(&subject("u-1"), None, HistoryCursor::default(), 10)
+        .await
+        .unwrap();
+    assert_eq!(history.records.len(), 1);
+    assert_eq!(history.records[0].caller, "billing");
     store.close().await;
 }

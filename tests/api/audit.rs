@@ -17,6 +17,7 @@ async fn events_record_who_what_and_why() {
             operator_id: "user:lena".into(),
             reason: "settings page".into(),
         }),
+        ..Default::default()
     });
     request.metadata_mut().insert(
         "traceparent",
@@ -51,7 +52,16 @@ async fn events_record_who_what_and_why() {
     let detail: serde_json::Value = serde_json::from_str(&choice.detail_json).unwrap();
     assert_eq!(
         detail,
-        serde_json::json!({"purpose": "MODEL_TRAINING", "before": null, "after": "REFUSED"})
+        serde_json::json!({
+            "purpose": "MODEL_TRAINING",
+            "before": null,
+            "after": "REFUSED",
+            // Sent without a notice version or method: the policy version in force, and said
+            // to be unspecified.
+            "notice_version": "2026-01-01",
+            "method": "UNSPECIFIED",
+            "expires_at_micros": null,
+        })
     );
     assert_eq!(created.prev_hash, "0".repeat(64));
     assert_eq!(choice.prev_hash, created.hash);

@@ -45,6 +45,7 @@ async fn write_changes(app: &TestApp, writer: usize) -> Vec<u64> {
                     purpose: Purpose::ModelTraining as i32,
                     choice: choice as i32,
                     actor: actor(),
+                    ..Default::default()
                 })
                 .await
         };

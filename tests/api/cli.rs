@@ -356,3 +356,152 @@ async fn rights_requests_are_filed_advanced_and_listed() {
             .contains("OBJECTION")
     );
 }
+
+/// `subject choice` with how and under what the choice was given, and `subject
+/// consent-history`.
+#[tokio::test]
+async fn choices_carry_their_provenance_and_their_history_on_the_command_line() {
+    let app = TestApp::spawn().await;
+    app.upsert("bea", assent::proto::Plan::Free).await;
+    let in_a_year = std::time::SystemTime::now() + std::time::Duration::from_secs(396 * 86_400);
+    let expires_at = humantime::format_rfc3339_seconds(in_a_year).to_string();
+    let grant = [
+        "subject",
+        "choice",
+        "bea",
+        "--purpose",
+        "analytics-cookies",
+        "--choice",
+        "granted",
+        "--method",
+        "cookie-banner",
+        "--notice-version",
+        "cookies-3",
+        "--expires-at",
+        expires_at.as_str(),
+    ];
+    assert!(stdout(&app, &grant).await.starts_with("ok, revision "));
+    assert!(
+        stdout(&app, &grant)
+            .await
+            .starts_with("ok, nothing to change"),
+        "the same choice, notice, method and expiry again"
+    );
+    let text = stdout(&app, &["subject", "get", "bea"]).await;
+    assert!(
+        text.contains(&format!(
+            "analytics-cookies            granted  notice cookies-3, by cookie-banner, via \
+             anonymous, until {}",
+            &expires_at[..19]
+        )),
+        "{text}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout(&app, &["subject", "get", "bea", "--json"]).await).unwrap();
+    let choice = &json["choices"][0];
+    assert_eq!(choice["method"], "CONSENT_METHOD_COOKIE_BANNER");
+    assert_eq!(choice["noticeVersion"], "cookies-3");
+    assert_eq!(choice["caller"], "anonymous");
+    assert!(
+        choice["expiresAt"]
+            .as_str()
+            .unwrap()
+            .starts_with(&expires_at[..19])
+    );
+    stdout(
+        &app,
+        &[
+            "subject",
+            "choice",
+            "bea",
+            "--purpose",
+            "analytics-cookies",
+            "--choice",
+            "cleared",
+            "--method",
+            "settings-page",
+        ],
+    )
+    .await;
+
+    let history = stdout(&app, &["subject", "consent-history", "bea"]).await;
+    let lines: Vec<&str> = history.lines().collect();
+    assert_eq!(lines.len(), 2, "{history}");
+    assert!(
+        lines[0].contains("analytics-cookies") && lines[0].contains("granted"),
+        "{history}"
+    );
+    assert!(lines[0].contains("set-by-caller"), "{history}");
+    assert!(
+        lines[1].contains("cleared") && lines[1].contains("by settings-page"),
+        "{history}"
+    );
+    let paged = stdout(
+        &app,
+        &[
+            "subject",
+            "consent-history",
+            "bea",
+            "--page-size",
+            "1",
+            "--all",
+            "--json",
+        ],
+    )
+    .await;
+    let whys: Vec<String> = paged
+        .lines()
+        .map(|line| {
+            let record: serde_json::Value = serde_json::from_str(line).unwrap();
+            format!("{} {}", record["choice"], record["why"])
+        })
+        .collect();
+    assert_eq!(
+        whys,
+        [
+            "\"CHOICE_GRANTED\" \"CONSENT_EVENT_REASON_SET_BY_CALLER\"",
+            "\"CHOICE_CLEARED\" \"CONSENT_EVENT_REASON_SET_BY_CALLER\""
+        ]
+    );
+
+    let yesterday = humantime::format_rfc3339_seconds(
+        std::time::SystemTime::now() - std::time::Duration::from_secs(86_400),
+    )
+    .to_string();
+    let output = assent(
+        &app,
+        &[
+            "subject",
+            "choice",
+            "bea",
+            "--purpose",
+            "analytics-cookies",
+            "--choice",
+            "granted",
+            "--expires-at",
+            yesterday.as_str(),
+        ],
+    )
+    .await;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("INVALID_ARGUMENT: expires_at"), "{stderr}");
+    let output = assent(
+        &app,
+        &[
+            "subject",
+            "choice",
+            "bea",
+            "--purpose",
+            "memory",
+            "--choice",
+            "refused",
+            "--method",
+            "carrier-pigeon",
+        ],
+    )
+    .await;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("cookie-banner"), "{stderr}");
+}

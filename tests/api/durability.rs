@@ -191,6 +191,7 @@ async fn two_processes_keep_one_linear_history() {
                             purpose: purpose as i32,
                             choice: choice as i32,
                             actor: actor(),
+                            ..Default::default()
                         })
                         .await;
                     (

@@ -61,6 +61,7 @@ impl TestApp {
             decision_log_queue: 10_000,
             decision_log_retention_days: 400,
             cache: CacheSettings::default(),
+            consent_expiry_sweep: Some(Duration::from_millis(250)),
             shutdown_grace: Duration::from_secs(10),
             log_format: LogFormat::Text,
             admin_listen: Some("127.0.0.1:0".parse().unwrap()),
@@ -180,6 +181,7 @@ impl TestApp {
                 purpose: purpose as i32,
                 choice: choice as i32,
                 actor: actor(),
+                ..Default::default()
             })
             .await
             .map(|response| response.into_inner().revision)

@@ -3,6 +3,7 @@
 mod audit;
 mod changes;
 mod cli;
+mod consent;
 mod decision_log;
 mod decisions;
 mod durability;

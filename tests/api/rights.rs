@@ -296,6 +296,7 @@ async fn each_kind_is_filed_with_its_effect_on_decisions() {
                 .find(|record| record.purpose() == Purpose::MarketingEmail)
                 .unwrap();
             assert_eq!(choice.choice(), proto::Choice::Refused);
+            assert_eq!(choice.method(), proto::ConsentMethod::RightsRequest);
         }
         for effect in &events[events_before + 1..] {
             let detail: serde_json::Value = serde_json::from_str(&effect.detail_json).unwrap();

@@ -43,6 +43,7 @@ async fn apply(app: &TestApp, subject_id: &str, step: &Step) {
                     purpose: wire(&format!("PURPOSE_{purpose}"), proto::Purpose::from_str_name),
                     choice: wire(&format!("CHOICE_{choice}"), proto::Choice::from_str_name),
                     actor: actor(),
+                    ..Default::default()
                 })
                 .await
         }

@@ -179,6 +179,7 @@ async fn writes_to_a_subject_never_seen_are_not_found() {
                 purpose: Purpose::Memory as i32,
                 choice: Choice::Refused as i32,
                 actor: actor(),
+                ..Default::default()
             })
             .await,
         Code::NotFound,
@@ -342,6 +343,7 @@ async fn invalid_writes_name_the_field_and_change_nothing() {
         purpose,
         choice,
         actor: actor(),
+        ..Default::default()
     };
     assert_status(
         subjects

@@ -164,6 +164,7 @@ async fn spans_continue_the_callers_trace_and_never_hold_the_subject_id() {
             purpose: Purpose::ModelTraining as i32,
             choice: Choice::Refused as i32,
             actor: actor(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -358,6 +359,7 @@ async fn metrics_count_known_traffic() {
             purpose: Purpose::ModelTraining as i32,
             choice: Choice::Refused as i32,
             actor: actor(),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -141,6 +141,7 @@ impl Cluster {
                 purpose: purpose as i32,
                 choice: choice as i32,
                 actor: actor(),
+                ..Default::default()
             })
             .await
             .map(tonic::Response::into_inner)
