@@ -11,6 +11,7 @@ const PROTO_FILES: &[&str] = &[
     "proto/assent/v1/audit.proto",
     "proto/assent/v1/changes.proto",
     "proto/assent/v1/policies.proto",
+    "proto/assent/v1/retention.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -38,18 +38,21 @@ pub enum Scope {
     ChangesWatch,
     /// `policies:read`: ListPolicies, GetPolicy, DiffPolicy (ApplyPolicy needs `admin`).
     PoliciesRead,
+    /// `retention:read`: Retention.Query, Retention.Due.
+    RetentionRead,
     /// `admin`: everything.
     Admin,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 7] = [
+    pub const ALL: [Scope; 8] = [
         Scope::Check,
         Scope::SubjectsRead,
         Scope::SubjectsWrite,
         Scope::AuditRead,
         Scope::ChangesWatch,
         Scope::PoliciesRead,
+        Scope::RetentionRead,
         Scope::Admin,
     ];
 
@@ -61,6 +64,7 @@ impl Scope {
             Scope::AuditRead => "audit:read",
             Scope::ChangesWatch => "changes:watch",
             Scope::PoliciesRead => "policies:read",
+            Scope::RetentionRead => "retention:read",
             Scope::Admin => "admin",
         }
     }
@@ -130,6 +134,7 @@ pub fn requirement(path: &str) -> Requirement {
         "assent.v1.Changes" => Requirement::Scope(Scope::ChangesWatch),
         "assent.v1.Policies" if method == "ApplyPolicy" => Requirement::Scope(Scope::Admin),
         "assent.v1.Policies" => Requirement::Scope(Scope::PoliciesRead),
+        "assent.v1.Retention" => Requirement::Scope(Scope::RetentionRead),
         "grpc.health.v1.Health" => Requirement::Nobody,
         _ => Requirement::Authenticated,
     }
@@ -605,6 +610,10 @@ mod tests {
         assert_eq!(
             requirement("/assent.v1.Policies/DiffPolicy"),
             Requirement::Scope(Scope::PoliciesRead)
+        );
+        assert_eq!(
+            requirement("/assent.v1.Retention/Due"),
+            Requirement::Scope(Scope::RetentionRead)
         );
         assert_eq!(
             requirement("/grpc.health.v1.Health/Check"),

@@ -89,6 +89,46 @@ mirror!(
     [AutomatedModeration, UserReport]
 );
 
+mirror!(
+    policy::DataCategory,
+    proto::DataCategory,
+    [
+        ChatConversation,
+        ApiIo,
+        AgentsApiIo,
+        FineTuningData,
+        NonEssentialCookies,
+        MarketingContact,
+        LeadContact,
+        CivilIdentity,
+        AccountData,
+        TechnicalData,
+        Invoices,
+        Contracts,
+        DisputeResolution,
+        PrivacyRequests,
+        SupportTickets,
+    ]
+);
+mirror!(
+    policy::Event,
+    proto::RetentionEvent,
+    [
+        ConversationOrAccountDeletion,
+        AccountTermination,
+        UserDeletionOrAccountTermination,
+        ConsentWithdrawal,
+        Unsubscribe,
+        Generation,
+        Collection,
+        Connection,
+        InvoiceIssued,
+        ContractTermination,
+        AppealPeriodEnd,
+        RequestProcessed,
+    ]
+);
+
 /// Parses a required enum field: an unknown number or `*_UNSPECIFIED` is refused, naming the
 /// field.
 pub fn required<Wire, Domain>(value: i32, field: &str) -> Result<Domain, ApiError>
@@ -163,6 +203,21 @@ wire_enum!(proto::Plan, "Plan", "PLAN");
 wire_enum!(proto::Rating, "Rating", "RATING");
 wire_enum!(proto::FlagKind, "FlagKind", "FLAG_KIND");
 wire_enum!(proto::Source, "Source", "SOURCE");
+wire_enum!(proto::DataCategory, "DataCategory", "DATA_CATEGORY");
+
+/// A retention period on the wire.
+pub fn period(period: policy::Period) -> proto::RetentionPeriod {
+    use proto::retention_period::Length;
+    proto::RetentionPeriod {
+        length: Some(match period {
+            policy::Period::Days(days) => Length::Days(days),
+            policy::Period::Years(years) => Length::Years(years),
+            policy::Period::YearsFromFinancialYearClose(years) => {
+                Length::YearsFromFinancialYearClose(years)
+            }
+        }),
+    }
+}
 
 /// Microseconds since the Unix epoch as a protobuf timestamp.
 pub fn timestamp(micros: i64) -> prost_types::Timestamp {
@@ -200,6 +255,16 @@ mod tests {
         for kind in policy::FlagKind::ALL {
             let wire = proto::FlagKind::from(*kind);
             assert_eq!(wire.as_str_name(), format!("FLAG_KIND_{kind}"));
+        }
+        for category in policy::DataCategory::ALL {
+            let wire = proto::DataCategory::from(*category);
+            assert_eq!(wire.as_str_name(), format!("DATA_CATEGORY_{category}"));
+            assert_eq!(policy::DataCategory::try_from(wire), Ok(*category));
+        }
+        for event in policy::Event::ALL {
+            let wire = proto::RetentionEvent::from(*event);
+            assert_eq!(wire.as_str_name(), format!("RETENTION_EVENT_{event}"));
+            assert_eq!(policy::Event::try_from(wire), Ok(*event));
         }
     }
 

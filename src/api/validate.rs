@@ -3,7 +3,7 @@
 
 use crate::domain::{Actor, ConversationId, InvalidActor, Jurisdiction, SubjectId};
 use crate::error::ApiError;
-use crate::policy::{FlagKind, Plan, Purpose, Rating, Source};
+use crate::policy::{DataCategory, FlagKind, Plan, Purpose, Rating, Source};
 use crate::proto;
 use crate::proto::consistency::Requirement;
 pub use crate::revision::Freshness;
@@ -46,7 +46,7 @@ pub fn check(request: &proto::CheckRequest) -> Result<CheckQuery, ApiError> {
         .transpose()?;
     let source = convert::source(request.source)?;
     let freshness = freshness(request.consistency.as_ref())?;
-    let as_of = request.as_of.as_ref().map(timestamp_micros).transpose()?;
+    let as_of = optional_timestamp("as_of", request.as_of.as_ref())?;
     if as_of.is_some() && freshness != Freshness::MinimizeLatency {
         return Err(ApiError::invalid(
             "consistency",
@@ -65,11 +65,17 @@ pub fn check(request: &proto::CheckRequest) -> Result<CheckQuery, ApiError> {
     })
 }
 
-/// An `as_of` timestamp in microseconds since the epoch.
-fn timestamp_micros(timestamp: &prost_types::Timestamp) -> Result<i64, ApiError> {
+/// A timestamp field in microseconds since the epoch, `None` when unset.
+fn optional_timestamp(
+    field: &str,
+    timestamp: Option<&prost_types::Timestamp>,
+) -> Result<Option<i64>, ApiError> {
+    let Some(timestamp) = timestamp else {
+        return Ok(None);
+    };
     if !(0..1_000_000_000).contains(&timestamp.nanos) {
         return Err(ApiError::invalid(
-            "as_of.nanos",
+            format!("{field}.nanos"),
             format_args!("must be 0-999999999, got {}", timestamp.nanos),
         ));
     }
@@ -77,7 +83,8 @@ fn timestamp_micros(timestamp: &prost_types::Timestamp) -> Result<i64, ApiError>
         .seconds
         .checked_mul(1_000_000)
         .and_then(|micros| micros.checked_add(i64::from(timestamp.nanos / 1_000)))
-        .ok_or_else(|| ApiError::invalid("as_of.seconds", "is out of range"))
+        .map(Some)
+        .ok_or_else(|| ApiError::invalid(format!("{field}.seconds"), "is out of range"))
 }
 
 /// Whether a check can be decided as of `as_of`: not before the first policy version took
@@ -247,6 +254,92 @@ pub fn flag_conversation(request: &proto::FlagConversationRequest) -> Result<Com
     })
 }
 
+/// A validated RetentionQueryRequest. Which of the optional fields the category's row reads
+/// depends on the policy version, so the handler checks that.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetentionQuery {
+    pub category: DataCategory,
+    /// `None` when the request names none.
+    pub subject_id: Option<SubjectId>,
+    pub event_micros: Option<i64>,
+    pub data_deleted_micros: Option<i64>,
+    pub as_of: Option<i64>,
+}
+
+pub fn retention_query(request: &proto::RetentionQueryRequest) -> Result<RetentionQuery, ApiError> {
+    Ok(RetentionQuery {
+        category: convert::required::<proto::DataCategory, DataCategory>(
+            request.category,
+            "category",
+        )?,
+        subject_id: match request.subject_id.as_str() {
+            "" => None,
+            text => Some(subject_id(text)?),
+        },
+        event_micros: optional_timestamp("event_time", request.event_time.as_ref())?,
+        data_deleted_micros: optional_timestamp(
+            "data_deleted_at",
+            request.data_deleted_at.as_ref(),
+        )?,
+        as_of: optional_timestamp("as_of", request.as_of.as_ref())?,
+    })
+}
+
+/// A validated RetentionDueRequest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetentionDue {
+    pub category: DataCategory,
+    pub before: Option<i64>,
+    pub page_size: u32,
+    /// List subjects after this id (empty: from the first).
+    pub after: String,
+}
+
+/// Subjects per Due page.
+pub const DEFAULT_DUE_PAGE: u32 = 100;
+pub const MAX_DUE_PAGE: u32 = 1_000;
+
+/// How a Due page token starts.
+const DUE_TOKEN_PREFIX: &str = "d1.";
+
+pub fn retention_due(request: &proto::RetentionDueRequest) -> Result<RetentionDue, ApiError> {
+    let category =
+        convert::required::<proto::DataCategory, DataCategory>(request.category, "category")?;
+    let page_size = match request.page_size {
+        0 => DEFAULT_DUE_PAGE,
+        size if size <= MAX_DUE_PAGE => size,
+        size => {
+            return Err(ApiError::invalid(
+                "page_size",
+                format_args!("must be 0-{MAX_DUE_PAGE}, got {size}"),
+            ));
+        }
+    };
+    let after = match request.page_token.as_str() {
+        "" => String::new(),
+        token => due_token_subject(token)
+            .ok_or_else(|| ApiError::invalid("page_token", "is not a token returned by Due"))?,
+    };
+    Ok(RetentionDue {
+        category,
+        before: optional_timestamp("before", request.before.as_ref())?,
+        page_size,
+        after,
+    })
+}
+
+/// The page token of a Due page that ended with `subject_id`.
+pub fn due_page_token(subject_id: &str) -> String {
+    format!("{DUE_TOKEN_PREFIX}{}", hex::encode(subject_id))
+}
+
+fn due_token_subject(token: &str) -> Option<String> {
+    let bytes = hex::decode(token.strip_prefix(DUE_TOKEN_PREFIX)?).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    SubjectId::parse(&text).ok()?;
+    Some(text)
+}
+
 /// Decodes a ListEvents page token: the sequence of the last event of the previous page.
 pub fn page_token(token: &str) -> Result<u64, ApiError> {
     if token.is_empty() {
@@ -316,6 +409,109 @@ mod tests {
                 .to_string()
                 .starts_with("checks: ")
         );
+    }
+
+    #[test]
+    fn retention_requests_name_their_bad_field() {
+        let query = proto::RetentionQueryRequest {
+            category: proto::DataCategory::ApiIo as i32,
+            subject_id: "org-1".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            retention_query(&query)
+                .unwrap()
+                .subject_id
+                .unwrap()
+                .as_str(),
+            "org-1"
+        );
+        let cases = [
+            (
+                proto::RetentionQueryRequest {
+                    category: 0,
+                    ..query.clone()
+                },
+                "category: must be set (not DATA_CATEGORY_UNSPECIFIED)",
+            ),
+            (
+                proto::RetentionQueryRequest {
+                    category: 99,
+                    ..query.clone()
+                },
+                "category: unknown DataCategory value 99",
+            ),
+            (
+                proto::RetentionQueryRequest {
+                    subject_id: "a b".into(),
+                    ..query.clone()
+                },
+                "subject_id: ",
+            ),
+            (
+                proto::RetentionQueryRequest {
+                    event_time: Some(prost_types::Timestamp {
+                        seconds: 0,
+                        nanos: -1,
+                    }),
+                    ..query.clone()
+                },
+                "event_time.nanos: must be 0-999999999",
+            ),
+            (
+                proto::RetentionQueryRequest {
+                    data_deleted_at: Some(prost_types::Timestamp {
+                        seconds: i64::MAX,
+                        nanos: 0,
+                    }),
+                    ..query.clone()
+                },
+                "data_deleted_at.seconds: is out of range",
+            ),
+        ];
+        for (request, expected) in cases {
+            let error = retention_query(&request).unwrap_err().to_string();
+            assert!(error.starts_with(expected), "{error:?} vs {expected:?}");
+        }
+
+        let due = proto::RetentionDueRequest {
+            category: proto::DataCategory::AccountData as i32,
+            ..Default::default()
+        };
+        assert_eq!(retention_due(&due).unwrap().page_size, DEFAULT_DUE_PAGE);
+        let token = due_page_token("user@example.com");
+        let next = retention_due(&proto::RetentionDueRequest {
+            page_token: token,
+            ..due.clone()
+        })
+        .unwrap();
+        assert_eq!(next.after, "user@example.com");
+        for (request, expected) in [
+            (
+                proto::RetentionDueRequest {
+                    page_size: 1_001,
+                    ..due.clone()
+                },
+                "page_size: must be 0-1000, got 1001",
+            ),
+            (
+                proto::RetentionDueRequest {
+                    page_token: "r1.10".into(),
+                    ..due.clone()
+                },
+                "page_token: is not a token returned by Due",
+            ),
+            (
+                proto::RetentionDueRequest {
+                    page_token: due_page_token("a b"),
+                    ..due.clone()
+                },
+                "page_token: is not a token returned by Due",
+            ),
+        ] {
+            let error = retention_due(&request).unwrap_err().to_string();
+            assert_eq!(error, expected);
+        }
     }
 
     #[test]

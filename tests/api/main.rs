@@ -12,5 +12,6 @@ mod limits;
 mod policies;
 #[path = "../support/process.rs"]
 mod process;
+mod retention;
 mod scenarios;
 mod subjects;
