@@ -162,15 +162,27 @@ impl proto::retention_server::Retention for RetentionService {
     ) -> Result<Response<proto::RetentionDueResponse>, Status> {
         let query = validate::retention_due(request.get_ref())?;
         let now = now_micros();
-        let before = query.before.unwrap_or(now);
-        if before < now {
-            return Err(ApiError::invalid(
-                "before",
-                "is in the past: Due answers on the subjects' current state, for now (leave it \
-                 unset) or a later instant; Query answers one subject as of a past instant",
-            )
-            .into());
-        }
+        // The pages after the first answer for the first one's instant, which the token keeps.
+        let (before, after) = match (query.before, query.next) {
+            (Some(before), Some(next)) if before != next.before => {
+                return Err(ApiError::invalid(
+                    "before",
+                    "differs from the instant page_token's pages answer for; leave it unset when \
+                     passing a page token",
+                )
+                .into());
+            }
+            (_, Some(next)) => (next.before, next.after),
+            (Some(before), None) if before < now => {
+                return Err(ApiError::invalid(
+                    "before",
+                    "is in the past: Due answers on the subjects' current state, for now (leave \
+                     it unset) or a later instant; Query answers one subject as of a past instant",
+                )
+                .into());
+            }
+            (before, None) => (before.unwrap_or(now), String::new()),
+        };
         let policy = self.policy_at("before", before)?;
         let category = query.category;
         let rule = policy.retention_rule(category);
@@ -197,7 +209,7 @@ impl proto::retention_server::Retention for RetentionService {
                 zero_data_retention: rule.unless_zero_data_retention,
                 refused: rule.consent.to_vec(),
                 refused_through: before,
-                after: query.after,
+                after,
                 limit: query.page_size,
             };
             'pages: loop {
@@ -224,7 +236,10 @@ impl proto::retention_server::Retention for RetentionService {
                         legal_hold: retention.legal_hold,
                     });
                     if subjects.len() == query.page_size as usize {
-                        next_page_token = validate::due_page_token(&subject.subject_id);
+                        next_page_token = validate::due_page_token(&validate::DuePosition {
+                            before,
+                            after: subject.subject_id.clone(),
+                        });
                         break 'pages;
                     }
                 }

@@ -291,7 +291,14 @@ pub struct RetentionDue {
     pub category: DataCategory,
     pub before: Option<i64>,
     pub page_size: u32,
-    /// List subjects after this id (empty: from the first).
+    /// Where the page token says to go on from, `None` for a first page.
+    pub next: Option<DuePosition>,
+}
+
+/// Where a Due page ended: the instant all its pages answer for, and its last subject.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DuePosition {
+    pub before: i64,
     pub after: String,
 }
 
@@ -315,29 +322,39 @@ pub fn retention_due(request: &proto::RetentionDueRequest) -> Result<RetentionDu
             ));
         }
     };
-    let after = match request.page_token.as_str() {
-        "" => String::new(),
-        token => due_token_subject(token)
-            .ok_or_else(|| ApiError::invalid("page_token", "is not a token returned by Due"))?,
+    let next = match request.page_token.as_str() {
+        "" => None,
+        token => Some(
+            due_position(token)
+                .ok_or_else(|| ApiError::invalid("page_token", "is not a token returned by Due"))?,
+        ),
     };
     Ok(RetentionDue {
         category,
         before: optional_timestamp("before", request.before.as_ref())?,
         page_size,
-        after,
+        next,
     })
 }
 
-/// The page token of a Due page that ended with `subject_id`.
-pub fn due_page_token(subject_id: &str) -> String {
-    format!("{DUE_TOKEN_PREFIX}{}", hex::encode(subject_id))
+/// The token of the page after one that ended with `subject_id`, answering for `before`:
+/// `d1.<before>.<subject id in hex>`.
+pub fn due_page_token(position: &DuePosition) -> String {
+    format!(
+        "{DUE_TOKEN_PREFIX}{}.{}",
+        position.before,
+        hex::encode(&position.after)
+    )
 }
 
-fn due_token_subject(token: &str) -> Option<String> {
-    let bytes = hex::decode(token.strip_prefix(DUE_TOKEN_PREFIX)?).ok()?;
-    let text = String::from_utf8(bytes).ok()?;
+fn due_position(token: &str) -> Option<DuePosition> {
+    let (before, subject) = token.strip_prefix(DUE_TOKEN_PREFIX)?.split_once('.')?;
+    let text = String::from_utf8(hex::decode(subject).ok()?).ok()?;
     SubjectId::parse(&text).ok()?;
-    Some(text)
+    Some(DuePosition {
+        before: before.parse().ok()?,
+        after: text,
+    })
 }
 
 /// Decodes a ListEvents page token: the sequence of the last event of the previous page.
@@ -479,13 +496,16 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(retention_due(&due).unwrap().page_size, DEFAULT_DUE_PAGE);
-        let token = due_page_token("user@example.com");
+        let position = DuePosition {
+            before: -5,
+            after: "user@example.com".into(),
+        };
         let next = retention_due(&proto::RetentionDueRequest {
-            page_token: token,
+            page_token: due_page_token(&position),
             ..due.clone()
         })
         .unwrap();
-        assert_eq!(next.after, "user@example.com");
+        assert_eq!(next.next, Some(position));
         for (request, expected) in [
             (
                 proto::RetentionDueRequest {
@@ -503,7 +523,10 @@ mod tests {
             ),
             (
                 proto::RetentionDueRequest {
-                    page_token: due_page_token("a b"),
+                    page_token: due_page_token(&DuePosition {
+                        before: 0,
+                        after: "a b".into(),
+                    }),
                     ..due.clone()
                 },
                 "page_token: is not a token returned by Due",

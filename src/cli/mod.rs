@@ -4,6 +4,7 @@
 mod client;
 mod output;
 mod policy;
+mod retention;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Overrides, Settings};
-use crate::policy::{FlagKind, Plan, Purpose, Rating, Source};
+use crate::policy::{DataCategory, FlagKind, Plan, Purpose, Rating, Source};
 use crate::startup::{Application, shutdown_signal};
 use crate::store::Store;
 
@@ -47,6 +48,9 @@ pub enum Command {
     /// Follow the change log.
     #[command(subcommand)]
     Changes(ChangesCommand),
+    /// Ask the retention schedule: how long data may be kept, and what is due for deletion.
+    #[command(subcommand)]
+    Retention(RetentionCommand),
     /// Ask a running server's gRPC health service whether it serves; exits 0 if it does, 1 if
     /// not (the container's and Kubernetes' probe).
     Health(HealthArgs),
@@ -235,6 +239,55 @@ pub enum ChangesCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum RetentionCommand {
+    /// How long one category of data may be kept for a subject, or for one record (its own
+    /// event given), under the policy version in force.
+    Query {
+        /// chat-conversation, api-io, agents-api-io, fine-tuning-data, non-essential-cookies,
+        /// marketing-contact, lead-contact, civil-identity, account-data, technical-data,
+        /// invoices, contracts, dispute-resolution, privacy-requests, support-tickets
+        #[arg(long, value_parser = parse_category)]
+        category: DataCategory,
+        /// The subject, for a category that depends on its state (deletion, consent, zero data
+        /// retention).
+        #[arg(long, default_value = "")]
+        subject: String,
+        /// The record's own event (RFC 3339): generation, collection, connection, invoice date,
+        /// contract end, appeal period end, request processed.
+        #[arg(long, value_parser = parse_instant)]
+        event_time: Option<std::time::SystemTime>,
+        /// When the user deleted the data themselves (a conversation, fine-tuning data).
+        #[arg(long, value_parser = parse_instant)]
+        data_deleted_at: Option<std::time::SystemTime>,
+        /// Answer as of this instant (RFC 3339) instead of now; a past one on the subject's
+        /// state then.
+        #[arg(long, value_parser = parse_instant)]
+        as_of: Option<std::time::SystemTime>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// What must be deleted: the subjects whose data of a category is due, and the cut-off for
+    /// records that run from an event of their own.
+    Due {
+        #[arg(long, value_parser = parse_category)]
+        category: DataCategory,
+        /// Due at this instant (RFC 3339, now or later) [default: now]
+        #[arg(long, value_parser = parse_instant)]
+        before: Option<std::time::SystemTime>,
+        /// Subjects per page (1-1000).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        page_size: u32,
+        #[arg(long, default_value = "")]
+        page_token: String,
+        /// Follow page tokens to the end.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum SubjectCommand {
     /// Show a subject, its choices and its effective decisions.
     Get {
@@ -368,6 +421,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(command) => client::audit(command).await,
         Command::Policy(command) => policy::policy(command).await,
         Command::Changes(command) => policy::changes(command).await,
+        Command::Retention(command) => retention::retention(command).await,
     }
 }
 
@@ -442,6 +496,15 @@ fn parse_purpose(text: &str) -> Result<Purpose, String> {
     parse_named(text, Purpose::from_name, Purpose::ALL, Purpose::as_str)
 }
 
+fn parse_category(text: &str) -> Result<DataCategory, String> {
+    parse_named(
+        text,
+        DataCategory::from_name,
+        DataCategory::ALL,
+        DataCategory::as_str,
+    )
+}
+
 fn parse_plan(text: &str) -> Result<Plan, String> {
     parse_named(text, Plan::from_name, Plan::ALL, Plan::as_str)
 }
@@ -484,6 +547,16 @@ mod tests {
         assert_eq!(parse_plan("api-free"), Ok(Plan::ApiFree));
         assert_eq!(parse_rating("up"), Ok(Rating::ThumbsUp));
         assert_eq!(parse_rating("thumbs-down"), Ok(Rating::ThumbsDown));
+        assert_eq!(parse_category("api-io"), Ok(DataCategory::ApiIo));
+        assert_eq!(
+            parse_category("ACCOUNT_DATA"),
+            Ok(DataCategory::AccountData)
+        );
+        assert!(
+            parse_category("cookies")
+                .unwrap_err()
+                .contains("non-essential-cookies")
+        );
         let error = parse_purpose("training").unwrap_err();
         assert!(error.contains("model-training"), "{error}");
     }

@@ -543,6 +543,43 @@ async fn due_lists_the_subjects_whose_data_is_due_page_by_page() {
         assert_eq!(micros(subject.keep_until.as_ref().unwrap()), *deleted_at);
         assert!(!subject.legal_hold);
     }
+    // The pages after the first answer for its instant, which the token keeps.
+    let two = due(
+        &app,
+        proto::RetentionDueRequest {
+            page_size: 2,
+            ..due_request(DataCategory::ChatConversation, None)
+        },
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let next = due(
+        &app,
+        proto::RetentionDueRequest {
+            page_size: 2,
+            page_token: two.next_page_token.clone(),
+            ..due_request(DataCategory::ChatConversation, None)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(next.before, two.before);
+    assert_status(
+        due(
+            &app,
+            proto::RetentionDueRequest {
+                page_token: two.next_page_token,
+                ..due_request(
+                    DataCategory::ChatConversation,
+                    Some(now_micros() + MICROS_PER_DAY),
+                )
+            },
+        )
+        .await,
+        Code::InvalidArgument,
+        "before: differs",
+    );
     let first = due(&app, due_request(DataCategory::ChatConversation, None))
         .await
         .unwrap();
