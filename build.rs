@@ -12,6 +12,7 @@ const PROTO_FILES: &[&str] = &[
     "proto/assent/v1/changes.proto",
     "proto/assent/v1/policies.proto",
     "proto/assent/v1/rights.proto",
+    "proto/assent/v1/retention.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -42,12 +42,14 @@ pub enum Scope {
     RightsRead,
     /// `rights:write`: FileRequest, AdvanceRequest, ExtendRequest.
     RightsWrite,
+    /// `retention:read`: Retention.Query, Retention.Due.
+    RetentionRead,
     /// `admin`: everything.
     Admin,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 9] = [
+    pub const ALL: [Scope; 10] = [
         Scope::Check,
         Scope::SubjectsRead,
         Scope::SubjectsWrite,
@@ -56,6 +58,7 @@ impl Scope {
         Scope::PoliciesRead,
         Scope::RightsRead,
         Scope::RightsWrite,
+        Scope::RetentionRead,
         Scope::Admin,
     ];
 
@@ -69,6 +72,7 @@ impl Scope {
             Scope::PoliciesRead => "policies:read",
             Scope::RightsRead => "rights:read",
             Scope::RightsWrite => "rights:write",
+            Scope::RetentionRead => "retention:read",
             Scope::Admin => "admin",
         }
     }
@@ -146,6 +150,7 @@ pub fn requirement(path: &str) -> Requirement {
             Requirement::Scope(Scope::RightsWrite)
         }
         "assent.v1.Rights" => Requirement::Scope(Scope::RightsRead),
+        "assent.v1.Retention" => Requirement::Scope(Scope::RetentionRead),
         "grpc.health.v1.Health" => Requirement::Nobody,
         _ => Requirement::Authenticated,
     }
@@ -638,6 +643,10 @@ mod tests {
                 Requirement::Scope(Scope::RightsRead)
             );
         }
+        assert_eq!(
+            requirement("/assent.v1.Retention/Due"),
+            Requirement::Scope(Scope::RetentionRead)
+        );
         assert_eq!(
             requirement("/grpc.health.v1.Health/Check"),
             Requirement::Nobody

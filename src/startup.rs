@@ -17,6 +17,7 @@ use crate::api::audit::AuditService;
 use crate::api::changes::ChangesService;
 use crate::api::decisions::DecisionsService;
 use crate::api::policies::PoliciesService;
+use crate::api::retention::RetentionService;
 use crate::api::rights::RightsService;
 use crate::api::subjects::SubjectsService;
 use crate::audit::decision_log::DecisionLog;
@@ -30,6 +31,7 @@ use crate::proto::audit_server::AuditServer;
 use crate::proto::changes_server::ChangesServer;
 use crate::proto::decisions_server::DecisionsServer;
 use crate::proto::policies_server::PoliciesServer;
+use crate::proto::retention_server::RetentionServer;
 use crate::proto::rights_server::RightsServer;
 use crate::proto::subjects_server::SubjectsServer;
 use crate::store::Store;
@@ -149,6 +151,9 @@ impl Application {
         health_reporter
             .set_serving::<RightsServer<RightsService>>()
             .await;
+        health_reporter
+            .set_serving::<RetentionServer<RetentionService>>()
+            .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -239,6 +244,10 @@ impl Application {
             )
             .add_service(
                 PoliciesServer::new(PoliciesService::new(state.clone()))
+                    .max_decoding_message_size(max_message),
+            )
+            .add_service(
+                RetentionServer::new(RetentionService::new(state.clone()))
                     .max_decoding_message_size(max_message),
             )
             .add_service(

@@ -1,8 +1,14 @@
 //! The retention schedule (privacy policy §5) as a table: one row per category, then the special
 //! cases (zero data retention, invoices, legal hold after deletion, before and after an event).
+//! Every row is asked of the hand-written schedule and of the default policy file's, which must
+//! also answer alike over many combinations of facts; a second version changes one period and
+//! exactly what it governs.
 
 use assent::calendar::{Date, MICROS_PER_DAY};
-use assent::policy::{Consent, DataCategory, Event, Keep, Period, RetentionFacts, retention};
+use assent::policy::{
+    BUILTIN_POLICY, CompiledPolicy, Consent, DataCategory, Event, Keep, Period, RetentionFacts,
+    consent_purposes, retention,
+};
 
 const HOUR: i64 = 3_600_000_000;
 
@@ -314,17 +320,183 @@ fn rows() -> Vec<Row> {
 
 #[test]
 fn the_schedule_row_by_row() {
+    let compiled = CompiledPolicy::builtin();
     let mut failures = Vec::new();
     for row in rows() {
-        let answer = retention(row.category, &row.facts);
-        if answer.keep != row.keep || answer.legal_hold != row.legal_hold {
-            failures.push(format!(
-                "{}: got {:?} (legal hold {}), want {:?} (legal hold {})",
-                row.name, answer.keep, answer.legal_hold, row.keep, row.legal_hold
-            ));
+        let answers = [
+            ("hand-written", retention(row.category, &row.facts)),
+            ("policy file", compiled.retention(row.category, &row.facts)),
+        ];
+        for (schedule, answer) in answers {
+            if answer.keep != row.keep || answer.legal_hold != row.legal_hold {
+                failures.push(format!(
+                    "{} ({schedule}): got {:?} (legal hold {}), want {:?} (legal hold {})",
+                    row.name, answer.keep, answer.legal_hold, row.keep, row.legal_hold
+                ));
+            }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Instants around the edges the schedule cares about: leap days, the turn of a year, the ends
+/// of the range.
+fn instants() -> Vec<Option<i64>> {
+    let mut instants = vec![None];
+    for compact in ["20240229", "20260101", "20260315", "20261231", "20280228"] {
+        let midnight = day(compact);
+        instants.extend([
+            Some(midnight),
+            Some(midnight - 1),
+            Some(midnight + 13 * HOUR),
+        ]);
+    }
+    instants.extend([Some(i64::MIN), Some(-1), Some(0), Some(i64::MAX)]);
+    instants
+}
+
+fn consents() -> Vec<Consent> {
+    let mut consents = vec![Consent::NotGiven, Consent::Granted];
+    consents.extend(instants().into_iter().flatten().map(Consent::WithdrawnAt));
+    consents
+}
+
+/// Every combination of the instants, flags and consents above, for every category.
+fn sweep(mut check: impl FnMut(DataCategory, &RetentionFacts)) {
+    let instants = instants();
+    let few = [None, Some(day("20260315")), Some(day("20240229") + HOUR)];
+    for category in DataCategory::ALL {
+        for event in &instants {
+            for account_deleted in &instants {
+                for data_deleted in few {
+                    for zero_data_retention in [false, true] {
+                        for consent in
+                            [Consent::NotGiven, Consent::Granted, Consent::WithdrawnAt(5)]
+                        {
+                            check(
+                                *category,
+                                &RetentionFacts {
+                                    event_micros: *event,
+                                    account_deleted_micros: *account_deleted,
+                                    data_deleted_micros: data_deleted,
+                                    zero_data_retention,
+                                    consent,
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+            for consent in consents() {
+                check(
+                    *category,
+                    &RetentionFacts {
+                        consent,
+                        ..RetentionFacts {
+                            event_micros: *event,
+                            ..RetentionFacts::default()
+                        }
+                    },
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_default_files_schedule_answers_like_the_hand_written_one() {
+    let compiled = CompiledPolicy::builtin();
+    let mut compared = 0;
+    sweep(|category, facts| {
+        assert_eq!(
+            compiled.retention(category, facts),
+            retention(category, facts),
+            "{category} {facts:?}"
+        );
+        compared += 1;
+    });
+    assert!(compared > 100_000, "{compared}");
+    let mut rng = fastrand::Rng::with_seed(0x5eed_0005);
+    let instant = |rng: &mut fastrand::Rng| {
+        rng.bool()
+            .then(|| rng.i64(day("19700101")..day("21000101")))
+    };
+    for _ in 0..100_000 {
+        let category = DataCategory::ALL[rng.usize(..DataCategory::ALL.len())];
+        let facts = RetentionFacts {
+            event_micros: instant(&mut rng),
+            account_deleted_micros: instant(&mut rng),
+            data_deleted_micros: instant(&mut rng),
+            zero_data_retention: rng.bool(),
+            consent: match rng.u8(..3) {
+                0 => Consent::NotGiven,
+                1 => Consent::Granted,
+                _ => Consent::WithdrawnAt(rng.i64(..)),
+            },
+        };
+        assert_eq!(
+            compiled.retention(category, &facts),
+            retention(category, &facts),
+            "{category} {facts:?}"
+        );
+    }
+    for category in DataCategory::ALL {
+        assert_eq!(
+            &*compiled.retention_rule(*category).consent,
+            consent_purposes(*category),
+            "{category}"
+        );
+    }
+}
+
+/// The default policy changed by `replacements`, each of which must apply.
+fn edited(replacements: &[(&str, &str)]) -> String {
+    let mut source = BUILTIN_POLICY.to_owned();
+    for (old, new) in replacements {
+        assert!(source.contains(old), "the default policy lost {old:?}");
+        source = source.replacen(old, new, 1);
+    }
+    source
+}
+
+#[test]
+fn a_second_version_changes_one_period_and_only_what_it_governs() {
+    // API Input and Output kept 45 rolling days instead of 30.
+    let api_io =
+        "[retention.API_IO]\nkeep = \"AFTER_EVENT\"\nevent = \"GENERATION\"\nperiod = \"30d\"";
+    let source = edited(&[
+        (r#"version = "2026-01-01""#, r#"version = "2026-12-01""#),
+        ("effective_from = 2026-01-01", "effective_from = 2026-12-01"),
+        (api_io, &api_io.replace("30d", "45d")),
+    ]);
+    let december = CompiledPolicy::compile(&source).unwrap();
+    let mut changed = 0;
+    sweep(|category, facts| {
+        let before = retention(category, facts);
+        let after = december.retention(category, facts);
+        let expected_keep = match (category, before.keep) {
+            (DataCategory::ApiIo, Keep::Until(_)) => {
+                changed += 1;
+                Keep::Until(Period::Days(45).end(facts.event_micros.unwrap()))
+            }
+            (DataCategory::ApiIo, Keep::AfterEvent(event, Period::Days(30))) => {
+                changed += 1;
+                Keep::AfterEvent(event, Period::Days(45))
+            }
+            (_, keep) => keep,
+        };
+        assert_eq!(after.keep, expected_keep, "{category} {facts:?}");
+        assert_eq!(after.legal_hold, before.legal_hold, "{category} {facts:?}");
+        assert_eq!(after.section, before.section, "{category} {facts:?}");
+    });
+    assert!(changed > 0);
+    let noon = day("20260315") + 12 * HOUR;
+    assert_eq!(
+        december
+            .retention(DataCategory::ApiIo, &RetentionFacts::at(noon))
+            .keep,
+        Keep::Until(day("20260429") + 12 * HOUR)
+    );
 }
 
 #[test]

@@ -125,6 +125,45 @@ mirror!(
     ]
 );
 mirror!(policy::rights::Regime, proto::Regime, [Gdpr, UsState]);
+mirror!(
+    policy::DataCategory,
+    proto::DataCategory,
+    [
+        ChatConversation,
+        ApiIo,
+        AgentsApiIo,
+        FineTuningData,
+        NonEssentialCookies,
+        MarketingContact,
+        LeadContact,
+        CivilIdentity,
+        AccountData,
+        TechnicalData,
+        Invoices,
+        Contracts,
+        DisputeResolution,
+        PrivacyRequests,
+        SupportTickets,
+    ]
+);
+mirror!(
+    policy::Event,
+    proto::RetentionEvent,
+    [
+        ConversationOrAccountDeletion,
+        AccountTermination,
+        UserDeletionOrAccountTermination,
+        ConsentWithdrawal,
+        Unsubscribe,
+        Generation,
+        Collection,
+        Connection,
+        InvoiceIssued,
+        ContractTermination,
+        AppealPeriodEnd,
+        RequestProcessed,
+    ]
+);
 
 /// Parses a required enum field: an unknown number or `*_UNSPECIFIED` is refused, naming the
 /// field.
@@ -225,6 +264,21 @@ wire_enum!(proto::FlagKind, "FlagKind", "FLAG_KIND");
 wire_enum!(proto::Source, "Source", "SOURCE");
 wire_enum!(proto::RightKind, "RightKind", "RIGHT_KIND");
 wire_enum!(proto::RequestState, "RequestState", "REQUEST_STATE");
+wire_enum!(proto::DataCategory, "DataCategory", "DATA_CATEGORY");
+
+/// A retention period on the wire.
+pub fn period(period: policy::Period) -> proto::RetentionPeriod {
+    use proto::retention_period::Length;
+    proto::RetentionPeriod {
+        length: Some(match period {
+            policy::Period::Days(days) => Length::Days(days),
+            policy::Period::Years(years) => Length::Years(years),
+            policy::Period::YearsFromFinancialYearClose(years) => {
+                Length::YearsFromFinancialYearClose(years)
+            }
+        }),
+    }
+}
 
 /// Microseconds since the Unix epoch as a protobuf timestamp.
 pub fn timestamp(micros: i64) -> prost_types::Timestamp {
@@ -267,6 +321,28 @@ mod tests {
             let wire = proto::ConsentMethod::from(*method);
             assert_eq!(wire.as_str_name(), format!("CONSENT_METHOD_{method}"));
             assert_eq!(consent_method(wire as i32).unwrap(), *method);
+        }
+        for kind in policy::rights::RightKind::ALL {
+            let wire = proto::RightKind::from(*kind);
+            assert_eq!(wire.as_str_name(), format!("RIGHT_KIND_{kind}"));
+        }
+        for state in policy::rights::RequestState::ALL {
+            let wire = proto::RequestState::from(*state);
+            assert_eq!(wire.as_str_name(), format!("REQUEST_STATE_{state}"));
+        }
+        for regime in policy::rights::Regime::ALL {
+            let wire = proto::Regime::from(*regime);
+            assert_eq!(wire.as_str_name(), format!("REGIME_{regime}"));
+        }
+        for category in policy::DataCategory::ALL {
+            let wire = proto::DataCategory::from(*category);
+            assert_eq!(wire.as_str_name(), format!("DATA_CATEGORY_{category}"));
+            assert_eq!(policy::DataCategory::try_from(wire), Ok(*category));
+        }
+        for event in policy::Event::ALL {
+            let wire = proto::RetentionEvent::from(*event);
+            assert_eq!(wire.as_str_name(), format!("RETENTION_EVENT_{event}"));
+            assert_eq!(policy::Event::try_from(wire), Ok(*event));
         }
     }
 

@@ -10,6 +10,7 @@ pub mod changes;
 pub mod convert;
 pub mod decisions;
 pub mod policies;
+pub mod retention;
 pub mod rights;
 pub mod subjects;
 pub mod validate;

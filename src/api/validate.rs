@@ -4,7 +4,7 @@
 use crate::domain::{Actor, ConversationId, InvalidActor, Jurisdiction, SubjectId};
 use crate::error::ApiError;
 use crate::policy::rights::{RequestState, RightKind};
-use crate::policy::{FlagKind, Plan, Purpose, Rating, Source};
+use crate::policy::{DataCategory, FlagKind, Plan, Purpose, Rating, Source};
 use crate::proto;
 use crate::proto::consistency::Requirement;
 pub use crate::revision::Freshness;
@@ -70,6 +70,16 @@ pub fn check(request: &proto::CheckRequest) -> Result<CheckQuery, ApiError> {
         as_of,
         require_audit: request.require_audit,
     })
+}
+
+/// A timestamp field in microseconds since the epoch, `None` when unset.
+fn optional_timestamp(
+    field: &str,
+    timestamp: Option<&prost_types::Timestamp>,
+) -> Result<Option<i64>, ApiError> {
+    timestamp
+        .map(|timestamp| timestamp_micros(timestamp, field))
+        .transpose()
 }
 
 /// A timestamp field in microseconds since the epoch (sub-microsecond nanos are dropped).
@@ -337,6 +347,109 @@ pub fn flag_conversation(request: &proto::FlagConversationRequest) -> Result<Com
     })
 }
 
+/// A validated RetentionQueryRequest. Which of the optional fields the category's row reads
+/// depends on the policy version, so the handler checks that.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetentionQuery {
+    pub category: DataCategory,
+    /// `None` when the request names none.
+    pub subject_id: Option<SubjectId>,
+    pub event_micros: Option<i64>,
+    pub data_deleted_micros: Option<i64>,
+    pub as_of: Option<i64>,
+}
+
+pub fn retention_query(request: &proto::RetentionQueryRequest) -> Result<RetentionQuery, ApiError> {
+    Ok(RetentionQuery {
+        category: convert::required::<proto::DataCategory, DataCategory>(
+            request.category,
+            "category",
+        )?,
+        subject_id: match request.subject_id.as_str() {
+            "" => None,
+            text => Some(subject_id(text)?),
+        },
+        event_micros: optional_timestamp("event_time", request.event_time.as_ref())?,
+        data_deleted_micros: optional_timestamp(
+            "data_deleted_at",
+            request.data_deleted_at.as_ref(),
+        )?,
+        as_of: optional_timestamp("as_of", request.as_of.as_ref())?,
+    })
+}
+
+/// A validated RetentionDueRequest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetentionDue {
+    pub category: DataCategory,
+    pub before: Option<i64>,
+    pub page_size: u32,
+    /// Where the page token says to go on from, `None` for a first page.
+    pub next: Option<DuePosition>,
+}
+
+/// Where a Due page ended: the instant all its pages answer for, and its last subject.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DuePosition {
+    pub before: i64,
+    pub after: String,
+}
+
+/// Subjects per Due page.
+pub const DEFAULT_DUE_PAGE: u32 = 100;
+pub const MAX_DUE_PAGE: u32 = 1_000;
+
+/// How a Due page token starts.
+const DUE_TOKEN_PREFIX: &str = "d1.";
+
+pub fn retention_due(request: &proto::RetentionDueRequest) -> Result<RetentionDue, ApiError> {
+    let category =
+        convert::required::<proto::DataCategory, DataCategory>(request.category, "category")?;
+    let page_size = match request.page_size {
+        0 => DEFAULT_DUE_PAGE,
+        size if size <= MAX_DUE_PAGE => size,
+        size => {
+            return Err(ApiError::invalid(
+                "page_size",
+                format_args!("must be 0-{MAX_DUE_PAGE}, got {size}"),
+            ));
+        }
+    };
+    let next = match request.page_token.as_str() {
+        "" => None,
+        token => Some(
+            due_position(token)
+                .ok_or_else(|| ApiError::invalid("page_token", "is not a token returned by Due"))?,
+        ),
+    };
+    Ok(RetentionDue {
+        category,
+        before: optional_timestamp("before", request.before.as_ref())?,
+        page_size,
+        next,
+    })
+}
+
+/// The token of the page after one that ended with `subject_id`, answering for `before`:
+/// `d1.<before>.<subject id in hex>`.
+pub fn due_page_token(position: &DuePosition) -> String {
+    format!(
+        "{DUE_TOKEN_PREFIX}{}.{}",
+        position.before,
+        hex::encode(&position.after)
+    )
+}
+
+fn due_position(token: &str) -> Option<DuePosition> {
+    let (before, subject) = token.strip_prefix(DUE_TOKEN_PREFIX)?.split_once('.')?;
+    let text = String::from_utf8(hex::decode(subject).ok()?).ok()?;
+    SubjectId::parse(&text).ok()?;
+    Some(DuePosition {
+        before: before.parse().ok()?,
+        after: text,
+    })
+}
+
 /// Decodes a ListEvents page token: the sequence of the last event of the previous page.
 pub fn page_token(token: &str) -> Result<u64, ApiError> {
     if token.is_empty() {
@@ -558,6 +671,115 @@ mod tests {
                 .to_string()
                 .starts_with("checks: ")
         );
+    }
+
+    #[test]
+    fn retention_requests_name_their_bad_field() {
+        let query = proto::RetentionQueryRequest {
+            category: proto::DataCategory::ApiIo as i32,
+            subject_id: "org-1".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            retention_query(&query)
+                .unwrap()
+                .subject_id
+                .unwrap()
+                .as_str(),
+            "org-1"
+        );
+        let cases = [
+            (
+                proto::RetentionQueryRequest {
+                    category: 0,
+                    ..query.clone()
+                },
+                "category: must be set (not DATA_CATEGORY_UNSPECIFIED)",
+            ),
+            (
+                proto::RetentionQueryRequest {
+                    category: 99,
+                    ..query.clone()
+                },
+                "category: unknown DataCategory value 99",
+            ),
+            (
+                proto::RetentionQueryRequest {
+                    subject_id: "a b".into(),
+                    ..query.clone()
+                },
+                "subject_id: ",
+            ),
+            (
+                proto::RetentionQueryRequest {
+                    event_time: Some(prost_types::Timestamp {
+                        seconds: 0,
+                        nanos: -1,
+                    }),
+                    ..query.clone()
+                },
+                "event_time.nanos: must be 0-999999999",
+            ),
+            (
+                proto::RetentionQueryRequest {
+                    data_deleted_at: Some(prost_types::Timestamp {
+                        seconds: i64::MAX,
+                        nanos: 0,
+                    }),
+                    ..query.clone()
+                },
+                "data_deleted_at.seconds: is out of range",
+            ),
+        ];
+        for (request, expected) in cases {
+            let error = retention_query(&request).unwrap_err().to_string();
+            assert!(error.starts_with(expected), "{error:?} vs {expected:?}");
+        }
+
+        let due = proto::RetentionDueRequest {
+            category: proto::DataCategory::AccountData as i32,
+            ..Default::default()
+        };
+        assert_eq!(retention_due(&due).unwrap().page_size, DEFAULT_DUE_PAGE);
+        let position = DuePosition {
+            before: -5,
+            after: "user@example.com".into(),
+        };
+        let next = retention_due(&proto::RetentionDueRequest {
+            page_token: due_page_token(&position),
+            ..due.clone()
+        })
+        .unwrap();
+        assert_eq!(next.next, Some(position));
+        for (request, expected) in [
+            (
+                proto::RetentionDueRequest {
+                    page_size: 1_001,
+                    ..due.clone()
+                },
+                "page_size: must be 0-1000, got 1001",
+            ),
+            (
+                proto::RetentionDueRequest {
+                    page_token: "r1.10".into(),
+                    ..due.clone()
+                },
+                "page_token: is not a token returned by Due",
+            ),
+            (
+                proto::RetentionDueRequest {
+                    page_token: due_page_token(&DuePosition {
+                        before: 0,
+                        after: "a b".into(),
+                    }),
+                    ..due.clone()
+                },
+                "page_token: is not a token returned by Due",
+            ),
+        ] {
+            let error = retention_due(&request).unwrap_err().to_string();
+            assert_eq!(error, expected);
+        }
     }
 
     #[test]

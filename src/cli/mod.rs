@@ -4,6 +4,7 @@
 mod client;
 mod output;
 mod policy;
+mod retention;
 mod rights;
 
 use std::collections::HashMap;
@@ -14,7 +15,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Overrides, Settings};
 use crate::policy::rights::{RequestState, RightKind};
-use crate::policy::{ConsentMethod, FlagKind, Plan, Purpose, Rating, Source};
+use crate::policy::{ConsentMethod, DataCategory, FlagKind, Plan, Purpose, Rating, Source};
 use crate::startup::{Application, shutdown_signal};
 use crate::store::Store;
 
@@ -52,6 +53,9 @@ pub enum Command {
     /// File, follow and answer rights requests (access, deletion, objection, ...).
     #[command(subcommand)]
     Rights(RightsCommand),
+    /// Ask the retention schedule: how long data may be kept, and what is due for deletion.
+    #[command(subcommand)]
+    Retention(RetentionCommand),
     /// Ask a running server's gRPC health service whether it serves; exits 0 if it does, 1 if
     /// not (the container's and Kubernetes' probe).
     Health(HealthArgs),
@@ -317,6 +321,55 @@ pub enum ChangesCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum RetentionCommand {
+    /// How long one category of data may be kept for a subject, or for one record (its own
+    /// event given), under the policy version in force.
+    Query {
+        /// chat-conversation, api-io, agents-api-io, fine-tuning-data, non-essential-cookies,
+        /// marketing-contact, lead-contact, civil-identity, account-data, technical-data,
+        /// invoices, contracts, dispute-resolution, privacy-requests, support-tickets
+        #[arg(long, value_parser = parse_category)]
+        category: DataCategory,
+        /// The subject, for a category that depends on its state (deletion, consent, zero data
+        /// retention).
+        #[arg(long, default_value = "")]
+        subject: String,
+        /// The record's own event (RFC 3339): generation, collection, connection, invoice date,
+        /// contract end, appeal period end, request processed.
+        #[arg(long, value_parser = parse_instant)]
+        event_time: Option<std::time::SystemTime>,
+        /// When the user deleted the data themselves (a conversation, fine-tuning data).
+        #[arg(long, value_parser = parse_instant)]
+        data_deleted_at: Option<std::time::SystemTime>,
+        /// Answer as of this instant (RFC 3339) instead of now; a past one on the subject's
+        /// state then.
+        #[arg(long, value_parser = parse_instant)]
+        as_of: Option<std::time::SystemTime>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// What must be deleted: the subjects whose data of a category is due, and the cut-off for
+    /// records that run from an event of their own.
+    Due {
+        #[arg(long, value_parser = parse_category)]
+        category: DataCategory,
+        /// Due at this instant (RFC 3339, now or later) [default: now]
+        #[arg(long, value_parser = parse_instant)]
+        before: Option<std::time::SystemTime>,
+        /// Subjects per page (1-1000).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        page_size: u32,
+        #[arg(long, default_value = "")]
+        page_token: String,
+        /// Follow page tokens to the end.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum SubjectCommand {
     /// Show a subject, its choices and its effective decisions.
     Get {
@@ -481,6 +534,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Policy(command) => policy::policy(command).await,
         Command::Changes(command) => policy::changes(command).await,
         Command::Rights(command) => rights::rights(command).await,
+        Command::Retention(command) => retention::retention(command).await,
     }
 }
 
@@ -573,6 +627,15 @@ fn parse_request_state(text: &str) -> Result<RequestState, String> {
     )
 }
 
+fn parse_category(text: &str) -> Result<DataCategory, String> {
+    parse_named(
+        text,
+        DataCategory::from_name,
+        DataCategory::ALL,
+        DataCategory::as_str,
+    )
+}
+
 fn parse_plan(text: &str) -> Result<Plan, String> {
     parse_named(text, Plan::from_name, Plan::ALL, Plan::as_str)
 }
@@ -627,6 +690,21 @@ mod tests {
         assert_eq!(
             parse_consent_method("cookie-banner"),
             Ok(ConsentMethod::CookieBanner)
+        );
+        assert_eq!(parse_category("api-io"), Ok(DataCategory::ApiIo));
+        assert_eq!(
+            parse_category("ACCOUNT_DATA"),
+            Ok(DataCategory::AccountData)
+        );
+        assert!(
+            parse_category("cookies")
+                .unwrap_err()
+                .contains("non-essential-cookies")
+        );
+        assert_eq!(parse_right_kind("post-mortem"), Ok(RightKind::PostMortem));
+        assert_eq!(
+            parse_request_state("in-progress"),
+            Ok(RequestState::InProgress)
         );
         let error = parse_purpose("training").unwrap_err();
         assert!(error.contains("model-training"), "{error}");

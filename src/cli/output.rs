@@ -32,13 +32,20 @@ pub fn timestamp(stamp: Option<&prost_types::Timestamp>) -> Value {
     let Some(stamp) = stamp else {
         return Value::Null;
     };
+    // RFC 3339 has four-digit years: a time before 1970 or after 9999 prints as null.
     let Ok(seconds) = u64::try_from(stamp.seconds) else {
         return Value::Null;
     };
+    if seconds > LAST_RFC3339_SECOND {
+        return Value::Null;
+    }
     let time = std::time::UNIX_EPOCH
         + std::time::Duration::new(seconds, u32::try_from(stamp.nanos).unwrap_or_default());
     Value::String(humantime::format_rfc3339_micros(time).to_string())
 }
+
+/// 9999-12-31T23:59:59Z.
+const LAST_RFC3339_SECOND: u64 = 253_402_300_799;
 
 /// A time as RFC 3339 text, `-` when unset.
 pub fn time_text(stamp: Option<&prost_types::Timestamp>) -> String {
@@ -422,6 +429,169 @@ pub fn diff_text(response: &proto::DiffPolicyResponse) -> String {
                 example.new_rule
             ));
         }
+    }
+    text
+}
+
+fn category(value: i32) -> String {
+    enum_name::<proto::DataCategory>(value, |value| value.as_str_name())
+}
+
+fn retention_event(value: i32) -> String {
+    enum_name::<proto::RetentionEvent>(value, |value| value.as_str_name())
+}
+
+fn period_json(period: Option<&proto::RetentionPeriod>) -> Value {
+    use proto::retention_period::Length;
+    match period.and_then(|period| period.length) {
+        Some(Length::Days(days)) => json!({ "days": days }),
+        Some(Length::Years(years)) => json!({ "years": years }),
+        Some(Length::YearsFromFinancialYearClose(years)) => {
+            json!({ "yearsFromFinancialYearClose": years })
+        }
+        None => json!({}),
+    }
+}
+
+fn period_text(period: Option<&proto::RetentionPeriod>) -> String {
+    use proto::retention_period::Length;
+    let plural =
+        |count: u32, unit: &str| format!("{count} {unit}{}", if count == 1 { "" } else { "s" });
+    match period.and_then(|period| period.length) {
+        Some(Length::Days(days)) => plural(days, "day"),
+        Some(Length::Years(years)) => plural(years, "year"),
+        Some(Length::YearsFromFinancialYearClose(years)) => format!(
+            "{} from the close of the financial year of",
+            plural(years, "year")
+        ),
+        None => "?".to_owned(),
+    }
+}
+
+pub fn retention_json(response: &proto::RetentionQueryResponse) -> Value {
+    use proto::retention_query_response::Keep;
+    let mut object = json!({
+        "category": category(response.category),
+        "subjectId": response.subject_id,
+        "legalHold": response.legal_hold,
+        "section": response.section,
+        "policyVersion": response.policy_version,
+        "due": response.due,
+        "revision": response.revision,
+        "asOf": timestamp(response.as_of.as_ref()),
+    });
+    let (name, value) = match &response.keep {
+        Some(Keep::KeepUntil(until)) => ("keepUntil", timestamp(Some(until))),
+        Some(Keep::UntilEvent(event)) => ("untilEvent", json!(retention_event(*event))),
+        Some(Keep::AfterEvent(after)) => (
+            "afterEvent",
+            json!({
+                "event": retention_event(after.event),
+                "period": period_json(after.period.as_ref()),
+            }),
+        ),
+        Some(Keep::NotKept(not_kept)) => ("notKept", json!(not_kept)),
+        None => return object,
+    };
+    object[name] = value;
+    object
+}
+
+pub fn retention_text(response: &proto::RetentionQueryResponse) -> String {
+    use proto::retention_query_response::Keep;
+    let event = |value: i32| short(&retention_event(value), "RETENTION_EVENT_");
+    let keep = match &response.keep {
+        Some(Keep::KeepUntil(until)) => format!("kept until {}", time_text(Some(until))),
+        Some(Keep::UntilEvent(value)) => format!("kept until {}", event(*value)),
+        Some(Keep::AfterEvent(after)) => format!(
+            "kept {} after {}",
+            period_text(after.period.as_ref()),
+            event(after.event)
+        ),
+        Some(Keep::NotKept(_)) => "not kept".to_owned(),
+        None => "-".to_owned(),
+    };
+    let mut text = format!(
+        "{}  {keep}  {}",
+        short(&category(response.category), "DATA_CATEGORY_"),
+        if response.due { "DUE" } else { "not due" }
+    );
+    if response.legal_hold {
+        text.push_str("  legal hold");
+    }
+    text.push_str(&format!(
+        "\n  {} (policy {}, as of {})",
+        response.section,
+        response.policy_version,
+        time_text(response.as_of.as_ref())
+    ));
+    text
+}
+
+pub fn due_json(response: &proto::RetentionDueResponse) -> Value {
+    let subjects: Vec<Value> = response
+        .subjects
+        .iter()
+        .map(|subject| {
+            json!({
+                "subjectId": subject.subject_id,
+                "keepUntil": timestamp(subject.keep_until.as_ref()),
+                "legalHold": subject.legal_hold,
+            })
+        })
+        .collect();
+    json!({
+        "category": category(response.category),
+        "before": timestamp(response.before.as_ref()),
+        "policyVersion": response.policy_version,
+        "recordCutoff": response.record_cutoff.as_ref().map(|cutoff| json!({
+            "event": retention_event(cutoff.event),
+            "dueThrough": timestamp(cutoff.due_through.as_ref()),
+        })),
+        "readsSubjects": response.reads_subjects,
+        "subjects": subjects,
+        "nextPageToken": response.next_page_token,
+        "revision": response.revision,
+    })
+}
+
+pub fn due_text(response: &proto::RetentionDueResponse) -> String {
+    let mut text = format!(
+        "{} due at {} (policy {})\n",
+        short(&category(response.category), "DATA_CATEGORY_"),
+        time_text(response.before.as_ref()),
+        response.policy_version
+    );
+    if let Some(cutoff) = &response.record_cutoff {
+        let event = short(&retention_event(cutoff.event), "RETENTION_EVENT_");
+        match &cutoff.due_through {
+            Some(through) => text.push_str(&format!(
+                "  records: every one whose {event} is at or before {}\n",
+                time_text(Some(through))
+            )),
+            None => text.push_str(&format!("  records: none yet, whatever their {event}\n")),
+        }
+    }
+    if response.reads_subjects {
+        text.push_str(&format!(
+            "  subjects whose data is due: {}\n",
+            response.subjects.len()
+        ));
+    }
+    for subject in &response.subjects {
+        let since = match &subject.keep_until {
+            Some(until) => format!("since {}", time_text(Some(until))),
+            None => "not kept at all".to_owned(),
+        };
+        text.push_str(&format!(
+            "    {:<32} {since}{}\n",
+            subject.subject_id,
+            if subject.legal_hold {
+                "  legal hold"
+            } else {
+                ""
+            }
+        ));
     }
     text
 }

@@ -21,9 +21,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::LazyLock;
 
-use super::file::{self, Condition, Named, PolicyFile, RuleDefinition, Template};
+use super::file::{
+    self, Condition, KeepKind, Named, PeriodText, PolicyFile, RetentionEntry, RuleDefinition,
+    Template,
+};
+use super::retention::{
+    EventSource, KeepRule, LegalHold, Period, Retention, RetentionFacts, RetentionRule,
+};
 use super::vocabulary::{
-    Choice, Decision, LawfulBasis, PURPOSE_COUNT, Plan, Purpose, Reason, Source, Status,
+    Choice, DataCategory, Decision, LawfulBasis, PURPOSE_COUNT, Plan, Purpose, Reason, Source,
+    Status,
 };
 use super::{Question, SubjectState};
 
@@ -81,6 +88,14 @@ pub enum PolicyError {
     Shadowed { place: String, rule: String },
     #[error("{place}: rule `{rule}` matches no input a question can have")]
     MatchesNothing { place: String, rule: String },
+    #[error("retention.{category}: missing; every data category needs its row of the schedule")]
+    MissingRetention { category: DataCategory },
+    #[error("retention.{category}.{field}: {message}")]
+    Retention {
+        category: DataCategory,
+        field: &'static str,
+        message: String,
+    },
 }
 
 /// A policy file, checked and compiled: one lookup table per purpose.
@@ -91,6 +106,8 @@ pub struct CompiledPolicy {
     description: Box<str>,
     source: Box<str>,
     rule_ids: Box<[Box<str>]>,
+    /// The retention schedule, one row per data category in [`DataCategory::ALL`] order.
+    retention: Box<[RetentionRule]>,
 }
 
 /// One purpose's decisions for every input.
@@ -137,6 +154,7 @@ impl CompiledPolicy {
         let effective_from_micros = file::micros_since_epoch(&document.effective_from)
             .map_err(PolicyError::EffectiveFrom)?;
         let rules = Rules::check(&document)?;
+        let retention = compile_retention(&document)?;
         let every_purpose: Vec<Listed<'_>> = document
             .every_purpose
             .iter()
@@ -201,6 +219,7 @@ impl CompiledPolicy {
             description: document.description.as_str().into(),
             source: source.into(),
             rule_ids: rule_ids.into_iter().map(Box::from).collect(),
+            retention,
         })
     }
 
@@ -283,6 +302,157 @@ impl CompiledPolicy {
     pub fn rule_ids(&self) -> impl Iterator<Item = &str> {
         self.rule_ids.iter().map(|id| &**id)
     }
+
+    /// The row of the retention schedule of one category of data.
+    pub fn retention_rule(&self, category: DataCategory) -> &RetentionRule {
+        &self.retention[category as usize]
+    }
+
+    /// What the retention schedule says of one category of data in one situation.
+    pub fn retention(&self, category: DataCategory, facts: &RetentionFacts) -> Retention<'_> {
+        self.retention_rule(category).apply(facts)
+    }
+}
+
+/// Checks the retention schedule (every category once, each row consistent) and compiles it.
+fn compile_retention(document: &PolicyFile) -> Result<Box<[RetentionRule]>, PolicyError> {
+    DataCategory::ALL
+        .iter()
+        .map(|&category| {
+            let entry = document
+                .retention
+                .get(&Named(category))
+                .ok_or(PolicyError::MissingRetention { category })?;
+            retention_rule(category, entry)
+        })
+        .collect()
+}
+
+fn retention_rule(
+    category: DataCategory,
+    entry: &RetentionEntry,
+) -> Result<RetentionRule, PolicyError> {
+    let fail = |field: &'static str, message: String| PolicyError::Retention {
+        category,
+        field,
+        message,
+    };
+    let Named(kind) = entry.keep;
+    let Named(event) = entry.event;
+    let consent_event = event.source() == EventSource::Consent;
+    match kind {
+        KeepKind::WhileConsented if !consent_event => {
+            return Err(fail(
+                "event",
+                format!(
+                    "`{event}` withdraws no consent; a WHILE_CONSENTED row ends with \
+                     CONSENT_WITHDRAWAL or UNSUBSCRIBE"
+                ),
+            ));
+        }
+        KeepKind::UntilEvent | KeepKind::AfterEvent if consent_event => {
+            return Err(fail(
+                "event",
+                format!(
+                    "`{event}` is the withdrawal of a consent; use keep = \"WHILE_CONSENTED\" \
+                     with the choices in `consent`"
+                ),
+            ));
+        }
+        _ => {}
+    }
+    let keep = match (kind, entry.period) {
+        (KeepKind::AfterEvent, None) => {
+            return Err(fail(
+                "period",
+                "missing; an AFTER_EVENT row needs one, such as \"30d\" or \"3y\"".to_owned(),
+            ));
+        }
+        (KeepKind::UntilEvent | KeepKind::WhileConsented, Some(_)) => {
+            return Err(fail(
+                "period",
+                format!(
+                    "only an AFTER_EVENT row has a period; a {} row has none",
+                    kind.as_str()
+                ),
+            ));
+        }
+        (KeepKind::AfterEvent, Some(period)) => {
+            let period = match (period, entry.from_financial_year_close) {
+                (PeriodText::Days(days), false) => Period::Days(days),
+                (PeriodText::Years(years), false) => Period::Years(years),
+                (PeriodText::Years(years), true) => Period::YearsFromFinancialYearClose(years),
+                (PeriodText::Days(_), true) => {
+                    return Err(fail(
+                        "from_financial_year_close",
+                        "counts whole years from the close of the financial year; give the \
+                         period in years"
+                            .to_owned(),
+                    ));
+                }
+            };
+            KeepRule::AfterEvent(event, period)
+        }
+        (KeepKind::UntilEvent, None) => KeepRule::UntilEvent(event),
+        (KeepKind::WhileConsented, None) => KeepRule::WhileConsented(event),
+    };
+    if entry.from_financial_year_close && kind != KeepKind::AfterEvent {
+        return Err(fail(
+            "from_financial_year_close",
+            "only an AFTER_EVENT row has a period to count".to_owned(),
+        ));
+    }
+    let mut consent: Vec<Purpose> = Vec::new();
+    for &Named(purpose) in &entry.consent {
+        if !purpose.accepts_choice() {
+            return Err(fail(
+                "consent",
+                format!("{purpose} takes no choice, so it can give no consent"),
+            ));
+        }
+        if consent.contains(&purpose) {
+            return Err(fail("consent", format!("{purpose} is named twice")));
+        }
+        consent.push(purpose);
+    }
+    match (kind, consent.is_empty()) {
+        (KeepKind::WhileConsented, true) => {
+            return Err(fail(
+                "consent",
+                "missing; a WHILE_CONSENTED row names the choices that are its consent, such as \
+                 [\"MARKETING_EMAIL\"]"
+                    .to_owned(),
+            ));
+        }
+        (KeepKind::UntilEvent | KeepKind::AfterEvent, false) => {
+            return Err(fail(
+                "consent",
+                "only a WHILE_CONSENTED row reads a consent".to_owned(),
+            ));
+        }
+        _ => {}
+    }
+    let Named(legal_hold) = entry.legal_hold;
+    if legal_hold == LegalHold::FromEvent && kind != KeepKind::AfterEvent {
+        return Err(fail(
+            "legal_hold",
+            format!(
+                "FROM_EVENT holds data once its keeping period has begun, and a {} row has none; \
+                 use NEVER or ALWAYS",
+                kind.as_str()
+            ),
+        ));
+    }
+    if entry.section.trim().is_empty() {
+        return Err(fail("section", "must not be empty".to_owned()));
+    }
+    Ok(RetentionRule {
+        keep,
+        unless_zero_data_retention: entry.unless_zero_data_retention,
+        legal_hold,
+        consent: consent.into(),
+        section: entry.section.as_str().into(),
+    })
 }
 
 impl fmt::Debug for CompiledPolicy {
@@ -928,11 +1098,20 @@ reason = "CHOICE_REFUSED"
 explanation = "{purpose} denied"
 "#,
         );
+        text.push_str(retention_schedule());
         text.push_str(rules);
         text
     }
 
     /// `small` with MEMORY deciding by `list`, NO used there.
+    /// The default policy's retention schedule, the last part of its file.
+    fn retention_schedule() -> &'static str {
+        let start = BUILTIN_POLICY
+            .find("\n[retention.")
+            .expect("the default policy has a retention schedule");
+        &BUILTIN_POLICY[start..]
+    }
+
     fn memory(list: &str) -> String {
         small("", &[(Purpose::Memory, list)], "")
     }
@@ -1331,6 +1510,164 @@ purposes = { MEMORY = "GONE" }"#,
         assert_eq!(
             policy.effective_from_micros(),
             20_780 * crate::calendar::MICROS_PER_DAY + (15 * 3_600 + 40 * 60) * 1_000_000
+        );
+    }
+
+    #[test]
+    fn the_retention_schedule_is_checked_row_by_row() {
+        let row = |category: &str| {
+            let start = BUILTIN_POLICY
+                .find(&format!("[retention.{category}]"))
+                .unwrap();
+            let end = BUILTIN_POLICY[start + 1..]
+                .find("\n[")
+                .map_or(BUILTIN_POLICY.len(), |end| start + 1 + end);
+            BUILTIN_POLICY[start..end].to_owned()
+        };
+        let replaced = |category: &str, old: &str, new: &str| {
+            let original = row(category);
+            assert!(original.contains(old), "{category} lost {old:?}");
+            small("", &[], "").replacen(&original, &original.replacen(old, new, 1), 1)
+        };
+        let cases = [
+            (
+                small("", &[], "").replacen(&row("LEAD_CONTACT"), "", 1),
+                "retention.LEAD_CONTACT: missing; every data category needs its row",
+            ),
+            (
+                replaced("API_IO", "period = \"30d\"\n", ""),
+                "retention.API_IO.period: missing; an AFTER_EVENT row needs one",
+            ),
+            (
+                replaced(
+                    "AGENTS_API_IO",
+                    "keep = \"UNTIL_EVENT\"",
+                    "keep = \"UNTIL_EVENT\"\nperiod = \"1y\"",
+                ),
+                "retention.AGENTS_API_IO.period: only an AFTER_EVENT row has a period",
+            ),
+            (
+                replaced("API_IO", "\"30d\"", "\"30w\""),
+                "retention.API_IO.period (line ",
+            ),
+            (
+                replaced("API_IO", "\"30d\"", "\"0d\""),
+                "retention.API_IO.period (line ",
+            ),
+            (
+                replaced(
+                    "LEAD_CONTACT",
+                    "\"3y\"",
+                    "\"3d\"\nfrom_financial_year_close = true",
+                ),
+                "retention.LEAD_CONTACT.from_financial_year_close: counts whole years",
+            ),
+            (
+                replaced("MARKETING_CONTACT", "\"UNSUBSCRIBE\"", "\"COLLECTION\""),
+                "retention.MARKETING_CONTACT.event: `COLLECTION` withdraws no consent",
+            ),
+            (
+                replaced(
+                    "AGENTS_API_IO",
+                    "\"ACCOUNT_TERMINATION\"",
+                    "\"UNSUBSCRIBE\"",
+                ),
+                "retention.AGENTS_API_IO.event: `UNSUBSCRIBE` is the withdrawal of a consent",
+            ),
+            (
+                replaced("MARKETING_CONTACT", "consent = [\"MARKETING_EMAIL\"]\n", ""),
+                "retention.MARKETING_CONTACT.consent: missing",
+            ),
+            (
+                replaced(
+                    "MARKETING_CONTACT",
+                    "[\"MARKETING_EMAIL\"]",
+                    "[\"SERVICE_DELIVERY\"]",
+                ),
+                "retention.MARKETING_CONTACT.consent: SERVICE_DELIVERY takes no choice",
+            ),
+            (
+                replaced(
+                    "MARKETING_CONTACT",
+                    "[\"MARKETING_EMAIL\"]",
+                    "[\"MARKETING_EMAIL\", \"MARKETING_EMAIL\"]",
+                ),
+                "retention.MARKETING_CONTACT.consent: MARKETING_EMAIL is named twice",
+            ),
+            (
+                replaced(
+                    "LEAD_CONTACT",
+                    "period = \"3y\"",
+                    "period = \"3y\"\nconsent = [\"MEMORY\"]",
+                ),
+                "retention.LEAD_CONTACT.consent: only a WHILE_CONSENTED row reads a consent",
+            ),
+            (
+                replaced("DISPUTE_RESOLUTION", "\"ALWAYS\"", "\"FROM_EVENT\""),
+                "retention.DISPUTE_RESOLUTION.legal_hold: FROM_EVENT holds data once",
+            ),
+            (
+                replaced(
+                    "INVOICES",
+                    "section = \"privacy policy §5, Invoices and related correspondence\"",
+                    "section = \" \"",
+                ),
+                "retention.INVOICES.section: must not be empty",
+            ),
+            (
+                replaced("INVOICES", "[retention.INVOICES]", "[retention.INVOICE]"),
+                "retention.INVOICE (line ",
+            ),
+            (
+                replaced("INVOICES", "\"INVOICE_ISSUED\"", "\"INVOICED\""),
+                "retention.INVOICES.event (line ",
+            ),
+            (
+                replaced(
+                    "INVOICES",
+                    "legal_hold = \"ALWAYS\"",
+                    "legal_hold = \"ALWAYS\"\nnote = 1",
+                ),
+                "retention.INVOICES.note (line ",
+            ),
+        ];
+        for (source, expected) in cases {
+            let error = error(&source);
+            assert!(
+                error.starts_with(expected),
+                "{error:?} does not start with {expected:?}"
+            );
+        }
+        assert!(error(&replaced("API_IO", "\"30d\"", "\"30w\"")).contains("invalid period `30w`"));
+        assert!(
+            error(&replaced("INVOICES", "\"INVOICE_ISSUED\"", "\"INVOICED\""))
+                .contains("unknown event `INVOICED`, expected one of")
+        );
+        let twice = format!("{}\n{}", small("", &[], ""), row("API_IO"));
+        assert!(error(&twice).contains("duplicate"), "{}", error(&twice));
+    }
+
+    #[test]
+    fn a_retention_row_compiles_to_its_rule() {
+        let policy = CompiledPolicy::builtin();
+        let invoices = policy.retention_rule(DataCategory::Invoices);
+        assert_eq!(
+            invoices.keep,
+            KeepRule::AfterEvent(
+                super::super::Event::InvoiceIssued,
+                Period::YearsFromFinancialYearClose(10)
+            )
+        );
+        assert_eq!(invoices.legal_hold, LegalHold::Always);
+        let cookies = policy.retention_rule(DataCategory::NonEssentialCookies);
+        assert_eq!(
+            &*cookies.consent,
+            [Purpose::AnalyticsCookies, Purpose::MarketingCookies]
+        );
+        assert!(
+            policy
+                .retention_rule(DataCategory::ApiIo)
+                .unless_zero_data_retention
         );
     }
 

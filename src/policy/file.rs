@@ -18,7 +18,10 @@ use toml::de::{DeTable, DeValue};
 use toml::value::{Datetime, Offset};
 
 use super::compiled::PolicyError;
-use super::vocabulary::{Choice, Decision, LawfulBasis, Plan, Purpose, Reason, Source, Status};
+use super::retention::{Event, LegalHold};
+use super::vocabulary::{
+    Choice, DataCategory, Decision, LawfulBasis, Plan, Purpose, Reason, Source, Status,
+};
 use crate::calendar::{self, MICROS_PER_DAY};
 
 /// A policy document as written.
@@ -40,6 +43,127 @@ pub struct PolicyFile {
     pub degraded: Degraded,
     /// Every rule, by id.
     pub rules: BTreeMap<String, RuleDefinition>,
+    /// The retention schedule (privacy policy §5): one row per data category.
+    pub retention: BTreeMap<Named<DataCategory>, RetentionEntry>,
+}
+
+/// One row of the retention schedule: how long a category of data is kept.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionEntry {
+    pub keep: Named<KeepKind>,
+    /// The event the row waits on (`UNTIL_EVENT`), runs from (`AFTER_EVENT`) or that withdraws
+    /// the consent (`WHILE_CONSENTED`).
+    pub event: Named<Event>,
+    /// `AFTER_EVENT` only: how long after the event.
+    pub period: Option<PeriodText>,
+    /// The period (in years) counts from the close of the event's financial year.
+    #[serde(default)]
+    pub from_financial_year_close: bool,
+    /// `WHILE_CONSENTED` only: the choices whose state is the consent.
+    #[serde(default)]
+    pub consent: Vec<Named<Purpose>>,
+    /// Not kept at all when the subject has zero data retention.
+    #[serde(default)]
+    pub unless_zero_data_retention: bool,
+    pub legal_hold: Named<LegalHold>,
+    /// The line of the policy the row rests on, cited in every answer.
+    pub section: String,
+}
+
+/// The kinds of retention row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum KeepKind {
+    UntilEvent,
+    AfterEvent,
+    WhileConsented,
+}
+
+impl KeepKind {
+    pub const ALL: &'static [KeepKind] = &[
+        KeepKind::UntilEvent,
+        KeepKind::AfterEvent,
+        KeepKind::WhileConsented,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            KeepKind::UntilEvent => "UNTIL_EVENT",
+            KeepKind::AfterEvent => "AFTER_EVENT",
+            KeepKind::WhileConsented => "WHILE_CONSENTED",
+        }
+    }
+
+    pub fn from_name(text: &str) -> Option<KeepKind> {
+        KeepKind::ALL
+            .iter()
+            .copied()
+            .find(|kind| kind.as_str() == text)
+    }
+}
+
+/// A retention period as written: `30d` (rolling days) or `3y` (calendar years).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeriodText {
+    Days(u32),
+    Years(u32),
+}
+
+/// The longest periods a file may give (a thousand years).
+const MAX_DAYS: u32 = 365_250;
+const MAX_YEARS: u32 = 1_000;
+
+impl PeriodText {
+    pub fn parse(text: &str) -> Result<PeriodText, String> {
+        let invalid = || {
+            format!(
+                "invalid period `{text}`, expected a whole number of days or years such as `30d` \
+                 or `3y`"
+            )
+        };
+        let (count, unit) = text.split_at(text.len().saturating_sub(1));
+        if count.is_empty() || !count.bytes().all(|byte| byte.is_ascii_digit()) {
+            return Err(invalid());
+        }
+        let count: u32 = count.parse().map_err(|_| invalid())?;
+        let (period, max) = match unit {
+            "d" => (PeriodText::Days(count), MAX_DAYS),
+            "y" => (PeriodText::Years(count), MAX_YEARS),
+            _ => return Err(invalid()),
+        };
+        if count == 0 {
+            return Err(format!(
+                "invalid period `{text}`: a period of zero keeps nothing after the event; use \
+                 keep = \"UNTIL_EVENT\""
+            ));
+        }
+        if count > max {
+            return Err(format!(
+                "invalid period `{text}`: longer than a thousand years"
+            ));
+        }
+        Ok(period)
+    }
+}
+
+impl<'de> Deserialize<'de> for PeriodText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PeriodVisitor;
+
+        impl Visitor<'_> for PeriodVisitor {
+            type Value = PeriodText;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a period such as \"30d\" or \"3y\"")
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<PeriodText, E> {
+                PeriodText::parse(text).map_err(E::custom)
+            }
+        }
+
+        deserializer.deserialize_str(PeriodVisitor)
+    }
 }
 
 /// One line of a purpose's list: a rule and when it applies.
@@ -172,6 +296,10 @@ word!(Source, "source");
 word!(Decision, "decision");
 word!(Reason, "reason");
 word!(LawfulBasis, "lawful basis");
+word!(DataCategory, "data category");
+word!(Event, "event");
+word!(LegalHold, "legal hold");
+word!(KeepKind, "kind of retention");
 
 /// How a policy file says "no plan" and "no choice".
 const NONE: &str = "NONE";

@@ -19,7 +19,8 @@ mod vocabulary;
 
 pub use compiled::{BUILTIN_POLICY, CompiledPolicy, PolicyError, Ruling};
 pub use retention::{
-    Consent, DataCategory, Event, Keep, Period, Retention, RetentionFacts, retention,
+    Consent, DataCategory, Event, EventSource, Keep, KeepRule, LegalHold, Period, Retention,
+    RetentionFacts, RetentionRule, consent_purposes, retention,
 };
 pub use rules::{Outcome, Rule};
 pub use vocabulary::{

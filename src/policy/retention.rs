@@ -19,20 +19,28 @@
 //!
 //! Account deletion and account termination are one event in assent (status DELETED; the policy
 //! says "delete your account" for account data and "termination" for civil identity).
+//!
+//! The schedule exists twice, like the decision table. [`retention`] is §5 written by hand: the
+//! reference. [`RetentionRule`] is one row of it as data, the `[retention.CATEGORY]` tables of a
+//! policy file compiled (`compiled.rs`), so a new policy version can change the schedule;
+//! `tests/retention.rs` checks that the default file's rows answer exactly like [`retention`].
 
 use crate::calendar::{Date, MICROS_PER_DAY};
 
+use super::vocabulary::{Choice, Purpose};
+
 pub use super::vocabulary::DataCategory;
 
-/// What the retention schedule says of one category of data in one situation.
+/// What the retention schedule says of one category of data in one situation. `section`
+/// borrows from the schedule that answered (the policy version, for a compiled one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Retention {
+pub struct Retention<'a> {
     pub keep: Keep,
     /// The data is in a legal keeping period (privacy policy §5): no member of any team may
     /// access or use it, except to fulfil a legal obligation or in a dispute or litigation.
     pub legal_hold: bool,
     /// The line of the privacy policy the answer rests on.
-    pub section: &'static str,
+    pub section: &'a str,
 }
 
 /// How long data may be kept.
@@ -98,6 +106,88 @@ impl Event {
             Event::RequestProcessed => "REQUEST_PROCESSED",
         }
     }
+
+    /// Every event, in declaration order.
+    pub const ALL: &'static [Event] = &[
+        Event::ConversationOrAccountDeletion,
+        Event::AccountTermination,
+        Event::UserDeletionOrAccountTermination,
+        Event::ConsentWithdrawal,
+        Event::Unsubscribe,
+        Event::Generation,
+        Event::Collection,
+        Event::Connection,
+        Event::InvoiceIssued,
+        Event::ContractTermination,
+        Event::AppealPeriodEnd,
+        Event::RequestProcessed,
+    ];
+
+    /// Parses a canonical name; `None` for anything else.
+    pub fn from_name(text: &str) -> Option<Event> {
+        Event::ALL
+            .iter()
+            .copied()
+            .find(|event| event.as_str() == text)
+    }
+
+    /// Which fact gives the event's instant.
+    pub const fn source(self) -> EventSource {
+        match self {
+            Event::ConversationOrAccountDeletion | Event::UserDeletionOrAccountTermination => {
+                EventSource::DataOrAccountDeletion
+            }
+            Event::AccountTermination => EventSource::AccountDeletion,
+            Event::ConsentWithdrawal | Event::Unsubscribe => EventSource::Consent,
+            Event::Generation
+            | Event::Collection
+            | Event::Connection
+            | Event::InvoiceIssued
+            | Event::ContractTermination
+            | Event::AppealPeriodEnd
+            | Event::RequestProcessed => EventSource::Record,
+        }
+    }
+
+    /// When the event happened, as the facts tell it; `None` while it has not.
+    pub fn instant(self, facts: &RetentionFacts) -> Option<i64> {
+        match self.source() {
+            EventSource::Record => facts.event_micros,
+            EventSource::AccountDeletion => facts.account_deleted_micros,
+            EventSource::DataOrAccountDeletion => {
+                [facts.data_deleted_micros, facts.account_deleted_micros]
+                    .into_iter()
+                    .flatten()
+                    .min()
+            }
+            EventSource::Consent => match facts.consent {
+                Consent::WithdrawnAt(instant) => Some(instant),
+                Consent::NotGiven | Consent::Granted => None,
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Event {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+/// Where the instant of an [`Event`] comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventSource {
+    /// The record's own event ([`RetentionFacts::event_micros`]): generation, collection,
+    /// connection, invoice date, contract end, appeal period end, request processed. assent holds
+    /// no such records; the caller names the instant.
+    Record,
+    /// The account's deletion ([`RetentionFacts::account_deleted_micros`]), from the store.
+    AccountDeletion,
+    /// The earlier of the user's own deletion of the data ([`RetentionFacts::data_deleted_micros`],
+    /// named by the caller) and the account's deletion.
+    DataOrAccountDeletion,
+    /// The withdrawal of a consent ([`RetentionFacts::consent`]), from the subject's choices.
+    Consent,
 }
 
 /// A retention period counted from an event.
@@ -125,6 +215,60 @@ impl Period {
             }
         }
     }
+
+    /// The latest start such that every period started at or before it has ended by
+    /// `now_micros`: data whose period started at or before it is due at `now_micros`. `None`
+    /// when no start is that early.
+    ///
+    /// One case is not a cut-off: a period in whole years from 29 February to a year without
+    /// one ends on 28 February at its own time of day, before periods that started later on 28
+    /// February. Such data becomes due during that 28 February, while this cut-off passes 29
+    /// February only at the end of the day: it never makes data due early, but may leave data of
+    /// a 29 February due for up to a day before it covers it ([`Period::end`] is exact).
+    pub fn latest_start_ended_by(self, now_micros: i64) -> Option<i64> {
+        if self.latest_end_by(i64::MIN) > now_micros {
+            return None;
+        }
+        // `latest_end_by` never decreases, so this is a binary search. Invariant:
+        // latest_end_by(low) <= now < latest_end_by(high + 1); high starts at now (a period never
+        // ends before it starts).
+        let (mut low, mut high) = (i64::MIN, now_micros);
+        while low < high {
+            let middle = low.saturating_add_unsigned(high.abs_diff(low) / 2 + 1);
+            if self.latest_end_by(middle) <= now_micros {
+                low = middle;
+            } else {
+                high = middle - 1;
+            }
+        }
+        Some(low)
+    }
+
+    /// The latest end of the periods started at or before `start_micros`: [`Period::end`] but
+    /// on 29 February counted in whole years (see [`Period::latest_start_ended_by`]).
+    fn latest_end_by(self, start_micros: i64) -> i64 {
+        let end = self.end(start_micros);
+        let date = Date::from_micros(start_micros);
+        match self {
+            Period::Years(_) if date.month == 2 && date.day == 29 => {
+                end.max(self.end(start_of_day(date).saturating_sub(1)))
+            }
+            _ => end,
+        }
+    }
+}
+
+impl std::fmt::Display for Period {
+    /// As a policy file writes it: `30d`, `3y`, `10y` (from the close of the financial year).
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Period::Days(days) => write!(formatter, "{days}d"),
+            Period::Years(years) => write!(formatter, "{years}y"),
+            Period::YearsFromFinancialYearClose(years) => {
+                write!(formatter, "{years}y from the close of the financial year")
+            }
+        }
+    }
 }
 
 /// The state of the consent a category lasts for (NON_ESSENTIAL_COOKIES: the cookie consent;
@@ -138,6 +282,46 @@ pub enum Consent {
     Granted,
     /// Given, then withdrawn (or unsubscribed) at this instant.
     WithdrawnAt(i64),
+}
+
+impl Consent {
+    /// The consent that one or more choices make together, each with when it was made: withdrawn
+    /// at the earliest refusal if any was refused, else given if any was granted, else never
+    /// given. One category can rest on several consents (non-essential cookies: analytics and
+    /// marketing cookies) without its data telling them apart, so withdrawing either makes the
+    /// category's data due: deleting early is always allowed, keeping data without its consent
+    /// never is. A refusal is read as a withdrawal even if no consent came before it: either
+    /// way nothing may be kept from then on.
+    pub fn of_choices(choices: impl IntoIterator<Item = (Choice, i64)>) -> Consent {
+        let mut granted = false;
+        let mut withdrawn: Option<i64> = None;
+        for (choice, at_micros) in choices {
+            match choice {
+                Choice::Granted => granted = true,
+                Choice::Refused => {
+                    withdrawn = Some(withdrawn.map_or(at_micros, |earlier| earlier.min(at_micros)));
+                }
+            }
+        }
+        match (withdrawn, granted) {
+            (Some(instant), _) => Consent::WithdrawnAt(instant),
+            (None, true) => Consent::Granted,
+            (None, false) => Consent::NotGiven,
+        }
+    }
+}
+
+/// The choices whose state is the consent a category lasts for, in the hand-written schedule:
+/// the cookie consent is the choices on analytics and marketing cookies, the newsletter
+/// subscription the choice on marketing e-mail. Empty for the other categories.
+pub const fn consent_purposes(category: DataCategory) -> &'static [Purpose] {
+    match category {
+        DataCategory::NonEssentialCookies => {
+            &[Purpose::AnalyticsCookies, Purpose::MarketingCookies]
+        }
+        DataCategory::MarketingContact => &[Purpose::MarketingEmail],
+        _ => &[],
+    }
 }
 
 /// The facts a retention question needs. Each category reads only some of them (see
@@ -174,8 +358,154 @@ impl RetentionFacts {
     }
 }
 
+/// How one row of the schedule keeps data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeepRule {
+    /// Until the event happens (the conversation deleted, the appeal period over).
+    UntilEvent(Event),
+    /// For a period from the event (three years from collection, one year after deletion).
+    AfterEvent(Event, Period),
+    /// While the consent lasts: not at all without one, until its withdrawal (the event) once
+    /// given.
+    WhileConsented(Event),
+}
+
+impl KeepRule {
+    /// The event the row waits on or runs from.
+    pub const fn event(self) -> Event {
+        match self {
+            KeepRule::UntilEvent(event)
+            | KeepRule::AfterEvent(event, _)
+            | KeepRule::WhileConsented(event) => event,
+        }
+    }
+}
+
+/// When data of a row is on legal hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LegalHold {
+    Never,
+    Always,
+    /// Once the event the period runs from has happened: the legal keeping period has begun.
+    FromEvent,
+}
+
+impl LegalHold {
+    pub const ALL: &'static [LegalHold] =
+        &[LegalHold::Never, LegalHold::Always, LegalHold::FromEvent];
+
+    /// The name a policy file uses.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LegalHold::Never => "NEVER",
+            LegalHold::Always => "ALWAYS",
+            LegalHold::FromEvent => "FROM_EVENT",
+        }
+    }
+
+    pub fn from_name(text: &str) -> Option<LegalHold> {
+        LegalHold::ALL
+            .iter()
+            .copied()
+            .find(|hold| hold.as_str() == text)
+    }
+}
+
+/// One row of the retention schedule as data: what a policy file's `[retention.CATEGORY]`
+/// compiles to (the checks that make it consistent are `compiled.rs`'s).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetentionRule {
+    pub keep: KeepRule,
+    /// With zero data retention the data is not kept at all (API Input and Output).
+    pub unless_zero_data_retention: bool,
+    pub legal_hold: LegalHold,
+    /// The choices whose state is the consent ([`Consent::of_choices`]); only for
+    /// [`KeepRule::WhileConsented`].
+    pub consent: Box<[Purpose]>,
+    /// The line of the policy cited.
+    pub section: Box<str>,
+}
+
+impl RetentionRule {
+    /// What the row says in one situation. Data not kept is on hold under no row.
+    pub fn apply(&self, facts: &RetentionFacts) -> Retention<'_> {
+        let retention = |keep: Keep, legal_hold: bool| Retention {
+            keep,
+            legal_hold: legal_hold && keep != Keep::NotKept,
+            section: &self.section,
+        };
+        if self.unless_zero_data_retention && facts.zero_data_retention {
+            return retention(Keep::NotKept, false);
+        }
+        let event = self.keep.event();
+        let instant = event.instant(facts);
+        let keep = match self.keep {
+            KeepRule::UntilEvent(_) => until_first(event, [instant]),
+            KeepRule::AfterEvent(_, period) => after(event, instant, period),
+            KeepRule::WhileConsented(_) => while_consented(event, facts.consent),
+        };
+        let legal_hold = match self.legal_hold {
+            LegalHold::Never => false,
+            LegalHold::Always => true,
+            LegalHold::FromEvent => instant.is_some(),
+        };
+        retention(keep, legal_hold)
+    }
+
+    /// Whether the row reads the record's own event (the caller names its instant).
+    pub fn reads_record_event(&self) -> bool {
+        self.keep.event().source() == EventSource::Record
+    }
+
+    /// Whether the row reads the user's own deletion of the data (the caller names it).
+    pub fn reads_data_deletion(&self) -> bool {
+        self.keep.event().source() == EventSource::DataOrAccountDeletion
+    }
+
+    /// Whether the row reads when the account was deleted.
+    pub fn reads_account_deletion(&self) -> bool {
+        matches!(
+            self.keep.event().source(),
+            EventSource::AccountDeletion | EventSource::DataOrAccountDeletion
+        )
+    }
+
+    /// Whether the row reads the subject's consent.
+    pub fn reads_consent(&self) -> bool {
+        matches!(self.keep, KeepRule::WhileConsented(_))
+    }
+
+    /// Whether the row reads anything the store holds of the subject.
+    pub fn reads_subject(&self) -> bool {
+        self.reads_account_deletion() || self.reads_consent() || self.unless_zero_data_retention
+    }
+
+    /// For a row that reads an instant of the record (its own event, or the user's deletion of
+    /// it): the latest such instant whose data is due at `now_micros`, when the subject's state
+    /// does not decide otherwise. `None` when the row reads no such instant, or no instant is
+    /// that early.
+    pub fn record_cutoff(&self, now_micros: i64) -> Option<i64> {
+        if !(self.reads_record_event() || self.reads_data_deletion()) {
+            return None;
+        }
+        match self.keep {
+            KeepRule::UntilEvent(_) | KeepRule::WhileConsented(_) => Some(now_micros),
+            KeepRule::AfterEvent(_, period) => period.latest_start_ended_by(now_micros),
+        }
+    }
+
+    /// The latest account deletion whose data is due at `now_micros` under this row, for a row
+    /// that reads the account's deletion (and ignoring what else it reads).
+    pub fn account_deletion_cutoff(&self, now_micros: i64) -> Option<i64> {
+        match self.keep {
+            KeepRule::AfterEvent(_, period) => period.latest_start_ended_by(now_micros),
+            KeepRule::UntilEvent(_) | KeepRule::WhileConsented(_) => Some(now_micros),
+        }
+    }
+}
+
 /// The retention schedule: one arm per row of privacy policy §5.
-pub fn retention(category: DataCategory, facts: &RetentionFacts) -> Retention {
+pub fn retention(category: DataCategory, facts: &RetentionFacts) -> Retention<'static> {
     use DataCategory as Category;
     let RetentionFacts {
         event_micros: event,
@@ -443,6 +773,123 @@ mod tests {
                 answer.section
             );
         }
+    }
+
+    #[test]
+    fn the_latest_start_ended_by_an_instant_inverts_the_period() {
+        let periods = [
+            Period::Days(30),
+            Period::Years(1),
+            Period::Years(3),
+            Period::YearsFromFinancialYearClose(10),
+        ];
+        let instants = [
+            at(2026, 3, 15) + 12 * HOUR,
+            at(2027, 1, 1),
+            at(2029, 2, 28) + 5,
+            at(2029, 3, 1),
+            at(2037, 1, 1) - 1,
+            at(2037, 1, 1),
+        ];
+        for period in periods {
+            for now in instants {
+                let start = period.latest_start_ended_by(now).unwrap();
+                assert!(period.end(start) <= now, "{period:?} {now}");
+                assert!(period.end(start + 1) > now, "{period:?} {now}");
+                for earlier in [start - 1, start - HOUR, start - 400 * MICROS_PER_DAY] {
+                    assert!(period.end(earlier) <= now, "{period:?} {now} {earlier}");
+                }
+            }
+        }
+        // 29 February ends a year later on 28 February at its own time of day: the cut-off
+        // passes it only once every period started before it has ended.
+        let leap_day = at(2024, 2, 29);
+        assert_eq!(
+            Period::Years(1).end(leap_day + HOUR),
+            at(2025, 2, 28) + HOUR
+        );
+        assert_eq!(
+            Period::Years(1).latest_start_ended_by(at(2025, 2, 28) + HOUR),
+            Some(at(2024, 2, 28) + HOUR)
+        );
+        assert_eq!(
+            Period::Years(1).latest_start_ended_by(at(2025, 3, 1)),
+            Some(at(2024, 3, 1))
+        );
+        assert_eq!(
+            Period::Years(4).latest_start_ended_by(at(2028, 2, 29) + HOUR),
+            Some(leap_day + HOUR)
+        );
+        assert_eq!(
+            Period::YearsFromFinancialYearClose(10).latest_start_ended_by(at(2037, 1, 1)),
+            Some(at(2027, 1, 1) - 1)
+        );
+        assert_eq!(Period::Days(1).latest_start_ended_by(i64::MIN), None);
+    }
+
+    #[test]
+    fn choices_make_one_consent() {
+        use Choice::{Granted, Refused};
+        assert_eq!(Consent::of_choices([]), Consent::NotGiven);
+        assert_eq!(Consent::of_choices([(Granted, 5)]), Consent::Granted);
+        assert_eq!(
+            Consent::of_choices([(Granted, 5), (Refused, 9)]),
+            Consent::WithdrawnAt(9)
+        );
+        assert_eq!(
+            Consent::of_choices([(Refused, 9), (Refused, 7), (Granted, 1)]),
+            Consent::WithdrawnAt(7)
+        );
+    }
+
+    #[test]
+    fn a_rule_that_keeps_nothing_holds_nothing() {
+        let rule = RetentionRule {
+            keep: KeepRule::AfterEvent(Event::Connection, Period::Years(1)),
+            unless_zero_data_retention: true,
+            legal_hold: LegalHold::Always,
+            consent: Box::new([]),
+            section: "s".into(),
+        };
+        let kept = rule.apply(&RetentionFacts::at(0));
+        assert_eq!(
+            (kept.keep, kept.legal_hold),
+            (Keep::Until(Period::Years(1).end(0)), true)
+        );
+        let zero = RetentionFacts {
+            zero_data_retention: true,
+            ..RetentionFacts::at(0)
+        };
+        let not_kept = rule.apply(&zero);
+        assert_eq!((not_kept.keep, not_kept.legal_hold), (Keep::NotKept, false));
+        assert_eq!(not_kept.section, "s");
+    }
+
+    #[test]
+    fn record_cutoffs_say_which_records_are_due() {
+        let day = MICROS_PER_DAY;
+        let rule = |keep| RetentionRule {
+            keep,
+            unless_zero_data_retention: false,
+            legal_hold: LegalHold::Never,
+            consent: Box::new([]),
+            section: "s".into(),
+        };
+        let now = at(2026, 6, 1);
+        let api = rule(KeepRule::AfterEvent(Event::Generation, Period::Days(30)));
+        assert_eq!(api.record_cutoff(now), Some(now - 30 * day));
+        let dispute = rule(KeepRule::UntilEvent(Event::AppealPeriodEnd));
+        assert_eq!(dispute.record_cutoff(now), Some(now));
+        let chat = rule(KeepRule::UntilEvent(Event::ConversationOrAccountDeletion));
+        assert_eq!(chat.record_cutoff(now), Some(now));
+        assert!(chat.reads_account_deletion() && chat.reads_data_deletion());
+        let account = rule(KeepRule::AfterEvent(
+            Event::AccountTermination,
+            Period::Years(1),
+        ));
+        assert_eq!(account.record_cutoff(now), None);
+        assert_eq!(account.account_deletion_cutoff(now), Some(at(2025, 6, 1)));
+        assert!(account.reads_subject() && !account.reads_record_event());
     }
 
     #[test]

@@ -32,7 +32,9 @@ use crate::audit::decision_log::DecisionRecord;
 use crate::audit::{AuditEvent, ChainReport};
 use crate::domain::{Actor, ConversationId, Jurisdiction, SubjectId};
 use crate::policy::rights::{RequestState, RightKind, RightsRequest, StepRefusal};
-use crate::policy::{Choice, ConsentMethod, ConversationFacts, Purpose, SubjectState};
+use crate::policy::{
+    Choice, ConsentMethod, ConversationFacts, PURPOSE_COUNT, Purpose, Status, SubjectState,
+};
 use crate::revision::Revision;
 
 /// Where the state lives.
@@ -297,6 +299,48 @@ pub struct HistoryPage {
     pub records: Vec<ConsentRecord>,
     /// Where the next page starts; `None` when this one is the last.
     pub next: Option<HistoryCursor>,
+}
+
+/// What the retention schedule reads of a subject (`Retention.Query`, `Retention.Due`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetentionSubject {
+    pub subject_id: String,
+    pub status: Status,
+    /// When the account was deleted, `None` while it is not. A deleted subject takes no
+    /// further write, so this is its row's `updated_at`.
+    pub deleted_at_micros: Option<i64>,
+    pub zero_data_retention: bool,
+    /// Its choices with when each was made, in purpose order.
+    pub choices: Vec<ChoiceEntry>,
+    /// The subject's revision (for one rebuilt as of an instant, that of the last event
+    /// applied).
+    pub revision: Revision,
+}
+
+/// Which subjects [`Store::due_candidates`] lists: every subject that any of the set criteria
+/// selects, in subject id order, after `after`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DueCandidates {
+    /// Subjects deleted at or before this instant.
+    pub deleted_through: Option<i64>,
+    /// Subjects with zero data retention.
+    pub zero_data_retention: bool,
+    /// Subjects who refused one of these purposes at or before `refused_through`.
+    pub refused: Vec<Purpose>,
+    pub refused_through: i64,
+    /// Only subject ids after this one (empty: from the first).
+    pub after: String,
+    pub limit: u32,
+}
+
+/// One page of [`Store::due_candidates`], read in one snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CandidatePage {
+    pub subjects: Vec<RetentionSubject>,
+    /// The page is full: more candidates may follow its last subject.
+    pub full: bool,
+    /// The store's latest revision when the page was read.
+    pub revision: Revision,
 }
 
 /// A subject as `GetSubject` shows it.
@@ -782,31 +826,14 @@ impl Store {
         conversation_id: Option<&ConversationId>,
         at_micros: i64,
     ) -> Result<DecisionState, StoreError> {
-        const HISTORY_PAGE: u32 = 1_000;
         let mut replayed = replay::Replayed::default();
-        let mut revision = Revision::ZERO;
-        'pages: loop {
-            let events = self
-                .events(&EventQuery {
-                    subject_id: Some(subject_id.clone()),
-                    after_sequence: revision.sequence(),
-                    limit: HISTORY_PAGE,
-                })
-                .await?;
-            let full_page = events.len() == HISTORY_PAGE as usize;
-            for event in &events {
-                if event.at_micros > at_micros {
-                    break 'pages;
-                }
+        let revision = self
+            .replay_until(subject_id, at_micros, |event| {
                 replayed
                     .apply(event)
-                    .map_err(|error| StoreError::Corrupt(error.to_string()))?;
-                revision = Revision::new(event.sequence);
-            }
-            if !full_page {
-                break;
-            }
-        }
+                    .map_err(|error| StoreError::Corrupt(error.to_string()))
+            })
+            .await?;
         Ok(DecisionState {
             conversation: conversation_id.and_then(|id| replayed.conversation(id.as_str())),
             // As the state counted then: the choices expired by that instant no longer count,
@@ -814,6 +841,123 @@ impl Store {
             subject: replayed.subject.map(|record| record.state.at(at_micros)),
             revision,
         })
+    }
+
+    /// Feeds `apply` the subject's audit events committed by `at_micros`, in revision order
+    /// (up to the first committed later); the revision of the last one (zero for none).
+    async fn replay_until(
+        &self,
+        subject_id: &SubjectId,
+        at_micros: i64,
+        mut apply: impl FnMut(&AuditEvent) -> Result<(), StoreError>,
+    ) -> Result<Revision, StoreError> {
+        const HISTORY_PAGE: u32 = 1_000;
+        let mut revision = Revision::ZERO;
+        loop {
+            let events = self
+                .events(&EventQuery {
+                    subject_id: Some(subject_id.clone()),
+                    after_sequence: revision.sequence(),
+                    limit: HISTORY_PAGE,
+                })
+                .await?;
+            for event in &events {
+                if event.at_micros > at_micros {
+                    return Ok(revision);
+                }
+                apply(event)?;
+                revision = Revision::new(event.sequence);
+            }
+            if events.len() < HISTORY_PAGE as usize {
+                return Ok(revision);
+            }
+        }
+    }
+
+    /// What the retention schedule reads of a subject now, or `None` if never seen.
+    pub async fn retention_subject(
+        &self,
+        subject_id: &SubjectId,
+    ) -> Result<Option<RetentionSubject>, StoreError> {
+        observed(self, "retention_subject", async {
+            match self {
+                Store::Sqlite(store) => store.retention_subject(subject_id).await,
+                Store::Postgres(store) => store.retention_subject(subject_id).await,
+            }
+        })
+        .await
+    }
+
+    /// What the retention schedule read of a subject as of `at_micros`, rebuilt from its audit
+    /// events committed by then: the deletion and each choice dated by the event that made it.
+    /// `None` if the subject did not exist then.
+    pub async fn retention_subject_as_of(
+        &self,
+        subject_id: &SubjectId,
+        at_micros: i64,
+    ) -> Result<Option<RetentionSubject>, StoreError> {
+        let mut replayed = replay::Replayed::default();
+        let mut deleted_at = None;
+        let mut chosen_at = [0_i64; PURPOSE_COUNT];
+        let mut chosen_by: [String; PURPOSE_COUNT] = Default::default();
+        let revision = self
+            .replay_until(subject_id, at_micros, |event| {
+                let before = replayed.subject.as_ref().map(|record| record.state);
+                replayed
+                    .apply(event)
+                    .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+                let Some(after) = replayed.subject.as_ref().map(|record| record.state) else {
+                    return Ok(());
+                };
+                let before = before.unwrap_or_default();
+                if after.status == Status::Deleted && before.status != Status::Deleted {
+                    deleted_at = Some(event.at_micros);
+                }
+                for purpose in Purpose::ALL {
+                    if after.choices.get(*purpose) != before.choices.get(*purpose) {
+                        chosen_at[purpose.index()] = event.at_micros;
+                        chosen_by[purpose.index()] = event.caller.clone();
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        let Some(record) = replayed.subject else {
+            return Ok(None);
+        };
+        let state = record.state;
+        Ok(Some(RetentionSubject {
+            subject_id: subject_id.as_str().to_owned(),
+            status: state.status,
+            deleted_at_micros: deleted_at.filter(|_| state.status == Status::Deleted),
+            zero_data_retention: state.zero_data_retention,
+            choices: state
+                .choices
+                .iter()
+                .map(|(purpose, choice)| ChoiceEntry {
+                    purpose,
+                    choice,
+                    updated_at_micros: chosen_at[purpose.index()],
+                    notice_version: record.provenance(purpose).notice_version.clone(),
+                    method: record.provenance(purpose).method,
+                    caller: chosen_by[purpose.index()].clone(),
+                    expires_at_micros: state.expiries.get(purpose),
+                })
+                .collect(),
+            revision,
+        }))
+    }
+
+    /// Subjects whose state may make data due under the retention schedule (see
+    /// [`DueCandidates`]), one page in one snapshot, with what the schedule reads of each.
+    pub async fn due_candidates(&self, query: &DueCandidates) -> Result<CandidatePage, StoreError> {
+        observed(self, "due_candidates", async {
+            match self {
+                Store::Sqlite(store) => store.due_candidates(query).await,
+                Store::Postgres(store) => store.due_candidates(query).await,
+            }
+        })
+        .await
     }
 
     /// Audit events in sequence order.

@@ -27,11 +27,11 @@ macro_rules! sql_rows {
         use $crate::revision::Revision;
         use $crate::store::change::{Change, Command, ConsentMeta, SubjectRecord, plan_change};
         use $crate::store::{
-            Change as ChangeNotice, ChoiceEntry, DecisionState, EventQuery, ExpiredChoice,
-            NewPolicy, NewRightsRequest, RightsListing, RightsOutcome, RightsQuery, RightsStep,
-            StoreError, StoredPolicy, StoredRightsRequest, SubjectSnapshot, WriteContext,
-            WriteOutcome,
-            WriteRequest, now_micros,
+            CandidatePage, Change as ChangeNotice, ChoiceEntry, DecisionState, DueCandidates,
+            EventQuery, ExpiredChoice, NewPolicy, NewRightsRequest, RetentionSubject,
+            RightsListing, RightsOutcome, RightsQuery, RightsStep, StoreError, StoredPolicy,
+            StoredRightsRequest, SubjectSnapshot, WriteContext, WriteOutcome, WriteRequest,
+            now_micros,
         };
 
         const VERIFY_PAGE: i64 = 1_000;
@@ -734,6 +734,123 @@ macro_rules! sql_rows {
             }
             let revision = Revision::new(from_i64(row.try_get("revision")?));
             Ok(Some((record, revision)))
+        }
+
+        /// What the retention schedule reads of a subject.
+        pub(super) async fn retention_subject_in(
+            connection: &mut $connection,
+            subject_id: &str,
+        ) -> Result<Option<RetentionSubject>, StoreError> {
+            let row = sqlx::query(
+                "SELECT status, zero_data_retention, updated_at, revision
+                 FROM subjects WHERE subject_id = $1",
+            )
+            .bind(subject_id)
+            .fetch_optional(&mut *connection)
+            .await?;
+            let Some(row) = row else { return Ok(None) };
+            let status = parse_column(&row, "status", Status::from_name)?;
+            let updated_at: i64 = row.try_get("updated_at")?;
+            Ok(Some(RetentionSubject {
+                subject_id: subject_id.to_owned(),
+                status,
+                // A deleted subject takes no further write: its row last changed when it was
+                // deleted.
+                deleted_at_micros: (status == Status::Deleted).then_some(updated_at),
+                zero_data_retention: row.try_get("zero_data_retention")?,
+                choices: load_choices(&mut *connection, subject_id).await?,
+                revision: Revision::new(from_i64(row.try_get("revision")?)),
+            }))
+        }
+
+        /// The subjects [`DueCandidates`] selects, after its `after`, in id order (the
+        /// database's order, as `after` compares in it): the union of one query per criterion,
+        /// each bounded by the page size, so that every one reads from its index only what the
+        /// page can hold.
+        pub(super) async fn due_candidates_in(
+            connection: &mut $connection,
+            query: &DueCandidates,
+        ) -> Result<CandidatePage, StoreError> {
+            let limit = i64::from(query.limit.max(1));
+            // Parameters: $1 after, $2 limit, then each criterion's own.
+            let mut branches: Vec<String> = Vec::new();
+            let mut next = 3;
+            let mut placeholder = || {
+                let name = format!("${next}");
+                next += 1;
+                name
+            };
+            if query.deleted_through.is_some() {
+                branches.push(format!(
+                    "SELECT subject_id FROM subjects
+                     WHERE status = 'DELETED' AND updated_at <= {} AND subject_id > $1
+                     ORDER BY subject_id LIMIT $2",
+                    placeholder()
+                ));
+            }
+            if query.zero_data_retention {
+                branches.push(
+                    "SELECT subject_id FROM subjects
+                     WHERE zero_data_retention AND subject_id > $1
+                     ORDER BY subject_id LIMIT $2"
+                        .to_owned(),
+                );
+            }
+            if !query.refused.is_empty() {
+                let through = placeholder();
+                let purposes: Vec<String> = query.refused.iter().map(|_| placeholder()).collect();
+                branches.push(format!(
+                    "SELECT DISTINCT subject_id FROM choices
+                     WHERE purpose IN ({}) AND choice = 'REFUSED' AND updated_at <= {through}
+                       AND subject_id > $1
+                     ORDER BY subject_id LIMIT $2",
+                    purposes.join(", ")
+                ));
+            }
+            let revision = Revision::new(latest_sequence(&mut *connection).await?);
+            if branches.is_empty() {
+                return Ok(CandidatePage {
+                    subjects: Vec::new(),
+                    full: false,
+                    revision,
+                });
+            }
+            let union: Vec<String> = branches
+                .iter()
+                .enumerate()
+                .map(|(index, branch)| {
+                    format!("SELECT subject_id FROM ({branch}) AS criterion_{index}")
+                })
+                .collect();
+            let sql = format!(
+                "SELECT subject_id FROM ({}) AS candidates ORDER BY subject_id LIMIT $2",
+                union.join(" UNION ")
+            );
+            let mut select = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(sql))
+                .bind(query.after.as_str())
+                .bind(limit);
+            if let Some(through) = query.deleted_through {
+                select = select.bind(through);
+            }
+            if !query.refused.is_empty() {
+                select = select.bind(query.refused_through);
+                for purpose in &query.refused {
+                    select = select.bind(purpose.as_str());
+                }
+            }
+            let ids = select.fetch_all(&mut *connection).await?;
+            let full = ids.len() as i64 == limit;
+            let mut subjects = Vec::with_capacity(ids.len());
+            for (subject_id,) in &ids {
+                if let Some(subject) = retention_subject_in(&mut *connection, subject_id).await? {
+                    subjects.push(subject);
+                }
+            }
+            Ok(CandidatePage {
+                subjects,
+                full,
+                revision,
+            })
         }
 
         /// The subject's choices, in purpose order.

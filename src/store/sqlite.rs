@@ -15,9 +15,10 @@ use sqlx::sqlite::{
 };
 
 use super::{
-    Change, DecisionState, EventQuery, ExpiredChoice, NewPolicy, NewRightsRequest, PruneReport,
-    RightsOutcome, RightsQuery, RightsStep, StoreError, StoredPolicy, StoredRightsRequest,
-    SubjectSnapshot, SubjectView, WriteContext, WriteOutcome, WriteRequest,
+    CandidatePage, Change, DecisionState, DueCandidates, EventQuery, ExpiredChoice, NewPolicy,
+    NewRightsRequest, PruneReport, RetentionSubject, RightsOutcome, RightsQuery, RightsStep,
+    StoreError, StoredPolicy, StoredRightsRequest, SubjectSnapshot, SubjectView, WriteContext,
+    WriteOutcome, WriteRequest,
 };
 use crate::audit::decision_log::DecisionRecord;
 use crate::audit::{AuditEvent, ChainReport};
@@ -163,6 +164,23 @@ impl SqliteStore {
             choices,
             revision,
         }))
+    }
+
+    pub async fn retention_subject(
+        &self,
+        subject_id: &SubjectId,
+    ) -> Result<Option<RetentionSubject>, StoreError> {
+        let mut tx = self.reader.begin().await?;
+        let subject = rows::retention_subject_in(&mut tx, subject_id.as_str()).await?;
+        tx.commit().await?;
+        Ok(subject)
+    }
+
+    pub async fn due_candidates(&self, query: &DueCandidates) -> Result<CandidatePage, StoreError> {
+        let mut tx = self.reader.begin().await?;
+        let page = rows::due_candidates_in(&mut tx, query).await?;
+        tx.commit().await?;
+        Ok(page)
     }
 
     pub async fn snapshot(

@@ -26,6 +26,8 @@ super::testing::backend_tests!(
     expiries_are_recorded_once_at_the_simulated_instant,
     consent_history_pages_in_order_and_stops_at_as_of,
     choices_stored_before_consent_records_keep_their_caller,
+    retention_reads_deletions_and_choices_with_their_times,
+    due_candidates_page_through_every_criterion,
 );
 
 fn subject(id: &str) -> SubjectId {
@@ -1111,5 +1113,235 @@ async fn choices_stored_before_consent_records_keep_their_caller(backend: Backen
         .unwrap();
     assert_eq!(history.records.len(), 1);
     assert_eq!(history.records[0].caller, "billing");
+    store.close().await;
+}
+
+/// When the last event of a subject was committed.
+async fn last_event_at(store: &Store, subject_id: &str) -> i64 {
+    all_events(store, Some(subject_id))
+        .await
+        .last()
+        .unwrap()
+        .at_micros
+}
+
+async fn retention_reads_deletions_and_choices_with_their_times(backend: Backend) {
+    let database = TestDatabase::create(backend).await;
+    let store = open(&database).await;
+    store
+        .write(&request("u-1", upsert(Plan::Free)))
+        .await
+        .unwrap();
+    store
+        .write(&request(
+            "u-1",
+            choice(Purpose::AnalyticsCookies, Some(Choice::Refused)),
+        ))
+        .await
+        .unwrap();
+    let refused_at = last_event_at(&store, "u-1").await;
+    let open_subject = store
+        .retention_subject(&subject("u-1"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(open_subject.status, Status::Active);
+    assert_eq!(open_subject.deleted_at_micros, None);
+    assert_eq!(
+        open_subject.choices,
+        [ChoiceEntry {
+            purpose: Purpose::AnalyticsCookies,
+            choice: Choice::Refused,
+            updated_at_micros: refused_at,
+            notice_version: crate::policy::POLICY_VERSION.to_owned(),
+            method: crate::policy::ConsentMethod::Unspecified,
+            caller: "store-tests".to_owned(),
+            expires_at_micros: None,
+        }]
+    );
+    assert_eq!(
+        store
+            .retention_subject_as_of(&subject("u-1"), refused_at)
+            .await
+            .unwrap(),
+        Some(open_subject.clone())
+    );
+    let before_refusal = store
+        .retention_subject_as_of(&subject("u-1"), refused_at - 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(before_refusal.choices.is_empty());
+
+    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    let deleted = store.write(&request("u-1", Command::Delete)).await.unwrap();
+    let deleted_at = last_event_at(&store, "u-1").await;
+    // A second deletion changes nothing, so the deletion instant stays.
+    store.write(&request("u-1", Command::Delete)).await.unwrap();
+    let now = store
+        .retention_subject(&subject("u-1"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(now.status, Status::Deleted);
+    assert_eq!(now.deleted_at_micros, Some(deleted_at));
+    assert!(now.choices.is_empty(), "deletion erases choices");
+    assert_eq!(now.revision, deleted.revision);
+    let replayed = store
+        .retention_subject_as_of(&subject("u-1"), i64::MAX)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(replayed, now);
+    let still_open = store
+        .retention_subject_as_of(&subject("u-1"), deleted_at - 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(still_open.deleted_at_micros, None);
+    assert_eq!(still_open.choices.len(), 1);
+
+    assert_eq!(
+        store.retention_subject(&subject("nobody")).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .retention_subject_as_of(&subject("u-1"), refused_at - 3_600_000_000)
+            .await
+            .unwrap(),
+        None,
+        "not created yet"
+    );
+    store.close().await;
+}
+
+async fn due_candidates_page_through_every_criterion(backend: Backend) {
+    let database = TestDatabase::create(backend).await;
+    let store = open(&database).await;
+    let write = |subject_id: &'static str, command: Command| {
+        let store = store.clone();
+        async move { store.write(&request(subject_id, command)).await.unwrap() }
+    };
+    for id in ["u-1", "u-2", "u-3", "u-4", "u-5", "u-6", "u-7"] {
+        write(id, upsert(Plan::ApiPaid)).await;
+    }
+    write("u-2", Command::Delete).await;
+    let zero = Command::Upsert(SubjectFields {
+        zero_data_retention: Some(true),
+        ..Default::default()
+    });
+    write("u-3", zero).await;
+    write(
+        "u-4",
+        choice(Purpose::AnalyticsCookies, Some(Choice::Refused)),
+    )
+    .await;
+    write(
+        "u-5",
+        choice(Purpose::MarketingEmail, Some(Choice::Granted)),
+    )
+    .await;
+    write(
+        "u-6",
+        choice(Purpose::MarketingEmail, Some(Choice::Refused)),
+    )
+    .await;
+    write(
+        "u-6",
+        choice(Purpose::AnalyticsCookies, Some(Choice::Refused)),
+    )
+    .await;
+    write("u-7", Command::Delete).await;
+    let last_at = last_event_at(&store, "u-7").await;
+    let head = store.head_revision().await.unwrap();
+
+    let every = DueCandidates {
+        deleted_through: Some(last_at),
+        zero_data_retention: true,
+        refused: vec![Purpose::AnalyticsCookies, Purpose::MarketingEmail],
+        refused_through: last_at,
+        after: String::new(),
+        limit: 2,
+    };
+    let mut pages = Vec::new();
+    let mut query = every.clone();
+    loop {
+        let page = store.due_candidates(&query).await.unwrap();
+        assert_eq!(page.revision, head);
+        let ids: Vec<String> = page.subjects.iter().map(|s| s.subject_id.clone()).collect();
+        pages.push(ids.clone());
+        if !page.full {
+            break;
+        }
+        query.after = ids.last().unwrap().clone();
+    }
+    assert_eq!(pages, [vec!["u-2", "u-3"], vec!["u-4", "u-6"], vec!["u-7"]]);
+    let ids = |page: CandidatePage| -> Vec<String> {
+        page.subjects.into_iter().map(|s| s.subject_id).collect()
+    };
+    let one = |query: DueCandidates| {
+        let store = store.clone();
+        async move {
+            ids(store
+                .due_candidates(&DueCandidates {
+                    limit: 100,
+                    ..query
+                })
+                .await
+                .unwrap())
+        }
+    };
+    let deleted_at = last_event_at(&store, "u-2").await;
+    assert_eq!(
+        one(DueCandidates {
+            deleted_through: Some(deleted_at),
+            ..DueCandidates::default()
+        })
+        .await,
+        ["u-2"],
+        "u-7 was deleted later"
+    );
+    assert_eq!(
+        one(DueCandidates {
+            zero_data_retention: true,
+            ..DueCandidates::default()
+        })
+        .await,
+        ["u-3"]
+    );
+    assert_eq!(
+        one(DueCandidates {
+            refused: vec![Purpose::MarketingEmail],
+            refused_through: last_at,
+            ..DueCandidates::default()
+        })
+        .await,
+        ["u-6"]
+    );
+    assert!(
+        one(DueCandidates {
+            refused: vec![Purpose::AnalyticsCookies],
+            refused_through: deleted_at,
+            ..DueCandidates::default()
+        })
+        .await
+        .is_empty(),
+        "refused after that instant"
+    );
+    let nothing = store
+        .due_candidates(&DueCandidates::default())
+        .await
+        .unwrap();
+    assert!(nothing.subjects.is_empty() && !nothing.full);
+    let zero_data = store
+        .due_candidates(&DueCandidates {
+            zero_data_retention: true,
+            limit: 10,
+            ..DueCandidates::default()
+        })
+        .await
+        .unwrap();
+    assert!(zero_data.subjects[0].zero_data_retention);
     store.close().await;
 }

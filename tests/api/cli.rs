@@ -505,3 +505,130 @@ async fn choices_carry_their_provenance_and_their_history_on_the_command_line() 
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains("cookie-banner"), "{stderr}");
 }
+
+/// `retention query` and `retention due`, in text and JSON.
+#[tokio::test]
+async fn retention_is_queried_and_due_data_listed() {
+    let app = TestApp::spawn().await;
+    for subject in ["ada", "bob", "cleo"] {
+        app.upsert(subject, assent::proto::Plan::Free).await;
+    }
+    stdout(&app, &["subject", "delete", "ada"]).await;
+    stdout(&app, &["subject", "delete", "cleo"]).await;
+
+    let text = stdout(
+        &app,
+        &[
+            "retention",
+            "query",
+            "--category",
+            "account-data",
+            "--subject",
+            "ada",
+        ],
+    )
+    .await;
+    assert!(text.starts_with("account-data  kept until "), "{text}");
+    assert!(text.contains("not due  legal hold"), "{text}");
+    assert!(
+        text.contains("privacy policy §5, Account Data (policy 2026-01-01"),
+        "{text}"
+    );
+    let open = stdout(
+        &app,
+        &[
+            "retention",
+            "query",
+            "--category",
+            "account-data",
+            "--subject",
+            "bob",
+        ],
+    )
+    .await;
+    assert!(
+        open.starts_with("account-data  kept 1 year after account-termination  not due"),
+        "{open}"
+    );
+    let json: serde_json::Value = serde_json::from_str(
+        &stdout(
+            &app,
+            &[
+                "retention",
+                "query",
+                "--category",
+                "invoices",
+                "--event-time",
+                "2026-03-15T00:00:00Z",
+                "--json",
+            ],
+        )
+        .await,
+    )
+    .unwrap();
+    assert_eq!(json["category"], "DATA_CATEGORY_INVOICES");
+    assert_eq!(json["keepUntil"], "2037-01-01T00:00:00.000000Z");
+    assert_eq!(json["legalHold"], true);
+    assert_eq!(json["due"], false);
+
+    let due = stdout(
+        &app,
+        &[
+            "retention",
+            "due",
+            "--category",
+            "chat-conversation",
+            "--page-size",
+            "1",
+        ],
+    )
+    .await;
+    assert!(due.contains("subjects whose data is due: 1"), "{due}");
+    assert!(due.contains("    ada "), "{due}");
+    assert!(due.contains("more: --page-token d1."), "{due}");
+    let all: serde_json::Value = serde_json::from_str(
+        &stdout(
+            &app,
+            &[
+                "retention",
+                "due",
+                "--category",
+                "chat-conversation",
+                "--page-size",
+                "1",
+                "--all",
+                "--json",
+            ],
+        )
+        .await,
+    )
+    .unwrap();
+    let ids: Vec<&str> = all["subjects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|subject| subject["subjectId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["ada", "cleo"]);
+    assert_eq!(all["nextPageToken"], "");
+    assert_eq!(
+        all["recordCutoff"]["event"],
+        "RETENTION_EVENT_CONVERSATION_OR_ACCOUNT_DELETION"
+    );
+
+    let output = assent(
+        &app,
+        &[
+            "retention",
+            "query",
+            "--category",
+            "account-data",
+            "--subject",
+            "nobody",
+        ],
+    )
+    .await;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("NOT_FOUND: subject_id"), "{stderr}");
+}

@@ -13,6 +13,7 @@ use assent::proto::audit_client::AuditClient;
 use assent::proto::changes_client::ChangesClient;
 use assent::proto::decisions_client::DecisionsClient;
 use assent::proto::policies_client::PoliciesClient;
+use assent::proto::retention_client::RetentionClient;
 use assent::proto::subjects_client::SubjectsClient;
 use assent::startup::Application;
 use assent::store::DatabaseUrl;
@@ -115,6 +116,10 @@ impl TestApp {
 
     pub fn policies(&self) -> PoliciesClient<Channel> {
         PoliciesClient::new(self.channel())
+    }
+
+    pub fn retention(&self) -> RetentionClient<Channel> {
+        RetentionClient::new(self.channel())
     }
 
     pub fn backend(&self) -> Backend {

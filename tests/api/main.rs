@@ -13,6 +13,7 @@ mod limits;
 mod policies;
 #[path = "../support/process.rs"]
 mod process;
+mod retention;
 mod rights;
 mod scenarios;
 mod subjects;
