@@ -315,7 +315,12 @@ impl CompiledPolicy {
 }
 
 /// Checks the retention schedule (every category once, each row consistent) and compiles it.
+/// A file with no schedule at all (a version stored before schedules were part of a policy
+/// file) keeps the built-in one, so every stored version still compiles.
 fn compile_retention(document: &PolicyFile) -> Result<Box<[RetentionRule]>, PolicyError> {
+    if document.retention.is_empty() && document.version != super::POLICY_VERSION {
+        return Ok(CompiledPolicy::builtin().retention.clone());
+    }
     DataCategory::ALL
         .iter()
         .map(|&category| {
@@ -1511,6 +1516,23 @@ purposes = { MEMORY = "GONE" }"#,
             policy.effective_from_micros(),
             20_780 * crate::calendar::MICROS_PER_DAY + (15 * 3_600 + 40 * 60) * 1_000_000
         );
+    }
+
+    #[test]
+    fn a_file_without_a_schedule_keeps_the_built_in_one() {
+        let start = BUILTIN_POLICY.find("\n[retention.").unwrap();
+        let source = BUILTIN_POLICY[..start].replacen(
+            "version = \"2026-01-01\"",
+            "version = \"2026-02-01\"",
+            1,
+        );
+        let policy = CompiledPolicy::compile(&source).unwrap();
+        for category in DataCategory::ALL {
+            assert_eq!(
+                policy.retention_rule(*category),
+                CompiledPolicy::builtin().retention_rule(*category)
+            );
+        }
     }
 
     #[test]

@@ -43,7 +43,9 @@ pub struct PolicyFile {
     pub degraded: Degraded,
     /// Every rule, by id.
     pub rules: BTreeMap<String, RuleDefinition>,
-    /// The retention schedule (privacy policy §5): one row per data category.
+    /// The retention schedule (privacy policy §5): one row per data category. A file without
+    /// any row (written before schedules were part of a version) keeps the built-in schedule.
+    #[serde(default)]
     pub retention: BTreeMap<Named<DataCategory>, RetentionEntry>,
 }
 
