@@ -12,6 +12,7 @@ use super::{AppState, CallContext};
 use crate::audit::decision_log::{DecisionRecord, DurableReceipt};
 use crate::cache::Tier;
 use crate::error::ApiError;
+use crate::policies::Policies;
 use crate::policy::{CompiledPolicy, Purpose, Question, Ruling, SubjectState};
 use crate::proto;
 use crate::revision::Revision;
@@ -102,7 +103,7 @@ impl DecisionsService {
         loaded: Result<(DecisionState, Tier), StoreError>,
         ids: &DecisionIds,
     ) -> Result<Verdict, ApiError> {
-        let policy = self.state.policies.in_force(ids.micros());
+        let policy = ids.policy;
         match loaded {
             Ok((state, _tier)) => Ok(self.judge(query, policy, state, ids.micros(), ids)),
             // The fail-safe answer of POLICY.md, only when the caller asked for no particular
@@ -219,7 +220,7 @@ impl DecisionsService {
         queries: &[CheckQuery],
         context: &CallContext,
     ) -> Result<(Vec<proto::CheckResponse>, Vec<DurableReceipt>), ApiError> {
-        let ids = DecisionIds::now();
+        let ids = DecisionIds::now(&self.state.policies);
         let mut answers: Vec<Option<proto::CheckResponse>> = Vec::with_capacity(queries.len());
         let mut receipts = Vec::new();
         let mut waiting = futures_util::stream::FuturesUnordered::new();
@@ -269,17 +270,23 @@ type CheckAnswer = Result<(proto::CheckResponse, Option<DurableReceipt>), ApiErr
 struct DecisionIds {
     seconds: u64,
     nanos: u32,
+    /// The policy version in force at the call's instant, looked up once per call (a batch's
+    /// checks share it).
+    policy: &'static CompiledPolicy,
 }
 
 impl DecisionIds {
-    fn now() -> DecisionIds {
+    fn now(policies: &Policies) -> DecisionIds {
         let since_epoch = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        DecisionIds {
+        let mut ids = DecisionIds {
             seconds: since_epoch.as_secs(),
             nanos: since_epoch.subsec_nanos(),
-        }
+            policy: CompiledPolicy::builtin(),
+        };
+        ids.policy = policies.in_force(ids.micros());
+        ids
     }
 
     /// The call's instant, in microseconds since the epoch.
@@ -424,7 +431,7 @@ impl proto::decisions_server::Decisions for DecisionsService {
         let query = validate::check(request.get_ref())?;
         let context = CallContext::of(&request);
         let (response, receipt) = self
-            .check_one(&query, &context, &DecisionIds::now())
+            .check_one(&query, &context, &DecisionIds::now(&self.state.policies))
             .await?;
         await_receipts(receipt).await?;
         Ok(Response::new(response))
@@ -460,7 +467,7 @@ impl proto::decisions_server::Decisions for DecisionsService {
                 let result = match requests.message().await {
                     Ok(Some(check_request)) => match validate::check(&check_request) {
                         Ok(query) => match service
-                            .check_one(&query, &context, &DecisionIds::now())
+                            .check_one(&query, &context, &DecisionIds::now(&service.state.policies))
                             .await
                         {
                             Ok((response, receipt)) => await_receipts(receipt)
@@ -494,7 +501,7 @@ mod tests {
 
     #[test]
     fn decision_ids_of_one_call_share_the_time_and_differ() {
-        let ids = DecisionIds::now();
+        let ids = DecisionIds::now(&crate::policies::Policies::default());
         let made: std::collections::HashSet<uuid::Uuid> = (0..10_000).map(|_| ids.next()).collect();
         assert_eq!(made.len(), 10_000);
         let first = made.iter().next().unwrap();

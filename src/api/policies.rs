@@ -172,11 +172,11 @@ impl proto::policies_server::Policies for PoliciesService {
             }
             Err(error) => return Err(ApiError::from_store(error, "").into()),
         };
+        // Stored now or by another replica meanwhile: installed here either way.
+        PoliciesService::reload(&self.state).await?;
         if !outcome.changed {
-            PoliciesService::reload(&self.state).await?;
             return Ok(unchanged(outcome.revision));
         }
-        PoliciesService::reload(&self.state).await?;
         self.state.cache.committed("", outcome.revision);
         tracing::info!(
             version = policy.version(),
