@@ -188,7 +188,9 @@ impl Watch {
             let expired = (event.kind == EventKind::ConsentExpired.as_str())
                 .then(|| detail["purpose"].as_str().and_then(Purpose::from_name))
                 .flatten();
-            let flipped = self.flipped(event, conversation_id, expired).await?;
+            let flipped = self
+                .flipped(event, &detail, conversation_id, expired)
+                .await?;
             if flipped.is_empty() && !self.query.purposes.is_empty() {
                 return Ok(None);
             }
@@ -213,12 +215,14 @@ impl Watch {
         }))
     }
 
-    /// The answers the event turned, comparing the subject's state before and after it, both
+    /// The answers the event turned (`detail`: its detail, parsed once by the caller), comparing
+    /// the subject's state before and after it, both
     /// as they count at the commit (choices expired by then dropped, except the one whose
     /// expiry the event records, `expired`).
     async fn flipped(
         &mut self,
         event: &AuditEvent,
+        detail: &Value,
         conversation_id: &str,
         expired: Option<Purpose>,
     ) -> Result<Vec<proto::DecisionFlip>, ApiError> {
@@ -241,7 +245,7 @@ impl Watch {
             .as_ref()
             .map(|record| counted_before(&record.state, at, expired));
         subject
-            .apply(event)
+            .apply_parsed(event, detail)
             .map_err(|error| ApiError::Internal(StoreError::Corrupt(error.to_string())))?;
         let after_conversation = conversation(&subject);
         let after = subject.subject.as_ref().map(|record| record.state.at(at));

@@ -35,6 +35,21 @@ pub struct ReplayError {
 impl Replayed {
     /// Applies one event of this subject (events must come in revision order).
     pub fn apply(&mut self, event: &AuditEvent) -> Result<(), ReplayError> {
+        if EventKind::from_name(&event.kind).is_none() {
+            return Ok(());
+        }
+        let detail: Value =
+            serde_json::from_str(&event.detail_json).map_err(|error| ReplayError {
+                sequence: event.sequence,
+                kind: event.kind.clone(),
+                problem: format!("detail is not JSON: {error}"),
+            })?;
+        self.apply_parsed(event, &detail)
+    }
+
+    /// [`Replayed::apply`] with the event's detail already parsed (`detail` is
+    /// `event.detail_json` as JSON).
+    pub fn apply_parsed(&mut self, event: &AuditEvent, detail: &Value) -> Result<(), ReplayError> {
         let fail = |problem: String| ReplayError {
             sequence: event.sequence,
             kind: event.kind.clone(),
@@ -43,8 +58,6 @@ impl Replayed {
         let Some(kind) = EventKind::from_name(&event.kind) else {
             return Ok(());
         };
-        let detail: Value = serde_json::from_str(&event.detail_json)
-            .map_err(|error| fail(format!("detail is not JSON: {error}")))?;
         let after = &detail["after"];
         match kind {
             EventKind::SubjectUpserted => {
@@ -59,7 +72,7 @@ impl Replayed {
                     .map_err(|problem| fail(format!("purpose: {problem}")))?;
                 let choice = optional_name(after, Choice::from_name)
                     .map_err(|problem| fail(format!("after: {problem}")))?;
-                let consent = consent_meta(&detail).map_err(fail)?;
+                let consent = consent_meta(detail).map_err(fail)?;
                 self.existing(event)?.set_choice(purpose, choice, &consent);
             }
             EventKind::ConsentExpired => {
