@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::{AppState, caller_of, convert, trace_id_of, validate};
 use crate::error::ApiError;
-use crate::policy::{CompiledPolicy, Purpose, Question};
+use crate::policy::{CompiledPolicy, DataCategory, Purpose, Question};
 use crate::proto;
 use crate::store::{NewPolicy, StoreError, WriteContext, now_micros};
 
@@ -348,6 +348,22 @@ impl proto::policies_server::Policies for PoliciesService {
             new_version: new.version().to_owned(),
             subjects_scanned: scanned,
             purposes: diffs,
+            retention: retention_diff(old, &new),
         }))
     }
+}
+
+/// The rows of the retention schedule that differ between two versions, in category order.
+fn retention_diff(old: &CompiledPolicy, new: &CompiledPolicy) -> Vec<proto::RetentionRowDiff> {
+    DataCategory::ALL
+        .iter()
+        .filter_map(|&category| {
+            let (was, is) = (old.retention_rule(category), new.retention_rule(category));
+            (was != is).then(|| proto::RetentionRowDiff {
+                category: proto::DataCategory::from(category).into(),
+                old_row: was.to_string(),
+                new_row: is.to_string(),
+            })
+        })
+        .collect()
 }

@@ -403,6 +403,17 @@ pub fn diff_json(response: &proto::DiffPolicyResponse) -> Value {
         "newVersion": response.new_version,
         "subjectsScanned": response.subjects_scanned.to_string(),
         "purposes": purposes,
+        "retention": response
+            .retention
+            .iter()
+            .map(|row| {
+                json!({
+                    "category": category(row.category),
+                    "oldRow": row.old_row,
+                    "newRow": row.new_row,
+                })
+            })
+            .collect::<Vec<Value>>(),
     })
 }
 
@@ -429,6 +440,19 @@ pub fn diff_text(response: &proto::DiffPolicyResponse) -> String {
                 example.new_rule
             ));
         }
+    }
+    if response.retention.is_empty() {
+        text.push_str("retention schedule: the same\n");
+    } else {
+        text.push_str("retention schedule: rows that change\n");
+    }
+    for row in &response.retention {
+        text.push_str(&format!(
+            "  {}\n    - {}\n    + {}\n",
+            short(&category(row.category), "DATA_CATEGORY_"),
+            row.old_row,
+            row.new_row
+        ));
     }
     text
 }

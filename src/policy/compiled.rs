@@ -1694,6 +1694,32 @@ purposes = { MEMORY = "GONE" }"#,
     }
 
     #[test]
+    fn each_retention_row_reads_as_the_policy_file_line_that_compiles_back_to_it() {
+        let builtin = CompiledPolicy::builtin();
+        let start = BUILTIN_POLICY.len() - retention_schedule().len();
+        let mut source = format!("{}\n[retention]\n", &BUILTIN_POLICY[..start]);
+        for &category in DataCategory::ALL {
+            let row = builtin.retention_rule(category).to_string();
+            source.push_str(&format!("{} = {{ {row} }}\n", category.as_str()));
+        }
+        let rewritten = CompiledPolicy::compile(&source).expect("the rows as written compile");
+        for &category in DataCategory::ALL {
+            assert_eq!(
+                rewritten.retention_rule(category),
+                builtin.retention_rule(category),
+                "{}",
+                category.as_str()
+            );
+        }
+        assert_eq!(
+            builtin.retention_rule(DataCategory::Invoices).to_string(),
+            "keep = \"AFTER_EVENT\", event = \"INVOICE_ISSUED\", period = \"10y\", \
+             from_financial_year_close = true, legal_hold = \"ALWAYS\", section = \"privacy \
+             policy §5, Invoices and related correspondence\""
+        );
+    }
+
+    #[test]
     fn a_compiled_policy_can_be_shared_between_threads() {
         fn shared<T: Send + Sync>() {}
         shared::<CompiledPolicy>();

@@ -504,6 +504,49 @@ impl RetentionRule {
     }
 }
 
+impl std::fmt::Display for RetentionRule {
+    /// As a policy file writes the row (`keep = "AFTER_EVENT", event = "GENERATION", …`), so a
+    /// row that changed between two versions reads as the edit that changed it.
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (kind, event) = match self.keep {
+            KeepRule::UntilEvent(event) => ("UNTIL_EVENT", event),
+            KeepRule::AfterEvent(event, _) => ("AFTER_EVENT", event),
+            KeepRule::WhileConsented(event) => ("WHILE_CONSENTED", event),
+        };
+        write!(formatter, "keep = \"{kind}\", event = \"{event}\"")?;
+        match self.keep {
+            KeepRule::AfterEvent(_, Period::Days(days)) => {
+                write!(formatter, ", period = \"{days}d\"")?;
+            }
+            KeepRule::AfterEvent(_, Period::Years(years)) => {
+                write!(formatter, ", period = \"{years}y\"")?;
+            }
+            KeepRule::AfterEvent(_, Period::YearsFromFinancialYearClose(years)) => write!(
+                formatter,
+                ", period = \"{years}y\", from_financial_year_close = true"
+            )?,
+            KeepRule::UntilEvent(_) | KeepRule::WhileConsented(_) => {}
+        }
+        if !self.consent.is_empty() {
+            let names: Vec<String> = self
+                .consent
+                .iter()
+                .map(|purpose| format!("\"{purpose}\""))
+                .collect();
+            write!(formatter, ", consent = [{}]", names.join(", "))?;
+        }
+        if self.unless_zero_data_retention {
+            formatter.write_str(", unless_zero_data_retention = true")?;
+        }
+        write!(
+            formatter,
+            ", legal_hold = \"{}\", section = {:?}",
+            self.legal_hold.as_str(),
+            &*self.section
+        )
+    }
+}
+
 /// The retention schedule: one arm per row of privacy policy §5.
 pub fn retention(category: DataCategory, facts: &RetentionFacts) -> Retention<'static> {
     use DataCategory as Category;

@@ -237,6 +237,7 @@ async fn policy_files_are_validated_tested_applied_and_compared() {
         "{diff}"
     );
     assert!(diff.contains("e.g. alice: ALLOW T6 -> DENY T4"), "{diff}");
+    assert!(diff.contains("retention schedule: the same"), "{diff}");
     let applied = stdout(&app, &["policy", "apply", v2, "--reason", "test"]).await;
     assert!(
         applied.starts_with("applied policy version 2026-12-cli"),

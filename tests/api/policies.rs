@@ -403,6 +403,46 @@ async fn a_diff_counts_the_answers_a_version_would_change() {
         .unwrap()
         .into_inner();
     assert!(same.purposes.iter().all(|purpose| purpose.changed == 0));
+    assert!(diff.retention.is_empty(), "{:?}", diff.retention);
+    assert!(same.retention.is_empty());
+    // A version that keeps technical data two years instead of one: its row is listed, as
+    // written in each file.
+    let v3 = v2.replacen(
+        "event = \"CONNECTION\"\nperiod = \"1y\"",
+        "event = \"CONNECTION\"\nperiod = \"2y\"",
+        1,
+    );
+    assert_ne!(v3, v2);
+    let schedule = app
+        .policies()
+        .diff_policy(proto::DiffPolicyRequest {
+            old_source: v2.clone(),
+            new_source: v3,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(schedule.purposes.iter().all(|purpose| purpose.changed == 0));
+    let rows: Vec<(i32, &str, &str)> = schedule
+        .retention
+        .iter()
+        .map(|row| (row.category, row.old_row.as_str(), row.new_row.as_str()))
+        .collect();
+    let row = |period: &str| {
+        format!(
+            "keep = \"AFTER_EVENT\", event = \"CONNECTION\", period = \"{period}\", \
+             legal_hold = \"ALWAYS\", section = \"privacy policy §5, Technical data\""
+        )
+    };
+    assert_eq!(
+        rows,
+        [(
+            proto::DataCategory::TechnicalData as i32,
+            row("1y").as_str(),
+            row("2y").as_str()
+        )]
+    );
     let bad = app
         .policies()
         .diff_policy(proto::DiffPolicyRequest {
