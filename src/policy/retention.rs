@@ -27,6 +27,7 @@
 
 use crate::calendar::{Date, MICROS_PER_DAY};
 
+use super::file::KeepKind;
 use super::vocabulary::{Choice, Purpose};
 
 pub use super::vocabulary::DataCategory;
@@ -508,23 +509,23 @@ impl std::fmt::Display for RetentionRule {
     /// As a policy file writes the row (`keep = "AFTER_EVENT", event = "GENERATION", …`), so a
     /// row that changed between two versions reads as the edit that changed it.
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (kind, event) = match self.keep {
-            KeepRule::UntilEvent(event) => ("UNTIL_EVENT", event),
-            KeepRule::AfterEvent(event, _) => ("AFTER_EVENT", event),
-            KeepRule::WhileConsented(event) => ("WHILE_CONSENTED", event),
+        let kind = match self.keep {
+            KeepRule::UntilEvent(_) => KeepKind::UntilEvent,
+            KeepRule::AfterEvent(..) => KeepKind::AfterEvent,
+            KeepRule::WhileConsented(_) => KeepKind::WhileConsented,
         };
-        write!(formatter, "keep = \"{kind}\", event = \"{event}\"")?;
+        write!(
+            formatter,
+            "keep = \"{}\", event = \"{}\"",
+            kind.as_str(),
+            self.keep.event()
+        )?;
         match self.keep {
-            KeepRule::AfterEvent(_, Period::Days(days)) => {
-                write!(formatter, ", period = \"{days}d\"")?;
-            }
-            KeepRule::AfterEvent(_, Period::Years(years)) => {
-                write!(formatter, ", period = \"{years}y\"")?;
-            }
             KeepRule::AfterEvent(_, Period::YearsFromFinancialYearClose(years)) => write!(
                 formatter,
                 ", period = \"{years}y\", from_financial_year_close = true"
             )?,
+            KeepRule::AfterEvent(_, period) => write!(formatter, ", period = \"{period}\"")?,
             KeepRule::UntilEvent(_) | KeepRule::WhileConsented(_) => {}
         }
         if !self.consent.is_empty() {

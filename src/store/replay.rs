@@ -32,29 +32,31 @@ pub struct ReplayError {
     pub problem: String,
 }
 
+impl ReplayError {
+    fn of(event: &AuditEvent, problem: String) -> ReplayError {
+        ReplayError {
+            sequence: event.sequence,
+            kind: event.kind.clone(),
+            problem,
+        }
+    }
+}
+
 impl Replayed {
     /// Applies one event of this subject (events must come in revision order).
     pub fn apply(&mut self, event: &AuditEvent) -> Result<(), ReplayError> {
         if EventKind::from_name(&event.kind).is_none() {
             return Ok(());
         }
-        let detail: Value =
-            serde_json::from_str(&event.detail_json).map_err(|error| ReplayError {
-                sequence: event.sequence,
-                kind: event.kind.clone(),
-                problem: format!("detail is not JSON: {error}"),
-            })?;
+        let detail: Value = serde_json::from_str(&event.detail_json)
+            .map_err(|error| ReplayError::of(event, format!("detail is not JSON: {error}")))?;
         self.apply_parsed(event, &detail)
     }
 
     /// [`Replayed::apply`] with the event's detail already parsed (`detail` is
     /// `event.detail_json` as JSON).
     pub fn apply_parsed(&mut self, event: &AuditEvent, detail: &Value) -> Result<(), ReplayError> {
-        let fail = |problem: String| ReplayError {
-            sequence: event.sequence,
-            kind: event.kind.clone(),
-            problem,
-        };
+        let fail = |problem: String| ReplayError::of(event, problem);
         let Some(kind) = EventKind::from_name(&event.kind) else {
             return Ok(());
         };
@@ -108,10 +110,11 @@ impl Replayed {
     }
 
     fn existing(&mut self, event: &AuditEvent) -> Result<&mut SubjectRecord, ReplayError> {
-        self.subject.as_mut().ok_or_else(|| ReplayError {
-            sequence: event.sequence,
-            kind: event.kind.clone(),
-            problem: "the subject has no creation event before it".to_owned(),
+        self.subject.as_mut().ok_or_else(|| {
+            ReplayError::of(
+                event,
+                "the subject has no creation event before it".to_owned(),
+            )
         })
     }
 }
