@@ -22,65 +22,35 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
 use crate::api::Caller;
+use crate::named::named_enum;
 
-/// What a caller may do. The names are the scope strings of tokens.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Scope {
-    /// `decisions:check`: Check, BatchCheck, StreamCheck.
-    Check,
-    /// `subjects:read`: GetSubject, ConsentHistory.
-    SubjectsRead,
-    /// `subjects:write`: every write of `Subjects`.
-    SubjectsWrite,
-    /// `audit:read`: ListEvents, VerifyChain.
-    AuditRead,
-    /// `changes:watch`: Changes.Watch.
-    ChangesWatch,
-    /// `policies:read`: ListPolicies, GetPolicy, DiffPolicy (ApplyPolicy needs `admin`).
-    PoliciesRead,
-    /// `rights:read`: GetRequest, ListRequests, ListOverdue.
-    RightsRead,
-    /// `rights:write`: FileRequest, AdvanceRequest, ExtendRequest.
-    RightsWrite,
-    /// `retention:read`: Retention.Query, Retention.Due.
-    RetentionRead,
-    /// `admin`: everything.
-    Admin,
+named_enum! {
+    /// What a caller may do. The names are the scope strings of tokens.
+    pub enum Scope {
+        /// Check, BatchCheck, StreamCheck.
+        Check => "decisions:check",
+        /// GetSubject, ConsentHistory.
+        SubjectsRead => "subjects:read",
+        /// Every write of `Subjects`.
+        SubjectsWrite => "subjects:write",
+        /// ListEvents, VerifyChain.
+        AuditRead => "audit:read",
+        /// Changes.Watch.
+        ChangesWatch => "changes:watch",
+        /// ListPolicies, GetPolicy, DiffPolicy (ApplyPolicy needs `admin`).
+        PoliciesRead => "policies:read",
+        /// GetRequest, ListRequests, ListOverdue.
+        RightsRead => "rights:read",
+        /// FileRequest, AdvanceRequest, ExtendRequest.
+        RightsWrite => "rights:write",
+        /// Retention.Query, Retention.Due.
+        RetentionRead => "retention:read",
+        /// Everything.
+        Admin => "admin",
+    }
 }
 
 impl Scope {
-    pub const ALL: [Scope; 10] = [
-        Scope::Check,
-        Scope::SubjectsRead,
-        Scope::SubjectsWrite,
-        Scope::AuditRead,
-        Scope::ChangesWatch,
-        Scope::PoliciesRead,
-        Scope::RightsRead,
-        Scope::RightsWrite,
-        Scope::RetentionRead,
-        Scope::Admin,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::Check => "decisions:check",
-            Scope::SubjectsRead => "subjects:read",
-            Scope::SubjectsWrite => "subjects:write",
-            Scope::AuditRead => "audit:read",
-            Scope::ChangesWatch => "changes:watch",
-            Scope::PoliciesRead => "policies:read",
-            Scope::RightsRead => "rights:read",
-            Scope::RightsWrite => "rights:write",
-            Scope::RetentionRead => "retention:read",
-            Scope::Admin => "admin",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Scope> {
-        Scope::ALL.into_iter().find(|scope| scope.as_str() == text)
-    }
-
     fn bit(self) -> u16 {
         1 << self as u16
     }
@@ -97,7 +67,7 @@ impl Scopes {
         Scopes(
             names
                 .into_iter()
-                .filter_map(Scope::parse)
+                .filter_map(Scope::from_name)
                 .fold(0, |bits, scope| bits | scope.bit()),
         )
     }
@@ -110,9 +80,9 @@ impl Scopes {
 impl fmt::Debug for Scopes {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         let names: Vec<&str> = Scope::ALL
-            .into_iter()
+            .iter()
             .filter(|scope| self.0 & scope.bit() != 0)
-            .map(Scope::as_str)
+            .map(|scope| scope.as_str())
             .collect();
         write!(formatter, "{names:?}")
     }
@@ -420,7 +390,7 @@ pub fn parse_client_scopes(text: &str) -> Result<HashMap<String, Scopes>, String
             .ok_or_else(|| format!("expected NAME=SCOPE[,SCOPE], got {entry:?}"))?;
         let mut parsed = Vec::new();
         for scope in scopes.split(',').map(str::trim) {
-            parsed.push(Scope::parse(scope).ok_or_else(|| {
+            parsed.push(Scope::from_name(scope).ok_or_else(|| {
                 format!(
                     "unknown scope {scope:?} for {name}; known: decisions:check, subjects:read, \
                      subjects:write, audit:read, admin"

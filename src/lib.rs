@@ -14,6 +14,7 @@ pub mod domain;
 pub mod error;
 pub mod limits;
 pub mod metrics;
+mod named;
 pub mod policies;
 pub mod policy;
 pub mod proto;

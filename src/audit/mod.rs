@@ -10,63 +10,28 @@ pub mod decision_log;
 
 pub use chain::{ChainReport, ChainVerifier, GENESIS_HASH, canonical_bytes, chain_hash};
 
-/// The kind of change an event records.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum EventKind {
-    SubjectUpserted,
-    ChoiceSet,
-    FeedbackRecorded,
-    ConversationFlagged,
-    RestrictionSet,
-    SubjectDeleted,
-    /// A policy version was stored (its subject id is empty).
-    PolicyApplied,
-    /// A rights request was filed; its effects on the subject, if any, are events of their own.
-    RightsRequestFiled,
-    /// A rights request moved to another state.
-    RightsRequestAdvanced,
-    /// A rights request's deadline was extended.
-    RightsRequestExtended,
-    /// A choice's expiry passed: the choice was removed and the default applies again.
-    ConsentExpired,
-}
+use crate::named::named_enum;
 
-impl EventKind {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            EventKind::SubjectUpserted => "subject_upserted",
-            EventKind::ChoiceSet => "choice_set",
-            EventKind::FeedbackRecorded => "feedback_recorded",
-            EventKind::ConversationFlagged => "conversation_flagged",
-            EventKind::RestrictionSet => "restriction_set",
-            EventKind::SubjectDeleted => "subject_deleted",
-            EventKind::PolicyApplied => "policy_applied",
-            EventKind::RightsRequestFiled => "rights_request_filed",
-            EventKind::RightsRequestAdvanced => "rights_request_advanced",
-            EventKind::RightsRequestExtended => "rights_request_extended",
-            EventKind::ConsentExpired => "consent_expired",
-        }
-    }
-
-    pub const ALL: [EventKind; 11] = [
-        EventKind::SubjectUpserted,
-        EventKind::ChoiceSet,
-        EventKind::FeedbackRecorded,
-        EventKind::ConversationFlagged,
-        EventKind::RestrictionSet,
-        EventKind::SubjectDeleted,
-        EventKind::PolicyApplied,
-        EventKind::RightsRequestFiled,
-        EventKind::RightsRequestAdvanced,
-        EventKind::RightsRequestExtended,
-        EventKind::ConsentExpired,
-    ];
-
-    /// Parses a stored kind name; `None` for a name this binary does not know.
-    pub fn from_name(text: &str) -> Option<EventKind> {
-        EventKind::ALL
-            .into_iter()
-            .find(|kind| kind.as_str() == text)
+named_enum! {
+    /// The kind of change an event records, by the name stored and hashed.
+    pub enum EventKind {
+        SubjectUpserted => "subject_upserted",
+        ChoiceSet => "choice_set",
+        FeedbackRecorded => "feedback_recorded",
+        ConversationFlagged => "conversation_flagged",
+        RestrictionSet => "restriction_set",
+        SubjectDeleted => "subject_deleted",
+        /// A policy version was stored (its subject id is empty).
+        PolicyApplied => "policy_applied",
+        /// A rights request was filed; its effects on the subject, if any, are events of their
+        /// own.
+        RightsRequestFiled => "rights_request_filed",
+        /// A rights request moved to another state.
+        RightsRequestAdvanced => "rights_request_advanced",
+        /// A rights request's deadline was extended.
+        RightsRequestExtended => "rights_request_extended",
+        /// A choice's expiry passed: the choice was removed and the default applies again.
+        ConsentExpired => "consent_expired",
     }
 }
 

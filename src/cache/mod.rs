@@ -30,6 +30,7 @@ pub use shared::{SharedCache, SharedLookup, SharedSettings};
 pub use watermark::Watermark;
 
 use crate::domain::{ConversationId, SubjectId};
+use crate::named::named_enum;
 use crate::revision::{Freshness, Revision};
 use crate::store::{Change, DecisionState, Store, StoreError};
 
@@ -97,21 +98,12 @@ impl Default for CacheSettings {
     }
 }
 
-/// Which tier answered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Tier {
-    Local,
-    Shared,
-    Store,
-}
-
-impl Tier {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Tier::Local => "local",
-            Tier::Shared => "redis",
-            Tier::Store => "store",
-        }
+named_enum! {
+    /// Which tier answered.
+    pub enum Tier {
+        Local => "local",
+        Shared => "redis",
+        Store => "store",
     }
 }
 

@@ -23,6 +23,7 @@ use super::vocabulary::{
     Choice, DataCategory, Decision, LawfulBasis, Plan, Purpose, Reason, Source, Status,
 };
 use crate::calendar::{self, MICROS_PER_DAY};
+use crate::named::named_enum;
 
 /// A policy document as written.
 #[derive(Debug, Deserialize)]
@@ -73,34 +74,12 @@ pub struct RetentionEntry {
     pub section: String,
 }
 
-/// The kinds of retention row.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum KeepKind {
-    UntilEvent,
-    AfterEvent,
-    WhileConsented,
-}
-
-impl KeepKind {
-    pub const ALL: &'static [KeepKind] = &[
-        KeepKind::UntilEvent,
-        KeepKind::AfterEvent,
-        KeepKind::WhileConsented,
-    ];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            KeepKind::UntilEvent => "UNTIL_EVENT",
-            KeepKind::AfterEvent => "AFTER_EVENT",
-            KeepKind::WhileConsented => "WHILE_CONSENTED",
-        }
-    }
-
-    pub fn from_name(text: &str) -> Option<KeepKind> {
-        KeepKind::ALL
-            .iter()
-            .copied()
-            .find(|kind| kind.as_str() == text)
+named_enum! {
+    /// The kinds of retention row.
+    pub enum KeepKind {
+        UntilEvent => "UNTIL_EVENT",
+        AfterEvent => "AFTER_EVENT",
+        WhileConsented => "WHILE_CONSENTED",
     }
 }
 

@@ -26,6 +26,7 @@
 //! `tests/retention.rs` checks that the default file's rows answer exactly like [`retention`].
 
 use crate::calendar::{Date, MICROS_PER_DAY};
+use crate::named::named_enum;
 
 use super::file::KeepKind;
 use super::vocabulary::{Choice, Purpose};
@@ -70,68 +71,27 @@ impl Keep {
     }
 }
 
-/// An event a retention period waits on or runs from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Event {
-    ConversationOrAccountDeletion,
-    AccountTermination,
-    /// The user deletes the data (from Mistral AI Studio) or terminates the account.
-    UserDeletionOrAccountTermination,
-    ConsentWithdrawal,
-    Unsubscribe,
-    /// The API Output was generated.
-    Generation,
-    Collection,
-    Connection,
-    InvoiceIssued,
-    ContractTermination,
-    AppealPeriodEnd,
-    RequestProcessed,
+named_enum! {
+    /// An event a retention period waits on or runs from.
+    pub enum Event {
+        ConversationOrAccountDeletion => "CONVERSATION_OR_ACCOUNT_DELETION",
+        AccountTermination => "ACCOUNT_TERMINATION",
+        /// The user deletes the data (from Mistral AI Studio) or terminates the account.
+        UserDeletionOrAccountTermination => "USER_DELETION_OR_ACCOUNT_TERMINATION",
+        ConsentWithdrawal => "CONSENT_WITHDRAWAL",
+        Unsubscribe => "UNSUBSCRIBE",
+        /// The API Output was generated.
+        Generation => "GENERATION",
+        Collection => "COLLECTION",
+        Connection => "CONNECTION",
+        InvoiceIssued => "INVOICE_ISSUED",
+        ContractTermination => "CONTRACT_TERMINATION",
+        AppealPeriodEnd => "APPEAL_PERIOD_END",
+        RequestProcessed => "REQUEST_PROCESSED",
+    }
 }
 
 impl Event {
-    /// The canonical upper-case name.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Event::ConversationOrAccountDeletion => "CONVERSATION_OR_ACCOUNT_DELETION",
-            Event::AccountTermination => "ACCOUNT_TERMINATION",
-            Event::UserDeletionOrAccountTermination => "USER_DELETION_OR_ACCOUNT_TERMINATION",
-            Event::ConsentWithdrawal => "CONSENT_WITHDRAWAL",
-            Event::Unsubscribe => "UNSUBSCRIBE",
-            Event::Generation => "GENERATION",
-            Event::Collection => "COLLECTION",
-            Event::Connection => "CONNECTION",
-            Event::InvoiceIssued => "INVOICE_ISSUED",
-            Event::ContractTermination => "CONTRACT_TERMINATION",
-            Event::AppealPeriodEnd => "APPEAL_PERIOD_END",
-            Event::RequestProcessed => "REQUEST_PROCESSED",
-        }
-    }
-
-    /// Every event, in declaration order.
-    pub const ALL: &'static [Event] = &[
-        Event::ConversationOrAccountDeletion,
-        Event::AccountTermination,
-        Event::UserDeletionOrAccountTermination,
-        Event::ConsentWithdrawal,
-        Event::Unsubscribe,
-        Event::Generation,
-        Event::Collection,
-        Event::Connection,
-        Event::InvoiceIssued,
-        Event::ContractTermination,
-        Event::AppealPeriodEnd,
-        Event::RequestProcessed,
-    ];
-
-    /// Parses a canonical name; `None` for anything else.
-    pub fn from_name(text: &str) -> Option<Event> {
-        Event::ALL
-            .iter()
-            .copied()
-            .find(|event| event.as_str() == text)
-    }
-
     /// Which fact gives the event's instant.
     pub const fn source(self) -> EventSource {
         match self {
@@ -166,12 +126,6 @@ impl Event {
                 Consent::NotGiven | Consent::Granted => None,
             },
         }
-    }
-}
-
-impl std::fmt::Display for Event {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.write_str(self.as_str())
     }
 }
 
@@ -382,33 +336,13 @@ impl KeepRule {
     }
 }
 
-/// When data of a row is on legal hold.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LegalHold {
-    Never,
-    Always,
-    /// Once the event the period runs from has happened: the legal keeping period has begun.
-    FromEvent,
-}
-
-impl LegalHold {
-    pub const ALL: &'static [LegalHold] =
-        &[LegalHold::Never, LegalHold::Always, LegalHold::FromEvent];
-
-    /// The name a policy file uses.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            LegalHold::Never => "NEVER",
-            LegalHold::Always => "ALWAYS",
-            LegalHold::FromEvent => "FROM_EVENT",
-        }
-    }
-
-    pub fn from_name(text: &str) -> Option<LegalHold> {
-        LegalHold::ALL
-            .iter()
-            .copied()
-            .find(|hold| hold.as_str() == text)
+named_enum! {
+    /// When data of a row is on legal hold.
+    pub enum LegalHold {
+        Never => "NEVER",
+        Always => "ALWAYS",
+        /// Once the event the period runs from has happened: the legal keeping period has begun.
+        FromEvent => "FROM_EVENT",
     }
 }
 

@@ -19,8 +19,8 @@
 //! GDPR, which binds the controller (established in the EU) whatever the subject's country.
 
 use super::Purpose;
-use super::vocabulary::named_enum;
 use crate::calendar::Date;
+use crate::named::named_enum;
 
 named_enum! {
     /// The rights a request can exercise (privacy policy §8, and §9 for the US appeal).

@@ -3,40 +3,7 @@
 //! Each enum knows its canonical upper-case name (the name used in POLICY.md, in the audit log
 //! and in the scenario fixtures), so the store and the API convert through one place.
 
-/// Declares a field-less enum with its canonical names, a list of every value, and parsing.
-macro_rules! named_enum {
-    (
-        $(#[$meta:meta])*
-        pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal,)+ }
-    ) => {
-        $(#[$meta])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub enum $name { $($(#[$vmeta])* $variant,)+ }
-
-        impl $name {
-            /// Every value, in declaration order.
-            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
-
-            /// The canonical upper-case name, as written in POLICY.md.
-            pub const fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $text,)+ }
-            }
-
-            /// Parses a canonical name; `None` for anything else.
-            pub fn from_name(text: &str) -> Option<$name> {
-                match text { $($text => Some($name::$variant),)+ _ => None }
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                formatter.write_str(self.as_str())
-            }
-        }
-    };
-}
-
-pub(super) use named_enum;
+use crate::named::named_enum;
 
 named_enum! {
     /// What the data would be processed for.
