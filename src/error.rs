@@ -6,7 +6,10 @@
 use tonic::{Code, Status};
 
 use crate::audit::decision_log::DecisionLogError;
+use crate::domain::SubjectId;
+use crate::policies::InstallError;
 use crate::store::StoreError;
+use crate::store::replay::ReplayError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -15,10 +18,10 @@ pub enum ApiError {
     InvalidArgument { field: String, message: String },
     /// The subject was never seen.
     #[error("subject_id: subject {0} not found")]
-    SubjectNotFound(String),
+    SubjectNotFound(SubjectId),
     /// A write to a deleted subject.
     #[error("subject_id: subject {0} is deleted; a deleted account stays deleted")]
-    SubjectDeleted(String),
+    SubjectDeleted(SubjectId),
     /// A field names a capability this server does not offer.
     #[error("{field}: {message}")]
     Unimplemented { field: String, message: String },
@@ -40,7 +43,20 @@ pub enum ApiError {
     AuditUnavailable(DecisionLogError),
     /// Anything else: logged in full, reported without detail.
     #[error("internal error")]
-    Internal(#[source] StoreError),
+    Internal(#[source] InternalError),
+}
+
+/// What failed behind an [`ApiError::Internal`].
+#[derive(Debug, thiserror::Error)]
+pub enum InternalError {
+    #[error(transparent)]
+    Store(StoreError),
+    /// An audit event's detail is not what its kind records.
+    #[error(transparent)]
+    Replay(ReplayError),
+    /// The stored policy versions cannot be installed.
+    #[error(transparent)]
+    Policies(InstallError),
 }
 
 impl ApiError {
@@ -66,11 +82,27 @@ impl ApiError {
         }
     }
 
-    /// Maps a store error for a request about `subject_id`.
-    pub fn from_store(error: StoreError, subject_id: &str) -> ApiError {
+    pub fn code(&self) -> Code {
+        match self {
+            ApiError::InvalidArgument { .. } => Code::InvalidArgument,
+            ApiError::SubjectNotFound(_) | ApiError::NotFound { .. } => Code::NotFound,
+            ApiError::SubjectDeleted(_) | ApiError::FailedPrecondition { .. } => {
+                Code::FailedPrecondition
+            }
+            ApiError::AlreadyExists { .. } => Code::AlreadyExists,
+            ApiError::Unimplemented { .. } => Code::Unimplemented,
+            ApiError::StoreUnavailable(_) | ApiError::AuditUnavailable(_) => Code::Unavailable,
+            ApiError::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+/// The one mapping of store errors: the subject a refusal is about travels inside it.
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> ApiError {
         match error {
-            StoreError::NotFound => ApiError::SubjectNotFound(subject_id.to_owned()),
-            StoreError::SubjectDeleted => ApiError::SubjectDeleted(subject_id.to_owned()),
+            StoreError::NotFound(subject_id) => ApiError::SubjectNotFound(subject_id),
+            StoreError::SubjectDeleted(subject_id) => ApiError::SubjectDeleted(subject_id),
             StoreError::Unavailable(_) => ApiError::StoreUnavailable(error),
             StoreError::RequestNotFound(request_id) => ApiError::NotFound {
                 field: "request_id".into(),
@@ -86,22 +118,32 @@ impl ApiError {
                           the deadlines in"
                     .into(),
             },
-            other => ApiError::Internal(other),
+            StoreError::PolicyConflict(version) => ApiError::AlreadyExists {
+                field: "source".into(),
+                message: format!(
+                    "policy version {version} exists with another text; give the new text a \
+                     new version"
+                ),
+            },
+            StoreError::Query(_)
+            | StoreError::Migration(_)
+            | StoreError::SchemaTooNew { .. }
+            | StoreError::DataDirectory { .. }
+            | StoreError::Corrupt(_)
+            | StoreError::Replay(_) => ApiError::Internal(InternalError::Store(error)),
         }
     }
+}
 
-    pub fn code(&self) -> Code {
-        match self {
-            ApiError::InvalidArgument { .. } => Code::InvalidArgument,
-            ApiError::SubjectNotFound(_) | ApiError::NotFound { .. } => Code::NotFound,
-            ApiError::SubjectDeleted(_) | ApiError::FailedPrecondition { .. } => {
-                Code::FailedPrecondition
-            }
-            ApiError::AlreadyExists { .. } => Code::AlreadyExists,
-            ApiError::Unimplemented { .. } => Code::Unimplemented,
-            ApiError::StoreUnavailable(_) | ApiError::AuditUnavailable(_) => Code::Unavailable,
-            ApiError::Internal(_) => Code::Internal,
-        }
+impl From<ReplayError> for ApiError {
+    fn from(error: ReplayError) -> ApiError {
+        ApiError::Internal(InternalError::Replay(error))
+    }
+}
+
+impl From<InstallError> for ApiError {
+    fn from(error: InstallError) -> ApiError {
+        ApiError::Internal(InternalError::Policies(error))
     }
 }
 

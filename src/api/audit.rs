@@ -72,7 +72,7 @@ impl proto::audit_server::Audit for AuditService {
             .store
             .events(&query)
             .await
-            .map_err(|error| ApiError::from_store(error, ""))?;
+            .map_err(ApiError::from)?;
         let more = events.len() > page_size as usize;
         events.truncate(page_size as usize);
         let next_page_token = match events.last() {
@@ -94,7 +94,7 @@ impl proto::audit_server::Audit for AuditService {
             .store
             .verify_chain()
             .await
-            .map_err(|error| ApiError::from_store(error, ""))?;
+            .map_err(ApiError::from)?;
         let result = if report.ok { "ok" } else { "broken" };
         crate::metrics::METRICS
             .chain_verifications

@@ -27,8 +27,8 @@ use crate::error::ApiError;
 use crate::policy::{ConversationFacts, Purpose, Question, SubjectState};
 use crate::proto;
 use crate::revision::Revision;
-use crate::store::replay::Replayed;
-use crate::store::{EventQuery, StoreError};
+use crate::store::EventQuery;
+use crate::store::replay::{ReplayError, Replayed};
 
 /// Events read from the store at a time.
 const PAGE: u32 = 500;
@@ -71,7 +71,7 @@ impl proto::changes_server::Changes for ChangesService {
             .store
             .change_log_bounds()
             .await
-            .map_err(|error| ApiError::from_store(error, ""))?;
+            .map_err(ApiError::from)?;
         resumable(query.since, first, head)?;
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
         let watch = Watch {
@@ -142,8 +142,7 @@ impl Watch {
                     after_sequence: position.sequence(),
                     limit: PAGE,
                 })
-                .await
-                .map_err(|error| ApiError::from_store(error, ""))?;
+                .await?;
             if page.is_empty() {
                 if last_sent.elapsed() >= self.query.heartbeat {
                     if !send(sender, heartbeat(position)).await {
@@ -172,12 +171,8 @@ impl Watch {
 
     /// The change an event records, or `None` when the purposes filter leaves it out.
     async fn change(&mut self, event: &AuditEvent) -> Result<Option<proto::ChangeEvent>, ApiError> {
-        let detail: Value = serde_json::from_str(&event.detail_json).map_err(|error| {
-            ApiError::Internal(StoreError::Corrupt(format!(
-                "audit event {}: detail is not JSON: {error}",
-                event.sequence
-            )))
-        })?;
+        let detail: Value = serde_json::from_str(&event.detail_json)
+            .map_err(|error| ReplayError::of(event, format!("detail is not JSON: {error}")))?;
         let conversation_id = detail["conversation_id"].as_str().unwrap_or_default();
         let flipped = if event.subject_id.is_empty() {
             // A policy version applied: it is about no subject, and always sent.
@@ -244,9 +239,7 @@ impl Watch {
             .subject
             .as_ref()
             .map(|record| counted_before(&record.state, at, expired));
-        subject
-            .apply_parsed(event, detail)
-            .map_err(|error| ApiError::Internal(StoreError::Corrupt(error.to_string())))?;
+        subject.apply_parsed(event, detail)?;
         let after_conversation = conversation(&subject);
         let after = subject.subject.as_ref().map(|record| record.state.at(at));
         if self.subjects.len() >= KNOWN_SUBJECTS {
@@ -296,16 +289,13 @@ impl Watch {
                     after_sequence,
                     limit: HISTORY_PAGE,
                 })
-                .await
-                .map_err(|error| ApiError::from_store(error, ""))?;
+                .await?;
             let full_page = events.len() == HISTORY_PAGE as usize;
             for event in events {
                 if event.sequence >= before {
                     return Ok(replayed);
                 }
-                replayed
-                    .apply(&event)
-                    .map_err(|error| ApiError::Internal(StoreError::Corrupt(error.to_string())))?;
+                replayed.apply(&event)?;
                 after_sequence = event.sequence;
             }
             if !full_page {

@@ -90,8 +90,7 @@ impl DecisionsService {
             .store
             .state_as_of(&query.subject_id, query.conversation_id.as_ref(), as_of)
             .instrument(history)
-            .await
-            .map_err(|error| ApiError::from_store(error, query.subject_id.as_str()))?;
+            .await?;
         let policy = policies.in_force(as_of);
         Ok(self.judge(query, policy, state, as_of, ids))
     }
@@ -118,7 +117,7 @@ impl DecisionsService {
                     decision_id: ids.next(),
                 })
             }
-            Err(error) => Err(ApiError::from_store(error, query.subject_id.as_str())),
+            Err(error) => Err(ApiError::from(error)),
         }
     }
 

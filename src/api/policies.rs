@@ -11,7 +11,7 @@ use super::{AppState, caller_of, convert, trace_id_of, validate};
 use crate::error::ApiError;
 use crate::policy::{CompiledPolicy, DataCategory, Purpose, Question};
 use crate::proto;
-use crate::store::{NewPolicy, StoreError, WriteContext, now_micros};
+use crate::store::{NewPolicy, WriteContext, now_micros};
 
 /// The largest policy file accepted.
 const MAX_SOURCE_BYTES: usize = 256 * 1024;
@@ -34,15 +34,8 @@ impl PoliciesService {
 
     /// Reads the stored versions again and installs them on this replica.
     pub async fn reload(state: &AppState) -> Result<(), ApiError> {
-        let stored = state
-            .store
-            .policy_versions()
-            .await
-            .map_err(|error| ApiError::from_store(error, ""))?;
-        state
-            .policies
-            .install(&stored)
-            .map_err(|error| ApiError::Internal(StoreError::Corrupt(error.to_string())))
+        let stored = state.store.policy_versions().await?;
+        state.policies.install(&stored).map_err(ApiError::from)
     }
 }
 
@@ -115,7 +108,7 @@ impl proto::policies_server::Policies for PoliciesService {
                 .store
                 .head_revision()
                 .await
-                .map_err(|error| ApiError::from_store(error, ""))?;
+                .map_err(ApiError::from)?;
             return Ok(unchanged(head));
         }
         let now = now_micros();
@@ -158,20 +151,12 @@ impl proto::policies_server::Policies for PoliciesService {
             description: policy.description().to_owned(),
             source: policy.source().to_owned(),
         };
-        let outcome = match self.state.store.apply_policy(&stored, &context).await {
-            Ok(outcome) => outcome,
-            Err(StoreError::PolicyConflict(version)) => {
-                return Err(ApiError::AlreadyExists {
-                    field: "source".into(),
-                    message: format!(
-                        "policy version {version} exists with another text; give the new text \
-                         a new version"
-                    ),
-                }
-                .into());
-            }
-            Err(error) => return Err(ApiError::from_store(error, "").into()),
-        };
+        let outcome = self
+            .state
+            .store
+            .apply_policy(&stored, &context)
+            .await
+            .map_err(ApiError::from)?;
         // Stored now or by another replica meanwhile: installed here either way.
         PoliciesService::reload(&self.state).await?;
         if !outcome.changed {
@@ -201,7 +186,7 @@ impl proto::policies_server::Policies for PoliciesService {
             .store
             .policy_versions()
             .await
-            .map_err(|error| ApiError::from_store(error, ""))?;
+            .map_err(ApiError::from)?;
         let versions = self
             .state
             .policies
@@ -247,7 +232,7 @@ impl proto::policies_server::Policies for PoliciesService {
             .store
             .policy_versions()
             .await
-            .map_err(|error| ApiError::from_store(error, ""))?
+            .map_err(ApiError::from)?
             .into_iter()
             .find(|stored| stored.policy.version == policy.version())
             .map(|stored| stored.applied_at_micros);
@@ -296,16 +281,12 @@ impl proto::policies_server::Policies for PoliciesService {
             let ids = store
                 .subject_ids(&after, DIFF_PAGE)
                 .await
-                .map_err(|error| ApiError::from_store(error, ""))?;
+                .map_err(ApiError::from)?;
             let Some(last) = ids.last() else { break };
             after = last.clone();
             for id in &ids {
                 let subject_id = validate::subject_id(id)?;
-                let Some(view) = store
-                    .subject(&subject_id)
-                    .await
-                    .map_err(|error| ApiError::from_store(error, id))?
-                else {
+                let Some(view) = store.subject(&subject_id).await.map_err(ApiError::from)? else {
                     continue;
                 };
                 scanned += 1;

@@ -131,8 +131,8 @@ impl proto::retention_server::Retention for RetentionService {
             } else {
                 store.retention_subject(subject_id).await
             }
-            .map_err(|error| ApiError::from_store(error, subject_id.as_str()))?
-            .ok_or_else(|| ApiError::SubjectNotFound(subject_id.as_str().to_owned()))?;
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::SubjectNotFound(subject_id.clone()))?;
             facts = subject_facts(rule, &subject);
             revision = subject.revision.to_token();
         }
@@ -218,7 +218,7 @@ impl proto::retention_server::Retention for RetentionService {
                     .store
                     .due_candidates(&candidates)
                     .await
-                    .map_err(|error| ApiError::from_store(error, ""))?;
+                    .map_err(ApiError::from)?;
                 if revision.is_empty() {
                     revision = page.revision.to_token();
                 }

@@ -70,10 +70,6 @@ impl RightsService {
     ) -> Result<proto::ListRightsResponse, ApiError> {
         let limit = validate::rights_page_size(page_size)?;
         let after = validate::rights_page_token(page_token)?;
-        let subject_id = match &listing {
-            RightsListing::Subject(subject_id) => subject_id.as_str().to_owned(),
-            RightsListing::OverdueAt(_) => String::new(),
-        };
         let sort_key = |stored: &StoredRightsRequest| match listing {
             RightsListing::Subject(_) => stored.request.received_at_micros,
             RightsListing::OverdueAt(_) => stored.request.due_at_micros,
@@ -86,8 +82,7 @@ impl RightsService {
                 after,
                 limit,
             })
-            .await
-            .map_err(|error| ApiError::from_store(error, &subject_id))?;
+            .await?;
         let next_page_token = match requests.last() {
             Some(last) if requests.len() == limit as usize => {
                 format!("{}.{}", sort_key(last), last.request_id)
@@ -150,7 +145,7 @@ impl proto::rights_server::Rights for RightsService {
             .store
             .file_rights_request(&new, &context)
             .await
-            .map_err(|error| ApiError::from_store(error, new.subject_id.as_str()))?;
+            .map_err(ApiError::from)?;
         Ok(self.answered(outcome))
     }
 
@@ -167,7 +162,7 @@ impl proto::rights_server::Rights for RightsService {
             .store
             .step_rights_request(&request_id, &step, &context)
             .await
-            .map_err(|error| ApiError::from_store(error, ""))?;
+            .map_err(ApiError::from)?;
         Ok(self.answered(outcome))
     }
 
@@ -184,7 +179,7 @@ impl proto::rights_server::Rights for RightsService {
             .store
             .step_rights_request(&request_id, &step, &context)
             .await
-            .map_err(|error| ApiError::from_store(error, ""))?;
+            .map_err(ApiError::from)?;
         Ok(self.answered(outcome))
     }
 
@@ -198,7 +193,7 @@ impl proto::rights_server::Rights for RightsService {
             .store
             .rights_request(&request_id)
             .await
-            .map_err(|error| ApiError::from_store(error, ""))?
+            .map_err(ApiError::from)?
             .ok_or_else(|| ApiError::NotFound {
                 field: "request_id".into(),
                 message: format!("rights request {request_id} not found"),

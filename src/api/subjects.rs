@@ -50,7 +50,7 @@ impl SubjectsService {
             .store
             .write(&write)
             .await
-            .map_err(|error| ApiError::from_store(error, write.subject_id.as_str()))?;
+            .map_err(ApiError::from)?;
         if outcome.changed {
             self.state
                 .cache
@@ -142,8 +142,8 @@ impl proto::subjects_server::Subjects for SubjectsService {
             .store
             .subject(&subject_id)
             .await
-            .map_err(|error| ApiError::from_store(error, subject_id.as_str()))?
-            .ok_or_else(|| ApiError::SubjectNotFound(subject_id.as_str().to_owned()))?;
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::SubjectNotFound(subject_id.clone()))?;
         let now = now_micros();
         // The state as it counts now: a choice whose expiry has passed is neither effective
         // nor listed, even before the sweep records its expiry.
@@ -202,7 +202,7 @@ impl proto::subjects_server::Subjects for SubjectsService {
             .store
             .consent_history(&query.subject_id, query.as_of, query.from, query.page_size)
             .await
-            .map_err(|error| ApiError::from_store(error, query.subject_id.as_str()))?;
+            .map_err(ApiError::from)?;
         if page.records.is_empty()
             && query.from == HistoryCursor::default()
             && self
@@ -210,10 +210,10 @@ impl proto::subjects_server::Subjects for SubjectsService {
                 .store
                 .subject(&query.subject_id)
                 .await
-                .map_err(|error| ApiError::from_store(error, query.subject_id.as_str()))?
+                .map_err(ApiError::from)?
                 .is_none()
         {
-            return Err(ApiError::SubjectNotFound(query.subject_id.as_str().to_owned()).into());
+            return Err(ApiError::SubjectNotFound(query.subject_id.clone()).into());
         }
         let records = page.records.into_iter().map(consent_event).collect();
         Ok(Response::new(proto::ConsentHistoryResponse {

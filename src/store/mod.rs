@@ -387,9 +387,9 @@ pub struct EventQuery {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("subject not found")]
-    NotFound,
+    NotFound(SubjectId),
     #[error("subject is deleted")]
-    SubjectDeleted,
+    SubjectDeleted(SubjectId),
     #[error("the store is unavailable")]
     Unavailable(#[source] sqlx::Error),
     #[error("store query failed")]
@@ -411,6 +411,8 @@ pub enum StoreError {
     PolicyConflict(String),
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
+    #[error("stored data is invalid")]
+    Replay(#[from] replay::ReplayError),
     #[error("rights request {0} not found")]
     RequestNotFound(String),
     #[error("{0}")]
@@ -459,11 +461,12 @@ fn code_is_transient(code: &str) -> bool {
     }
 }
 
-impl From<change::Refusal> for StoreError {
-    fn from(refusal: change::Refusal) -> StoreError {
+impl StoreError {
+    /// A write to `subject_id` that [`change::plan_change`] refused.
+    pub fn refused(refusal: change::Refusal, subject_id: &SubjectId) -> StoreError {
         match refusal {
-            change::Refusal::NotFound => StoreError::NotFound,
-            change::Refusal::Deleted => StoreError::SubjectDeleted,
+            change::Refusal::NotFound => StoreError::NotFound(subject_id.clone()),
+            change::Refusal::Deleted => StoreError::SubjectDeleted(subject_id.clone()),
         }
     }
 }
@@ -605,8 +608,7 @@ impl Store {
                 if as_of.is_some_and(|as_of| event.at_micros > as_of) {
                     break 'pages;
                 }
-                let event_records = history::consent_records(event)
-                    .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+                let event_records = history::consent_records(event)?;
                 for (index, record) in event_records.into_iter().enumerate() {
                     let position = HistoryCursor {
                         sequence: event.sequence,
@@ -829,9 +831,7 @@ impl Store {
         let mut replayed = replay::Replayed::default();
         let revision = self
             .replay_until(subject_id, at_micros, |event| {
-                replayed
-                    .apply(event)
-                    .map_err(|error| StoreError::Corrupt(error.to_string()))
+                replayed.apply(event).map_err(StoreError::from)
             })
             .await?;
         Ok(DecisionState {
@@ -903,9 +903,7 @@ impl Store {
         let revision = self
             .replay_until(subject_id, at_micros, |event| {
                 let before = replayed.subject.as_ref().map(|record| record.state);
-                replayed
-                    .apply(event)
-                    .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+                replayed.apply(event)?;
                 let Some(after) = replayed.subject.as_ref().map(|record| record.state) else {
                     return Ok(());
                 };

@@ -33,7 +33,7 @@ pub struct ReplayError {
 }
 
 impl ReplayError {
-    fn of(event: &AuditEvent, problem: String) -> ReplayError {
+    pub fn of(event: &AuditEvent, problem: String) -> ReplayError {
         ReplayError {
             sequence: event.sequence,
             kind: event.kind.clone(),

@@ -67,7 +67,8 @@ macro_rules! sql_rows {
                 current.as_ref().map(|(record, _)| record),
                 conversation,
                 &request.command,
-            )?;
+            )
+            .map_err(|refusal| StoreError::refused(refusal, &request.subject_id))?;
             let Some(mut change) = planned else {
                 let revision = current.map(|(_, revision)| revision).unwrap_or_default();
                 return Ok(WriteOutcome {
@@ -146,7 +147,7 @@ macro_rules! sql_rows {
             let mut head = chain_head(&mut *connection).await?;
             let subject_id = new.subject_id.as_str();
             let Some((record, _)) = load_subject(&mut *connection, subject_id).await? else {
-                return Err(StoreError::NotFound);
+                return Err(StoreError::NotFound(new.subject_id.clone()));
             };
             let jurisdiction = match &new.jurisdiction {
                 Some(jurisdiction) => jurisdiction.as_str().to_owned(),

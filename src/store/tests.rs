@@ -212,14 +212,14 @@ async fn refused_writes_change_nothing(backend: Backend) {
             Command::SetRestriction { restricted: true },
         ))
         .await;
-    assert!(matches!(refused, Err(StoreError::NotFound)));
+    assert!(matches!(refused, Err(StoreError::NotFound(_))));
     store
         .write(&request("u-1", upsert(Plan::Free)))
         .await
         .unwrap();
     store.write(&request("u-1", Command::Delete)).await.unwrap();
     let refused = store.write(&request("u-1", upsert(Plan::Pro))).await;
-    assert!(matches!(refused, Err(StoreError::SubjectDeleted)));
+    assert!(matches!(refused, Err(StoreError::SubjectDeleted(_))));
     let view = store.subject(&subject("u-1")).await.unwrap().unwrap();
     assert_eq!(view.record.state.status, Status::Deleted);
     assert_eq!(view.record.state.plan, Some(Plan::Free));
