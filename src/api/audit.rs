@@ -29,7 +29,7 @@ fn event_to_proto(event: AuditEvent) -> proto::AuditEvent {
         event_id: event.event_id,
         at: Some(convert::timestamp(event.at_micros)),
         subject_id: event.subject_id,
-        kind: event.kind,
+        kind: event.kind.as_str().to_owned(),
         caller: event.caller,
         actor: Some(proto::Actor {
             operator_id: event.operator_id,

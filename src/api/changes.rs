@@ -174,13 +174,13 @@ impl Watch {
         let detail: Value = serde_json::from_str(&event.detail_json)
             .map_err(|error| ReplayError::of(event, format!("detail is not JSON: {error}")))?;
         let conversation_id = detail["conversation_id"].as_str().unwrap_or_default();
-        let flipped = if event.subject_id.is_empty() {
+        let flipped = if event.kind == EventKind::PolicyApplied {
             // A policy version applied: it is about no subject, and always sent.
             Vec::new()
         } else {
             // A recorded expiry compares the answers with the choice still counting (as just
             // before its expiry) against those after: the flip the expiry made.
-            let expired = (event.kind == EventKind::ConsentExpired.as_str())
+            let expired = (event.kind == EventKind::ConsentExpired)
                 .then(|| detail["purpose"].as_str().and_then(Purpose::from_name))
                 .flatten();
             let flipped = self
@@ -194,7 +194,7 @@ impl Watch {
         Ok(Some(proto::ChangeEvent {
             revision: Revision::new(event.sequence).to_token(),
             subject_id: event.subject_id.clone(),
-            kind: event.kind.clone(),
+            kind: event.kind.as_str().to_owned(),
             at: Some(convert::timestamp(event.at_micros)),
             before_json: detail["before"].to_string(),
             after_json: detail["after"].to_string(),

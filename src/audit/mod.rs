@@ -36,7 +36,7 @@ named_enum! {
 }
 
 /// One audit event as stored.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuditEvent {
     /// The revision this event produced: its position in the chain, from 1.
     pub sequence: u64,
@@ -44,7 +44,7 @@ pub struct AuditEvent {
     /// Microseconds since the Unix epoch, UTC.
     pub at_micros: i64,
     pub subject_id: String,
-    pub kind: String,
+    pub kind: EventKind,
     /// The authenticated calling service.
     pub caller: String,
     pub operator_id: String,

@@ -82,17 +82,13 @@ impl HistoryCursor {
 /// The consent records an audit event makes, in purpose order (none for events of other
 /// kinds).
 pub fn consent_records(event: &AuditEvent) -> Result<Vec<ConsentRecord>, ReplayError> {
-    let fail = |problem: String| ReplayError {
-        sequence: event.sequence,
-        kind: event.kind.clone(),
-        problem,
-    };
-    let kind = match EventKind::from_name(&event.kind) {
-        Some(
-            kind @ (EventKind::ChoiceSet | EventKind::ConsentExpired | EventKind::SubjectDeleted),
-        ) => kind,
-        _ => return Ok(Vec::new()),
-    };
+    let fail = |problem: String| ReplayError::of(event, problem);
+    if !matches!(
+        event.kind,
+        EventKind::ChoiceSet | EventKind::ConsentExpired | EventKind::SubjectDeleted
+    ) {
+        return Ok(Vec::new());
+    }
     let detail: Value = serde_json::from_str(&event.detail_json)
         .map_err(|error| fail(format!("detail is not JSON: {error}")))?;
     let record =
@@ -113,7 +109,7 @@ pub fn consent_records(event: &AuditEvent) -> Result<Vec<ConsentRecord>, ReplayE
             .and_then(Purpose::from_name)
             .ok_or_else(|| fail(format!("purpose: not a purpose: {value}")))
     };
-    match kind {
+    match event.kind {
         EventKind::ChoiceSet => {
             let purpose = purpose_of(&detail["purpose"])?;
             let choice = match &detail["after"] {
@@ -171,6 +167,7 @@ pub fn consent_records(event: &AuditEvent) -> Result<Vec<ConsentRecord>, ReplayE
 mod tests {
     use super::*;
     use crate::store::change::{Command, SubjectFields, SubjectRecord, plan_change};
+    use crate::store::replay::tests::event;
 
     /// Applies commands as the store does and records each change as an audit event.
     fn events(commands: &[Command]) -> Vec<AuditEvent> {
@@ -182,13 +179,14 @@ mod tests {
             };
             stored = Some(change.subject);
             events.push(AuditEvent {
-                sequence: events.len() as u64 + 1,
                 at_micros: 1_000 * (events.len() as i64 + 1),
-                kind: change.kind.as_str().to_owned(),
                 caller: "billing".to_owned(),
                 operator_id: "user:1".to_owned(),
-                detail_json: change.detail.to_string(),
-                ..AuditEvent::default()
+                ..event(
+                    events.len() as u64 + 1,
+                    change.kind,
+                    &change.detail.to_string(),
+                )
             });
         }
         events

@@ -28,7 +28,7 @@ pub struct Replayed {
 #[error("audit event {sequence} ({kind}): {problem}")]
 pub struct ReplayError {
     pub sequence: u64,
-    pub kind: String,
+    pub kind: EventKind,
     pub problem: String,
 }
 
@@ -36,7 +36,7 @@ impl ReplayError {
     pub fn of(event: &AuditEvent, problem: String) -> ReplayError {
         ReplayError {
             sequence: event.sequence,
-            kind: event.kind.clone(),
+            kind: event.kind,
             problem,
         }
     }
@@ -45,9 +45,6 @@ impl ReplayError {
 impl Replayed {
     /// Applies one event of this subject (events must come in revision order).
     pub fn apply(&mut self, event: &AuditEvent) -> Result<(), ReplayError> {
-        if EventKind::from_name(&event.kind).is_none() {
-            return Ok(());
-        }
         let detail: Value = serde_json::from_str(&event.detail_json)
             .map_err(|error| ReplayError::of(event, format!("detail is not JSON: {error}")))?;
         self.apply_parsed(event, &detail)
@@ -57,11 +54,8 @@ impl Replayed {
     /// `event.detail_json` as JSON).
     pub fn apply_parsed(&mut self, event: &AuditEvent, detail: &Value) -> Result<(), ReplayError> {
         let fail = |problem: String| ReplayError::of(event, problem);
-        let Some(kind) = EventKind::from_name(&event.kind) else {
-            return Ok(());
-        };
         let after = &detail["after"];
-        match kind {
+        match event.kind {
             EventKind::SubjectUpserted => {
                 self.subject = Some(record(after).map_err(fail)?);
             }
@@ -212,11 +206,30 @@ fn flag(value: &Value) -> Result<bool, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::domain::{ConversationId, Jurisdiction};
     use crate::policy::FlagKind;
     use crate::store::change::{Command, SubjectFields, plan_change};
+
+    /// An event of `kind` recording `detail_json`, its other fields empty.
+    pub(in crate::store) fn event(sequence: u64, kind: EventKind, detail_json: &str) -> AuditEvent {
+        AuditEvent {
+            sequence,
+            event_id: String::new(),
+            at_micros: 0,
+            subject_id: String::new(),
+            kind,
+            caller: String::new(),
+            operator_id: String::new(),
+            actor_reason: String::new(),
+            detail_json: detail_json.to_owned(),
+            policy_version: String::new(),
+            trace_id: String::new(),
+            prev_hash: String::new(),
+            hash: String::new(),
+        }
+    }
 
     fn set_choice(purpose: Purpose, choice: Option<Choice>) -> Command {
         Command::SetChoice {
@@ -292,12 +305,11 @@ mod tests {
                 conversations.insert(id.as_str().to_owned(), facts);
             }
             stored = Some(change.subject);
-            events.push(AuditEvent {
-                sequence: index as u64 + 1,
-                kind: change.kind.as_str().to_owned(),
-                detail_json: change.detail.to_string(),
-                ..AuditEvent::default()
-            });
+            events.push(event(
+                index as u64 + 1,
+                change.kind,
+                &change.detail.to_string(),
+            ));
             let replayed = replay(&events).unwrap();
             assert_eq!(replayed.subject, stored, "after {command:?}");
             assert_eq!(replayed.conversations, conversations, "after {command:?}");
@@ -307,22 +319,18 @@ mod tests {
 
     #[test]
     fn events_older_than_consent_records_replay_with_default_provenance() {
-        let created = AuditEvent {
-            sequence: 1,
-            kind: "subject_upserted".to_owned(),
-            detail_json: r#"{"before": null, "after": {"plan": "FREE", "jurisdiction": null,
+        let created = event(
+            1,
+            EventKind::SubjectUpserted,
+            r#"{"before": null, "after": {"plan": "FREE", "jurisdiction": null,
                 "status": "ACTIVE", "gpc": false, "zero_data_retention": false,
-                "choices": {"MEMORY": "REFUSED"}}}"#
-                .to_owned(),
-            ..AuditEvent::default()
-        };
-        let choice = AuditEvent {
-            sequence: 2,
-            kind: "choice_set".to_owned(),
-            detail_json: r#"{"purpose": "MARKETING_EMAIL", "before": null, "after": "GRANTED"}"#
-                .to_owned(),
-            ..AuditEvent::default()
-        };
+                "choices": {"MEMORY": "REFUSED"}}}"#,
+        );
+        let choice = event(
+            2,
+            EventKind::ChoiceSet,
+            r#"{"purpose": "MARKETING_EMAIL", "before": null, "after": "GRANTED"}"#,
+        );
         let record = replay([&created, &choice]).unwrap().subject.unwrap();
         assert_eq!(
             record.state.choices.get(Purpose::Memory),
@@ -338,47 +346,37 @@ mod tests {
             expected.consent = Default::default();
             expected
         });
-        let bad = AuditEvent {
-            sequence: 3,
-            kind: "choice_set".to_owned(),
-            detail_json: r#"{"purpose": "MEMORY", "before": null, "after": "GRANTED",
-                "method": "CARRIER_PIGEON"}"#
-                .to_owned(),
-            ..AuditEvent::default()
-        };
+        let bad = event(
+            3,
+            EventKind::ChoiceSet,
+            r#"{"purpose": "MEMORY", "before": null, "after": "GRANTED",
+                "method": "CARRIER_PIGEON"}"#,
+        );
         let error = replay([&created, &bad]).unwrap_err();
         assert!(error.problem.contains("method"), "{error}");
     }
 
     #[test]
     fn a_malformed_detail_names_the_event_and_field() {
-        let event = AuditEvent {
-            sequence: 7,
-            kind: "subject_upserted".to_owned(),
-            detail_json: r#"{"before": null, "after": {"plan": "GOLD", "status": "ACTIVE"}}"#
-                .to_owned(),
-            ..AuditEvent::default()
-        };
-        let error = replay([&event]).unwrap_err();
+        let malformed = event(
+            7,
+            EventKind::SubjectUpserted,
+            r#"{"before": null, "after": {"plan": "GOLD", "status": "ACTIVE"}}"#,
+        );
+        let error = replay([&malformed]).unwrap_err();
         assert_eq!(error.sequence, 7);
         assert!(error.problem.contains("plan"), "{error}");
-        let orphan = AuditEvent {
-            sequence: 8,
-            kind: "choice_set".to_owned(),
-            detail_json: r#"{"purpose": "MEMORY", "before": null, "after": "REFUSED"}"#.to_owned(),
-            ..AuditEvent::default()
-        };
+        let orphan = event(
+            8,
+            EventKind::ChoiceSet,
+            r#"{"purpose": "MEMORY", "before": null, "after": "REFUSED"}"#,
+        );
         assert!(replay([&orphan]).unwrap_err().problem.contains("creation"));
     }
 
     #[test]
     fn events_that_change_no_subject_are_skipped() {
-        let event = AuditEvent {
-            sequence: 1,
-            kind: "policy_applied".to_owned(),
-            detail_json: r#"{"version": "2027-01-01"}"#.to_owned(),
-            ..AuditEvent::default()
-        };
-        assert_eq!(replay([&event]).unwrap(), Replayed::default());
+        let applied = event(1, EventKind::PolicyApplied, r#"{"version": "2027-01-01"}"#);
+        assert_eq!(replay([&applied]).unwrap(), Replayed::default());
     }
 }

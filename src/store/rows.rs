@@ -124,7 +124,7 @@ macro_rules! sql_rows {
                 event_id: uuid::Uuid::now_v7().to_string(),
                 at_micros,
                 subject_id: subject_id.to_owned(),
-                kind: kind.as_str().to_owned(),
+                kind,
                 caller: context.caller.clone(),
                 operator_id: context.actor.operator_id.clone(),
                 actor_reason: context.actor.reason.clone(),
@@ -1106,7 +1106,7 @@ macro_rules! sql_rows {
             .bind(&event.event_id)
             .bind(event.at_micros)
             .bind(&event.subject_id)
-            .bind(&event.kind)
+            .bind(event.kind.as_str())
             .bind(&event.caller)
             .bind(&event.operator_id)
             .bind(&event.actor_reason)
@@ -1211,7 +1211,7 @@ macro_rules! sql_rows {
                 event_id: row.try_get("event_id")?,
                 at_micros: row.try_get("at_micros")?,
                 subject_id: row.try_get("subject_id")?,
-                kind: row.try_get("kind")?,
+                kind: parse_column(row, "kind", EventKind::from_name)?,
                 caller: row.try_get("caller")?,
                 operator_id: row.try_get("operator_id")?,
                 actor_reason: row.try_get("actor_reason")?,

@@ -712,10 +712,10 @@ async fn a_repeated_choice_records_nothing_and_a_renewal_records_one(backend: Ba
     let plain = || choice(Purpose::Memory, Some(Choice::Refused));
     assert!(store.write(&request("u-1", plain())).await.unwrap().changed);
     assert!(!store.write(&request("u-1", plain())).await.unwrap().changed);
-    let kinds: Vec<String> = all_events(&store, Some("u-1"))
+    let kinds: Vec<&str> = all_events(&store, Some("u-1"))
         .await
         .into_iter()
-        .map(|event| event.kind)
+        .map(|event| event.kind.as_str())
         .collect();
     assert_eq!(
         kinds,
