@@ -34,7 +34,7 @@ use crate::proto::policies_server::PoliciesServer;
 use crate::proto::retention_server::RetentionServer;
 use crate::proto::rights_server::RightsServer;
 use crate::proto::subjects_server::SubjectsServer;
-use crate::store::Store;
+use crate::store::{Changed, Store};
 use crate::telemetry::layer::RpcLayer;
 
 /// HTTP/2 flow-control windows (the protocol's default is 64 KiB).
@@ -334,7 +334,7 @@ async fn sweep_expired_consent(state: AppState, interval: std::time::Duration) {
                 for (expired, revision) in &recorded {
                     state
                         .cache
-                        .committed(expired.subject_id.as_str(), *revision);
+                        .committed(Changed::Subject(expired.subject_id.clone()), *revision);
                 }
                 if !recorded.is_empty() {
                     tracing::info!(expired = recorded.len(), "consent expiries recorded");

@@ -11,7 +11,7 @@ use super::{AppState, caller_of, convert, trace_id_of, validate};
 use crate::error::ApiError;
 use crate::policy::{CompiledPolicy, DataCategory, Purpose, Question};
 use crate::proto;
-use crate::store::{NewPolicy, WriteContext, now_micros};
+use crate::store::{Changed, NewPolicy, WriteContext, now_micros};
 
 /// The largest policy file accepted.
 const MAX_SOURCE_BYTES: usize = 256 * 1024;
@@ -162,7 +162,9 @@ impl proto::policies_server::Policies for PoliciesService {
         if !outcome.changed {
             return Ok(unchanged(outcome.revision));
         }
-        self.state.cache.committed("", outcome.revision);
+        self.state
+            .cache
+            .committed(Changed::PolicyVersion, outcome.revision);
         tracing::info!(
             version = policy.version(),
             effective_from_micros = policy.effective_from_micros(),

@@ -10,7 +10,8 @@ use crate::domain::Actor;
 use crate::error::ApiError;
 use crate::proto;
 use crate::store::{
-    RightsListing, RightsOutcome, RightsQuery, StoredRightsRequest, WriteContext, now_micros,
+    Changed, RightsListing, RightsOutcome, RightsQuery, StoredRightsRequest, WriteContext,
+    now_micros,
 };
 
 #[derive(Clone, Debug)]
@@ -40,9 +41,10 @@ impl RightsService {
     /// Announces every change a rights write made and answers it.
     fn answered(&self, outcome: RightsOutcome) -> Response<proto::RightsWriteResponse> {
         for revision in &outcome.revisions {
-            self.state
-                .cache
-                .committed(&outcome.request.subject_id, *revision);
+            self.state.cache.committed(
+                Changed::Subject(outcome.request.subject_id.clone()),
+                *revision,
+            );
         }
         let last = outcome
             .revisions
@@ -104,7 +106,7 @@ pub fn request_to_proto(stored: &StoredRightsRequest, now_micros: i64) -> proto:
     let request = &stored.request;
     proto::RightsRequest {
         request_id: stored.request_id.clone(),
-        subject_id: stored.subject_id.clone(),
+        subject_id: stored.subject_id.to_string(),
         kind: proto::RightKind::from(request.kind) as i32,
         jurisdiction: stored.jurisdiction.clone(),
         regime: proto::Regime::from(request.regime) as i32,

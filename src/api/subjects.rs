@@ -7,7 +7,9 @@ use super::{AppState, caller_of, convert, trace_id_of, validate};
 use crate::error::ApiError;
 use crate::policy::{Purpose, Question};
 use crate::proto;
-use crate::store::{Command, ConsentRecord, HistoryCursor, WriteContext, WriteRequest, now_micros};
+use crate::store::{
+    Changed, Command, ConsentRecord, HistoryCursor, WriteContext, WriteRequest, now_micros,
+};
 
 #[derive(Clone, Debug)]
 pub struct SubjectsService {
@@ -54,7 +56,7 @@ impl SubjectsService {
         if outcome.changed {
             self.state
                 .cache
-                .committed(write.subject_id.as_str(), outcome.revision);
+                .committed(Changed::Subject(write.subject_id.clone()), outcome.revision);
             tracing::info!(revision = %outcome.revision, "subject changed");
         }
         Ok(Response::new(proto::WriteResponse {

@@ -32,7 +32,7 @@ pub use watermark::Watermark;
 use crate::domain::{ConversationId, SubjectId};
 use crate::named::named_enum;
 use crate::revision::{Freshness, Revision};
-use crate::store::{Change, DecisionState, Store, StoreError};
+use crate::store::{ChangeNotice, Changed, DecisionState, Store, StoreError};
 
 /// The most changes read from the change log in one query.
 const CHANGE_LOG_PAGE: u32 = 10_000;
@@ -457,14 +457,13 @@ impl SubjectCache {
 
     /// A change this replica committed: drop the subject's entry at once (so this replica reads
     /// its own writes), count the revision as applied, and announce it to the other replicas.
-    pub fn committed(&self, subject_id: &str, revision: Revision) {
-        self.announce(subject_id, revision);
+    pub fn committed(&self, changed: Changed, revision: Revision) {
+        self.announce(&changed, revision);
         if self.inner.shared.is_some() {
             let cache = self.clone();
-            let subject_id = subject_id.to_owned();
             tokio::spawn(async move {
                 if let Some(shared) = &cache.inner.shared {
-                    shared.announce(&subject_id, revision).await;
+                    shared.announce(&changed, revision).await;
                 }
             });
         }
@@ -472,9 +471,9 @@ impl SubjectCache {
 
     /// A change learnt from the other replicas (an announcement or the change log). The first
     /// time it is applied here, the time since its commit is the invalidation lag.
-    fn apply(&self, change: &Change) {
+    fn apply(&self, change: &ChangeNotice) {
         let fresh = change.revision > self.inner.watermark.applied();
-        self.announce(&change.subject_id, change.revision);
+        self.announce(&change.changed, change.revision);
         if fresh && change.at_micros > 0 {
             let lag_micros = crate::store::now_micros().saturating_sub(change.at_micros);
             crate::metrics::METRICS
@@ -483,18 +482,20 @@ impl SubjectCache {
         }
     }
 
-    fn announce(&self, subject_id: &str, revision: Revision) {
-        if subject_id.is_empty() {
-            self.inner.policy_changes.send_if_modified(|latest| {
-                let newer = revision > *latest;
-                *latest = (*latest).max(revision);
-                newer
-            });
-            self.inner.watermark.record(revision);
-            return;
+    fn announce(&self, changed: &Changed, revision: Revision) {
+        match changed {
+            Changed::Subject(subject_id) => {
+                self.inner.known.insert(subject_id.as_str());
+                self.inner.local.invalidate(subject_id.as_str(), revision);
+            }
+            Changed::PolicyVersion => {
+                self.inner.policy_changes.send_if_modified(|latest| {
+                    let newer = revision > *latest;
+                    *latest = (*latest).max(revision);
+                    newer
+                });
+            }
         }
-        self.inner.known.insert(subject_id);
-        self.inner.local.invalidate(subject_id, revision);
         self.inner.watermark.record(revision);
     }
 
@@ -544,7 +545,7 @@ impl SubjectCache {
                             message = messages.next() => match message {
                                 Some(message) => {
                                     let Ok(text) = message.get_payload::<String>() else { continue };
-                                    if let Some(change) = Change::parse_announcement(&text) {
+                                    if let Some(change) = ChangeNotice::parse_announcement(&text) {
                                         self.apply(&change);
                                     }
                                 }
@@ -597,11 +598,7 @@ impl SubjectCache {
         let Ok(changes) = self.inner.store.subjects_changed_since(since).await else {
             return false;
         };
-        let tombstones: Vec<(&str, Revision)> = changes
-            .iter()
-            .map(|change| (change.subject_id.as_str(), change.revision))
-            .collect();
-        shared.tombstone(&tombstones).await
+        shared.tombstone(&tombstones(&changes)).await
     }
 
     /// Applies the announcements PostgreSQL delivers (NOTIFY at each commit), when there is no
@@ -622,7 +619,7 @@ impl SubjectCache {
                             notification = listener.try_recv() => match notification {
                                 Ok(Some(notification)) => {
                                     if let Some(change) =
-                                        Change::parse_announcement(notification.payload())
+                                        ChangeNotice::parse_announcement(notification.payload())
                                     {
                                         self.apply(&change);
                                     }
@@ -658,15 +655,22 @@ impl SubjectCache {
             if let Some(shared) = &inner.shared
                 && !changes.is_empty()
             {
-                let tombstones: Vec<(&str, Revision)> = changes
-                    .iter()
-                    .map(|change| (change.subject_id.as_str(), change.revision))
-                    .collect();
-                shared.tombstone(&tombstones).await;
+                shared.tombstone(&tombstones(&changes)).await;
             }
             if !full_page {
                 return Ok(());
             }
         }
     }
+}
+
+/// The tombstones that hide the cached entries older than changes: one per changed subject.
+fn tombstones(changes: &[ChangeNotice]) -> Vec<(&str, Revision)> {
+    changes
+        .iter()
+        .filter_map(|change| match &change.changed {
+            Changed::Subject(subject_id) => Some((subject_id.as_str(), change.revision)),
+            Changed::PolicyVersion => None,
+        })
+        .collect()
 }

@@ -5,7 +5,7 @@
 //! revision is there (a Lua script compares them), so a slow reader cannot overwrite a newer
 //! entry. A replica that commits a change writes a tombstone `"REVISION -"` in its place (which
 //! stops every older fill) and then publishes the change's announcement
-//! ([`crate::store::Change::announcement`]) on `PREFIX:changes`.
+//! ([`crate::store::ChangeNotice::announcement`]) on `PREFIX:changes`.
 //!
 //! Redis is an accelerator, never a dependency: every call has a short timeout, a failure makes
 //! the replica leave Redis alone for a moment, and the connection is re-established in the
@@ -22,7 +22,7 @@ use crate::policy::{
     Choice, ConversationFacts, FlagKind, Plan, Purpose, Rating, Status, SubjectState,
 };
 use crate::revision::Revision;
-use crate::store::{DatabaseUrl, SubjectSnapshot};
+use crate::store::{ChangeNotice, Changed, DatabaseUrl, SubjectSnapshot};
 
 /// How long Redis is left alone after a failed call.
 const BACKOFF: Duration = Duration::from_millis(500);
@@ -237,13 +237,15 @@ impl SharedCache {
     /// After a committed change: a tombstone in the subject's place, then the announcement.
     /// Without the tombstone there is no announcement either: the other replicas then learn the
     /// change from the change log, and put the tombstone there themselves.
-    pub async fn announce(&self, subject_id: &str, revision: Revision) {
-        if !self.tombstone(&[(subject_id, revision)]).await {
+    pub async fn announce(&self, changed: &Changed, revision: Revision) {
+        if let Changed::Subject(subject_id) = changed
+            && !self.tombstone(&[(subject_id.as_str(), revision)]).await
+        {
             return;
         }
-        let message = crate::store::Change {
+        let message = ChangeNotice {
             revision,
-            subject_id: subject_id.to_owned(),
+            changed: changed.clone(),
             at_micros: crate::store::now_micros(),
         }
         .announcement();

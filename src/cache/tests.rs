@@ -119,7 +119,7 @@ async fn a_flood_of_unknown_ids_barely_reaches_the_store(backend: Backend) {
     assert!(stats.unknown_filtered > 99_000, "{stats:?}");
     // A subject created after start is known at once through its announcement.
     let revision = write(&store, "newcomer", upsert(Plan::Free)).await;
-    cache.committed("newcomer", revision);
+    cache.committed(Changed::Subject(subject("newcomer")), revision);
     let (state, _) = cache
         .decision_state(&subject("newcomer"), None, Freshness::MinimizeLatency)
         .await

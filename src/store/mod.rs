@@ -160,7 +160,7 @@ pub enum RightsStep {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredRightsRequest {
     pub request_id: String,
-    pub subject_id: String,
+    pub subject_id: SubjectId,
     pub jurisdiction: String,
     pub request: RightsRequest,
     pub extension_reason: String,
@@ -229,40 +229,64 @@ pub struct SubjectSnapshot {
     pub complete: bool,
 }
 
-/// One committed change, as the change log tells it: which subject changed at which revision.
+/// What a committed change is about.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Change {
+pub enum Changed {
+    Subject(SubjectId),
+    /// A policy version applied: about no subject.
+    PolicyVersion,
+}
+
+impl Changed {
+    /// The subject id an audit event and an announcement carry: empty for a policy version.
+    pub fn subject_id(&self) -> &str {
+        match self {
+            Changed::Subject(subject_id) => subject_id.as_str(),
+            Changed::PolicyVersion => "",
+        }
+    }
+
+    /// Parses what [`Changed::subject_id`] gives; `None` for an invalid subject id.
+    pub fn parse(subject_id: &str) -> Option<Changed> {
+        match subject_id {
+            "" => Some(Changed::PolicyVersion),
+            subject_id => SubjectId::parse(subject_id).ok().map(Changed::Subject),
+        }
+    }
+}
+
+/// One committed change, as the change log tells it: what changed at which revision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChangeNotice {
     pub revision: Revision,
-    pub subject_id: String,
+    pub changed: Changed,
     /// When it was committed (microseconds since the epoch, the committing replica's clock);
     /// 0 when unknown.
     pub at_micros: i64,
 }
 
-impl Change {
+impl ChangeNotice {
     /// How replicas announce the change to each other (PostgreSQL NOTIFY, Redis PUBLISH):
-    /// `"REVISION@MICROS SUBJECT"`.
+    /// `"REVISION@MICROS SUBJECT"`, the subject empty for a policy version.
     pub fn announcement(&self) -> String {
         format!(
             "{}@{} {}",
             self.revision.sequence(),
             self.at_micros,
-            self.subject_id
+            self.changed.subject_id()
         )
     }
 
-    /// Parses an announcement; the `@MICROS` part is optional. An empty subject announces a
-    /// change about no subject (a policy version applied).
-    pub fn parse_announcement(message: &str) -> Option<Change> {
+    /// Parses an announcement; the `@MICROS` part is optional.
+    pub fn parse_announcement(message: &str) -> Option<ChangeNotice> {
         let (stamp, subject_id) = message.split_once(' ')?;
         let (revision, at_micros) = match stamp.split_once('@') {
             Some((revision, at)) => (revision, at.parse().ok()?),
             None => (stamp, 0),
         };
-        let revision = Revision::new(revision.parse().ok()?);
-        Some(Change {
-            revision,
-            subject_id: subject_id.to_owned(),
+        Some(ChangeNotice {
+            revision: Revision::new(revision.parse().ok()?),
+            changed: Changed::parse(subject_id)?,
             at_micros,
         })
     }
@@ -358,7 +382,7 @@ pub const EXPIRY_CALLER: &str = "assent";
 pub const EXPIRY_OPERATOR: &str = "assent:consent-expiry";
 
 /// The PostgreSQL NOTIFY channel every committed change is announced on
-/// ([`Change::announcement`]).
+/// ([`ChangeNotice::announcement`]).
 pub const CHANGES_CHANNEL: &str = "assent_changes";
 
 /// What `prune_decision_log` removed.
@@ -761,7 +785,7 @@ impl Store {
         &self,
         after: Revision,
         limit: u32,
-    ) -> Result<Vec<Change>, StoreError> {
+    ) -> Result<Vec<ChangeNotice>, StoreError> {
         observed(self, "changes_since", async {
             match self {
                 Store::Sqlite(store) => store.changes_since(after, limit).await,
@@ -775,7 +799,7 @@ impl Store {
     pub async fn subjects_changed_since(
         &self,
         since_micros: i64,
-    ) -> Result<Vec<Change>, StoreError> {
+    ) -> Result<Vec<ChangeNotice>, StoreError> {
         observed(self, "subjects_changed_since", async {
             match self {
                 Store::Sqlite(store) => store.subjects_changed_since(since_micros).await,
@@ -1122,37 +1146,32 @@ mod announcement_tests {
 
     #[test]
     fn announcements_round_trip() {
-        let change = Change {
+        let change = ChangeNotice {
             revision: Revision::new(17),
-            subject_id: "user@example.com x".to_owned(),
+            changed: Changed::Subject(SubjectId::parse("user@example.com").unwrap()),
             at_micros: 1_700_000_000_000_000,
         };
         assert_eq!(
             change.announcement(),
-            "17@1700000000000000 user@example.com x"
+            "17@1700000000000000 user@example.com"
         );
         assert_eq!(
-            Change::parse_announcement(&change.announcement()),
+            ChangeNotice::parse_announcement(&change.announcement()),
             Some(change)
         );
         assert_eq!(
-            Change::parse_announcement("17 u"),
-            Some(Change {
+            ChangeNotice::parse_announcement("17 u"),
+            Some(ChangeNotice {
                 revision: Revision::new(17),
-                subject_id: "u".to_owned(),
+                changed: Changed::Subject(SubjectId::parse("u").unwrap()),
                 at_micros: 0,
             })
         );
-        assert_eq!(
-            Change::parse_announcement("18@5 "),
-            Some(Change {
-                revision: Revision::new(18),
-                subject_id: String::new(),
-                at_micros: 5,
-            })
-        );
-        for invalid in ["x u", "17@x u", "17", ""] {
-            assert_eq!(Change::parse_announcement(invalid), None, "{invalid}");
+        let policy = ChangeNotice::parse_announcement("18@5 ").unwrap();
+        assert_eq!(policy.changed, Changed::PolicyVersion);
+        assert_eq!(policy.announcement(), "18@5 ");
+        for invalid in ["x u", "17@x u", "17", "", "17 user x"] {
+            assert_eq!(ChangeNotice::parse_announcement(invalid), None, "{invalid}");
         }
     }
 }

@@ -14,10 +14,10 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::{
-    CandidatePage, Change, DecisionState, DueCandidates, EventQuery, ExpiredChoice, NewPolicy,
-    NewRightsRequest, PruneReport, RetentionSubject, RightsOutcome, RightsQuery, RightsStep,
-    StoreError, StoredPolicy, StoredRightsRequest, SubjectSnapshot, SubjectView, WriteContext,
-    WriteOutcome, WriteRequest,
+    CandidatePage, ChangeNotice, Changed, DecisionState, DueCandidates, EventQuery, ExpiredChoice,
+    NewPolicy, NewRightsRequest, PruneReport, RetentionSubject, RightsOutcome, RightsQuery,
+    RightsStep, StoreError, StoredPolicy, StoredRightsRequest, SubjectSnapshot, SubjectView,
+    WriteContext, WriteOutcome, WriteRequest,
 };
 use crate::audit::decision_log::DecisionRecord;
 use crate::audit::{AuditEvent, ChainReport};
@@ -226,7 +226,8 @@ impl PostgresStore {
         let mut tx = self.pool.begin().await?;
         let outcome = rows::write_in(&mut tx, request).await?;
         if outcome.changed {
-            announce(&mut tx, outcome.revision, request.subject_id.as_str()).await?;
+            let changed = Changed::Subject(request.subject_id.clone());
+            announce(&mut tx, outcome.revision, changed).await?;
         }
         tx.commit().await?;
         Ok(outcome)
@@ -240,8 +241,7 @@ impl PostgresStore {
         let mut tx = self.pool.begin().await?;
         let outcome = rows::apply_policy_in(&mut tx, policy, context).await?;
         if outcome.changed {
-            // No subject: a policy version, for every replica to load.
-            announce(&mut tx, outcome.revision, "").await?;
+            announce(&mut tx, outcome.revision, Changed::PolicyVersion).await?;
         }
         tx.commit().await?;
         Ok(outcome)
@@ -255,7 +255,8 @@ impl PostgresStore {
         let mut tx = self.pool.begin().await?;
         let outcome = rows::file_rights_in(&mut tx, request, context).await?;
         for revision in &outcome.revisions {
-            announce(&mut tx, *revision, &outcome.request.subject_id).await?;
+            let changed = Changed::Subject(outcome.request.subject_id.clone());
+            announce(&mut tx, *revision, changed).await?;
         }
         tx.commit().await?;
         Ok(outcome)
@@ -270,7 +271,8 @@ impl PostgresStore {
         let mut tx = self.pool.begin().await?;
         let outcome = rows::step_rights_in(&mut tx, request_id, step, context).await?;
         for revision in &outcome.revisions {
-            announce(&mut tx, *revision, &outcome.request.subject_id).await?;
+            let changed = Changed::Subject(outcome.request.subject_id.clone());
+            announce(&mut tx, *revision, changed).await?;
         }
         tx.commit().await?;
         Ok(outcome)
@@ -357,7 +359,7 @@ impl PostgresStore {
         &self,
         after: Revision,
         limit: u32,
-    ) -> Result<Vec<Change>, StoreError> {
+    ) -> Result<Vec<ChangeNotice>, StoreError> {
         let mut connection = self.pool.acquire().await?;
         rows::changes_since_in(&mut connection, after.sequence(), limit).await
     }
@@ -365,7 +367,7 @@ impl PostgresStore {
     pub async fn subjects_changed_since(
         &self,
         since_micros: i64,
-    ) -> Result<Vec<Change>, StoreError> {
+    ) -> Result<Vec<ChangeNotice>, StoreError> {
         let mut connection = self.pool.acquire().await?;
         rows::subjects_changed_since_in(&mut connection, since_micros).await
     }
@@ -553,11 +555,11 @@ impl PostgresStore {
 async fn announce(
     connection: &mut sqlx::PgConnection,
     revision: Revision,
-    subject_id: &str,
+    changed: Changed,
 ) -> Result<(), StoreError> {
-    let announcement = super::Change {
+    let announcement = ChangeNotice {
         revision,
-        subject_id: subject_id.to_owned(),
+        changed,
         at_micros: super::now_micros(),
     }
     .announcement();

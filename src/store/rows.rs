@@ -27,7 +27,7 @@ macro_rules! sql_rows {
         use $crate::revision::Revision;
         use $crate::store::change::{Change, Command, ConsentMeta, SubjectRecord, plan_change};
         use $crate::store::{
-            CandidatePage, Change as ChangeNotice, ChoiceEntry, DecisionState, DueCandidates,
+            CandidatePage, ChangeNotice, Changed, ChoiceEntry, DecisionState, DueCandidates,
             EventQuery, ExpiredChoice, NewPolicy, NewRightsRequest, RetentionSubject,
             RightsListing, RightsOutcome, RightsQuery, RightsStep, StoreError, StoredPolicy,
             StoredRightsRequest, SubjectSnapshot, WriteContext, WriteOutcome, WriteRequest,
@@ -163,7 +163,7 @@ macro_rules! sql_rows {
             )?;
             let stored = StoredRightsRequest {
                 request_id: uuid::Uuid::now_v7().to_string(),
-                subject_id: subject_id.to_owned(),
+                subject_id: new.subject_id.clone(),
                 jurisdiction,
                 request,
                 extension_reason: String::new(),
@@ -196,7 +196,7 @@ macro_rules! sql_rows {
             let Some(before) = load_rights_request(&mut *connection, request_id).await? else {
                 return Err(StoreError::RequestNotFound(request_id.to_owned()));
             };
-            let Some((record, _)) = load_subject(&mut *connection, &before.subject_id).await?
+            let Some((record, _)) = load_subject(&mut *connection, before.subject_id.as_str()).await?
             else {
                 return Err(StoreError::Corrupt(format!(
                     "rights request {request_id} names a subject not stored"
@@ -261,7 +261,7 @@ macro_rules! sql_rows {
             let event = sealed_event(
                 revision,
                 after.updated_at_micros,
-                &after.subject_id,
+                after.subject_id.as_str(),
                 kind,
                 context,
                 &detail,
@@ -288,11 +288,9 @@ macro_rules! sql_rows {
                 Some(Effect::Restrict) => vec![Command::SetRestriction { restricted: true }],
                 Some(Effect::Delete) => vec![Command::Delete],
             };
-            let subject_id = SubjectId::parse(&after.subject_id)
-                .map_err(|error| StoreError::Corrupt(error.to_string()))?;
             for command in commands {
                 let write = WriteRequest {
-                    subject_id: subject_id.clone(),
+                    subject_id: after.subject_id.clone(),
                     command,
                     context: context.clone(),
                 };
@@ -360,7 +358,7 @@ macro_rules! sql_rows {
             };
             sqlx::query(statement)
                 .bind(&stored.request_id)
-                .bind(&stored.subject_id)
+                .bind(stored.subject_id.as_str())
                 .bind(request.kind.as_str())
                 .bind(&stored.jurisdiction)
                 .bind(request.regime.as_str())
@@ -448,7 +446,7 @@ macro_rules! sql_rows {
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(StoredRightsRequest {
                 request_id: row.try_get("request_id")?,
-                subject_id: row.try_get("subject_id")?,
+                subject_id: parse_column(row, "subject_id", |text| SubjectId::parse(text).ok())?,
                 jurisdiction: row.try_get("jurisdiction")?,
                 request: RightsRequest {
                     kind: parse_column(row, "kind", RightKind::from_name)?,
@@ -649,14 +647,15 @@ macro_rules! sql_rows {
             .bind(i64::from(limit))
             .fetch_all(&mut *connection)
             .await?;
-            Ok(rows
-                .into_iter()
-                .map(|(sequence, subject_id, at_micros)| ChangeNotice {
-                    revision: Revision::new(from_i64(sequence)),
-                    subject_id,
-                    at_micros,
+            rows.into_iter()
+                .map(|(sequence, subject_id, at_micros)| {
+                    Ok(ChangeNotice {
+                        revision: Revision::new(from_i64(sequence)),
+                        changed: parse("subject_id", &subject_id, Changed::parse)?,
+                        at_micros,
+                    })
                 })
-                .collect())
+                .collect()
         }
 
         /// Each subject changed at or after `since_micros`, with its latest revision.
@@ -671,14 +670,15 @@ macro_rules! sql_rows {
             .bind(since_micros)
             .fetch_all(&mut *connection)
             .await?;
-            Ok(rows
-                .into_iter()
-                .map(|(subject_id, sequence, at_micros)| ChangeNotice {
-                    revision: Revision::new(from_i64(sequence)),
-                    subject_id,
-                    at_micros,
+            rows.into_iter()
+                .map(|(subject_id, sequence, at_micros)| {
+                    Ok(ChangeNotice {
+                        revision: Revision::new(from_i64(sequence)),
+                        changed: parse("subject_id", &subject_id, Changed::parse)?,
+                        at_micros,
+                    })
                 })
-                .collect())
+                .collect()
         }
 
         /// Subject ids after `after` in id order, at most `limit` (for paging through them all).

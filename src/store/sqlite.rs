@@ -15,10 +15,10 @@ use sqlx::sqlite::{
 };
 
 use super::{
-    CandidatePage, Change, DecisionState, DueCandidates, EventQuery, ExpiredChoice, NewPolicy,
-    NewRightsRequest, PruneReport, RetentionSubject, RightsOutcome, RightsQuery, RightsStep,
-    StoreError, StoredPolicy, StoredRightsRequest, SubjectSnapshot, SubjectView, WriteContext,
-    WriteOutcome, WriteRequest,
+    CandidatePage, ChangeNotice, DecisionState, DueCandidates, EventQuery, ExpiredChoice,
+    NewPolicy, NewRightsRequest, PruneReport, RetentionSubject, RightsOutcome, RightsQuery,
+    RightsStep, StoreError, StoredPolicy, StoredRightsRequest, SubjectSnapshot, SubjectView,
+    WriteContext, WriteOutcome, WriteRequest,
 };
 use crate::audit::decision_log::DecisionRecord;
 use crate::audit::{AuditEvent, ChainReport};
@@ -198,7 +198,7 @@ impl SqliteStore {
         &self,
         after: Revision,
         limit: u32,
-    ) -> Result<Vec<Change>, StoreError> {
+    ) -> Result<Vec<ChangeNotice>, StoreError> {
         let mut connection = self.reader.acquire().await?;
         rows::changes_since_in(&mut connection, after.sequence(), limit).await
     }
@@ -206,7 +206,7 @@ impl SqliteStore {
     pub async fn subjects_changed_since(
         &self,
         since_micros: i64,
-    ) -> Result<Vec<Change>, StoreError> {
+    ) -> Result<Vec<ChangeNotice>, StoreError> {
         let mut connection = self.reader.acquire().await?;
         rows::subjects_changed_since_in(&mut connection, since_micros).await
     }
