@@ -354,19 +354,10 @@ mod tests {
 
     #[test]
     fn an_expiry_flips_what_its_choice_allowed_and_nothing_else() {
-        use crate::policy::{Choice, Plan, Rule, evaluate};
-        let mut state = SubjectState {
-            plan: Some(Plan::Free),
-            ..SubjectState::new()
-        };
-        state
-            .choices
-            .set(Purpose::AnalyticsCookies, Some(Choice::Granted));
-        state.expiries.set(Purpose::AnalyticsCookies, Some(1_000));
-        state
-            .choices
-            .set(Purpose::MarketingEmail, Some(Choice::Granted));
-        state.expiries.set(Purpose::MarketingEmail, Some(900));
+        use crate::policy::tests::granted_until;
+        use crate::policy::{Choice, Rule, evaluate};
+        let mut state = granted_until(1_000);
+        state.set_choice(Purpose::MarketingEmail, Some(Choice::Granted), Some(900));
         let cookies = Question::about(Purpose::AnalyticsCookies);
         let email = Question::about(Purpose::MarketingEmail);
         // The expiry of the analytics grant, recorded at 1,500: before it, the grant counts.

@@ -21,8 +21,9 @@ use std::sync::Arc;
 
 use crate::audit::decision_log::DecisionLog;
 use crate::cache::SubjectCache;
+use crate::domain::Actor;
 use crate::policies::Policies;
-use crate::store::Store;
+use crate::store::{Store, WriteContext, now_micros};
 
 /// What every handler shares.
 #[derive(Clone, Debug)]
@@ -32,6 +33,18 @@ pub struct AppState {
     pub decision_log: DecisionLog,
     /// The policy versions known, for choosing the one in force.
     pub policies: Arc<Policies>,
+}
+
+impl AppState {
+    /// What a write by `actor` records of itself, under the policy version in force now.
+    pub fn write_context(&self, call: CallContext, actor: Actor) -> WriteContext {
+        WriteContext {
+            caller: call.caller,
+            actor,
+            trace_id: call.trace_id,
+            policy_version: self.policies.in_force(now_micros()).version().to_owned(),
+        }
+    }
 }
 
 /// Who is calling and under which trace, read once per call.

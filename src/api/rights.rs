@@ -6,12 +6,10 @@
 use tonic::{Request, Response, Status};
 
 use super::{AppState, CallContext, convert, validate};
-use crate::domain::Actor;
 use crate::error::ApiError;
 use crate::proto;
 use crate::store::{
-    Changed, RightsListing, RightsOutcome, RightsQuery, StoredRightsRequest, WriteContext,
-    now_micros,
+    Changed, RightsListing, RightsOutcome, RightsQuery, RightsStep, StoredRightsRequest, now_micros,
 };
 
 #[derive(Clone, Debug)]
@@ -22,20 +20,6 @@ pub struct RightsService {
 impl RightsService {
     pub fn new(state: AppState) -> RightsService {
         RightsService { state }
-    }
-
-    fn context(&self, call: CallContext, actor: Actor) -> WriteContext {
-        WriteContext {
-            caller: call.caller,
-            actor,
-            trace_id: call.trace_id,
-            policy_version: self
-                .state
-                .policies
-                .in_force(now_micros())
-                .version()
-                .to_owned(),
-        }
     }
 
     /// Announces every change a rights write made and answers it.
@@ -61,6 +45,24 @@ impl RightsService {
             request: Some(request_to_proto(&outcome.request, now_micros())),
             revision: last.to_token(),
         })
+    }
+
+    /// Moves a stored request one step and answers it.
+    async fn step<T>(
+        &self,
+        request: &Request<T>,
+        (request_id, step): (String, RightsStep),
+        actor: Option<&proto::Actor>,
+    ) -> Result<Response<proto::RightsWriteResponse>, Status> {
+        let actor = validate::actor(actor)?;
+        let context = self.state.write_context(CallContext::of(request), actor);
+        let outcome = self
+            .state
+            .store
+            .step_rights_request(&request_id, &step, &context)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(self.answered(outcome))
     }
 
     async fn list(
@@ -141,7 +143,7 @@ impl proto::rights_server::Rights for RightsService {
         let body = request.get_ref();
         let new = validate::file_rights(body, now_micros())?;
         let actor = validate::actor(body.actor.as_ref())?;
-        let context = self.context(CallContext::of(&request), actor);
+        let context = self.state.write_context(CallContext::of(&request), actor);
         let outcome = self
             .state
             .store
@@ -156,16 +158,8 @@ impl proto::rights_server::Rights for RightsService {
         request: Request<proto::AdvanceRightsRequest>,
     ) -> Result<Response<proto::RightsWriteResponse>, Status> {
         let body = request.get_ref();
-        let (request_id, step) = validate::advance_rights(body)?;
-        let actor = validate::actor(body.actor.as_ref())?;
-        let context = self.context(CallContext::of(&request), actor);
-        let outcome = self
-            .state
-            .store
-            .step_rights_request(&request_id, &step, &context)
-            .await
-            .map_err(ApiError::from)?;
-        Ok(self.answered(outcome))
+        let step = validate::advance_rights(body)?;
+        self.step(&request, step, body.actor.as_ref()).await
     }
 
     async fn extend_request(
@@ -173,16 +167,8 @@ impl proto::rights_server::Rights for RightsService {
         request: Request<proto::ExtendRightsRequest>,
     ) -> Result<Response<proto::RightsWriteResponse>, Status> {
         let body = request.get_ref();
-        let (request_id, step) = validate::extend_rights(body)?;
-        let actor = validate::actor(body.actor.as_ref())?;
-        let context = self.context(CallContext::of(&request), actor);
-        let outcome = self
-            .state
-            .store
-            .step_rights_request(&request_id, &step, &context)
-            .await
-            .map_err(ApiError::from)?;
-        Ok(self.answered(outcome))
+        let step = validate::extend_rights(body)?;
+        self.step(&request, step, body.actor.as_ref()).await
     }
 
     async fn get_request(

@@ -3,13 +3,11 @@
 use tonic::{Request, Response, Status};
 
 use super::decisions::response;
-use super::{AppState, caller_of, convert, trace_id_of, validate};
+use super::{AppState, CallContext, convert, validate};
 use crate::error::ApiError;
 use crate::policy::{Purpose, Question};
 use crate::proto;
-use crate::store::{
-    Changed, Command, ConsentRecord, HistoryCursor, WriteContext, WriteRequest, now_micros,
-};
+use crate::store::{Changed, Command, ConsentRecord, HistoryCursor, WriteRequest, now_micros};
 
 #[derive(Clone, Debug)]
 pub struct SubjectsService {
@@ -35,17 +33,7 @@ impl SubjectsService {
         let write = WriteRequest {
             subject_id,
             command,
-            context: WriteContext {
-                caller: caller_of(request),
-                actor,
-                trace_id: trace_id_of(request.metadata()),
-                policy_version: self
-                    .state
-                    .policies
-                    .in_force(now_micros())
-                    .version()
-                    .to_owned(),
-            },
+            context: self.state.write_context(CallContext::of(request), actor),
         };
         let outcome = self
             .state

@@ -7,7 +7,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use super::output;
-use super::{ActorArgs, AuditCommand, CheckArgs, ClientArgs, HealthArgs, SubjectCommand};
+use super::{ActorArgs, AuditCommand, CheckArgs, ClientArgs, HealthArgs, PageArgs, SubjectCommand};
 use crate::proto;
 use crate::proto::audit_client::AuditClient;
 use crate::proto::consistency::Requirement;
@@ -114,6 +114,30 @@ pub(super) fn print(client: &ClientArgs, json: serde_json::Value, text: String) 
     }
 }
 
+/// Follows a listing from `page_token`: `fetch` asks for one page, `show` prints it and answers
+/// the next page's token, empty after the last. With `all` it goes on to the last page;
+/// otherwise it stops after the first and says how to ask for the next.
+pub(super) async fn follow_pages<Page>(
+    client: &ClientArgs,
+    page_token: String,
+    all: bool,
+    mut fetch: impl AsyncFnMut(String) -> Result<tonic::Response<Page>, tonic::Status>,
+    mut show: impl FnMut(Page) -> String,
+) -> anyhow::Result<()> {
+    let mut token = page_token;
+    loop {
+        token = show(fetch(token).await.map_err(call_failed)?.into_inner());
+        if token.is_empty() || !all {
+            break;
+        }
+    }
+    if !token.is_empty() {
+        let more = serde_json::json!({"nextPageToken": token});
+        print(client, more, format!("more: --page-token {token}"));
+    }
+    Ok(())
+}
+
 pub(super) fn actor(args: &ActorArgs) -> Option<proto::Actor> {
     Some(proto::Actor {
         operator_id: args.operator.clone(),
@@ -195,13 +219,11 @@ pub async fn subject(command: SubjectCommand) -> anyhow::Result<()> {
     if let SubjectCommand::ConsentHistory {
         subject,
         as_of,
-        page_size,
-        page_token,
-        all,
+        pages,
         client,
     } = command
     {
-        return consent_history(subject, as_of, page_size, page_token, all, client).await;
+        return consent_history(subject, as_of, pages, client).await;
     }
     if let SubjectCommand::Get { subject, client } = &command {
         let mut subjects = SubjectsClient::new(connect(client).await?);
@@ -240,29 +262,24 @@ pub async fn subject(command: SubjectCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints a subject's consent records, one per line, following pages with `all`.
+/// Prints a subject's consent records, one per line, following pages with `--all`.
 async fn consent_history(
     subject: String,
     as_of: Option<std::time::SystemTime>,
-    page_size: u32,
-    page_token: String,
-    all: bool,
+    pages: PageArgs,
     client: ClientArgs,
 ) -> anyhow::Result<()> {
     let mut subjects = SubjectsClient::new(connect(&client).await?);
-    let mut token = page_token;
-    loop {
+    let fetch = async |page_token| {
         let request = proto::ConsentHistoryRequest {
             subject_id: subject.clone(),
             as_of: as_of.map(prost_types::Timestamp::from),
-            page_size,
-            page_token: token,
+            page_size: pages.page_size,
+            page_token,
         };
-        let page = subjects
-            .consent_history(request)
-            .await
-            .map_err(call_failed)?
-            .into_inner();
+        subjects.consent_history(request).await
+    };
+    let show = |page: proto::ConsentHistoryResponse| {
         if page.records.is_empty() && !client.json {
             println!("(no consent records)");
         }
@@ -273,19 +290,9 @@ async fn consent_history(
                 output::consent_text(record),
             );
         }
-        token = page.next_page_token;
-        if token.is_empty() {
-            return Ok(());
-        }
-        if !all {
-            if client.json {
-                println!("{}", serde_json::json!({"nextPageToken": token}));
-            } else {
-                println!("more: --page-token {token}");
-            }
-            return Ok(());
-        }
-    }
+        page.next_page_token
+    };
+    follow_pages(&client, pages.page_token, pages.all, fetch, show).await
 }
 
 enum WriteCall {
@@ -411,24 +418,19 @@ pub async fn audit(command: AuditCommand) -> anyhow::Result<()> {
     match command {
         AuditCommand::List {
             subject,
-            page_size,
-            page_token,
-            all,
+            pages,
             client,
         } => {
             let mut audit = AuditClient::new(connect(&client).await?);
-            let mut token = page_token;
-            loop {
+            let fetch = async |page_token| {
                 let request = proto::ListEventsRequest {
                     subject_id: subject.clone(),
-                    page_size,
-                    page_token: token,
+                    page_size: pages.page_size,
+                    page_token,
                 };
-                let page = audit
-                    .list_events(request)
-                    .await
-                    .map_err(call_failed)?
-                    .into_inner();
+                audit.list_events(request).await
+            };
+            let show = |page: proto::ListEventsResponse| {
                 for event in &page.events {
                     print(
                         &client,
@@ -436,20 +438,9 @@ pub async fn audit(command: AuditCommand) -> anyhow::Result<()> {
                         output::event_text(event),
                     );
                 }
-                token = page.next_page_token;
-                if token.is_empty() {
-                    break;
-                }
-                if !all {
-                    if client.json {
-                        println!("{}", serde_json::json!({"nextPageToken": token}));
-                    } else {
-                        println!("more: --page-token {token}");
-                    }
-                    break;
-                }
-            }
-            Ok(())
+                page.next_page_token
+            };
+            follow_pages(&client, pages.page_token, pages.all, fetch, show).await
         }
         AuditCommand::Prune { .. } => unreachable!("prune opens the store itself"),
         AuditCommand::Verify { client } => {

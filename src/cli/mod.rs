@@ -110,6 +110,18 @@ impl StoreArgs {
     }
 }
 
+/// Which page of a listing to ask for, and whether to follow the rest.
+#[derive(Debug, Clone, Args)]
+pub struct PageArgs {
+    #[arg(long, default_value_t = 100)]
+    pub page_size: u32,
+    #[arg(long, default_value = "")]
+    pub page_token: String,
+    /// Follow page tokens to the end.
+    #[arg(long)]
+    pub all: bool,
+}
+
 /// Where the server is and how to print its answers.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
@@ -430,13 +442,8 @@ pub enum SubjectCommand {
         /// the consent then.
         #[arg(long, value_parser = parse_instant)]
         as_of: Option<std::time::SystemTime>,
-        #[arg(long, default_value_t = 100)]
-        page_size: u32,
-        #[arg(long, default_value = "")]
-        page_token: String,
-        /// Follow page tokens to the end.
-        #[arg(long)]
-        all: bool,
+        #[command(flatten)]
+        pages: PageArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -493,13 +500,8 @@ pub enum AuditCommand {
         /// Only the events of this subject.
         #[arg(long)]
         subject: Option<String>,
-        #[arg(long, default_value_t = 100)]
-        page_size: u32,
-        #[arg(long, default_value = "")]
-        page_token: String,
-        /// Follow page tokens to the end.
-        #[arg(long)]
-        all: bool,
+        #[command(flatten)]
+        pages: PageArgs,
         #[command(flatten)]
         client: ClientArgs,
     },

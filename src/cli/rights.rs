@@ -2,9 +2,9 @@
 
 use serde_json::json;
 
-use super::RightsCommand;
-use super::client::{actor, call_failed, connect, print};
+use super::client::{actor, call_failed, connect, follow_pages, print};
 use super::output::{time_text, timestamp};
+use super::{ClientArgs, RightsCommand};
 use crate::proto;
 use crate::proto::rights_client::RightsClient;
 
@@ -21,7 +21,7 @@ pub async fn rights(command: RightsCommand) -> anyhow::Result<()> {
             client,
         } => {
             let mut rights = RightsClient::new(connect(&client).await?);
-            let response = rights
+            let answer = rights
                 .file_request(proto::FileRightsRequest {
                     subject_id: subject,
                     kind: proto::RightKind::from(kind) as i32,
@@ -34,11 +34,8 @@ pub async fn rights(command: RightsCommand) -> anyhow::Result<()> {
                         .collect(),
                     actor: actor(&actor_args),
                 })
-                .await
-                .map_err(call_failed)?
-                .into_inner();
-            show(&client, response.request.as_ref());
-            Ok(())
+                .await;
+            written(&client, answer)
         }
         RightsCommand::Get { request_id, client } => {
             let mut rights = RightsClient::new(connect(&client).await?);
@@ -52,47 +49,29 @@ pub async fn rights(command: RightsCommand) -> anyhow::Result<()> {
         }
         RightsCommand::List { subject, client } => {
             let mut rights = RightsClient::new(connect(&client).await?);
-            let mut page_token = String::new();
-            loop {
-                let page = rights
-                    .list_requests(proto::ListRightsRequests {
-                        subject_id: subject.clone(),
-                        page_size: 1_000,
-                        page_token,
-                    })
-                    .await
-                    .map_err(call_failed)?
-                    .into_inner();
-                for request in &page.requests {
-                    show(&client, Some(request));
-                }
-                if page.next_page_token.is_empty() {
-                    return Ok(());
-                }
-                page_token = page.next_page_token;
-            }
+            let fetch = async |page_token| {
+                let request = proto::ListRightsRequests {
+                    subject_id: subject.clone(),
+                    page_size: 1_000,
+                    page_token,
+                };
+                rights.list_requests(request).await
+            };
+            let show = |page| show_page(&client, page);
+            follow_pages(&client, String::new(), true, fetch, show).await
         }
         RightsCommand::Overdue { at, client } => {
             let mut rights = RightsClient::new(connect(&client).await?);
-            let mut page_token = String::new();
-            loop {
-                let page = rights
-                    .list_overdue(proto::ListOverdueRights {
-                        at: at.map(prost_types::Timestamp::from),
-                        page_size: 1_000,
-                        page_token,
-                    })
-                    .await
-                    .map_err(call_failed)?
-                    .into_inner();
-                for request in &page.requests {
-                    show(&client, Some(request));
-                }
-                if page.next_page_token.is_empty() {
-                    return Ok(());
-                }
-                page_token = page.next_page_token;
-            }
+            let fetch = async |page_token| {
+                let request = proto::ListOverdueRights {
+                    at: at.map(prost_types::Timestamp::from),
+                    page_size: 1_000,
+                    page_token,
+                };
+                rights.list_overdue(request).await
+            };
+            let show = |page| show_page(&client, page);
+            follow_pages(&client, String::new(), true, fetch, show).await
         }
         RightsCommand::Advance {
             request_id,
@@ -103,7 +82,7 @@ pub async fn rights(command: RightsCommand) -> anyhow::Result<()> {
             client,
         } => {
             let mut rights = RightsClient::new(connect(&client).await?);
-            let response = rights
+            let answer = rights
                 .advance_request(proto::AdvanceRightsRequest {
                     request_id,
                     state: proto::RequestState::from(state) as i32,
@@ -111,11 +90,8 @@ pub async fn rights(command: RightsCommand) -> anyhow::Result<()> {
                     reason: refusal_reason,
                     actor: actor(&actor_args),
                 })
-                .await
-                .map_err(call_failed)?
-                .into_inner();
-            show(&client, response.request.as_ref());
-            Ok(())
+                .await;
+            written(&client, answer)
         }
         RightsCommand::Extend {
             request_id,
@@ -124,23 +100,38 @@ pub async fn rights(command: RightsCommand) -> anyhow::Result<()> {
             client,
         } => {
             let mut rights = RightsClient::new(connect(&client).await?);
-            let response = rights
+            let answer = rights
                 .extend_request(proto::ExtendRightsRequest {
                     request_id,
                     reason: delay_reason,
                     actor: actor(&actor_args),
                 })
-                .await
-                .map_err(call_failed)?
-                .into_inner();
-            show(&client, response.request.as_ref());
-            Ok(())
+                .await;
+            written(&client, answer)
         }
     }
 }
 
+/// Prints the request a write answers.
+fn written(
+    client: &ClientArgs,
+    answer: Result<tonic::Response<proto::RightsWriteResponse>, tonic::Status>,
+) -> anyhow::Result<()> {
+    let response = answer.map_err(call_failed)?.into_inner();
+    show(client, response.request.as_ref());
+    Ok(())
+}
+
+/// Prints a page of requests and answers the next page's token.
+fn show_page(client: &ClientArgs, page: proto::ListRightsResponse) -> String {
+    for request in &page.requests {
+        show(client, Some(request));
+    }
+    page.next_page_token
+}
+
 /// Prints a request: one line of text, or one JSON object.
-fn show(client: &super::ClientArgs, request: Option<&proto::RightsRequest>) {
+fn show(client: &ClientArgs, request: Option<&proto::RightsRequest>) {
     let Some(request) = request else { return };
     // JSON carries the wire names, as every client command's does; text the short ones.
     let (kind_name, state_name, regime_name) = (

@@ -1128,6 +1128,17 @@ explanation = "{purpose} denied"
         }
     }
 
+    /// Each source fails to compile with an error that starts as given.
+    fn assert_errors(cases: &[(String, &str)]) {
+        for (source, expected) in cases {
+            let error = error(source);
+            assert!(
+                error.starts_with(expected),
+                "{error:?} does not start with {expected:?}"
+            );
+        }
+    }
+
     const REFUSED_THEN_OK: &str =
         r#"[{ rule = "NO", when = { choice = "REFUSED" } }, { rule = "OK" }]"#;
 
@@ -1496,13 +1507,7 @@ purposes = { MEMORY = "GONE" }"#,
                 "effective_from (line 2, column 18): invalid type: string",
             ),
         ];
-        for (source, expected) in cases {
-            let error = error(&source);
-            assert!(
-                error.starts_with(expected),
-                "{error:?} does not start with {expected:?}"
-            );
-        }
+        assert_errors(&cases);
     }
 
     #[test]
@@ -1653,13 +1658,7 @@ purposes = { MEMORY = "GONE" }"#,
                 "retention.INVOICES.note (line ",
             ),
         ];
-        for (source, expected) in cases {
-            let error = error(&source);
-            assert!(
-                error.starts_with(expected),
-                "{error:?} does not start with {expected:?}"
-            );
-        }
+        assert_errors(&cases);
         assert!(error(&replaced("API_IO", "\"30d\"", "\"30w\"")).contains("invalid period `30w`"));
         assert!(
             error(&replaced("INVOICES", "\"INVOICE_ISSUED\"", "\"INVOICED\""))

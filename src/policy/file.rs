@@ -285,35 +285,22 @@ word!(KeepKind, "kind of retention");
 /// How a policy file says "no plan" and "no choice".
 const NONE: &str = "NONE";
 
-impl Word for Option<Plan> {
-    const WHAT: &'static str = "plan";
+word!(Plan, "plan");
+word!(Choice, "choice");
+
+/// A word or its absence, spelled `NONE`.
+impl<T: Word> Word for Option<T> {
+    const WHAT: &'static str = T::WHAT;
 
     fn from_word(text: &str) -> Option<Self> {
         match text {
             NONE => Some(None),
-            other => Plan::from_name(other).map(Some),
+            other => T::from_word(other).map(Some),
         }
     }
 
     fn words() -> Vec<&'static str> {
-        let mut words: Vec<_> = Plan::ALL.iter().map(|plan| plan.as_str()).collect();
-        words.push(NONE);
-        words
-    }
-}
-
-impl Word for Option<Choice> {
-    const WHAT: &'static str = "choice";
-
-    fn from_word(text: &str) -> Option<Self> {
-        match text {
-            NONE => Some(None),
-            other => Choice::from_name(other).map(Some),
-        }
-    }
-
-    fn words() -> Vec<&'static str> {
-        let mut words: Vec<_> = Choice::ALL.iter().map(|choice| choice.as_str()).collect();
+        let mut words = T::words();
         words.push(NONE);
         words
     }

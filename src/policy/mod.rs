@@ -134,11 +134,21 @@ impl SubjectState {
                 .get(*purpose)
                 .is_some_and(|expires_at| expires_at <= now_micros)
             {
-                state.choices.set(*purpose, None);
-                state.expiries.set(*purpose, None);
+                state.set_choice(*purpose, None, None);
             }
         }
         state
+    }
+
+    /// Sets a purpose's choice and the instant it expires (`None`: it does not).
+    pub fn set_choice(
+        &mut self,
+        purpose: Purpose,
+        choice: Option<Choice>,
+        expires_at: Option<i64>,
+    ) {
+        self.choices.set(purpose, choice);
+        self.expiries.set(purpose, expires_at);
     }
 }
 
@@ -300,25 +310,22 @@ pub const fn degraded(purpose: Purpose) -> Rule {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A free user who granted analytics cookies until `expires_at` and refused training for
     /// good.
-    fn granted_until(expires_at: i64) -> SubjectState {
+    pub(crate) fn granted_until(expires_at: i64) -> SubjectState {
         let mut state = SubjectState {
             plan: Some(Plan::Free),
             ..SubjectState::new()
         };
-        state
-            .choices
-            .set(Purpose::AnalyticsCookies, Some(Choice::Granted));
-        state
-            .expiries
-            .set(Purpose::AnalyticsCookies, Some(expires_at));
-        state
-            .choices
-            .set(Purpose::ModelTraining, Some(Choice::Refused));
+        state.set_choice(
+            Purpose::AnalyticsCookies,
+            Some(Choice::Granted),
+            Some(expires_at),
+        );
+        state.set_choice(Purpose::ModelTraining, Some(Choice::Refused), None);
         state
     }
 
@@ -358,10 +365,7 @@ mod tests {
     #[test]
     fn expiries_drop_only_their_own_purpose_and_leave_the_rest() {
         let mut state = granted_until(2_000);
-        state
-            .choices
-            .set(Purpose::MarketingEmail, Some(Choice::Granted));
-        state.expiries.set(Purpose::MarketingEmail, Some(1_000));
+        state.set_choice(Purpose::MarketingEmail, Some(Choice::Granted), Some(1_000));
         let at = state.at(1_500);
         assert_eq!(at.choices.get(Purpose::MarketingEmail), None);
         assert_eq!(
