@@ -13,6 +13,7 @@ pub mod history;
 mod postgres;
 pub mod replay;
 mod rows;
+mod sql;
 mod sqlite;
 pub mod testing;
 #[cfg(test)]
@@ -27,6 +28,8 @@ pub use change::{Command, ConsentMeta, Provenance, SubjectFields, SubjectRecord}
 pub use history::{ConsentCause, ConsentRecord, HistoryCursor};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+
+use sql::Connection;
 
 use crate::audit::decision_log::DecisionRecord;
 use crate::audit::{AuditEvent, ChainReport};
@@ -541,11 +544,8 @@ impl Store {
             }
             _ => request,
         };
-        observed(self, "write", async {
-            match self {
-                Store::Sqlite(store) => store.write(request).await,
-                Store::Postgres(store) => store.write(request).await,
-            }
+        self.run("write", Access::Write, async |connection| {
+            rows::write_in(connection, request).await
         })
         .await
     }
@@ -557,11 +557,8 @@ impl Store {
         now_micros: i64,
         limit: u32,
     ) -> Result<Vec<ExpiredChoice>, StoreError> {
-        observed(self, "expired_choices", async {
-            match self {
-                Store::Sqlite(store) => store.expired_choices(now_micros, limit).await,
-                Store::Postgres(store) => store.expired_choices(now_micros, limit).await,
-            }
+        self.run("expired_choices", Access::Connection, async |connection| {
+            rows::expired_choices_in(connection, now_micros, limit).await
         })
         .await
     }
@@ -667,11 +664,8 @@ impl Store {
         policy: &NewPolicy,
         context: &WriteContext,
     ) -> Result<WriteOutcome, StoreError> {
-        observed(self, "apply_policy", async {
-            match self {
-                Store::Sqlite(store) => store.apply_policy(policy, context).await,
-                Store::Postgres(store) => store.apply_policy(policy, context).await,
-            }
+        self.run("apply_policy", Access::Write, async |connection| {
+            rows::apply_policy_in(connection, policy, context).await
         })
         .await
     }
@@ -683,11 +677,8 @@ impl Store {
         request: &NewRightsRequest,
         context: &WriteContext,
     ) -> Result<RightsOutcome, StoreError> {
-        observed(self, "file_rights_request", async {
-            match self {
-                Store::Sqlite(store) => store.file_rights_request(request, context).await,
-                Store::Postgres(store) => store.file_rights_request(request, context).await,
-            }
+        self.run("file_rights_request", Access::Write, async |connection| {
+            rows::file_rights_in(connection, request, context).await
         })
         .await
     }
@@ -700,13 +691,8 @@ impl Store {
         step: &RightsStep,
         context: &WriteContext,
     ) -> Result<RightsOutcome, StoreError> {
-        observed(self, "step_rights_request", async {
-            match self {
-                Store::Sqlite(store) => store.step_rights_request(request_id, step, context).await,
-                Store::Postgres(store) => {
-                    store.step_rights_request(request_id, step, context).await
-                }
-            }
+        self.run("step_rights_request", Access::Write, async |connection| {
+            rows::step_rights_in(connection, request_id, step, context).await
         })
         .await
     }
@@ -716,11 +702,8 @@ impl Store {
         &self,
         request_id: &str,
     ) -> Result<Option<StoredRightsRequest>, StoreError> {
-        observed(self, "rights_request", async {
-            match self {
-                Store::Sqlite(store) => store.rights_request(request_id).await,
-                Store::Postgres(store) => store.rights_request(request_id).await,
-            }
+        self.run("rights_request", Access::Connection, async |connection| {
+            rows::load_rights_request(connection, request_id).await
         })
         .await
     }
@@ -730,22 +713,16 @@ impl Store {
         &self,
         query: &RightsQuery,
     ) -> Result<Vec<StoredRightsRequest>, StoreError> {
-        observed(self, "rights_requests", async {
-            match self {
-                Store::Sqlite(store) => store.rights_requests(query).await,
-                Store::Postgres(store) => store.rights_requests(query).await,
-            }
+        self.run("rights_requests", Access::Connection, async |connection| {
+            rows::rights_requests_in(connection, query).await
         })
         .await
     }
 
     /// Every stored policy version, by effective date.
     pub async fn policy_versions(&self) -> Result<Vec<StoredPolicy>, StoreError> {
-        observed(self, "policy_versions", async {
-            match self {
-                Store::Sqlite(store) => store.policy_versions().await,
-                Store::Postgres(store) => store.policy_versions().await,
-            }
+        self.run("policy_versions", Access::Connection, async |connection| {
+            rows::policy_versions_in(connection).await
         })
         .await
     }
@@ -756,11 +733,8 @@ impl Store {
         subject_id: &SubjectId,
         conversation_id: Option<&ConversationId>,
     ) -> Result<DecisionState, StoreError> {
-        observed(self, "decision_state", async {
-            match self {
-                Store::Sqlite(store) => store.decision_state(subject_id, conversation_id).await,
-                Store::Postgres(store) => store.decision_state(subject_id, conversation_id).await,
-            }
+        self.run("decision_state", Access::Read, async |connection| {
+            rows::decision_state_in(connection, subject_id, conversation_id).await
         })
         .await
     }
@@ -771,13 +745,22 @@ impl Store {
         subject_id: &SubjectId,
         max_conversations: usize,
     ) -> Result<SubjectSnapshot, StoreError> {
-        observed(self, "snapshot", async {
-            match self {
-                Store::Sqlite(store) => store.snapshot(subject_id, max_conversations).await,
-                Store::Postgres(store) => store.snapshot(subject_id, max_conversations).await,
+        match self {
+            Store::Sqlite(_) => {
+                self.run("snapshot", Access::Read, async |connection| {
+                    rows::snapshot_in(connection, subject_id, max_conversations).await
+                })
+                .await
             }
-        })
-        .await
+            Store::Postgres(store) => {
+                observed(
+                    self,
+                    "snapshot",
+                    store.snapshot(subject_id, max_conversations),
+                )
+                .await
+            }
+        }
     }
 
     /// The changes committed after revision `after`, oldest first, at most `limit`.
@@ -786,11 +769,8 @@ impl Store {
         after: Revision,
         limit: u32,
     ) -> Result<Vec<ChangeNotice>, StoreError> {
-        observed(self, "changes_since", async {
-            match self {
-                Store::Sqlite(store) => store.changes_since(after, limit).await,
-                Store::Postgres(store) => store.changes_since(after, limit).await,
-            }
+        self.run("changes_since", Access::Connection, async |connection| {
+            rows::changes_since_in(connection, after.sequence(), limit).await
         })
         .await
     }
@@ -800,44 +780,34 @@ impl Store {
         &self,
         since_micros: i64,
     ) -> Result<Vec<ChangeNotice>, StoreError> {
-        observed(self, "subjects_changed_since", async {
-            match self {
-                Store::Sqlite(store) => store.subjects_changed_since(since_micros).await,
-                Store::Postgres(store) => store.subjects_changed_since(since_micros).await,
-            }
-        })
+        self.run(
+            "subjects_changed_since",
+            Access::Connection,
+            async |connection| rows::subjects_changed_since_in(connection, since_micros).await,
+        )
         .await
     }
 
     /// Subject ids after `after`, in id order, at most `limit`.
     pub async fn subject_ids(&self, after: &str, limit: u32) -> Result<Vec<String>, StoreError> {
-        observed(self, "subject_ids", async {
-            match self {
-                Store::Sqlite(store) => store.subject_ids(after, limit).await,
-                Store::Postgres(store) => store.subject_ids(after, limit).await,
-            }
+        self.run("subject_ids", Access::Connection, async |connection| {
+            rows::subject_ids_in(connection, after, limit).await
         })
         .await
     }
 
     /// How many subjects the store holds (deleted ones included).
     pub async fn count_subjects(&self) -> Result<u64, StoreError> {
-        observed(self, "count_subjects", async {
-            match self {
-                Store::Sqlite(store) => store.count_subjects().await,
-                Store::Postgres(store) => store.count_subjects().await,
-            }
+        self.run("count_subjects", Access::Connection, async |connection| {
+            rows::count_subjects(connection).await
         })
         .await
     }
 
     /// The subject with its choices, or `None` if never seen.
     pub async fn subject(&self, subject_id: &SubjectId) -> Result<Option<SubjectView>, StoreError> {
-        observed(self, "subject", async {
-            match self {
-                Store::Sqlite(store) => store.subject(subject_id).await,
-                Store::Postgres(store) => store.subject(subject_id).await,
-            }
+        self.run("subject", Access::Read, async |connection| {
+            rows::subject_in(connection, subject_id).await
         })
         .await
     }
@@ -903,11 +873,8 @@ impl Store {
         &self,
         subject_id: &SubjectId,
     ) -> Result<Option<RetentionSubject>, StoreError> {
-        observed(self, "retention_subject", async {
-            match self {
-                Store::Sqlite(store) => store.retention_subject(subject_id).await,
-                Store::Postgres(store) => store.retention_subject(subject_id).await,
-            }
+        self.run("retention_subject", Access::Read, async |connection| {
+            rows::retention_subject_in(connection, subject_id.as_str()).await
         })
         .await
     }
@@ -973,44 +940,32 @@ impl Store {
     /// Subjects whose state may make data due under the retention schedule (see
     /// [`DueCandidates`]), one page in one snapshot, with what the schedule reads of each.
     pub async fn due_candidates(&self, query: &DueCandidates) -> Result<CandidatePage, StoreError> {
-        observed(self, "due_candidates", async {
-            match self {
-                Store::Sqlite(store) => store.due_candidates(query).await,
-                Store::Postgres(store) => store.due_candidates(query).await,
-            }
+        self.run("due_candidates", Access::Read, async |connection| {
+            rows::due_candidates_in(connection, query).await
         })
         .await
     }
 
     /// Audit events in sequence order.
     pub async fn events(&self, query: &EventQuery) -> Result<Vec<AuditEvent>, StoreError> {
-        observed(self, "events", async {
-            match self {
-                Store::Sqlite(store) => store.events(query).await,
-                Store::Postgres(store) => store.events(query).await,
-            }
+        self.run("events", Access::Connection, async |connection| {
+            rows::events_in(connection, query).await
         })
         .await
     }
 
     /// Recomputes the whole audit chain.
     pub async fn verify_chain(&self) -> Result<ChainReport, StoreError> {
-        observed(self, "verify_chain", async {
-            match self {
-                Store::Sqlite(store) => store.verify_chain().await,
-                Store::Postgres(store) => store.verify_chain().await,
-            }
+        self.run("verify_chain", Access::Read, async |connection| {
+            rows::verify_chain_in(connection).await
         })
         .await
     }
 
     /// The latest committed revision.
     pub async fn head_revision(&self) -> Result<Revision, StoreError> {
-        observed(self, "head_revision", async {
-            match self {
-                Store::Sqlite(store) => store.head_revision().await,
-                Store::Postgres(store) => store.head_revision().await,
-            }
+        self.run("head_revision", Access::Connection, async |connection| {
+            rows::head_revision(connection).await
         })
         .await
     }
@@ -1018,12 +973,11 @@ impl Store {
     /// The oldest revision the change log can be read from (everything after it is kept) and
     /// the latest committed revision.
     pub async fn change_log_bounds(&self) -> Result<(Revision, Revision), StoreError> {
-        observed(self, "change_log_bounds", async {
-            match self {
-                Store::Sqlite(store) => store.change_log_bounds().await,
-                Store::Postgres(store) => store.change_log_bounds().await,
-            }
-        })
+        self.run(
+            "change_log_bounds",
+            Access::Connection,
+            async |connection| rows::change_log_bounds(connection).await,
+        )
         .await
     }
 
@@ -1056,22 +1010,16 @@ impl Store {
 
     /// The number of recorded decisions.
     pub async fn count_decisions(&self) -> Result<u64, StoreError> {
-        observed(self, "count_decisions", async {
-            match self {
-                Store::Sqlite(store) => store.count_decisions().await,
-                Store::Postgres(store) => store.count_decisions().await,
-            }
+        self.run("count_decisions", Access::Connection, async |connection| {
+            rows::count_decisions(connection).await
         })
         .await
     }
 
     /// The latest migration applied to the store.
     pub async fn schema_version(&self) -> Result<i64, StoreError> {
-        observed(self, "schema_version", async {
-            match self {
-                Store::Sqlite(store) => store.schema_version().await,
-                Store::Postgres(store) => store.schema_version().await,
-            }
+        self.run("schema_version", Access::Connection, async |connection| {
+            rows::schema_version(connection).await
         })
         .await
     }
@@ -1091,6 +1039,37 @@ impl Store {
             Store::Postgres(store) => store.close().await,
         }
     }
+
+    /// Runs `work`, the shared SQL of one operation, on what it needs of the backend, commits,
+    /// and observes it.
+    async fn run<T>(
+        &self,
+        operation: &'static str,
+        access: Access,
+        work: impl AsyncFnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        observed(self, operation, async {
+            let mut connection = match self {
+                Store::Sqlite(store) => store.begin(access).await?,
+                Store::Postgres(store) => store.begin(access).await?,
+            };
+            let output = work(&mut connection).await?;
+            connection.commit().await?;
+            Ok(output)
+        })
+        .await
+    }
+}
+
+/// What an operation needs of the database.
+#[derive(Clone, Copy, Debug)]
+enum Access {
+    /// A pooled connection: one statement, or several that need no common snapshot.
+    Connection,
+    /// A read transaction: one snapshot (a decision never sees half a write).
+    Read,
+    /// A write transaction, holding the chain head from its start.
+    Write,
 }
 
 /// Runs one store operation in a span of its own (when the call is traced) and times it.

@@ -11,136 +11,130 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use sqlx::Row as _;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-use super::{
-    CandidatePage, ChangeNotice, Changed, DecisionState, DueCandidates, EventQuery, ExpiredChoice,
-    NewPolicy, NewRightsRequest, PruneReport, RetentionSubject, RightsOutcome, RightsQuery,
-    RightsStep, StoreError, StoredPolicy, StoredRightsRequest, SubjectSnapshot, SubjectView,
-    WriteContext, WriteOutcome, WriteRequest,
-};
+use super::rows::{from_i64, parse};
+use super::sql::{Connection, Held};
+use super::{Access, ChangeNotice, Changed, PruneReport, StoreError, SubjectSnapshot};
 use crate::audit::decision_log::DecisionRecord;
-use crate::audit::{AuditEvent, ChainReport};
 use crate::calendar::{Date, MICROS_PER_DAY};
-use crate::domain::{ConversationId, SubjectId};
+use crate::domain::SubjectId;
+use crate::policy::{Choice, ConversationFacts, Plan, Purpose, Rating, Status, SubjectState};
 use crate::revision::Revision;
 
-mod rows {
-    crate::store::rows::sql_rows!(
-        sqlx::PgConnection,
-        sqlx::postgres::PgRow,
-        head_query = "SELECT sequence, hash FROM audit_chain_head WHERE chain_id = 0 FOR UPDATE"
-    );
+/// The statement that reads the chain head for a write, locking its row: every writer, in
+/// every process, waits here for the one before it to commit.
+pub(super) const CHAIN_HEAD_FOR_WRITE: &str =
+    "SELECT sequence, hash FROM audit_chain_head WHERE chain_id = 0 FOR UPDATE";
 
-    /// What `snapshot_in` reads, in one statement: one round trip instead of five (a
-    /// transaction and three queries), and one statement sees one snapshot, so the parts agree
-    /// as they do in a REPEATABLE READ transaction. The conversation columns are aggregated in
-    /// one order (revision, then id), so their arrays line up.
-    const SNAPSHOT_QUERY: &str = "
-        SELECT s.plan, s.status, s.gpc, s.zero_data_retention, s.revision,
-               c.purposes, c.choices, c.expiries,
-               f.ids, f.feedback, f.moderation, f.reports, f.kept,
-               (SELECT sequence FROM audit_chain_head WHERE chain_id = 0) AS head
-        FROM (SELECT $1::TEXT AS id) AS q
-        LEFT JOIN subjects AS s ON s.subject_id = q.id
-        LEFT JOIN LATERAL (
-            SELECT array_agg(purpose) AS purposes, array_agg(choice) AS choices,
-                   array_agg(expires_at) AS expiries
-            FROM choices WHERE subject_id = q.id
-        ) AS c ON TRUE
-        LEFT JOIN LATERAL (
-            SELECT array_agg(conversation_id ORDER BY revision DESC, conversation_id) AS ids,
-                   array_agg(feedback ORDER BY revision DESC, conversation_id) AS feedback,
-                   array_agg(automated_moderation ORDER BY revision DESC, conversation_id)
-                       AS moderation,
-                   array_agg(user_report ORDER BY revision DESC, conversation_id) AS reports,
-                   COUNT(*) AS kept
-            FROM (SELECT * FROM conversation_facts WHERE subject_id = q.id
-                  ORDER BY revision DESC, conversation_id LIMIT $2) AS recent
-        ) AS f ON TRUE";
+/// What `snapshot_in` reads, in one statement: one round trip instead of five (a
+/// transaction and three queries), and one statement sees one snapshot, so the parts agree
+/// as they do in a REPEATABLE READ transaction. The conversation columns are aggregated in
+/// one order (revision, then id), so their arrays line up.
+const SNAPSHOT_QUERY: &str = "
+    SELECT s.plan, s.status, s.gpc, s.zero_data_retention, s.revision,
+           c.purposes, c.choices, c.expiries,
+           f.ids, f.feedback, f.moderation, f.reports, f.kept,
+           (SELECT sequence FROM audit_chain_head WHERE chain_id = 0) AS head
+    FROM (SELECT $1::TEXT AS id) AS q
+    LEFT JOIN subjects AS s ON s.subject_id = q.id
+    LEFT JOIN LATERAL (
+        SELECT array_agg(purpose) AS purposes, array_agg(choice) AS choices,
+               array_agg(expires_at) AS expiries
+        FROM choices WHERE subject_id = q.id
+    ) AS c ON TRUE
+    LEFT JOIN LATERAL (
+        SELECT array_agg(conversation_id ORDER BY revision DESC, conversation_id) AS ids,
+               array_agg(feedback ORDER BY revision DESC, conversation_id) AS feedback,
+               array_agg(automated_moderation ORDER BY revision DESC, conversation_id)
+                   AS moderation,
+               array_agg(user_report ORDER BY revision DESC, conversation_id) AS reports,
+               COUNT(*) AS kept
+        FROM (SELECT * FROM conversation_facts WHERE subject_id = q.id
+              ORDER BY revision DESC, conversation_id LIMIT $2) AS recent
+    ) AS f ON TRUE";
 
-    pub(super) async fn snapshot_in_one_statement(
-        connection: &mut sqlx::PgConnection,
-        subject_id: &SubjectId,
-        max_conversations: usize,
-    ) -> Result<SubjectSnapshot, StoreError> {
-        let limit = i64::try_from(max_conversations)
-            .unwrap_or(i64::MAX)
-            .saturating_add(1);
-        let row = sqlx::query(SNAPSHOT_QUERY)
-            .bind(subject_id.as_str())
-            .bind(limit)
-            .fetch_one(&mut *connection)
-            .await?;
-        let status: Option<String> = row.try_get("status")?;
-        let Some(status) = status else {
-            return Ok(SubjectSnapshot {
-                subject: None,
-                revision: Revision::new(from_i64(row.try_get("head")?)),
-                conversations: Vec::new(),
-                complete: true,
-            });
-        };
-        let plan: Option<String> = row.try_get("plan")?;
-        let mut state = SubjectState {
-            plan: plan
-                .as_deref()
-                .map(|name| parse("plan", name, Plan::from_name))
-                .transpose()?,
-            status: parse("status", &status, Status::from_name)?,
-            gpc: row.try_get("gpc")?,
-            zero_data_retention: row.try_get("zero_data_retention")?,
-            ..SubjectState::new()
-        };
-        let purposes: Vec<String> = row.try_get::<Option<_>, _>("purposes")?.unwrap_or_default();
-        let choices: Vec<String> = row.try_get::<Option<_>, _>("choices")?.unwrap_or_default();
-        let expiries: Vec<Option<i64>> =
-            row.try_get::<Option<_>, _>("expiries")?.unwrap_or_default();
-        if [choices.len(), expiries.len()] != [purposes.len(); 2] {
-            return Err(StoreError::Corrupt("choices do not line up".into()));
-        }
-        for ((purpose, choice), expires_at) in purposes.iter().zip(&choices).zip(expiries) {
-            let purpose = parse("purpose", purpose, Purpose::from_name)?;
-            state
-                .choices
-                .set(purpose, Some(parse("choice", choice, Choice::from_name)?));
-            state.expiries.set(purpose, expires_at);
-        }
-        let ids: Vec<String> = row.try_get::<Option<_>, _>("ids")?.unwrap_or_default();
-        let feedback: Vec<Option<String>> =
-            row.try_get::<Option<_>, _>("feedback")?.unwrap_or_default();
-        let moderation: Vec<bool> = row
-            .try_get::<Option<_>, _>("moderation")?
-            .unwrap_or_default();
-        let reports: Vec<bool> = row.try_get::<Option<_>, _>("reports")?.unwrap_or_default();
-        let kept: i64 = row.try_get("kept")?;
-        if [feedback.len(), moderation.len(), reports.len()] != [ids.len(); 3]
-            || usize::try_from(kept).ok() != Some(ids.len())
-        {
-            return Err(StoreError::Corrupt(
-                "conversation facts do not line up".into(),
-            ));
-        }
-        let complete = ids.len() <= max_conversations;
-        let mut conversations = Vec::with_capacity(ids.len().min(max_conversations));
-        for (index, id) in ids.into_iter().enumerate().take(max_conversations) {
-            let facts = ConversationFacts {
-                feedback: feedback[index]
-                    .as_deref()
-                    .map(|name| parse("feedback", name, Rating::from_name))
-                    .transpose()?,
-                automated_moderation: moderation[index],
-                user_report: reports[index],
-            };
-            conversations.push((id, facts));
-        }
-        Ok(SubjectSnapshot {
-            subject: Some(state),
-            revision: Revision::new(from_i64(row.try_get("revision")?)),
-            conversations,
-            complete,
-        })
+async fn snapshot_in_one_statement(
+    connection: &mut sqlx::PgConnection,
+    subject_id: &SubjectId,
+    max_conversations: usize,
+) -> Result<SubjectSnapshot, StoreError> {
+    let limit = i64::try_from(max_conversations)
+        .unwrap_or(i64::MAX)
+        .saturating_add(1);
+    let row = sqlx::query(SNAPSHOT_QUERY)
+        .bind(subject_id.as_str())
+        .bind(limit)
+        .fetch_one(&mut *connection)
+        .await?;
+    let status: Option<String> = row.try_get("status")?;
+    let Some(status) = status else {
+        return Ok(SubjectSnapshot {
+            subject: None,
+            revision: Revision::new(from_i64(row.try_get("head")?)),
+            conversations: Vec::new(),
+            complete: true,
+        });
+    };
+    let plan: Option<String> = row.try_get("plan")?;
+    let mut state = SubjectState {
+        plan: plan
+            .as_deref()
+            .map(|name| parse("plan", name, Plan::from_name))
+            .transpose()?,
+        status: parse("status", &status, Status::from_name)?,
+        gpc: row.try_get("gpc")?,
+        zero_data_retention: row.try_get("zero_data_retention")?,
+        ..SubjectState::new()
+    };
+    let purposes: Vec<String> = row.try_get::<Option<_>, _>("purposes")?.unwrap_or_default();
+    let choices: Vec<String> = row.try_get::<Option<_>, _>("choices")?.unwrap_or_default();
+    let expiries: Vec<Option<i64>> = row.try_get::<Option<_>, _>("expiries")?.unwrap_or_default();
+    if [choices.len(), expiries.len()] != [purposes.len(); 2] {
+        return Err(StoreError::Corrupt("choices do not line up".into()));
     }
+    for ((purpose, choice), expires_at) in purposes.iter().zip(&choices).zip(expiries) {
+        let purpose = parse("purpose", purpose, Purpose::from_name)?;
+        state
+            .choices
+            .set(purpose, Some(parse("choice", choice, Choice::from_name)?));
+        state.expiries.set(purpose, expires_at);
+    }
+    let ids: Vec<String> = row.try_get::<Option<_>, _>("ids")?.unwrap_or_default();
+    let feedback: Vec<Option<String>> =
+        row.try_get::<Option<_>, _>("feedback")?.unwrap_or_default();
+    let moderation: Vec<bool> = row
+        .try_get::<Option<_>, _>("moderation")?
+        .unwrap_or_default();
+    let reports: Vec<bool> = row.try_get::<Option<_>, _>("reports")?.unwrap_or_default();
+    let kept: i64 = row.try_get("kept")?;
+    if [feedback.len(), moderation.len(), reports.len()] != [ids.len(); 3]
+        || usize::try_from(kept).ok() != Some(ids.len())
+    {
+        return Err(StoreError::Corrupt(
+            "conversation facts do not line up".into(),
+        ));
+    }
+    let complete = ids.len() <= max_conversations;
+    let mut conversations = Vec::with_capacity(ids.len().min(max_conversations));
+    for (index, id) in ids.into_iter().enumerate().take(max_conversations) {
+        let facts = ConversationFacts {
+            feedback: feedback[index]
+                .as_deref()
+                .map(|name| parse("feedback", name, Rating::from_name))
+                .transpose()?,
+            automated_moderation: moderation[index],
+            user_report: reports[index],
+        };
+        conversations.push((id, facts));
+    }
+    Ok(SubjectSnapshot {
+        subject: Some(state),
+        revision: Revision::new(from_i64(row.try_get("revision")?)),
+        conversations,
+        complete,
+    })
 }
 
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -222,128 +216,19 @@ impl PostgresStore {
         })
     }
 
-    pub async fn write(&self, request: &WriteRequest) -> Result<WriteOutcome, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let outcome = rows::write_in(&mut tx, request).await?;
-        if outcome.changed {
-            let changed = Changed::Subject(request.subject_id.clone());
-            announce(&mut tx, outcome.revision, changed).await?;
-        }
-        tx.commit().await?;
-        Ok(outcome)
-    }
-
-    pub async fn apply_policy(
-        &self,
-        policy: &NewPolicy,
-        context: &WriteContext,
-    ) -> Result<WriteOutcome, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let outcome = rows::apply_policy_in(&mut tx, policy, context).await?;
-        if outcome.changed {
-            announce(&mut tx, outcome.revision, Changed::PolicyVersion).await?;
-        }
-        tx.commit().await?;
-        Ok(outcome)
-    }
-
-    pub async fn file_rights_request(
-        &self,
-        request: &NewRightsRequest,
-        context: &WriteContext,
-    ) -> Result<RightsOutcome, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let outcome = rows::file_rights_in(&mut tx, request, context).await?;
-        for revision in &outcome.revisions {
-            let changed = Changed::Subject(outcome.request.subject_id.clone());
-            announce(&mut tx, *revision, changed).await?;
-        }
-        tx.commit().await?;
-        Ok(outcome)
-    }
-
-    pub async fn step_rights_request(
-        &self,
-        request_id: &str,
-        step: &RightsStep,
-        context: &WriteContext,
-    ) -> Result<RightsOutcome, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let outcome = rows::step_rights_in(&mut tx, request_id, step, context).await?;
-        for revision in &outcome.revisions {
-            let changed = Changed::Subject(outcome.request.subject_id.clone());
-            announce(&mut tx, *revision, changed).await?;
-        }
-        tx.commit().await?;
-        Ok(outcome)
-    }
-
-    pub async fn rights_request(
-        &self,
-        request_id: &str,
-    ) -> Result<Option<StoredRightsRequest>, StoreError> {
-        let mut connection = self.pool.acquire().await?;
-        rows::load_rights_request(&mut connection, request_id).await
-    }
-
-    pub async fn rights_requests(
-        &self,
-        query: &RightsQuery,
-    ) -> Result<Vec<StoredRightsRequest>, StoreError> {
-        let mut connection = self.pool.acquire().await?;
-        rows::rights_requests_in(&mut connection, query).await
-    }
-
-    pub async fn policy_versions(&self) -> Result<Vec<StoredPolicy>, StoreError> {
-        let mut connection = self.pool.acquire().await?;
-        rows::policy_versions_in(&mut connection).await
+    /// What an operation needs: reads in `REPEATABLE READ, READ ONLY` transactions, one
+    /// snapshot for the few statements a decision needs.
+    pub(super) async fn begin(&self, access: Access) -> Result<Connection, StoreError> {
+        let held = match access {
+            Access::Connection => Held::Pooled(self.pool.acquire().await?),
+            Access::Read => Held::Transaction(self.pool.begin_with(READ_SNAPSHOT).await?),
+            Access::Write => Held::Transaction(self.pool.begin().await?),
+        };
+        Ok(Connection::Postgres(held, Vec::new()))
     }
 
     pub(crate) fn pool(&self) -> &PgPool {
         &self.pool
-    }
-
-    pub async fn decision_state(
-        &self,
-        subject_id: &SubjectId,
-        conversation_id: Option<&ConversationId>,
-    ) -> Result<DecisionState, StoreError> {
-        let mut tx = self.pool.begin_with(READ_SNAPSHOT).await?;
-        let state = rows::decision_state_in(&mut tx, subject_id, conversation_id).await?;
-        tx.commit().await?;
-        Ok(state)
-    }
-
-    pub async fn subject(&self, subject_id: &SubjectId) -> Result<Option<SubjectView>, StoreError> {
-        let mut tx = self.pool.begin_with(READ_SNAPSHOT).await?;
-        let Some((record, revision)) = rows::load_subject(&mut tx, subject_id.as_str()).await?
-        else {
-            return Ok(None);
-        };
-        let choices = rows::load_choices(&mut tx, subject_id.as_str()).await?;
-        tx.commit().await?;
-        Ok(Some(SubjectView {
-            record,
-            choices,
-            revision,
-        }))
-    }
-
-    pub async fn retention_subject(
-        &self,
-        subject_id: &SubjectId,
-    ) -> Result<Option<RetentionSubject>, StoreError> {
-        let mut tx = self.pool.begin_with(READ_SNAPSHOT).await?;
-        let subject = rows::retention_subject_in(&mut tx, subject_id.as_str()).await?;
-        tx.commit().await?;
-        Ok(subject)
-    }
-
-    pub async fn due_candidates(&self, query: &DueCandidates) -> Result<CandidatePage, StoreError> {
-        let mut tx = self.pool.begin_with(READ_SNAPSHOT).await?;
-        let page = rows::due_candidates_in(&mut tx, query).await?;
-        tx.commit().await?;
-        Ok(page)
     }
 
     pub async fn snapshot(
@@ -352,69 +237,7 @@ impl PostgresStore {
         max_conversations: usize,
     ) -> Result<SubjectSnapshot, StoreError> {
         let mut connection = self.pool.acquire().await?;
-        rows::snapshot_in_one_statement(&mut connection, subject_id, max_conversations).await
-    }
-
-    pub async fn changes_since(
-        &self,
-        after: Revision,
-        limit: u32,
-    ) -> Result<Vec<ChangeNotice>, StoreError> {
-        let mut connection = self.pool.acquire().await?;
-        rows::changes_since_in(&mut connection, after.sequence(), limit).await
-    }
-
-    pub async fn subjects_changed_since(
-        &self,
-        since_micros: i64,
-    ) -> Result<Vec<ChangeNotice>, StoreError> {
-        let mut connection = self.pool.acquire().await?;
-        rows::subjects_changed_since_in(&mut connection, since_micros).await
-    }
-
-    pub async fn expired_choices(
-        &self,
-        now_micros: i64,
-        limit: u32,
-    ) -> Result<Vec<ExpiredChoice>, StoreError> {
-        let mut connection = self.pool.acquire().await?;
-        rows::expired_choices_in(&mut connection, now_micros, limit).await
-    }
-
-    pub async fn subject_ids(&self, after: &str, limit: u32) -> Result<Vec<String>, StoreError> {
-        let mut connection = self.pool.acquire().await?;
-        rows::subject_ids_in(&mut connection, after, limit).await
-    }
-
-    pub async fn count_subjects(&self) -> Result<u64, StoreError> {
-        let mut connection = self.pool.acquire().await?;
-        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM subjects")
-            .fetch_one(&mut *connection)
-            .await?;
-        Ok(count as u64)
-    }
-
-    pub async fn events(&self, query: &EventQuery) -> Result<Vec<AuditEvent>, StoreError> {
-        let mut connection = self.pool.acquire().await?;
-        rows::events_in(&mut connection, query).await
-    }
-
-    pub async fn verify_chain(&self) -> Result<ChainReport, StoreError> {
-        let mut tx = self.pool.begin_with(READ_SNAPSHOT).await?;
-        let report = rows::verify_chain_in(&mut tx).await?;
-        tx.commit().await?;
-        Ok(report)
-    }
-
-    pub async fn head_revision(&self) -> Result<Revision, StoreError> {
-        let mut connection = self.pool.acquire().await?;
-        Ok(Revision::new(rows::latest_sequence(&mut connection).await?))
-    }
-
-    pub async fn change_log_bounds(&self) -> Result<(Revision, Revision), StoreError> {
-        let mut connection = self.pool.acquire().await?;
-        let (first, head) = rows::change_log_bounds(&mut connection).await?;
-        Ok((Revision::new(first), Revision::new(head)))
+        snapshot_in_one_statement(&mut connection, subject_id, max_conversations).await
     }
 
     /// Inserts decision records with one COPY, creating the day partitions they fall in
@@ -529,22 +352,6 @@ impl PostgresStore {
         })
     }
 
-    pub async fn schema_version(&self) -> Result<i64, StoreError> {
-        let (version,): (i64,) =
-            sqlx::query_as("SELECT COALESCE(MAX(version), 0) FROM _sqlx_migrations WHERE success")
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(version)
-    }
-
-    /// The number of recorded decisions (for tests and operators).
-    pub async fn count_decisions(&self) -> Result<u64, StoreError> {
-        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM decision_log")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(count as u64)
-    }
-
     pub async fn close(&self) {
         self.pool.close().await;
     }
@@ -552,7 +359,7 @@ impl PostgresStore {
 
 /// Announces a change on [`super::CHANGES_CHANNEL`]: delivered to every listener when, and
 /// only if, the transaction commits.
-async fn announce(
+pub(super) async fn announce(
     connection: &mut sqlx::PgConnection,
     revision: Revision,
     changed: Changed,

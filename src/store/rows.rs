@@ -1,1238 +1,1295 @@
-//! The row-level work of a SQL store, written once for every backend.
+//! The row-level work of a SQL store, written once for both backends.
 //!
 //! The SQL below runs unchanged on SQLite and PostgreSQL (`$n` parameters, `ON CONFLICT`,
-//! `BOOLEAN`, 64-bit integers). Generic code over `sqlx::Database` needs a wall of higher-ranked
-//! trait bounds; instead [`sql_rows!`] stamps these functions out for one concrete connection
-//! and row type, inside each backend's module. What differs between backends (how a transaction
-//! begins, how the chain head is locked, connection setup) stays in `sqlite.rs` and
-//! `postgres.rs`.
+//! `BOOLEAN`, 64-bit integers), on a [`Connection`] of either. What differs between backends
+//! (connection setup, how a transaction begins and how the chain head is locked, the decision
+//! log, change notification) stays in `sqlite.rs` and `postgres.rs`.
 
-/// Expands to the row-level functions for `$connection` (e.g. `sqlx::PgConnection`) and `$row`
-/// (e.g. `sqlx::postgres::PgRow`). `$head_query` reads (and where needed locks) the chain head.
-macro_rules! sql_rows {
-    ($connection:ty, $row:ty, head_query = $head_query:literal) => {
-        use sqlx::Row as _;
+use sha2::Digest as _;
 
-        use sha2::Digest as _;
+use crate::audit::{
+    AuditEvent, ChainReport, ChainVerifier, EventKind, canonical_bytes, chain_hash,
+};
+use crate::domain::{ConversationId, SubjectId};
+use crate::policy::rights::{Effect, Regime, RequestState, RightKind, RightsRequest};
+use crate::policy::{
+    Choice, ConsentMethod, ConversationFacts, Plan, Purpose, Rating, Status, SubjectState,
+};
+use crate::revision::Revision;
+use crate::store::change::{Change, Command, ConsentMeta, SubjectRecord, plan_change};
+use crate::store::sql::{Connection, Row};
+use crate::store::{
+    CandidatePage, ChangeNotice, Changed, ChoiceEntry, DecisionState, DueCandidates, EventQuery,
+    ExpiredChoice, NewPolicy, NewRightsRequest, RetentionSubject, RightsListing, RightsOutcome,
+    RightsQuery, RightsStep, StoreError, StoredPolicy, StoredRightsRequest, SubjectSnapshot,
+    SubjectView, WriteContext, WriteOutcome, WriteRequest, now_micros,
+};
 
-        use $crate::audit::{
-            AuditEvent, ChainReport, ChainVerifier, EventKind, canonical_bytes, chain_hash,
-        };
-        use $crate::domain::{ConversationId, SubjectId};
-        use $crate::policy::rights::{Effect, Regime, RequestState, RightKind, RightsRequest};
-        use $crate::policy::{
-            Choice, ConsentMethod, ConversationFacts, Plan, Purpose, Rating, Status,
-            SubjectState,
-        };
-        use $crate::revision::Revision;
-        use $crate::store::change::{Change, Command, ConsentMeta, SubjectRecord, plan_change};
-        use $crate::store::{
-            CandidatePage, ChangeNotice, Changed, ChoiceEntry, DecisionState, DueCandidates,
-            EventQuery, ExpiredChoice, NewPolicy, NewRightsRequest, RetentionSubject,
-            RightsListing, RightsOutcome, RightsQuery, RightsStep, StoreError, StoredPolicy,
-            StoredRightsRequest, SubjectSnapshot, WriteContext, WriteOutcome, WriteRequest,
-            now_micros,
-        };
+const VERIFY_PAGE: i64 = 1_000;
 
-        const VERIFY_PAGE: i64 = 1_000;
+/// Applies a write inside an open write transaction; the caller commits.
+pub(super) async fn write_in(
+    connection: &mut Connection,
+    request: &WriteRequest,
+) -> Result<WriteOutcome, StoreError> {
+    // The head first: where it is locked, this orders every writer before any read.
+    let mut head = chain_head(&mut *connection).await?;
+    command_in(&mut *connection, &mut head, request, None).await
+}
 
-        /// Applies a write inside an open write transaction; the caller commits.
-        pub(super) async fn write_in(
-            connection: &mut $connection,
-            request: &WriteRequest,
-        ) -> Result<WriteOutcome, StoreError> {
-            // The head first: where it is locked, this orders every writer before any read.
-            let mut head = chain_head(&mut *connection).await?;
-            command_in(&mut *connection, &mut head, request, None).await
+/// Applies one command after the chain head `head` (taken by the caller) and moves
+/// `head` to the event it appends, if any. `rights_request`: the rights request the
+/// change is the effect of, named in the event's detail.
+async fn command_in(
+    connection: &mut Connection,
+    head: &mut (u64, String),
+    request: &WriteRequest,
+    rights_request: Option<&str>,
+) -> Result<WriteOutcome, StoreError> {
+    let subject_id = request.subject_id.as_str();
+    let current = load_subject(&mut *connection, subject_id).await?;
+    let conversation = match request.command.conversation_id() {
+        Some(conversation_id) => {
+            load_conversation(&mut *connection, subject_id, conversation_id).await?
         }
+        None => None,
+    };
+    let planned = plan_change(
+        current.as_ref().map(|(record, _)| record),
+        conversation,
+        &request.command,
+    )
+    .map_err(|refusal| StoreError::refused(refusal, &request.subject_id))?;
+    let Some(mut change) = planned else {
+        let revision = current.map(|(_, revision)| revision).unwrap_or_default();
+        return Ok(WriteOutcome {
+            revision,
+            changed: false,
+        });
+    };
+    if let (Some(request_id), Some(detail)) = (rights_request, change.detail.as_object_mut()) {
+        detail.insert("rights_request".to_owned(), request_id.into());
+    }
+    let revision = Revision::new(head.0).next();
+    let now = now_micros();
+    let caller = request.context.caller.as_str();
+    apply_change(&mut *connection, subject_id, &change, caller, revision, now).await?;
+    let event = sealed_event(
+        revision,
+        now,
+        subject_id,
+        change.kind,
+        &request.context,
+        &change.detail,
+        &request.context.policy_version,
+        &head.1,
+    );
+    let span = crate::child_span!(
+        "audit.append",
+        assent.audit_sequence = event.sequence,
+        assent.audit_kind = event.kind.as_str(),
+    );
+    tracing::Instrument::instrument(append_event(&mut *connection, &event), span).await?;
+    *head = (event.sequence, event.hash);
+    Ok(WriteOutcome {
+        revision,
+        changed: true,
+    })
+}
 
-        /// Applies one command after the chain head `head` (taken by the caller) and moves
-        /// `head` to the event it appends, if any. `rights_request`: the rights request the
-        /// change is the effect of, named in the event's detail.
-        async fn command_in(
-            connection: &mut $connection,
-            head: &mut (u64, String),
-            request: &WriteRequest,
-            rights_request: Option<&str>,
-        ) -> Result<WriteOutcome, StoreError> {
-            let subject_id = request.subject_id.as_str();
-            let current = load_subject(&mut *connection, subject_id).await?;
-            let conversation = match request.command.conversation_id() {
-                Some(conversation_id) => {
-                    load_conversation(&mut *connection, subject_id, conversation_id).await?
-                }
-                None => None,
-            };
-            let planned = plan_change(
-                current.as_ref().map(|(record, _)| record),
-                conversation,
-                &request.command,
-            )
-            .map_err(|refusal| StoreError::refused(refusal, &request.subject_id))?;
-            let Some(mut change) = planned else {
-                let revision = current.map(|(_, revision)| revision).unwrap_or_default();
-                return Ok(WriteOutcome {
-                    revision,
-                    changed: false,
-                });
-            };
-            if let (Some(request_id), Some(detail)) = (rights_request, change.detail.as_object_mut())
-            {
-                detail.insert("rights_request".to_owned(), request_id.into());
+/// The audit event of a change, hashed onto the chain after `prev_hash`.
+#[allow(clippy::too_many_arguments)]
+fn sealed_event(
+    revision: Revision,
+    at_micros: i64,
+    subject_id: &str,
+    kind: EventKind,
+    context: &WriteContext,
+    detail: &serde_json::Value,
+    policy_version: &str,
+    prev_hash: &str,
+) -> AuditEvent {
+    let mut event = AuditEvent {
+        sequence: revision.sequence(),
+        event_id: uuid::Uuid::now_v7().to_string(),
+        at_micros,
+        subject_id: subject_id.to_owned(),
+        kind,
+        caller: context.caller.clone(),
+        operator_id: context.actor.operator_id.clone(),
+        actor_reason: context.actor.reason.clone(),
+        detail_json: detail.to_string(),
+        policy_version: policy_version.to_owned(),
+        trace_id: context.trace_id.clone(),
+        prev_hash: prev_hash.to_owned(),
+        hash: String::new(),
+    };
+    event.hash = chain_hash(&event.prev_hash, &canonical_bytes(&event));
+    event
+}
+
+/// Files a rights request inside an open write transaction; the caller commits.
+pub(super) async fn file_rights_in(
+    connection: &mut Connection,
+    new: &NewRightsRequest,
+    context: &WriteContext,
+) -> Result<RightsOutcome, StoreError> {
+    let mut head = chain_head(&mut *connection).await?;
+    let subject_id = new.subject_id.as_str();
+    let Some((record, _)) = load_subject(&mut *connection, subject_id).await? else {
+        return Err(StoreError::NotFound(new.subject_id.clone()));
+    };
+    let jurisdiction = match &new.jurisdiction {
+        Some(jurisdiction) => jurisdiction.as_str().to_owned(),
+        None => record
+            .jurisdiction
+            .clone()
+            .ok_or(StoreError::NoJurisdiction)?,
+    };
+    let now = now_micros();
+    let request = RightsRequest::file(
+        new.kind,
+        Regime::of(&jurisdiction),
+        new.received_at_micros.unwrap_or(now),
+        new.identity_verified,
+        new.purposes.clone(),
+    )?;
+    let stored = StoredRightsRequest {
+        request_id: uuid::Uuid::now_v7().to_string(),
+        subject_id: new.subject_id.clone(),
+        jurisdiction,
+        request,
+        extension_reason: String::new(),
+        refusal_reason: String::new(),
+        created_at_micros: now,
+        updated_at_micros: now,
+        revision: Revision::ZERO,
+    };
+    rights_step_in(
+        &mut *connection,
+        &mut head,
+        &record,
+        None,
+        stored,
+        EventKind::RightsRequestFiled,
+        context,
+    )
+    .await
+}
+
+/// Takes a step of a rights request inside an open write transaction; the caller
+/// commits.
+pub(super) async fn step_rights_in(
+    connection: &mut Connection,
+    request_id: &str,
+    step: &RightsStep,
+    context: &WriteContext,
+) -> Result<RightsOutcome, StoreError> {
+    let mut head = chain_head(&mut *connection).await?;
+    let Some(before) = load_rights_request(&mut *connection, request_id).await? else {
+        return Err(StoreError::RequestNotFound(request_id.to_owned()));
+    };
+    let Some((record, _)) = load_subject(&mut *connection, before.subject_id.as_str()).await?
+    else {
+        return Err(StoreError::Corrupt(format!(
+            "rights request {request_id} names a subject not stored"
+        )));
+    };
+    let now = now_micros();
+    let mut after = before.clone();
+    let kind = match step {
+        RightsStep::Advance { to, verify, reason } => {
+            after.request = before.request.advance(*to, *verify, now)?;
+            if *to == RequestState::Refused {
+                after.refusal_reason = reason.clone();
             }
-            let revision = Revision::new(head.0).next();
-            let now = now_micros();
-            let caller = request.context.caller.as_str();
-            apply_change(&mut *connection, subject_id, &change, caller, revision, now).await?;
-            let event = sealed_event(
-                revision,
-                now,
-                subject_id,
-                change.kind,
-                &request.context,
-                &change.detail,
-                &request.context.policy_version,
-                &head.1,
-            );
-            let span = $crate::child_span!(
-                "audit.append",
-                assent.audit_sequence = event.sequence,
-                assent.audit_kind = event.kind.as_str(),
-            );
-            tracing::Instrument::instrument(append_event(&mut *connection, &event), span).await?;
-            *head = (event.sequence, event.hash);
-            Ok(WriteOutcome {
-                revision,
-                changed: true,
-            })
+            EventKind::RightsRequestAdvanced
         }
-
-        /// The audit event of a change, hashed onto the chain after `prev_hash`.
-        #[allow(clippy::too_many_arguments)]
-        fn sealed_event(
-            revision: Revision,
-            at_micros: i64,
-            subject_id: &str,
-            kind: EventKind,
-            context: &WriteContext,
-            detail: &serde_json::Value,
-            policy_version: &str,
-            prev_hash: &str,
-        ) -> AuditEvent {
-            let mut event = AuditEvent {
-                sequence: revision.sequence(),
-                event_id: uuid::Uuid::now_v7().to_string(),
-                at_micros,
-                subject_id: subject_id.to_owned(),
-                kind,
-                caller: context.caller.clone(),
-                operator_id: context.actor.operator_id.clone(),
-                actor_reason: context.actor.reason.clone(),
-                detail_json: detail.to_string(),
-                policy_version: policy_version.to_owned(),
-                trace_id: context.trace_id.clone(),
-                prev_hash: prev_hash.to_owned(),
-                hash: String::new(),
-            };
-            event.hash = chain_hash(&event.prev_hash, &canonical_bytes(&event));
-            event
+        RightsStep::Extend { reason } => {
+            after.request = before.request.extend(now)?;
+            after.extension_reason = reason.clone();
+            EventKind::RightsRequestExtended
         }
+    };
+    after.updated_at_micros = now;
+    rights_step_in(
+        &mut *connection,
+        &mut head,
+        &record,
+        Some(&before),
+        after,
+        kind,
+        context,
+    )
+    .await
+}
 
-        /// Files a rights request inside an open write transaction; the caller commits.
-        pub(super) async fn file_rights_in(
-            connection: &mut $connection,
-            new: &NewRightsRequest,
-            context: &WriteContext,
-        ) -> Result<RightsOutcome, StoreError> {
-            let mut head = chain_head(&mut *connection).await?;
-            let subject_id = new.subject_id.as_str();
-            let Some((record, _)) = load_subject(&mut *connection, subject_id).await? else {
-                return Err(StoreError::NotFound(new.subject_id.clone()));
-            };
-            let jurisdiction = match &new.jurisdiction {
-                Some(jurisdiction) => jurisdiction.as_str().to_owned(),
-                None => record.jurisdiction.clone().ok_or(StoreError::NoJurisdiction)?,
-            };
-            let now = now_micros();
-            let request = RightsRequest::file(
-                new.kind,
-                Regime::of(&jurisdiction),
-                new.received_at_micros.unwrap_or(now),
-                new.identity_verified,
-                new.purposes.clone(),
-            )?;
-            let stored = StoredRightsRequest {
-                request_id: uuid::Uuid::now_v7().to_string(),
-                subject_id: new.subject_id.clone(),
-                jurisdiction,
-                request,
-                extension_reason: String::new(),
-                refusal_reason: String::new(),
-                created_at_micros: now,
-                updated_at_micros: now,
-                revision: Revision::ZERO,
-            };
-            rights_step_in(
-                &mut *connection,
-                &mut head,
-                &record,
-                None,
-                stored,
-                EventKind::RightsRequestFiled,
-                context,
-            )
-            .await
-        }
-
-        /// Takes a step of a rights request inside an open write transaction; the caller
-        /// commits.
-        pub(super) async fn step_rights_in(
-            connection: &mut $connection,
-            request_id: &str,
-            step: &RightsStep,
-            context: &WriteContext,
-        ) -> Result<RightsOutcome, StoreError> {
-            let mut head = chain_head(&mut *connection).await?;
-            let Some(before) = load_rights_request(&mut *connection, request_id).await? else {
-                return Err(StoreError::RequestNotFound(request_id.to_owned()));
-            };
-            let Some((record, _)) = load_subject(&mut *connection, before.subject_id.as_str()).await?
-            else {
-                return Err(StoreError::Corrupt(format!(
-                    "rights request {request_id} names a subject not stored"
-                )));
-            };
-            let now = now_micros();
-            let mut after = before.clone();
-            let kind = match step {
-                RightsStep::Advance { to, verify, reason } => {
-                    after.request = before.request.advance(*to, *verify, now)?;
-                    if *to == RequestState::Refused {
-                        after.refusal_reason = reason.clone();
-                    }
-                    EventKind::RightsRequestAdvanced
-                }
-                RightsStep::Extend { reason } => {
-                    after.request = before.request.extend(now)?;
-                    after.extension_reason = reason.clone();
-                    EventKind::RightsRequestExtended
-                }
-            };
-            after.updated_at_micros = now;
-            rights_step_in(
-                &mut *connection,
-                &mut head,
-                &record,
-                Some(&before),
-                after,
-                kind,
-                context,
-            )
-            .await
-        }
-
-        /// Writes a rights request after a step and the step's audit event, then the changes of
-        /// the subject the step makes due, each with its own event.
-        async fn rights_step_in(
-            connection: &mut $connection,
-            head: &mut (u64, String),
-            subject: &SubjectRecord,
-            before: Option<&StoredRightsRequest>,
-            mut after: StoredRightsRequest,
-            kind: EventKind,
-            context: &WriteContext,
-        ) -> Result<RightsOutcome, StoreError> {
-            // A deleted subject is processed no more: nothing is left to take effect on.
-            let effect = after
-                .request
-                .effect_due()
-                .filter(|_| subject.state.status != Status::Deleted);
-            if effect.is_some() {
-                after.request.effect_applied = true;
-            }
-            let revision = Revision::new(head.0).next();
-            after.revision = revision;
-            store_rights_request(&mut *connection, &after, before.is_none()).await?;
-            let detail = serde_json::json!({
-                "request_id": after.request_id,
-                "before": before.map(describe_rights_request),
-                "after": describe_rights_request(&after),
-            });
-            let event = sealed_event(
-                revision,
-                after.updated_at_micros,
-                after.subject_id.as_str(),
-                kind,
-                context,
-                &detail,
-                &context.policy_version,
-                &head.1,
-            );
-            append_event(&mut *connection, &event).await?;
-            *head = (event.sequence, event.hash);
-            let mut revisions = vec![revision];
-            let commands = match effect {
-                None => Vec::new(),
-                Some(Effect::RefuseChoices(purposes)) => purposes
-                    .into_iter()
-                    .map(|purpose| Command::SetChoice {
-                        purpose,
-                        choice: Some(Choice::Refused),
-                        consent: ConsentMeta {
-                            notice_version: context.policy_version.clone(),
-                            method: ConsentMethod::RightsRequest,
-                            expires_at_micros: None,
-                        },
-                    })
-                    .collect(),
-                Some(Effect::Restrict) => vec![Command::SetRestriction { restricted: true }],
-                Some(Effect::Delete) => vec![Command::Delete],
-            };
-            for command in commands {
-                let write = WriteRequest {
-                    subject_id: after.subject_id.clone(),
-                    command,
-                    context: context.clone(),
-                };
-                let outcome =
-                    command_in(&mut *connection, head, &write, Some(&after.request_id)).await?;
-                if outcome.changed {
-                    revisions.push(outcome.revision);
-                }
-            }
-            Ok(RightsOutcome {
-                request: after,
-                revisions,
-            })
-        }
-
-        /// What a rights request's audit event records of it.
-        fn describe_rights_request(stored: &StoredRightsRequest) -> serde_json::Value {
-            let request = &stored.request;
-            serde_json::json!({
-                "kind": request.kind.as_str(),
-                "jurisdiction": stored.jurisdiction,
-                "regime": request.regime.as_str(),
-                "state": request.state.as_str(),
-                "received_at_micros": request.received_at_micros,
-                "identity_verified": request.identity_verified,
-                "purposes": request.purposes.iter().map(|purpose| purpose.as_str()).collect::<Vec<_>>(),
-                "due_at_micros": request.due_at_micros,
-                "extended": request.extended,
-                "extension_reason": stored.extension_reason,
-                "appealed": request.appealed,
-                "effect_applied": request.effect_applied,
-                "refusal_reason": stored.refusal_reason,
-                "answered_at_micros": request.answered_at_micros,
-            })
-        }
-
-        async fn store_rights_request(
-            connection: &mut $connection,
-            stored: &StoredRightsRequest,
-            insert: bool,
-        ) -> Result<(), StoreError> {
-            let request = &stored.request;
-            let purposes = request
-                .purposes
-                .iter()
-                .map(|purpose| purpose.as_str())
-                .collect::<Vec<_>>()
-                .join(",");
-            let statement = if insert {
-                "INSERT INTO rights_requests
-                     (request_id, subject_id, kind, jurisdiction, regime, state, received_at,
-                      identity_verified, purposes, due_at, extended, extension_reason, appealed,
-                      effect_applied, refusal_reason, answered_at, kept_until, created_at,
-                      updated_at, revision)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                         $17, $18, $19, $20)"
-            } else {
-                "UPDATE rights_requests SET
-                     subject_id = $2, kind = $3, jurisdiction = $4, regime = $5, state = $6,
-                     received_at = $7, identity_verified = $8, purposes = $9, due_at = $10,
-                     extended = $11, extension_reason = $12, appealed = $13,
-                     effect_applied = $14, refusal_reason = $15, answered_at = $16,
-                     kept_until = $17, created_at = $18, updated_at = $19, revision = $20
-                 WHERE request_id = $1"
-            };
-            sqlx::query(statement)
-                .bind(&stored.request_id)
-                .bind(stored.subject_id.as_str())
-                .bind(request.kind.as_str())
-                .bind(&stored.jurisdiction)
-                .bind(request.regime.as_str())
-                .bind(request.state.as_str())
-                .bind(request.received_at_micros)
-                .bind(request.identity_verified)
-                .bind(purposes)
-                .bind(request.due_at_micros)
-                .bind(request.extended)
-                .bind(&stored.extension_reason)
-                .bind(request.appealed)
-                .bind(request.effect_applied)
-                .bind(&stored.refusal_reason)
-                .bind(request.answered_at_micros)
-                .bind(request.kept_until())
-                .bind(stored.created_at_micros)
-                .bind(stored.updated_at_micros)
-                .bind(to_i64(stored.revision.sequence()))
-                .execute(&mut *connection)
-                .await?;
-            Ok(())
-        }
-
-        /// One rights request, or `None`.
-        pub(super) async fn load_rights_request(
-            connection: &mut $connection,
-            request_id: &str,
-        ) -> Result<Option<StoredRightsRequest>, StoreError> {
-            let row = sqlx::query("SELECT * FROM rights_requests WHERE request_id = $1")
-                .bind(request_id)
-                .fetch_optional(&mut *connection)
-                .await?;
-            row.as_ref().map(rights_request_from_row).transpose()
-        }
-
-        /// A page of rights requests.
-        pub(super) async fn rights_requests_in(
-            connection: &mut $connection,
-            query: &RightsQuery,
-        ) -> Result<Vec<StoredRightsRequest>, StoreError> {
-            let (after_key, after_id) = query
-                .after
-                .clone()
-                .unwrap_or((i64::MIN, String::new()));
-            let limit = i64::from(query.limit);
-            let rows = match &query.listing {
-                RightsListing::Subject(subject_id) => {
-                    sqlx::query(
-                        "SELECT * FROM rights_requests
-                         WHERE subject_id = $1
-                           AND (received_at > $2 OR (received_at = $2 AND request_id > $3))
-                         ORDER BY received_at, request_id LIMIT $4",
-                    )
-                    .bind(subject_id.as_str())
-                    .bind(after_key)
-                    .bind(after_id)
-                    .bind(limit)
-                    .fetch_all(&mut *connection)
-                    .await?
-                }
-                RightsListing::OverdueAt(now) => {
-                    sqlx::query(
-                        "SELECT * FROM rights_requests
-                         WHERE state NOT IN ('COMPLETED', 'REFUSED') AND due_at < $1
-                           AND (due_at > $2 OR (due_at = $2 AND request_id > $3))
-                         ORDER BY due_at, request_id LIMIT $4",
-                    )
-                    .bind(*now)
-                    .bind(after_key)
-                    .bind(after_id)
-                    .bind(limit)
-                    .fetch_all(&mut *connection)
-                    .await?
-                }
-            };
-            rows.iter().map(rights_request_from_row).collect()
-        }
-
-        fn rights_request_from_row(row: &$row) -> Result<StoredRightsRequest, StoreError> {
-            let purposes: String = row.try_get("purposes")?;
-            let purposes = purposes
-                .split(',')
-                .filter(|name| !name.is_empty())
-                .map(|name| parse("purposes", name, Purpose::from_name))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(StoredRightsRequest {
-                request_id: row.try_get("request_id")?,
-                subject_id: parse_column(row, "subject_id", |text| SubjectId::parse(text).ok())?,
-                jurisdiction: row.try_get("jurisdiction")?,
-                request: RightsRequest {
-                    kind: parse_column(row, "kind", RightKind::from_name)?,
-                    regime: parse_column(row, "regime", Regime::from_name)?,
-                    state: parse_column(row, "state", RequestState::from_name)?,
-                    received_at_micros: row.try_get("received_at")?,
-                    identity_verified: row.try_get("identity_verified")?,
-                    purposes,
-                    due_at_micros: row.try_get("due_at")?,
-                    extended: row.try_get("extended")?,
-                    appealed: row.try_get("appealed")?,
-                    effect_applied: row.try_get("effect_applied")?,
-                    answered_at_micros: row.try_get("answered_at")?,
+/// Writes a rights request after a step and the step's audit event, then the changes of
+/// the subject the step makes due, each with its own event.
+async fn rights_step_in(
+    connection: &mut Connection,
+    head: &mut (u64, String),
+    subject: &SubjectRecord,
+    before: Option<&StoredRightsRequest>,
+    mut after: StoredRightsRequest,
+    kind: EventKind,
+    context: &WriteContext,
+) -> Result<RightsOutcome, StoreError> {
+    // A deleted subject is processed no more: nothing is left to take effect on.
+    let effect = after
+        .request
+        .effect_due()
+        .filter(|_| subject.state.status != Status::Deleted);
+    if effect.is_some() {
+        after.request.effect_applied = true;
+    }
+    let revision = Revision::new(head.0).next();
+    after.revision = revision;
+    store_rights_request(&mut *connection, &after, before.is_none()).await?;
+    let detail = serde_json::json!({
+        "request_id": after.request_id,
+        "before": before.map(describe_rights_request),
+        "after": describe_rights_request(&after),
+    });
+    let event = sealed_event(
+        revision,
+        after.updated_at_micros,
+        after.subject_id.as_str(),
+        kind,
+        context,
+        &detail,
+        &context.policy_version,
+        &head.1,
+    );
+    append_event(&mut *connection, &event).await?;
+    *head = (event.sequence, event.hash);
+    let mut revisions = vec![revision];
+    let commands = match effect {
+        None => Vec::new(),
+        Some(Effect::RefuseChoices(purposes)) => purposes
+            .into_iter()
+            .map(|purpose| Command::SetChoice {
+                purpose,
+                choice: Some(Choice::Refused),
+                consent: ConsentMeta {
+                    notice_version: context.policy_version.clone(),
+                    method: ConsentMethod::RightsRequest,
+                    expires_at_micros: None,
                 },
-                extension_reason: row.try_get("extension_reason")?,
-                refusal_reason: row.try_get("refusal_reason")?,
-                created_at_micros: row.try_get("created_at")?,
-                updated_at_micros: row.try_get("updated_at")?,
-                revision: Revision::new(from_i64(row.try_get("revision")?)),
             })
+            .collect(),
+        Some(Effect::Restrict) => vec![Command::SetRestriction { restricted: true }],
+        Some(Effect::Delete) => vec![Command::Delete],
+    };
+    for command in commands {
+        let write = WriteRequest {
+            subject_id: after.subject_id.clone(),
+            command,
+            context: context.clone(),
+        };
+        let outcome = command_in(&mut *connection, head, &write, Some(&after.request_id)).await?;
+        if outcome.changed {
+            revisions.push(outcome.revision);
         }
+    }
+    Ok(RightsOutcome {
+        request: after,
+        revisions,
+    })
+}
 
-        /// Stores a policy version with its audit event (kind `policy_applied`, no subject),
-        /// unless this exact version is stored already.
-        pub(super) async fn apply_policy_in(
-            connection: &mut $connection,
-            policy: &NewPolicy,
-            context: &WriteContext,
-        ) -> Result<WriteOutcome, StoreError> {
-            let (head_sequence, head_hash) = chain_head(&mut *connection).await?;
-            let stored: Option<(String,)> =
-                sqlx::query_as("SELECT source FROM policy_versions WHERE version = $1")
-                    .bind(&policy.version)
-                    .fetch_optional(&mut *connection)
-                    .await?;
-            if let Some((source,)) = stored {
-                if source == policy.source {
-                    return Ok(WriteOutcome {
-                        revision: Revision::new(head_sequence),
-                        changed: false,
-                    });
-                }
-                return Err(StoreError::PolicyConflict(policy.version.clone()));
-            }
-            let revision = Revision::new(head_sequence).next();
-            let now = now_micros();
-            sqlx::query(
-                "INSERT INTO policy_versions
-                     (version, effective_from_micros, description, source, applied_at_micros,
-                      revision)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(&policy.version)
-            .bind(policy.effective_from_micros)
-            .bind(&policy.description)
-            .bind(&policy.source)
-            .bind(now)
-            .bind(to_i64(revision.sequence()))
-            .execute(&mut *connection)
-            .await?;
-            let detail = serde_json::json!({
-                "version": policy.version,
-                "effective_from_micros": policy.effective_from_micros,
-                "description": policy.description,
-                "source_sha256": hex::encode(sha2::Sha256::digest(policy.source.as_bytes())),
-            });
-            let event = sealed_event(
-                revision,
-                now,
-                "",
-                EventKind::PolicyApplied,
-                context,
-                &detail,
-                &policy.version,
-                &head_hash,
-            );
-            append_event(&mut *connection, &event).await?;
-            Ok(WriteOutcome {
-                revision,
-                changed: true,
-            })
-        }
+/// What a rights request's audit event records of it.
+fn describe_rights_request(stored: &StoredRightsRequest) -> serde_json::Value {
+    let request = &stored.request;
+    serde_json::json!({
+        "kind": request.kind.as_str(),
+        "jurisdiction": stored.jurisdiction,
+        "regime": request.regime.as_str(),
+        "state": request.state.as_str(),
+        "received_at_micros": request.received_at_micros,
+        "identity_verified": request.identity_verified,
+        "purposes": request.purposes.iter().map(|purpose| purpose.as_str()).collect::<Vec<_>>(),
+        "due_at_micros": request.due_at_micros,
+        "extended": request.extended,
+        "extension_reason": stored.extension_reason,
+        "appealed": request.appealed,
+        "effect_applied": request.effect_applied,
+        "refusal_reason": stored.refusal_reason,
+        "answered_at_micros": request.answered_at_micros,
+    })
+}
 
-        /// Every stored policy version, by effective date.
-        pub(super) async fn policy_versions_in(
-            connection: &mut $connection,
-        ) -> Result<Vec<StoredPolicy>, StoreError> {
-            let rows: Vec<(String, i64, String, String, i64, i64)> = sqlx::query_as(
-                "SELECT version, effective_from_micros, description, source, applied_at_micros,
-                        revision
-                 FROM policy_versions ORDER BY effective_from_micros, version",
-            )
-            .fetch_all(&mut *connection)
-            .await?;
-            Ok(rows
-                .into_iter()
-                .map(
-                    |(version, effective_from_micros, description, source, applied_at, revision)| {
-                        StoredPolicy {
-                            policy: NewPolicy {
-                                version,
-                                effective_from_micros,
-                                description,
-                                source,
-                            },
-                            applied_at_micros: applied_at,
-                            revision: Revision::new(from_i64(revision)),
-                        }
-                    },
+async fn store_rights_request(
+    connection: &mut Connection,
+    stored: &StoredRightsRequest,
+    insert: bool,
+) -> Result<(), StoreError> {
+    let request = &stored.request;
+    let purposes = request
+        .purposes
+        .iter()
+        .map(|purpose| purpose.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let statement = if insert {
+        "INSERT INTO rights_requests
+             (request_id, subject_id, kind, jurisdiction, regime, state, received_at,
+              identity_verified, purposes, due_at, extended, extension_reason, appealed,
+              effect_applied, refusal_reason, answered_at, kept_until, created_at,
+              updated_at, revision)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                 $17, $18, $19, $20)"
+    } else {
+        "UPDATE rights_requests SET
+             subject_id = $2, kind = $3, jurisdiction = $4, regime = $5, state = $6,
+             received_at = $7, identity_verified = $8, purposes = $9, due_at = $10,
+             extended = $11, extension_reason = $12, appealed = $13,
+             effect_applied = $14, refusal_reason = $15, answered_at = $16,
+             kept_until = $17, created_at = $18, updated_at = $19, revision = $20
+         WHERE request_id = $1"
+    };
+    connection
+        .query(statement)
+        .bind(&stored.request_id)
+        .bind(stored.subject_id.as_str())
+        .bind(request.kind.as_str())
+        .bind(&stored.jurisdiction)
+        .bind(request.regime.as_str())
+        .bind(request.state.as_str())
+        .bind(request.received_at_micros)
+        .bind(request.identity_verified)
+        .bind(purposes)
+        .bind(request.due_at_micros)
+        .bind(request.extended)
+        .bind(&stored.extension_reason)
+        .bind(request.appealed)
+        .bind(request.effect_applied)
+        .bind(&stored.refusal_reason)
+        .bind(request.answered_at_micros)
+        .bind(request.kept_until())
+        .bind(stored.created_at_micros)
+        .bind(stored.updated_at_micros)
+        .bind(to_i64(stored.revision.sequence()))
+        .execute()
+        .await?;
+    Ok(())
+}
+
+/// One rights request, or `None`.
+pub(super) async fn load_rights_request(
+    connection: &mut Connection,
+    request_id: &str,
+) -> Result<Option<StoredRightsRequest>, StoreError> {
+    let row = connection
+        .query("SELECT * FROM rights_requests WHERE request_id = $1")
+        .bind(request_id)
+        .fetch_optional()
+        .await?;
+    row.as_ref().map(rights_request_from_row).transpose()
+}
+
+/// A page of rights requests.
+pub(super) async fn rights_requests_in(
+    connection: &mut Connection,
+    query: &RightsQuery,
+) -> Result<Vec<StoredRightsRequest>, StoreError> {
+    let (after_key, after_id) = query.after.clone().unwrap_or((i64::MIN, String::new()));
+    let limit = i64::from(query.limit);
+    let rows = match &query.listing {
+        RightsListing::Subject(subject_id) => {
+            connection
+                .query(
+                    "SELECT * FROM rights_requests
+                 WHERE subject_id = $1
+                   AND (received_at > $2 OR (received_at = $2 AND request_id > $3))
+                 ORDER BY received_at, request_id LIMIT $4",
                 )
-                .collect())
+                .bind(subject_id.as_str())
+                .bind(after_key)
+                .bind(after_id)
+                .bind(limit)
+                .fetch_all()
+                .await?
         }
+        RightsListing::OverdueAt(now) => {
+            connection
+                .query(
+                    "SELECT * FROM rights_requests
+                 WHERE state NOT IN ('COMPLETED', 'REFUSED') AND due_at < $1
+                   AND (due_at > $2 OR (due_at = $2 AND request_id > $3))
+                 ORDER BY due_at, request_id LIMIT $4",
+                )
+                .bind(*now)
+                .bind(after_key)
+                .bind(after_id)
+                .bind(limit)
+                .fetch_all()
+                .await?
+        }
+    };
+    rows.iter().map(rights_request_from_row).collect()
+}
 
-        /// Reads what a decision needs inside an open read transaction.
-        pub(super) async fn decision_state_in(
-            connection: &mut $connection,
-            subject_id: &SubjectId,
-            conversation_id: Option<&ConversationId>,
-        ) -> Result<DecisionState, StoreError> {
-            let Some((record, revision)) =
-                load_subject(&mut *connection, subject_id.as_str()).await?
-            else {
-                let head = latest_sequence(&mut *connection).await?;
-                return Ok(DecisionState {
-                    subject: None,
-                    conversation: None,
-                    revision: Revision::new(head),
-                });
-            };
-            let conversation = match conversation_id {
-                Some(conversation_id) => {
-                    load_conversation(&mut *connection, subject_id.as_str(), conversation_id)
-                        .await?
+fn rights_request_from_row(row: &Row) -> Result<StoredRightsRequest, StoreError> {
+    let purposes: String = row.try_get("purposes")?;
+    let purposes = purposes
+        .split(',')
+        .filter(|name| !name.is_empty())
+        .map(|name| parse("purposes", name, Purpose::from_name))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(StoredRightsRequest {
+        request_id: row.try_get("request_id")?,
+        subject_id: parse_column(row, "subject_id", |text| SubjectId::parse(text).ok())?,
+        jurisdiction: row.try_get("jurisdiction")?,
+        request: RightsRequest {
+            kind: parse_column(row, "kind", RightKind::from_name)?,
+            regime: parse_column(row, "regime", Regime::from_name)?,
+            state: parse_column(row, "state", RequestState::from_name)?,
+            received_at_micros: row.try_get("received_at")?,
+            identity_verified: row.try_get("identity_verified")?,
+            purposes,
+            due_at_micros: row.try_get("due_at")?,
+            extended: row.try_get("extended")?,
+            appealed: row.try_get("appealed")?,
+            effect_applied: row.try_get("effect_applied")?,
+            answered_at_micros: row.try_get("answered_at")?,
+        },
+        extension_reason: row.try_get("extension_reason")?,
+        refusal_reason: row.try_get("refusal_reason")?,
+        created_at_micros: row.try_get("created_at")?,
+        updated_at_micros: row.try_get("updated_at")?,
+        revision: Revision::new(from_i64(row.try_get("revision")?)),
+    })
+}
+
+/// Stores a policy version with its audit event (kind `policy_applied`, no subject),
+/// unless this exact version is stored already.
+pub(super) async fn apply_policy_in(
+    connection: &mut Connection,
+    policy: &NewPolicy,
+    context: &WriteContext,
+) -> Result<WriteOutcome, StoreError> {
+    let (head_sequence, head_hash) = chain_head(&mut *connection).await?;
+    let stored = connection
+        .query("SELECT source FROM policy_versions WHERE version = $1")
+        .bind(&policy.version)
+        .fetch_optional()
+        .await?;
+    if let Some(source) = stored
+        .map(|row| row.try_get::<String>("source"))
+        .transpose()?
+    {
+        if source == policy.source {
+            return Ok(WriteOutcome {
+                revision: Revision::new(head_sequence),
+                changed: false,
+            });
+        }
+        return Err(StoreError::PolicyConflict(policy.version.clone()));
+    }
+    let revision = Revision::new(head_sequence).next();
+    let now = now_micros();
+    connection
+        .query(
+            "INSERT INTO policy_versions
+             (version, effective_from_micros, description, source, applied_at_micros,
+              revision)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&policy.version)
+        .bind(policy.effective_from_micros)
+        .bind(&policy.description)
+        .bind(&policy.source)
+        .bind(now)
+        .bind(to_i64(revision.sequence()))
+        .execute()
+        .await?;
+    let detail = serde_json::json!({
+        "version": policy.version,
+        "effective_from_micros": policy.effective_from_micros,
+        "description": policy.description,
+        "source_sha256": hex::encode(sha2::Sha256::digest(policy.source.as_bytes())),
+    });
+    let event = sealed_event(
+        revision,
+        now,
+        "",
+        EventKind::PolicyApplied,
+        context,
+        &detail,
+        &policy.version,
+        &head_hash,
+    );
+    append_event(&mut *connection, &event).await?;
+    Ok(WriteOutcome {
+        revision,
+        changed: true,
+    })
+}
+
+/// Every stored policy version, by effective date.
+pub(super) async fn policy_versions_in(
+    connection: &mut Connection,
+) -> Result<Vec<StoredPolicy>, StoreError> {
+    let rows: Vec<(String, i64, String, String, i64, i64)> = connection
+        .query(
+            "SELECT version, effective_from_micros, description, source, applied_at_micros,
+                revision
+         FROM policy_versions ORDER BY effective_from_micros, version",
+        )
+        .fetch_all_as()
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(version, effective_from_micros, description, source, applied_at, revision)| {
+                StoredPolicy {
+                    policy: NewPolicy {
+                        version,
+                        effective_from_micros,
+                        description,
+                        source,
+                    },
+                    applied_at_micros: applied_at,
+                    revision: Revision::new(from_i64(revision)),
                 }
-                None => None,
-            };
-            Ok(DecisionState {
-                subject: Some(record.state),
-                conversation,
-                revision,
+            },
+        )
+        .collect())
+}
+
+/// Reads what a decision needs inside an open read transaction.
+pub(super) async fn decision_state_in(
+    connection: &mut Connection,
+    subject_id: &SubjectId,
+    conversation_id: Option<&ConversationId>,
+) -> Result<DecisionState, StoreError> {
+    let Some((record, revision)) = load_subject(&mut *connection, subject_id.as_str()).await?
+    else {
+        let head = latest_sequence(&mut *connection).await?;
+        return Ok(DecisionState {
+            subject: None,
+            conversation: None,
+            revision: Revision::new(head),
+        });
+    };
+    let conversation = match conversation_id {
+        Some(conversation_id) => {
+            load_conversation(&mut *connection, subject_id.as_str(), conversation_id).await?
+        }
+        None => None,
+    };
+    Ok(DecisionState {
+        subject: Some(record.state),
+        conversation,
+        revision,
+    })
+}
+
+/// Everything the cache keeps of a subject, in one read transaction: its state and up to
+/// `max_conversations` conversation facts (the most recent first), or the store's
+/// latest revision for a subject never seen.
+// PostgreSQL reads the same in one statement instead (`postgres.rs`).
+pub(super) async fn snapshot_in(
+    connection: &mut Connection,
+    subject_id: &SubjectId,
+    max_conversations: usize,
+) -> Result<SubjectSnapshot, StoreError> {
+    let Some((record, revision)) = load_subject(&mut *connection, subject_id.as_str()).await?
+    else {
+        let head = latest_sequence(&mut *connection).await?;
+        return Ok(SubjectSnapshot {
+            subject: None,
+            revision: Revision::new(head),
+            conversations: Vec::new(),
+            complete: true,
+        });
+    };
+    let limit = i64::try_from(max_conversations)
+        .unwrap_or(i64::MAX)
+        .saturating_add(1);
+    let rows = connection
+        .query(
+            "SELECT conversation_id, feedback, automated_moderation, user_report
+         FROM conversation_facts WHERE subject_id = $1
+         ORDER BY revision DESC LIMIT $2",
+        )
+        .bind(subject_id.as_str())
+        .bind(limit)
+        .fetch_all()
+        .await?;
+    let complete = rows.len() <= max_conversations;
+    let mut conversations = Vec::with_capacity(rows.len().min(max_conversations));
+    for row in rows.iter().take(max_conversations) {
+        conversations.push((row.try_get("conversation_id")?, facts_from_row(row)?));
+    }
+    Ok(SubjectSnapshot {
+        subject: Some(record.state),
+        revision,
+        conversations,
+        complete,
+    })
+}
+
+/// The changes committed after `after`, in revision order, at most `limit`.
+pub(super) async fn changes_since_in(
+    connection: &mut Connection,
+    after: u64,
+    limit: u32,
+) -> Result<Vec<ChangeNotice>, StoreError> {
+    let rows: Vec<(i64, String, i64)> = connection
+        .query(
+            "SELECT sequence, subject_id, at_micros FROM audit_events WHERE sequence > $1
+         ORDER BY sequence LIMIT $2",
+        )
+        .bind(to_i64(after))
+        .bind(i64::from(limit))
+        .fetch_all_as()
+        .await?;
+    rows.into_iter()
+        .map(|(sequence, subject_id, at_micros)| {
+            Ok(ChangeNotice {
+                revision: Revision::new(from_i64(sequence)),
+                changed: parse("subject_id", &subject_id, Changed::parse)?,
+                at_micros,
             })
-        }
+        })
+        .collect()
+}
 
-        /// Everything the cache keeps of a subject, in one read transaction: its state and up to
-        /// `max_conversations` conversation facts (the most recent first), or the store's
-        /// latest revision for a subject never seen.
-        // PostgreSQL reads the same in one statement instead (`postgres.rs`).
-        #[allow(dead_code)]
-        pub(super) async fn snapshot_in(
-            connection: &mut $connection,
-            subject_id: &SubjectId,
-            max_conversations: usize,
-        ) -> Result<SubjectSnapshot, StoreError> {
-            let Some((record, revision)) = load_subject(&mut *connection, subject_id.as_str()).await?
-            else {
-                let head = latest_sequence(&mut *connection).await?;
-                return Ok(SubjectSnapshot {
-                    subject: None,
-                    revision: Revision::new(head),
-                    conversations: Vec::new(),
-                    complete: true,
-                });
-            };
-            let limit = i64::try_from(max_conversations).unwrap_or(i64::MAX).saturating_add(1);
-            let rows = sqlx::query(
-                "SELECT conversation_id, feedback, automated_moderation, user_report
-                 FROM conversation_facts WHERE subject_id = $1
-                 ORDER BY revision DESC LIMIT $2",
-            )
-            .bind(subject_id.as_str())
-            .bind(limit)
-            .fetch_all(&mut *connection)
-            .await?;
-            let complete = rows.len() <= max_conversations;
-            let mut conversations = Vec::with_capacity(rows.len().min(max_conversations));
-            for row in rows.iter().take(max_conversations) {
-                conversations.push((row.try_get("conversation_id")?, facts_from_row(row)?));
-            }
-            Ok(SubjectSnapshot {
-                subject: Some(record.state),
-                revision,
-                conversations,
-                complete,
+/// Each subject changed at or after `since_micros`, with its latest revision.
+pub(super) async fn subjects_changed_since_in(
+    connection: &mut Connection,
+    since_micros: i64,
+) -> Result<Vec<ChangeNotice>, StoreError> {
+    let rows: Vec<(String, i64, i64)> = connection
+        .query(
+            "SELECT subject_id, MAX(sequence), MAX(at_micros) FROM audit_events
+         WHERE at_micros >= $1 GROUP BY subject_id",
+        )
+        .bind(since_micros)
+        .fetch_all_as()
+        .await?;
+    rows.into_iter()
+        .map(|(subject_id, sequence, at_micros)| {
+            Ok(ChangeNotice {
+                revision: Revision::new(from_i64(sequence)),
+                changed: parse("subject_id", &subject_id, Changed::parse)?,
+                at_micros,
             })
-        }
+        })
+        .collect()
+}
 
-        /// The changes committed after `after`, in revision order, at most `limit`.
-        pub(super) async fn changes_since_in(
-            connection: &mut $connection,
-            after: u64,
-            limit: u32,
-        ) -> Result<Vec<ChangeNotice>, StoreError> {
-            let rows: Vec<(i64, String, i64)> = sqlx::query_as(
-                "SELECT sequence, subject_id, at_micros FROM audit_events WHERE sequence > $1
-                 ORDER BY sequence LIMIT $2",
-            )
-            .bind(to_i64(after))
-            .bind(i64::from(limit))
-            .fetch_all(&mut *connection)
-            .await?;
-            rows.into_iter()
-                .map(|(sequence, subject_id, at_micros)| {
-                    Ok(ChangeNotice {
-                        revision: Revision::new(from_i64(sequence)),
-                        changed: parse("subject_id", &subject_id, Changed::parse)?,
-                        at_micros,
-                    })
-                })
-                .collect()
-        }
+/// Subject ids after `after` in id order, at most `limit` (for paging through them all).
+pub(super) async fn subject_ids_in(
+    connection: &mut Connection,
+    after: &str,
+    limit: u32,
+) -> Result<Vec<String>, StoreError> {
+    let rows: Vec<(String,)> = connection
+        .query("SELECT subject_id FROM subjects WHERE subject_id > $1 ORDER BY subject_id LIMIT $2")
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all_as()
+        .await?;
+    Ok(rows.into_iter().map(|(subject_id,)| subject_id).collect())
+}
 
-        /// Each subject changed at or after `since_micros`, with its latest revision.
-        pub(super) async fn subjects_changed_since_in(
-            connection: &mut $connection,
-            since_micros: i64,
-        ) -> Result<Vec<ChangeNotice>, StoreError> {
-            let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-                "SELECT subject_id, MAX(sequence), MAX(at_micros) FROM audit_events
-                 WHERE at_micros >= $1 GROUP BY subject_id",
-            )
-            .bind(since_micros)
-            .fetch_all(&mut *connection)
-            .await?;
-            rows.into_iter()
-                .map(|(subject_id, sequence, at_micros)| {
-                    Ok(ChangeNotice {
-                        revision: Revision::new(from_i64(sequence)),
-                        changed: parse("subject_id", &subject_id, Changed::parse)?,
-                        at_micros,
-                    })
-                })
-                .collect()
-        }
+pub(super) async fn load_subject(
+    connection: &mut Connection,
+    subject_id: &str,
+) -> Result<Option<(SubjectRecord, Revision)>, StoreError> {
+    let row = connection
+        .query(
+            "SELECT plan, jurisdiction, status, gpc, zero_data_retention, revision
+         FROM subjects WHERE subject_id = $1",
+        )
+        .bind(subject_id)
+        .fetch_optional()
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let plan: Option<String> = row.try_get("plan")?;
+    let state = SubjectState {
+        plan: plan
+            .as_deref()
+            .map(|name| parse("plan", name, Plan::from_name))
+            .transpose()?,
+        status: parse_column(&row, "status", Status::from_name)?,
+        gpc: row.try_get("gpc")?,
+        zero_data_retention: row.try_get("zero_data_retention")?,
+        ..SubjectState::new()
+    };
+    let mut record = SubjectRecord {
+        state,
+        jurisdiction: row.try_get("jurisdiction")?,
+        consent: Default::default(),
+    };
+    for entry in load_choices(&mut *connection, subject_id).await? {
+        let consent = ConsentMeta {
+            notice_version: entry.notice_version,
+            method: entry.method,
+            expires_at_micros: entry.expires_at_micros,
+        };
+        record.set_choice(entry.purpose, Some(entry.choice), &consent);
+    }
+    let revision = Revision::new(from_i64(row.try_get("revision")?));
+    Ok(Some((record, revision)))
+}
 
-        /// Subject ids after `after` in id order, at most `limit` (for paging through them all).
-        pub(super) async fn subject_ids_in(
-            connection: &mut $connection,
-            after: &str,
-            limit: u32,
-        ) -> Result<Vec<String>, StoreError> {
-            let rows: Vec<(String,)> = sqlx::query_as(
-                "SELECT subject_id FROM subjects WHERE subject_id > $1 ORDER BY subject_id LIMIT $2",
-            )
-            .bind(after)
-            .bind(i64::from(limit))
-            .fetch_all(&mut *connection)
-            .await?;
-            Ok(rows.into_iter().map(|(subject_id,)| subject_id).collect())
-        }
+/// The subject with its choices, or `None` if never seen.
+pub(super) async fn subject_in(
+    connection: &mut Connection,
+    subject_id: &SubjectId,
+) -> Result<Option<SubjectView>, StoreError> {
+    let Some((record, revision)) = load_subject(&mut *connection, subject_id.as_str()).await?
+    else {
+        return Ok(None);
+    };
+    let choices = load_choices(&mut *connection, subject_id.as_str()).await?;
+    Ok(Some(SubjectView {
+        record,
+        choices,
+        revision,
+    }))
+}
 
-        pub(super) async fn load_subject(
-            connection: &mut $connection,
-            subject_id: &str,
-        ) -> Result<Option<(SubjectRecord, Revision)>, StoreError> {
-            let row = sqlx::query(
-                "SELECT plan, jurisdiction, status, gpc, zero_data_retention, revision
-                 FROM subjects WHERE subject_id = $1",
-            )
-            .bind(subject_id)
-            .fetch_optional(&mut *connection)
-            .await?;
-            let Some(row) = row else { return Ok(None) };
-            let plan: Option<String> = row.try_get("plan")?;
-            let state = SubjectState {
-                plan: plan
-                    .as_deref()
-                    .map(|name| parse("plan", name, Plan::from_name))
-                    .transpose()?,
-                status: parse_column(&row, "status", Status::from_name)?,
-                gpc: row.try_get("gpc")?,
-                zero_data_retention: row.try_get("zero_data_retention")?,
-                ..SubjectState::new()
-            };
-            let mut record = SubjectRecord {
-                state,
-                jurisdiction: row.try_get("jurisdiction")?,
-                consent: Default::default(),
-            };
-            for entry in load_choices(&mut *connection, subject_id).await? {
-                let consent = ConsentMeta {
-                    notice_version: entry.notice_version,
-                    method: entry.method,
-                    expires_at_micros: entry.expires_at_micros,
-                };
-                record.set_choice(entry.purpose, Some(entry.choice), &consent);
-            }
-            let revision = Revision::new(from_i64(row.try_get("revision")?));
-            Ok(Some((record, revision)))
-        }
+/// What the retention schedule reads of a subject.
+pub(super) async fn retention_subject_in(
+    connection: &mut Connection,
+    subject_id: &str,
+) -> Result<Option<RetentionSubject>, StoreError> {
+    let row = connection
+        .query(
+            "SELECT status, zero_data_retention, updated_at, revision
+         FROM subjects WHERE subject_id = $1",
+        )
+        .bind(subject_id)
+        .fetch_optional()
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let status = parse_column(&row, "status", Status::from_name)?;
+    let updated_at: i64 = row.try_get("updated_at")?;
+    Ok(Some(RetentionSubject {
+        subject_id: subject_id.to_owned(),
+        status,
+        // A deleted subject takes no further write: its row last changed when it was
+        // deleted.
+        deleted_at_micros: (status == Status::Deleted).then_some(updated_at),
+        zero_data_retention: row.try_get("zero_data_retention")?,
+        choices: load_choices(&mut *connection, subject_id).await?,
+        revision: Revision::new(from_i64(row.try_get("revision")?)),
+    }))
+}
 
-        /// What the retention schedule reads of a subject.
-        pub(super) async fn retention_subject_in(
-            connection: &mut $connection,
-            subject_id: &str,
-        ) -> Result<Option<RetentionSubject>, StoreError> {
-            let row = sqlx::query(
-                "SELECT status, zero_data_retention, updated_at, revision
-                 FROM subjects WHERE subject_id = $1",
-            )
-            .bind(subject_id)
-            .fetch_optional(&mut *connection)
-            .await?;
-            let Some(row) = row else { return Ok(None) };
-            let status = parse_column(&row, "status", Status::from_name)?;
-            let updated_at: i64 = row.try_get("updated_at")?;
-            Ok(Some(RetentionSubject {
-                subject_id: subject_id.to_owned(),
-                status,
-                // A deleted subject takes no further write: its row last changed when it was
-                // deleted.
-                deleted_at_micros: (status == Status::Deleted).then_some(updated_at),
-                zero_data_retention: row.try_get("zero_data_retention")?,
-                choices: load_choices(&mut *connection, subject_id).await?,
-                revision: Revision::new(from_i64(row.try_get("revision")?)),
-            }))
+/// The subjects [`DueCandidates`] selects, after its `after`, in id order (the
+/// database's order, as `after` compares in it): the union of one query per criterion,
+/// each bounded by the page size, so that every one reads from its index only what the
+/// page can hold.
+pub(super) async fn due_candidates_in(
+    connection: &mut Connection,
+    query: &DueCandidates,
+) -> Result<CandidatePage, StoreError> {
+    let limit = i64::from(query.limit.max(1));
+    // Parameters: $1 after, $2 limit, then each criterion's own.
+    let mut branches: Vec<String> = Vec::new();
+    let mut next = 3;
+    let mut placeholder = || {
+        let name = format!("${next}");
+        next += 1;
+        name
+    };
+    if query.deleted_through.is_some() {
+        branches.push(format!(
+            "SELECT subject_id FROM subjects
+             WHERE status = 'DELETED' AND updated_at <= {} AND subject_id > $1
+             ORDER BY subject_id LIMIT $2",
+            placeholder()
+        ));
+    }
+    if query.zero_data_retention {
+        branches.push(
+            "SELECT subject_id FROM subjects
+             WHERE zero_data_retention AND subject_id > $1
+             ORDER BY subject_id LIMIT $2"
+                .to_owned(),
+        );
+    }
+    if !query.refused.is_empty() {
+        let through = placeholder();
+        let purposes: Vec<String> = query.refused.iter().map(|_| placeholder()).collect();
+        branches.push(format!(
+            "SELECT DISTINCT subject_id FROM choices
+             WHERE purpose IN ({}) AND choice = 'REFUSED' AND updated_at <= {through}
+               AND subject_id > $1
+             ORDER BY subject_id LIMIT $2",
+            purposes.join(", ")
+        ));
+    }
+    let revision = Revision::new(latest_sequence(&mut *connection).await?);
+    if branches.is_empty() {
+        return Ok(CandidatePage {
+            subjects: Vec::new(),
+            full: false,
+            revision,
+        });
+    }
+    let union: Vec<String> = branches
+        .iter()
+        .enumerate()
+        .map(|(index, branch)| format!("SELECT subject_id FROM ({branch}) AS criterion_{index}"))
+        .collect();
+    let sql = format!(
+        "SELECT subject_id FROM ({}) AS candidates ORDER BY subject_id LIMIT $2",
+        union.join(" UNION ")
+    );
+    let mut select = connection
+        .query(sqlx::AssertSqlSafe(sql))
+        .bind(query.after.as_str())
+        .bind(limit);
+    if let Some(through) = query.deleted_through {
+        select = select.bind(through);
+    }
+    if !query.refused.is_empty() {
+        select = select.bind(query.refused_through);
+        for purpose in &query.refused {
+            select = select.bind(purpose.as_str());
         }
+    }
+    let ids: Vec<(String,)> = select.fetch_all_as().await?;
+    let full = ids.len() as i64 == limit;
+    let mut subjects = Vec::with_capacity(ids.len());
+    for (subject_id,) in &ids {
+        if let Some(subject) = retention_subject_in(&mut *connection, subject_id).await? {
+            subjects.push(subject);
+        }
+    }
+    Ok(CandidatePage {
+        subjects,
+        full,
+        revision,
+    })
+}
 
-        /// The subjects [`DueCandidates`] selects, after its `after`, in id order (the
-        /// database's order, as `after` compares in it): the union of one query per criterion,
-        /// each bounded by the page size, so that every one reads from its index only what the
-        /// page can hold.
-        pub(super) async fn due_candidates_in(
-            connection: &mut $connection,
-            query: &DueCandidates,
-        ) -> Result<CandidatePage, StoreError> {
-            let limit = i64::from(query.limit.max(1));
-            // Parameters: $1 after, $2 limit, then each criterion's own.
-            let mut branches: Vec<String> = Vec::new();
-            let mut next = 3;
-            let mut placeholder = || {
-                let name = format!("${next}");
-                next += 1;
-                name
-            };
-            if query.deleted_through.is_some() {
-                branches.push(format!(
-                    "SELECT subject_id FROM subjects
-                     WHERE status = 'DELETED' AND updated_at <= {} AND subject_id > $1
-                     ORDER BY subject_id LIMIT $2",
-                    placeholder()
-                ));
-            }
-            if query.zero_data_retention {
-                branches.push(
-                    "SELECT subject_id FROM subjects
-                     WHERE zero_data_retention AND subject_id > $1
-                     ORDER BY subject_id LIMIT $2"
-                        .to_owned(),
-                );
-            }
-            if !query.refused.is_empty() {
-                let through = placeholder();
-                let purposes: Vec<String> = query.refused.iter().map(|_| placeholder()).collect();
-                branches.push(format!(
-                    "SELECT DISTINCT subject_id FROM choices
-                     WHERE purpose IN ({}) AND choice = 'REFUSED' AND updated_at <= {through}
-                       AND subject_id > $1
-                     ORDER BY subject_id LIMIT $2",
-                    purposes.join(", ")
-                ));
-            }
-            let revision = Revision::new(latest_sequence(&mut *connection).await?);
-            if branches.is_empty() {
-                return Ok(CandidatePage {
-                    subjects: Vec::new(),
-                    full: false,
-                    revision,
-                });
-            }
-            let union: Vec<String> = branches
-                .iter()
-                .enumerate()
-                .map(|(index, branch)| {
-                    format!("SELECT subject_id FROM ({branch}) AS criterion_{index}")
-                })
-                .collect();
-            let sql = format!(
-                "SELECT subject_id FROM ({}) AS candidates ORDER BY subject_id LIMIT $2",
-                union.join(" UNION ")
-            );
-            let mut select = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(sql))
-                .bind(query.after.as_str())
-                .bind(limit);
-            if let Some(through) = query.deleted_through {
-                select = select.bind(through);
-            }
-            if !query.refused.is_empty() {
-                select = select.bind(query.refused_through);
-                for purpose in &query.refused {
-                    select = select.bind(purpose.as_str());
-                }
-            }
-            let ids = select.fetch_all(&mut *connection).await?;
-            let full = ids.len() as i64 == limit;
-            let mut subjects = Vec::with_capacity(ids.len());
-            for (subject_id,) in &ids {
-                if let Some(subject) = retention_subject_in(&mut *connection, subject_id).await? {
-                    subjects.push(subject);
-                }
-            }
-            Ok(CandidatePage {
-                subjects,
-                full,
-                revision,
+/// The subject's choices, in purpose order.
+pub(super) async fn load_choices(
+    connection: &mut Connection,
+    subject_id: &str,
+) -> Result<Vec<ChoiceEntry>, StoreError> {
+    let rows = connection
+        .query(
+            "SELECT purpose, choice, updated_at, notice_version, method, caller, expires_at
+         FROM choices WHERE subject_id = $1",
+        )
+        .bind(subject_id)
+        .fetch_all()
+        .await?;
+    let mut entries = rows
+        .iter()
+        .map(|row| {
+            Ok(ChoiceEntry {
+                purpose: parse_column(row, "purpose", Purpose::from_name)?,
+                choice: parse_column(row, "choice", Choice::from_name)?,
+                updated_at_micros: row.try_get("updated_at")?,
+                notice_version: row.try_get("notice_version")?,
+                method: parse_column(row, "method", ConsentMethod::from_name)?,
+                caller: row.try_get("caller")?,
+                expires_at_micros: row.try_get("expires_at")?,
             })
-        }
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    entries.sort_by_key(|entry| entry.purpose);
+    Ok(entries)
+}
 
-        /// The subject's choices, in purpose order.
-        pub(super) async fn load_choices(
-            connection: &mut $connection,
-            subject_id: &str,
-        ) -> Result<Vec<ChoiceEntry>, StoreError> {
-            let rows = sqlx::query(
-                "SELECT purpose, choice, updated_at, notice_version, method, caller, expires_at
-                 FROM choices WHERE subject_id = $1",
-            )
-            .bind(subject_id)
-            .fetch_all(&mut *connection)
-            .await?;
-            let mut entries = rows
-                .iter()
-                .map(|row| {
-                    Ok(ChoiceEntry {
-                        purpose: parse_column(row, "purpose", Purpose::from_name)?,
-                        choice: parse_column(row, "choice", Choice::from_name)?,
-                        updated_at_micros: row.try_get("updated_at")?,
-                        notice_version: row.try_get("notice_version")?,
-                        method: parse_column(row, "method", ConsentMethod::from_name)?,
-                        caller: row.try_get("caller")?,
-                        expires_at_micros: row.try_get("expires_at")?,
-                    })
-                })
-                .collect::<Result<Vec<_>, StoreError>>()?;
-            entries.sort_by_key(|entry| entry.purpose);
-            Ok(entries)
-        }
+async fn load_conversation(
+    connection: &mut Connection,
+    subject_id: &str,
+    conversation_id: &ConversationId,
+) -> Result<Option<ConversationFacts>, StoreError> {
+    let row = connection
+        .query(
+            "SELECT feedback, automated_moderation, user_report FROM conversation_facts
+         WHERE subject_id = $1 AND conversation_id = $2",
+        )
+        .bind(subject_id)
+        .bind(conversation_id.as_str())
+        .fetch_optional()
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    Ok(Some(facts_from_row(&row)?))
+}
 
-        async fn load_conversation(
-            connection: &mut $connection,
-            subject_id: &str,
-            conversation_id: &ConversationId,
-        ) -> Result<Option<ConversationFacts>, StoreError> {
-            let row = sqlx::query(
-                "SELECT feedback, automated_moderation, user_report FROM conversation_facts
-                 WHERE subject_id = $1 AND conversation_id = $2",
+fn facts_from_row(row: &Row) -> Result<ConversationFacts, StoreError> {
+    let feedback: Option<String> = row.try_get("feedback")?;
+    Ok(ConversationFacts {
+        feedback: feedback
+            .as_deref()
+            .map(|name| parse("feedback", name, Rating::from_name))
+            .transpose()?,
+        automated_moderation: row.try_get("automated_moderation")?,
+        user_report: row.try_get("user_report")?,
+    })
+}
+
+/// The latest committed sequence, read without locking.
+pub(super) async fn latest_sequence(connection: &mut Connection) -> Result<u64, StoreError> {
+    let (sequence,): (i64,) = connection
+        .query("SELECT sequence FROM audit_chain_head WHERE chain_id = 0")
+        .fetch_one_as()
+        .await?;
+    Ok(from_i64(sequence))
+}
+
+/// The oldest revision the change log can be read from (the one before its first
+/// event still kept) and the latest committed one.
+pub(super) async fn change_log_bounds(
+    connection: &mut Connection,
+) -> Result<(Revision, Revision), StoreError> {
+    let (first, head): (Option<i64>, i64) = connection
+        .query(
+            "SELECT (SELECT MIN(sequence) FROM audit_events),
+                (SELECT sequence FROM audit_chain_head WHERE chain_id = 0)",
+        )
+        .fetch_one_as()
+        .await?;
+    let head = from_i64(head);
+    let first = first.map_or(head, |first| from_i64(first) - 1);
+    Ok((Revision::new(first), Revision::new(head)))
+}
+
+/// The latest committed revision, read without locking.
+pub(super) async fn head_revision(connection: &mut Connection) -> Result<Revision, StoreError> {
+    Ok(Revision::new(latest_sequence(connection).await?))
+}
+
+/// How many subjects the store holds (deleted ones included).
+pub(super) async fn count_subjects(connection: &mut Connection) -> Result<u64, StoreError> {
+    count_rows(connection, "SELECT COUNT(*) FROM subjects").await
+}
+
+/// The number of recorded decisions.
+pub(super) async fn count_decisions(connection: &mut Connection) -> Result<u64, StoreError> {
+    count_rows(connection, "SELECT COUNT(*) FROM decision_log").await
+}
+
+async fn count_rows(
+    connection: &mut Connection,
+    statement: &'static str,
+) -> Result<u64, StoreError> {
+    let (count,): (i64,) = connection.query(statement).fetch_one_as().await?;
+    Ok(count as u64)
+}
+
+/// The latest migration applied.
+pub(super) async fn schema_version(connection: &mut Connection) -> Result<i64, StoreError> {
+    let (version,): (i64,) = connection
+        .query("SELECT COALESCE(MAX(version), 0) FROM _sqlx_migrations WHERE success")
+        .fetch_one_as()
+        .await?;
+    Ok(version)
+}
+
+/// The last sequence and hash of the chain, locked for a write where the backend needs
+/// it.
+async fn chain_head(connection: &mut Connection) -> Result<(u64, String), StoreError> {
+    let head_query = connection.chain_head_for_write();
+    let (sequence, hash): (i64, String) = connection.query(head_query).fetch_one_as().await?;
+    Ok((from_i64(sequence), hash))
+}
+
+/// Writes a change's rows; `caller` is recorded with a stored choice.
+async fn apply_change(
+    connection: &mut Connection,
+    subject_id: &str,
+    change: &Change,
+    caller: &str,
+    revision: Revision,
+    now: i64,
+) -> Result<(), StoreError> {
+    let sequence = to_i64(revision.sequence());
+    let state = &change.subject.state;
+    connection
+        .query(
+            "INSERT INTO subjects
+             (subject_id, plan, jurisdiction, status, gpc, zero_data_retention,
+              created_at, updated_at, revision)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)
+         ON CONFLICT (subject_id) DO UPDATE SET
+             plan = excluded.plan,
+             jurisdiction = excluded.jurisdiction,
+             status = excluded.status,
+             gpc = excluded.gpc,
+             zero_data_retention = excluded.zero_data_retention,
+             updated_at = excluded.updated_at,
+             revision = excluded.revision",
+        )
+        .bind(subject_id)
+        .bind(state.plan.map(Plan::as_str))
+        .bind(change.subject.jurisdiction.as_deref())
+        .bind(state.status.as_str())
+        .bind(state.gpc)
+        .bind(state.zero_data_retention)
+        .bind(now)
+        .bind(sequence)
+        .execute()
+        .await?;
+
+    match change.choice {
+        Some((purpose, Some(choice))) => {
+            let provenance = change.subject.provenance(purpose);
+            connection
+                .query(
+                    "INSERT INTO choices
+                     (subject_id, purpose, choice, updated_at, revision, notice_version,
+                      method, caller, expires_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                 ON CONFLICT (subject_id, purpose) DO UPDATE SET
+                     choice = excluded.choice,
+                     updated_at = excluded.updated_at,
+                     revision = excluded.revision,
+                     notice_version = excluded.notice_version,
+                     method = excluded.method,
+                     caller = excluded.caller,
+                     expires_at = excluded.expires_at",
+                )
+                .bind(subject_id)
+                .bind(purpose.as_str())
+                .bind(choice.as_str())
+                .bind(now)
+                .bind(sequence)
+                .bind(provenance.notice_version.as_str())
+                .bind(provenance.method.as_str())
+                .bind(caller)
+                .bind(state.expiries.get(purpose))
+                .execute()
+                .await?;
+        }
+        Some((purpose, None)) => {
+            connection
+                .query("DELETE FROM choices WHERE subject_id = $1 AND purpose = $2")
+                .bind(subject_id)
+                .bind(purpose.as_str())
+                .execute()
+                .await?;
+        }
+        None => {}
+    }
+
+    if let Some((conversation_id, facts)) = &change.conversation {
+        connection
+            .query(
+                "INSERT INTO conversation_facts
+                 (subject_id, conversation_id, feedback, automated_moderation,
+                  user_report, updated_at, revision)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (subject_id, conversation_id) DO UPDATE SET
+                 feedback = excluded.feedback,
+                 automated_moderation = excluded.automated_moderation,
+                 user_report = excluded.user_report,
+                 updated_at = excluded.updated_at,
+                 revision = excluded.revision",
             )
             .bind(subject_id)
             .bind(conversation_id.as_str())
-            .fetch_optional(&mut *connection)
-            .await?;
-            let Some(row) = row else { return Ok(None) };
-            Ok(Some(facts_from_row(&row)?))
-        }
-
-        fn facts_from_row(row: &$row) -> Result<ConversationFacts, StoreError> {
-            let feedback: Option<String> = row.try_get("feedback")?;
-            Ok(ConversationFacts {
-                feedback: feedback
-                    .as_deref()
-                    .map(|name| parse("feedback", name, Rating::from_name))
-                    .transpose()?,
-                automated_moderation: row.try_get("automated_moderation")?,
-                user_report: row.try_get("user_report")?,
-            })
-        }
-
-        /// The latest committed sequence, read without locking.
-        pub(super) async fn latest_sequence(
-            connection: &mut $connection,
-        ) -> Result<u64, StoreError> {
-            let (sequence,): (i64,) =
-                sqlx::query_as("SELECT sequence FROM audit_chain_head WHERE chain_id = 0")
-                    .fetch_one(&mut *connection)
-                    .await?;
-            Ok(from_i64(sequence))
-        }
-
-        /// The oldest revision the change log can be read from (the one before its first
-        /// event still kept) and the latest committed one.
-        pub(super) async fn change_log_bounds(
-            connection: &mut $connection,
-        ) -> Result<(u64, u64), StoreError> {
-            let (first, head): (Option<i64>, i64) = sqlx::query_as(
-                "SELECT (SELECT MIN(sequence) FROM audit_events),
-                        (SELECT sequence FROM audit_chain_head WHERE chain_id = 0)",
-            )
-            .fetch_one(&mut *connection)
-            .await?;
-            let head = from_i64(head);
-            Ok((first.map_or(head, |first| from_i64(first) - 1), head))
-        }
-
-        /// The last sequence and hash of the chain, locked for a write where the backend needs
-        /// it.
-        async fn chain_head(connection: &mut $connection) -> Result<(u64, String), StoreError> {
-            let (sequence, hash): (i64, String) = sqlx::query_as($head_query)
-                .fetch_one(&mut *connection)
-                .await?;
-            Ok((from_i64(sequence), hash))
-        }
-
-        /// Writes a change's rows; `caller` is recorded with a stored choice.
-        async fn apply_change(
-            connection: &mut $connection,
-            subject_id: &str,
-            change: &Change,
-            caller: &str,
-            revision: Revision,
-            now: i64,
-        ) -> Result<(), StoreError> {
-            let sequence = to_i64(revision.sequence());
-            let state = &change.subject.state;
-            sqlx::query(
-                "INSERT INTO subjects
-                     (subject_id, plan, jurisdiction, status, gpc, zero_data_retention,
-                      created_at, updated_at, revision)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)
-                 ON CONFLICT (subject_id) DO UPDATE SET
-                     plan = excluded.plan,
-                     jurisdiction = excluded.jurisdiction,
-                     status = excluded.status,
-                     gpc = excluded.gpc,
-                     zero_data_retention = excluded.zero_data_retention,
-                     updated_at = excluded.updated_at,
-                     revision = excluded.revision",
-            )
-            .bind(subject_id)
-            .bind(state.plan.map(Plan::as_str))
-            .bind(change.subject.jurisdiction.as_deref())
-            .bind(state.status.as_str())
-            .bind(state.gpc)
-            .bind(state.zero_data_retention)
+            .bind(facts.feedback.map(Rating::as_str))
+            .bind(facts.automated_moderation)
+            .bind(facts.user_report)
             .bind(now)
             .bind(sequence)
-            .execute(&mut *connection)
+            .execute()
             .await?;
+    }
 
-            match change.choice {
-                Some((purpose, Some(choice))) => {
-                    let provenance = change.subject.provenance(purpose);
-                    sqlx::query(
-                        "INSERT INTO choices
-                             (subject_id, purpose, choice, updated_at, revision, notice_version,
-                              method, caller, expires_at)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-                         ON CONFLICT (subject_id, purpose) DO UPDATE SET
-                             choice = excluded.choice,
-                             updated_at = excluded.updated_at,
-                             revision = excluded.revision,
-                             notice_version = excluded.notice_version,
-                             method = excluded.method,
-                             caller = excluded.caller,
-                             expires_at = excluded.expires_at",
-                    )
-                    .bind(subject_id)
-                    .bind(purpose.as_str())
-                    .bind(choice.as_str())
-                    .bind(now)
-                    .bind(sequence)
-                    .bind(provenance.notice_version.as_str())
-                    .bind(provenance.method.as_str())
-                    .bind(caller)
-                    .bind(state.expiries.get(purpose))
-                    .execute(&mut *connection)
-                    .await?;
-                }
-                Some((purpose, None)) => {
-                    sqlx::query("DELETE FROM choices WHERE subject_id = $1 AND purpose = $2")
-                        .bind(subject_id)
-                        .bind(purpose.as_str())
-                        .execute(&mut *connection)
-                        .await?;
-                }
-                None => {}
-            }
-
-            if let Some((conversation_id, facts)) = &change.conversation {
-                sqlx::query(
-                    "INSERT INTO conversation_facts
-                         (subject_id, conversation_id, feedback, automated_moderation,
-                          user_report, updated_at, revision)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)
-                     ON CONFLICT (subject_id, conversation_id) DO UPDATE SET
-                         feedback = excluded.feedback,
-                         automated_moderation = excluded.automated_moderation,
-                         user_report = excluded.user_report,
-                         updated_at = excluded.updated_at,
-                         revision = excluded.revision",
-                )
-                .bind(subject_id)
-                .bind(conversation_id.as_str())
-                .bind(facts.feedback.map(Rating::as_str))
-                .bind(facts.automated_moderation)
-                .bind(facts.user_report)
-                .bind(now)
-                .bind(sequence)
-                .execute(&mut *connection)
-                .await?;
-            }
-
-            if change.erase_personal_data {
-                sqlx::query("DELETE FROM choices WHERE subject_id = $1")
-                    .bind(subject_id)
-                    .execute(&mut *connection)
-                    .await?;
-                sqlx::query("DELETE FROM conversation_facts WHERE subject_id = $1")
-                    .bind(subject_id)
-                    .execute(&mut *connection)
-                    .await?;
-            }
-            Ok(())
-        }
-
-        /// Choices whose expiry is at or before `now_micros`, the earliest first, at most
-        /// `limit`.
-        pub(super) async fn expired_choices_in(
-            connection: &mut $connection,
-            now_micros: i64,
-            limit: u32,
-        ) -> Result<Vec<ExpiredChoice>, StoreError> {
-            let rows = sqlx::query(
-                "SELECT subject_id, purpose, expires_at FROM choices
-                 WHERE expires_at IS NOT NULL AND expires_at <= $1
-                 ORDER BY expires_at, subject_id, purpose LIMIT $2",
-            )
-            .bind(now_micros)
-            .bind(i64::from(limit))
-            .fetch_all(&mut *connection)
+    if change.erase_personal_data {
+        connection
+            .query("DELETE FROM choices WHERE subject_id = $1")
+            .bind(subject_id)
+            .execute()
             .await?;
-            rows.iter()
-                .map(|row| {
-                    let subject_id: String = row.try_get("subject_id")?;
-                    Ok(ExpiredChoice {
-                        subject_id: SubjectId::parse(&subject_id).map_err(|invalid| {
-                            StoreError::Corrupt(format!("subject_id {subject_id:?}: {invalid}"))
-                        })?,
-                        purpose: parse_column(row, "purpose", Purpose::from_name)?,
-                        expires_at_micros: row.try_get("expires_at")?,
-                    })
-                })
-                .collect()
-        }
-
-        /// Appends an event and moves the chain head to it.
-        async fn append_event(
-            connection: &mut $connection,
-            event: &AuditEvent,
-        ) -> Result<(), StoreError> {
-            let sequence = to_i64(event.sequence);
-            sqlx::query(
-                "INSERT INTO audit_events
-                     (sequence, event_id, at_micros, subject_id, kind, caller, operator_id,
-                      actor_reason, detail_json, policy_version, trace_id, prev_hash, hash)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-            )
-            .bind(sequence)
-            .bind(&event.event_id)
-            .bind(event.at_micros)
-            .bind(&event.subject_id)
-            .bind(event.kind.as_str())
-            .bind(&event.caller)
-            .bind(&event.operator_id)
-            .bind(&event.actor_reason)
-            .bind(&event.detail_json)
-            .bind(&event.policy_version)
-            .bind(&event.trace_id)
-            .bind(&event.prev_hash)
-            .bind(&event.hash)
-            .execute(&mut *connection)
+        connection
+            .query("DELETE FROM conversation_facts WHERE subject_id = $1")
+            .bind(subject_id)
+            .execute()
             .await?;
-            sqlx::query("UPDATE audit_chain_head SET sequence = $1, hash = $2 WHERE chain_id = 0")
-                .bind(sequence)
-                .bind(&event.hash)
-                .execute(&mut *connection)
-                .await?;
-            Ok(())
-        }
-
-        /// Audit events in sequence order.
-        pub(super) async fn events_in(
-            connection: &mut $connection,
-            query: &EventQuery,
-        ) -> Result<Vec<AuditEvent>, StoreError> {
-            let after = to_i64(query.after_sequence);
-            let limit = i64::from(query.limit);
-            let rows =
-                match &query.subject_id {
-                    Some(subject_id) => {
-                        sqlx::query(
-                            "SELECT * FROM audit_events WHERE subject_id = $1 AND sequence > $2
-                         ORDER BY sequence LIMIT $3",
-                        )
-                        .bind(subject_id.as_str())
-                        .bind(after)
-                        .bind(limit)
-                        .fetch_all(&mut *connection)
-                        .await?
-                    }
-                    None => sqlx::query(
-                        "SELECT * FROM audit_events WHERE sequence > $1 ORDER BY sequence LIMIT $2",
-                    )
-                    .bind(after)
-                    .bind(limit)
-                    .fetch_all(&mut *connection)
-                    .await?,
-                };
-            rows.iter().map(event_from_row).collect()
-        }
-
-        /// Recomputes the chain inside an open read transaction (one snapshot of events and
-        /// head, even while writes continue).
-        pub(super) async fn verify_chain_in(
-            connection: &mut $connection,
-        ) -> Result<ChainReport, StoreError> {
-            let head: Option<(i64, String)> =
-                sqlx::query_as("SELECT sequence, hash FROM audit_chain_head WHERE chain_id = 0")
-                    .fetch_optional(&mut *connection)
-                    .await?;
-            let mut verifier = ChainVerifier::new();
-            let mut after = 0_i64;
-            loop {
-                let rows = sqlx::query(
-                    "SELECT * FROM audit_events WHERE sequence > $1 ORDER BY sequence LIMIT $2",
-                )
-                .bind(after)
-                .bind(VERIFY_PAGE)
-                .fetch_all(&mut *connection)
-                .await?;
-                let Some(last) = rows.last() else { break };
-                after = last.try_get("sequence")?;
-                for row in &rows {
-                    verifier.feed(&event_from_row(row)?);
-                }
-            }
-            let head = head.map(|(sequence, hash)| (from_i64(sequence), hash));
-            Ok(verifier.finish(
-                head.as_ref()
-                    .map(|(sequence, hash)| (*sequence, hash.as_str())),
-            ))
-        }
-
-        fn parse<T>(
-            column: &str,
-            text: &str,
-            from_name: fn(&str) -> Option<T>,
-        ) -> Result<T, StoreError> {
-            from_name(text).ok_or_else(|| StoreError::Corrupt(format!("{column} {text:?}")))
-        }
-
-        fn parse_column<T>(
-            row: &$row,
-            column: &str,
-            from_name: fn(&str) -> Option<T>,
-        ) -> Result<T, StoreError> {
-            let text: String = row.try_get(column)?;
-            parse(column, &text, from_name)
-        }
-
-        fn event_from_row(row: &$row) -> Result<AuditEvent, StoreError> {
-            Ok(AuditEvent {
-                sequence: from_i64(row.try_get("sequence")?),
-                event_id: row.try_get("event_id")?,
-                at_micros: row.try_get("at_micros")?,
-                subject_id: row.try_get("subject_id")?,
-                kind: parse_column(row, "kind", EventKind::from_name)?,
-                caller: row.try_get("caller")?,
-                operator_id: row.try_get("operator_id")?,
-                actor_reason: row.try_get("actor_reason")?,
-                detail_json: row.try_get("detail_json")?,
-                policy_version: row.try_get("policy_version")?,
-                trace_id: row.try_get("trace_id")?,
-                prev_hash: row.try_get("prev_hash")?,
-                hash: row.try_get("hash")?,
-            })
-        }
-
-        /// Sequences are stored as signed 64-bit integers; they start at 1 and never approach
-        /// `i64::MAX`.
-        fn to_i64(sequence: u64) -> i64 {
-            i64::try_from(sequence).unwrap_or(i64::MAX)
-        }
-
-        fn from_i64(sequence: i64) -> u64 {
-            u64::try_from(sequence).unwrap_or_default()
-        }
-    };
+    }
+    Ok(())
 }
 
-pub(crate) use sql_rows;
+/// Choices whose expiry is at or before `now_micros`, the earliest first, at most
+/// `limit`.
+pub(super) async fn expired_choices_in(
+    connection: &mut Connection,
+    now_micros: i64,
+    limit: u32,
+) -> Result<Vec<ExpiredChoice>, StoreError> {
+    let rows = connection
+        .query(
+            "SELECT subject_id, purpose, expires_at FROM choices
+         WHERE expires_at IS NOT NULL AND expires_at <= $1
+         ORDER BY expires_at, subject_id, purpose LIMIT $2",
+        )
+        .bind(now_micros)
+        .bind(i64::from(limit))
+        .fetch_all()
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let subject_id: String = row.try_get("subject_id")?;
+            Ok(ExpiredChoice {
+                subject_id: SubjectId::parse(&subject_id).map_err(|invalid| {
+                    StoreError::Corrupt(format!("subject_id {subject_id:?}: {invalid}"))
+                })?,
+                purpose: parse_column(row, "purpose", Purpose::from_name)?,
+                expires_at_micros: row.try_get("expires_at")?,
+            })
+        })
+        .collect()
+}
+
+/// Appends an event and moves the chain head to it.
+async fn append_event(connection: &mut Connection, event: &AuditEvent) -> Result<(), StoreError> {
+    let sequence = to_i64(event.sequence);
+    connection
+        .query(
+            "INSERT INTO audit_events
+             (sequence, event_id, at_micros, subject_id, kind, caller, operator_id,
+              actor_reason, detail_json, policy_version, trace_id, prev_hash, hash)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(sequence)
+        .bind(&event.event_id)
+        .bind(event.at_micros)
+        .bind(&event.subject_id)
+        .bind(event.kind.as_str())
+        .bind(&event.caller)
+        .bind(&event.operator_id)
+        .bind(&event.actor_reason)
+        .bind(&event.detail_json)
+        .bind(&event.policy_version)
+        .bind(&event.trace_id)
+        .bind(&event.prev_hash)
+        .bind(&event.hash)
+        .execute()
+        .await?;
+    connection
+        .query("UPDATE audit_chain_head SET sequence = $1, hash = $2 WHERE chain_id = 0")
+        .bind(sequence)
+        .bind(&event.hash)
+        .execute()
+        .await?;
+    if let Some(changed) = Changed::parse(&event.subject_id) {
+        connection.appended(Revision::new(event.sequence), changed);
+    }
+    Ok(())
+}
+
+/// Audit events in sequence order.
+pub(super) async fn events_in(
+    connection: &mut Connection,
+    query: &EventQuery,
+) -> Result<Vec<AuditEvent>, StoreError> {
+    let after = to_i64(query.after_sequence);
+    let limit = i64::from(query.limit);
+    let rows = match &query.subject_id {
+        Some(subject_id) => {
+            connection
+                .query(
+                    "SELECT * FROM audit_events WHERE subject_id = $1 AND sequence > $2
+                 ORDER BY sequence LIMIT $3",
+                )
+                .bind(subject_id.as_str())
+                .bind(after)
+                .bind(limit)
+                .fetch_all()
+                .await?
+        }
+        None => {
+            connection
+                .query("SELECT * FROM audit_events WHERE sequence > $1 ORDER BY sequence LIMIT $2")
+                .bind(after)
+                .bind(limit)
+                .fetch_all()
+                .await?
+        }
+    };
+    rows.iter().map(event_from_row).collect()
+}
+
+/// Recomputes the chain inside an open read transaction (one snapshot of events and
+/// head, even while writes continue).
+pub(super) async fn verify_chain_in(
+    connection: &mut Connection,
+) -> Result<ChainReport, StoreError> {
+    let head: Option<(i64, String)> = connection
+        .query("SELECT sequence, hash FROM audit_chain_head WHERE chain_id = 0")
+        .fetch_optional()
+        .await?
+        .map(|row| row.decode())
+        .transpose()?;
+    let mut verifier = ChainVerifier::new();
+    let mut after = 0_i64;
+    loop {
+        let rows = connection
+            .query("SELECT * FROM audit_events WHERE sequence > $1 ORDER BY sequence LIMIT $2")
+            .bind(after)
+            .bind(VERIFY_PAGE)
+            .fetch_all()
+            .await?;
+        let Some(last) = rows.last() else { break };
+        after = last.try_get("sequence")?;
+        for row in &rows {
+            verifier.feed(&event_from_row(row)?);
+        }
+    }
+    let head = head.map(|(sequence, hash)| (from_i64(sequence), hash));
+    Ok(verifier.finish(
+        head.as_ref()
+            .map(|(sequence, hash)| (*sequence, hash.as_str())),
+    ))
+}
+
+pub(super) fn parse<T>(
+    column: &str,
+    text: &str,
+    from_name: fn(&str) -> Option<T>,
+) -> Result<T, StoreError> {
+    from_name(text).ok_or_else(|| StoreError::Corrupt(format!("{column} {text:?}")))
+}
+
+fn parse_column<T>(
+    row: &Row,
+    column: &str,
+    from_name: fn(&str) -> Option<T>,
+) -> Result<T, StoreError> {
+    let text: String = row.try_get(column)?;
+    parse(column, &text, from_name)
+}
+
+fn event_from_row(row: &Row) -> Result<AuditEvent, StoreError> {
+    Ok(AuditEvent {
+        sequence: from_i64(row.try_get("sequence")?),
+        event_id: row.try_get("event_id")?,
+        at_micros: row.try_get("at_micros")?,
+        subject_id: row.try_get("subject_id")?,
+        kind: parse_column(row, "kind", EventKind::from_name)?,
+        caller: row.try_get("caller")?,
+        operator_id: row.try_get("operator_id")?,
+        actor_reason: row.try_get("actor_reason")?,
+        detail_json: row.try_get("detail_json")?,
+        policy_version: row.try_get("policy_version")?,
+        trace_id: row.try_get("trace_id")?,
+        prev_hash: row.try_get("prev_hash")?,
+        hash: row.try_get("hash")?,
+    })
+}
+
+/// Sequences are stored as signed 64-bit integers; they start at 1 and never approach
+/// `i64::MAX`.
+fn to_i64(sequence: u64) -> i64 {
+    i64::try_from(sequence).unwrap_or(i64::MAX)
+}
+
+pub(super) fn from_i64(sequence: i64) -> u64 {
+    u64::try_from(sequence).unwrap_or_default()
+}

@@ -14,25 +14,14 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use super::{
-    CandidatePage, ChangeNotice, DecisionState, DueCandidates, EventQuery, ExpiredChoice,
-    NewPolicy, NewRightsRequest, PruneReport, RetentionSubject, RightsOutcome, RightsQuery,
-    RightsStep, StoreError, StoredPolicy, StoredRightsRequest, SubjectSnapshot, SubjectView,
-    WriteContext, WriteOutcome, WriteRequest,
-};
+use super::sql::{Connection, Held};
+use super::{Access, PruneReport, StoreError};
 use crate::audit::decision_log::DecisionRecord;
-use crate::audit::{AuditEvent, ChainReport};
-use crate::domain::{ConversationId, SubjectId};
-use crate::revision::Revision;
 
-mod rows {
-    crate::store::rows::sql_rows!(
-        sqlx::SqliteConnection,
-        sqlx::sqlite::SqliteRow,
-        // The write lock is already held (BEGIN IMMEDIATE); SQLite has no FOR UPDATE.
-        head_query = "SELECT sequence, hash FROM audit_chain_head WHERE chain_id = 0"
-    );
-}
+/// The statement that reads the chain head for a write: the write lock is already held (`BEGIN
+/// IMMEDIATE`), and SQLite has no `FOR UPDATE`.
+pub(super) const CHAIN_HEAD_FOR_WRITE: &str =
+    "SELECT sequence, hash FROM audit_chain_head WHERE chain_id = 0";
 
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -78,182 +67,14 @@ impl SqliteStore {
         Ok(SqliteStore { writer, reader })
     }
 
-    pub async fn write(&self, request: &WriteRequest) -> Result<WriteOutcome, StoreError> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let outcome = rows::write_in(&mut tx, request).await?;
-        tx.commit().await?;
-        Ok(outcome)
-    }
-
-    pub async fn apply_policy(
-        &self,
-        policy: &NewPolicy,
-        context: &WriteContext,
-    ) -> Result<WriteOutcome, StoreError> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let outcome = rows::apply_policy_in(&mut tx, policy, context).await?;
-        tx.commit().await?;
-        Ok(outcome)
-    }
-
-    pub async fn file_rights_request(
-        &self,
-        request: &NewRightsRequest,
-        context: &WriteContext,
-    ) -> Result<RightsOutcome, StoreError> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let outcome = rows::file_rights_in(&mut tx, request, context).await?;
-        tx.commit().await?;
-        Ok(outcome)
-    }
-
-    pub async fn step_rights_request(
-        &self,
-        request_id: &str,
-        step: &RightsStep,
-        context: &WriteContext,
-    ) -> Result<RightsOutcome, StoreError> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let outcome = rows::step_rights_in(&mut tx, request_id, step, context).await?;
-        tx.commit().await?;
-        Ok(outcome)
-    }
-
-    pub async fn rights_request(
-        &self,
-        request_id: &str,
-    ) -> Result<Option<StoredRightsRequest>, StoreError> {
-        let mut connection = self.reader.acquire().await?;
-        rows::load_rights_request(&mut connection, request_id).await
-    }
-
-    pub async fn rights_requests(
-        &self,
-        query: &RightsQuery,
-    ) -> Result<Vec<StoredRightsRequest>, StoreError> {
-        let mut connection = self.reader.acquire().await?;
-        rows::rights_requests_in(&mut connection, query).await
-    }
-
-    pub async fn policy_versions(&self) -> Result<Vec<StoredPolicy>, StoreError> {
-        let mut connection = self.reader.acquire().await?;
-        rows::policy_versions_in(&mut connection).await
-    }
-
-    pub async fn decision_state(
-        &self,
-        subject_id: &SubjectId,
-        conversation_id: Option<&ConversationId>,
-    ) -> Result<DecisionState, StoreError> {
-        let mut tx = self.reader.begin().await?;
-        let state = rows::decision_state_in(&mut tx, subject_id, conversation_id).await?;
-        tx.commit().await?;
-        Ok(state)
-    }
-
-    pub async fn subject(&self, subject_id: &SubjectId) -> Result<Option<SubjectView>, StoreError> {
-        let mut tx = self.reader.begin().await?;
-        let Some((record, revision)) = rows::load_subject(&mut tx, subject_id.as_str()).await?
-        else {
-            return Ok(None);
-        };
-        let choices = rows::load_choices(&mut tx, subject_id.as_str()).await?;
-        tx.commit().await?;
-        Ok(Some(SubjectView {
-            record,
-            choices,
-            revision,
+    /// What an operation needs: reads from the read-only pool, writes on the writer's one
+    /// connection with the write lock taken at `BEGIN IMMEDIATE`.
+    pub(super) async fn begin(&self, access: Access) -> Result<Connection, StoreError> {
+        Ok(Connection::Sqlite(match access {
+            Access::Connection => Held::Pooled(self.reader.acquire().await?),
+            Access::Read => Held::Transaction(self.reader.begin().await?),
+            Access::Write => Held::Transaction(self.writer.begin_with("BEGIN IMMEDIATE").await?),
         }))
-    }
-
-    pub async fn retention_subject(
-        &self,
-        subject_id: &SubjectId,
-    ) -> Result<Option<RetentionSubject>, StoreError> {
-        let mut tx = self.reader.begin().await?;
-        let subject = rows::retention_subject_in(&mut tx, subject_id.as_str()).await?;
-        tx.commit().await?;
-        Ok(subject)
-    }
-
-    pub async fn due_candidates(&self, query: &DueCandidates) -> Result<CandidatePage, StoreError> {
-        let mut tx = self.reader.begin().await?;
-        let page = rows::due_candidates_in(&mut tx, query).await?;
-        tx.commit().await?;
-        Ok(page)
-    }
-
-    pub async fn snapshot(
-        &self,
-        subject_id: &SubjectId,
-        max_conversations: usize,
-    ) -> Result<SubjectSnapshot, StoreError> {
-        let mut tx = self.reader.begin().await?;
-        let snapshot = rows::snapshot_in(&mut tx, subject_id, max_conversations).await?;
-        tx.commit().await?;
-        Ok(snapshot)
-    }
-
-    pub async fn changes_since(
-        &self,
-        after: Revision,
-        limit: u32,
-    ) -> Result<Vec<ChangeNotice>, StoreError> {
-        let mut connection = self.reader.acquire().await?;
-        rows::changes_since_in(&mut connection, after.sequence(), limit).await
-    }
-
-    pub async fn subjects_changed_since(
-        &self,
-        since_micros: i64,
-    ) -> Result<Vec<ChangeNotice>, StoreError> {
-        let mut connection = self.reader.acquire().await?;
-        rows::subjects_changed_since_in(&mut connection, since_micros).await
-    }
-
-    pub async fn expired_choices(
-        &self,
-        now_micros: i64,
-        limit: u32,
-    ) -> Result<Vec<ExpiredChoice>, StoreError> {
-        let mut connection = self.reader.acquire().await?;
-        rows::expired_choices_in(&mut connection, now_micros, limit).await
-    }
-
-    pub async fn subject_ids(&self, after: &str, limit: u32) -> Result<Vec<String>, StoreError> {
-        let mut connection = self.reader.acquire().await?;
-        rows::subject_ids_in(&mut connection, after, limit).await
-    }
-
-    pub async fn count_subjects(&self) -> Result<u64, StoreError> {
-        let mut connection = self.reader.acquire().await?;
-        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM subjects")
-            .fetch_one(&mut *connection)
-            .await?;
-        Ok(count as u64)
-    }
-
-    pub async fn events(&self, query: &EventQuery) -> Result<Vec<AuditEvent>, StoreError> {
-        let mut connection = self.reader.acquire().await?;
-        rows::events_in(&mut connection, query).await
-    }
-
-    pub async fn verify_chain(&self) -> Result<ChainReport, StoreError> {
-        let mut tx = self.reader.begin().await?;
-        let report = rows::verify_chain_in(&mut tx).await?;
-        tx.commit().await?;
-        Ok(report)
-    }
-
-    pub async fn head_revision(&self) -> Result<Revision, StoreError> {
-        let mut connection = self.reader.acquire().await?;
-        Ok(Revision::new(rows::latest_sequence(&mut connection).await?))
-    }
-
-    pub async fn change_log_bounds(&self) -> Result<(Revision, Revision), StoreError> {
-        let mut connection = self.reader.acquire().await?;
-        let (first, head) = rows::change_log_bounds(&mut connection).await?;
-        Ok((Revision::new(first), Revision::new(head)))
     }
 
     /// Inserts decision records, a few hundred rows per statement, in one transaction.
@@ -301,22 +122,6 @@ impl SqliteStore {
             partitions_dropped: Vec::new(),
             rows_deleted: deleted,
         })
-    }
-
-    pub async fn schema_version(&self) -> Result<i64, StoreError> {
-        let (version,): (i64,) =
-            sqlx::query_as("SELECT COALESCE(MAX(version), 0) FROM _sqlx_migrations WHERE success")
-                .fetch_one(&self.reader)
-                .await?;
-        Ok(version)
-    }
-
-    /// The number of recorded decisions (for tests and operators).
-    pub async fn count_decisions(&self) -> Result<u64, StoreError> {
-        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM decision_log")
-            .fetch_one(&self.reader)
-            .await?;
-        Ok(count as u64)
     }
 
     pub async fn close(&self) {

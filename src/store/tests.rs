@@ -2,8 +2,15 @@
 //! database it creates and drops (see `testing`).
 
 use std::collections::HashMap;
+use std::str::FromStr;
 use std::sync::Arc;
 
+use sqlx::migrate::Migrator;
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::sqlite::SqliteConnectOptions;
+
+use super::sql::{Connection, Held};
 use super::testing::{Backend, TestDatabase};
 use super::*;
 use crate::domain::{Actor, ConversationId, SubjectId};
@@ -101,6 +108,18 @@ async fn open(database: &TestDatabase) -> Store {
     Store::open(database.location()).await.unwrap()
 }
 
+/// A fresh database of `backend` and the store opened on it.
+async fn fresh(backend: Backend) -> (TestDatabase, Store) {
+    let database = TestDatabase::create(backend).await;
+    let store = open(&database).await;
+    (database, store)
+}
+
+/// Writes `command` to the subject; the write must succeed.
+async fn write(store: &Store, subject_id: &str, command: Command) -> WriteOutcome {
+    store.write(&request(subject_id, command)).await.unwrap()
+}
+
 async fn all_events(store: &Store, subject_id: Option<&str>) -> Vec<AuditEvent> {
     store
         .events(&EventQuery {
@@ -113,29 +132,24 @@ async fn all_events(store: &Store, subject_id: Option<&str>) -> Vec<AuditEvent> 
 }
 
 async fn writes_are_read_back(backend: Backend) {
-    let database = TestDatabase::create(backend).await;
-    let store = open(&database).await;
-    store
-        .write(&request("u-1", upsert(Plan::Pro)))
-        .await
-        .unwrap();
-    store
-        .write(&request(
-            "u-1",
-            choice(Purpose::ModelTraining, Some(Choice::Refused)),
-        ))
-        .await
-        .unwrap();
+    let (_database, store) = fresh(backend).await;
+    write(&store, "u-1", upsert(Plan::Pro)).await;
+    write(
+        &store,
+        "u-1",
+        choice(Purpose::ModelTraining, Some(Choice::Refused)),
+    )
+    .await;
     let feedback = Command::RecordFeedback {
         conversation_id: conversation("c-1"),
         rating: Rating::ThumbsUp,
     };
-    store.write(&request("u-1", feedback)).await.unwrap();
+    write(&store, "u-1", feedback).await;
     let flag = Command::FlagConversation {
         conversation_id: conversation("c-1"),
         kind: FlagKind::UserReport,
     };
-    let last = store.write(&request("u-1", flag)).await.unwrap();
+    let last = write(&store, "u-1", flag).await;
     assert!(last.changed);
     assert_eq!(last.revision, Revision::new(4));
 
@@ -180,23 +194,19 @@ async fn writes_are_read_back(backend: Backend) {
 }
 
 async fn writes_that_change_nothing_record_nothing(backend: Backend) {
-    let database = TestDatabase::create(backend).await;
-    let store = open(&database).await;
-    let first = store
-        .write(&request("u-1", upsert(Plan::Free)))
-        .await
-        .unwrap();
+    let (_database, store) = fresh(backend).await;
+    let first = write(&store, "u-1", upsert(Plan::Free)).await;
     for command in [
         upsert(Plan::Free),
         choice(Purpose::Memory, None),
         Command::SetRestriction { restricted: false },
     ] {
-        let outcome = store.write(&request("u-1", command)).await.unwrap();
+        let outcome = write(&store, "u-1", command).await;
         assert!(!outcome.changed);
         assert_eq!(outcome.revision, first.revision);
     }
-    let deleted = store.write(&request("u-1", Command::Delete)).await.unwrap();
-    let again = store.write(&request("u-1", Command::Delete)).await.unwrap();
+    let deleted = write(&store, "u-1", Command::Delete).await;
+    let again = write(&store, "u-1", Command::Delete).await;
     assert!(deleted.changed && !again.changed);
     assert_eq!(again.revision, deleted.revision);
     assert_eq!(all_events(&store, None).await.len(), 2);
@@ -204,8 +214,7 @@ async fn writes_that_change_nothing_record_nothing(backend: Backend) {
 }
 
 async fn refused_writes_change_nothing(backend: Backend) {
-    let database = TestDatabase::create(backend).await;
-    let store = open(&database).await;
+    let (_database, store) = fresh(backend).await;
     let refused = store
         .write(&request(
             "ghost",
@@ -213,11 +222,8 @@ async fn refused_writes_change_nothing(backend: Backend) {
         ))
         .await;
     assert!(matches!(refused, Err(StoreError::NotFound(_))));
-    store
-        .write(&request("u-1", upsert(Plan::Free)))
-        .await
-        .unwrap();
-    store.write(&request("u-1", Command::Delete)).await.unwrap();
+    write(&store, "u-1", upsert(Plan::Free)).await;
+    write(&store, "u-1", Command::Delete).await;
     let refused = store.write(&request("u-1", upsert(Plan::Pro))).await;
     assert!(matches!(refused, Err(StoreError::SubjectDeleted(_))));
     let view = store.subject(&subject("u-1")).await.unwrap().unwrap();
@@ -228,14 +234,10 @@ async fn refused_writes_change_nothing(backend: Backend) {
 }
 
 async fn revisions_are_gap_free_and_the_chain_verifies(backend: Backend) {
-    let database = TestDatabase::create(backend).await;
-    let store = open(&database).await;
+    let (_database, store) = fresh(backend).await;
     for index in 0..20 {
         let plan = Plan::ALL[index % Plan::ALL.len()];
-        store
-            .write(&request(&format!("u-{}", index % 3), upsert(plan)))
-            .await
-            .unwrap();
+        write(&store, &format!("u-{}", index % 3), upsert(plan)).await;
     }
     let events = all_events(&store, None).await;
     let sequences: Vec<u64> = events.iter().map(|event| event.sequence).collect();
@@ -254,25 +256,20 @@ async fn revisions_are_gap_free_and_the_chain_verifies(backend: Backend) {
 }
 
 async fn deletion_erases_personal_data(backend: Backend) {
-    let database = TestDatabase::create(backend).await;
-    let store = open(&database).await;
-    store
-        .write(&request("u-1", upsert(Plan::Free)))
-        .await
-        .unwrap();
-    store
-        .write(&request(
-            "u-1",
-            choice(Purpose::Memory, Some(Choice::Refused)),
-        ))
-        .await
-        .unwrap();
+    let (_database, store) = fresh(backend).await;
+    write(&store, "u-1", upsert(Plan::Free)).await;
+    write(
+        &store,
+        "u-1",
+        choice(Purpose::Memory, Some(Choice::Refused)),
+    )
+    .await;
     let feedback = Command::RecordFeedback {
         conversation_id: conversation("c-1"),
         rating: Rating::ThumbsDown,
     };
-    store.write(&request("u-1", feedback)).await.unwrap();
-    store.write(&request("u-1", Command::Delete)).await.unwrap();
+    write(&store, "u-1", feedback).await;
+    write(&store, "u-1", Command::Delete).await;
     let state = store
         .decision_state(&subject("u-1"), Some(&conversation("c-1")))
         .await
@@ -285,8 +282,7 @@ async fn deletion_erases_personal_data(backend: Backend) {
 }
 
 async fn events_page_by_subject(backend: Backend) {
-    let database = TestDatabase::create(backend).await;
-    let store = open(&database).await;
+    let (_database, store) = fresh(backend).await;
     for index in 0..9 {
         let subject_id = format!("u-{}", index % 3);
         let command = if index < 3 {
@@ -295,7 +291,7 @@ async fn events_page_by_subject(backend: Backend) {
             let purposes = [Purpose::Memory, Purpose::MarketingEmail];
             choice(purposes[index / 3 - 1], Some(Choice::Granted))
         };
-        store.write(&request(&subject_id, command)).await.unwrap();
+        write(&store, &subject_id, command).await;
     }
     let page = store
         .events(&EventQuery {
@@ -314,12 +310,8 @@ async fn events_page_by_subject(backend: Backend) {
 /// Many writers on one subject at once: every change gets its own revision and its own event,
 /// the chain stays linear, and the final state is the last change of each field.
 async fn concurrent_writers_line_up(backend: Backend) {
-    let database = TestDatabase::create(backend).await;
-    let store = open(&database).await;
-    store
-        .write(&request("hot", upsert(Plan::Free)))
-        .await
-        .unwrap();
+    let (_database, store) = fresh(backend).await;
+    write(&store, "hot", upsert(Plan::Free)).await;
     let purposes = [
         Purpose::Memory,
         Purpose::MarketingEmail,
@@ -338,10 +330,7 @@ async fn concurrent_writers_line_up(backend: Backend) {
                 } else {
                     Choice::Refused
                 };
-                let outcome = store
-                    .write(&request("hot", choice(purpose, Some(value))))
-                    .await
-                    .unwrap();
+                let outcome = write(&store, "hot", choice(purpose, Some(value))).await;
                 acknowledged.push((outcome, purpose, value));
             }
             acknowledged
@@ -385,12 +374,8 @@ async fn concurrent_writers_line_up(backend: Backend) {
 }
 
 async fn state_survives_reopening(backend: Backend) {
-    let database = TestDatabase::create(backend).await;
-    let store = open(&database).await;
-    store
-        .write(&request("u-1", upsert(Plan::Student)))
-        .await
-        .unwrap();
+    let (database, store) = fresh(backend).await;
+    write(&store, "u-1", upsert(Plan::Student)).await;
     store.close().await;
     let reopened = open(&database).await;
     let state = reopened
@@ -398,12 +383,39 @@ async fn state_survives_reopening(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(state.subject.unwrap().plan, Some(Plan::Student));
-    reopened
-        .write(&request("u-2", upsert(Plan::Free)))
-        .await
-        .unwrap();
+    write(&reopened, "u-2", upsert(Plan::Free)).await;
     assert!(reopened.verify_chain().await.unwrap().ok);
     reopened.close().await;
+}
+
+/// A connection to the test database outside the store, after running `migrator` on it.
+async fn outside_the_store(database: &TestDatabase, migrator: Option<&Migrator>) -> Connection {
+    let url = database.url();
+    match database.backend {
+        Backend::Sqlite => {
+            let options = SqliteConnectOptions::from_str(&url).unwrap();
+            let options = options.create_if_missing(true);
+            Connection::Sqlite(Held::Pooled(pooled(options, migrator).await))
+        }
+        Backend::Postgres => {
+            let options = PgConnectOptions::from_str(&url).unwrap();
+            Connection::Postgres(Held::Pooled(pooled(options, migrator).await), Vec::new())
+        }
+    }
+}
+
+async fn pooled<DB: sqlx::Database>(
+    options: <DB::Connection as sqlx::Connection>::Options,
+    migrator: Option<&Migrator>,
+) -> PoolConnection<DB>
+where
+    DB::Connection: sqlx::migrate::Migrate,
+{
+    let pool = sqlx::Pool::<DB>::connect_with(options).await.unwrap();
+    if let Some(migrator) = migrator {
+        migrator.run(&pool).await.unwrap();
+    }
+    pool.acquire().await.unwrap()
 }
 
 /// A database migrated by a newer binary (a migration this one does not know) is refused.
@@ -413,30 +425,15 @@ async fn a_newer_schema_is_refused(backend: Backend) {
     let future =
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
                   VALUES (99990101000000, 'from a newer assent', TRUE, $1, 0)";
+    let mut connection = outside_the_store(&database, None).await;
     let checksum = vec![0_u8; 48];
-    match backend {
-        Backend::Sqlite => {
-            let mut connection =
-                <sqlx::SqliteConnection as sqlx::Connection>::connect(&database.url())
-                    .await
-                    .unwrap();
-            sqlx::query(future)
-                .bind(checksum)
-                .execute(&mut connection)
-                .await
-                .unwrap();
-        }
-        Backend::Postgres => {
-            let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect(&database.url())
-                .await
-                .unwrap();
-            sqlx::query(future)
-                .bind(checksum)
-                .execute(&mut connection)
-                .await
-                .unwrap();
-        }
-    }
+    connection
+        .query(future)
+        .bind(checksum)
+        .execute()
+        .await
+        .unwrap();
+    drop(connection);
     let refused = Store::open(database.location()).await;
     let error = refused.expect_err("a newer schema was accepted");
     assert!(
@@ -474,8 +471,7 @@ fn decision_at(decided_at_micros: i64, index: usize) -> DecisionRecord {
 /// Retention removes whole days older than the window and keeps the rest.
 async fn old_decisions_are_pruned(backend: Backend) {
     use crate::calendar::MICROS_PER_DAY;
-    let database = TestDatabase::create(backend).await;
-    let store = open(&database).await;
+    let (_database, store) = fresh(backend).await;
     let now = now_micros();
     let ages_in_days = [500, 401, 10, 0];
     let records: Vec<DecisionRecord> = ages_in_days
@@ -515,20 +511,13 @@ async fn old_decisions_are_pruned(backend: Backend) {
 }
 
 async fn snapshots_hold_the_latest_conversations(backend: Backend) {
-    let database = TestDatabase::create(backend).await;
-    let store = open(&database).await;
-    store
-        .write(&request("u-1", upsert(Plan::Free)))
-        .await
-        .unwrap();
+    let (_database, store) = fresh(backend).await;
+    write(&store, "u-1", upsert(Plan::Free)).await;
     for (purpose, value) in [
         (Purpose::ModelTraining, Choice::Refused),
         (Purpose::Memory, Choice::Granted),
     ] {
-        store
-            .write(&request("u-1", choice(purpose, Some(value))))
-            .await
-            .unwrap();
+        write(&store, "u-1", choice(purpose, Some(value))).await;
     }
     for index in 1..=4 {
         let feedback = Command::RecordFeedback {
@@ -539,13 +528,13 @@ async fn snapshots_hold_the_latest_conversations(backend: Backend) {
                 Rating::ThumbsDown
             },
         };
-        store.write(&request("u-1", feedback)).await.unwrap();
+        write(&store, "u-1", feedback).await;
     }
     let flag = Command::FlagConversation {
         conversation_id: conversation("c-1"),
         kind: FlagKind::AutomatedModeration,
     };
-    let last = store.write(&request("u-1", flag)).await.unwrap();
+    let last = write(&store, "u-1", flag).await;
 
     // c-1 changed last, then c-4, c-3, c-2.
     let bounded = store.snapshot(&subject("u-1"), 2).await.unwrap();
@@ -586,12 +575,8 @@ async fn snapshots_hold_the_latest_conversations(backend: Backend) {
 
 async fn consent_provenance_is_read_back_as_replayed(backend: Backend) {
     use crate::policy::ConsentMethod;
-    let database = TestDatabase::create(backend).await;
-    let store = open(&database).await;
-    store
-        .write(&request("u-1", upsert(Plan::Free)))
-        .await
-        .unwrap();
+    let (_database, store) = fresh(backend).await;
+    write(&store, "u-1", upsert(Plan::Free)).await;
     let cookies = consent(
         Purpose::AnalyticsCookies,
         Some(Choice::Granted),
@@ -599,7 +584,7 @@ async fn consent_provenance_is_read_back_as_replayed(backend: Backend) {
         ConsentMethod::CookieBanner,
         Some(EXPIRES_AT),
     );
-    store.write(&request("u-1", cookies)).await.unwrap();
+    write(&store, "u-1", cookies).await;
     // No notice version: the policy version of the write's context.
     let memory = consent(
         Purpose::Memory,
@@ -608,12 +593,9 @@ async fn consent_provenance_is_read_back_as_replayed(backend: Backend) {
         ConsentMethod::SettingsPage,
         None,
     );
-    store.write(&request("u-1", memory)).await.unwrap();
+    write(&store, "u-1", memory).await;
     // An upsert after the choices keeps them, with their provenance.
-    let last = store
-        .write(&request("u-1", upsert(Plan::Pro)))
-        .await
-        .unwrap();
+    let last = write(&store, "u-1", upsert(Plan::Pro)).await;
 
     let view = store.subject(&subject("u-1")).await.unwrap().unwrap();
     let entries: Vec<(Purpose, &str, ConsentMethod, &str, Option<i64>)> = view
@@ -674,12 +656,8 @@ async fn consent_provenance_is_read_back_as_replayed(backend: Backend) {
 
 async fn a_repeated_choice_records_nothing_and_a_renewal_records_one(backend: Backend) {
     use crate::policy::ConsentMethod;
-    let database = TestDatabase::create(backend).await;
-    let store = open(&database).await;
-    store
-        .write(&request("u-1", upsert(Plan::Free)))
-        .await
-        .unwrap();
+    let (_database, store) = fresh(backend).await;
+    write(&store, "u-1", upsert(Plan::Free)).await;
     let banner = |notice: &str, expires_at: i64| {
         consent(
             Purpose::AnalyticsCookies,
@@ -689,29 +667,17 @@ async fn a_repeated_choice_records_nothing_and_a_renewal_records_one(backend: Ba
             Some(expires_at),
         )
     };
-    let given = store
-        .write(&request("u-1", banner("n-1", EXPIRES_AT)))
-        .await
-        .unwrap();
-    let repeated = store
-        .write(&request("u-1", banner("n-1", EXPIRES_AT)))
-        .await
-        .unwrap();
+    let given = write(&store, "u-1", banner("n-1", EXPIRES_AT)).await;
+    let repeated = write(&store, "u-1", banner("n-1", EXPIRES_AT)).await;
     assert!(given.changed && !repeated.changed);
     assert_eq!(repeated.revision, given.revision);
-    let renewed = store
-        .write(&request("u-1", banner("n-1", EXPIRES_AT + 1)))
-        .await
-        .unwrap();
-    let new_notice = store
-        .write(&request("u-1", banner("n-2", EXPIRES_AT + 1)))
-        .await
-        .unwrap();
+    let renewed = write(&store, "u-1", banner("n-1", EXPIRES_AT + 1)).await;
+    let new_notice = write(&store, "u-1", banner("n-2", EXPIRES_AT + 1)).await;
     assert!(renewed.changed && new_notice.changed);
     // A choice without a notice version, twice: the same policy version, one change.
     let plain = || choice(Purpose::Memory, Some(Choice::Refused));
-    assert!(store.write(&request("u-1", plain())).await.unwrap().changed);
-    assert!(!store.write(&request("u-1", plain())).await.unwrap().changed);
+    assert!(write(&store, "u-1", plain()).await.changed);
+    assert!(!write(&store, "u-1", plain()).await.changed);
     let kinds: Vec<&str> = all_events(&store, Some("u-1"))
         .await
         .into_iter()
@@ -739,10 +705,9 @@ async fn a_repeated_choice_records_nothing_and_a_renewal_records_one(backend: Ba
 
 async fn expiries_are_recorded_once_at_the_simulated_instant(backend: Backend) {
     use crate::policy::ConsentMethod;
-    let database = TestDatabase::create(backend).await;
-    let store = open(&database).await;
+    let (_database, store) = fresh(backend).await;
     for id in ["u-1", "u-2", "u-3"] {
-        store.write(&request(id, upsert(Plan::Free))).await.unwrap();
+        write(&store, id, upsert(Plan::Free)).await;
         let grant = consent(
             Purpose::AnalyticsCookies,
             Some(Choice::Granted),
@@ -750,16 +715,15 @@ async fn expiries_are_recorded_once_at_the_simulated_instant(backend: Backend) {
             ConsentMethod::CookieBanner,
             Some(EXPIRES_AT),
         );
-        store.write(&request(id, grant)).await.unwrap();
+        write(&store, id, grant).await;
     }
     // u-1 refuses training for good; u-2 renews its grant; u-3 deletes its account.
-    store
-        .write(&request(
-            "u-1",
-            choice(Purpose::ModelTraining, Some(Choice::Refused)),
-        ))
-        .await
-        .unwrap();
+    write(
+        &store,
+        "u-1",
+        choice(Purpose::ModelTraining, Some(Choice::Refused)),
+    )
+    .await;
     let renewal = consent(
         Purpose::AnalyticsCookies,
         Some(Choice::Granted),
@@ -767,8 +731,8 @@ async fn expiries_are_recorded_once_at_the_simulated_instant(backend: Backend) {
         ConsentMethod::CookieBanner,
         Some(EXPIRES_AT + 60_000_000),
     );
-    store.write(&request("u-2", renewal)).await.unwrap();
-    store.write(&request("u-3", Command::Delete)).await.unwrap();
+    write(&store, "u-2", renewal).await;
+    write(&store, "u-3", Command::Delete).await;
     let events_before = all_events(&store, None).await.len();
 
     // Before the expiry: nothing is due, nothing recorded.
@@ -872,12 +836,8 @@ async fn expiries_are_recorded_once_at_the_simulated_instant(backend: Backend) {
 
 async fn consent_history_pages_in_order_and_stops_at_as_of(backend: Backend) {
     use crate::policy::ConsentMethod;
-    let database = TestDatabase::create(backend).await;
-    let store = open(&database).await;
-    store
-        .write(&request("u-1", upsert(Plan::Free)))
-        .await
-        .unwrap();
+    let (_database, store) = fresh(backend).await;
+    write(&store, "u-1", upsert(Plan::Free)).await;
     let commands = [
         consent(
             Purpose::AnalyticsCookies,
@@ -902,7 +862,7 @@ async fn consent_history_pages_in_order_and_stops_at_as_of(backend: Backend) {
         Command::Delete,
     ];
     for command in commands {
-        store.write(&request("u-1", command)).await.unwrap();
+        write(&store, "u-1", command).await;
     }
     let everything = store
         .consent_history(&subject("u-1"), None, HistoryCursor::default(), 100)
@@ -1049,35 +1009,12 @@ async fn choices_stored_before_consent_records_keep_their_caller(backend: Backen
         .map(|statement| statement.to_string())
         .chain(events)
         .collect();
-    match backend {
-        Backend::Sqlite => {
-            let options = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(
-                &database.url(),
-            )
-            .unwrap()
-            .create_if_missing(true);
-            let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
-            migrator.run(&pool).await.unwrap();
-            for statement in &all {
-                sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
-                    .execute(&pool)
-                    .await
-                    .unwrap();
-            }
-            pool.close().await;
-        }
-        Backend::Postgres => {
-            let pool = sqlx::PgPool::connect(&database.url()).await.unwrap();
-            migrator.run(&pool).await.unwrap();
-            for statement in &all {
-                sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
-                    .execute(&pool)
-                    .await
-                    .unwrap();
-            }
-            pool.close().await;
-        }
+    let mut connection = outside_the_store(&database, Some(&migrator)).await;
+    for statement in &all {
+        let statement = sqlx::AssertSqlSafe(statement.clone());
+        connection.query(statement).execute().await.unwrap();
     }
+    drop(connection);
 
     let store = open(&database).await;
     assert!(store.schema_version().await.unwrap() >= 5);
@@ -1126,19 +1063,14 @@ async fn last_event_at(store: &Store, subject_id: &str) -> i64 {
 }
 
 async fn retention_reads_deletions_and_choices_with_their_times(backend: Backend) {
-    let database = TestDatabase::create(backend).await;
-    let store = open(&database).await;
-    store
-        .write(&request("u-1", upsert(Plan::Free)))
-        .await
-        .unwrap();
-    store
-        .write(&request(
-            "u-1",
-            choice(Purpose::AnalyticsCookies, Some(Choice::Refused)),
-        ))
-        .await
-        .unwrap();
+    let (_database, store) = fresh(backend).await;
+    write(&store, "u-1", upsert(Plan::Free)).await;
+    write(
+        &store,
+        "u-1",
+        choice(Purpose::AnalyticsCookies, Some(Choice::Refused)),
+    )
+    .await;
     let refused_at = last_event_at(&store, "u-1").await;
     let open_subject = store
         .retention_subject(&subject("u-1"))
@@ -1174,10 +1106,10 @@ async fn retention_reads_deletions_and_choices_with_their_times(backend: Backend
     assert!(before_refusal.choices.is_empty());
 
     tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-    let deleted = store.write(&request("u-1", Command::Delete)).await.unwrap();
+    let deleted = write(&store, "u-1", Command::Delete).await;
     let deleted_at = last_event_at(&store, "u-1").await;
     // A second deletion changes nothing, so the deletion instant stays.
-    store.write(&request("u-1", Command::Delete)).await.unwrap();
+    write(&store, "u-1", Command::Delete).await;
     let now = store
         .retention_subject(&subject("u-1"))
         .await
@@ -1217,42 +1149,41 @@ async fn retention_reads_deletions_and_choices_with_their_times(backend: Backend
 }
 
 async fn due_candidates_page_through_every_criterion(backend: Backend) {
-    let database = TestDatabase::create(backend).await;
-    let store = open(&database).await;
-    let write = |subject_id: &'static str, command: Command| {
-        let store = store.clone();
-        async move { store.write(&request(subject_id, command)).await.unwrap() }
-    };
+    let (_database, store) = fresh(backend).await;
     for id in ["u-1", "u-2", "u-3", "u-4", "u-5", "u-6", "u-7"] {
-        write(id, upsert(Plan::ApiPaid)).await;
+        write(&store, id, upsert(Plan::ApiPaid)).await;
     }
-    write("u-2", Command::Delete).await;
+    write(&store, "u-2", Command::Delete).await;
     let zero = Command::Upsert(SubjectFields {
         zero_data_retention: Some(true),
         ..Default::default()
     });
-    write("u-3", zero).await;
+    write(&store, "u-3", zero).await;
     write(
+        &store,
         "u-4",
         choice(Purpose::AnalyticsCookies, Some(Choice::Refused)),
     )
     .await;
     write(
+        &store,
         "u-5",
         choice(Purpose::MarketingEmail, Some(Choice::Granted)),
     )
     .await;
     write(
+        &store,
         "u-6",
         choice(Purpose::MarketingEmail, Some(Choice::Refused)),
     )
     .await;
     write(
+        &store,
         "u-6",
         choice(Purpose::AnalyticsCookies, Some(Choice::Refused)),
     )
     .await;
-    write("u-7", Command::Delete).await;
+    write(&store, "u-7", Command::Delete).await;
     let last_at = last_event_at(&store, "u-7").await;
     let head = store.head_revision().await.unwrap();
 
