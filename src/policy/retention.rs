@@ -27,7 +27,6 @@
 
 use crate::calendar::{Date, MICROS_PER_DAY};
 
-use super::file::KeepKind;
 use super::vocabulary::{Choice, Purpose};
 
 pub use super::vocabulary::DataCategory;
@@ -379,6 +378,37 @@ impl KeepRule {
             | KeepRule::AfterEvent(event, _)
             | KeepRule::WhileConsented(event) => event,
         }
+    }
+}
+
+/// The kinds of retention row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum KeepKind {
+    UntilEvent,
+    AfterEvent,
+    WhileConsented,
+}
+
+impl KeepKind {
+    pub const ALL: &'static [KeepKind] = &[
+        KeepKind::UntilEvent,
+        KeepKind::AfterEvent,
+        KeepKind::WhileConsented,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            KeepKind::UntilEvent => "UNTIL_EVENT",
+            KeepKind::AfterEvent => "AFTER_EVENT",
+            KeepKind::WhileConsented => "WHILE_CONSENTED",
+        }
+    }
+
+    pub fn from_name(text: &str) -> Option<KeepKind> {
+        KeepKind::ALL
+            .iter()
+            .copied()
+            .find(|kind| kind.as_str() == text)
     }
 }
 
