@@ -3,10 +3,11 @@
 use tonic::{Request, Response, Status};
 
 use super::decisions::response;
-use super::{AppState, caller_of, convert, trace_id_of, validate};
+use super::{AppState, convert, trace_id_of, validate};
 use crate::error::ApiError;
 use crate::policy::{Purpose, Question};
 use crate::proto;
+use crate::rpc::caller_of;
 use crate::store::{Command, ConsentRecord, HistoryCursor, WriteContext, WriteRequest, now_micros};
 
 #[derive(Clone, Debug)]

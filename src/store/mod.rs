@@ -28,8 +28,7 @@ pub use history::{ConsentCause, ConsentRecord, HistoryCursor};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
-use crate::audit::decision_log::DecisionRecord;
-use crate::audit::{AuditEvent, ChainReport};
+use crate::audit::{AuditEvent, ChainReport, DecisionRecord};
 use crate::domain::{Actor, ConversationId, Jurisdiction, SubjectId};
 use crate::policy::rights::{RequestState, RightKind, RightsRequest, StepRefusal};
 use crate::policy::{

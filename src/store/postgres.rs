@@ -19,7 +19,7 @@ use super::{
     StoreError, StoredPolicy, StoredRightsRequest, SubjectSnapshot, SubjectView, WriteContext,
     WriteOutcome, WriteRequest,
 };
-use crate::audit::decision_log::DecisionRecord;
+use crate::audit::DecisionRecord;
 use crate::audit::{AuditEvent, ChainReport};
 use crate::calendar::{Date, MICROS_PER_DAY};
 use crate::domain::{ConversationId, SubjectId};

@@ -20,7 +20,7 @@ use super::{
     StoreError, StoredPolicy, StoredRightsRequest, SubjectSnapshot, SubjectView, WriteContext,
     WriteOutcome, WriteRequest,
 };
-use crate::audit::decision_log::DecisionRecord;
+use crate::audit::DecisionRecord;
 use crate::audit::{AuditEvent, ChainReport};
 use crate::domain::{ConversationId, SubjectId};
 use crate::revision::Revision;
