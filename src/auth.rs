@@ -14,11 +14,12 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
+use http::Request;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use crate::rpc::{BoxedCall, Caller, Filter, Filtered, Inner, answer_after_request, take_ready};
+use crate::rpc::{Body, Call, Caller, Filter, Filtered, Inner, answer_after_request, take_ready};
 
 /// What a caller may do. The names are the scope strings of tokens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -536,16 +537,7 @@ impl<S> tower::Layer<S> for AuthLayer {
 }
 
 impl Filter for AuthLayer {
-    fn call<S, RequestBody, ResponseBody>(
-        &self,
-        inner: &mut S,
-        mut request: http::Request<RequestBody>,
-    ) -> BoxedCall<S::Response, S::Error>
-    where
-        S: Inner<RequestBody, ResponseBody>,
-        RequestBody: http_body::Body + Send + Unpin + 'static,
-        ResponseBody: Default + Send + 'static,
-    {
+    fn call<S: Inner<B>, B: Body>(&self, inner: &mut S, mut request: Request<B>) -> Call<S, B> {
         match self.authenticator.check(&request) {
             Ok(identity) => {
                 if let Some(identity) = identity {

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::audit::DecisionRecord;
+use crate::metrics::{Scrape, Scraped};
 use crate::policy::Decision;
 use crate::store::Store;
 
@@ -216,8 +217,8 @@ impl DecisionLog {
     }
 }
 
-impl crate::metrics::Scraped for DecisionLog {
-    fn scrape(&self, scrape: &mut crate::metrics::Scrape<'_>) -> std::fmt::Result {
+impl Scraped for DecisionLog {
+    fn scrape(&self, scrape: &mut Scrape<'_>) -> std::fmt::Result {
         let stats = self.stats();
         scrape.gauge(
             "decision_log_queue_depth",

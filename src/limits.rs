@@ -16,12 +16,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use http::Request;
 use tokio::sync::Semaphore;
 
 use crate::auth::{Requirement, Scope, requirement};
 use crate::metrics;
 use crate::rpc::{
-    ANONYMOUS_CALLER, BoxedCall, Caller, Filter, Filtered, Inner, answer_after_request, take_ready,
+    ANONYMOUS_CALLER, Body, BoxedCall, Call, Caller, Filter, Filtered, Inner, answer_after_request,
+    take_ready,
 };
 
 /// The limits of a server.
@@ -151,16 +153,7 @@ fn caller_deadline(headers: &http::HeaderMap) -> Option<Duration> {
 }
 
 impl Filter for LimitLayer {
-    fn call<S, RequestBody, ResponseBody>(
-        &self,
-        inner: &mut S,
-        request: http::Request<RequestBody>,
-    ) -> BoxedCall<S::Response, S::Error>
-    where
-        S: Inner<RequestBody, ResponseBody>,
-        RequestBody: http_body::Body + Send + Unpin + 'static,
-        ResponseBody: Default + Send + 'static,
-    {
+    fn call<S: Inner<B>, B: Body>(&self, inner: &mut S, request: Request<B>) -> Call<S, B> {
         let needed = requirement(request.uri().path());
         if self.stage == Stage::WriteRate {
             if let Some(status) = self.over_write_rate(&request, needed) {

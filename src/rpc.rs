@@ -6,6 +6,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::Request;
+
 /// The identity of the calling service, set on the request by the authentication layer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Caller(pub String);
@@ -63,43 +65,46 @@ where
     status.into_http()
 }
 
+/// A request body, as the layers take it.
+pub trait Body: http_body::Body + Send + Unpin + 'static {}
+
+impl<B: http_body::Body + Send + Unpin + 'static> Body for B {}
+
 /// The services behind a layer: the gRPC services, or the layers in front of them.
-pub trait Inner<RequestBody, ResponseBody>:
+pub trait Inner<B>:
     tower::Service<
-        http::Request<RequestBody>,
-        Response = http::Response<ResponseBody>,
+        http::Request<B>,
+        Response = http::Response<Self::Answer>,
         Future: Send + 'static,
         Error: Send + 'static,
     > + Clone
     + Send
     + 'static
 {
+    /// The response body.
+    type Answer: Default + Send + 'static;
 }
 
-impl<S, RequestBody, ResponseBody> Inner<RequestBody, ResponseBody> for S where
-    S: tower::Service<
-            http::Request<RequestBody>,
-            Response = http::Response<ResponseBody>,
-            Future: Send + 'static,
-            Error: Send + 'static,
-        > + Clone
-        + Send
-        + 'static
+impl<S, B, R> Inner<B> for S
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    R: Default + Send + 'static,
 {
+    type Answer = R;
 }
+
+/// The future of a call to `S`, as the layers return it.
+pub type Call<S, B> = BoxedCall<
+    <S as tower::Service<http::Request<B>>>::Response,
+    <S as tower::Service<http::Request<B>>>::Error,
+>;
 
 /// What a layer does with each call: answer it, or hand it to `inner` (made ready for it:
 /// [`take_ready`]).
 pub trait Filter {
-    fn call<S, RequestBody, ResponseBody>(
-        &self,
-        inner: &mut S,
-        request: http::Request<RequestBody>,
-    ) -> BoxedCall<S::Response, S::Error>
-    where
-        S: Inner<RequestBody, ResponseBody>,
-        RequestBody: http_body::Body + Send + Unpin + 'static,
-        ResponseBody: Default + Send + 'static;
+    fn call<S: Inner<B>, B: Body>(&self, inner: &mut S, request: Request<B>) -> Call<S, B>;
 }
 
 /// The service a layer puts in front of `inner`: its [`Filter`] sees each call.
@@ -109,23 +114,16 @@ pub struct Filtered<S, F> {
     pub filter: F,
 }
 
-impl<S, F, RequestBody, ResponseBody> tower::Service<http::Request<RequestBody>> for Filtered<S, F>
-where
-    S: tower::Service<http::Request<RequestBody>, Response = http::Response<ResponseBody>>
-        + Inner<RequestBody, ResponseBody>,
-    F: Filter,
-    RequestBody: http_body::Body + Send + Unpin + 'static,
-    ResponseBody: Default + Send + 'static,
-{
+impl<S: Inner<B>, F: Filter, B: Body> tower::Service<Request<B>> for Filtered<S, F> {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = BoxedCall<S::Response, S::Error>;
+    type Future = Call<S, B>;
 
     fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(context)
     }
 
-    fn call(&mut self, request: http::Request<RequestBody>) -> Self::Future {
+    fn call(&mut self, request: Request<B>) -> Self::Future {
         self.filter.call(&mut self.inner, request)
     }
 }

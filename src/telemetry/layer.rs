@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{LazyLock, OnceLock};
 use std::time::Instant;
 
+use http::Request;
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -20,7 +21,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::metrics;
-use crate::rpc::{BoxedCall, Filter, Filtered, Inner, take_ready};
+use crate::rpc::{Body, Call, Filter, Filtered, Inner, take_ready};
 
 static TRACING: AtomicBool = AtomicBool::new(false);
 static SAMPLE_RATIO: AtomicU64 = AtomicU64::new(0);
@@ -299,16 +300,7 @@ impl<S> tower::Layer<S> for RpcLayer {
 }
 
 impl Filter for RpcLayer {
-    fn call<S, RequestBody, ResponseBody>(
-        &self,
-        inner: &mut S,
-        request: http::Request<RequestBody>,
-    ) -> BoxedCall<S::Response, S::Error>
-    where
-        S: Inner<RequestBody, ResponseBody>,
-        RequestBody: http_body::Body + Send + Unpin + 'static,
-        ResponseBody: Default + Send + 'static,
-    {
+    fn call<S: Inner<B>, B: Body>(&self, inner: &mut S, request: Request<B>) -> Call<S, B> {
         let started = Instant::now();
         let method = method_of(request.uri().path());
         let (call, span) = start_call(request.headers(), method);
