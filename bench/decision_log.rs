@@ -137,7 +137,8 @@ async fn round(mode: &'static str, seconds: u64, concurrency: usize) -> Round {
 /// The writer alone: how fast the batched writer puts records into PostgreSQL when nothing
 /// else runs (queue kept full, 1,000-row batches).
 async fn ingestion_capacity(records: usize) -> f64 {
-    use assent::audit::decision_log::{DecisionLog, DecisionRecord, LogMode};
+    use assent::audit::DecisionRecord;
+    use assent::decision_log::{DecisionLog, LogMode};
     use assent::policy::{Decision, POLICY_VERSION, Reason, Source};
     let database = TestDatabase::create(Backend::Postgres).await;
     let store = assent::store::Store::open(database.location())

@@ -11,18 +11,16 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
+use http::Request;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use crate::api::Caller;
 use crate::named::named_enum;
+use crate::rpc::{Body, Call, Caller, Filter, Filtered, Inner, answer_after_request, take_ready};
 
 named_enum! {
     /// What a caller may do. The names are the scope strings of tokens.
@@ -500,55 +498,24 @@ impl AuthLayer {
 }
 
 impl<S> tower::Layer<S> for AuthLayer {
-    type Service = AuthService<S>;
+    type Service = Filtered<S, AuthLayer>;
 
-    fn layer(&self, inner: S) -> AuthService<S> {
-        AuthService {
-            inner,
-            authenticator: self.authenticator.clone(),
-        }
+    fn layer(&self, inner: S) -> Filtered<S, AuthLayer> {
+        let filter = self.clone();
+        Filtered { inner, filter }
     }
 }
 
-#[derive(Clone, Debug)]
-pub struct AuthService<S> {
-    inner: S,
-    authenticator: Arc<Authenticator>,
-}
-
-impl<S, RequestBody, ResponseBody> tower::Service<http::Request<RequestBody>> for AuthService<S>
-where
-    S: tower::Service<http::Request<RequestBody>, Response = http::Response<ResponseBody>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    RequestBody: http_body::Body + Send + Unpin + 'static,
-    ResponseBody: Default + Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(context)
-    }
-
-    fn call(&mut self, mut request: http::Request<RequestBody>) -> Self::Future {
+impl Filter for AuthLayer {
+    fn call<S: Inner<B>, B: Body>(&self, inner: &mut S, mut request: Request<B>) -> Call<S, B> {
         match self.authenticator.check(&request) {
             Ok(identity) => {
                 if let Some(identity) = identity {
                     request.extensions_mut().insert(Caller(identity.name));
                 }
-                let mut inner = crate::limits::take_ready(&mut self.inner);
-                Box::pin(inner.call(request))
+                Box::pin(take_ready(inner).call(request))
             }
-            Err(status) => {
-                Box::pin(
-                    async move { Ok(crate::limits::answer_after_request(request, status).await) },
-                )
-            }
+            Err(status) => Box::pin(async move { Ok(answer_after_request(request, status).await) }),
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use tonic::{Code, Status};
 
-use crate::audit::decision_log::DecisionLogError;
+use crate::decision_log::DecisionLogError;
 use crate::domain::SubjectId;
 use crate::policies::InstallError;
 use crate::store::StoreError;
@@ -152,20 +152,8 @@ impl From<ApiError> for Status {
         let code = error.code();
         if matches!(code, Code::Internal | Code::Unavailable) {
             let trace_id = crate::telemetry::layer::call_trace_id();
-            tracing::error!(error = %error_chain(&error), %trace_id, "request failed");
+            tracing::error!(error = %crate::telemetry::error_chain(&error), %trace_id, "request failed");
         }
         Status::new(code, error.to_string())
     }
-}
-
-/// The error and its causes on one line: "a: b: c".
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

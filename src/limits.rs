@@ -11,19 +11,20 @@
 //! Each refusal is counted in `assent_limited_requests_total{limit}`. (The message-size limit is
 //! tonic's own, set on each service.)
 
-use std::future::Future;
 use std::num::NonZeroU32;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use http::Request;
 use tokio::sync::Semaphore;
 
-use crate::api::{ANONYMOUS_CALLER, Caller};
 use crate::auth::{Requirement, Scope, requirement};
 use crate::metrics;
+use crate::rpc::{
+    ANONYMOUS_CALLER, Body, BoxedCall, Call, Caller, Filter, Filtered, Inner, answer_after_request,
+    take_ready,
+};
 
 /// The limits of a server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,16 +58,6 @@ enum Stage {
     Admission,
     WriteRate,
 }
-
-/// The service that was made ready, for this call; a fresh clone stays for the next one (the
-/// tower idiom for a `Clone` service whose `call` moves into a future).
-pub fn take_ready<S: Clone>(inner: &mut S) -> S {
-    let clone = inner.clone();
-    std::mem::replace(inner, clone)
-}
-
-/// A call's future, as the layers return it.
-pub type BoxedCall<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send>>;
 
 /// The state the limit layers share across calls.
 #[derive(Clone)]
@@ -120,52 +111,12 @@ impl LimitLayer {
 }
 
 impl<S> tower::Layer<S> for LimitLayer {
-    type Service = LimitService<S>;
+    type Service = Filtered<S, LimitLayer>;
 
-    fn layer(&self, inner: S) -> LimitService<S> {
-        LimitService {
-            inner,
-            limits: self.clone(),
-        }
+    fn layer(&self, inner: S) -> Filtered<S, LimitLayer> {
+        let filter = self.clone();
+        Filtered { inner, filter }
     }
-}
-
-#[derive(Clone, Debug)]
-pub struct LimitService<S> {
-    inner: S,
-    limits: LimitLayer,
-}
-
-/// The most of a refused request's body read before answering, and for how long.
-const DRAIN_BYTES: usize = 64 * 1024;
-const DRAIN_TIME: Duration = Duration::from_millis(100);
-
-/// Answers a refused call with `status` once the caller has finished sending its request (up
-/// to a bound). Answering while the request is still being sent resets the HTTP/2 stream, and
-/// the caller would see a transport error instead of the status.
-pub async fn answer_after_request<RequestBody, ResponseBody>(
-    request: http::Request<RequestBody>,
-    status: tonic::Status,
-) -> http::Response<ResponseBody>
-where
-    RequestBody: http_body::Body + Send + Unpin,
-    ResponseBody: Default,
-{
-    use http_body_util::BodyExt;
-    let mut body = request.into_body();
-    let drained = async {
-        let mut read = 0;
-        while let Some(Ok(frame)) = body.frame().await {
-            if let Some(data) = frame.data_ref() {
-                read += bytes::Buf::remaining(data);
-            }
-            if read > DRAIN_BYTES {
-                break;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(DRAIN_TIME, drained).await;
-    status.into_http()
 }
 
 fn refuse<RequestBody, ResponseBody, Error>(
@@ -201,32 +152,17 @@ fn caller_deadline(headers: &http::HeaderMap) -> Option<Duration> {
     })
 }
 
-impl<S, RequestBody, ResponseBody> tower::Service<http::Request<RequestBody>> for LimitService<S>
-where
-    S: tower::Service<http::Request<RequestBody>, Response = http::Response<ResponseBody>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    RequestBody: http_body::Body + Send + Unpin + 'static,
-    ResponseBody: Default + Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxedCall<S::Response, S::Error>;
-
-    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(context)
-    }
-
-    fn call(&mut self, request: http::Request<RequestBody>) -> Self::Future {
+impl Filter for LimitLayer {
+    fn call<S: Inner<B>, B: Body>(&self, inner: &mut S, request: Request<B>) -> Call<S, B> {
         let needed = requirement(request.uri().path());
-        if self.limits.stage == Stage::WriteRate {
-            return self.limit_writes(request, needed);
+        if self.stage == Stage::WriteRate {
+            if let Some(status) = self.over_write_rate(&request, needed) {
+                return refuse("write_rate", request, status);
+            }
+            return Box::pin(take_ready(inner).call(request));
         }
         // Health checks are never shed: a replica under load is busy, not dead.
-        let permit = match (&self.limits.slots, needed) {
+        let permit = match (&self.slots, needed) {
             (_, Requirement::Nobody) | (None, _) => None,
             (Some(slots), _) => match slots.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
@@ -234,21 +170,17 @@ where
                     let status = tonic::Status::resource_exhausted(format!(
                         "concurrency: the server is serving its limit of {} calls; retry with \
                          backoff",
-                        self.limits.settings.max_concurrent
+                        self.settings.max_concurrent
                     ));
                     return refuse("concurrency", request, status);
                 }
             },
         };
-        let deadline = match (
-            self.limits.settings.deadline,
-            caller_deadline(request.headers()),
-        ) {
+        let deadline = match (self.settings.deadline, caller_deadline(request.headers())) {
             (Some(ours), Some(theirs)) => Some(ours.min(theirs)),
             (ours, theirs) => ours.or(theirs),
         };
-        let mut inner = take_ready(&mut self.inner);
-        let future = inner.call(request);
+        let future = take_ready(inner).call(request);
         Box::pin(async move {
             let _permit = permit;
             let Some(deadline) = deadline else {
@@ -269,41 +201,31 @@ where
     }
 }
 
-impl<S> LimitService<S> {
-    fn limit_writes<RequestBody: http_body::Body + Send + Unpin + 'static, ResponseBody>(
-        &mut self,
-        request: http::Request<RequestBody>,
+impl LimitLayer {
+    /// The refusal of a write past its caller's rate.
+    fn over_write_rate<B>(
+        &self,
+        request: &http::Request<B>,
         needed: Requirement,
-    ) -> BoxedCall<S::Response, S::Error>
-    where
-        S: tower::Service<http::Request<RequestBody>, Response = http::Response<ResponseBody>>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        S::Error: Send + 'static,
-        ResponseBody: Default + Send + 'static,
-    {
+    ) -> Option<tonic::Status> {
         if matches!(
             needed,
             Requirement::Scope(Scope::SubjectsWrite | Scope::RightsWrite)
-        ) && let Some(writes) = &self.limits.writes
+        ) && let Some(writes) = &self.writes
         {
             let caller = request
                 .extensions()
                 .get::<Caller>()
                 .map_or(ANONYMOUS_CALLER, |caller| caller.0.as_str());
             if writes.check_key(&caller.to_owned()).is_err() {
-                let status = tonic::Status::resource_exhausted(format!(
+                return Some(tonic::Status::resource_exhausted(format!(
                     "rate: the caller {caller} is over its {} writes per second; retry with \
                      backoff",
-                    self.limits.settings.writes_per_second
-                ));
-                return refuse("write_rate", request, status);
+                    self.settings.writes_per_second
+                )));
             }
         }
-        let mut inner = take_ready(&mut self.inner);
-        Box::pin(inner.call(request))
+        None
     }
 }
 

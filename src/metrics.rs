@@ -3,9 +3,10 @@
 //!
 //! Request path metrics are recorded where things happen (a counter increment, a histogram
 //! observation); what other parts already count — the cache's tiers, the decision log's queue —
-//! is read from them at scrape time by a collector, so the request path pays nothing more.
+//! is read from them at scrape time ([`Scraped`], registered when a server starts), so the
+//! request path pays nothing more.
 
-use std::sync::{LazyLock, Mutex, OnceLock};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -16,8 +17,6 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::audit::decision_log::DecisionLog;
-use crate::cache::SubjectCache;
 use crate::policy::{Decision, Purpose, Reason};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -74,14 +73,15 @@ pub struct Metrics {
     pub invalidation_lag: Histogram,
     pub chain_verifications: Family<ResultLabels, Counter>,
     pub limited: Family<LimitLabels, Counter>,
-    sources: std::sync::Arc<Sources>,
+    sources: Arc<Sources>,
 }
 
 /// What the collector reads at scrape time: set when a server starts.
-#[derive(Debug, Default)]
-struct Sources {
-    cache: Mutex<Option<SubjectCache>>,
-    decision_log: Mutex<Option<DecisionLog>>,
+type Sources = Mutex<Vec<Box<dyn Scraped>>>;
+
+/// A part that counts for itself, read at each scrape.
+pub trait Scraped: std::fmt::Debug + Send + Sync + 'static {
+    fn scrape(&self, scrape: &mut Scrape<'_>) -> std::fmt::Result;
 }
 
 /// Latency buckets from 50 µs to 10 s.
@@ -153,7 +153,7 @@ impl Metrics {
             })
             .set(1);
         registry.register("build_info", "The running version (always 1)", build);
-        let sources = std::sync::Arc::new(Sources::default());
+        let sources = Arc::new(Sources::default());
         registry.register_collector(Box::new(SourcesCollector(sources.clone())));
         Metrics {
             registry,
@@ -168,14 +168,9 @@ impl Metrics {
         }
     }
 
-    /// The cache and decision log of the server now running, read at each scrape.
-    pub fn observe_server(&self, cache: SubjectCache, decision_log: DecisionLog) {
-        *self.sources.cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(cache);
-        *self
-            .sources
-            .decision_log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(decision_log);
+    /// The parts of the server now running that are read at each scrape, in this order.
+    pub fn observe_server(&self, sources: Vec<Box<dyn Scraped>>) {
+        *self.sources.lock().unwrap_or_else(|e| e.into_inner()) = sources;
     }
 
     /// Every metric in the text format.
@@ -236,99 +231,49 @@ pub fn record_store_query(operation: &'static str, duration: Duration) {
 }
 
 #[derive(Debug)]
-struct SourcesCollector(std::sync::Arc<Sources>);
-
-fn counter(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    value: u64,
-) -> std::fmt::Result {
-    let metric = ConstCounter::new(value);
-    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
-}
-
-fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> std::fmt::Result {
-    let metric = ConstGauge::new(value);
-    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
-}
+struct SourcesCollector(Arc<Sources>);
 
 impl Collector for SourcesCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
-        let cache = self
-            .0
-            .cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        if let Some(cache) = cache {
-            let stats = cache.stats();
-            let answers = [
-                ("local", stats.local_hits),
-                ("redis", stats.shared_hits),
-                ("store", stats.store_reads),
-            ];
-            let metric_type = ConstCounter::new(0_u64).metric_type();
-            let mut family = encoder.encode_descriptor(
-                "cache_answers",
-                "State lookups by the tier that answered (local memory, redis, store)",
-                None,
-                metric_type,
-            )?;
-            for (tier, value) in answers {
-                ConstCounter::new(value).encode(family.encode_family(&TierLabels { tier })?)?;
-            }
-            counter(
-                &mut encoder,
-                "cache_unknown_filtered",
-                "Unknown subjects answered by the known-subjects filter, without a store read",
-                stats.unknown_filtered,
-            )?;
-            gauge(
-                &mut encoder,
-                "cache_entries",
-                "Subjects held in this replica's memory",
-                i64::try_from(stats.entries).unwrap_or(i64::MAX),
-            )?;
-            gauge(
-                &mut encoder,
-                "cache_applied_revision",
-                "The revision up to which this replica has applied every change",
-                i64::try_from(stats.applied_revision).unwrap_or(i64::MAX),
-            )?;
-        }
-        let decision_log = self
-            .0
-            .decision_log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        if let Some(decision_log) = decision_log {
-            let stats = decision_log.stats();
-            gauge(
-                &mut encoder,
-                "decision_log_queue_depth",
-                "Decisions waiting to be written to the decision log",
-                i64::try_from(stats.queued).unwrap_or(i64::MAX),
-            )?;
-            counter(
-                &mut encoder,
-                "decision_log_written",
-                "Decisions written to the decision log",
-                stats.written,
-            )?;
-            counter(
-                &mut encoder,
-                "decision_log_dropped",
-                "Decisions not recorded because the decision log's queue was full",
-                stats.dropped,
-            )?;
-            counter(
-                &mut encoder,
-                "decision_log_failed",
-                "Decisions whose batch could not be written",
-                stats.failed,
-            )?;
+    fn encode(&self, encoder: DescriptorEncoder) -> std::fmt::Result {
+        let mut scrape = Scrape(encoder);
+        let sources = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        sources
+            .iter()
+            .try_for_each(|source| source.scrape(&mut scrape))
+    }
+}
+
+/// Where a [`Scraped`] part writes what it counts.
+pub struct Scrape<'a>(DescriptorEncoder<'a>);
+
+impl Scrape<'_> {
+    pub fn counter(&mut self, name: &str, help: &str, value: u64) -> std::fmt::Result {
+        let metric = ConstCounter::new(value);
+        metric.encode(
+            self.0
+                .encode_descriptor(name, help, None, metric.metric_type())?,
+        )
+    }
+
+    pub fn gauge(&mut self, name: &str, help: &str, value: u64) -> std::fmt::Result {
+        let metric = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+        metric.encode(
+            self.0
+                .encode_descriptor(name, help, None, metric.metric_type())?,
+        )
+    }
+
+    /// A counter for each cache tier, labelled `tier`.
+    pub fn counters_by_tier(
+        &mut self,
+        name: &str,
+        help: &str,
+        values: &[(&'static str, u64)],
+    ) -> std::fmt::Result {
+        let metric_type = ConstCounter::new(0_u64).metric_type();
+        let mut family = self.0.encode_descriptor(name, help, None, metric_type)?;
+        for &(tier, value) in values {
+            ConstCounter::new(value).encode(family.encode_family(&TierLabels { tier })?)?;
         }
         Ok(())
     }

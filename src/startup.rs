@@ -20,10 +20,10 @@ use crate::api::policies::PoliciesService;
 use crate::api::retention::RetentionService;
 use crate::api::rights::RightsService;
 use crate::api::subjects::SubjectsService;
-use crate::audit::decision_log::DecisionLog;
 use crate::auth::{AuthLayer, Authenticator, TokenVerifier};
 use crate::cache::SubjectCache;
 use crate::config::{Settings, TlsSettings};
+use crate::decision_log::DecisionLog;
 use crate::limits::LimitLayer;
 use crate::policies::Policies;
 use crate::proto::FILE_DESCRIPTOR_SET;
@@ -111,7 +111,10 @@ impl Application {
             SubjectCache::start(self.store.clone(), self.settings.cache.clone())
                 .await
                 .context("cannot start the cache")?;
-        crate::metrics::METRICS.observe_server(cache.clone(), decision_log.clone());
+        crate::metrics::METRICS.observe_server(vec![
+            Box::new(cache.clone()),
+            Box::new(decision_log.clone()),
+        ]);
         let policies = Arc::new(Policies::builtin());
         let stored_policies = self
             .store
@@ -303,7 +306,7 @@ async fn reload_policies(state: AppState) {
                 "policy versions reloaded"
             ),
             Err(error) => {
-                tracing::error!(error = %crate::error::error_chain(&error), "cannot reload the policy versions");
+                tracing::error!(error = %crate::telemetry::error_chain(&error), "cannot reload the policy versions");
             }
         }
     }
@@ -341,7 +344,7 @@ async fn sweep_expired_consent(state: AppState, interval: std::time::Duration) {
                 }
             }
             Err(error) => {
-                tracing::warn!(error = %crate::error::error_chain(&error), "cannot record consent expiries; retrying");
+                tracing::warn!(error = %crate::telemetry::error_chain(&error), "cannot record consent expiries; retrying");
             }
         }
     }

@@ -9,8 +9,9 @@ use uuid::Uuid;
 
 use super::validate::{self, CheckQuery, Freshness};
 use super::{AppState, CallContext};
-use crate::audit::decision_log::{DecisionRecord, DurableReceipt};
+use crate::audit::DecisionRecord;
 use crate::cache::Tier;
+use crate::decision_log::DurableReceipt;
 use crate::error::ApiError;
 use crate::policies::Policies;
 use crate::policy::{CompiledPolicy, Purpose, Question, Ruling, SubjectState};

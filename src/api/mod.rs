@@ -19,10 +19,11 @@ use tonic::metadata::MetadataMap;
 
 use std::sync::Arc;
 
-use crate::audit::decision_log::DecisionLog;
 use crate::cache::SubjectCache;
+use crate::decision_log::DecisionLog;
 use crate::domain::Actor;
 use crate::policies::Policies;
+use crate::rpc::caller_of;
 use crate::store::{Store, WriteContext, now_micros};
 
 /// What every handler shares.
@@ -61,21 +62,6 @@ impl CallContext {
             trace_id: trace_id_of(request.metadata()),
         }
     }
-}
-
-/// The identity of the calling service, set on the request by the authentication layer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Caller(pub String);
-
-/// The caller recorded in audit events when no authentication layer names one.
-pub const ANONYMOUS_CALLER: &str = "anonymous";
-
-pub fn caller_of<T>(request: &tonic::Request<T>) -> String {
-    request
-        .extensions()
-        .get::<Caller>()
-        .map(|caller| caller.0.clone())
-        .unwrap_or_else(|| ANONYMOUS_CALLER.to_owned())
 }
 
 /// The call's W3C trace id: the caller's `traceparent`, or the trace assent started for a

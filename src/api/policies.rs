@@ -7,10 +7,11 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{AppState, caller_of, convert, trace_id_of, validate};
+use super::{AppState, convert, trace_id_of, validate};
 use crate::error::ApiError;
 use crate::policy::{CompiledPolicy, DataCategory, Purpose, Question};
 use crate::proto;
+use crate::rpc::caller_of;
 use crate::store::{Changed, NewPolicy, WriteContext, now_micros};
 
 /// The largest policy file accepted.

@@ -1,16 +1,17 @@
 //! The audit log: one event per committed change, linked into a SHA-256 hash chain.
 //!
-//! This module is pure: it defines the event record, its canonical bytes and the chain
-//! arithmetic. The store appends events inside the transaction of the change they record and
-//! feeds stored events back through [`ChainVerifier`]. The encoding is specified in
-//! `docs/audit.md` so that an auditor can recompute every hash from an export.
+//! This module is pure: it defines the event record, its canonical bytes, the chain arithmetic
+//! and the row of a recorded decision (`crate::decision_log` writes it). The store appends
+//! events inside the transaction of the change they record and feeds stored events back through
+//! [`ChainVerifier`]. The encoding is specified in `docs/audit.md` so that an auditor can
+//! recompute every hash from an export.
 
 mod chain;
-pub mod decision_log;
 
 pub use chain::{ChainReport, ChainVerifier, GENESIS_HASH, canonical_bytes, chain_hash};
 
 use crate::named::named_enum;
+use crate::policy::{Decision, Purpose, Reason, Source};
 
 named_enum! {
     /// The kind of change an event records, by the name stored and hashed.
@@ -55,4 +56,27 @@ pub struct AuditEvent {
     pub trace_id: String,
     pub prev_hash: String,
     pub hash: String,
+}
+
+/// One recorded decision: the request, the answer, and who asked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DecisionRecord {
+    pub decided_at_micros: i64,
+    pub decision_id: String,
+    pub subject_id: String,
+    pub purpose: Purpose,
+    pub conversation_id: Option<String>,
+    pub source: Source,
+    /// `minimize_latency`, `at_least_as_fresh` or `fully_consistent`.
+    pub consistency: &'static str,
+    pub decision: Decision,
+    pub reason: Reason,
+    /// The rule id, such as `T3`.
+    pub rule: &'static str,
+    pub policy_version: &'static str,
+    /// The state revision the answer was computed from; `None` for a degraded answer.
+    pub revision: Option<u64>,
+    pub degraded: bool,
+    pub caller: String,
+    pub trace_id: String,
 }

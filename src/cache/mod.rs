@@ -185,6 +185,36 @@ impl CacheTasks {
     }
 }
 
+impl crate::metrics::Scraped for SubjectCache {
+    fn scrape(&self, scrape: &mut crate::metrics::Scrape<'_>) -> std::fmt::Result {
+        let stats = self.stats();
+        scrape.counters_by_tier(
+            "cache_answers",
+            "State lookups by the tier that answered (local memory, redis, store)",
+            &[
+                ("local", stats.local_hits),
+                ("redis", stats.shared_hits),
+                ("store", stats.store_reads),
+            ],
+        )?;
+        scrape.counter(
+            "cache_unknown_filtered",
+            "Unknown subjects answered by the known-subjects filter, without a store read",
+            stats.unknown_filtered,
+        )?;
+        scrape.gauge(
+            "cache_entries",
+            "Subjects held in this replica's memory",
+            stats.entries,
+        )?;
+        scrape.gauge(
+            "cache_applied_revision",
+            "The revision up to which this replica has applied every change",
+            stats.applied_revision,
+        )
+    }
+}
+
 impl SubjectCache {
     /// Starts with an empty cache at the store's latest revision, the change-log reader, and
     /// the listener of announcements (Redis when configured, else PostgreSQL's NOTIFY).

@@ -22,20 +22,17 @@ use std::fmt;
 use std::sync::LazyLock;
 
 use super::file::{
-    self, Condition, KeepKind, Named, PeriodText, PolicyFile, RetentionEntry, RuleDefinition,
+    self, Condition, Named, PeriodText, PolicyError, PolicyFile, RetentionEntry, RuleDefinition,
     Template,
 };
 use super::retention::{
-    EventSource, KeepRule, LegalHold, Period, Retention, RetentionFacts, RetentionRule,
+    EventSource, KeepKind, KeepRule, LegalHold, Period, Retention, RetentionFacts, RetentionRule,
 };
 use super::vocabulary::{
     Choice, DataCategory, Decision, LawfulBasis, PURPOSE_COUNT, Plan, Purpose, Reason, Source,
     Status,
 };
-use super::{Question, SubjectState};
-
-/// The default policy, `policies/2026-01-01.toml`: the hand-written engine as data.
-pub const BUILTIN_POLICY: &str = include_str!("../../policies/2026-01-01.toml");
+use super::{BUILTIN_POLICY, Question, SubjectState};
 
 /// One rule as a policy decides it for one purpose (explanation expanded).
 #[derive(Debug, PartialEq, Eq)]
@@ -45,57 +42,6 @@ pub struct Ruling {
     pub reason: Reason,
     pub basis: Option<LawfulBasis>,
     pub explanation: Box<str>,
-}
-
-/// Why a policy file was refused. Each message starts with the path of what is wrong.
-#[derive(Debug, thiserror::Error)]
-pub enum PolicyError {
-    /// Not TOML, or not the shape of a policy file: an unknown field, a missing one, a value of
-    /// the wrong type, or a name that is not one of the policy's words.
-    #[error("{location}: {message}")]
-    Parse { location: String, message: String },
-    #[error("version: must not be empty")]
-    EmptyVersion,
-    #[error("effective_from: {0}")]
-    EffectiveFrom(String),
-    #[error("rules.{rule}: a rule id is 1 to 32 letters, digits, `_`, `-` or `.`")]
-    InvalidRuleId { rule: String },
-    #[error("rules.{rule}: an ALLOW needs a lawful basis (`basis`)")]
-    AllowWithoutBasis { rule: String },
-    #[error("rules.{rule}: a DENY never carries a lawful basis; remove `basis`")]
-    DenyWithBasis { rule: String },
-    #[error("rules.{rule}.explanation: must not be empty")]
-    EmptyExplanation { rule: String },
-    #[error("rules.{rule}.explanation: {message}")]
-    Template { rule: String, message: String },
-    #[error("{place}: rule `{rule}` is not defined under [rules]")]
-    UndefinedRule { place: String, rule: String },
-    #[error("rules.{rule}: defined but used by no purpose and not by `degraded`")]
-    UnusedRule { rule: String },
-    #[error("purposes.{purpose}: missing; every purpose needs its list of rules")]
-    MissingPurpose { purpose: Purpose },
-    #[error(
-        "purposes.{purpose}: the rules read the choices of {purposes}; besides its own choice, a purpose's rules can read the choice of one other purpose"
-    )]
-    TooManyChoices { purpose: Purpose, purposes: String },
-    #[error(
-        "purposes.{purpose}: no rule decides {example}; end the list with an entry without `when`"
-    )]
-    Uncovered { purpose: Purpose, example: String },
-    #[error(
-        "{place}: rule `{rule}` is never reached: the entries before it (every_purpose first) decide every input it matches"
-    )]
-    Shadowed { place: String, rule: String },
-    #[error("{place}: rule `{rule}` matches no input a question can have")]
-    MatchesNothing { place: String, rule: String },
-    #[error("retention.{category}: missing; every data category needs its row of the schedule")]
-    MissingRetention { category: DataCategory },
-    #[error("retention.{category}.{field}: {message}")]
-    Retention {
-        category: DataCategory,
-        field: &'static str,
-        message: String,
-    },
 }
 
 /// A policy file, checked and compiled: one lookup table per purpose.

@@ -17,7 +17,8 @@ pub mod rights;
 mod rules;
 mod vocabulary;
 
-pub use compiled::{BUILTIN_POLICY, CompiledPolicy, PolicyError, Ruling};
+pub use compiled::{CompiledPolicy, Ruling};
+pub use file::PolicyError;
 pub use retention::{
     Consent, DataCategory, Event, EventSource, Keep, KeepRule, LegalHold, Period, Retention,
     RetentionFacts, RetentionRule, consent_purposes, retention,
@@ -27,6 +28,9 @@ pub use vocabulary::{
     Choice, ConsentMethod, Decision, FlagKind, LawfulBasis, PURPOSE_COUNT, Plan, Purpose, Rating,
     Reason, Source, Status,
 };
+
+/// The default policy, `policies/2026-01-01.toml`: the hand-written engine as data.
+pub const BUILTIN_POLICY: &str = include_str!("../../policies/2026-01-01.toml");
 
 /// The version of the built-in policy: the effective date of the privacy policy it is derived
 /// from.

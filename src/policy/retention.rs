@@ -28,7 +28,6 @@
 use crate::calendar::{Date, MICROS_PER_DAY};
 use crate::named::named_enum;
 
-use super::file::KeepKind;
 use super::vocabulary::{Choice, Purpose};
 
 pub use super::vocabulary::DataCategory;
@@ -333,6 +332,15 @@ impl KeepRule {
             | KeepRule::AfterEvent(event, _)
             | KeepRule::WhileConsented(event) => event,
         }
+    }
+}
+
+named_enum! {
+    /// The kinds of retention row.
+    pub enum KeepKind {
+        UntilEvent => "UNTIL_EVENT",
+        AfterEvent => "AFTER_EVENT",
+        WhileConsented => "WHILE_CONSENTED",
     }
 }
 

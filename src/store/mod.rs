@@ -31,8 +31,7 @@ pub use sqlite::SqliteStore;
 
 use sql::Connection;
 
-use crate::audit::decision_log::DecisionRecord;
-use crate::audit::{AuditEvent, ChainReport};
+use crate::audit::{AuditEvent, ChainReport, DecisionRecord};
 use crate::domain::{Actor, ConversationId, Jurisdiction, SubjectId};
 use crate::policy::rights::{RequestState, RightKind, RightsRequest, StepRefusal};
 use crate::policy::{

@@ -17,7 +17,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use super::rows::{from_i64, parse};
 use super::sql::{Connection, Held};
 use super::{Access, ChangeNotice, Changed, PruneReport, StoreError, SubjectSnapshot};
-use crate::audit::decision_log::DecisionRecord;
+use crate::audit::DecisionRecord;
 use crate::calendar::{Date, MICROS_PER_DAY};
 use crate::domain::SubjectId;
 use crate::policy::{Choice, ConversationFacts, Plan, Purpose, Rating, Status, SubjectState};

@@ -16,7 +16,7 @@ use sqlx::sqlite::{
 
 use super::sql::{Connection, Held};
 use super::{Access, PruneReport, StoreError};
-use crate::audit::decision_log::DecisionRecord;
+use crate::audit::DecisionRecord;
 
 /// The statement that reads the chain head for a write: the write lock is already held (`BEGIN
 /// IMMEDIATE`), and SQLite has no `FOR UPDATE`.

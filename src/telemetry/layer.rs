@@ -8,12 +8,11 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{LazyLock, OnceLock};
-use std::task::{Context, Poll};
 use std::time::Instant;
 
+use http::Request;
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -22,6 +21,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::metrics;
+use crate::rpc::{Body, Call, Filter, Filtered, Inner, take_ready};
 
 static TRACING: AtomicBool = AtomicBool::new(false);
 static SAMPLE_RATIO: AtomicU64 = AtomicU64::new(0);
@@ -284,46 +284,27 @@ fn start_call(headers: &http::HeaderMap, method: MethodName) -> (CallTrace, trac
     )
 }
 
-/// Adds [`RpcService`] around the gRPC services.
+/// The layer of the module documentation, around the gRPC services.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RpcLayer;
 
 impl<S> tower::Layer<S> for RpcLayer {
-    type Service = RpcService<S>;
+    type Service = Filtered<S, RpcLayer>;
 
-    fn layer(&self, inner: S) -> RpcService<S> {
-        RpcService { inner }
+    fn layer(&self, inner: S) -> Filtered<S, RpcLayer> {
+        Filtered {
+            inner,
+            filter: RpcLayer,
+        }
     }
 }
 
-/// See the module documentation.
-#[derive(Clone, Debug)]
-pub struct RpcService<S> {
-    inner: S,
-}
-
-impl<S, RequestBody, ResponseBody> tower::Service<http::Request<RequestBody>> for RpcService<S>
-where
-    S: tower::Service<http::Request<RequestBody>, Response = http::Response<ResponseBody>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    RequestBody: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(context)
-    }
-
-    fn call(&mut self, request: http::Request<RequestBody>) -> Self::Future {
+impl Filter for RpcLayer {
+    fn call<S: Inner<B>, B: Body>(&self, inner: &mut S, request: Request<B>) -> Call<S, B> {
         let started = Instant::now();
         let method = method_of(request.uri().path());
         let (call, span) = start_call(request.headers(), method);
-        let mut inner = crate::limits::take_ready(&mut self.inner);
+        let mut inner = take_ready(inner);
         Box::pin(async move {
             let future = {
                 let _entered = span.enter();

@@ -195,6 +195,18 @@ pub fn subject_hash(subject_id: &str) -> String {
     hex::encode(&digest[..8])
 }
 
+/// The error and its causes on one line: "a: b: c".
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// A span for part of a traced call; a disabled span (free) when the call is not traced.
 #[macro_export]
 macro_rules! child_span {

@@ -1,6 +1,6 @@
 //! The decision log: what is recorded, when it is durable, and what happens when it cannot be.
 
-use assent::audit::decision_log::LogMode;
+use assent::decision_log::LogMode;
 use assent::proto::{self, Plan, Purpose};
 use tonic::Code;
 

@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use assent::audit::decision_log::LogMode;
 use assent::cache::CacheSettings;
 use assent::config::{LogFormat, Settings};
+use assent::decision_log::LogMode;
 use assent::proto;
 use assent::proto::audit_client::AuditClient;
 use assent::proto::changes_client::ChangesClient;

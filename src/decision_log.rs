@@ -14,7 +14,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::policy::{Decision, Purpose, Reason, Source};
+use crate::audit::DecisionRecord;
+use crate::metrics::{Scrape, Scraped};
+use crate::policy::Decision;
 use crate::store::Store;
 
 /// The most rows one insert carries.
@@ -67,29 +69,6 @@ impl LogMode {
             LogMode::All => true,
         }
     }
-}
-
-/// One recorded decision: the request, the answer, and who asked.
-#[derive(Clone, Debug, PartialEq)]
-pub struct DecisionRecord {
-    pub decided_at_micros: i64,
-    pub decision_id: String,
-    pub subject_id: String,
-    pub purpose: Purpose,
-    pub conversation_id: Option<String>,
-    pub source: Source,
-    /// `minimize_latency`, `at_least_as_fresh` or `fully_consistent`.
-    pub consistency: &'static str,
-    pub decision: Decision,
-    pub reason: Reason,
-    /// The rule id, such as `T3`.
-    pub rule: &'static str,
-    pub policy_version: &'static str,
-    /// The state revision the answer was computed from; `None` for a degraded answer.
-    pub revision: Option<u64>,
-    pub degraded: bool,
-    pub caller: String,
-    pub trace_id: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -238,6 +217,32 @@ impl DecisionLog {
     }
 }
 
+impl Scraped for DecisionLog {
+    fn scrape(&self, scrape: &mut Scrape<'_>) -> std::fmt::Result {
+        let stats = self.stats();
+        scrape.gauge(
+            "decision_log_queue_depth",
+            "Decisions waiting to be written to the decision log",
+            stats.queued,
+        )?;
+        scrape.counter(
+            "decision_log_written",
+            "Decisions written to the decision log",
+            stats.written,
+        )?;
+        scrape.counter(
+            "decision_log_dropped",
+            "Decisions not recorded because the decision log's queue was full",
+            stats.dropped,
+        )?;
+        scrape.counter(
+            "decision_log_failed",
+            "Decisions whose batch could not be written",
+            stats.failed,
+        )
+    }
+}
+
 impl DecisionLogWriter {
     /// Stops taking records, writes every queued one, and waits for the writer to finish.
     pub async fn shutdown(self) {
@@ -315,7 +320,7 @@ async fn flush(store: &Store, batch: Vec<Entry>, counters: &Counters) {
                 .failed
                 .fetch_add(records.len() as u64, Ordering::Relaxed);
             tracing::error!(
-                error = %crate::error::error_chain(&error),
+                error = %crate::telemetry::error_chain(&error),
                 rows = records.len(),
                 "cannot write to the decision log"
             );
@@ -330,6 +335,7 @@ async fn flush(store: &Store, batch: Vec<Entry>, counters: &Counters) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::{Purpose, Reason, Source};
     use crate::store::testing::{Backend, TestDatabase};
 
     fn record(index: usize) -> DecisionRecord {

@@ -1,0 +1,129 @@
+//! A call as the tower layers in front of the services see it: who is calling, and what each
+//! layer shares (a [`Filter`] looks at a call and answers it or passes it on).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Request;
+
+/// The identity of the calling service, set on the request by the authentication layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller(pub String);
+
+/// The caller recorded in audit events when no authentication layer names one.
+pub const ANONYMOUS_CALLER: &str = "anonymous";
+
+pub fn caller_of<T>(request: &tonic::Request<T>) -> String {
+    request
+        .extensions()
+        .get::<Caller>()
+        .map(|caller| caller.0.clone())
+        .unwrap_or_else(|| ANONYMOUS_CALLER.to_owned())
+}
+
+/// The service that was made ready, for this call; a fresh clone stays for the next one (the
+/// tower idiom for a `Clone` service whose `call` moves into a future).
+pub fn take_ready<S: Clone>(inner: &mut S) -> S {
+    let clone = inner.clone();
+    std::mem::replace(inner, clone)
+}
+
+/// A call's future, as the layers return it.
+pub type BoxedCall<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send>>;
+
+/// The most of a refused request's body read before answering, and for how long.
+const DRAIN_BYTES: usize = 64 * 1024;
+const DRAIN_TIME: Duration = Duration::from_millis(100);
+
+/// Answers a refused call with `status` once the caller has finished sending its request (up
+/// to a bound). Answering while the request is still being sent resets the HTTP/2 stream, and
+/// the caller would see a transport error instead of the status.
+pub async fn answer_after_request<RequestBody, ResponseBody>(
+    request: http::Request<RequestBody>,
+    status: tonic::Status,
+) -> http::Response<ResponseBody>
+where
+    RequestBody: http_body::Body + Send + Unpin,
+    ResponseBody: Default,
+{
+    use http_body_util::BodyExt;
+    let mut body = request.into_body();
+    let drained = async {
+        let mut read = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(data) = frame.data_ref() {
+                read += bytes::Buf::remaining(data);
+            }
+            if read > DRAIN_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, drained).await;
+    status.into_http()
+}
+
+/// A request body, as the layers take it.
+pub trait Body: http_body::Body + Send + Unpin + 'static {}
+
+impl<B: http_body::Body + Send + Unpin + 'static> Body for B {}
+
+/// The services behind a layer: the gRPC services, or the layers in front of them.
+pub trait Inner<B>:
+    tower::Service<
+        http::Request<B>,
+        Response = http::Response<Self::Answer>,
+        Future: Send + 'static,
+        Error: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+    /// The response body.
+    type Answer: Default + Send + 'static;
+}
+
+impl<S, B, R> Inner<B> for S
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    R: Default + Send + 'static,
+{
+    type Answer = R;
+}
+
+/// The future of a call to `S`, as the layers return it.
+pub type Call<S, B> = BoxedCall<
+    <S as tower::Service<http::Request<B>>>::Response,
+    <S as tower::Service<http::Request<B>>>::Error,
+>;
+
+/// What a layer does with each call: answer it, or hand it to `inner` (made ready for it:
+/// [`take_ready`]).
+pub trait Filter {
+    fn call<S: Inner<B>, B: Body>(&self, inner: &mut S, request: Request<B>) -> Call<S, B>;
+}
+
+/// The service a layer puts in front of `inner`: its [`Filter`] sees each call.
+#[derive(Clone, Debug)]
+pub struct Filtered<S, F> {
+    pub inner: S,
+    pub filter: F,
+}
+
+impl<S: Inner<B>, F: Filter, B: Body> tower::Service<Request<B>> for Filtered<S, F> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Call<S, B>;
+
+    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(context)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        self.filter.call(&mut self.inner, request)
+    }
+}
