@@ -16,7 +16,7 @@ use crate::auth::{Scopes, TokenSettings, parse_client_scopes};
 use crate::cache::{CacheSettings, SharedSettings};
 use crate::limits::LimitSettings;
 use crate::store::{DatabaseUrl, StoreLocation};
-use crate::telemetry::{SubjectHashKey, TraceSettings};
+use crate::telemetry::{LogFormat, SubjectHashKey, TraceSettings};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
@@ -85,14 +85,6 @@ impl Settings {
     pub fn authenticates(&self) -> bool {
         self.tokens.is_some() || self.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some())
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogFormat {
-    /// Readable lines for a terminal.
-    Text,
-    /// One JSON object per line, for log collectors.
-    Json,
 }
 
 /// Settings as given by one source: every field optional.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use assent::audit::decision_log::LogMode;
 use assent::cache::CacheSettings;
-use assent::config::{LogFormat, Settings};
+use assent::config::Settings;
 use assent::proto;
 use assent::proto::audit_client::AuditClient;
 use assent::proto::changes_client::ChangesClient;
@@ -18,6 +18,7 @@ use assent::proto::subjects_client::SubjectsClient;
 use assent::startup::Application;
 use assent::store::DatabaseUrl;
 use assent::store::testing::{Backend, TestDatabase};
+use assent::telemetry::LogFormat;
 use sqlx::Connection;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
