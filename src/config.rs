@@ -16,18 +16,9 @@ use crate::cache::{CacheSettings, SharedSettings};
 use crate::decision_log::LogMode;
 use crate::limits::LimitSettings;
 use crate::store::{DatabaseUrl, StoreLocation};
-use crate::telemetry::{SubjectHashKey, TraceSettings};
+use crate::telemetry::{LogFormat, SubjectHashKey, TraceSettings};
 
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
-pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
-const DEFAULT_SERVICE_NAME: &str = "assent";
-pub const DEFAULT_DATA_DIR: &str = "data";
-const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const DATABASE_FILE: &str = "assent.db";
-const DEFAULT_DATABASE_MAX_CONNECTIONS: u32 = 16;
-const DEFAULT_DECISION_LOG_QUEUE: usize = 65_536;
-const DEFAULT_DECISION_LOG_RETENTION_DAYS: u32 = 400;
-const DEFAULT_CONSENT_EXPIRY_SWEEP: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
@@ -87,54 +78,120 @@ impl Settings {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogFormat {
-    /// Readable lines for a terminal.
-    Text,
-    /// One JSON object per line, for log collectors.
-    Json,
+/// Declares every setting once: its key in the file (a field of [`Overrides`]) and type, the
+/// environment variables it is read from (the first one set wins), and its default as those
+/// variables would give it (`None`: unset unless given). A macro because each line makes a field
+/// of two structs, an entry of [`SETTINGS`] and of [`ENVIRONMENT`], and a step of each layer.
+macro_rules! settings {
+    (@text None) => { None };
+    (@text $default:literal) => { Some($default) };
+    (@type $type:ty, None) => { Option<$type> };
+    (@type $type:ty, $default:literal) => { $type };
+    (@value $given:expr, None) => { $given };
+    (@value $given:expr, $default:literal) => {
+        $given.unwrap_or_else(|| $default.parse().expect("every default parses"))
+    };
+    ($($key:ident: $type:ty = [$($variable:literal),+], $default:tt;)+) => {
+        /// Settings as given by one source: every field optional.
+        #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct Overrides {
+            $(pub $key: Option<$type>,)+
+        }
+
+        /// Every setting, as docs/configuration.md's table shows it.
+        pub const SETTINGS: &[Setting] = &[$(Setting {
+            key: stringify!($key),
+            environment: &[$($variable),+],
+            default: settings!(@text $default),
+        },)+];
+
+        /// Every environment variable the server's settings are read from (besides
+        /// `ASSENT_CONFIG`, the file of settings, and the client commands' own, which
+        /// `assent --help` lists). Deployments are checked against it (tests/chart.rs).
+        pub const ENVIRONMENT: &[&str] = &[$($($variable,)+)+];
+
+        /// Every setting after all the layers, its default where it has one.
+        struct Values {
+            $($key: settings!(@type $type, $default),)+
+        }
+
+        impl Overrides {
+            /// The settings `lookup` gives for the names of [`ENVIRONMENT`].
+            fn from_lookup(
+                lookup: &dyn Fn(&'static str) -> Option<String>,
+            ) -> Result<Overrides, ConfigError> {
+                Ok(Overrides {
+                    $($key: parse_variable(lookup, &[$($variable),+])?,)+
+                })
+            }
+
+            /// These settings, where `later` does not give them.
+            fn then(self, later: Overrides) -> Overrides {
+                Overrides {
+                    $($key: later.$key.or(self.$key),)+
+                }
+            }
+
+            fn with_defaults(self) -> Values {
+                Values {
+                    $($key: settings!(@value self.$key, $default),)+
+                }
+            }
+        }
+    };
 }
 
-/// Settings as given by one source: every field optional.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Overrides {
-    pub listen: Option<String>,
-    pub data_dir: Option<PathBuf>,
-    pub database_url: Option<String>,
-    pub database_max_connections: Option<u32>,
-    pub decision_log: Option<String>,
-    pub decision_log_queue: Option<usize>,
-    pub decision_log_retention_days: Option<u32>,
-    pub cache_max_subjects: Option<u64>,
-    pub cache_ttl_seconds: Option<u64>,
-    pub cache_max_conversations: Option<usize>,
-    pub change_poll_interval_ms: Option<u64>,
-    pub consent_expiry_sweep_ms: Option<u64>,
-    pub redis_url: Option<String>,
-    pub redis_prefix: Option<String>,
-    pub redis_ttl_seconds: Option<u64>,
-    pub redis_timeout_ms: Option<u64>,
-    pub shutdown_grace_seconds: Option<u64>,
-    pub log_format: Option<String>,
-    pub admin_listen: Option<String>,
-    pub otlp_endpoint: Option<String>,
-    pub service_name: Option<String>,
-    pub trace_sample_ratio: Option<String>,
-    pub subject_hash_key: Option<String>,
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    pub tls_client_ca: Option<PathBuf>,
-    pub jwt_jwks_file: Option<PathBuf>,
-    pub jwt_hs256_secret: Option<String>,
-    pub jwt_issuer: Option<String>,
-    pub jwt_audience: Option<String>,
-    pub jwt_leeway_seconds: Option<u64>,
-    pub client_scopes: Option<String>,
-    pub max_concurrent_requests: Option<usize>,
-    pub request_timeout_ms: Option<u64>,
-    pub writes_per_second_per_caller: Option<u32>,
-    pub max_message_bytes: Option<usize>,
+settings! {
+    listen: String = ["ASSENT_LISTEN"], "127.0.0.1:50051";
+    data_dir: PathBuf = ["ASSENT_DATA_DIR"], "data";
+    database_url: String = ["ASSENT_DATABASE_URL"], None;
+    database_max_connections: u32 = ["ASSENT_DATABASE_MAX_CONNECTIONS"], "16";
+    decision_log: String = ["ASSENT_DECISION_LOG"], "all";
+    decision_log_queue: usize = ["ASSENT_DECISION_LOG_QUEUE"], "65536";
+    decision_log_retention_days: u32 = ["ASSENT_DECISION_LOG_RETENTION_DAYS"], "400";
+    cache_max_subjects: u64 = ["ASSENT_CACHE_MAX_SUBJECTS"], "1000000";
+    cache_ttl_seconds: u64 = ["ASSENT_CACHE_TTL_SECONDS"], "600";
+    cache_max_conversations: usize = ["ASSENT_CACHE_MAX_CONVERSATIONS"], "64";
+    change_poll_interval_ms: u64 = ["ASSENT_CHANGE_POLL_INTERVAL_MS"], "100";
+    consent_expiry_sweep_ms: u64 = ["ASSENT_CONSENT_EXPIRY_SWEEP_MS"], "1000";
+    redis_url: String = ["ASSENT_REDIS_URL"], None;
+    redis_prefix: String = ["ASSENT_REDIS_PREFIX"], "assent";
+    redis_ttl_seconds: u64 = ["ASSENT_REDIS_TTL_SECONDS"], "600";
+    redis_timeout_ms: u64 = ["ASSENT_REDIS_TIMEOUT_MS"], "50";
+    shutdown_grace_seconds: u64 = ["ASSENT_SHUTDOWN_GRACE_SECONDS"], "30";
+    log_format: String = ["ASSENT_LOG_FORMAT"], "text";
+    admin_listen: String = ["ASSENT_ADMIN_LISTEN"], "127.0.0.1:9090";
+    // The OpenTelemetry SDK's standard variables.
+    otlp_endpoint: String =
+        ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"], None;
+    service_name: String = ["OTEL_SERVICE_NAME"], "assent";
+    trace_sample_ratio: String = ["OTEL_TRACES_SAMPLER_ARG"], "1";
+    subject_hash_key: String = ["ASSENT_SUBJECT_HASH_KEY"], None;
+    tls_cert: PathBuf = ["ASSENT_TLS_CERT"], None;
+    tls_key: PathBuf = ["ASSENT_TLS_KEY"], None;
+    tls_client_ca: PathBuf = ["ASSENT_TLS_CLIENT_CA"], None;
+    jwt_jwks_file: PathBuf = ["ASSENT_JWT_JWKS_FILE"], None;
+    jwt_hs256_secret: String = ["ASSENT_JWT_HS256_SECRET"], None;
+    jwt_issuer: String = ["ASSENT_JWT_ISSUER"], None;
+    jwt_audience: String = ["ASSENT_JWT_AUDIENCE"], None;
+    jwt_leeway_seconds: u64 = ["ASSENT_JWT_LEEWAY_SECONDS"], "30";
+    client_scopes: String = ["ASSENT_CLIENT_SCOPES"], None;
+    max_concurrent_requests: usize = ["ASSENT_MAX_CONCURRENT_REQUESTS"], "4096";
+    request_timeout_ms: u64 = ["ASSENT_REQUEST_TIMEOUT_MS"], "10000";
+    writes_per_second_per_caller: u32 = ["ASSENT_WRITES_PER_SECOND_PER_CALLER"], "1000";
+    max_message_bytes: usize = ["ASSENT_MAX_MESSAGE_BYTES"], "4194304";
+}
+
+/// One declared setting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Setting {
+    /// The key in the file, and the name errors give it.
+    pub key: &'static str,
+    /// The environment variables it is read from; the first one set wins.
+    pub environment: &'static [&'static str],
+    /// The default, as the environment would give it; `None`: unset.
+    pub default: Option<&'static str>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,148 +211,10 @@ pub enum ConfigError {
     },
 }
 
-/// Every environment variable the server's settings are read from (besides `ASSENT_CONFIG`, the
-/// file of settings, and the client commands' own, which `assent --help` lists). Deployments
-/// are checked against it (tests/chart.rs).
-pub const ENVIRONMENT: &[&str] = &[
-    "ASSENT_LISTEN",
-    "ASSENT_DATA_DIR",
-    "ASSENT_DATABASE_URL",
-    "ASSENT_DATABASE_MAX_CONNECTIONS",
-    "ASSENT_DECISION_LOG",
-    "ASSENT_DECISION_LOG_QUEUE",
-    "ASSENT_DECISION_LOG_RETENTION_DAYS",
-    "ASSENT_CACHE_MAX_SUBJECTS",
-    "ASSENT_CACHE_TTL_SECONDS",
-    "ASSENT_CACHE_MAX_CONVERSATIONS",
-    "ASSENT_CHANGE_POLL_INTERVAL_MS",
-    "ASSENT_CONSENT_EXPIRY_SWEEP_MS",
-    "ASSENT_REDIS_URL",
-    "ASSENT_REDIS_PREFIX",
-    "ASSENT_REDIS_TTL_SECONDS",
-    "ASSENT_REDIS_TIMEOUT_MS",
-    "ASSENT_SHUTDOWN_GRACE_SECONDS",
-    "ASSENT_LOG_FORMAT",
-    "ASSENT_ADMIN_LISTEN",
-    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
-    "OTEL_SERVICE_NAME",
-    "OTEL_TRACES_SAMPLER_ARG",
-    "ASSENT_SUBJECT_HASH_KEY",
-    "ASSENT_TLS_CERT",
-    "ASSENT_TLS_KEY",
-    "ASSENT_TLS_CLIENT_CA",
-    "ASSENT_JWT_JWKS_FILE",
-    "ASSENT_JWT_HS256_SECRET",
-    "ASSENT_JWT_ISSUER",
-    "ASSENT_JWT_AUDIENCE",
-    "ASSENT_JWT_LEEWAY_SECONDS",
-    "ASSENT_CLIENT_SCOPES",
-    "ASSENT_MAX_CONCURRENT_REQUESTS",
-    "ASSENT_REQUEST_TIMEOUT_MS",
-    "ASSENT_WRITES_PER_SECOND_PER_CALLER",
-    "ASSENT_MAX_MESSAGE_BYTES",
-];
-
 impl Overrides {
-    /// The `ASSENT_*` variables of `env`.
+    /// The `ASSENT_*` (and `OTEL_*`) variables of `env`; an empty value is unset.
     pub fn from_env(env: &HashMap<String, String>) -> Result<Overrides, ConfigError> {
         Overrides::from_lookup(&|name| env.get(name).filter(|value| !value.is_empty()).cloned())
-    }
-
-    /// The settings `lookup` gives for the names of [`ENVIRONMENT`] (an empty value is unset).
-    fn from_lookup(
-        lookup: &dyn Fn(&'static str) -> Option<String>,
-    ) -> Result<Overrides, ConfigError> {
-        let get = |name: &'static str| lookup(name);
-        Ok(Overrides {
-            listen: get("ASSENT_LISTEN"),
-            data_dir: get("ASSENT_DATA_DIR").map(PathBuf::from),
-            database_url: get("ASSENT_DATABASE_URL"),
-            database_max_connections: parse_number(
-                get("ASSENT_DATABASE_MAX_CONNECTIONS"),
-                "ASSENT_DATABASE_MAX_CONNECTIONS",
-            )?,
-            decision_log: get("ASSENT_DECISION_LOG"),
-            decision_log_queue: parse_number(
-                get("ASSENT_DECISION_LOG_QUEUE"),
-                "ASSENT_DECISION_LOG_QUEUE",
-            )?,
-            decision_log_retention_days: parse_number(
-                get("ASSENT_DECISION_LOG_RETENTION_DAYS"),
-                "ASSENT_DECISION_LOG_RETENTION_DAYS",
-            )?,
-            cache_max_subjects: parse_number(
-                get("ASSENT_CACHE_MAX_SUBJECTS"),
-                "ASSENT_CACHE_MAX_SUBJECTS",
-            )?,
-            cache_ttl_seconds: parse_number(
-                get("ASSENT_CACHE_TTL_SECONDS"),
-                "ASSENT_CACHE_TTL_SECONDS",
-            )?,
-            cache_max_conversations: parse_number(
-                get("ASSENT_CACHE_MAX_CONVERSATIONS"),
-                "ASSENT_CACHE_MAX_CONVERSATIONS",
-            )?,
-            change_poll_interval_ms: parse_number(
-                get("ASSENT_CHANGE_POLL_INTERVAL_MS"),
-                "ASSENT_CHANGE_POLL_INTERVAL_MS",
-            )?,
-            consent_expiry_sweep_ms: parse_number(
-                get("ASSENT_CONSENT_EXPIRY_SWEEP_MS"),
-                "ASSENT_CONSENT_EXPIRY_SWEEP_MS",
-            )?,
-            redis_url: get("ASSENT_REDIS_URL"),
-            redis_prefix: get("ASSENT_REDIS_PREFIX"),
-            redis_ttl_seconds: parse_number(
-                get("ASSENT_REDIS_TTL_SECONDS"),
-                "ASSENT_REDIS_TTL_SECONDS",
-            )?,
-            redis_timeout_ms: parse_number(
-                get("ASSENT_REDIS_TIMEOUT_MS"),
-                "ASSENT_REDIS_TIMEOUT_MS",
-            )?,
-            shutdown_grace_seconds: parse_number(
-                get("ASSENT_SHUTDOWN_GRACE_SECONDS"),
-                "ASSENT_SHUTDOWN_GRACE_SECONDS",
-            )?,
-            log_format: get("ASSENT_LOG_FORMAT"),
-            admin_listen: get("ASSENT_ADMIN_LISTEN"),
-            // The OpenTelemetry SDK's standard variables.
-            otlp_endpoint: get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-                .or_else(|| get("OTEL_EXPORTER_OTLP_ENDPOINT")),
-            service_name: get("OTEL_SERVICE_NAME"),
-            trace_sample_ratio: get("OTEL_TRACES_SAMPLER_ARG"),
-            subject_hash_key: get("ASSENT_SUBJECT_HASH_KEY"),
-            tls_cert: get("ASSENT_TLS_CERT").map(PathBuf::from),
-            tls_key: get("ASSENT_TLS_KEY").map(PathBuf::from),
-            tls_client_ca: get("ASSENT_TLS_CLIENT_CA").map(PathBuf::from),
-            jwt_jwks_file: get("ASSENT_JWT_JWKS_FILE").map(PathBuf::from),
-            jwt_hs256_secret: get("ASSENT_JWT_HS256_SECRET"),
-            jwt_issuer: get("ASSENT_JWT_ISSUER"),
-            jwt_audience: get("ASSENT_JWT_AUDIENCE"),
-            jwt_leeway_seconds: parse_number(
-                get("ASSENT_JWT_LEEWAY_SECONDS"),
-                "ASSENT_JWT_LEEWAY_SECONDS",
-            )?,
-            client_scopes: get("ASSENT_CLIENT_SCOPES"),
-            max_concurrent_requests: parse_number(
-                get("ASSENT_MAX_CONCURRENT_REQUESTS"),
-                "ASSENT_MAX_CONCURRENT_REQUESTS",
-            )?,
-            request_timeout_ms: parse_number(
-                get("ASSENT_REQUEST_TIMEOUT_MS"),
-                "ASSENT_REQUEST_TIMEOUT_MS",
-            )?,
-            writes_per_second_per_caller: parse_number(
-                get("ASSENT_WRITES_PER_SECOND_PER_CALLER"),
-                "ASSENT_WRITES_PER_SECOND_PER_CALLER",
-            )?,
-            max_message_bytes: parse_number(
-                get("ASSENT_MAX_MESSAGE_BYTES"),
-                "ASSENT_MAX_MESSAGE_BYTES",
-            )?,
-        })
     }
 
     /// Reads a TOML file with the same keys as this struct.
@@ -309,74 +228,35 @@ impl Overrides {
             message: error.message().to_owned(),
         })
     }
+}
 
-    fn then(self, later: Overrides) -> Overrides {
-        Overrides {
-            listen: later.listen.or(self.listen),
-            data_dir: later.data_dir.or(self.data_dir),
-            database_url: later.database_url.or(self.database_url),
-            database_max_connections: later
-                .database_max_connections
-                .or(self.database_max_connections),
-            decision_log: later.decision_log.or(self.decision_log),
-            decision_log_queue: later.decision_log_queue.or(self.decision_log_queue),
-            decision_log_retention_days: later
-                .decision_log_retention_days
-                .or(self.decision_log_retention_days),
-            cache_max_subjects: later.cache_max_subjects.or(self.cache_max_subjects),
-            cache_ttl_seconds: later.cache_ttl_seconds.or(self.cache_ttl_seconds),
-            cache_max_conversations: later
-                .cache_max_conversations
-                .or(self.cache_max_conversations),
-            change_poll_interval_ms: later
-                .change_poll_interval_ms
-                .or(self.change_poll_interval_ms),
-            consent_expiry_sweep_ms: later
-                .consent_expiry_sweep_ms
-                .or(self.consent_expiry_sweep_ms),
-            redis_url: later.redis_url.or(self.redis_url),
-            redis_prefix: later.redis_prefix.or(self.redis_prefix),
-            redis_ttl_seconds: later.redis_ttl_seconds.or(self.redis_ttl_seconds),
-            redis_timeout_ms: later.redis_timeout_ms.or(self.redis_timeout_ms),
-            shutdown_grace_seconds: later.shutdown_grace_seconds.or(self.shutdown_grace_seconds),
-            log_format: later.log_format.or(self.log_format),
-            admin_listen: later.admin_listen.or(self.admin_listen),
-            otlp_endpoint: later.otlp_endpoint.or(self.otlp_endpoint),
-            service_name: later.service_name.or(self.service_name),
-            trace_sample_ratio: later.trace_sample_ratio.or(self.trace_sample_ratio),
-            subject_hash_key: later.subject_hash_key.or(self.subject_hash_key),
-            tls_cert: later.tls_cert.or(self.tls_cert),
-            tls_key: later.tls_key.or(self.tls_key),
-            tls_client_ca: later.tls_client_ca.or(self.tls_client_ca),
-            jwt_jwks_file: later.jwt_jwks_file.or(self.jwt_jwks_file),
-            jwt_hs256_secret: later.jwt_hs256_secret.or(self.jwt_hs256_secret),
-            jwt_issuer: later.jwt_issuer.or(self.jwt_issuer),
-            jwt_audience: later.jwt_audience.or(self.jwt_audience),
-            jwt_leeway_seconds: later.jwt_leeway_seconds.or(self.jwt_leeway_seconds),
-            client_scopes: later.client_scopes.or(self.client_scopes),
-            max_concurrent_requests: later
-                .max_concurrent_requests
-                .or(self.max_concurrent_requests),
-            request_timeout_ms: later.request_timeout_ms.or(self.request_timeout_ms),
-            writes_per_second_per_caller: later
-                .writes_per_second_per_caller
-                .or(self.writes_per_second_per_caller),
-            max_message_bytes: later.max_message_bytes.or(self.max_message_bytes),
-        }
+/// The first of `variables` that `lookup` gives, parsed (only numbers can fail); an error names
+/// the variable.
+fn parse_variable<T: std::str::FromStr>(
+    lookup: &dyn Fn(&'static str) -> Option<String>,
+    variables: &[&'static str],
+) -> Result<Option<T>, ConfigError> {
+    let Some((variable, text)) = variables
+        .iter()
+        .find_map(|variable| Some((*variable, lookup(variable)?)))
+    else {
+        return Ok(None);
+    };
+    text.parse()
+        .map(Some)
+        .map_err(|_| invalid(variable, format!("expected a whole number, got {text:?}")))
+}
+
+fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        message: message.into(),
     }
 }
 
-fn parse_number<T: std::str::FromStr>(
-    text: Option<String>,
-    name: &'static str,
-) -> Result<Option<T>, ConfigError> {
-    let Some(text) = text else {
-        return Ok(None);
-    };
-    text.parse().map(Some).map_err(|_| ConfigError::Invalid {
-        setting: name,
-        message: format!("expected a whole number, got {text:?}"),
-    })
+/// Whether `url` starts with one of `schemes`.
+fn has_scheme(url: &str, schemes: &[&str]) -> bool {
+    schemes.iter().any(|scheme| url.starts_with(scheme))
 }
 
 impl Settings {
@@ -392,256 +272,172 @@ impl Settings {
             Some(path) => Overrides::from_file(path)?,
             None => Overrides::default(),
         };
-        let merged = file.then(Overrides::from_env(env)?).then(flags);
-        Settings::from_overrides(merged)
+        let given = file.then(Overrides::from_env(env)?).then(flags);
+        Settings::from_values(given.with_defaults())
     }
 
-    fn from_overrides(overrides: Overrides) -> Result<Settings, ConfigError> {
-        let listen_text = overrides.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
-        let listen = listen_text.parse().map_err(|_| ConfigError::Invalid {
-            setting: "listen",
-            message: format!("expected an address such as {DEFAULT_LISTEN}, got {listen_text:?}"),
+    /// Checks every setting and turns it into its type; an error names the setting.
+    fn from_values(given: Values) -> Result<Settings, ConfigError> {
+        let listen: SocketAddr = given.listen.parse().map_err(|_| {
+            let text = &given.listen;
+            invalid(
+                "listen",
+                format!("expected an address such as 127.0.0.1:50051, got {text:?}"),
+            )
         })?;
-        let log_format = match overrides.log_format.as_deref() {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => {
-                return Err(ConfigError::Invalid {
-                    setting: "log_format",
-                    message: format!("expected text or json, got {other:?}"),
-                });
+        let log_format = match given.log_format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(invalid(
+                    "log_format",
+                    format!("expected text or json, got {other:?}"),
+                ));
             }
         };
-        let database_url = overrides.database_url.map(DatabaseUrl::new);
-        if let Some(url) = &database_url {
-            let known = ["postgres://", "postgresql://", "sqlite://", "sqlite:"];
-            if !known.iter().any(|scheme| url.expose().starts_with(scheme)) {
-                return Err(ConfigError::Invalid {
-                    setting: "database_url",
-                    message: format!("expected a postgres:// or sqlite:// URL, got {url}"),
-                });
-            }
+        let database_url = given.database_url.map(DatabaseUrl::new);
+        if let Some(url) = &database_url
+            && !has_scheme(
+                url.expose(),
+                &["postgres://", "postgresql://", "sqlite://", "sqlite:"],
+            )
+        {
+            let message = format!("expected a postgres:// or sqlite:// URL, got {url}");
+            return Err(invalid("database_url", message));
         }
-        let database_max_connections = overrides
-            .database_max_connections
-            .unwrap_or(DEFAULT_DATABASE_MAX_CONNECTIONS);
-        if database_max_connections == 0 {
-            return Err(ConfigError::Invalid {
-                setting: "database_max_connections",
-                message: "must be at least 1".into(),
-            });
+        if given.database_max_connections == 0 {
+            return Err(invalid("database_max_connections", "must be at least 1"));
         }
-        let decision_log = match overrides.decision_log.as_deref() {
-            Some(text) => LogMode::parse(text).map_err(|message| ConfigError::Invalid {
-                setting: "decision_log",
-                message,
-            })?,
-            None => LogMode::All,
-        };
-        let decision_log_queue = overrides
-            .decision_log_queue
-            .unwrap_or(DEFAULT_DECISION_LOG_QUEUE);
-        if decision_log_queue == 0 {
-            return Err(ConfigError::Invalid {
-                setting: "decision_log_queue",
-                message: "must be at least 1".into(),
-            });
+        let decision_log = LogMode::parse(&given.decision_log)
+            .map_err(|message| invalid("decision_log", message))?;
+        if given.decision_log_queue == 0 {
+            return Err(invalid("decision_log_queue", "must be at least 1"));
         }
-        let defaults = CacheSettings::default();
         let cache = CacheSettings {
-            max_subjects: overrides
-                .cache_max_subjects
-                .unwrap_or(defaults.max_subjects),
-            time_to_live: overrides
-                .cache_ttl_seconds
-                .map_or(defaults.time_to_live, Duration::from_secs),
-            max_conversations: overrides
-                .cache_max_conversations
-                .unwrap_or(defaults.max_conversations),
-            poll_interval: overrides
-                .change_poll_interval_ms
-                .map_or(defaults.poll_interval, Duration::from_millis),
-            freshness_wait: defaults.freshness_wait,
-            shared: overrides.redis_url.map(|url| SharedSettings {
+            max_subjects: given.cache_max_subjects,
+            time_to_live: Duration::from_secs(given.cache_ttl_seconds),
+            max_conversations: given.cache_max_conversations,
+            poll_interval: Duration::from_millis(given.change_poll_interval_ms),
+            freshness_wait: CacheSettings::default().freshness_wait,
+            shared: given.redis_url.map(|url| SharedSettings {
                 url: DatabaseUrl::new(url),
-                prefix: overrides
-                    .redis_prefix
-                    .unwrap_or_else(|| "assent".to_owned()),
-                time_to_live: Duration::from_secs(overrides.redis_ttl_seconds.unwrap_or(600)),
-                timeout: Duration::from_millis(overrides.redis_timeout_ms.unwrap_or(50)),
+                prefix: given.redis_prefix,
+                time_to_live: Duration::from_secs(given.redis_ttl_seconds),
+                timeout: Duration::from_millis(given.redis_timeout_ms),
             }),
         };
         if let Some(shared) = &cache.shared
-            && !["redis://", "rediss://"]
-                .iter()
-                .any(|scheme| shared.url.expose().starts_with(scheme))
+            && !has_scheme(shared.url.expose(), &["redis://", "rediss://"])
         {
-            return Err(ConfigError::Invalid {
-                setting: "redis_url",
-                message: "expected a redis:// URL".into(),
-            });
+            return Err(invalid("redis_url", "expected a redis:// URL"));
         }
         if cache.poll_interval.is_zero() {
-            return Err(ConfigError::Invalid {
-                setting: "change_poll_interval_ms",
-                message: "must be at least 1".into(),
-            });
+            return Err(invalid("change_poll_interval_ms", "must be at least 1"));
         }
-        let admin_listen = match overrides.admin_listen.as_deref() {
-            Some("off") => None,
-            text => {
-                let text = text.unwrap_or(DEFAULT_ADMIN_LISTEN);
-                Some(text.parse().map_err(|_| ConfigError::Invalid {
-                    setting: "admin_listen",
-                    message: format!(
-                        "expected an address such as {DEFAULT_ADMIN_LISTEN}, or off; got {text:?}"
-                    ),
-                })?)
-            }
+        let admin_listen = match given.admin_listen.as_str() {
+            "off" => None,
+            text => Some(text.parse().map_err(|_| {
+                let message =
+                    format!("expected an address such as 127.0.0.1:9090, or off; got {text:?}");
+                invalid("admin_listen", message)
+            })?),
         };
-        let sample_ratio = match overrides.trace_sample_ratio.as_deref() {
-            None => 1.0,
-            Some(text) => text
-                .parse::<f64>()
-                .ok()
-                .filter(|ratio| (0.0..=1.0).contains(ratio))
-                .ok_or_else(|| ConfigError::Invalid {
-                    setting: "trace_sample_ratio",
-                    message: format!("expected a number from 0 to 1, got {text:?}"),
-                })?,
-        };
-        let traces = overrides.otlp_endpoint.map(|otlp_endpoint| TraceSettings {
+        let ratio = &given.trace_sample_ratio;
+        let sample_ratio = ratio
+            .parse::<f64>()
+            .ok()
+            .filter(|ratio| (0.0..=1.0).contains(ratio))
+            .ok_or_else(|| {
+                let message = format!("expected a number from 0 to 1, got {ratio:?}");
+                invalid("trace_sample_ratio", message)
+            })?;
+        if let Some(endpoint) = &given.otlp_endpoint
+            && !has_scheme(endpoint, &["http://", "https://"])
+        {
+            let message = format!("expected an http:// or https:// URL, got {endpoint:?}");
+            return Err(invalid("otlp_endpoint", message));
+        }
+        let traces = given.otlp_endpoint.map(|otlp_endpoint| TraceSettings {
             otlp_endpoint,
-            service_name: overrides
-                .service_name
-                .unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_owned()),
+            service_name: given.service_name,
             sample_ratio,
         });
-        if let Some(traces) = &traces
-            && !["http://", "https://"]
-                .iter()
-                .any(|scheme| traces.otlp_endpoint.starts_with(scheme))
-        {
-            return Err(ConfigError::Invalid {
-                setting: "otlp_endpoint",
-                message: format!(
-                    "expected an http:// or https:// URL, got {:?}",
-                    traces.otlp_endpoint
-                ),
-            });
-        }
-        let subject_hash_key = overrides.subject_hash_key.map(SubjectHashKey::new);
-        let tls = match (overrides.tls_cert, overrides.tls_key) {
+        let tls = match (given.tls_cert, given.tls_key) {
             (Some(cert), Some(key)) => Some(TlsSettings {
                 cert,
                 key,
-                client_ca: overrides.tls_client_ca,
+                client_ca: given.tls_client_ca,
             }),
-            (None, None) if overrides.tls_client_ca.is_some() => {
-                return Err(ConfigError::Invalid {
-                    setting: "tls_client_ca",
-                    message: "client certificates need TLS: set tls_cert and tls_key too".into(),
-                });
+            (None, None) if given.tls_client_ca.is_some() => {
+                let message = "client certificates need TLS: set tls_cert and tls_key too";
+                return Err(invalid("tls_client_ca", message));
             }
             (None, None) => None,
             (Some(_), None) | (None, Some(_)) => {
-                return Err(ConfigError::Invalid {
-                    setting: "tls_cert",
-                    message: "tls_cert and tls_key go together".into(),
-                });
+                return Err(invalid("tls_cert", "tls_cert and tls_key go together"));
             }
         };
-        let tokens = if overrides.jwt_jwks_file.is_some() || overrides.jwt_hs256_secret.is_some() {
-            let required = |value: Option<String>, setting: &'static str| {
-                value.ok_or_else(|| ConfigError::Invalid {
-                    setting,
-                    message: "required to accept bearer tokens".into(),
-                })
+        let tokens = if given.jwt_jwks_file.is_some() || given.jwt_hs256_secret.is_some() {
+            let required = |value: Option<String>, setting| {
+                value.ok_or_else(|| invalid(setting, "required to accept bearer tokens"))
             };
             Some(TokenSettings {
-                jwks_file: overrides.jwt_jwks_file,
-                hs256_secret: overrides.jwt_hs256_secret,
-                issuer: required(overrides.jwt_issuer, "jwt_issuer")?,
-                audience: required(overrides.jwt_audience, "jwt_audience")?,
-                leeway_seconds: overrides.jwt_leeway_seconds.unwrap_or(30),
+                jwks_file: given.jwt_jwks_file,
+                hs256_secret: given.jwt_hs256_secret,
+                issuer: required(given.jwt_issuer, "jwt_issuer")?,
+                audience: required(given.jwt_audience, "jwt_audience")?,
+                leeway_seconds: given.jwt_leeway_seconds,
             })
         } else {
             None
         };
-        let client_scopes = match overrides.client_scopes.as_deref() {
-            Some(text) => parse_client_scopes(text).map_err(|message| ConfigError::Invalid {
-                setting: "client_scopes",
-                message,
-            })?,
-            None => HashMap::new(),
-        };
-        let default_limits = LimitSettings::default();
-        let limits = LimitSettings {
-            max_concurrent: overrides
-                .max_concurrent_requests
-                .unwrap_or(default_limits.max_concurrent),
-            deadline: match overrides.request_timeout_ms {
-                Some(0) => None,
-                Some(millis) => Some(Duration::from_millis(millis)),
-                None => default_limits.deadline,
-            },
-            writes_per_second: overrides
-                .writes_per_second_per_caller
-                .unwrap_or(default_limits.writes_per_second),
-            max_message_bytes: overrides
-                .max_message_bytes
-                .unwrap_or(default_limits.max_message_bytes),
-        };
-        if limits.max_message_bytes < 1024 {
-            return Err(ConfigError::Invalid {
-                setting: "max_message_bytes",
-                message: "must be at least 1024".into(),
-            });
+        let client_scopes = given
+            .client_scopes
+            .as_deref()
+            .map(parse_client_scopes)
+            .transpose()
+            .map_err(|message| invalid("client_scopes", message))?
+            .unwrap_or_default();
+        if given.max_message_bytes < 1024 {
+            return Err(invalid("max_message_bytes", "must be at least 1024"));
         }
-        let authenticates =
-            tokens.is_some() || tls.as_ref().is_some_and(|tls| tls.client_ca.is_some());
-        let listen: SocketAddr = listen;
-        if !listen.ip().is_loopback() && (tls.is_none() || !authenticates) {
-            return Err(ConfigError::Invalid {
-                setting: "listen",
-                message: format!(
+        let milliseconds = |millis| (millis > 0).then(|| Duration::from_millis(millis));
+        let settings = Settings {
+            listen,
+            data_dir: given.data_dir,
+            database_url,
+            database_max_connections: given.database_max_connections,
+            decision_log,
+            decision_log_queue: given.decision_log_queue,
+            decision_log_retention_days: given.decision_log_retention_days,
+            cache,
+            consent_expiry_sweep: milliseconds(given.consent_expiry_sweep_ms),
+            shutdown_grace: Duration::from_secs(given.shutdown_grace_seconds),
+            log_format,
+            admin_listen,
+            traces,
+            subject_hash_key: given.subject_hash_key.map(SubjectHashKey::new),
+            tls,
+            tokens,
+            client_scopes,
+            limits: LimitSettings {
+                max_concurrent: given.max_concurrent_requests,
+                deadline: milliseconds(given.request_timeout_ms),
+                writes_per_second: given.writes_per_second_per_caller,
+                max_message_bytes: given.max_message_bytes,
+            },
+        };
+        if !listen.ip().is_loopback() && (settings.tls.is_none() || !settings.authenticates()) {
+            return Err(invalid(
+                "listen",
+                format!(
                     "refusing to serve {listen} without TLS and authentication: set tls_cert and \
                      tls_key, and jwt_* or tls_client_ca (see docs/security.md), or listen on \
                      127.0.0.1"
                 ),
-            });
+            ));
         }
-        let consent_expiry_sweep = match overrides.consent_expiry_sweep_ms {
-            Some(0) => None,
-            Some(millis) => Some(Duration::from_millis(millis)),
-            None => Some(DEFAULT_CONSENT_EXPIRY_SWEEP),
-        };
-        Ok(Settings {
-            consent_expiry_sweep,
-            tls,
-            tokens,
-            client_scopes,
-            limits,
-            listen,
-            admin_listen,
-            traces,
-            subject_hash_key,
-            cache,
-            decision_log,
-            decision_log_queue,
-            decision_log_retention_days: overrides
-                .decision_log_retention_days
-                .unwrap_or(DEFAULT_DECISION_LOG_RETENTION_DAYS),
-            data_dir: overrides
-                .data_dir
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
-            database_url,
-            database_max_connections,
-            shutdown_grace: overrides
-                .shutdown_grace_seconds
-                .map_or(DEFAULT_SHUTDOWN_GRACE, Duration::from_secs),
-            log_format,
-        })
+        Ok(settings)
     }
 
     /// The store these settings select.
@@ -730,6 +526,13 @@ mod tests {
             let error = Settings::resolve(None, &environment, Overrides::default()).unwrap_err();
             assert!(error.to_string().starts_with(setting), "{error}");
         }
+    }
+
+    #[test]
+    fn the_defaults_are_those_of_the_cache_and_the_limits() {
+        let settings = Settings::resolve(None, &env(&[]), Overrides::default()).unwrap();
+        assert_eq!(settings.cache, CacheSettings::default());
+        assert_eq!(settings.limits, LimitSettings::default());
     }
 
     #[test]

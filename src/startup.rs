@@ -9,7 +9,9 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic_reflection::server::Builder;
 
 use crate::admin::AdminState;
 use crate::api::AppState;
@@ -136,37 +138,33 @@ impl Application {
             .consent_expiry_sweep
             .map(|interval| tokio::spawn(sweep_expired_consent(state.clone(), interval)));
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<DecisionsServer<DecisionsService>>()
-            .await;
-        health_reporter
-            .set_serving::<SubjectsServer<SubjectsService>>()
-            .await;
-        health_reporter
-            .set_serving::<AuditServer<AuditService>>()
-            .await;
-        health_reporter
-            .set_serving::<ChangesServer<ChangesService>>()
-            .await;
-        health_reporter
-            .set_serving::<PoliciesServer<PoliciesService>>()
-            .await;
-        health_reporter
-            .set_serving::<RightsServer<RightsService>>()
-            .await;
-        health_reporter
-            .set_serving::<RetentionServer<RetentionService>>()
-            .await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .context("cannot build the reflection service")?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()
-            .context("cannot build the reflection service")?;
+        let max_message = self.settings.limits.max_message_bytes;
+        // Each service once: its route, with the message limit, and its health status (the
+        // reflection services describe them all from one descriptor set). A macro because each
+        // generated server is a type of its own, and the limit a method of each.
+        macro_rules! services {
+            ($($server:ident($service:ident)),+) => {{
+                let mut routes = Routes::default();
+                $(
+                    health_reporter.set_serving::<$server<$service>>().await;
+                    let server = $server::new($service::new(state.clone()));
+                    routes = routes.add_service(server.max_decoding_message_size(max_message));
+                )+
+                routes
+            }};
+        }
+        let routes = services!(
+            DecisionsServer(DecisionsService),
+            SubjectsServer(SubjectsService),
+            AuditServer(AuditService),
+            ChangesServer(ChangesService),
+            PoliciesServer(PoliciesService),
+            RetentionServer(RetentionService),
+            RightsServer(RightsService)
+        )
+        .add_service(health_service)
+        .add_service(reflection(Builder::build_v1)?)
+        .add_service(reflection(Builder::build_v1alpha)?);
 
         let draining = Arc::new(Notify::new());
         let drain_started = draining.clone();
@@ -220,42 +218,20 @@ impl Application {
                 }
             })
         };
-        let max_message = self.settings.limits.max_message_bytes;
+        // Outermost first; a call passes the layers in this order.
         let serve = builder
+            // Telemetry outside everything, so a call refused by a limit or by authentication is
+            // still traced and counted with its status.
             .layer(RpcLayer)
+            // Shedding before authentication, so a flood is refused before any token is
+            // verified; the deadline bounds everything below.
             .layer(limits.clone())
+            // Authentication before any service, so a refused call reads and writes nothing; it
+            // records the caller the next layer counts writes for.
             .layer(AuthLayer::new(authenticator))
+            // The write rate after authentication: it is counted per authenticated caller.
             .layer(limits.write_rate())
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(reflection_v1alpha)
-            .add_service(
-                DecisionsServer::new(DecisionsService::new(state.clone()))
-                    .max_decoding_message_size(max_message),
-            )
-            .add_service(
-                SubjectsServer::new(SubjectsService::new(state.clone()))
-                    .max_decoding_message_size(max_message),
-            )
-            .add_service(
-                AuditServer::new(AuditService::new(state.clone()))
-                    .max_decoding_message_size(max_message),
-            )
-            .add_service(
-                ChangesServer::new(ChangesService::new(state.clone()))
-                    .max_decoding_message_size(max_message),
-            )
-            .add_service(
-                PoliciesServer::new(PoliciesService::new(state.clone()))
-                    .max_decoding_message_size(max_message),
-            )
-            .add_service(
-                RetentionServer::new(RetentionService::new(state.clone()))
-                    .max_decoding_message_size(max_message),
-            )
-            .add_service(
-                RightsServer::new(RightsService::new(state)).max_decoding_message_size(max_message),
-            )
+            .add_routes(routes)
             .serve_with_incoming_shutdown(incoming(self.listener), announce_shutdown);
         match admin_address {
             Some(admin) => tracing::info!(%address, %admin, "assent serving"),
@@ -348,6 +324,18 @@ async fn sweep_expired_consent(state: AppState, interval: std::time::Duration) {
             }
         }
     }
+}
+
+/// A reflection service (`build` picks its version) describing assent's services and health.
+fn reflection<S>(
+    build: impl FnOnce(Builder<'static>) -> Result<S, tonic_reflection::server::Error>,
+) -> anyhow::Result<S> {
+    build(
+        Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+    )
+    .context("cannot build the reflection service")
 }
 
 /// The accepted connections, with Nagle's algorithm off: a response written in several pieces

@@ -16,12 +16,6 @@ use std::path::{Path, PathBuf};
 use proc_macro2::{Spacing, TokenStream, TokenTree};
 use syn::visit::Visit;
 
-/// Edges (from, to) left out while another change removes them.
-const ALLOWED: &[(&str, &str)] = &[
-    // telemetry → config (`LogFormat`): being removed by the settings change.
-    ("telemetry/mod.rs", "config.rs"),
-];
-
 type Module = Vec<String>;
 
 struct File {
@@ -428,13 +422,6 @@ fn the_files_of_src_import_in_one_direction() {
         };
         paths.visit_file(&file.syntax);
     }
-    named.retain(|(from, to), _| {
-        let pair = (
-            krate.files[*from].name.as_str(),
-            krate.files[*to].name.as_str(),
-        );
-        !ALLOWED.contains(&pair)
-    });
     assert!(
         krate.files.len() >= 50,
         "read only {} files",

@@ -676,6 +676,66 @@ fn parse_rating(text: &str) -> Result<Rating, String> {
 mod tests {
     use super::*;
 
+    /// Every row of docs/configuration.md's table names declared settings with their variables,
+    /// their default and flags `assent` has; every declared setting has a row.
+    #[test]
+    fn the_documented_settings_are_the_declared_ones() {
+        fn flags(command: &clap::Command) -> Vec<String> {
+            let own = command
+                .get_arguments()
+                .filter_map(|argument| argument.get_long());
+            let nested = command.get_subcommands().flat_map(flags);
+            own.map(|flag| format!("--{flag}")).chain(nested).collect()
+        }
+        let flags = flags(&<Cli as clap::CommandFactory>::command());
+        let quoted = |cell: &str| -> Vec<String> {
+            cell.split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_owned)
+                .collect()
+        };
+        let mut documented: Vec<String> = Vec::new();
+        let text = include_str!("../../docs/configuration.md");
+        for row in text.lines().filter(|line| line.starts_with("| `")) {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let keys = quoted(cells[1]);
+            let declared: Vec<&crate::config::Setting> = keys
+                .iter()
+                .map(|key| {
+                    crate::config::SETTINGS
+                        .iter()
+                        .find(|setting| setting.key == key)
+                })
+                .map(|setting| setting.unwrap_or_else(|| panic!("{row}: no such setting")))
+                .collect();
+            let variables = quoted(cells[2]);
+            let expected: Vec<&str> = declared
+                .iter()
+                .flat_map(|s| s.environment)
+                .copied()
+                .collect();
+            assert_eq!(variables, expected, "{row}");
+            for flag in quoted(cells[3]) {
+                assert!(flags.contains(&flag), "{row}: assent has no flag {flag}");
+            }
+            for setting in declared {
+                match setting.default {
+                    Some(default) => assert_eq!(cells[4], format!("`{default}`"), "{row}"),
+                    None => assert!(!cells[4].starts_with('`'), "{row}: no default"),
+                }
+            }
+            documented.extend(keys);
+        }
+        let mut declared: Vec<&str> = crate::config::SETTINGS
+            .iter()
+            .map(|setting| setting.key)
+            .collect();
+        declared.sort_unstable();
+        documented.sort_unstable();
+        assert_eq!(documented, declared);
+    }
+
     #[test]
     fn the_command_line_is_well_formed() {
         use clap::CommandFactory;

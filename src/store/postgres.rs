@@ -16,17 +16,12 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::rows::{from_i64, parse};
 use super::sql::{Connection, Held};
-use super::{Access, ChangeNotice, Changed, PruneReport, StoreError, SubjectSnapshot};
+use super::{Access, PruneReport, StoreError, SubjectSnapshot};
 use crate::audit::DecisionRecord;
 use crate::calendar::{Date, MICROS_PER_DAY};
 use crate::domain::SubjectId;
 use crate::policy::{Choice, ConversationFacts, Plan, Purpose, Rating, Status, SubjectState};
 use crate::revision::Revision;
-
-/// The statement that reads the chain head for a write, locking its row: every writer, in
-/// every process, waits here for the one before it to commit.
-pub(super) const CHAIN_HEAD_FOR_WRITE: &str =
-    "SELECT sequence, hash FROM audit_chain_head WHERE chain_id = 0 FOR UPDATE";
 
 /// What `snapshot_in` reads, in one statement: one round trip instead of five (a
 /// transaction and three queries), and one statement sees one snapshot, so the parts agree
@@ -355,27 +350,6 @@ impl PostgresStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
-}
-
-/// Announces a change on [`super::CHANGES_CHANNEL`]: delivered to every listener when, and
-/// only if, the transaction commits.
-pub(super) async fn announce(
-    connection: &mut sqlx::PgConnection,
-    revision: Revision,
-    changed: Changed,
-) -> Result<(), StoreError> {
-    let announcement = ChangeNotice {
-        revision,
-        changed,
-        at_micros: super::now_micros(),
-    }
-    .announcement();
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(super::CHANGES_CHANNEL)
-        .bind(announcement)
-        .execute(&mut *connection)
-        .await?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::sqlite::{SqliteArguments, SqliteRow};
 use sqlx::{Database, Decode, Encode, FromRow, Postgres, Sqlite, Type};
 
-use super::{Changed, StoreError};
+use super::{ChangeNotice, Changed, StoreError};
 use crate::revision::Revision;
 
 /// A value a statement binds, on either backend.
@@ -87,8 +87,14 @@ impl Connection {
     /// a lock beyond the transaction's own.
     pub(super) fn chain_head_for_write(&self) -> &'static str {
         match self {
-            Connection::Sqlite(_) => super::sqlite::CHAIN_HEAD_FOR_WRITE,
-            Connection::Postgres(..) => super::postgres::CHAIN_HEAD_FOR_WRITE,
+            // The write lock is already held (`BEGIN IMMEDIATE`); SQLite has no `FOR UPDATE`.
+            Connection::Sqlite(_) => {
+                "SELECT sequence, hash FROM audit_chain_head WHERE chain_id = 0"
+            }
+            // Every writer, in every process, waits here for the one before it to commit.
+            Connection::Postgres(..) => {
+                "SELECT sequence, hash FROM audit_chain_head WHERE chain_id = 0 FOR UPDATE"
+            }
         }
     }
 
@@ -106,13 +112,34 @@ impl Connection {
             Connection::Sqlite(held) => held.commit().await?,
             Connection::Postgres(mut held, appended) => {
                 for (revision, changed) in appended {
-                    super::postgres::announce(held.connection(), revision, changed).await?;
+                    announce(held.connection(), revision, changed).await?;
                 }
                 held.commit().await?;
             }
         }
         Ok(())
     }
+}
+
+/// Announces a change on [`super::CHANGES_CHANNEL`]: delivered to every listener when, and
+/// only if, the transaction commits.
+async fn announce(
+    connection: &mut sqlx::PgConnection,
+    revision: Revision,
+    changed: Changed,
+) -> Result<(), StoreError> {
+    let announcement = ChangeNotice {
+        revision,
+        changed,
+        at_micros: super::now_micros(),
+    }
+    .announcement();
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(super::CHANGES_CHANNEL)
+        .bind(announcement)
+        .execute(&mut *connection)
+        .await?;
+    Ok(())
 }
 
 /// A statement with its parameters, bound to the connection it runs on.

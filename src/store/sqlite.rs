@@ -18,11 +18,6 @@ use super::sql::{Connection, Held};
 use super::{Access, PruneReport, StoreError};
 use crate::audit::DecisionRecord;
 
-/// The statement that reads the chain head for a write: the write lock is already held (`BEGIN
-/// IMMEDIATE`), and SQLite has no `FOR UPDATE`.
-pub(super) const CHAIN_HEAD_FOR_WRITE: &str =
-    "SELECT sequence, hash FROM audit_chain_head WHERE chain_id = 0";
-
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 const READER_CONNECTIONS: u32 = 4;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use assent::cache::CacheSettings;
-use assent::config::{LogFormat, Settings};
+use assent::config::Settings;
 use assent::decision_log::LogMode;
 use assent::proto;
 use assent::proto::audit_client::AuditClient;
@@ -18,6 +18,7 @@ use assent::proto::subjects_client::SubjectsClient;
 use assent::startup::Application;
 use assent::store::DatabaseUrl;
 use assent::store::testing::{Backend, TestDatabase};
+use assent::telemetry::LogFormat;
 use sqlx::Connection;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
