@@ -1,5 +1,6 @@
 //! The files of `src/` import one another in one direction: no file reaches, through the paths
-//! it names, a file that names it back (ARCHITECTURE.md lists the layers).
+//! it names, a file that names it back, and no file names one of a layer above its own
+//! ([`LAYERS`], as ARCHITECTURE.md lists them).
 //!
 //! Every file is read with `syn` and mapped to its module (`src/a/mod.rs` and `src/a.rs` are
 //! `crate::a`). Each path it names — in `use` trees, expressions, types, patterns, macro
@@ -17,6 +18,46 @@ use proc_macro2::{Spacing, TokenStream, TokenTree};
 use syn::visit::Visit;
 
 type Module = Vec<String>;
+
+/// The modules of `src/`, bottom layer first; a file belongs to the layer of the longest module
+/// path listed that is a prefix of its own, and names nothing of a later layer.
+/// The crate root (`""`, `lib.rs`: `mod` lines only) is at the bottom, so a module not listed
+/// may name nothing above it.
+const LAYERS: &[&[&str]] = &[
+    &[
+        "", "calendar", "domain", "revision", "proto", "rpc", "named",
+    ],
+    &["policy"],
+    &["metrics"],
+    &["telemetry::layer"],
+    &["telemetry"],
+    &["audit"],
+    &["store"],
+    &["decision_log", "cache"],
+    &["policies"],
+    &["auth"],
+    &["limits"],
+    &["error"],
+    &["api"],
+    &["admin", "scenarios", "client"],
+    &["config"],
+    &["startup"],
+    &["cli"],
+];
+
+/// The layer of a module: the index in [`LAYERS`] of the longest listed prefix of its path.
+fn layer_of(module: &Module) -> Option<usize> {
+    let path = module.join("::");
+    LAYERS
+        .iter()
+        .enumerate()
+        .flat_map(|(layer, names)| names.iter().map(move |name| (layer, *name)))
+        .filter(|(_, name)| {
+            name.is_empty() || path == *name || path.starts_with(&format!("{name}::"))
+        })
+        .max_by_key(|(_, name)| name.len())
+        .map(|(layer, _)| layer)
+}
 
 struct File {
     name: String,
@@ -448,6 +489,56 @@ fn the_files_of_src_import_in_one_direction() {
         }
     }
     assert!(report.is_empty(), "{report}");
+}
+
+#[test]
+fn no_file_names_a_layer_above_its_own() {
+    let krate = Crate::read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
+    let mut named = BTreeMap::new();
+    for (index, file) in krate.files.iter().enumerate() {
+        let mut paths = Paths {
+            krate: &krate,
+            file: index,
+            module: file.module.clone(),
+            edges: &mut named,
+        };
+        paths.visit_file(&file.syntax);
+    }
+    let layers: Vec<usize> = krate
+        .files
+        .iter()
+        .map(|file| layer_of(&file.module).unwrap_or_else(|| panic!("{}: no layer", file.name)))
+        .collect();
+    let mut report = String::new();
+    let mut checked = 0;
+    for (&(from, to), names) in &named {
+        checked += 1;
+        if layers[to] > layers[from] {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            report.push_str(&format!(
+                "  {} -> {} (a layer above): {}\n",
+                krate.files[from].name,
+                krate.files[to].name,
+                names.join(", ")
+            ));
+        }
+    }
+    assert!(checked >= 100, "checked only {checked} edges");
+    assert!(report.is_empty(), "imports that run up:\n{report}");
+}
+
+#[test]
+fn a_module_belongs_to_the_layer_of_its_longest_listed_prefix() {
+    let module = |path: &str| -> Module { path.split("::").map(str::to_owned).collect() };
+    let layer = |name: &str| LAYERS.iter().position(|names| names.contains(&name));
+    assert_eq!(
+        layer_of(&module("telemetry::layer")),
+        layer("telemetry::layer")
+    );
+    assert_eq!(layer_of(&module("telemetry")), layer("telemetry"));
+    assert_eq!(layer_of(&module("store::rows")), layer("store"));
+    assert_eq!(layer_of(&module("storey")), layer(""));
+    assert!(layer("telemetry::layer") < layer("telemetry"));
 }
 
 #[test]

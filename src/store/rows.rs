@@ -646,15 +646,18 @@ pub(super) async fn changes_since_in(
         .bind(i64::from(limit))
         .fetch_all_as()
         .await?;
-    rows.into_iter()
-        .map(|(sequence, subject_id, at_micros)| {
-            Ok(ChangeNotice {
-                revision: Revision::new(from_i64(sequence)),
-                changed: parse("subject_id", &subject_id, Changed::parse)?,
-                at_micros,
-            })
-        })
-        .collect()
+    rows.into_iter().map(notice).collect()
+}
+
+/// A change-log row (sequence, subject id, commit time) as a notice.
+fn notice(
+    (sequence, subject_id, at_micros): (i64, String, i64),
+) -> Result<ChangeNotice, StoreError> {
+    Ok(ChangeNotice {
+        revision: Revision::new(from_i64(sequence)),
+        changed: parse("subject_id", &subject_id, Changed::parse)?,
+        at_micros,
+    })
 }
 
 /// Each subject changed at or after `since_micros`, with its latest revision.
@@ -662,23 +665,15 @@ pub(super) async fn subjects_changed_since_in(
     connection: &mut Connection,
     since_micros: i64,
 ) -> Result<Vec<ChangeNotice>, StoreError> {
-    let rows: Vec<(String, i64, i64)> = connection
+    let rows: Vec<(i64, String, i64)> = connection
         .query(
-            "SELECT subject_id, MAX(sequence), MAX(at_micros) FROM audit_events
+            "SELECT MAX(sequence), subject_id, MAX(at_micros) FROM audit_events
          WHERE at_micros >= $1 GROUP BY subject_id",
         )
         .bind(since_micros)
         .fetch_all_as()
         .await?;
-    rows.into_iter()
-        .map(|(subject_id, sequence, at_micros)| {
-            Ok(ChangeNotice {
-                revision: Revision::new(from_i64(sequence)),
-                changed: parse("subject_id", &subject_id, Changed::parse)?,
-                at_micros,
-            })
-        })
-        .collect()
+    rows.into_iter().map(notice).collect()
 }
 
 /// Subject ids after `after` in id order, at most `limit` (for paging through them all).
