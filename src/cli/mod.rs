@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Overrides, Settings};
+use crate::config::{Overrides, Setting, Settings};
 use crate::policy::rights::{RequestState, RightKind};
 use crate::policy::{ConsentMethod, DataCategory, FlagKind, Plan, Purpose, Rating, Source};
 use crate::startup::{Application, shutdown_signal};
@@ -75,8 +75,7 @@ pub struct HealthArgs {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// The gRPC listen address [env: ASSENT_LISTEN] [default: 127.0.0.1:50051]
-    #[arg(long)]
+    #[arg(long, help = Setting::flag_help("listen", "The gRPC listen address"))]
     pub listen: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
@@ -85,11 +84,12 @@ pub struct ServeArgs {
 /// Which store, for the commands that open it themselves.
 #[derive(Debug, Args)]
 pub struct StoreArgs {
-    /// Where the embedded store keeps its data [env: ASSENT_DATA_DIR] [default: ./data]
-    #[arg(long)]
+    #[arg(long, help = Setting::flag_help("data_dir", "Where the embedded store keeps its data"))]
     pub data_dir: Option<PathBuf>,
-    /// postgres://USER:PASSWORD@HOST/DB for PostgreSQL, or sqlite://PATH [env: ASSENT_DATABASE_URL]
-    #[arg(long)]
+    #[arg(long, help = Setting::flag_help(
+        "database_url",
+        "postgres://USER:PASSWORD@HOST/DB for PostgreSQL, or sqlite://PATH",
+    ))]
     pub database_url: Option<String>,
     /// A TOML file of settings [env: ASSENT_CONFIG]
     #[arg(long)]
