@@ -89,6 +89,15 @@ impl ChainVerifier {
         self.expected_sequence = event.sequence + 1;
     }
 
+    /// Counts an event whose stored fields are not an event at all (a kind no version writes,
+    /// say): it cannot verify, and the chain goes on from the hash stored with it.
+    pub fn feed_unreadable(&mut self, sequence: u64, event_id: String, hash: String) {
+        self.events_checked += 1;
+        self.first_bad_event_id.get_or_insert(event_id);
+        self.expected_prev_hash = hash;
+        self.expected_sequence = sequence + 1;
+    }
+
     /// Ends the verification. `head` is the chain head the store recorded with the last write
     /// (sequence and hash), which catches the removal of events from the end of the chain.
     pub fn finish(mut self, head: Option<(u64, &str)>) -> ChainReport {

@@ -197,6 +197,29 @@ async fn the_chain_verifies_and_reports_a_tampered_row() {
 }
 
 #[tokio::test]
+async fn a_row_rewritten_into_no_known_event_is_reported_not_an_error() {
+    let app = TestApp::spawn().await;
+    app.upsert("ivo", Plan::Free).await;
+    app.set_choice("ivo", Purpose::Memory, Choice::Refused)
+        .await
+        .unwrap();
+    app.upsert("jan", Plan::Pro).await;
+    let target = app.all_events(None).await[1].clone();
+    let mut connection = app.direct_connection().await;
+    connection.drop_audit_guards().await;
+    let altered = connection
+        .execute("UPDATE audit_events SET kind = 'choice_forgotten' WHERE sequence = 2")
+        .await
+        .unwrap();
+    assert_eq!(altered, 1);
+    connection.close().await;
+    let report = app.verify_chain().await;
+    assert!(!report.ok);
+    assert_eq!(report.events_checked, 3);
+    assert_eq!(report.first_bad_event_id, target.event_id);
+}
+
+#[tokio::test]
 async fn removing_the_newest_event_breaks_the_chain() {
     let app = TestApp::spawn().await;
     app.upsert("olga", Plan::Free).await;
