@@ -427,7 +427,7 @@ pub enum StoreError {
          unknown here; run a newer assent (or restore the database of this version)"
     )]
     SchemaTooNew { version: i64 },
-    #[error("cannot prepare the data directory {path}")]
+    #[error("cannot prepare {path} for the embedded store (owner-only: directory 0700, file 0600)")]
     DataDirectory {
         path: PathBuf,
         #[source]

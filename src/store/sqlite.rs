@@ -32,15 +32,7 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the database file and applies the migrations.
     pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-        if let Some(parent) = path
-            .parent()
-            .filter(|parent| !parent.as_os_str().is_empty())
-        {
-            std::fs::create_dir_all(parent).map_err(|source| StoreError::DataDirectory {
-                path: parent.to_owned(),
-                source,
-            })?;
-        }
+        owner_only(path)?;
         let options = SqliteConnectOptions::from_str("sqlite://")?
             .filename(path)
             .create_if_missing(true)
@@ -122,5 +114,88 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.reader.close().await;
         self.writer.close().await;
+    }
+}
+/// Makes the database readable by its owner only: a directory created for it 0700, the file
+/// and its `-wal` and `-shm` companions 0600 (created so, or narrowed if they were wider).
+/// SQLite creates the companions with the database file's mode.
+fn owner_only(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let failed = |path: &Path| {
+        let path = path.to_owned();
+        move |source| StoreError::DataDirectory { path, source }
+    };
+    if let Some(parent) = path
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(failed(parent))?;
+    }
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(failed(path))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let file = std::path::PathBuf::from(file);
+        match std::fs::metadata(&file) {
+            Ok(metadata) if metadata.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                    .map_err(failed(&file))?;
+            }
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(failed(&file)(error)),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    fn companion(path: &Path, suffix: &str) -> std::path::PathBuf {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        file.into()
+    }
+
+    #[tokio::test]
+    async fn the_database_is_readable_by_its_owner_only() {
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join("data").join("assent.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(mode(&root.path().join("data")), 0o700);
+        for suffix in ["", "-wal", "-shm"] {
+            assert_eq!(mode(&companion(&path, suffix)), 0o600, "{suffix}");
+        }
+        store.close().await;
+
+        // Made wider by hand (or by an earlier version), they are narrowed when opened again.
+        for suffix in ["", "-wal", "-shm"] {
+            let file = companion(&path, suffix);
+            if file.exists() {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+            }
+        }
+        let store = SqliteStore::open(&path).await.unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            assert_eq!(mode(&companion(&path, suffix)), 0o600, "{suffix}");
+        }
+        store.close().await;
     }
 }
