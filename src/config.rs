@@ -211,6 +211,9 @@ impl Setting {
     }
 }
 
+/// The most clock skew a token may be forgiven when serving beyond loopback.
+const MAX_JWT_LEEWAY_SECONDS: u64 = 300;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read the configuration file {path}")]
@@ -454,6 +457,25 @@ impl Settings {
                 ),
             ));
         }
+        if !listen.ip().is_loopback()
+            && let Some(tokens) = &settings.tokens
+        {
+            if tokens.jwks_file.is_some() && tokens.hs256_secret.is_some() {
+                let message = format!(
+                    "refusing to serve {listen} with a shared secret next to jwt_jwks_file: \
+                     whoever holds the secret could sign any caller's token; keep HS256 for \
+                     development on 127.0.0.1"
+                );
+                return Err(invalid("jwt_hs256_secret", message));
+            }
+            if tokens.leeway_seconds > MAX_JWT_LEEWAY_SECONDS {
+                let message = format!(
+                    "refusing to serve {listen} with more than {MAX_JWT_LEEWAY_SECONDS} s (5 \
+                     minutes) of leeway: an expired token would be accepted that much longer"
+                );
+                return Err(invalid("jwt_leeway_seconds", message));
+            }
+        }
         Ok(settings)
     }
 
@@ -648,5 +670,45 @@ mod tests {
         std::fs::write(&file, "listen_address = \"x\"\n").unwrap();
         let error = Settings::resolve(Some(&file), &env(&[]), Overrides::default()).unwrap_err();
         assert!(error.to_string().contains("listen_address"), "{error}");
+    }
+
+    #[test]
+    fn beyond_loopback_tokens_are_refused_with_a_secret_beside_keys_or_a_long_leeway() {
+        let serving = |extra: &[(&str, &str)]| {
+            let mut pairs = vec![
+                ("ASSENT_LISTEN", "0.0.0.0:50051"),
+                ("ASSENT_TLS_CERT", "server.pem"),
+                ("ASSENT_TLS_KEY", "server.key"),
+                ("ASSENT_JWT_JWKS_FILE", "jwks.json"),
+                ("ASSENT_JWT_ISSUER", "https://issuer.example"),
+                ("ASSENT_JWT_AUDIENCE", "assent"),
+            ];
+            pairs.extend_from_slice(extra);
+            Settings::resolve(None, &env(&pairs), Overrides::default())
+        };
+        assert!(serving(&[]).is_ok());
+        assert!(serving(&[("ASSENT_JWT_LEEWAY_SECONDS", "300")]).is_ok());
+        for (extra, setting) in [
+            (
+                ("ASSENT_JWT_HS256_SECRET", "s3cret"),
+                "jwt_hs256_secret: refusing",
+            ),
+            (
+                ("ASSENT_JWT_LEEWAY_SECONDS", "301"),
+                "jwt_leeway_seconds: refusing",
+            ),
+        ] {
+            let error = serving(&[extra]).unwrap_err().to_string();
+            assert!(error.starts_with(setting), "{error}");
+        }
+        // On loopback, for development, both are allowed.
+        let local = [
+            ("ASSENT_JWT_JWKS_FILE", "jwks.json"),
+            ("ASSENT_JWT_HS256_SECRET", "s3cret"),
+            ("ASSENT_JWT_LEEWAY_SECONDS", "3600"),
+            ("ASSENT_JWT_ISSUER", "https://issuer.example"),
+            ("ASSENT_JWT_AUDIENCE", "assent"),
+        ];
+        assert!(Settings::resolve(None, &env(&local), Overrides::default()).is_ok());
     }
 }
