@@ -212,6 +212,15 @@ impl fmt::Debug for TokenVerifier {
 struct Claims {
     sub: Option<String>,
     scope: Option<ScopeClaim>,
+    cnf: Option<Confirmation>,
+}
+
+/// RFC 8705 §3.1: the client certificate a token was issued for, by the base64url SHA-256 of
+/// its DER.
+#[derive(Deserialize)]
+struct Confirmation {
+    #[serde(rename = "x5t#S256")]
+    certificate_thumbprint: Option<String>,
 }
 
 /// `scope` as OAuth 2.0 has it (one space-separated string) or as a list.
@@ -253,6 +262,12 @@ impl TokenVerifier {
     /// Verifies a token: signature by a configured key and algorithm, `iss`, `aud`, `exp` and
     /// `nbf` (within the leeway), and a `sub`.
     pub fn verify(&self, token: &str) -> Result<Identity, TokenError> {
+        self.verify_bound(token).map(|(identity, _)| identity)
+    }
+
+    /// [`TokenVerifier::verify`], with the thumbprint of the certificate the token is bound to
+    /// (its `cnf` claim), if it is.
+    fn verify_bound(&self, token: &str) -> Result<(Identity, Option<String>), TokenError> {
         // `alg: none`, and algorithms the library does not know, fail here.
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         if !matches!(
@@ -302,7 +317,38 @@ impl TokenVerifier {
             Some(ScopeClaim::List(list)) => Scopes::parse(list.iter().map(String::as_str)),
             None => Scopes::default(),
         };
-        Ok(Identity { name, scopes })
+        let bound_to = claims.cnf.and_then(|cnf| cnf.certificate_thumbprint);
+        Ok((Identity { name, scopes }, bound_to))
+    }
+}
+
+/// A certificate's RFC 8705 thumbprint: the SHA-256 of its DER, base64url without padding.
+pub fn certificate_thumbprint(der: &[u8]) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(der))
+}
+
+/// Under mutual TLS a token counts only from the certificate it was issued for: the one its
+/// `cnf` claim names (RFC 8705) or, without one, a certificate whose identity is the token's
+/// `sub`; and a token bound to a certificate counts only over a connection that presents it.
+fn presented_by_its_holder(
+    identity: &Identity,
+    bound_to: Option<&str>,
+    certificate: Option<&[u8]>,
+) -> Result<(), tonic::Status> {
+    let holder = match (bound_to, certificate) {
+        (None, None) => true,
+        (Some(thumbprint), Some(der)) => thumbprint == certificate_thumbprint(der),
+        (None, Some(der)) => certificate_identity(der).as_deref() == Some(identity.name.as_str()),
+        (Some(_), None) => false,
+    };
+    if holder {
+        Ok(())
+    } else {
+        Err(tonic::Status::unauthenticated(
+            "authorization: the token was not issued to the client certificate it came with",
+        ))
     }
 }
 
@@ -443,6 +489,17 @@ impl Authenticator {
     }
 
     fn identify<B>(&self, request: &http::Request<B>) -> Result<Identity, tonic::Status> {
+        let certificate = if self.certificates {
+            request
+                .extensions()
+                .get::<tonic::transport::server::TlsConnectInfo<
+                    tonic::transport::server::TcpConnectInfo,
+                >>()
+                .and_then(|info| info.peer_certs())
+                .and_then(|certificates| certificates.first().cloned())
+        } else {
+            None
+        };
         if let Some(value) = request.headers().get(http::header::AUTHORIZATION) {
             let Some(verifier) = &self.tokens else {
                 return Err(tonic::Status::unauthenticated(
@@ -456,28 +513,20 @@ impl Authenticator {
                 .ok_or_else(|| {
                     tonic::Status::unauthenticated("authorization: expected \"Bearer TOKEN\"")
                 })?;
-            return verifier.verify(token.trim()).map_err(|error| {
+            let (identity, bound_to) = verifier.verify_bound(token.trim()).map_err(|error| {
                 tonic::Status::unauthenticated(format!("authorization: {error}"))
-            });
+            })?;
+            presented_by_its_holder(&identity, bound_to.as_deref(), certificate.as_deref())?;
+            return Ok(identity);
         }
-        if self.certificates {
-            let certificate =
-                request
-                    .extensions()
-                    .get::<tonic::transport::server::TlsConnectInfo<
-                        tonic::transport::server::TcpConnectInfo,
-                    >>()
-                    .and_then(|info| info.peer_certs())
-                    .and_then(|certificates| certificates.first().cloned());
-            if let Some(certificate) = certificate {
-                let name = certificate_identity(&certificate).ok_or_else(|| {
-                    tonic::Status::unauthenticated(
-                        "authorization: the client certificate names no URI or DNS identity",
-                    )
-                })?;
-                let scopes = self.client_scopes.get(&name).copied().unwrap_or_default();
-                return Ok(Identity { name, scopes });
-            }
+        if let Some(certificate) = certificate {
+            let name = certificate_identity(&certificate).ok_or_else(|| {
+                tonic::Status::unauthenticated(
+                    "authorization: the client certificate names no URI or DNS identity",
+                )
+            })?;
+            let scopes = self.client_scopes.get(&name).copied().unwrap_or_default();
+            return Ok(Identity { name, scopes });
         }
         Err(tonic::Status::unauthenticated(
             "authorization: a bearer token (or a client certificate) is required",

@@ -503,6 +503,83 @@ async fn client_certificates_identify_callers_and_unknown_cas_are_refused() {
     server.stop().await;
 }
 
+/// The RFC 8705 thumbprint of a PEM certificate, computed here from its bytes.
+fn thumbprint(pem: &str) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let body: String = pem
+        .lines()
+        .filter(|line| !line.starts_with("-----"))
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(der))
+}
+
+#[tokio::test]
+async fn under_mutual_tls_a_token_counts_only_from_the_certificate_it_was_issued_for() {
+    let authority = Authority::new("test CA");
+    let mut settings = token_settings();
+    settings.push(("ASSENT_TLS_CLIENT_CA", authority.pem()));
+    let server = Server::start(&authority, &settings).await;
+    let (gateway_cert, gateway_key) = authority.sign("gateway.test");
+    let (billing_cert, billing_key) = authority.sign("billing.test");
+    let connect = |cert: &str, key: &str| {
+        server.connect_with(server.tls().identity(Identity::from_pem(cert, key)))
+    };
+    let gateway = connect(&gateway_cert, &gateway_key).await.unwrap();
+    let billing = connect(&billing_cert, &billing_key).await.unwrap();
+    let check_with = |channel: &Channel, token: &str| {
+        let mut decisions = DecisionsClient::new(channel.clone());
+        let request = with_token(check("u1"), token);
+        async move { decisions.check(request).await }
+    };
+
+    // Issued to the certificate's identity (`sub`), without a `cnf`: from that certificate only.
+    let gateway_token = hs256(&claims("gateway.test", "decisions:check"), SECRET);
+    check_with(&gateway, &gateway_token).await.unwrap();
+    assert_refused(
+        check_with(&billing, &gateway_token).await,
+        Code::Unauthenticated,
+        "not issued to the client certificate",
+    );
+
+    // Bound by thumbprint (RFC 8705 `cnf`): from that certificate only, whatever its `sub`.
+    let mut bound = claims("pipeline", "decisions:check");
+    bound["cnf"] = serde_json::json!({ "x5t#S256": thumbprint(&billing_cert) });
+    let bound_token = hs256(&bound, SECRET);
+    check_with(&billing, &bound_token).await.unwrap();
+    assert_refused(
+        check_with(&gateway, &bound_token).await,
+        Code::Unauthenticated,
+        "not issued to the client certificate",
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_bound_to_a_certificate_is_refused_without_one() {
+    let authority = Authority::new("test CA");
+    let server = Server::start(&authority, &token_settings()).await;
+    let mut bound = claims("pipeline", "decisions:check");
+    bound["cnf"] = serde_json::json!({ "x5t#S256": "AAAA" });
+    let mut decisions = DecisionsClient::new(server.channel().await);
+    assert_refused(
+        decisions
+            .check(with_token(check("u1"), &hs256(&bound, SECRET)))
+            .await,
+        Code::Unauthenticated,
+        "not issued to the client certificate",
+    );
+    let plain = hs256(&claims("pipeline", "decisions:check"), SECRET);
+    decisions
+        .check(with_token(check("u1"), &plain))
+        .await
+        .unwrap();
+    server.stop().await;
+}
+
 #[test]
 fn serving_beyond_loopback_needs_tls_and_authentication() {
     let env = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
