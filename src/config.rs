@@ -159,6 +159,7 @@ settings! {
     redis_prefix: String = ["ASSENT_REDIS_PREFIX"], "assent";
     redis_ttl_seconds: u64 = ["ASSENT_REDIS_TTL_SECONDS"], "600";
     redis_timeout_ms: u64 = ["ASSENT_REDIS_TIMEOUT_MS"], "50";
+    redis_allow_plaintext: bool = ["ASSENT_REDIS_ALLOW_PLAINTEXT"], "false";
     shutdown_grace_seconds: u64 = ["ASSENT_SHUTDOWN_GRACE_SECONDS"], "30";
     log_format: String = ["ASSENT_LOG_FORMAT"], "text";
     admin_listen: String = ["ASSENT_ADMIN_LISTEN"], "127.0.0.1:9090";
@@ -274,6 +275,34 @@ fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// The host of a `scheme://[user[:password]@]host[:port][/…]` URL when it is another machine:
+/// `None` for loopback, `localhost` or no host (a Unix socket).
+fn network_host(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let address = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let host = match address.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => address.split(':').next().unwrap_or_default(),
+    };
+    let local = host.is_empty()
+        || host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    (!local).then_some(host)
+}
+
+/// The value of parameter `name` in `url`'s query string.
+fn query_parameter<'a>(url: &'a str, name: &str) -> Option<&'a str> {
+    let query = url.split_once('?')?.1;
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+}
+
 /// Whether `url` starts with one of `schemes`.
 fn has_scheme(url: &str, schemes: &[&str]) -> bool {
     schemes.iter().any(|scheme| url.starts_with(scheme))
@@ -325,6 +354,20 @@ impl Settings {
             let message = format!("expected a postgres:// or sqlite:// URL, got {url}");
             return Err(invalid("database_url", message));
         }
+        if let Some(url) = &database_url
+            && has_scheme(url.expose(), &["postgres://", "postgresql://"])
+            && let Some(host) = network_host(url.expose())
+            && !matches!(
+                query_parameter(url.expose(), "sslmode"),
+                Some("require" | "verify-ca" | "verify-full")
+            )
+        {
+            let message = format!(
+                "refusing to reach PostgreSQL at {host} without TLS: add sslmode=require (or \
+                 verify-full) to the URL"
+            );
+            return Err(invalid("database_url", message));
+        }
         if given.database_max_connections == 0 {
             return Err(invalid("database_max_connections", "must be at least 1"));
         }
@@ -350,6 +393,17 @@ impl Settings {
             && !has_scheme(shared.url.expose(), &["redis://", "rediss://"])
         {
             return Err(invalid("redis_url", "expected a redis:// URL"));
+        }
+        if let Some(shared) = &cache.shared
+            && has_scheme(shared.url.expose(), &["redis://"])
+            && let Some(host) = network_host(shared.url.expose())
+            && !given.redis_allow_plaintext
+        {
+            let message = format!(
+                "refusing to reach Redis at {host} in clear: use rediss:// (TLS), or set \
+                 redis_allow_plaintext on a network you trust"
+            );
+            return Err(invalid("redis_url", message));
         }
         if cache.poll_interval.is_zero() {
             return Err(invalid("change_poll_interval_ms", "must be at least 1"));
@@ -622,7 +676,10 @@ mod tests {
 
     #[test]
     fn a_database_url_selects_the_store() {
-        let postgres = env(&[("ASSENT_DATABASE_URL", "postgres://assent:pw@db:5432/assent")]);
+        let postgres = env(&[(
+            "ASSENT_DATABASE_URL",
+            "postgres://assent:pw@db:5432/assent?sslmode=require",
+        )]);
         let settings = Settings::resolve(None, &postgres, Overrides::default()).unwrap();
         let StoreLocation::Postgres {
             url,
@@ -631,10 +688,13 @@ mod tests {
         else {
             panic!("not postgres");
         };
-        assert_eq!(url.expose(), "postgres://assent:pw@db:5432/assent");
+        assert_eq!(
+            url.expose(),
+            "postgres://assent:pw@db:5432/assent?sslmode=require"
+        );
         assert_eq!(
             format!("{url:?}"),
-            "\"postgres://assent:***@db:5432/assent\""
+            "\"postgres://assent:***@db:5432/assent?sslmode=require\""
         );
         assert_eq!(max_connections, 16);
         let sqlite = env(&[("ASSENT_DATABASE_URL", "sqlite:///var/lib/assent/a.db")]);
@@ -710,5 +770,54 @@ mod tests {
             ("ASSENT_JWT_AUDIENCE", "assent"),
         ];
         assert!(Settings::resolve(None, &env(&local), Overrides::default()).is_ok());
+    }
+
+    #[test]
+    fn stores_on_other_machines_are_reached_over_tls_only() {
+        let resolve = |pairs: &[(&str, &str)]| {
+            Settings::resolve(None, &env(pairs), Overrides::default()).map(|_| ())
+        };
+        let refused = |pairs: &[(&str, &str)], prefix: &str| {
+            let error = resolve(pairs).unwrap_err().to_string();
+            assert!(error.starts_with(prefix), "{error}");
+            assert!(!error.contains("s3cret"), "{error}");
+        };
+        let database = "ASSENT_DATABASE_URL";
+        refused(
+            &[(database, "postgres://assent:s3cret@db.internal:5432/assent")],
+            "database_url: refusing to reach PostgreSQL at db.internal",
+        );
+        refused(
+            &[(
+                database,
+                "postgres://assent:s3cret@10.0.0.5/assent?sslmode=prefer",
+            )],
+            "database_url: refusing",
+        );
+        for url in [
+            "postgres://assent:s3cret@db.internal/assent?sslmode=require",
+            "postgres://assent:s3cret@db.internal/assent?application_name=a&sslmode=verify-full",
+            "postgres://assent:s3cret@127.0.0.1:5432/assent",
+            "postgres://assent:s3cret@localhost/assent",
+            "postgres://assent:s3cret@[::1]:5432/assent",
+            "postgres:///assent?host=/var/run/postgresql",
+        ] {
+            resolve(&[(database, url)]).unwrap_or_else(|error| panic!("{url}: {error}"));
+        }
+        let redis = "ASSENT_REDIS_URL";
+        refused(
+            &[(redis, "redis://:s3cret@cache.internal:6379")],
+            "redis_url: refusing to reach Redis at cache.internal in clear",
+        );
+        for pairs in [
+            &[(redis, "rediss://:s3cret@cache.internal:6379")][..],
+            &[(redis, "redis://127.0.0.1:6379")][..],
+            &[
+                (redis, "redis://cache.internal:6379"),
+                ("ASSENT_REDIS_ALLOW_PLAINTEXT", "true"),
+            ][..],
+        ] {
+            resolve(pairs).unwrap_or_else(|error| panic!("{pairs:?}: {error}"));
+        }
     }
 }
