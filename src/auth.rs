@@ -489,17 +489,20 @@ impl Authenticator {
     }
 
     fn identify<B>(&self, request: &http::Request<B>) -> Result<Identity, tonic::Status> {
-        let certificate = if self.certificates {
+        let certificates = if self.certificates {
             request
                 .extensions()
                 .get::<tonic::transport::server::TlsConnectInfo<
                     tonic::transport::server::TcpConnectInfo,
                 >>()
                 .and_then(|info| info.peer_certs())
-                .and_then(|certificates| certificates.first().cloned())
         } else {
             None
         };
+        let certificate = certificates
+            .as_deref()
+            .and_then(|certificates| certificates.first())
+            .map(|certificate| certificate.as_ref());
         if let Some(value) = request.headers().get(http::header::AUTHORIZATION) {
             let Some(verifier) = &self.tokens else {
                 return Err(tonic::Status::unauthenticated(
@@ -516,11 +519,11 @@ impl Authenticator {
             let (identity, bound_to) = verifier.verify_bound(token.trim()).map_err(|error| {
                 tonic::Status::unauthenticated(format!("authorization: {error}"))
             })?;
-            presented_by_its_holder(&identity, bound_to.as_deref(), certificate.as_deref())?;
+            presented_by_its_holder(&identity, bound_to.as_deref(), certificate)?;
             return Ok(identity);
         }
         if let Some(certificate) = certificate {
-            let name = certificate_identity(&certificate).ok_or_else(|| {
+            let name = certificate_identity(certificate).ok_or_else(|| {
                 tonic::Status::unauthenticated(
                     "authorization: the client certificate names no URI or DNS identity",
                 )
