@@ -106,12 +106,13 @@ impl Policies {
             let version = match known {
                 Some(known) => *known,
                 None => {
-                    let fresh = CompiledPolicy::compile(&policy.source).map_err(|error| {
-                        InstallError::Invalid {
-                            version: policy.version.clone(),
-                            error,
-                        }
-                    })?;
+                    let fresh =
+                        compile_stored(&policy.version, &policy.source).map_err(|error| {
+                            InstallError::Invalid {
+                                version: policy.version.clone(),
+                                error,
+                            }
+                        })?;
                     if fresh.version() != policy.version {
                         return Err(InstallError::Misnamed {
                             version: policy.version.clone(),
@@ -139,6 +140,25 @@ impl Policies {
         }
         self.current.store(Arc::new(versions));
         Ok(())
+    }
+}
+
+/// Compiles a stored version. One stored before a new version had to declare its ALLOWs
+/// where the state says to stop (`degraded.allow`, `deleted.allow`, `restricted.allow`) is
+/// loaded as it was accepted, with a warning: refusing it would stop every replica from
+/// starting, and the answers it gave in its time must stay reproducible.
+fn compile_stored(version: &str, source: &str) -> Result<CompiledPolicy, PolicyError> {
+    match CompiledPolicy::compile(source) {
+        Err(error) if error.is_undeclared_allow() => {
+            tracing::warn!(
+                version,
+                %error,
+                "stored policy version allows what it does not declare; loaded as stored \
+                 (apply a new version that declares it, or one that denies it)"
+            );
+            CompiledPolicy::compile_stored(source)
+        }
+        compiled => compiled,
     }
 }
 
@@ -207,6 +227,34 @@ mod tests {
         assert_eq!(policies.in_force(i64::MAX).version(), "2026-12-01");
         assert_eq!(policies.first_effective_micros(), builtin);
         assert!(policies.get("2026-06-01").is_some());
+    }
+
+    #[test]
+    fn a_stored_version_without_declarations_still_loads() {
+        let policies = Policies::builtin();
+        let mut june = version("2026-06-01", "2026-06-01");
+        june.policy.source = june
+            .policy
+            .source
+            .replacen("allow = [\"SERVICE_DELIVERY\"]\n", "", 1);
+        assert!(
+            CompiledPolicy::compile(&june.policy.source)
+                .unwrap_err()
+                .is_undeclared_allow()
+        );
+        policies.install(std::slice::from_ref(&june)).unwrap();
+        let loaded = policies.get("2026-06-01").unwrap();
+        assert_eq!(
+            loaded
+                .degraded(crate::policy::Purpose::ServiceDelivery)
+                .decision,
+            crate::policy::Decision::Allow
+        );
+        // Any other fault still stops the start.
+        let mut broken = version("2026-07-01", "2026-07-01");
+        broken.policy.source = broken.policy.source.replacen("[rules.G1]", "[rules.G0]", 1);
+        let error = policies.install(&[june, broken]).unwrap_err();
+        assert!(matches!(error, InstallError::Invalid { .. }), "{error}");
     }
 
     #[test]

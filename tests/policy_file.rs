@@ -348,3 +348,54 @@ fn a_second_version_changes_exactly_what_it_says() {
         assert_eq!(december.degraded(purpose), january.degraded(purpose));
     }
 }
+
+#[test]
+fn a_version_allows_only_what_it_declares_where_the_state_says_stop() {
+    let declaration = "allow = [\"SERVICE_DELIVERY\"]\n";
+    let undeclared = edited(&[
+        (r#"version = "2026-01-01""#, r#"version = "2026-12-01""#),
+        ("effective_from = 2026-01-01", "effective_from = 2026-12-01"),
+        (declaration, ""),
+    ]);
+    let error = CompiledPolicy::compile(&undeclared).unwrap_err();
+    assert!(error.is_undeclared_allow());
+    assert!(
+        error
+            .to_string()
+            .starts_with("degraded.purposes.SERVICE_DELIVERY: rule `U2` allows SERVICE_DELIVERY"),
+        "{error}"
+    );
+    // Stored before declarations were required, the same text loads and answers as the
+    // declared one does, input for input.
+    let stored = CompiledPolicy::compile_stored(&undeclared).unwrap();
+    let declared = CompiledPolicy::compile(&undeclared.replacen(
+        "purposes = { SERVICE_DELIVERY = \"U2\" }\n",
+        &format!("purposes = {{ SERVICE_DELIVERY = \"U2\" }}\n{declaration}"),
+        1,
+    ))
+    .unwrap();
+    let visited = sweep(|subject, question| {
+        assert_eq!(
+            stored.evaluate(subject, question),
+            declared.evaluate(subject, question)
+        );
+    });
+    assert!(visited > 0);
+    for &purpose in Purpose::ALL {
+        assert_eq!(stored.degraded(purpose), declared.degraded(purpose));
+    }
+    // The default policy allows nothing to a deleted or restricted subject, and degrades to
+    // an ALLOW for SERVICE_DELIVERY alone.
+    let builtin = CompiledPolicy::builtin();
+    sweep(|subject, question| {
+        if subject.is_some_and(|state| state.status != Status::Active) {
+            assert_eq!(builtin.evaluate(subject, question).decision, Decision::Deny);
+        }
+    });
+    let degraded_allows: Vec<Purpose> = Purpose::ALL
+        .iter()
+        .copied()
+        .filter(|purpose| builtin.degraded(*purpose).decision == Decision::Allow)
+        .collect();
+    assert_eq!(degraded_allows, [Purpose::ServiceDelivery]);
+}

@@ -29,10 +29,10 @@ use super::retention::{
     EventSource, KeepKind, KeepRule, LegalHold, Period, Retention, RetentionFacts, RetentionRule,
 };
 use super::vocabulary::{
-    Choice, DataCategory, Decision, LawfulBasis, PURPOSE_COUNT, Plan, Purpose, Reason, Source,
-    Status,
+    Choice, DataCategory, Decision, LawfulBasis, PURPOSE_COUNT, Plan, Purpose, Rating, Reason,
+    Source, Status,
 };
-use super::{BUILTIN_POLICY, Question, SubjectState};
+use super::{BUILTIN_POLICY, ConversationFacts, Question, SubjectState};
 
 /// One rule as a policy decides it for one purpose (explanation expanded).
 #[derive(Debug, PartialEq, Eq)]
@@ -91,8 +91,25 @@ static BUILTIN: LazyLock<CompiledPolicy> = LazyLock::new(|| {
 static UNKNOWN_SUBJECT: SubjectState = SubjectState::new();
 
 impl CompiledPolicy {
-    /// Parses, checks and compiles a policy file.
+    /// Parses, checks and compiles a policy file: every check, for a new version (applied,
+    /// compared, validated). Among them, no ALLOW it was not told of: when the subject's state
+    /// cannot be read, and for a DELETED or RESTRICTED subject, the file may allow only the
+    /// purposes it names in `degraded.allow`, `deleted.allow` and `restricted.allow`.
     pub fn compile(source: &str) -> Result<CompiledPolicy, PolicyError> {
+        CompiledPolicy::compile_with(source, Declarations::Required)
+    }
+
+    /// Compiles a version already stored: every check of [`CompiledPolicy::compile`] but the
+    /// declarations of its ALLOWs, which versions stored before that check existed do not
+    /// make. A deployment's stored versions keep loading; a new version must declare them.
+    pub fn compile_stored(source: &str) -> Result<CompiledPolicy, PolicyError> {
+        CompiledPolicy::compile_with(source, Declarations::AsStored)
+    }
+
+    fn compile_with(
+        source: &str,
+        declarations: Declarations,
+    ) -> Result<CompiledPolicy, PolicyError> {
         let document = file::parse(source)?;
         if document.version.trim().is_empty() {
             return Err(PolicyError::EmptyVersion);
@@ -158,7 +175,7 @@ impl CompiledPolicy {
         let Ok(tables) = tables.try_into() else {
             unreachable!("one table per purpose")
         };
-        Ok(CompiledPolicy {
+        let policy = CompiledPolicy {
             tables,
             version: document.version.as_str().into(),
             effective_from_micros,
@@ -166,7 +183,11 @@ impl CompiledPolicy {
             source: source.into(),
             rule_ids: rule_ids.into_iter().map(Box::from).collect(),
             retention,
-        })
+        };
+        if declarations == Declarations::Required {
+            undeclared_allows(&document, &policy, &every_purpose, &own_lists)?;
+        }
+        Ok(policy)
     }
 
     /// The default policy, `policies/2026-01-01.toml`, compiled once.
@@ -258,6 +279,106 @@ impl CompiledPolicy {
     pub fn retention(&self, category: DataCategory, facts: &RetentionFacts) -> Retention<'_> {
         self.retention_rule(category).apply(facts)
     }
+}
+
+/// Whether a file must declare the ALLOWs it gives where the state says to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Declarations {
+    /// A new version: every such ALLOW is declared.
+    Required,
+    /// A version stored before declarations existed: loaded as it was accepted.
+    AsStored,
+}
+
+/// The statuses under which a subject is allowed nothing unless the file says so, with the
+/// table that says so.
+const STOPPED: [(Status, &str); 2] = [
+    (Status::Deleted, "deleted"),
+    (Status::Restricted, "restricted"),
+];
+
+/// Refuses an ALLOW the file does not declare: a degraded rule, or the answer to any question
+/// about a DELETED or RESTRICTED subject. Read from the compiled tables, input by input, so
+/// whatever the entries (an ALLOW placed before G2, a status test left out), what the policy
+/// would answer is what is checked; the error names the entry that gives it.
+fn undeclared_allows(
+    document: &PolicyFile,
+    policy: &CompiledPolicy,
+    every_purpose: &[Listed<'_>],
+    own_lists: &[Vec<Listed<'_>>],
+) -> Result<(), PolicyError> {
+    for (&purpose, own) in Purpose::ALL.iter().zip(own_lists) {
+        let degraded = policy.degraded(purpose);
+        if degraded.decision == Decision::Allow
+            && !file::declared("degraded", &document.degraded.allow, purpose)?
+        {
+            let named = document.degraded.purposes.contains_key(&Named(purpose));
+            return Err(PolicyError::DegradedAllow {
+                place: Place::Degraded(named.then_some(purpose)).to_string(),
+                rule: degraded.rule.to_string(),
+                purpose,
+            });
+        }
+        let other = policy.tables[purpose.index()].other;
+        for (status, table) in STOPPED {
+            let allowance = match status {
+                Status::Deleted => &document.deleted,
+                _ => &document.restricted,
+            };
+            if file::declared(table, &allowance.allow, purpose)? {
+                continue;
+            }
+            let allowed = inputs_of_status(status, purpose, other).find(|input| {
+                let (state, question) = input.as_question(purpose);
+                policy.evaluate(Some(&state), &question).decision == Decision::Allow
+            });
+            if let Some(input) = allowed {
+                let entry = every_purpose
+                    .iter()
+                    .chain(own)
+                    .find(|entry| matches(entry.when, purpose, &input))
+                    .expect("a compiled purpose decides every possible input");
+                return Err(PolicyError::StoppedAllow {
+                    place: entry.place.to_string(),
+                    rule: entry.rule.to_owned(),
+                    purpose,
+                    status,
+                    table,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every input a question about `purpose` can have for a known subject of `status`: each code
+/// of every other axis.
+fn inputs_of_status(
+    status: Status,
+    purpose: Purpose,
+    other: Purpose,
+) -> impl Iterator<Item = Input> {
+    let count: usize = Axis::ALL
+        .iter()
+        .filter(|axis| **axis != Axis::Status)
+        .map(|axis| axis.size())
+        .product();
+    (0..count).filter_map(move |mut index| {
+        let mut codes = [0; AXES];
+        for axis in Axis::ALL {
+            codes[axis as usize] = if axis == Axis::Status {
+                status as usize
+            } else {
+                let code = index % axis.size();
+                index /= axis.size();
+                code
+            };
+        }
+        let input = Input::from_codes(&codes, purpose, other);
+        // With no other purpose read, the other slot is the own one: counted once.
+        let repeated = other == purpose && codes[Axis::OtherChoice as usize] != NO_CHOICE;
+        (input.is_possible() && !repeated).then_some(input)
+    })
 }
 
 /// Checks the retention schedule (every category once, each row consistent) and compiles it.
@@ -598,6 +719,32 @@ impl Input {
             moderation_flag: code(Axis::ModerationFlag) == 1,
             feedback: code(Axis::Feedback) == 1,
         }
+    }
+
+    /// The subject and the question of a known subject with this input.
+    fn as_question(&self, purpose: Purpose) -> (SubjectState, Question) {
+        let mut state = SubjectState {
+            plan: self.plan,
+            status: self.status.unwrap_or(Status::Active),
+            gpc: self.gpc,
+            zero_data_retention: self.zero_data_retention,
+            ..SubjectState::new()
+        };
+        // The other purpose last: when it is the purpose itself, its slot is the own choice.
+        for (slot, choice) in self.choices.iter().rev() {
+            state.choices.set(*slot, *choice);
+        }
+        let conversation = (self.moderation_flag || self.feedback).then_some(ConversationFacts {
+            feedback: self.feedback.then_some(Rating::ThumbsUp),
+            automated_moderation: self.moderation_flag,
+            user_report: false,
+        });
+        let question = Question {
+            purpose,
+            source: self.source,
+            conversation,
+        };
+        (state, question)
     }
 
     fn choice(&self, purpose: Purpose) -> Option<Choice> {
@@ -1014,8 +1161,9 @@ mod tests {
     use super::*;
     use crate::policy::{self, ConversationFacts, Rating, Rule};
 
-    /// A small policy: every purpose allowed by rule OK unless `lists` says otherwise,
-    /// `top` inserted before the first table, `rules` appended.
+    /// A small policy: every purpose allowed by rule OK unless `lists` says otherwise, to
+    /// deleted and restricted subjects too (declared), `top` inserted before the first table,
+    /// `rules` appended.
     fn small(top: &str, lists: &[(Purpose, &str)], rules: &str) -> String {
         let mut text = format!(
             "version = \"test\"\neffective_from = 2026-01-01\ndescription = \"a test\"\n{top}\n[purposes]\n"
@@ -1031,6 +1179,12 @@ mod tests {
             r#"
 [degraded]
 default = "U"
+
+[deleted]
+allow = ["MODEL_TRAINING", "MEMORY", "SENSITIVE_MEMORY", "IP_GEOLOCATION", "MARKETING_EMAIL", "ANALYTICS_COOKIES", "MARKETING_COOKIES", "ABUSE_MONITORING_RETENTION", "PRODUCT_IMPROVEMENT", "SERVICE_DELIVERY"]
+
+[restricted]
+allow = ["MODEL_TRAINING", "MEMORY", "SENSITIVE_MEMORY", "IP_GEOLOCATION", "MARKETING_EMAIL", "ANALYTICS_COOKIES", "MARKETING_COOKIES", "ABUSE_MONITORING_RETENTION", "PRODUCT_IMPROVEMENT", "SERVICE_DELIVERY"]
 
 [rules.OK]
 decision = "ALLOW"
@@ -1661,6 +1815,143 @@ purposes = { MEMORY = "GONE" }"#,
             "keep = \"AFTER_EVENT\", event = \"INVOICE_ISSUED\", period = \"10y\", \
              from_financial_year_close = true, legal_hold = \"ALWAYS\", section = \"privacy \
              policy §5, Invoices and related correspondence\""
+        );
+    }
+
+    #[test]
+    fn an_allow_where_the_state_says_stop_must_be_declared() {
+        let declaration = "allow = [\"SERVICE_DELIVERY\"]\n";
+        assert!(BUILTIN_POLICY.contains(declaration));
+        let undeclared = BUILTIN_POLICY.replacen(declaration, "", 1);
+        let all_but = |purpose: &str| {
+            Purpose::ALL
+                .iter()
+                .map(|named| format!("\"{named}\""))
+                .filter(|named| named.trim_matches('"') != purpose)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let cases = [
+            (
+                undeclared.clone(),
+                "degraded.purposes.SERVICE_DELIVERY: rule `U2` allows SERVICE_DELIVERY when the \
+                 subject's state cannot be read; a degraded ALLOW must be declared: add \
+                 SERVICE_DELIVERY to `degraded.allow` if that is meant",
+            ),
+            (
+                memory(REFUSED_THEN_OK).replacen(
+                    "default = \"U\"",
+                    "default = \"OK\"\npurposes = { SERVICE_DELIVERY = \"U\" }",
+                    1,
+                ),
+                "degraded.default: rule `OK` allows MODEL_TRAINING when the subject's state \
+                 cannot be read",
+            ),
+            (
+                memory(REFUSED_THEN_OK).replacen(
+                    "default = \"U\"",
+                    "default = \"OK\"\npurposes = { SERVICE_DELIVERY = \"U\" }\nallow = [\"MODEL_TRAINING\"]",
+                    1,
+                ),
+                "degraded.default: rule `OK` allows MEMORY when",
+            ),
+            // An ALLOW placed before G2 answers a deleted subject whose conversation is
+            // flagged: the tables are read, not the rule names.
+            (
+                BUILTIN_POLICY
+                    .replacen("  { rule = \"T2\", when = { moderation_flag = true } },\n", "", 1)
+                    .replacen(
+                        "{ rule = \"G2\", when = { status = \"DELETED\" } },",
+                        "{ rule = \"T2\", when = { moderation_flag = true } },\n  { rule = \"G2\", when = { status = \"DELETED\" } },",
+                        1,
+                    ),
+                "every_purpose[1]: rule `T2` allows MODEL_TRAINING for a DELETED subject; a \
+                 DELETED subject is allowed nothing unless declared: add MODEL_TRAINING to \
+                 `deleted.allow` if that is meant",
+            ),
+            // G3 narrowed to subjects without GPC: a restricted subject with GPC reaches the
+            // purposes' own lists.
+            (
+                BUILTIN_POLICY.replacen(
+                    "{ rule = \"G3\", when = { status = \"RESTRICTED\" } }",
+                    "{ rule = \"G3\", when = { status = \"RESTRICTED\", gpc = false } }",
+                    1,
+                ),
+                "purposes.MODEL_TRAINING[5]: rule `T6` allows MODEL_TRAINING for a RESTRICTED \
+                 subject",
+            ),
+            (
+                memory(REFUSED_THEN_OK).replacen(
+                    &format!("[restricted]\nallow = [{}]", all_but("")),
+                    &format!("[restricted]\nallow = [{}]", all_but("SERVICE_DELIVERY")),
+                    1,
+                ),
+                "purposes.SERVICE_DELIVERY[0]: rule `OK` allows SERVICE_DELIVERY for a \
+                 RESTRICTED subject",
+            ),
+            (
+                memory(REFUSED_THEN_OK).replacen(
+                    "[deleted]\nallow = [",
+                    "[deleted]\nallow = [\"MEMORY\", ",
+                    1,
+                ),
+                "deleted.allow: MEMORY is named twice",
+            ),
+            (
+                memory(REFUSED_THEN_OK).replacen("[deleted]\n", "[deleted]\nkeep = true\n", 1),
+                "deleted.keep (line ",
+            ),
+        ];
+        assert_errors(&cases);
+        // The same text, stored before declarations were required, still loads, and answers
+        // as it did.
+        let stored = CompiledPolicy::compile_stored(&undeclared).unwrap();
+        assert_eq!(&*stored.degraded(Purpose::ServiceDelivery).rule, "U2");
+        assert!(
+            CompiledPolicy::compile(&undeclared)
+                .unwrap_err()
+                .is_undeclared_allow()
+        );
+        // Declared, every ALLOW compiles: the small policy allows everything to everyone.
+        let policy = CompiledPolicy::compile(&memory(REFUSED_THEN_OK)).unwrap();
+        let deleted = SubjectState {
+            status: Status::Deleted,
+            ..SubjectState::new()
+        };
+        let asked = Question::about(Purpose::Memory);
+        assert_eq!(
+            policy.evaluate(Some(&deleted), &asked).decision,
+            Decision::Allow
+        );
+    }
+
+    #[test]
+    fn every_input_of_a_stopped_status_is_tried_once() {
+        // Training reads no other choice: 8 plans, 2 × 2 flags, 3 choices, 2 sources,
+        // 2 × 2 conversation facts.
+        let training = inputs_of_status(
+            Status::Deleted,
+            Purpose::ModelTraining,
+            Purpose::ModelTraining,
+        );
+        assert_eq!(training.count(), 8 * 4 * 3 * 2 * 4);
+        // Sensitive memory reads MEMORY's choice too; service delivery takes no choice.
+        let sensitive = inputs_of_status(
+            Status::Restricted,
+            Purpose::SensitiveMemory,
+            Purpose::Memory,
+        );
+        assert_eq!(sensitive.count(), 8 * 4 * 3 * 3 * 2 * 4);
+        let delivery = inputs_of_status(
+            Status::Deleted,
+            Purpose::ServiceDelivery,
+            Purpose::ServiceDelivery,
+        );
+        assert!(
+            delivery
+                .inspect(|input| assert_eq!(input.choice(Purpose::ServiceDelivery), None))
+                .count()
+                == 8 * 4 * 2 * 4
         );
     }
 

@@ -64,6 +64,29 @@ pub enum PolicyError {
     Shadowed { place: String, rule: String },
     #[error("{place}: rule `{rule}` matches no input a question can have")]
     MatchesNothing { place: String, rule: String },
+    #[error(
+        "{place}: rule `{rule}` allows {purpose} when the subject's state cannot be read; a degraded ALLOW must be declared: add {purpose} to `degraded.allow` if that is meant"
+    )]
+    DegradedAllow {
+        place: String,
+        rule: String,
+        purpose: Purpose,
+    },
+    #[error(
+        "{place}: rule `{rule}` allows {purpose} for a {status} subject; a {status} subject is allowed nothing unless declared: add {purpose} to `{table}.allow` if that is meant"
+    )]
+    StoppedAllow {
+        place: String,
+        rule: String,
+        purpose: Purpose,
+        status: Status,
+        table: &'static str,
+    },
+    #[error("{table}.allow: {purpose} is named twice")]
+    AllowedTwice {
+        table: &'static str,
+        purpose: Purpose,
+    },
     #[error("retention.{category}: missing; every data category needs its row of the schedule")]
     MissingRetention { category: DataCategory },
     #[error("retention.{category}.{field}: {message}")]
@@ -72,6 +95,18 @@ pub enum PolicyError {
         field: &'static str,
         message: String,
     },
+}
+
+impl PolicyError {
+    /// Whether the file was refused only for allowing, without declaring it, a purpose when the
+    /// state cannot be read or to a deleted or restricted subject. A version stored before
+    /// the check existed is still loaded (see `CompiledPolicy::compile_stored`).
+    pub const fn is_undeclared_allow(&self) -> bool {
+        matches!(
+            self,
+            PolicyError::DegradedAllow { .. } | PolicyError::StoppedAllow { .. }
+        )
+    }
 }
 
 /// A policy document as written.
@@ -91,6 +126,12 @@ pub struct PolicyFile {
     pub purposes: BTreeMap<Named<Purpose>, Vec<Entry>>,
     /// The rules that decide when the subject's state cannot be read.
     pub degraded: Degraded,
+    /// The purposes a DELETED subject may be allowed (none unless declared).
+    #[serde(default)]
+    pub deleted: Allowance,
+    /// The purposes a RESTRICTED subject may be allowed (none unless declared).
+    #[serde(default)]
+    pub restricted: Allowance,
     /// Every rule, by id.
     pub rules: BTreeMap<String, RuleDefinition>,
     /// The retention schedule (privacy policy §5): one row per data category. A file without
@@ -230,6 +271,37 @@ pub struct Degraded {
     /// Purposes decided by another rule than `default`.
     #[serde(default)]
     pub purposes: BTreeMap<Named<Purpose>, String>,
+    /// The purposes whose degraded rule may be an ALLOW: a fail-open answer is declared,
+    /// never an accident of the rule names.
+    #[serde(default)]
+    pub allow: Vec<Named<Purpose>>,
+}
+
+/// `[deleted]` and `[restricted]`: the purposes a subject of that status may be allowed. The
+/// compiler refuses a file whose rules allow anything else to such a subject.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Allowance {
+    #[serde(default)]
+    pub allow: Vec<Named<Purpose>>,
+}
+
+/// Whether `allowed` (the `allow` list of `table`) names `purpose`; a purpose named twice is
+/// refused.
+pub fn declared(
+    table: &'static str,
+    allowed: &[Named<Purpose>],
+    purpose: Purpose,
+) -> Result<bool, PolicyError> {
+    match allowed
+        .iter()
+        .filter(|Named(named)| *named == purpose)
+        .count()
+    {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(PolicyError::AllowedTwice { table, purpose }),
+    }
 }
 
 impl Degraded {
