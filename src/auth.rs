@@ -49,7 +49,7 @@ named_enum! {
 }
 
 impl Scope {
-    fn bit(self) -> u16 {
+    const fn bit(self) -> u16 {
         1 << self as u16
     }
 }
@@ -72,6 +72,22 @@ impl Scopes {
 
     pub fn allows(self, needed: Scope) -> bool {
         self.0 & (needed.bit() | Scope::Admin.bit()) != 0
+    }
+
+    /// Every scope: what a call has where no authentication is configured (loopback only,
+    /// every caller trusted).
+    pub const fn everything() -> Scopes {
+        Scopes(Scope::Admin.bit())
+    }
+
+    /// The scopes of a call, as [`AuthLayer`] recorded them on it; none when it recorded none,
+    /// so a handler asking for a second scope fails closed.
+    pub fn of<T>(request: &tonic::Request<T>) -> Scopes {
+        request
+            .extensions()
+            .get::<Scopes>()
+            .copied()
+            .unwrap_or_default()
     }
 }
 
@@ -562,8 +578,17 @@ impl Filter for AuthLayer {
     fn call<S: Inner<B>, B: Body>(&self, inner: &mut S, mut request: Request<B>) -> Call<S, B> {
         match self.authenticator.check(&request) {
             Ok(identity) => {
-                if let Some(identity) = identity {
-                    request.extensions_mut().insert(Caller(identity.name));
+                // The scopes travel with the call: a handler whose effect needs a second scope
+                // (see `Scopes::of`) reads them.
+                match identity {
+                    Some(identity) => {
+                        request.extensions_mut().insert(Caller(identity.name));
+                        request.extensions_mut().insert(identity.scopes);
+                    }
+                    None if !self.authenticator.enabled() => {
+                        request.extensions_mut().insert(Scopes::everything());
+                    }
+                    None => {}
                 }
                 Box::pin(take_ready(inner).call(request))
             }

@@ -5,20 +5,29 @@
 //! like any change (a change about no subject). A version may only take effect from now on:
 //! one effective in the past would rewrite what earlier decisions were.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
 use tonic::{Request, Response, Status};
 
 use super::{AppState, convert, trace_id_of, validate};
+use crate::auth::{Scope, Scopes};
 use crate::error::ApiError;
-use crate::policy::{CompiledPolicy, DataCategory, Purpose, Question};
+use crate::policy::{CompiledPolicy, DataCategory, Decision, Purpose, Question, Ruling};
 use crate::proto;
 use crate::rpc::caller_of;
-use crate::store::{Changed, NewPolicy, WriteContext, now_micros};
+use crate::store::{Changed, NewPolicy, StateGroup, WriteContext, now_micros};
 
 /// The largest policy file accepted.
 const MAX_SOURCE_BYTES: usize = 256 * 1024;
 
-/// Subjects read at a time by a diff.
-const DIFF_PAGE: u32 = 1_000;
+/// The most distinct decision states a diff evaluates. Subjects are grouped by what a policy
+/// reads of them (plan, status, flags, every purpose's choice), and each group is evaluated
+/// once; past this many groups the smaller ones are left out and the answer says `truncated`.
+const MAX_DIFF_STATES: u32 = 50_000;
+
+/// The most groups a diff reads example subject ids from (one bounded query each).
+const MAX_EXAMPLE_GROUPS: usize = 64;
 
 const DEFAULT_EXAMPLES: u32 = 5;
 const MAX_EXAMPLES: u32 = 100;
@@ -40,8 +49,17 @@ impl PoliciesService {
     }
 }
 
+/// Which checks a policy file from a request passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Checks {
+    /// A new version: every check.
+    New,
+    /// A version that may have been stored before a check existed (a diff's `old_source`).
+    AsStored,
+}
+
 /// Compiles a policy file from a request field.
-fn compile(field: &str, source: &str) -> Result<CompiledPolicy, ApiError> {
+fn compile(field: &str, source: &str, checks: Checks) -> Result<CompiledPolicy, ApiError> {
     if source.trim().is_empty() {
         return Err(ApiError::invalid(
             field,
@@ -57,7 +75,11 @@ fn compile(field: &str, source: &str) -> Result<CompiledPolicy, ApiError> {
             ),
         ));
     }
-    CompiledPolicy::compile(source).map_err(|error| ApiError::invalid(field, error))
+    match checks {
+        Checks::New => CompiledPolicy::compile(source),
+        Checks::AsStored => CompiledPolicy::compile_stored(source),
+    }
+    .map_err(|error| ApiError::invalid(field, error))
 }
 
 fn version_to_proto(
@@ -81,9 +103,29 @@ impl proto::policies_server::Policies for PoliciesService {
         request: Request<proto::ApplyPolicyRequest>,
     ) -> Result<Response<proto::ApplyPolicyResponse>, Status> {
         let body = request.get_ref();
-        let policy = compile("source", &body.source)?;
         let actor = validate::actor(body.actor.as_ref())?;
         let policies = &self.state.policies;
+        // A text applied already changes nothing, even one stored before a check it would now
+        // fail (an undeclared ALLOW): re-applying a deployment's files stays harmless.
+        if let Some(known) = policies
+            .all()
+            .iter()
+            .find(|known| known.source() == body.source)
+        {
+            let head = self
+                .state
+                .store
+                .head_revision()
+                .await
+                .map_err(ApiError::from)?;
+            return Ok(Response::new(proto::ApplyPolicyResponse {
+                version: known.version().to_owned(),
+                effective_from: Some(convert::timestamp(known.effective_from_micros())),
+                revision: head.to_token(),
+                changed: false,
+            }));
+        }
+        let policy = compile("source", &body.source, Checks::New)?;
         let unchanged = |revision: crate::revision::Revision| {
             Response::new(proto::ApplyPolicyResponse {
                 version: policy.version().to_owned(),
@@ -255,10 +297,10 @@ impl proto::policies_server::Policies for PoliciesService {
         let old = if body.old_source.is_empty() {
             self.state.policies.in_force(now)
         } else {
-            compiled_old = compile("old_source", &body.old_source)?;
+            compiled_old = compile("old_source", &body.old_source, Checks::AsStored)?;
             &compiled_old
         };
-        let new = compile("new_source", &body.new_source)?;
+        let new = compile("new_source", &body.new_source, Checks::New)?;
         let max_examples = match body.max_examples {
             0 => DEFAULT_EXAMPLES,
             count if count <= MAX_EXAMPLES => count,
@@ -270,70 +312,119 @@ impl proto::policies_server::Policies for PoliciesService {
                 .into());
             }
         };
-        let mut diffs: Vec<proto::PurposeDiff> = Purpose::ALL
-            .iter()
-            .map(|purpose| proto::PurposeDiff {
-                purpose: proto::Purpose::from(*purpose).into(),
-                ..proto::PurposeDiff::default()
-            })
-            .collect();
-        let store = &self.state.store;
-        let mut scanned = 0_u64;
-        let mut after = String::new();
-        loop {
-            let ids = store
-                .subject_ids(&after, DIFF_PAGE)
-                .await
-                .map_err(ApiError::from)?;
-            let Some(last) = ids.last() else { break };
-            after = last.clone();
-            for id in &ids {
-                let subject_id = validate::subject_id(id)?;
-                let Some(view) = store.subject(&subject_id).await.map_err(ApiError::from)? else {
-                    continue;
-                };
-                scanned += 1;
-                // As the subject's choices count now (expired ones dropped).
-                let state = &view.record.state.at(now);
-                for (purpose, diff) in Purpose::ALL.iter().zip(&mut diffs) {
-                    let question = Question::about(*purpose);
-                    let was = old.evaluate(Some(state), &question);
-                    let is = new.evaluate(Some(state), &question);
-                    if was.rule == is.rule && was.decision == is.decision {
-                        continue;
+        // Subject ids are subjects' data: listed only to a caller that may read subjects.
+        let examples_withheld = !Scopes::of(&request).allows(Scope::SubjectsRead);
+        let mut groups = self
+            .state
+            .store
+            .state_groups(now, MAX_DIFF_STATES + 1)
+            .await
+            .map_err(ApiError::from)?;
+        let truncated = groups.len() > MAX_DIFF_STATES as usize;
+        groups.truncate(MAX_DIFF_STATES as usize);
+        let mut diff = Diff::new();
+        for (index, group) in groups.iter().enumerate() {
+            diff.count(index, group, now, (old, &new));
+        }
+        let mut purposes = diff.purposes;
+        if !examples_withheld {
+            let mut fetched: HashMap<usize, Vec<String>> = HashMap::new();
+            for (purpose, changed) in purposes.iter_mut().zip(&diff.changed_groups) {
+                for &(index, was, is) in changed {
+                    let wanted = max_examples as usize - purpose.examples.len();
+                    if wanted == 0 {
+                        break;
                     }
-                    diff.changed += 1;
-                    match (was.decision, is.decision) {
-                        (crate::policy::Decision::Allow, crate::policy::Decision::Deny) => {
-                            diff.allow_to_deny += 1;
-                        }
-                        (crate::policy::Decision::Deny, crate::policy::Decision::Allow) => {
-                            diff.deny_to_allow += 1;
-                        }
-                        _ => {}
+                    if !fetched.contains_key(&index) && fetched.len() >= MAX_EXAMPLE_GROUPS {
+                        break;
                     }
-                    if diff.examples.len() < max_examples as usize {
-                        diff.examples.push(proto::DiffExample {
+                    let ids = match fetched.entry(index) {
+                        Entry::Occupied(entry) => entry.into_mut(),
+                        Entry::Vacant(entry) => entry.insert(
+                            self.state
+                                .store
+                                .subjects_in_state(&groups[index].state, now, max_examples)
+                                .await
+                                .map_err(ApiError::from)?,
+                        ),
+                    };
+                    purpose
+                        .examples
+                        .extend(ids.iter().take(wanted).map(|id| proto::DiffExample {
                             subject_id: id.clone(),
                             old_decision: proto::Decision::from(was.decision).into(),
                             new_decision: proto::Decision::from(is.decision).into(),
                             old_rule: was.rule.to_string(),
                             new_rule: is.rule.to_string(),
-                        });
-                    }
+                        }));
                 }
-            }
-            if ids.len() < DIFF_PAGE as usize {
-                break;
             }
         }
         Ok(Response::new(proto::DiffPolicyResponse {
             old_version: old.version().to_owned(),
             new_version: new.version().to_owned(),
-            subjects_scanned: scanned,
-            purposes: diffs,
+            subjects_scanned: diff.subjects,
+            purposes,
             retention: retention_diff(old, &new),
+            examples_withheld,
+            truncated,
+            distinct_states: groups.len() as u64,
         }))
+    }
+}
+
+/// What a diff counts, group of subjects by group.
+struct Diff<'p> {
+    subjects: u64,
+    /// One per purpose, in purpose order.
+    purposes: Vec<proto::PurposeDiff>,
+    /// For each purpose, the groups whose answer changes, largest first, with the two rulings.
+    changed_groups: Vec<Vec<(usize, &'p Ruling, &'p Ruling)>>,
+}
+
+impl<'p> Diff<'p> {
+    fn new() -> Diff<'p> {
+        Diff {
+            subjects: 0,
+            purposes: Purpose::ALL
+                .iter()
+                .map(|purpose| proto::PurposeDiff {
+                    purpose: proto::Purpose::from(*purpose).into(),
+                    ..proto::PurposeDiff::default()
+                })
+                .collect(),
+            changed_groups: vec![Vec::new(); Purpose::ALL.len()],
+        }
+    }
+
+    /// Evaluates one group's state once under each version and counts its subjects.
+    fn count(
+        &mut self,
+        index: usize,
+        group: &StateGroup,
+        now: i64,
+        (old, new): (&'p CompiledPolicy, &'p CompiledPolicy),
+    ) {
+        self.subjects += group.subjects;
+        // The store left out the choices expired at `now`; `at` keeps the invariant visible
+        // here (every decision on a stored state takes it).
+        let state = &group.state.at(now);
+        let purposes = Purpose::ALL.iter().zip(&mut self.purposes);
+        for ((purpose, diff), changed) in purposes.zip(&mut self.changed_groups) {
+            let question = Question::about(*purpose);
+            let was = old.evaluate(Some(state), &question);
+            let is = new.evaluate(Some(state), &question);
+            if was.rule == is.rule && was.decision == is.decision {
+                continue;
+            }
+            diff.changed += group.subjects;
+            match (was.decision, is.decision) {
+                (Decision::Allow, Decision::Deny) => diff.allow_to_deny += group.subjects,
+                (Decision::Deny, Decision::Allow) => diff.deny_to_allow += group.subjects,
+                _ => {}
+            }
+            changed.push((index, was, is));
+        }
     }
 }
 

@@ -402,6 +402,9 @@ pub fn diff_json(response: &proto::DiffPolicyResponse) -> Value {
         "oldVersion": response.old_version,
         "newVersion": response.new_version,
         "subjectsScanned": response.subjects_scanned.to_string(),
+        "distinctStates": response.distinct_states.to_string(),
+        "examplesWithheld": response.examples_withheld,
+        "truncated": response.truncated,
         "purposes": purposes,
         "retention": response
             .retention
@@ -422,6 +425,15 @@ pub fn diff_text(response: &proto::DiffPolicyResponse) -> String {
         "{} -> {}: {} subjects compared (a check naming no conversation, per purpose)\n",
         response.old_version, response.new_version, response.subjects_scanned
     );
+    if response.truncated {
+        text.push_str(&format!(
+            "  truncated: only the {} largest groups of subjects sharing a state were compared\n",
+            response.distinct_states
+        ));
+    }
+    if response.examples_withheld {
+        text.push_str("  examples withheld: subject ids need the subjects:read scope\n");
+    }
     for diff in &response.purposes {
         text.push_str(&format!(
             "  {:<28} {:>8} changed  {:>8} ALLOW->DENY  {:>8} DENY->ALLOW\n",

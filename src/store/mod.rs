@@ -369,6 +369,17 @@ pub struct CandidatePage {
     pub revision: Revision,
 }
 
+/// Subjects that share one decision state: everything a policy reads of a subject when the
+/// question names no conversation (plan, status, GPC, zero data retention, the choice of
+/// every purpose as it counts at the instant asked).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateGroup {
+    /// The state, with no expiries: the choices expired at the instant are left out.
+    pub state: SubjectState,
+    /// How many subjects have it.
+    pub subjects: u64,
+}
+
 /// A subject as `GetSubject` shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SubjectView {
@@ -791,6 +802,33 @@ impl Store {
     pub async fn subject_ids(&self, after: &str, limit: u32) -> Result<Vec<String>, StoreError> {
         self.run("subject_ids", Access::Connection, async |connection| {
             rows::subject_ids_in(connection, after, limit).await
+        })
+        .await
+    }
+
+    /// The stored subjects grouped by their decision state at `now_micros`, the largest
+    /// groups first, at most `limit` groups: one statement, whatever the number of subjects.
+    pub async fn state_groups(
+        &self,
+        now_micros: i64,
+        limit: u32,
+    ) -> Result<Vec<StateGroup>, StoreError> {
+        self.run("state_groups", Access::Read, async |connection| {
+            rows::state_groups_in(connection, now_micros, limit).await
+        })
+        .await
+    }
+
+    /// The ids of subjects whose decision state at `now_micros` is `state`, in id order, at
+    /// most `limit`.
+    pub async fn subjects_in_state(
+        &self,
+        state: &SubjectState,
+        now_micros: i64,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        self.run("subjects_in_state", Access::Read, async |connection| {
+            rows::subjects_in_state_in(connection, state, now_micros, limit).await
         })
         .await
     }

@@ -13,7 +13,8 @@ use crate::audit::{
 use crate::domain::{ConversationId, SubjectId};
 use crate::policy::rights::{Effect, Regime, RequestState, RightKind, RightsRequest};
 use crate::policy::{
-    Choice, ConsentMethod, ConversationFacts, Plan, Purpose, Rating, Status, SubjectState,
+    Choice, ConsentMethod, ConversationFacts, PURPOSE_COUNT, Plan, Purpose, Rating, Status,
+    SubjectState,
 };
 use crate::revision::Revision;
 use crate::store::change::{Change, Command, ConsentMeta, SubjectRecord, plan_change};
@@ -21,8 +22,8 @@ use crate::store::sql::{Connection, Row};
 use crate::store::{
     CandidatePage, ChangeNotice, Changed, ChoiceEntry, DecisionState, DueCandidates, EventQuery,
     ExpiredChoice, NewPolicy, NewRightsRequest, RetentionSubject, RightsListing, RightsOutcome,
-    RightsQuery, RightsStep, StoreError, StoredPolicy, StoredRightsRequest, SubjectSnapshot,
-    SubjectView, WriteContext, WriteOutcome, WriteRequest, now_micros,
+    RightsQuery, RightsStep, StateGroup, StoreError, StoredPolicy, StoredRightsRequest,
+    SubjectSnapshot, SubjectView, WriteContext, WriteOutcome, WriteRequest, now_micros,
 };
 
 const VERIFY_PAGE: i64 = 1_000;
@@ -689,6 +690,148 @@ pub(super) async fn subject_ids_in(
         .fetch_all_as()
         .await?;
     Ok(rows.into_iter().map(|(subject_id,)| subject_id).collect())
+}
+
+/// How a state group's columns spell "no plan" and "no choice".
+const NONE: &str = "NONE";
+
+/// The choice of each purpose that counts at `$1`, one column per purpose (`choice_0`, ...,
+/// in purpose order, `NONE` for none), the purposes' names bound from `$first` on.
+fn choice_columns(first: usize) -> String {
+    Purpose::ALL
+        .iter()
+        .enumerate()
+        .map(|(index, _)| {
+            format!(
+                "COALESCE(MAX(CASE WHEN c.purpose = ${} THEN c.choice END), '{NONE}') AS choice_{index}",
+                first + index
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",\n       ")
+}
+
+/// The subjects grouped by their decision state at `now_micros`, the largest groups first:
+/// the choices of each subject that count then are pivoted into one column per purpose, and
+/// the rows grouped on every column a policy reads, by the database.
+pub(super) async fn state_groups_in(
+    connection: &mut Connection,
+    now_micros: i64,
+    limit: u32,
+) -> Result<Vec<StateGroup>, StoreError> {
+    let choices: Vec<String> = (0..PURPOSE_COUNT)
+        .map(|index| format!("choice_{index}"))
+        .collect();
+    let state_columns = format!(
+        "plan, status, gpc, zero_data_retention, {}",
+        choices.join(", ")
+    );
+    let sql = format!(
+        "SELECT {state_columns}, COUNT(*) AS subject_count
+         FROM (
+             SELECT COALESCE(s.plan, '{NONE}') AS plan, s.status, s.gpc, s.zero_data_retention,
+                    {}
+             FROM subjects s
+             LEFT JOIN choices c
+               ON c.subject_id = s.subject_id AND (c.expires_at IS NULL OR c.expires_at > $1)
+             GROUP BY s.subject_id, s.plan, s.status, s.gpc, s.zero_data_retention
+         ) AS states
+         GROUP BY {state_columns}
+         ORDER BY subject_count DESC, {state_columns}
+         LIMIT $2",
+        choice_columns(3)
+    );
+    let mut select = connection
+        .query(sqlx::AssertSqlSafe(sql))
+        .bind(now_micros)
+        .bind(i64::from(limit));
+    for purpose in Purpose::ALL {
+        select = select.bind(purpose.as_str());
+    }
+    select
+        .fetch_all()
+        .await?
+        .iter()
+        .map(|row| {
+            let mut state = SubjectState {
+                plan: parse_optional(row, "plan", Plan::from_name)?,
+                status: parse_column(row, "status", Status::from_name)?,
+                gpc: row.try_get("gpc")?,
+                zero_data_retention: row.try_get("zero_data_retention")?,
+                ..SubjectState::new()
+            };
+            for (index, purpose) in Purpose::ALL.iter().enumerate() {
+                let choice = parse_optional(row, &format!("choice_{index}"), Choice::from_name)?;
+                state.choices.set(*purpose, choice);
+            }
+            let subjects: i64 = row.try_get("subject_count")?;
+            Ok(StateGroup {
+                state,
+                subjects: from_i64(subjects),
+            })
+        })
+        .collect()
+}
+
+/// The ids of the subjects whose decision state at `now_micros` is `state`, in id order: each
+/// purpose's choice read through the choices' primary key, so a large group answers after a
+/// few rows.
+pub(super) async fn subjects_in_state_in(
+    connection: &mut Connection,
+    state: &SubjectState,
+    now_micros: i64,
+    limit: u32,
+) -> Result<Vec<String>, StoreError> {
+    let first_purpose = 7;
+    let tests: Vec<String> = Purpose::ALL
+        .iter()
+        .enumerate()
+        .map(|(index, _)| {
+            format!(
+                "COALESCE((SELECT c.choice FROM choices c
+                            WHERE c.subject_id = s.subject_id AND c.purpose = ${}
+                              AND (c.expires_at IS NULL OR c.expires_at > $1)), '{NONE}') = ${}",
+                first_purpose + 2 * index,
+                first_purpose + 2 * index + 1
+            )
+        })
+        .collect();
+    let sql = format!(
+        "SELECT s.subject_id FROM subjects s
+         WHERE COALESCE(s.plan, '{NONE}') = $3 AND s.status = $4 AND s.gpc = $5
+           AND s.zero_data_retention = $6
+           AND {}
+         ORDER BY s.subject_id LIMIT $2",
+        tests.join("\n           AND ")
+    );
+    let mut select = connection
+        .query(sqlx::AssertSqlSafe(sql))
+        .bind(now_micros)
+        .bind(i64::from(limit))
+        .bind(state.plan.map_or(NONE, Plan::as_str))
+        .bind(state.status.as_str())
+        .bind(state.gpc)
+        .bind(state.zero_data_retention);
+    for purpose in Purpose::ALL {
+        select = select
+            .bind(purpose.as_str())
+            .bind(state.choices.get(*purpose).map_or(NONE, Choice::as_str));
+    }
+    let ids: Vec<(String,)> = select.fetch_all_as().await?;
+    Ok(ids.into_iter().map(|(subject_id,)| subject_id).collect())
+}
+
+/// A column holding a name of the vocabulary, or `NONE`.
+fn parse_optional<T>(
+    row: &Row,
+    column: &str,
+    from_name: fn(&str) -> Option<T>,
+) -> Result<Option<T>, StoreError> {
+    let text: String = row.try_get(column)?;
+    if text == NONE {
+        return Ok(None);
+    }
+    parse(column, &text, from_name).map(Some)
 }
 
 pub(super) async fn load_subject(

@@ -35,6 +35,7 @@ super::testing::backend_tests!(
     choices_stored_before_consent_records_keep_their_caller,
     retention_reads_deletions_and_choices_with_their_times,
     due_candidates_page_through_every_criterion,
+    subjects_group_by_their_decision_state,
 );
 
 fn subject(id: &str) -> SubjectId {
@@ -1275,4 +1276,123 @@ async fn due_candidates_page_through_every_criterion(backend: Backend) {
         .unwrap();
     assert!(zero_data.subjects[0].zero_data_retention);
     store.close().await;
+}
+
+async fn subjects_group_by_their_decision_state(backend: Backend) {
+    let (_database, store) = fresh(backend).await;
+    for id in ["ada", "bob"] {
+        write(&store, id, upsert(Plan::Free)).await;
+        write(
+            &store,
+            id,
+            choice(Purpose::ModelTraining, Some(Choice::Refused)),
+        )
+        .await;
+    }
+    write(&store, "cyd", upsert(Plan::Free)).await;
+    write(&store, "dan", upsert(Plan::Pro)).await;
+    let granted_until = consent(
+        Purpose::AnalyticsCookies,
+        Some(Choice::Granted),
+        "cookies-v1",
+        crate::policy::ConsentMethod::CookieBanner,
+        Some(EXPIRES_AT),
+    );
+    write(&store, "dan", granted_until).await;
+    write(&store, "eve", upsert(Plan::Pro)).await;
+    write(&store, "fay", upsert(Plan::Free)).await;
+    write(&store, "fay", Command::Delete).await;
+    let flags = SubjectFields {
+        gpc: Some(true),
+        zero_data_retention: Some(true),
+        ..Default::default()
+    };
+    write(&store, "gus", Command::Upsert(flags)).await;
+    let state = |plan: Option<Plan>, choices: &[(Purpose, Choice)]| {
+        let mut state = SubjectState {
+            plan,
+            ..SubjectState::new()
+        };
+        for (purpose, choice) in choices {
+            state.choices.set(*purpose, Some(*choice));
+        }
+        state
+    };
+    let refused = state(
+        Some(Plan::Free),
+        &[(Purpose::ModelTraining, Choice::Refused)],
+    );
+    let granted = state(
+        Some(Plan::Pro),
+        &[(Purpose::AnalyticsCookies, Choice::Granted)],
+    );
+    let pro = state(Some(Plan::Pro), &[]);
+    let deleted = SubjectState {
+        status: Status::Deleted,
+        ..state(Some(Plan::Free), &[])
+    };
+    let flagged = SubjectState {
+        gpc: true,
+        zero_data_retention: true,
+        ..SubjectState::new()
+    };
+
+    // Before the analytics consent expires: six states, the largest first.
+    let before = EXPIRES_AT - 1;
+    let groups = store.state_groups(before, 100).await.unwrap();
+    let counted: HashMap<_, u64> = groups
+        .iter()
+        .map(|group| (format!("{:?}", group.state), group.subjects))
+        .collect();
+    assert_eq!(groups.len(), 6, "{groups:?}");
+    assert_eq!(
+        groups[0],
+        StateGroup {
+            state: refused,
+            subjects: 2
+        }
+    );
+    for expected in [state(Some(Plan::Free), &[]), granted, pro, deleted, flagged] {
+        assert_eq!(
+            counted.get(&format!("{expected:?}")),
+            Some(&1),
+            "{expected:?}"
+        );
+    }
+    assert_eq!(groups.iter().map(|group| group.subjects).sum::<u64>(), 7);
+    // From the expiry on, the consent no longer counts: dan joins eve.
+    let after = store.state_groups(EXPIRES_AT, 100).await.unwrap();
+    assert_eq!(after.len(), 5, "{after:?}");
+    assert!(after.contains(&StateGroup {
+        state: pro,
+        subjects: 2
+    }));
+    assert!(!after.iter().any(|group| group.state == granted));
+    // At most `limit` groups, the largest.
+    assert_eq!(
+        store.state_groups(before, 1).await.unwrap(),
+        [StateGroup {
+            state: refused,
+            subjects: 2
+        }]
+    );
+
+    // The ids of a group, in id order, at most `limit`.
+    let ids = |state: SubjectState, now: i64, limit: u32| {
+        let store = store.clone();
+        async move { store.subjects_in_state(&state, now, limit).await.unwrap() }
+    };
+    assert_eq!(ids(refused, before, 10).await, ["ada", "bob"]);
+    assert_eq!(ids(refused, before, 1).await, ["ada"]);
+    assert_eq!(ids(granted, before, 10).await, ["dan"]);
+    assert_eq!(ids(pro, before, 10).await, ["eve"]);
+    assert!(ids(granted, EXPIRES_AT, 10).await.is_empty());
+    assert_eq!(ids(pro, EXPIRES_AT, 10).await, ["dan", "eve"]);
+    assert_eq!(ids(deleted, before, 10).await, ["fay"]);
+    assert_eq!(ids(flagged, before, 10).await, ["gus"]);
+    let restricted = SubjectState {
+        status: Status::Restricted,
+        ..refused
+    };
+    assert!(ids(restricted, before, 10).await.is_empty());
 }

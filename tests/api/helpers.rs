@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use assent::auth::TokenSettings;
 use assent::cache::CacheSettings;
 use assent::config::Settings;
 use assent::decision_log::LogMode;
@@ -93,6 +94,21 @@ impl TestApp {
             shutdown: Some(shutdown),
             server: Some(server),
         }
+    }
+
+    /// A server on a fresh database that authenticates every call by a bearer token (HS256,
+    /// the development key of [`token`]).
+    pub async fn spawn_with_tokens() -> TestApp {
+        TestApp::spawn_adjusted(|settings| {
+            settings.tokens = Some(TokenSettings {
+                jwks_file: None,
+                hs256_secret: Some(TOKEN_SECRET.to_owned()),
+                issuer: TOKEN_ISSUER.to_owned(),
+                audience: TOKEN_AUDIENCE.to_owned(),
+                leeway_seconds: 30,
+            });
+        })
+        .await
     }
 
     pub fn channel(&self) -> Channel {
@@ -338,6 +354,42 @@ impl DirectConnection {
             DirectConnection::Postgres(connection) => connection.close().await.unwrap(),
         }
     }
+}
+
+const TOKEN_ISSUER: &str = "https://auth.test";
+const TOKEN_AUDIENCE: &str = "assent";
+const TOKEN_SECRET: &str = "a-development-secret-of-at-least-32-bytes";
+
+/// A token a [`TestApp::spawn_with_tokens`] server accepts, naming `caller` with `scopes`
+/// (space-separated), valid for five minutes.
+pub fn token(caller: &str, scopes: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({
+        "iss": TOKEN_ISSUER,
+        "aud": TOKEN_AUDIENCE,
+        "sub": caller,
+        "scope": scopes,
+        "iat": now,
+        "exp": now + 300,
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(TOKEN_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// `message` as a request carrying the bearer `token`.
+pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
 }
 
 pub fn actor() -> Option<proto::Actor> {

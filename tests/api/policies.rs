@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use assent::proto::{self, Choice, Decision, Plan, Purpose};
 use tonic::Code;
 
-use crate::helpers::{TestApp, actor, assert_status, check_request};
+use crate::helpers::{TestApp, actor, assert_status, check_request, token, with_token};
 
 /// The built-in policy file.
 const BUILTIN: &str = include_str!("../../policies/2026-01-01.toml");
@@ -452,5 +452,88 @@ async fn a_diff_counts_the_answers_a_version_would_change() {
         })
         .await;
     assert_status(bad, Code::InvalidArgument, "max_examples");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_diff_names_subjects_only_to_a_caller_that_may_read_them() {
+    let app = TestApp::spawn_with_tokens().await;
+    let admin = token("operator", "admin");
+    for (subject_id, plan) in [
+        ("ada", Plan::Free),
+        ("bob", Plan::Free),
+        ("carol", Plan::Pro),
+    ] {
+        app.subjects()
+            .upsert_subject(with_token(
+                proto::UpsertSubjectRequest {
+                    subject_id: subject_id.into(),
+                    plan: Some(plan as i32),
+                    actor: actor(),
+                    ..Default::default()
+                },
+                &admin,
+            ))
+            .await
+            .unwrap();
+    }
+    let v2 = free_plan_excluded("2027-01-01", SystemTime::now() + Duration::from_secs(3_600));
+    let diff = async |scopes: &str| {
+        app.policies()
+            .diff_policy(with_token(
+                proto::DiffPolicyRequest {
+                    new_source: v2.clone(),
+                    ..Default::default()
+                },
+                &token("policy-author", scopes),
+            ))
+            .await
+            .map(tonic::Response::into_inner)
+    };
+    let training_ids = |diff: &proto::DiffPolicyResponse| {
+        let mut ids: Vec<(String, String, String)> = diff.purposes[0]
+            .examples
+            .iter()
+            .map(|example| {
+                (
+                    example.subject_id.clone(),
+                    example.old_rule.clone(),
+                    example.new_rule.clone(),
+                )
+            })
+            .collect();
+        ids.sort();
+        ids
+    };
+    // `policies:read` alone: the counts, and no subject id anywhere.
+    let counts = diff("policies:read").await.unwrap();
+    assert!(counts.examples_withheld);
+    assert!(!counts.truncated);
+    assert_eq!(
+        (counts.subjects_scanned, counts.distinct_states),
+        (3, 2),
+        "ada and bob share a state"
+    );
+    let training = &counts.purposes[0];
+    assert_eq!(training.purpose, Purpose::ModelTraining as i32);
+    assert_eq!((training.changed, training.allow_to_deny), (2, 2));
+    assert!(
+        counts
+            .purposes
+            .iter()
+            .all(|purpose| purpose.examples.is_empty())
+    );
+    // With `subjects:read` (or `admin`) as well: the examples.
+    for scopes in ["policies:read subjects:read", "admin"] {
+        let full = diff(scopes).await.unwrap();
+        assert!(!full.examples_withheld, "{scopes}");
+        assert_eq!(full.purposes[0].changed, 2);
+        let expected = [("ada", "T6", "T4"), ("bob", "T6", "T4")]
+            .map(|(id, old, new)| (id.to_owned(), old.to_owned(), new.to_owned()));
+        assert_eq!(training_ids(&full), expected, "{scopes}");
+    }
+    // `subjects:read` alone does not reach DiffPolicy.
+    let refused = diff("subjects:read").await;
+    assert_status(refused, Code::PermissionDenied, "authorization:");
     app.stop().await;
 }
