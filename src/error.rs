@@ -35,6 +35,9 @@ pub enum ApiError {
     /// The request would overwrite something that exists.
     #[error("{field}: {message}")]
     AlreadyExists { field: String, message: String },
+    /// The caller holds the method's scope but not the one an effect of the call needs.
+    #[error("authorization: {0}")]
+    PermissionDenied(String),
     /// The store of record cannot be reached.
     #[error("the store of record is unavailable; retry later")]
     StoreUnavailable(#[source] StoreError),
@@ -90,6 +93,7 @@ impl ApiError {
                 Code::FailedPrecondition
             }
             ApiError::AlreadyExists { .. } => Code::AlreadyExists,
+            ApiError::PermissionDenied(_) => Code::PermissionDenied,
             ApiError::Unimplemented { .. } => Code::Unimplemented,
             ApiError::StoreUnavailable(_) | ApiError::AuditUnavailable(_) => Code::Unavailable,
             ApiError::Internal(_) => Code::Internal,
@@ -118,6 +122,12 @@ impl From<StoreError> for ApiError {
                           the deadlines in"
                     .into(),
             },
+            StoreError::EffectNotAllowed { effect } => ApiError::PermissionDenied(format!(
+                "the caller lacks the scope {}, which a rights step that would {effect} its \
+                 subject needs besides {}; nothing was written",
+                crate::auth::Scope::SubjectsWrite.as_str(),
+                crate::auth::Scope::RightsWrite.as_str(),
+            )),
             StoreError::PolicyConflict(version) => ApiError::AlreadyExists {
                 field: "source".into(),
                 message: format!(

@@ -6,10 +6,12 @@
 use tonic::{Request, Response, Status};
 
 use super::{AppState, CallContext, convert, validate};
+use crate::auth::{Scope, Scopes};
 use crate::error::ApiError;
 use crate::proto;
 use crate::store::{
-    Changed, RightsListing, RightsOutcome, RightsQuery, RightsStep, StoredRightsRequest, now_micros,
+    Changed, RightsEffects, RightsListing, RightsOutcome, RightsQuery, RightsStep,
+    StoredRightsRequest, now_micros,
 };
 
 #[derive(Clone, Debug)]
@@ -59,7 +61,7 @@ impl RightsService {
         let outcome = self
             .state
             .store
-            .step_rights_request(&request_id, &step, &context)
+            .step_rights_request(&request_id, &step, &context, effects_of(request))
             .await
             .map_err(ApiError::from)?;
         Ok(self.answered(outcome))
@@ -100,6 +102,18 @@ impl RightsService {
                 .collect(),
             next_page_token,
         })
+    }
+}
+
+/// The effects a rights write of this call may have: deleting or restricting a subject needs
+/// `subjects:write` besides `rights:write`, as `Subjects.DeleteSubject` and `SetRestriction`
+/// do. The store decides in the write's transaction, on the request as stored, whether the
+/// step has such an effect, and refuses the whole write if so.
+fn effects_of<T>(request: &Request<T>) -> RightsEffects {
+    if Scopes::of(request).allows(Scope::SubjectsWrite) {
+        RightsEffects::All
+    } else {
+        RightsEffects::NeitherDeleteNorRestrict
     }
 }
 
@@ -147,7 +161,7 @@ impl proto::rights_server::Rights for RightsService {
         let outcome = self
             .state
             .store
-            .file_rights_request(&new, &context)
+            .file_rights_request(&new, &context, effects_of(&request))
             .await
             .map_err(ApiError::from)?;
         Ok(self.answered(outcome))

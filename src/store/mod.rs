@@ -158,6 +158,17 @@ pub enum RightsStep {
     Extend { reason: String },
 }
 
+/// The effects a rights write may have on its subject: what its caller may also do through
+/// `Subjects`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RightsEffects {
+    /// Every effect, deletion and restriction included.
+    All,
+    /// Only effects that neither delete nor restrict the subject (REFUSED choices): a write
+    /// whose effect would is refused whole ([`StoreError::EffectNotAllowed`]).
+    NeitherDeleteNorRestrict,
+}
+
 /// A stored rights request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredRightsRequest {
@@ -456,6 +467,12 @@ pub enum StoreError {
     RightsStep(#[from] StepRefusal),
     #[error("the subject has no jurisdiction on record; give the request's jurisdiction")]
     NoJurisdiction,
+    /// A rights write whose effect its caller may not have (see [`RightsEffects`]).
+    #[error("the rights step would {effect} its subject")]
+    EffectNotAllowed {
+        /// `delete` or `restrict`.
+        effect: &'static str,
+    },
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -681,28 +698,31 @@ impl Store {
     }
 
     /// Files a rights request: the request, its audit event and any effect it has at once on
-    /// the subject (with their own events), in one transaction.
+    /// the subject (with their own events), in one transaction. An effect beyond `effects`
+    /// refuses the whole write.
     pub async fn file_rights_request(
         &self,
         request: &NewRightsRequest,
         context: &WriteContext,
+        effects: RightsEffects,
     ) -> Result<RightsOutcome, StoreError> {
         self.run("file_rights_request", Access::Write, async |connection| {
-            rows::file_rights_in(connection, request, context).await
+            rows::file_rights_in(connection, request, context, effects).await
         })
         .await
     }
 
     /// Takes a step of a rights request, with its audit event and any effect it makes due, in
-    /// one transaction.
+    /// one transaction. An effect beyond `effects` refuses the whole write.
     pub async fn step_rights_request(
         &self,
         request_id: &str,
         step: &RightsStep,
         context: &WriteContext,
+        effects: RightsEffects,
     ) -> Result<RightsOutcome, StoreError> {
         self.run("step_rights_request", Access::Write, async |connection| {
-            rows::step_rights_in(connection, request_id, step, context).await
+            rows::step_rights_in(connection, request_id, step, context, effects).await
         })
         .await
     }

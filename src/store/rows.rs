@@ -21,9 +21,10 @@ use crate::store::change::{Change, Command, ConsentMeta, SubjectRecord, plan_cha
 use crate::store::sql::{Connection, Row};
 use crate::store::{
     CandidatePage, ChangeNotice, Changed, ChoiceEntry, DecisionState, DueCandidates, EventQuery,
-    ExpiredChoice, NewPolicy, NewRightsRequest, RetentionSubject, RightsListing, RightsOutcome,
-    RightsQuery, RightsStep, StateGroup, StoreError, StoredPolicy, StoredRightsRequest,
-    SubjectSnapshot, SubjectView, WriteContext, WriteOutcome, WriteRequest, now_micros,
+    ExpiredChoice, NewPolicy, NewRightsRequest, RetentionSubject, RightsEffects, RightsListing,
+    RightsOutcome, RightsQuery, RightsStep, StateGroup, StoreError, StoredPolicy,
+    StoredRightsRequest, SubjectSnapshot, SubjectView, WriteContext, WriteOutcome, WriteRequest,
+    now_micros,
 };
 
 const VERIFY_PAGE: i64 = 1_000;
@@ -134,6 +135,7 @@ pub(super) async fn file_rights_in(
     connection: &mut Connection,
     new: &NewRightsRequest,
     context: &WriteContext,
+    effects: RightsEffects,
 ) -> Result<RightsOutcome, StoreError> {
     let mut head = chain_head(&mut *connection).await?;
     let subject_id = new.subject_id.as_str();
@@ -173,7 +175,7 @@ pub(super) async fn file_rights_in(
         None,
         stored,
         EventKind::RightsRequestFiled,
-        context,
+        (context, effects),
     )
     .await
 }
@@ -185,6 +187,7 @@ pub(super) async fn step_rights_in(
     request_id: &str,
     step: &RightsStep,
     context: &WriteContext,
+    effects: RightsEffects,
 ) -> Result<RightsOutcome, StoreError> {
     let mut head = chain_head(&mut *connection).await?;
     let Some(before) = load_rights_request(&mut *connection, request_id).await? else {
@@ -220,13 +223,14 @@ pub(super) async fn step_rights_in(
         Some(&before),
         after,
         kind,
-        context,
+        (context, effects),
     )
     .await
 }
 
 /// Writes a rights request after a step and the step's audit event, then the changes of
-/// the subject the step makes due, each with its own event.
+/// the subject the step makes due, each with its own event. A step whose effect is beyond
+/// `effects` is refused before anything is written.
 async fn rights_step_in(
     connection: &mut Connection,
     head: &mut (u64, String),
@@ -234,13 +238,23 @@ async fn rights_step_in(
     before: Option<&StoredRightsRequest>,
     mut after: StoredRightsRequest,
     kind: EventKind,
-    context: &WriteContext,
+    (context, effects): (&WriteContext, RightsEffects),
 ) -> Result<RightsOutcome, StoreError> {
     // A deleted subject is processed no more: nothing is left to take effect on.
     let effect = after
         .request
         .effect_due()
         .filter(|_| subject.state.status != Status::Deleted);
+    if effects == RightsEffects::NeitherDeleteNorRestrict {
+        let refused = match effect {
+            Some(Effect::Delete) => Some("delete"),
+            Some(Effect::Restrict) => Some("restrict"),
+            Some(Effect::RefuseChoices(_)) | None => None,
+        };
+        if let Some(effect) = refused {
+            return Err(StoreError::EffectNotAllowed { effect });
+        }
+    }
     if effect.is_some() {
         after.request.effect_applied = true;
     }

@@ -11,7 +11,7 @@ use assent::proto::{
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::helpers::{TestApp, actor, assert_status};
+use crate::helpers::{TestApp, actor, assert_status, token, with_token};
 
 fn rights(app: &TestApp) -> RightsClient<Channel> {
     RightsClient::new(app.channel())
@@ -930,4 +930,174 @@ async fn watchers_see_the_step_and_the_decision_it_flipped() {
             "T5".to_owned()
         )]
     );
+}
+
+/// What a rights write left in the store: audit events and rights requests, counted on a
+/// connection of the test's own.
+async fn written(app: &TestApp) -> (i64, i64) {
+    let mut connection = app.direct_connection().await;
+    let counts = (
+        connection.count("audit_events").await,
+        connection.count("rights_requests").await,
+    );
+    connection.close().await;
+    counts
+}
+
+#[tokio::test]
+async fn deleting_or_restricting_through_a_request_needs_subjects_write() {
+    let app = TestApp::spawn_with_tokens().await;
+    let admin = token("operator", "admin");
+    let intake = token("intake-form", "rights:write rights:read");
+    let privacy = token("privacy-team", "rights:write subjects:write");
+    for subject_id in ["ann", "ben"] {
+        app.subjects()
+            .upsert_subject(with_token(
+                proto::UpsertSubjectRequest {
+                    subject_id: subject_id.into(),
+                    plan: Some(Plan::Free as i32),
+                    jurisdiction: Some("FR".into()),
+                    actor: actor(),
+                    ..Default::default()
+                },
+                &admin,
+            ))
+            .await
+            .unwrap();
+    }
+    let status = async |subject_id: &str| {
+        app.subjects()
+            .get_subject(with_token(
+                proto::GetSubjectRequest {
+                    subject_id: subject_id.into(),
+                },
+                &admin,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .status()
+    };
+    let file_as = async |token: &str, request: proto::FileRightsRequest| {
+        rights(&app)
+            .file_request(with_token(request, token))
+            .await
+            .map(|response| response.into_inner().request.unwrap())
+    };
+    let advance_as = async |token: &str, request_id: &str, state: RequestState, verified: bool| {
+        rights(&app)
+            .advance_request(with_token(
+                proto::AdvanceRightsRequest {
+                    request_id: request_id.into(),
+                    state: state as i32,
+                    identity_verified: verified,
+                    reason: String::new(),
+                    actor: actor(),
+                },
+                token,
+            ))
+            .await
+            .map(|response| response.into_inner().request.unwrap())
+    };
+    let refused = |result: Result<proto::RightsRequest, tonic::Status>, effect: &str| {
+        let status = result.expect_err("the step should be refused");
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        assert!(
+            status.message().starts_with("authorization:")
+                && status.message().contains("subjects:write")
+                && status.message().contains(effect),
+            "{status:?}"
+        );
+    };
+
+    // `rights:write` alone: a verified deletion and a restriction are refused on filing, and
+    // nothing is written.
+    let before = written(&app).await;
+    let verified_deletion = proto::FileRightsRequest {
+        identity_verified: true,
+        ..filing("ann", RightKind::Deletion)
+    };
+    refused(file_as(&intake, verified_deletion.clone()).await, "delete");
+    refused(
+        file_as(&intake, filing("ben", RightKind::Restriction)).await,
+        "restrict",
+    );
+    assert_eq!(written(&app).await, before);
+    assert_eq!(status("ann").await, proto::Status::Active);
+    assert_eq!(status("ben").await, proto::Status::Active);
+
+    // It may file a deletion and work it up to the step that verifies the identity, which it
+    // may not take.
+    let deletion = file_as(&intake, filing("ann", RightKind::Deletion))
+        .await
+        .unwrap();
+    let verifying = advance_as(
+        &intake,
+        &deletion.request_id,
+        RequestState::Verifying,
+        false,
+    )
+    .await
+    .unwrap();
+    assert!(!verifying.effect_applied);
+    let before = written(&app).await;
+    refused(
+        advance_as(
+            &intake,
+            &deletion.request_id,
+            RequestState::InProgress,
+            true,
+        )
+        .await,
+        "delete",
+    );
+    assert_eq!(written(&app).await, before);
+    let unchanged = rights(&app)
+        .get_request(with_token(
+            proto::GetRightsRequest {
+                request_id: deletion.request_id.clone(),
+            },
+            &intake,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(unchanged.state(), RequestState::Verifying);
+    assert!(!unchanged.identity_verified);
+    assert_eq!(status("ann").await, proto::Status::Active);
+
+    // An objection only refuses choices: `rights:write` is enough.
+    let objection = file_as(&intake, filing("ben", RightKind::Objection))
+        .await
+        .unwrap();
+    assert!(objection.effect_applied);
+
+    // With `subjects:write` as well, the same steps take effect ...
+    let verified = advance_as(
+        &privacy,
+        &deletion.request_id,
+        RequestState::InProgress,
+        true,
+    )
+    .await
+    .unwrap();
+    assert!(verified.effect_applied);
+    assert_eq!(status("ann").await, proto::Status::Deleted);
+    let restriction = file_as(&privacy, filing("ben", RightKind::Restriction))
+        .await
+        .unwrap();
+    assert!(restriction.effect_applied);
+    assert_eq!(status("ben").await, proto::Status::Restricted);
+    // ... and once the effect is applied, completing the request changes no subject: the
+    // intake may.
+    let completed = advance_as(
+        &intake,
+        &deletion.request_id,
+        RequestState::Completed,
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(completed.state(), RequestState::Completed);
+    app.stop().await;
 }
