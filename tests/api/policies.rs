@@ -537,3 +537,87 @@ async fn a_diff_names_subjects_only_to_a_caller_that_may_read_them() {
     assert_status(refused, Code::PermissionDenied, "authorization:");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_version_stored_before_allows_were_declared_still_loads() {
+    use std::sync::Arc;
+
+    use assent::domain::Actor;
+    use assent::policy::CompiledPolicy;
+    use assent::store::testing::{Backend, TestDatabase};
+    use assent::store::{NewPolicy, Store, WriteContext};
+
+    let declaration = "allow = [\"SERVICE_DELIVERY\"]\n";
+    let effective = SystemTime::now() + Duration::from_secs(3_600);
+    let undeclared = free_plan_excluded("2027-02-01", effective).replacen(declaration, "", 1);
+    let effective_from_micros = CompiledPolicy::compile_stored(&undeclared)
+        .unwrap()
+        .effective_from_micros();
+    // Stored as an earlier release stored it: the store takes the text as given.
+    let database = Arc::new(TestDatabase::create(Backend::from_env()).await);
+    let store = Store::open(database.location()).await.unwrap();
+    store
+        .apply_policy(
+            &NewPolicy {
+                version: "2027-02-01".into(),
+                effective_from_micros,
+                description: String::new(),
+                source: undeclared.clone(),
+            },
+            &WriteContext {
+                caller: "an-earlier-release".into(),
+                actor: Actor::parse("operator", "applied before declarations").unwrap(),
+                trace_id: String::new(),
+                policy_version: "2026-01-01".into(),
+            },
+        )
+        .await
+        .unwrap();
+    store.close().await;
+
+    // The server starts with it, and applying the same text again changes nothing.
+    let app = TestApp::spawn_on(database).await;
+    let listed = app
+        .policies()
+        .list_policies(proto::ListPoliciesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        listed
+            .versions
+            .iter()
+            .any(|version| version.version == "2027-02-01"),
+        "{listed:?}"
+    );
+    let again = apply(&app, &undeclared).await.unwrap();
+    assert_eq!(
+        (again.version.as_str(), again.changed),
+        ("2027-02-01", false)
+    );
+    // A new version must declare its degraded ALLOW.
+    let next = undeclared.replacen("version = \"2027-02-01\"", "version = \"2027-03-01\"", 1);
+    let next = next.replacen(
+        &format!(
+            "effective_from = {}",
+            humantime::format_rfc3339_micros(effective)
+        ),
+        &format!(
+            "effective_from = {}",
+            humantime::format_rfc3339_micros(effective + Duration::from_secs(60))
+        ),
+        1,
+    );
+    assert_status(
+        apply(&app, &next).await,
+        Code::InvalidArgument,
+        "source: degraded.purposes.SERVICE_DELIVERY: rule `U2` allows SERVICE_DELIVERY",
+    );
+    let declared = next.replacen(
+        "purposes = { SERVICE_DELIVERY = \"U2\" }\n",
+        &format!("purposes = {{ SERVICE_DELIVERY = \"U2\" }}\n{declaration}"),
+        1,
+    );
+    assert!(apply(&app, &declared).await.unwrap().changed);
+    app.stop().await;
+}
