@@ -26,8 +26,8 @@ const MAX_SOURCE_BYTES: usize = 256 * 1024;
 /// once; past this many groups the smaller ones are left out and the answer says `truncated`.
 const MAX_DIFF_STATES: u32 = 50_000;
 
-/// The most groups a diff reads example subject ids from (one bounded query each).
-const MAX_EXAMPLE_GROUPS: usize = 64;
+/// How long a diff may spend reading more example subjects than the first of each group.
+const EXAMPLES_TIME: std::time::Duration = std::time::Duration::from_millis(500);
 
 const DEFAULT_EXAMPLES: u32 = 5;
 const MAX_EXAMPLES: u32 = 100;
@@ -93,6 +93,70 @@ fn version_to_proto(
         source: String::new(),
         applied_at: applied_at_micros.map(convert::timestamp),
         builtin: std::ptr::eq(policy, CompiledPolicy::builtin()),
+    }
+}
+
+impl PoliciesService {
+    /// Fills each purpose's examples from the groups whose answer changes, largest first: the
+    /// first subject of each group, read with the counts; then more subjects of the largest
+    /// groups (one query each, by id with a `LIMIT`) while [`EXAMPLES_TIME`] lasts, so a group
+    /// of rare subjects never costs a scan.
+    async fn examples(
+        &self,
+        groups: &[StateGroup],
+        changed_groups: &[Vec<(usize, &Ruling, &Ruling)>],
+        purposes: &mut [proto::PurposeDiff],
+        now: i64,
+        max_examples: u32,
+    ) -> Result<(), ApiError> {
+        let max_examples = max_examples as usize;
+        let deadline = tokio::time::Instant::now() + EXAMPLES_TIME;
+        let mut fetched: HashMap<usize, Vec<String>> = HashMap::new();
+        for (purpose, changed) in purposes.iter_mut().zip(changed_groups) {
+            let example = |subject_id: &str, was: &Ruling, is: &Ruling| proto::DiffExample {
+                subject_id: subject_id.to_owned(),
+                old_decision: proto::Decision::from(was.decision).into(),
+                new_decision: proto::Decision::from(is.decision).into(),
+                old_rule: was.rule.to_string(),
+                new_rule: is.rule.to_string(),
+            };
+            for &(index, was, is) in changed.iter().take(max_examples) {
+                if let Some(first) = &groups[index].first_subject {
+                    purpose.examples.push(example(first, was, is));
+                }
+            }
+            for &(index, was, is) in changed {
+                let wanted = max_examples - purpose.examples.len();
+                if wanted == 0 {
+                    break;
+                }
+                let group = &groups[index];
+                if group.subjects < 2 {
+                    continue;
+                }
+                let ids = match fetched.entry(index) {
+                    Entry::Occupied(entry) => entry.into_mut(),
+                    Entry::Vacant(entry) => {
+                        let query = self.state.store.subjects_in_state(
+                            &group.state,
+                            now,
+                            max_examples as u32 + 1,
+                        );
+                        match tokio::time::timeout_at(deadline, query).await {
+                            Ok(ids) => entry.insert(ids.map_err(ApiError::from)?),
+                            Err(_) => break,
+                        }
+                    }
+                };
+                let more = ids
+                    .iter()
+                    .filter(|id| Some(*id) != group.first_subject.as_ref())
+                    .take(wanted)
+                    .map(|id| example(id, was, is));
+                purpose.examples.extend(more.collect::<Vec<_>>());
+            }
+        }
+        Ok(())
     }
 }
 
@@ -317,7 +381,7 @@ impl proto::policies_server::Policies for PoliciesService {
         let mut groups = self
             .state
             .store
-            .state_groups(now, MAX_DIFF_STATES + 1)
+            .state_groups(now, MAX_DIFF_STATES + 1, !examples_withheld)
             .await
             .map_err(ApiError::from)?;
         let truncated = groups.len() > MAX_DIFF_STATES as usize;
@@ -328,37 +392,14 @@ impl proto::policies_server::Policies for PoliciesService {
         }
         let mut purposes = diff.purposes;
         if !examples_withheld {
-            let mut fetched: HashMap<usize, Vec<String>> = HashMap::new();
-            for (purpose, changed) in purposes.iter_mut().zip(&diff.changed_groups) {
-                for &(index, was, is) in changed {
-                    let wanted = max_examples as usize - purpose.examples.len();
-                    if wanted == 0 {
-                        break;
-                    }
-                    if !fetched.contains_key(&index) && fetched.len() >= MAX_EXAMPLE_GROUPS {
-                        break;
-                    }
-                    let ids = match fetched.entry(index) {
-                        Entry::Occupied(entry) => entry.into_mut(),
-                        Entry::Vacant(entry) => entry.insert(
-                            self.state
-                                .store
-                                .subjects_in_state(&groups[index].state, now, max_examples)
-                                .await
-                                .map_err(ApiError::from)?,
-                        ),
-                    };
-                    purpose
-                        .examples
-                        .extend(ids.iter().take(wanted).map(|id| proto::DiffExample {
-                            subject_id: id.clone(),
-                            old_decision: proto::Decision::from(was.decision).into(),
-                            new_decision: proto::Decision::from(is.decision).into(),
-                            old_rule: was.rule.to_string(),
-                            new_rule: is.rule.to_string(),
-                        }));
-                }
-            }
+            self.examples(
+                &groups,
+                &diff.changed_groups,
+                &mut purposes,
+                now,
+                max_examples,
+            )
+            .await?;
         }
         Ok(Response::new(proto::DiffPolicyResponse {
             old_version: old.version().to_owned(),

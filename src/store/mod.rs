@@ -383,12 +383,14 @@ pub struct CandidatePage {
 /// Subjects that share one decision state: everything a policy reads of a subject when the
 /// question names no conversation (plan, status, GPC, zero data retention, the choice of
 /// every purpose as it counts at the instant asked).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StateGroup {
     /// The state, with no expiries: the choices expired at the instant are left out.
     pub state: SubjectState,
     /// How many subjects have it.
     pub subjects: u64,
+    /// The first of them in id order, when asked for.
+    pub first_subject: Option<String>,
 }
 
 /// A subject as `GetSubject` shows it.
@@ -828,13 +830,15 @@ impl Store {
 
     /// The stored subjects grouped by their decision state at `now_micros`, the largest
     /// groups first, at most `limit` groups: one statement, whatever the number of subjects.
+    /// `with_first_subject`: each group names its first subject.
     pub async fn state_groups(
         &self,
         now_micros: i64,
         limit: u32,
+        with_first_subject: bool,
     ) -> Result<Vec<StateGroup>, StoreError> {
         self.run("state_groups", Access::Read, async |connection| {
-            rows::state_groups_in(connection, now_micros, limit).await
+            rows::state_groups_in(connection, now_micros, limit, with_first_subject).await
         })
         .await
     }

@@ -732,6 +732,7 @@ pub(super) async fn state_groups_in(
     connection: &mut Connection,
     now_micros: i64,
     limit: u32,
+    with_first_subject: bool,
 ) -> Result<Vec<StateGroup>, StoreError> {
     let choices: Vec<String> = (0..PURPOSE_COUNT)
         .map(|index| format!("choice_{index}"))
@@ -740,10 +741,16 @@ pub(super) async fn state_groups_in(
         "plan, status, gpc, zero_data_retention, {}",
         choices.join(", ")
     );
+    let first_subject = if with_first_subject {
+        ", MIN(subject_id) AS first_subject"
+    } else {
+        ""
+    };
     let sql = format!(
-        "SELECT {state_columns}, COUNT(*) AS subject_count
+        "SELECT {state_columns}, COUNT(*) AS subject_count{first_subject}
          FROM (
-             SELECT COALESCE(s.plan, '{NONE}') AS plan, s.status, s.gpc, s.zero_data_retention,
+             SELECT s.subject_id, COALESCE(s.plan, '{NONE}') AS plan, s.status, s.gpc,
+                    s.zero_data_retention,
                     {}
              FROM subjects s
              LEFT JOIN choices c
@@ -779,9 +786,15 @@ pub(super) async fn state_groups_in(
                 state.choices.set(*purpose, choice);
             }
             let subjects: i64 = row.try_get("subject_count")?;
+            let first_subject = if with_first_subject {
+                Some(row.try_get("first_subject")?)
+            } else {
+                None
+            };
             Ok(StateGroup {
                 state,
                 subjects: from_i64(subjects),
+                first_subject,
             })
         })
         .collect()
