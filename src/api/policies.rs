@@ -153,7 +153,7 @@ impl PoliciesService {
                     .filter(|id| Some(*id) != group.first_subject.as_ref())
                     .take(wanted)
                     .map(|id| example(id, was, is));
-                purpose.examples.extend(more.collect::<Vec<_>>());
+                purpose.examples.extend(more);
             }
         }
         Ok(())
