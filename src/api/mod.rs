@@ -12,6 +12,7 @@ pub mod decisions;
 pub mod policies;
 pub mod retention;
 pub mod rights;
+pub mod stream;
 pub mod subjects;
 pub mod validate;
 
