@@ -113,14 +113,6 @@ impl OpenStreams {
             caller,
         })
     }
-
-    fn count(&self, caller: &str) -> usize {
-        let open = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        open.get(caller).copied().unwrap_or(0)
-    }
 }
 
 /// One open stream of a caller; dropped when the stream ends.
@@ -221,11 +213,6 @@ impl LimitLayer {
             stage: Stage::PerCaller,
             ..self.clone()
         }
-    }
-
-    /// The streams `caller` has open (counted by the per-caller layer).
-    pub fn open_streams(&self, caller: &str) -> usize {
-        self.streams.count(caller)
     }
 
     /// Forgets the write budgets of callers that have not written lately (bounds the memory of
@@ -411,6 +398,48 @@ impl LimitLayer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_callers_streams_are_capped_and_a_closed_one_frees_its_place() {
+        let streams = Arc::new(OpenStreams::default());
+        let gateway: Vec<_> = (0..3)
+            .map(|_| streams.open("gateway".into(), 3).unwrap())
+            .collect();
+        assert!(streams.open("gateway".into(), 3).is_none());
+        // Another caller has places of its own.
+        let pipeline = streams.open("pipeline".into(), 3).unwrap();
+        drop(gateway);
+        assert!(streams.open("gateway".into(), 3).is_some());
+        drop(pipeline);
+        // Callers without a stream open take no room.
+        assert!(streams.0.lock().unwrap().is_empty());
+        // 0: no limit.
+        let many: Vec<_> = (0..1_000)
+            .map(|_| streams.open("gateway".into(), 0).unwrap())
+            .collect();
+        assert_eq!(many.len(), 1_000);
+    }
+
+    #[test]
+    fn streams_are_the_calls_that_stay_open_and_count_against_their_caller() {
+        assert!(is_stream("/assent.v1.Changes/Watch"));
+        assert!(is_stream("/assent.v1.Decisions/StreamCheck"));
+        assert!(is_stream("/grpc.health.v1.Health/Watch"));
+        assert!(!is_stream("/grpc.health.v1.Health/Check"));
+        assert!(!is_stream("/assent.v1.Decisions/Check"));
+        let mut request = Request::new(());
+        assert_eq!(stream_owner(&request), "anonymous");
+        let address = "10.1.2.3:4567".parse().unwrap();
+        request
+            .extensions_mut()
+            .insert(tonic::transport::server::TcpConnectInfo {
+                local_addr: None,
+                remote_addr: Some(address),
+            });
+        assert_eq!(stream_owner(&request), "anonymous@10.1.2.3");
+        request.extensions_mut().insert(Caller("gateway".into()));
+        assert_eq!(stream_owner(&request), "gateway");
+    }
 
     #[test]
     fn grpc_timeouts_parse() {
