@@ -350,4 +350,10 @@ async fn one_connection_cannot_open_unbounded_streams() {
         .copied()
         .unwrap_or_default();
     assert_eq!(refused_streams, (3 * (ATTEMPTS - CAP)) as f64);
+    // The idle StreamChecks (and any Watch whose blocked answers waited out the limit).
+    let ended_idle = metrics
+        .get("assent_limited_requests_total{limit=\"stream_idle\"}")
+        .copied()
+        .unwrap_or_default();
+    assert!(ended_idle >= CAP as f64, "{ended_idle} streams ended idle");
 }

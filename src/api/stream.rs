@@ -31,6 +31,8 @@ pub struct AnswerSender<T> {
     idle: Option<Duration>,
     /// What the client should do after an idle ending (how to resume).
     resume: &'static str,
+    /// Whether the idle ending was counted.
+    counted: bool,
 }
 
 /// A channel for a stream's answers: `buffer` may wait for the client; an answer not taken
@@ -48,6 +50,7 @@ pub fn answers<T>(
             abandon: Some(abandon),
             idle,
             resume,
+            counted: false,
         },
         Answers {
             receiver,
@@ -67,6 +70,7 @@ impl<T> AnswerSender<T> {
         match tokio::time::timeout(idle, self.sender.send(answer)).await {
             Ok(sent) => sent.is_ok(),
             Err(_) => {
+                self.count_idle();
                 let status = self.idle_status("the client took no message");
                 if let Some(abandon) = self.abandon.take() {
                     let _ = abandon.send(status);
@@ -79,6 +83,7 @@ impl<T> AnswerSender<T> {
     /// Ends the stream with UNAVAILABLE because `what` happened for the idle limit (the
     /// answers already sent are delivered first).
     pub async fn end_idle(&mut self, what: &str) {
+        self.count_idle();
         let status = self.idle_status(what);
         self.send(Err(status)).await;
     }
@@ -91,6 +96,14 @@ impl<T> AnswerSender<T> {
     /// The idle limit, if any.
     pub fn idle(&self) -> Option<Duration> {
         self.idle
+    }
+
+    /// Counts the stream's idle ending, once, in `assent_limited_requests_total{limit="stream_idle"}`.
+    fn count_idle(&mut self) {
+        if !self.counted {
+            self.counted = true;
+            crate::metrics::record_limited("stream_idle");
+        }
     }
 
     fn idle_status(&self, what: &str) -> Status {
