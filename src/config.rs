@@ -182,7 +182,7 @@ settings! {
     request_timeout_ms: u64 = ["ASSENT_REQUEST_TIMEOUT_MS"], "10000";
     writes_per_second_per_caller: u32 = ["ASSENT_WRITES_PER_SECOND_PER_CALLER"], "1000";
     max_message_bytes: usize = ["ASSENT_MAX_MESSAGE_BYTES"], "4194304";
-    max_streams_per_caller: usize = ["ASSENT_MAX_STREAMS_PER_CALLER"], "128";
+    max_streams_per_caller: usize = ["ASSENT_MAX_STREAMS_PER_CALLER"], "64";
     stream_idle_timeout_ms: u64 = ["ASSENT_STREAM_IDLE_TIMEOUT_MS"], "60000";
     watch_max_replay: u64 = ["ASSENT_WATCH_MAX_REPLAY"], "1000000";
     http2_max_concurrent_streams: u32 = ["ASSENT_HTTP2_MAX_CONCURRENT_STREAMS"], "1024";

@@ -70,7 +70,7 @@ impl Default for LimitSettings {
             deadline: Some(Duration::from_secs(10)),
             writes_per_second: 1_000,
             max_message_bytes: 4 * 1024 * 1024,
-            max_streams_per_caller: 128,
+            max_streams_per_caller: 64,
             stream_idle: Some(Duration::from_secs(60)),
             watch_max_replay: 1_000_000,
             http2_max_concurrent_streams: 1_024,

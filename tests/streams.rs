@@ -33,8 +33,8 @@ const SECRET: &str = "a-development-secret-of-at-least-32-bytes";
 
 /// Streams each attack opens.
 const ATTEMPTS: usize = 10_000;
-/// `max_streams_per_caller` of the server under attack.
-const CAP: usize = 100;
+/// `max_streams_per_caller` of the server under attack (its default).
+const CAP: usize = 64;
 /// `stream_idle_timeout_ms` of the server under attack.
 const IDLE: Duration = Duration::from_secs(2);
 /// Subjects written before the attack (two changes each), so a Watch from zero replays.
