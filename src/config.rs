@@ -182,6 +182,12 @@ settings! {
     request_timeout_ms: u64 = ["ASSENT_REQUEST_TIMEOUT_MS"], "10000";
     writes_per_second_per_caller: u32 = ["ASSENT_WRITES_PER_SECOND_PER_CALLER"], "1000";
     max_message_bytes: usize = ["ASSENT_MAX_MESSAGE_BYTES"], "4194304";
+    max_streams_per_caller: usize = ["ASSENT_MAX_STREAMS_PER_CALLER"], "64";
+    stream_idle_timeout_ms: u64 = ["ASSENT_STREAM_IDLE_TIMEOUT_MS"], "60000";
+    watch_max_replay: u64 = ["ASSENT_WATCH_MAX_REPLAY"], "1000000";
+    http2_max_concurrent_streams: u32 = ["ASSENT_HTTP2_MAX_CONCURRENT_STREAMS"], "1024";
+    http2_keepalive_interval_ms: u64 = ["ASSENT_HTTP2_KEEPALIVE_INTERVAL_MS"], "30000";
+    http2_keepalive_timeout_ms: u64 = ["ASSENT_HTTP2_KEEPALIVE_TIMEOUT_MS"], "10000";
 }
 
 /// One declared setting.
@@ -475,6 +481,15 @@ impl Settings {
         if given.max_message_bytes < 1024 {
             return Err(invalid("max_message_bytes", "must be at least 1024"));
         }
+        if given.http2_max_concurrent_streams == 0 {
+            return Err(invalid(
+                "http2_max_concurrent_streams",
+                "must be at least 1",
+            ));
+        }
+        if given.http2_keepalive_timeout_ms == 0 {
+            return Err(invalid("http2_keepalive_timeout_ms", "must be at least 1"));
+        }
         let milliseconds = |millis| (millis > 0).then(|| Duration::from_millis(millis));
         let settings = Settings {
             listen,
@@ -499,6 +514,12 @@ impl Settings {
                 deadline: milliseconds(given.request_timeout_ms),
                 writes_per_second: given.writes_per_second_per_caller,
                 max_message_bytes: given.max_message_bytes,
+                max_streams_per_caller: given.max_streams_per_caller,
+                stream_idle: milliseconds(given.stream_idle_timeout_ms),
+                watch_max_replay: given.watch_max_replay,
+                http2_max_concurrent_streams: given.http2_max_concurrent_streams,
+                http2_keepalive_interval: milliseconds(given.http2_keepalive_interval_ms),
+                http2_keepalive_timeout: Duration::from_millis(given.http2_keepalive_timeout_ms),
             },
         };
         if !listen.ip().is_loopback() && (settings.tls.is_none() || !settings.authenticates()) {

@@ -142,7 +142,7 @@ impl Metrics {
         let limited = Family::<LimitLabels, Counter>::default();
         registry.register(
             "limited_requests",
-            "Calls refused by a limit, by limit (concurrency, deadline, write_rate)",
+            "Calls refused or streams ended by a limit, by limit (concurrency, deadline, write_rate, streams_per_caller, stream_idle)",
             limited.clone(),
         );
         let build = Family::<BuildLabels, Gauge>::default();

@@ -1,8 +1,10 @@
 //! A call as the tower layers in front of the services see it: who is calling, and what each
 //! layer shares (a [`Filter`] looks at a call and answers it or passes it on).
 
+use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -37,9 +39,102 @@ pub type BoxedCall<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send>>;
 const DRAIN_BYTES: usize = 64 * 1024;
 const DRAIN_TIME: Duration = Duration::from_millis(100);
 
+/// What a call holds while it is served (its admission slot, its place among its caller's open
+/// streams): put on the request by the first layer that takes something, kept by the response
+/// body until the response has ended (a stream's last message sent, or the stream reset), and
+/// released before a refused call's request is drained.
+#[derive(Clone, Default)]
+pub struct Held(Arc<Mutex<Vec<Box<dyn Any + Send>>>>);
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("Held")
+    }
+}
+
+impl Held {
+    /// Keeps `guard` until the call's response ends.
+    pub fn hold(&self, guard: impl Send + 'static) {
+        self.guards().push(Box::new(guard));
+    }
+
+    /// Drops everything held (at once, whoever else keeps this handle).
+    pub fn release(&self) {
+        let released = std::mem::take(&mut *self.guards());
+        drop(released);
+    }
+
+    fn guards(&self) -> std::sync::MutexGuard<'_, Vec<Box<dyn Any + Send>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A response body that keeps what its call holds until it ends.
+pub trait HoldingBody: Default + Send + 'static {
+    /// This body, releasing `held` when it has ended or is dropped.
+    fn holding(self, held: Held) -> Self;
+}
+
+impl HoldingBody for tonic::body::Body {
+    fn holding(self, held: Held) -> Self {
+        tonic::body::Body::new(HeldUntilEnd {
+            body: self,
+            held: Some(held),
+        })
+    }
+}
+
+/// A body releasing what its call holds after its last frame.
+struct HeldUntilEnd<B> {
+    body: B,
+    held: Option<Held>,
+}
+
+impl<B> HeldUntilEnd<B> {
+    fn release(&mut self) {
+        if let Some(held) = self.held.take() {
+            held.release();
+        }
+    }
+}
+
+impl<B> Drop for HeldUntilEnd<B> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for HeldUntilEnd<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(context);
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+            self.release();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// Answers a refused call with `status` once the caller has finished sending its request (up
 /// to a bound). Answering while the request is still being sent resets the HTTP/2 stream, and
-/// the caller would see a transport error instead of the status.
+/// the caller would see a transport error instead of the status. What the call held (its
+/// admission slot) is released first: draining takes up to [`DRAIN_TIME`] of the caller's
+/// choosing, and a refused call must not keep a slot another call could use.
 pub async fn answer_after_request<RequestBody, ResponseBody>(
     request: http::Request<RequestBody>,
     status: tonic::Status,
@@ -49,6 +144,9 @@ where
     ResponseBody: Default,
 {
     use http_body_util::BodyExt;
+    if let Some(held) = request.extensions().get::<Held>() {
+        held.release();
+    }
     let mut body = request.into_body();
     let drained = async {
         let mut read = 0;
@@ -82,7 +180,7 @@ pub trait Inner<B>:
     + 'static
 {
     /// The response body.
-    type Answer: Default + Send + 'static;
+    type Answer: HoldingBody;
 }
 
 impl<S, B, R> Inner<B> for S
@@ -90,7 +188,7 @@ where
     S: tower::Service<http::Request<B>, Response = http::Response<R>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    R: Default + Send + 'static,
+    R: HoldingBody,
 {
     type Answer = R;
 }

@@ -43,6 +43,13 @@ use crate::telemetry::layer::RpcLayer;
 pub const HTTP2_STREAM_WINDOW: u32 = 1 << 20;
 pub const HTTP2_CONNECTION_WINDOW: u32 = 4 << 20;
 
+/// Streams a client may reset before the server has accepted them, before the connection is
+/// closed (h2's default; the rapid-reset attack, CVE-2023-44487).
+const HTTP2_MAX_PENDING_RESETS: usize = 20;
+
+/// The largest header list of a request (a bearer token is a few KiB at most).
+const HTTP2_MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+
 /// A server whose store is open and whose port is bound, ready to run.
 pub struct Application {
     settings: Settings,
@@ -131,6 +138,7 @@ impl Application {
             cache,
             decision_log,
             policies,
+            limits: self.settings.limits,
         };
         let reload_policies = tokio::spawn(reload_policies(state.clone()));
         let sweep_expired_consent = self
@@ -191,11 +199,21 @@ impl Application {
         };
 
         // HTTP/2 windows large enough that a BatchCheck of 1,000 answers (about 150 KB) goes
-        // out without waiting for the client's window updates.
+        // out without waiting for the client's window updates. A connection may open a bounded
+        // number of streams; keepalive pings find a vanished client, whose streams would
+        // otherwise hold their slots until the kernel gives up on the connection; a client
+        // resetting streams faster than they are accepted (the rapid-reset attack), or sending
+        // large header lists, is cut off.
+        let limits_settings = self.settings.limits;
         let mut builder = Server::builder()
             .tcp_nodelay(true)
             .initial_stream_window_size(HTTP2_STREAM_WINDOW)
-            .initial_connection_window_size(HTTP2_CONNECTION_WINDOW);
+            .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
+            .max_concurrent_streams(limits_settings.http2_max_concurrent_streams)
+            .http2_keepalive_interval(limits_settings.http2_keepalive_interval)
+            .http2_keepalive_timeout(Some(limits_settings.http2_keepalive_timeout))
+            .http2_max_pending_accept_reset_streams(Some(HTTP2_MAX_PENDING_RESETS))
+            .http2_max_header_list_size(HTTP2_MAX_HEADER_LIST_BYTES);
         if let Some(tls) = &self.settings.tls {
             builder = builder
                 .tls_config(tls_config(tls)?)
@@ -224,13 +242,15 @@ impl Application {
             // still traced and counted with its status.
             .layer(RpcLayer)
             // Shedding before authentication, so a flood is refused before any token is
-            // verified; the deadline bounds everything below.
+            // verified; the deadline bounds everything below; the slot is held until the
+            // response ends, so a stream holds one for its whole life.
             .layer(limits.clone())
             // Authentication before any service, so a refused call reads and writes nothing; it
             // records the caller the next layer counts writes for.
             .layer(AuthLayer::new(authenticator))
-            // The write rate after authentication: it is counted per authenticated caller.
-            .layer(limits.write_rate())
+            // The write rate and the open streams after authentication: they are counted per
+            // authenticated caller.
+            .layer(limits.per_caller())
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming(self.listener), announce_shutdown);
         match admin_address {

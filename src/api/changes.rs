@@ -7,6 +7,11 @@
 //! this replica to learn of a newer revision (the cache's watermark), polling the store at least
 //! every second, and sends a heartbeat with its position when nothing was sent for an interval.
 //!
+//! A watch replays at most `watch_max_replay` changes: one resuming further back is refused
+//! with FAILED_PRECONDITION (resync), as one older than the change log is. A watcher that takes
+//! no message for the idle limit has its watch ended with UNAVAILABLE ([`super::stream`]); it
+//! resumes from the last revision it received.
+//!
 //! What a change flipped is found by replaying: the watch keeps the state of the subjects it
 //! has seen (rebuilt from their events the first time, see [`crate::store::replay`]) and asks
 //! the policy in force at the change's commit time about every purpose before and after it.
@@ -15,11 +20,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::stream::{AnswerSender, Answers, answers};
 use super::validate::{self, WatchQuery};
 use super::{AppState, convert};
 use crate::audit::{AuditEvent, EventKind};
@@ -31,13 +35,13 @@ use crate::store::EventQuery;
 use crate::store::replay::{ReplayError, Replayed};
 
 /// Events read from the store at a time.
-const PAGE: u32 = 500;
+const PAGE: u32 = 200;
 
 /// How long a caught-up watch waits for news of a change before reading the store anyway.
 const POLL: Duration = Duration::from_secs(1);
 
 /// How many messages may wait for the watcher to read them.
-const STREAM_BUFFER: usize = 256;
+const STREAM_BUFFER: usize = 32;
 
 /// How many subjects' states a watch keeps; past it, it forgets them all and rebuilds the
 /// ones it meets again.
@@ -59,7 +63,7 @@ impl ChangesService {
 
 #[tonic::async_trait]
 impl proto::changes_server::Changes for ChangesService {
-    type WatchStream = ReceiverStream<Result<proto::WatchResponse, Status>>;
+    type WatchStream = Answers<proto::WatchResponse>;
 
     async fn watch(
         &self,
@@ -73,15 +77,39 @@ impl proto::changes_server::Changes for ChangesService {
             .await
             .map_err(ApiError::from)?;
         resumable(query.since, first, head)?;
-        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+        within_replay(query.since, head, self.state.limits.watch_max_replay)?;
+        let (sender, receiver) = answers(
+            STREAM_BUFFER,
+            self.state.limits.stream_idle,
+            "watch again from the revision of the last change or heartbeat received",
+        );
         let watch = Watch {
             state: self.state.clone(),
             query,
             subjects: HashMap::new(),
         };
         tokio::spawn(watch.run(sender));
-        Ok(Response::new(ReceiverStream::new(receiver)))
+        Ok(Response::new(receiver))
     }
+}
+
+/// Whether a watch from `since` replays at most `max_replay` changes (0: any number) to reach
+/// `head`.
+fn within_replay(since: Revision, head: Revision, max_replay: u64) -> Result<(), ApiError> {
+    let behind = head.sequence().saturating_sub(since.sequence());
+    if max_replay > 0 && behind > max_replay {
+        return Err(ApiError::FailedPrecondition {
+            field: "since_revision".into(),
+            message: format!(
+                "{} is {behind} changes behind the latest revision {}, more than this server \
+                 replays (watch_max_replay {max_replay}): resync (read the subjects again) and \
+                 watch from the revision of that read",
+                since.to_token(),
+                head.to_token()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Whether a watch can resume after `since`, given the change log's bounds.
@@ -119,18 +147,19 @@ struct Watch {
     subjects: HashMap<String, Replayed>,
 }
 
-type Sender = mpsc::Sender<Result<proto::WatchResponse, Status>>;
+type Sender = AnswerSender<proto::WatchResponse>;
 
 impl Watch {
-    async fn run(mut self, sender: Sender) {
-        if let Err(error) = self.send_changes(&sender).await {
+    async fn run(mut self, mut sender: Sender) {
+        if let Err(error) = self.send_changes(&mut sender).await {
             // The watcher may be gone already; nothing else to tell.
-            let _ = sender.send(Err(error.into())).await;
+            sender.send(Err(error.into())).await;
         }
     }
 
-    /// Sends changes until the watcher leaves (`Ok`) or the store fails (`Err`).
-    async fn send_changes(&mut self, sender: &Sender) -> Result<(), ApiError> {
+    /// Sends changes until the watcher leaves or stops reading (`Ok`) or the store fails
+    /// (`Err`).
+    async fn send_changes(&mut self, sender: &mut Sender) -> Result<(), ApiError> {
         let mut position = self.query.since;
         let mut last_sent = Instant::now();
         loop {
@@ -323,12 +352,11 @@ fn heartbeat(position: Revision) -> proto::watch_response::Event {
     })
 }
 
-/// Sends one message; `false` when the watcher has left.
-async fn send(sender: &Sender, event: proto::watch_response::Event) -> bool {
+/// Sends one message; `false` when the watcher has left or took nothing for the idle limit.
+async fn send(sender: &mut Sender, event: proto::watch_response::Event) -> bool {
     sender
         .send(Ok(proto::WatchResponse { event: Some(event) }))
         .await
-        .is_ok()
 }
 
 #[cfg(test)]
@@ -350,6 +378,19 @@ mod tests {
             assert!(error.to_string().starts_with("since_revision: "), "{error}");
             assert!(error.to_string().contains("resync"), "{error}");
         }
+    }
+
+    #[test]
+    fn a_watch_replays_at_most_its_limit() {
+        let head = Revision::new(1_000);
+        assert!(within_replay(Revision::new(0), head, 1_000).is_ok());
+        assert!(within_replay(Revision::new(0), head, 0).is_ok());
+        let error = within_replay(Revision::new(0), head, 999).unwrap_err();
+        assert_eq!(error.code(), tonic::Code::FailedPrecondition);
+        let message = error.to_string();
+        assert!(message.starts_with("since_revision: "), "{message}");
+        assert!(message.contains("watch_max_replay 999"), "{message}");
+        assert!(message.contains("resync"), "{message}");
     }
 
     #[test]

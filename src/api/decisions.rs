@@ -1,12 +1,11 @@
 //! `assent.v1.Decisions`: the read-only request path.
 
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 use uuid::Uuid;
 
+use super::stream::{Answers, answers};
 use super::validate::{self, CheckQuery, Freshness};
 use super::{AppState, CallContext};
 use crate::audit::DecisionRecord;
@@ -448,7 +447,7 @@ impl proto::decisions_server::Decisions for DecisionsService {
         Ok(Response::new(proto::BatchCheckResponse { results }))
     }
 
-    type StreamCheckStream = ReceiverStream<Result<proto::CheckResponse, Status>>;
+    type StreamCheckStream = Answers<proto::CheckResponse>;
 
     async fn stream_check(
         &self,
@@ -456,7 +455,11 @@ impl proto::decisions_server::Decisions for DecisionsService {
     ) -> Result<Response<Self::StreamCheckStream>, Status> {
         let context = CallContext::of(&request);
         let mut requests = request.into_inner();
-        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+        let (mut sender, receiver) = answers(
+            STREAM_BUFFER,
+            self.state.limits.stream_idle,
+            "send the checks not answered again on a new stream",
+        );
         let service = self.clone();
         // The answers are made by a task of their own, still part of this call's trace.
         let call = telemetry::layer::current_call();
@@ -464,7 +467,19 @@ impl proto::decisions_server::Decisions for DecisionsService {
         let answer = async move {
             let mut position = 0_usize;
             loop {
-                let result = match requests.message().await {
+                // A stream that receives no check for the idle limit is ended, so an abandoned
+                // one does not keep its slots.
+                let next = match sender.idle() {
+                    None => requests.message().await,
+                    Some(idle) => match tokio::time::timeout(idle, requests.message()).await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            sender.end_idle("no check was received").await;
+                            break;
+                        }
+                    },
+                };
+                let result = match next {
                     Ok(Some(check_request)) => match validate::check(&check_request) {
                         Ok(query) => match service
                             .check_one(&query, &context, &DecisionIds::now(&service.state.policies))
@@ -483,15 +498,15 @@ impl proto::decisions_server::Decisions for DecisionsService {
                 };
                 position += 1;
                 let failed = result.is_err();
-                // Answers go out in request order; the stream ends at the first error or when
-                // the client stops listening.
-                if sender.send(result).await.is_err() || failed {
+                // Answers go out in request order; the stream ends at the first error, when
+                // the client stops listening, or when it takes no answer for the idle limit.
+                if !sender.send(result).await || failed {
                     break;
                 }
             }
         };
         tokio::spawn(telemetry::layer::within_call(call, answer.instrument(span)));
-        Ok(Response::new(ReceiverStream::new(receiver)))
+        Ok(Response::new(receiver))
     }
 }
 

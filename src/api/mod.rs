@@ -12,6 +12,7 @@ pub mod decisions;
 pub mod policies;
 pub mod retention;
 pub mod rights;
+pub mod stream;
 pub mod subjects;
 pub mod validate;
 
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use crate::cache::SubjectCache;
 use crate::decision_log::DecisionLog;
 use crate::domain::Actor;
+use crate::limits::LimitSettings;
 use crate::policies::Policies;
 use crate::rpc::caller_of;
 use crate::store::{Store, WriteContext, now_micros};
@@ -34,6 +36,8 @@ pub struct AppState {
     pub decision_log: DecisionLog,
     /// The policy versions known, for choosing the one in force.
     pub policies: Arc<Policies>,
+    /// The limits of streams (idle time, Watch replay) the handlers apply themselves.
+    pub limits: LimitSettings,
 }
 
 impl AppState {

@@ -324,3 +324,45 @@ async fn revisions_outside_the_change_log_ask_for_a_resync() {
     assert_status(bad_interval, Code::InvalidArgument, "heartbeat_interval_ms");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_watch_further_back_than_its_replay_limit_is_told_to_resync() {
+    let app = TestApp::spawn_adjusted(|settings| {
+        settings.limits.watch_max_replay = 5;
+    })
+    .await;
+    let mut revisions = Vec::new();
+    for index in 0..8 {
+        revisions.push(app.upsert(&format!("replayed-{index}"), Plan::Free).await);
+    }
+    let watch = |since: &str| {
+        let mut changes = app.changes();
+        let request = proto::WatchRequest {
+            since_revision: since.to_owned(),
+            ..Default::default()
+        };
+        async move { changes.watch(request).await }
+    };
+    // From the beginning: 8 changes to replay, more than 5.
+    let status = watch("").await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    let message = status.message();
+    assert!(
+        message.starts_with("since_revision: ")
+            && message.contains("8 changes behind")
+            && message.contains("watch_max_replay 5")
+            && message.contains("resync"),
+        "{message}"
+    );
+    // From 5 changes back, it replays them.
+    let mut stream = watch(&revisions[2]).await.unwrap().into_inner();
+    for expected in &revisions[3..] {
+        match stream.message().await.unwrap().unwrap().event {
+            Some(proto::watch_response::Event::Change(change)) => {
+                assert_eq!(&change.revision, expected);
+            }
+            other => panic!("expected a change, got {other:?}"),
+        }
+    }
+    app.stop().await;
+}

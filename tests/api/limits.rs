@@ -1,4 +1,5 @@
-//! The limits in front of the services: load shedding, deadlines, write rate, message size.
+//! The limits in front of the services: load shedding, deadlines, write rate, message size,
+//! open streams.
 
 use std::time::Duration;
 
@@ -179,5 +180,125 @@ async fn oversized_messages_are_refused() {
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
     // A message within the limit is served.
     app.check("subject-1", Purpose::Memory).await;
+    app.stop().await;
+}
+
+fn watch_request() -> proto::WatchRequest {
+    proto::WatchRequest {
+        heartbeat_interval_ms: 100,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_stream_holds_its_admission_slot_until_it_ends() {
+    let app = TestApp::spawn_adjusted(|settings| {
+        settings.limits.max_concurrent = 2;
+    })
+    .await;
+    let mut first = app
+        .changes()
+        .watch(watch_request())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut second = app
+        .changes()
+        .watch(watch_request())
+        .await
+        .unwrap()
+        .into_inner();
+    // Both are served (a heartbeat each) long after their handlers returned.
+    first.message().await.unwrap().unwrap();
+    second.message().await.unwrap().unwrap();
+    let status = app
+        .decisions()
+        .check(check_request("someone", Purpose::Memory))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().starts_with("concurrency:"), "{status:?}");
+    // A watch closed by its client gives its slot back.
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match app
+            .decisions()
+            .check(check_request("someone", Purpose::Memory))
+            .await
+        {
+            Ok(_) => break,
+            Err(status) => assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot was not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    second.message().await.unwrap().unwrap();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn streams_beyond_a_callers_limit_are_refused_and_a_closed_one_frees_its_place() {
+    let app = TestApp::spawn_adjusted(|settings| {
+        settings.limits.max_streams_per_caller = 3;
+    })
+    .await;
+    let open_stream_check = || {
+        let mut decisions = app.decisions();
+        async move {
+            decisions
+                .stream_check(futures_util::stream::pending::<proto::CheckRequest>())
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    // Watches and StreamChecks count together.
+    let (finish_first, requests) = tokio::sync::mpsc::channel::<proto::CheckRequest>(1);
+    let mut first = app
+        .decisions()
+        .stream_check(tokio_stream::wrappers::ReceiverStream::new(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let _second = open_stream_check().await.unwrap();
+    let mut watch = app
+        .changes()
+        .watch(watch_request())
+        .await
+        .unwrap()
+        .into_inner();
+    watch.message().await.unwrap().unwrap();
+    let status = open_stream_check().await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().starts_with("streams: ")
+            && status.message().contains("limit of 3 streams")
+            && status.message().contains("max_streams_per_caller"),
+        "{status:?}"
+    );
+    let status = app.changes().watch(watch_request()).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    // Unary calls are not streams.
+    app.check("someone", Purpose::Memory).await;
+    // A stream its client finishes frees its place.
+    drop(finish_first);
+    assert!(first.message().await.unwrap().is_none());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let _third = loop {
+        match open_stream_check().await {
+            Ok(stream) => break stream,
+            Err(status) => assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the place was not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let metrics = assent::metrics::METRICS.encode();
+    assert!(metrics.contains("assent_limited_requests_total{limit=\"streams_per_caller\"}"));
     app.stop().await;
 }

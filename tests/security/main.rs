@@ -717,3 +717,39 @@ async fn the_health_probe_speaks_tls_to_the_loopback_address() {
     assert!(!serving, "mutual TLS without a certificate: {said}");
     mutual.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_call_gives_its_admission_slot_back_before_draining_its_request() {
+    let authority = Authority::new("test CA");
+    let mut settings = token_settings();
+    settings.push(("ASSENT_MAX_CONCURRENT_REQUESTS", "2".to_owned()));
+    let server = Server::start(&authority, &settings).await;
+    let channel = server.channel().await;
+    let gateway = hs256(&claims("inference-gateway", "decisions:check"), SECRET);
+    // Two StreamChecks without credentials whose requests never end: each is refused by
+    // authentication, and its answer waits while its request is drained (up to 100 ms).
+    let refused: Vec<_> = (0..2)
+        .map(|_| {
+            let mut decisions = DecisionsClient::new(channel.clone());
+            tokio::spawn(async move {
+                decisions
+                    .stream_check(futures_util::stream::pending::<proto::CheckRequest>())
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    // Meanwhile the two slots are free: the gateway's checks are served, none shed.
+    let mut decisions = DecisionsClient::new(channel.clone());
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_millis(80) {
+        decisions
+            .check(with_token(check("u1"), &gateway))
+            .await
+            .expect("a check while refused calls drain");
+    }
+    for call in refused {
+        assert_refused(call.await.unwrap(), Code::Unauthenticated, "required");
+    }
+    server.stop().await;
+}

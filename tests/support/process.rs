@@ -73,6 +73,22 @@ impl ServerProcess {
             .unwrap()
     }
 
+    /// The process id (for reading /proc/PID).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory of the process, in bytes (VmRSS of /proc/PID/status).
+    pub fn resident_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status
+            .lines()
+            .find(|line| line.starts_with("VmRSS:"))
+            .unwrap();
+        let kilobytes: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kilobytes * 1024
+    }
+
     /// SIGKILL: no shutdown, no flush, nothing.
     pub fn kill(mut self) {
         self.child.kill().unwrap();
