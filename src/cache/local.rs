@@ -238,6 +238,16 @@ impl LocalCache {
             .remove_if(subject_id, |cached| cached.value.revision < revision);
     }
 
+    /// A hint that the subject changed at `revision` (an announcement, which anyone on the
+    /// channel can send): drop its entry if older, and remember nothing, so a forged revision
+    /// cannot keep the subject out of the cache. The change log applies the real change
+    /// ([`LocalCache::invalidate`]) soon after.
+    pub fn forget(&self, subject_id: &str, revision: Revision) {
+        let _guard = self.stripe(subject_id);
+        self.subjects
+            .remove_if(subject_id, |cached| cached.value.revision < revision);
+    }
+
     /// The facts of a conversation not kept in its subject's entry, if looked up at the entry's
     /// revision.
     pub fn overflow(
@@ -330,6 +340,20 @@ mod tests {
         assert_eq!(cache.get("u-1").unwrap().revision, Revision::new(7));
         cache.invalidate("u-1", Revision::new(8));
         assert!(cache.get("u-1").is_none());
+    }
+
+    #[test]
+    fn a_hint_drops_an_older_entry_and_remembers_nothing() {
+        let cache = LocalCache::new(100, Duration::from_secs(60));
+        let entry = Arc::new(CachedSubject::from_snapshot(snapshot(3, &[], true)));
+        assert!(cache.insert("u-1", entry.clone()));
+        cache.forget("u-1", Revision::new(3));
+        assert!(cache.get("u-1").is_some());
+        cache.forget("u-1", Revision::new(u64::MAX));
+        assert!(cache.get("u-1").is_none());
+        // A forged far-future revision does not keep the subject out of the cache.
+        assert!(cache.insert("u-1", entry));
+        assert_eq!(cache.get("u-1").unwrap().revision, Revision::new(3));
     }
 
     #[test]
