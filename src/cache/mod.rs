@@ -49,6 +49,9 @@ const LISTEN_RETRY: Duration = Duration::from_millis(500);
 /// The most hints waiting for the change log to confirm them; beyond, a hint still wakes the
 /// reader but is not checked (and not counted).
 const MAX_UNCONFIRMED_HINTS: usize = 1_024;
+/// The least time between two reads of the change log: a flood of announcements (real or not)
+/// wakes the reader at most this often, so it cannot become a flood of store reads.
+const CHANGE_LOG_READ_GAP: Duration = Duration::from_millis(5);
 
 #[cfg(test)]
 mod tests;
@@ -674,17 +677,23 @@ impl SubjectCache {
             match self.catch_up().await {
                 Ok(()) => {
                     let applied = self.inner.watermark.applied();
-                    for revision in hints.into_iter().filter(|revision| *revision > applied) {
-                        self.inner.counters.reject(Rejection::Announcement);
-                        tracing::warn!(
-                            revision = revision.sequence(),
+                    // Counted, and not logged one by one: a flood on the channel must not
+                    // become a flood of log lines.
+                    let forged = hints.iter().filter(|revision| **revision > applied).count();
+                    if forged > 0 {
+                        self.inner.counters.rejected[Rejection::Announcement as usize]
+                            .fetch_add(forged as u64, Ordering::Relaxed);
+                        tracing::debug!(
+                            forged,
                             applied = applied.sequence(),
-                            "an announcement named a revision the store has not committed"
+                            "announcements named revisions the store has not committed"
                         );
                     }
                 }
                 Err(error) => tracing::debug!(%error, "cannot read the change log; retrying"),
             }
+            // Wake-ups meanwhile are kept (one permit) and served after the gap.
+            tokio::time::sleep(CHANGE_LOG_READ_GAP).await;
         }
     }
 

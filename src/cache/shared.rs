@@ -241,7 +241,7 @@ pub struct Rejected {
     /// The revision it claims, when it names one above what this replica has seen committed.
     pub claimed: Option<Revision>,
     /// The value as read, for the compare-and-set that replaces it.
-    value: String,
+    value: Vec<u8>,
 }
 
 impl Rejected {
@@ -401,12 +401,19 @@ impl SharedCache {
     /// The subject's entry, if Redis has one that is authentic, this subject's, readable, and
     /// no later than `seen`, the highest revision this replica has seen the store commit.
     pub async fn get(&self, subject_id: &str, seen: Revision) -> SharedLookup {
-        let value: Option<Option<String>> =
+        let value: Option<Option<Vec<u8>>> =
             self.call(redis::cmd("GET").arg(self.key(subject_id))).await;
         let Some(Some(value)) = value else {
             return SharedLookup::Miss;
         };
-        self.parse(subject_id, seen, value)
+        match String::from_utf8(value) {
+            Ok(value) => self.parse(subject_id, seen, value),
+            Err(error) => SharedLookup::Rejected(Rejected {
+                reason: Rejection::Unreadable,
+                claimed: None,
+                value: error.into_bytes(),
+            }),
+        }
     }
 
     /// A value read from the subject's key, parsed like a request.
@@ -415,7 +422,7 @@ impl SharedCache {
             SharedLookup::Rejected(Rejected {
                 reason,
                 claimed,
-                value: value.clone(),
+                value: value.clone().into_bytes(),
             })
         };
         let (revision, body) = match self.sealing.open(&self.settings.prefix, subject_id, &value) {
