@@ -380,6 +380,13 @@ async fn forged_announcements_change_nothing(mut cluster: Cluster, mut channel: 
             .all(|(count, before)| *count >= before + messages as f64)
     })
     .await;
+    // Nothing moved the watermark: the revisions named were never committed.
+    let applied = samples(&cluster, "assent_cache_applied_revision").await;
+    assert_eq!(
+        applied,
+        vec![head as f64; applied.len()],
+        "the watermark moved"
+    );
 
     // Tokens stay exact: each write is preceded by a forged announcement of its own revision,
     // naming another subject, and the other replica answers with the write's token.
