@@ -9,10 +9,9 @@
 //! what decides whether an `at_least_as_fresh` check may be answered from memory.
 //!
 //! Announcements (Redis pub/sub, PostgreSQL NOTIFY) are hints, not facts: anyone who can publish
-//! on the channel can send one. A hint drops the named subject's entry if older than the revision
-//! it names (without remembering that revision), marks the subject as possibly known, and wakes
-//! the change-log reader; it never moves the watermark, never announces a policy version, and
-//! never makes a later read look stale. A hint whose revision the change log has not reached by
+//! on the channel can send one. A hint marks the named subject as possibly known and wakes the
+//! change-log reader (at most every 5 ms), which applies the real change; it never drops or
+//! keeps out an entry, never moves the watermark, never announces a policy version. A hint whose revision the change log has not reached by
 //! the read that follows it (every real one is published after its commit) is counted as
 //! rejected (`assent_cache_rejected_total{reason="announcement"}`), as is one that does not parse.
 //!
@@ -131,6 +130,9 @@ named_enum! {
         Unreadable => "unreadable",
         /// A value claiming a revision the store had not committed when read afterwards.
         FutureRevision => "future_revision",
+        /// A value written longer ago than a value lives in Redis (or later than now): a
+        /// genuine value recorded and put back.
+        Stale => "stale",
         /// An announcement that does not parse, or names a revision the change log did not
         /// have when read after it.
         Announcement => "announcement",
@@ -262,7 +264,7 @@ impl crate::metrics::Scraped for SubjectCache {
         scrape.counters_by_reason(
             "cache_rejected",
             "Values read from Redis and announcements not used, by reason (mac, unreadable, \
-             future_revision, announcement)",
+             stale, future_revision, announcement)",
             &rejected,
         )
     }
@@ -280,7 +282,13 @@ impl SubjectCache {
         let shared = settings.shared.clone().map(SharedCache::new).transpose()?;
         let cache = SubjectCache {
             inner: Arc::new(Inner {
-                local: LocalCache::new(settings.max_subjects, settings.time_to_live),
+                local: LocalCache::new(settings.max_subjects, settings.time_to_live)
+                    .remember_changes_for(
+                        settings
+                            .shared
+                            .as_ref()
+                            .map_or(Duration::ZERO, SharedSettings::longest_use),
+                    ),
                 known,
                 counters: Counters::default(),
                 shared,
@@ -629,10 +637,11 @@ impl SubjectCache {
     }
 
     /// An announcement heard on the channel (Redis) or through NOTIFY (PostgreSQL): a hint that
-    /// the change log has something new. The named subject's entry is dropped if older than
-    /// the revision named (which is not remembered: a forged revision must not keep the subject
-    /// out of the cache), the subject may be known, and the change-log reader is woken; the
-    /// reader checks the revision afterwards.
+    /// the change log has something new. The named subject may be known (a false positive of
+    /// the known-subjects filter costs a store read, never an answer), and the change-log reader
+    /// is woken: it applies the real change, if there is one, and checks the revision named.
+    /// Nothing else: the entry stays until the change log drops it, so a flood of hints naming
+    /// a subject costs no store reads of it, and a forged revision is never remembered.
     fn hint(&self, message: &str) {
         let inner = &self.inner;
         let Some(change) = ChangeNotice::parse_announcement(message) else {
@@ -641,7 +650,6 @@ impl SubjectCache {
         };
         if let Changed::Subject(subject_id) = &change.changed {
             inner.known.insert(subject_id.as_str());
-            inner.local.forget(subject_id.as_str(), change.revision);
         }
         if change.revision > inner.watermark.applied() {
             let mut unconfirmed = inner
@@ -760,8 +768,9 @@ impl SubjectCache {
 
     /// Before entries are read from Redis again: puts a tombstone for every subject changed
     /// while this replica could not reach it (a minute of margin before it noticed), or, at
-    /// start, within the time an entry lives there. A change whose tombstone got lost then
-    /// cannot be hidden by an older entry.
+    /// start, within the time a value there may be used. A change whose tombstone got lost then
+    /// cannot be hidden by an older entry; and each of those changes is remembered, so that an
+    /// older genuine value of the subject put back there (a replay) is refused.
     async fn reannounce_to_redis(&self, shared: &SharedCache) -> bool {
         const MARGIN_MICROS: i64 = 60_000_000;
         let lost_at = *self
@@ -772,13 +781,20 @@ impl SubjectCache {
         let since = match lost_at {
             Some(lost_at) => lost_at - MARGIN_MICROS,
             None => {
-                let lived = i64::try_from(shared.time_to_live().as_micros()).unwrap_or(i64::MAX);
+                let lived = i64::try_from(shared.longest_use().as_micros()).unwrap_or(i64::MAX);
                 crate::store::now_micros().saturating_sub(lived)
             }
         };
         let Ok(changes) = self.inner.store.subjects_changed_since(since).await else {
             return false;
         };
+        for change in &changes {
+            if let Changed::Subject(subject_id) = &change.changed {
+                self.inner
+                    .local
+                    .invalidate(subject_id.as_str(), change.revision);
+            }
+        }
         shared.tombstone(&tombstones(&changes)).await
     }
 

@@ -2,23 +2,24 @@
 //! channel replicas announce their changes on.
 //!
 //! A subject is kept under `PREFIX:subject:HASH`, HASH a keyed hash of its id (so Redis holds no
-//! subject id in clear), as `"REVISION MAC ENCODED"`, written only if no later revision is there
-//! (a Lua script compares them), so a slow reader cannot overwrite a newer entry. A replica that
-//! commits a change writes a tombstone `"REVISION MAC -"` in its place (which stops every older
+//! subject id in clear), as `"REVISION WRITTEN_AT MAC ENCODED"`, written only if no later revision
+//! is there (a Lua script compares them), so a slow reader cannot overwrite a newer entry. A
+//! replica that commits a change writes a tombstone `"REVISION WRITTEN_AT MAC -"` in its place (which stops every older
 //! fill) and then publishes the change's announcement
 //! ([`crate::store::ChangeNotice::announcement`]) on `PREFIX:changes`.
 //!
 //! Whatever is read from Redis is untrusted bytes, parsed like a request ([`SharedCache::get`]).
 //! MAC is HMAC-SHA-256 (16 bytes, in hex) under a key derived from `redis_entry_key`, over the
-//! prefix, the subject id, the revision and the body: a value written by anyone without the key,
-//! garbled, or copied from another subject's key (or another deployment's prefix) fails it. A
-//! value that fails it, cannot be read, or claims a revision above the highest this replica has
-//! seen the store commit is a [`SharedLookup::Rejected`]: the caller reads the store, and puts its
-//! entry in the place of the exact value it rejected ([`SharedCache::replace`]; a forged revision
-//! would otherwise stop every later guarded write). Redis holds nothing the store does not: the
-//! worst a writer with the key can do is make replicas read the store, or, within the time an
-//! entry lives there, put back an older genuine value of the same subject (which a replica that
-//! learnt the later change refuses; see `LocalCache::insert`).
+//! prefix, the subject id, the revision, the time written (WRITTEN_AT, microseconds) and the body:
+//! a value written by anyone without the key, garbled, or copied from another subject's key (or
+//! another deployment's prefix) fails it. A value that fails it, cannot be read, was written
+//! longer ago than a value lives here (a genuine one recorded and put back), or claims a revision
+//! above the highest this replica has seen the store commit is a [`SharedLookup::Rejected`]: the
+//! caller reads the store, and puts its entry in the place of the exact value it rejected
+//! ([`SharedCache::replace`]; a forged revision would otherwise stop every later guarded write).
+//! A genuine value put back within its lifetime, older than a change of its subject, is refused
+//! by the replica's memory of recent changes (`LocalCache::insert`, which remembers them as long
+//! as a value here may be used, and is filled at start from the store).
 //!
 //! Announcements on the channel are hints: they may make a replica look at the store sooner, and
 //! nothing more (see [`super::SubjectCache`]).
@@ -128,42 +129,64 @@ impl Sealing {
     }
 
     /// The MAC of a value: over each part with its length, so no two tuples share their bytes.
-    fn mac(&self, prefix: &str, subject_id: &str, revision: Revision, body: &str) -> Hmac<Sha256> {
+    fn mac(
+        &self,
+        prefix: &str,
+        subject_id: &str,
+        revision: Revision,
+        written_at: i64,
+        body: &str,
+    ) -> Hmac<Sha256> {
         let mut mac = self.mac.clone();
         for part in [prefix.as_bytes(), subject_id.as_bytes()] {
             mac.update(&(part.len() as u64).to_be_bytes());
             mac.update(part);
         }
         mac.update(&revision.sequence().to_be_bytes());
+        mac.update(&written_at.to_be_bytes());
         mac.update(body.as_bytes());
         mac
     }
 
-    /// `"REVISION MAC BODY"`.
-    fn seal(&self, prefix: &str, subject_id: &str, revision: Revision, body: &str) -> String {
+    /// `"REVISION WRITTEN_AT MAC BODY"`, WRITTEN_AT in microseconds since the epoch.
+    fn seal(
+        &self,
+        prefix: &str,
+        subject_id: &str,
+        revision: Revision,
+        written_at: i64,
+        body: &str,
+    ) -> String {
         let tag = self
-            .mac(prefix, subject_id, revision, body)
+            .mac(prefix, subject_id, revision, written_at, body)
             .finalize()
             .into_bytes();
         format!(
-            "{} {} {body}",
+            "{} {written_at} {} {body}",
             revision.sequence(),
             hex::encode(&tag[..MAC_BYTES])
         )
     }
 
-    /// The revision and body of a value sealed for this subject under this prefix.
+    /// The revision, the time written and the body of a value sealed for this subject under
+    /// this prefix.
     fn open<'v>(
         &self,
         prefix: &str,
         subject_id: &str,
         value: &'v str,
-    ) -> Result<(Revision, &'v str), Rejection> {
-        let mut parts = value.splitn(3, ' ');
-        let (Some(revision), Some(tag), Some(body)) = (parts.next(), parts.next(), parts.next())
+    ) -> Result<(Revision, i64, &'v str), Rejection> {
+        let mut parts = value.splitn(4, ' ');
+        let (Some(revision), Some(written_at), Some(tag), Some(body)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(Rejection::Unreadable);
         };
+        let written_at = written_at
+            .parse::<i64>()
+            .ok()
+            .filter(|micros| *micros >= 0 && micros.to_string() == written_at)
+            .ok_or(Rejection::Unreadable)?;
         // One spelling of each: digits without a leading zero, lower-case hex.
         let revision = revision
             .parse::<u64>()
@@ -179,10 +202,10 @@ impl Sealing {
             .and_then(|tag| hex::decode(tag).ok())
             .filter(|tag| tag.len() == MAC_BYTES)
             .ok_or(Rejection::Unreadable)?;
-        self.mac(prefix, subject_id, revision, body)
+        self.mac(prefix, subject_id, revision, written_at, body)
             .verify_truncated_left(&tag)
             .map_err(|_| Rejection::Mac)?;
-        Ok((revision, body))
+        Ok((revision, written_at, body))
     }
 
     /// The keyed hash that stands for a subject id in key names: 32 hex characters.
@@ -205,6 +228,17 @@ pub struct SharedSettings {
     /// What authenticates the values and hashes the subject ids in key names.
     pub entry_key: RedisEntryKey,
 }
+
+impl SharedSettings {
+    /// How long after it was written a value may be used: its time to live, and the clock skew
+    /// between replicas allowed for.
+    pub fn longest_use(&self) -> Duration {
+        self.time_to_live + CLOCK_SKEW
+    }
+}
+
+/// The clock skew between replicas that the time a value was written allows for.
+const CLOCK_SKEW: Duration = Duration::from_secs(60);
 
 pub struct SharedCache {
     client: redis::Client,
@@ -288,10 +322,25 @@ impl SharedCache {
         )
     }
 
-    /// `"REVISION MAC BODY"` for this subject.
+    /// `"REVISION WRITTEN_AT MAC BODY"` for this subject, written now.
     pub(super) fn seal(&self, subject_id: &str, revision: Revision, body: &str) -> String {
-        self.sealing
-            .seal(&self.settings.prefix, subject_id, revision, body)
+        self.seal_at(subject_id, revision, crate::store::now_micros(), body)
+    }
+
+    pub(super) fn seal_at(
+        &self,
+        subject_id: &str,
+        revision: Revision,
+        written_at: i64,
+        body: &str,
+    ) -> String {
+        self.sealing.seal(
+            &self.settings.prefix,
+            subject_id,
+            revision,
+            written_at,
+            body,
+        )
     }
 
     fn resting(&self) -> bool {
@@ -425,10 +474,19 @@ impl SharedCache {
                 value: value.clone().into_bytes(),
             })
         };
-        let (revision, body) = match self.sealing.open(&self.settings.prefix, subject_id, &value) {
-            Ok(opened) => opened,
-            Err(reason) => return rejected(reason, None),
-        };
+        let (revision, written_at, body) =
+            match self.sealing.open(&self.settings.prefix, subject_id, &value) {
+                Ok(opened) => opened,
+                Err(reason) => return rejected(reason, None),
+            };
+        // A genuine value lives no longer than its time to live: an older one (or one from the
+        // future) was put back by someone, and may hide a later change.
+        let age_micros = crate::store::now_micros().saturating_sub(written_at);
+        let longest = i64::try_from(self.longest_use().as_micros()).unwrap_or(i64::MAX);
+        let skew = i64::try_from(CLOCK_SKEW.as_micros()).unwrap_or(i64::MAX);
+        if age_micros > longest || age_micros < -skew {
+            return rejected(Rejection::Stale, None);
+        }
         if revision > seen {
             return rejected(Rejection::FutureRevision, Some(revision));
         }
@@ -511,6 +569,12 @@ impl SharedCache {
 
     pub fn time_to_live(&self) -> Duration {
         self.settings.time_to_live
+    }
+
+    /// How long after it was written a value may be used: its time to live, and the clock skew
+    /// between replicas allowed for.
+    pub fn longest_use(&self) -> Duration {
+        self.settings.longest_use()
     }
 }
 
@@ -812,6 +876,27 @@ mod tests {
             // replica had not applied yet.
             assert!(rejected.forged(Revision::new(50)));
             assert!(!rejected.forged(Revision::new(51)));
+        }
+    }
+
+    #[test]
+    fn values_written_before_their_lifetime_or_in_the_future_are_stale() {
+        let cache = shared("deployment", KEY);
+        let seen = Revision::new(50);
+        let now = crate::store::now_micros();
+        let lifetime = i64::try_from(cache.longest_use().as_micros()).unwrap();
+        let body = encode(&entry(42));
+        let at = |written_at| cache.seal_at("victim", Revision::new(42), written_at, &body);
+        assert_eq!(
+            cache.parse("victim", seen, at(now - lifetime + 5_000_000)),
+            SharedLookup::Hit(entry(42))
+        );
+        for written_at in [now - lifetime - 1_000_000, now + 3_600_000_000, 0] {
+            assert_eq!(
+                reason(cache.parse("victim", seen, at(written_at))),
+                Some(Rejection::Stale),
+                "{written_at}"
+            );
         }
     }
 

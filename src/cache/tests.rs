@@ -16,6 +16,7 @@ backend_tests!(
     an_expiry_travels_with_the_state_through_every_tier,
     forged_announcements_change_nothing_a_caller_sees,
     values_in_redis_that_fail_their_checks_are_replaced,
+    a_genuine_older_value_put_back_after_a_restart_is_refused,
 );
 
 const ENTRY_KEY: &str = "the entry key of the cache tests, 32+ characters";
@@ -384,12 +385,7 @@ async fn forged_announcements_change_nothing_a_caller_sees(backend: Backend) {
     }
     assert_eq!(cache.applied_revision(), head);
     assert!(!policies.has_changed().unwrap());
-    // The subject was dropped by the hint, and is cached again at its real revision.
-    let (_, tier) = cache
-        .decision_state(&subject("victim"), None, latency)
-        .await
-        .unwrap();
-    assert_eq!(tier, Tier::Store);
+    // The subject's entry is still answered from memory.
     let (_, tier) = cache
         .decision_state(&subject("victim"), None, latency)
         .await
@@ -473,12 +469,17 @@ async fn values_in_redis_that_fail_their_checks_are_replaced(backend: Backend) {
     };
     // The other subject's body, sealed for the victim with the key, at a revision never
     // committed: what a writer holding the key could do.
-    let body = others.splitn(3, ' ').nth(2).unwrap();
+    let body = others.splitn(4, ' ').nth(3).unwrap();
+    assert!(body.contains("GRANTED"), "{others}");
     let forged_with_the_key = redis.seal("victim", Revision::new(1 << 60), body);
+    // And one the victim's own, genuine, but written an hour ago: put back from a recording.
+    let an_hour_ago = crate::store::now_micros() - 3_600_000_000;
+    let recorded = redis.seal_at("victim", Revision::new(1), an_hour_ago, body);
     let cases = [
         (others.clone(), Rejection::Mac),
+        (recorded, Rejection::Stale),
         (
-            format!("{} 00000000000000000000000000000000 -", u64::MAX),
+            format!("{} 1 00000000000000000000000000000000 -", u64::MAX),
             Rejection::Mac,
         ),
         ("junk".to_owned(), Rejection::Unreadable),
@@ -529,5 +530,78 @@ async fn values_in_redis_that_fail_their_checks_are_replaced(backend: Backend) {
         reader_tasks.shutdown().await;
     }
     writer_tasks.shutdown().await;
+    store.close().await;
+}
+
+/// A value the replicas wrote themselves, recorded from Redis and put back after the subject
+/// changed (a replay by anyone who can write to Redis, no key needed), is not used by a replica
+/// started since: at start it learns each subject changed within the time a value may be used.
+async fn a_genuine_older_value_put_back_after_a_restart_is_refused(backend: Backend) {
+    use crate::policy::{Choice, Purpose};
+    use crate::store::ConsentMeta;
+    let database = TestDatabase::create(backend).await;
+    let store = Store::open(database.location()).await.unwrap();
+    write(&store, "victim", upsert(Plan::Free)).await;
+    let choose = |choice| Command::SetChoice {
+        purpose: Purpose::ModelTraining,
+        choice: Some(choice),
+        consent: ConsentMeta::default(),
+    };
+    write(&store, "victim", choose(Choice::Granted)).await;
+    let shared = redis_settings();
+    let with_redis = CacheSettings {
+        shared: Some(shared.clone()),
+        ..settings()
+    };
+    let (first, first_tasks) = SubjectCache::start(store.clone(), with_redis.clone())
+        .await
+        .unwrap();
+    until_listening(&first).await;
+    let latency = Freshness::MinimizeLatency;
+    first
+        .decision_state(&subject("victim"), None, latency)
+        .await
+        .unwrap();
+    let redis = SharedCache::new(shared.clone()).unwrap();
+    let mut connection = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let recorded: String = loop {
+        let value: Option<String> = redis::cmd("GET")
+            .arg(redis.key("victim"))
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        if let Some(value) = value.filter(|value| value.contains("GRANTED")) {
+            break value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never shared");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    first_tasks.shutdown().await;
+    write(&store, "victim", choose(Choice::Refused)).await;
+    let (second, second_tasks) = SubjectCache::start(store.clone(), with_redis)
+        .await
+        .unwrap();
+    until_listening(&second).await;
+    let _: () = redis::cmd("SET")
+        .arg(redis.key("victim"))
+        .arg(&recorded)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let (state, tier) = second
+        .decision_state(&subject("victim"), None, latency)
+        .await
+        .unwrap();
+    assert_eq!(
+        state.subject.unwrap().choices.get(Purpose::ModelTraining),
+        Some(Choice::Refused)
+    );
+    assert_eq!(tier, Tier::Store);
+    second_tasks.shutdown().await;
     store.close().await;
 }
