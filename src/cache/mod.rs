@@ -11,9 +11,10 @@
 //! Announcements (Redis pub/sub, PostgreSQL NOTIFY) are hints, not facts: anyone who can publish
 //! on the channel can send one. A hint marks the named subject as possibly known and wakes the
 //! change-log reader (at most every 5 ms), which applies the real change; it never drops or
-//! keeps out an entry, never moves the watermark, never announces a policy version. A hint whose revision the change log has not reached by
-//! the read that follows it (every real one is published after its commit) is counted as
-//! rejected (`assent_cache_rejected_total{reason="announcement"}`), as is one that does not parse.
+//! keeps out an entry, never moves the watermark, never announces a policy version. A hint whose
+//! revision the change log has not reached by the read that follows it (every real one is
+//! published after its commit) is counted as rejected
+//! (`assent_cache_rejected_total{reason="announcement"}`), as is one that does not parse.
 //!
 //! Architecture Invariant: an answer from memory reflects every change up to the watermark; a
 //! check that needs more (a later revision than the watermark, or `fully_consistent`) reads the

@@ -360,7 +360,7 @@ async fn forged_announcements_change_nothing_a_caller_sees(backend: Backend) {
     let (cache, tasks) = SubjectCache::start(store.clone(), settings())
         .await
         .unwrap();
-    let policies = cache.policy_changes();
+    let mut policies = cache.policy_changes();
     let head = cache.applied_revision();
     let latency = Freshness::MinimizeLatency;
     cache
@@ -408,6 +408,25 @@ async fn forged_announcements_change_nothing_a_caller_sees(backend: Backend) {
         .unwrap();
     assert_eq!(state.subject.unwrap().plan, Some(Plan::Team));
     assert_eq!(state.revision, revision);
+    // And the next real policy version is still told of, after a forged one far beyond it.
+    let policy = crate::store::NewPolicy {
+        version: "forgery-test".into(),
+        effective_from_micros: 0,
+        description: String::new(),
+        source: "not read by the cache".into(),
+    };
+    let context = WriteContext {
+        caller: "cache-tests".into(),
+        actor: Actor::parse("tester", "").unwrap(),
+        trace_id: String::new(),
+        policy_version: crate::policy::POLICY_VERSION.to_owned(),
+    };
+    let applied = store.apply_policy(&policy, &context).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), policies.changed())
+        .await
+        .expect("the policy change was not told of")
+        .unwrap();
+    assert_eq!(*policies.borrow(), applied.revision);
     tasks.shutdown().await;
     store.close().await;
 }
