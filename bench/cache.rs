@@ -91,6 +91,10 @@ async fn run(scenario: Scenario, seconds: u64, concurrency: usize) -> Result {
             .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
         settings.push(("ASSENT_REDIS_URL", redis));
         settings.push((
+            "ASSENT_REDIS_ENTRY_KEY",
+            "the redis entry key of the benchmarks (32+ chars)".to_owned(),
+        ));
+        settings.push((
             "ASSENT_REDIS_PREFIX",
             format!("assent-bench-{}", uuid::Uuid::now_v7().simple()),
         ));

@@ -955,6 +955,10 @@ fn main() {
                     ("ASSENT_DATABASE_URL", database.url()),
                     ("ASSENT_REDIS_URL", redis),
                     (
+                        "ASSENT_REDIS_ENTRY_KEY",
+                        "the redis entry key of the benchmarks (32+ chars)".to_owned(),
+                    ),
+                    (
                         "ASSENT_REDIS_PREFIX",
                         format!("bench-{}", std::process::id()),
                     ),

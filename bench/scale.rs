@@ -38,6 +38,10 @@ async fn measure(count: usize, seconds: u64, concurrency: usize) -> Measured {
         ("ASSENT_DECISION_LOG", "off".to_owned()),
         ("ASSENT_REDIS_URL", redis),
         (
+            "ASSENT_REDIS_ENTRY_KEY",
+            "the redis entry key of the benchmarks (32+ chars)".to_owned(),
+        ),
+        (
             "ASSENT_REDIS_PREFIX",
             format!("assent-scale-{}", uuid::Uuid::now_v7().simple()),
         ),

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::auth::{Scopes, TokenSettings, parse_client_scopes};
-use crate::cache::{CacheSettings, SharedSettings};
+use crate::cache::{CacheSettings, RedisEntryKey, SharedSettings};
 use crate::decision_log::LogMode;
 use crate::limits::LimitSettings;
 use crate::store::{DatabaseUrl, StoreLocation};
@@ -160,6 +160,7 @@ settings! {
     redis_ttl_seconds: u64 = ["ASSENT_REDIS_TTL_SECONDS"], "600";
     redis_timeout_ms: u64 = ["ASSENT_REDIS_TIMEOUT_MS"], "50";
     redis_allow_plaintext: bool = ["ASSENT_REDIS_ALLOW_PLAINTEXT"], "false";
+    redis_entry_key: String = ["ASSENT_REDIS_ENTRY_KEY"], None;
     shutdown_grace_seconds: u64 = ["ASSENT_SHUTDOWN_GRACE_SECONDS"], "30";
     log_format: String = ["ASSENT_LOG_FORMAT"], "text";
     admin_listen: String = ["ASSENT_ADMIN_LISTEN"], "127.0.0.1:9090";
@@ -314,6 +315,44 @@ fn has_scheme(url: &str, schemes: &[&str]) -> bool {
     schemes.iter().any(|scheme| url.starts_with(scheme))
 }
 
+/// The key of the values in Redis: the one configured, which a Redis on another machine needs
+/// (at least [`RedisEntryKey::MIN_LENGTH`] characters, and not the subject hash key), or, for a
+/// Redis on loopback without one, [`RedisEntryKey::loopback`], which protects nothing.
+fn redis_entry_key(
+    redis_url: Option<&str>,
+    key: Option<String>,
+    subject_hash_key: Option<&str>,
+) -> Result<RedisEntryKey, ConfigError> {
+    let host = redis_url.and_then(network_host);
+    match key {
+        None => match host {
+            None => Ok(RedisEntryKey::loopback()),
+            Some(host) => Err(invalid(
+                "redis_entry_key",
+                format!(
+                    "required to use Redis at {host}: a random key of at least {} characters, \
+                     the same on every replica (see docs/operations.md), so that a value \
+                     written there by anyone else is not used",
+                    RedisEntryKey::MIN_LENGTH
+                ),
+            )),
+        },
+        Some(key) if key.chars().count() < RedisEntryKey::MIN_LENGTH => Err(invalid(
+            "redis_entry_key",
+            format!(
+                "must have at least {} characters",
+                RedisEntryKey::MIN_LENGTH
+            ),
+        )),
+        Some(key) if Some(key.as_str()) == subject_hash_key => Err(invalid(
+            "redis_entry_key",
+            "must not be the subject_hash_key: a key for Redis and a key for traces are two \
+             secrets",
+        )),
+        Some(key) => Ok(RedisEntryKey::new(key)),
+    }
+}
+
 impl Settings {
     /// Resolves the settings from a configuration file (`config_file`, else `ASSENT_CONFIG`),
     /// the environment `env`, and the command-line `flags`.
@@ -382,6 +421,11 @@ impl Settings {
         if given.decision_log_queue == 0 {
             return Err(invalid("decision_log_queue", "must be at least 1"));
         }
+        let redis_entry_key = redis_entry_key(
+            given.redis_url.as_deref(),
+            given.redis_entry_key,
+            given.subject_hash_key.as_deref(),
+        )?;
         let cache = CacheSettings {
             max_subjects: given.cache_max_subjects,
             time_to_live: Duration::from_secs(given.cache_ttl_seconds),
@@ -393,6 +437,7 @@ impl Settings {
                 prefix: given.redis_prefix,
                 time_to_live: Duration::from_secs(given.redis_ttl_seconds),
                 timeout: Duration::from_millis(given.redis_timeout_ms),
+                entry_key: redis_entry_key,
             }),
         };
         if let Some(shared) = &cache.shared
@@ -826,19 +871,64 @@ mod tests {
             resolve(&[(database, url)]).unwrap_or_else(|error| panic!("{url}: {error}"));
         }
         let redis = "ASSENT_REDIS_URL";
+        let entry_key = ("ASSENT_REDIS_ENTRY_KEY", "0123456789abcdef0123456789abcdef");
         refused(
-            &[(redis, "redis://:s3cret@cache.internal:6379")],
+            &[(redis, "redis://:s3cret@cache.internal:6379"), entry_key],
             "redis_url: refusing to reach Redis at cache.internal in clear",
         );
         for pairs in [
-            &[(redis, "rediss://:s3cret@cache.internal:6379")][..],
+            &[(redis, "rediss://:s3cret@cache.internal:6379"), entry_key][..],
             &[(redis, "redis://127.0.0.1:6379")][..],
             &[
                 (redis, "redis://cache.internal:6379"),
                 ("ASSENT_REDIS_ALLOW_PLAINTEXT", "true"),
+                entry_key,
             ][..],
         ] {
             resolve(pairs).unwrap_or_else(|error| panic!("{pairs:?}: {error}"));
         }
+    }
+
+    #[test]
+    fn redis_beyond_loopback_needs_its_own_entry_key() {
+        let resolve =
+            |pairs: &[(&str, &str)]| Settings::resolve(None, &env(pairs), Overrides::default());
+        let remote = ("ASSENT_REDIS_URL", "rediss://:s3cret@cache.internal:6379");
+        let key = "0123456789abcdef0123456789abcdef";
+        let error = resolve(&[remote]).unwrap_err().to_string();
+        assert!(
+            error.starts_with("redis_entry_key: required to use Redis at cache.internal"),
+            "{error}"
+        );
+        assert!(!error.contains("s3cret"), "{error}");
+        let error = resolve(&[remote, ("ASSENT_REDIS_ENTRY_KEY", "short")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("redis_entry_key: must have at least 32"),
+            "{error}"
+        );
+        let error = resolve(&[
+            remote,
+            ("ASSENT_REDIS_ENTRY_KEY", key),
+            ("ASSENT_SUBJECT_HASH_KEY", key),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.starts_with("redis_entry_key: must not be the subject_hash_key"),
+            "{error}"
+        );
+        assert!(!error.contains(key), "{error}");
+        let settings = resolve(&[remote, ("ASSENT_REDIS_ENTRY_KEY", key)]).unwrap();
+        let shared = settings.cache.shared.unwrap();
+        assert_eq!(shared.entry_key, RedisEntryKey::new(key));
+        assert!(!format!("{shared:?}").contains(key));
+        // On loopback, for development, a key derived for loopback only.
+        let local = resolve(&[("ASSENT_REDIS_URL", "redis://127.0.0.1:6379")]).unwrap();
+        assert_eq!(
+            local.cache.shared.unwrap().entry_key,
+            RedisEntryKey::loopback()
+        );
     }
 }

@@ -58,6 +58,11 @@ struct TierLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
     policy_version: &'static str,
@@ -274,6 +279,21 @@ impl Scrape<'_> {
         let mut family = self.0.encode_descriptor(name, help, None, metric_type)?;
         for &(tier, value) in values {
             ConstCounter::new(value).encode(family.encode_family(&TierLabels { tier })?)?;
+        }
+        Ok(())
+    }
+
+    /// A counter for each reason, labelled `reason`.
+    pub fn counters_by_reason(
+        &mut self,
+        name: &str,
+        help: &str,
+        values: &[(&'static str, u64)],
+    ) -> std::fmt::Result {
+        let metric_type = ConstCounter::new(0_u64).metric_type();
+        let mut family = self.0.encode_descriptor(name, help, None, metric_type)?;
+        for &(reason, value) in values {
+            ConstCounter::new(value).encode(family.encode_family(&ReasonLabels { reason })?)?;
         }
         Ok(())
     }

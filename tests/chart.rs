@@ -213,6 +213,9 @@ fn run_as_the_pod_would(
             ("ASSENT_DATABASE_URL", _) => database.url(),
             ("ASSENT_REDIS_URL", _) => redis.clone(),
             ("ASSENT_SUBJECT_HASH_KEY", _) => "chart-test-subject-hash-key".to_owned(),
+            ("ASSENT_REDIS_ENTRY_KEY", _) => {
+                "chart-test-redis-entry-key-of-32-characters".to_owned()
+            }
             ("ASSENT_REDIS_PREFIX", _) => {
                 format!("assent-chart-{}", uuid::Uuid::now_v7().simple())
             }

@@ -137,7 +137,8 @@ where
     )
 }
 
-/// How long an announced change is remembered: longer than any read takes.
+/// How long an applied change is remembered at least: longer than any read takes. With Redis,
+/// as long as a value there may be used ([`LocalCache::remember_changes_for`]).
 const INVALIDATION_MEMORY: Duration = Duration::from_secs(120);
 
 const STRIPES: usize = 64;
@@ -149,8 +150,10 @@ pub struct LocalCache {
     started: std::time::Instant,
     time_to_live: Duration,
     overflow: Bounded<(String, String), (Revision, Option<ConversationFacts>)>,
-    /// Subject → the latest revision announced for it, kept long enough to outlive any read.
+    /// Subject → the latest revision applied for it, kept long enough to outlive any read.
     invalidated: Bounded<Box<str>, Revision>,
+    /// How long `invalidated` remembers.
+    invalidation_memory: Duration,
     /// Makes "check the invalidations, then insert" atomic against "record, then invalidate".
     stripes: Box<[Mutex<()>]>,
 }
@@ -172,8 +175,16 @@ impl LocalCache {
             time_to_live,
             overflow: bounded(max_subjects.clamp(1_024, 1 << 20)),
             invalidated: bounded(1 << 20),
+            invalidation_memory: INVALIDATION_MEMORY,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
         }
+    }
+
+    /// Remembers each applied change at least `memory`: as long as a value read from Redis may
+    /// be used, so that a genuine but older value put back there is refused.
+    pub fn remember_changes_for(mut self, memory: Duration) -> LocalCache {
+        self.invalidation_memory = self.invalidation_memory.max(memory);
+        self
     }
 
     fn stripe(&self, subject_id: &str) -> std::sync::MutexGuard<'_, ()> {
@@ -215,7 +226,7 @@ impl LocalCache {
     pub fn insert(&self, subject_id: &str, entry: Arc<CachedSubject>) -> bool {
         let _guard = self.stripe(subject_id);
         if self
-            .fresh(self.invalidated.get(subject_id), INVALIDATION_MEMORY)
+            .fresh(self.invalidated.get(subject_id), self.invalidation_memory)
             .is_some_and(|announced| announced > entry.revision)
         {
             return false;
@@ -230,7 +241,7 @@ impl LocalCache {
     pub fn invalidate(&self, subject_id: &str, revision: Revision) {
         let _guard = self.stripe(subject_id);
         let latest = self
-            .fresh(self.invalidated.get(subject_id), INVALIDATION_MEMORY)
+            .fresh(self.invalidated.get(subject_id), self.invalidation_memory)
             .map_or(revision, |announced| announced.max(revision));
         self.invalidated
             .insert(subject_id.into(), self.stamp(latest));

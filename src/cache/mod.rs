@@ -1,23 +1,31 @@
 //! The read path's memory: subject state cached in-process, kept fresh by the change log.
 //!
 //! A Check asks [`SubjectCache::decision_state`]. A cached subject answers every purpose and
-//! conversation without I/O; a miss reads the store once and caches what it read. Every
-//! committed change is announced — directly by the replica that made it, and to every replica by
-//! reading the store's change log (the audit events, which carry gap-free revisions) — and an
-//! announcement drops the subject's entry. The [`Watermark`] says up to which revision this
-//! replica has applied every announcement, which is what decides whether an
-//! `at_least_as_fresh` check may be answered from memory.
+//! conversation without I/O; a miss reads Redis (when configured and authentic, see
+//! [`shared`]) or the store once and caches what it read. Every committed change is applied —
+//! at once by the replica that made it, and by every replica from the store's change log (the
+//! audit events, which carry gap-free revisions) — and applying it drops the subject's entry.
+//! The [`Watermark`] says up to which revision this replica has applied every change, which is
+//! what decides whether an `at_least_as_fresh` check may be answered from memory.
+//!
+//! Announcements (Redis pub/sub, PostgreSQL NOTIFY) are hints, not facts: anyone who can publish
+//! on the channel can send one. A hint marks the named subject as possibly known and wakes the
+//! change-log reader (at most every 5 ms), which applies the real change; it never drops or
+//! keeps out an entry, never moves the watermark, never announces a policy version. A hint whose
+//! revision the change log has not reached by the read that follows it (every real one is
+//! published after its commit) is counted as rejected
+//! (`assent_cache_rejected_total{reason="announcement"}`), as is one that does not parse.
 //!
 //! Architecture Invariant: an answer from memory reflects every change up to the watermark; a
 //! check that needs more (a later revision than the watermark, or `fully_consistent`) reads the
-//! store.
+//! store. Only the store's change log and this replica's own commits move the watermark.
 
 pub mod known;
 pub mod local;
 pub mod shared;
 pub mod watermark;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,7 +34,7 @@ use tokio::task::JoinHandle;
 
 pub use known::KnownSubjects;
 pub use local::{CachedSubject, ConversationLookup, LocalCache};
-pub use shared::{SharedCache, SharedLookup, SharedSettings};
+pub use shared::{RedisEntryKey, SharedCache, SharedLookup, SharedSettings};
 pub use watermark::Watermark;
 
 use crate::domain::{ConversationId, SubjectId};
@@ -38,6 +46,12 @@ use crate::store::{ChangeNotice, Changed, DecisionState, Store, StoreError};
 const CHANGE_LOG_PAGE: u32 = 10_000;
 /// How long a lost announcement channel waits before it is re-made.
 const LISTEN_RETRY: Duration = Duration::from_millis(500);
+/// The most hints waiting for the change log to confirm them; beyond, a hint still wakes the
+/// reader but is not checked (and not counted).
+const MAX_UNCONFIRMED_HINTS: usize = 1_024;
+/// The least time between two reads of the change log: a flood of announcements (real or not)
+/// wakes the reader at most this often, so it cannot become a flood of store reads.
+const CHANGE_LOG_READ_GAP: Duration = Duration::from_millis(5);
 
 #[cfg(test)]
 mod tests;
@@ -107,6 +121,25 @@ named_enum! {
     }
 }
 
+named_enum! {
+    /// Why a value read from Redis, or an announcement, was not used.
+    pub enum Rejection {
+        /// A value whose MAC does not verify: written without the key, changed, or copied from
+        /// another subject's key.
+        Mac => "mac",
+        /// A value that does not parse, or whose body does not decode.
+        Unreadable => "unreadable",
+        /// A value claiming a revision the store had not committed when read afterwards.
+        FutureRevision => "future_revision",
+        /// A value written longer ago than a value lives in Redis (or later than now): a
+        /// genuine value recorded and put back.
+        Stale => "stale",
+        /// An announcement that does not parse, or names a revision the change log did not
+        /// have when read after it.
+        Announcement => "announcement",
+    }
+}
+
 /// The cached read path, shared by every handler. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct SubjectCache {
@@ -130,8 +163,15 @@ struct Inner {
     /// When this replica last lost Redis (microseconds since the epoch).
     shared_lost_at: Mutex<Option<i64>>,
     /// The revision of the latest change about no subject (a policy version applied) learnt
-    /// from the change log or an announcement.
+    /// from the change log or this replica's own commit.
     policy_changes: watch::Sender<Revision>,
+    /// The highest revision this replica has seen the store commit: the change log, its own
+    /// commits, and the revisions its store reads returned. A value in Redis claiming more is
+    /// not used.
+    seen: AtomicU64,
+    /// The revisions named by hints since the change log was last read, beyond the watermark
+    /// then: what the next read must confirm.
+    unconfirmed_hints: Mutex<Vec<Revision>>,
 }
 
 /// How the cache has answered since start.
@@ -153,10 +193,12 @@ pub struct CacheStats {
 
 #[derive(Debug, Default)]
 struct Counters {
-    local_hits: std::sync::atomic::AtomicU64,
-    shared_hits: std::sync::atomic::AtomicU64,
-    store_reads: std::sync::atomic::AtomicU64,
-    unknown_filtered: std::sync::atomic::AtomicU64,
+    local_hits: AtomicU64,
+    shared_hits: AtomicU64,
+    store_reads: AtomicU64,
+    unknown_filtered: AtomicU64,
+    /// By [`Rejection`], in the order of `Rejection::ALL`.
+    rejected: [AtomicU64; Rejection::ALL.len()],
 }
 
 impl Counters {
@@ -167,6 +209,10 @@ impl Counters {
             Tier::Store => &self.store_reads,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn reject(&self, reason: Rejection) {
+        self.rejected[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -211,6 +257,16 @@ impl crate::metrics::Scraped for SubjectCache {
             "cache_applied_revision",
             "The revision up to which this replica has applied every change",
             stats.applied_revision,
+        )?;
+        let rejected: Vec<(&'static str, u64)> = Rejection::ALL
+            .iter()
+            .map(|reason| (reason.as_str(), self.rejected(*reason)))
+            .collect();
+        scrape.counters_by_reason(
+            "cache_rejected",
+            "Values read from Redis and announcements not used, by reason (mac, unreadable, \
+             stale, future_revision, announcement)",
+            &rejected,
         )
     }
 }
@@ -227,7 +283,13 @@ impl SubjectCache {
         let shared = settings.shared.clone().map(SharedCache::new).transpose()?;
         let cache = SubjectCache {
             inner: Arc::new(Inner {
-                local: LocalCache::new(settings.max_subjects, settings.time_to_live),
+                local: LocalCache::new(settings.max_subjects, settings.time_to_live)
+                    .remember_changes_for(
+                        settings
+                            .shared
+                            .as_ref()
+                            .map_or(Duration::ZERO, SharedSettings::longest_use),
+                    ),
                 known,
                 counters: Counters::default(),
                 shared,
@@ -238,6 +300,8 @@ impl SubjectCache {
                 shared_ready: AtomicBool::new(false),
                 shared_lost_at: Mutex::new(None),
                 policy_changes: watch::channel(head).0,
+                seen: AtomicU64::new(head.sequence()),
+                unconfirmed_hints: Mutex::new(Vec::new()),
             }),
         };
         let (stop, stopped) = watch::channel(false);
@@ -266,6 +330,24 @@ impl SubjectCache {
     /// `timeout`; whether it has.
     pub async fn wait_for_revision(&self, revision: Revision, timeout: Duration) -> bool {
         self.inner.watermark.wait_for(revision, timeout).await
+    }
+
+    /// How many values from Redis or announcements were rejected for `reason` since start.
+    pub fn rejected(&self, reason: Rejection) -> u64 {
+        self.inner.counters.rejected[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// The highest revision this replica has seen the store commit.
+    fn seen(&self) -> Revision {
+        let seen = self.inner.seen.load(Ordering::Acquire);
+        Revision::new(seen.max(self.inner.watermark.applied().sequence()))
+    }
+
+    /// A revision read from the store (or committed here): the store has committed it.
+    fn saw(&self, revision: Revision) {
+        self.inner
+            .seen
+            .fetch_max(revision.sequence(), Ordering::AcqRel);
     }
 
     pub fn stats(&self) -> CacheStats {
@@ -362,6 +444,7 @@ impl SubjectCache {
                     .store
                     .decision_state(subject_id, conversation_id)
                     .await?;
+                self.saw(state.revision);
                 return Ok((state, Tier::Store));
             }
             Freshness::AtLeastAsFresh(revision) if inner.watermark.applied() < revision => {
@@ -375,6 +458,7 @@ impl SubjectCache {
                         .store
                         .decision_state(subject_id, conversation_id)
                         .await?;
+                    self.saw(state.revision);
                     return Ok((state, Tier::Store));
                 }
             }
@@ -422,31 +506,52 @@ impl SubjectCache {
         (state, Tier::Local)
     }
 
-    /// A subject not in memory: from Redis if it has it, else from the store (and then shared).
+    /// A subject not in memory: from Redis if it has an entry that passes its checks, else from
+    /// the store (and then shared, in the place of a rejected value if there was one).
     async fn load(&self, subject_id: &SubjectId) -> Result<(Arc<CachedSubject>, Tier), StoreError> {
         let inner = &self.inner;
+        let mut rejected = None;
         if let Some(shared) = &inner.shared
             && inner.shared_ready.load(Ordering::Acquire)
-            && let SharedLookup::Hit(entry) = shared.get(subject_id.as_str()).await
         {
-            // Used only if no later change of the subject was announced meanwhile.
-            let entry = Arc::new(entry);
-            if inner.local.insert(subject_id.as_str(), entry.clone()) {
-                return Ok((entry, Tier::Shared));
+            match shared.get(subject_id.as_str(), self.seen()).await {
+                SharedLookup::Hit(entry) => {
+                    // Used only if no later change of the subject was applied meanwhile.
+                    let entry = Arc::new(entry);
+                    if inner.local.insert(subject_id.as_str(), entry.clone()) {
+                        return Ok((entry, Tier::Shared));
+                    }
+                }
+                SharedLookup::Miss => {}
+                SharedLookup::Rejected(value) => rejected = Some(value),
             }
         }
         let snapshot = inner
             .store
             .snapshot(subject_id, inner.settings.max_conversations)
             .await?;
+        self.saw(snapshot.revision);
         let entry = Arc::new(CachedSubject::from_snapshot(snapshot));
         inner.local.insert(subject_id.as_str(), entry.clone());
         if inner.shared.is_some() {
             let cache = self.clone();
             let (subject_id, shared_entry) = (subject_id.as_str().to_owned(), entry.clone());
             tokio::spawn(async move {
-                if let Some(shared) = &cache.inner.shared {
-                    shared.put(&subject_id, &shared_entry).await;
+                let Some(shared) = &cache.inner.shared else {
+                    return;
+                };
+                match rejected {
+                    Some(rejected) if rejected.forged(shared_entry.revision) => {
+                        cache.inner.counters.reject(rejected.reason);
+                        tracing::warn!(
+                            reason = rejected.reason.as_str(),
+                            subject_hash = crate::telemetry::subject_hash(&subject_id),
+                            "a value in redis was rejected; replacing it with the store's"
+                        );
+                        shared.replace(&subject_id, &rejected, &shared_entry).await;
+                    }
+                    // A change this replica had not applied yet: the value stays unless older.
+                    Some(_) | None => shared.put(&subject_id, &shared_entry).await,
                 }
             });
         }
@@ -474,6 +579,7 @@ impl SubjectCache {
             .store
             .decision_state(subject_id, Some(conversation_id))
             .await?;
+        self.saw(state.revision);
         if state.revision == entry.revision {
             inner.local.remember_overflow(
                 subject,
@@ -488,7 +594,7 @@ impl SubjectCache {
     /// A change this replica committed: drop the subject's entry at once (so this replica reads
     /// its own writes), count the revision as applied, and announce it to the other replicas.
     pub fn committed(&self, changed: Changed, revision: Revision) {
-        self.announce(&changed, revision);
+        self.apply_change(&changed, revision);
         if self.inner.shared.is_some() {
             let cache = self.clone();
             tokio::spawn(async move {
@@ -499,11 +605,11 @@ impl SubjectCache {
         }
     }
 
-    /// A change learnt from the other replicas (an announcement or the change log). The first
-    /// time it is applied here, the time since its commit is the invalidation lag.
+    /// A change read from the store's change log. The first time it is applied here, the time
+    /// since its commit is the invalidation lag.
     fn apply(&self, change: &ChangeNotice) {
         let fresh = change.revision > self.inner.watermark.applied();
-        self.announce(&change.changed, change.revision);
+        self.apply_change(&change.changed, change.revision);
         if fresh && change.at_micros > 0 {
             let lag_micros = crate::store::now_micros().saturating_sub(change.at_micros);
             crate::metrics::METRICS
@@ -512,7 +618,9 @@ impl SubjectCache {
         }
     }
 
-    fn announce(&self, changed: &Changed, revision: Revision) {
+    /// A change the store committed (read from its change log, or committed here).
+    fn apply_change(&self, changed: &Changed, revision: Revision) {
+        self.saw(revision);
         match changed {
             Changed::Subject(subject_id) => {
                 self.inner.known.insert(subject_id.as_str());
@@ -529,6 +637,33 @@ impl SubjectCache {
         self.inner.watermark.record(revision);
     }
 
+    /// An announcement heard on the channel (Redis) or through NOTIFY (PostgreSQL): a hint that
+    /// the change log has something new. The named subject may be known (a false positive of
+    /// the known-subjects filter costs a store read, never an answer), and the change-log reader
+    /// is woken: it applies the real change, if there is one, and checks the revision named.
+    /// Nothing else: the entry stays until the change log drops it, so a flood of hints naming
+    /// a subject costs no store reads of it, and a forged revision is never remembered.
+    fn hint(&self, message: &str) {
+        let inner = &self.inner;
+        let Some(change) = ChangeNotice::parse_announcement(message) else {
+            inner.counters.reject(Rejection::Announcement);
+            return;
+        };
+        if let Changed::Subject(subject_id) = &change.changed {
+            inner.known.insert(subject_id.as_str());
+        }
+        if change.revision > inner.watermark.applied() {
+            let mut unconfirmed = inner
+                .unconfirmed_hints
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if unconfirmed.len() < MAX_UNCONFIRMED_HINTS {
+                unconfirmed.push(change.revision);
+            }
+        }
+        inner.read_change_log.notify_one();
+    }
+
     /// Reads the change log after the watermark every `poll_interval` (or when woken), and
     /// applies what it finds: changes made by other replicas, and announcements lost on the way.
     async fn read_change_log(self, mut stopped: watch::Receiver<bool>) {
@@ -539,13 +674,40 @@ impl SubjectCache {
                 () = tokio::time::sleep(interval) => {}
                 () = self.inner.read_change_log.notified() => {}
             }
-            if let Err(error) = self.catch_up().await {
-                tracing::debug!(%error, "cannot read the change log; retrying");
+            // Every real announcement is sent after its commit, so the change log read from now
+            // on has each hint heard so far: one naming a later revision was not a real one.
+            let hints = std::mem::take(
+                &mut *self
+                    .inner
+                    .unconfirmed_hints
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            );
+            match self.catch_up().await {
+                Ok(()) => {
+                    let applied = self.inner.watermark.applied();
+                    // Counted, and not logged one by one: a flood on the channel must not
+                    // become a flood of log lines.
+                    let forged = hints.iter().filter(|revision| **revision > applied).count();
+                    if forged > 0 {
+                        self.inner.counters.rejected[Rejection::Announcement as usize]
+                            .fetch_add(forged as u64, Ordering::Relaxed);
+                        tracing::debug!(
+                            forged,
+                            applied = applied.sequence(),
+                            "announcements named revisions the store has not committed"
+                        );
+                    }
+                }
+                Err(error) => tracing::debug!(%error, "cannot read the change log; retrying"),
             }
+            // Wake-ups meanwhile are kept (one permit) and served after the gap.
+            tokio::time::sleep(CHANGE_LOG_READ_GAP).await;
         }
     }
 
-    /// Applies the announcements of other replicas from Redis, reconnecting after failures.
+    /// Takes the announcements of other replicas from Redis as hints, reconnecting after
+    /// failures.
     /// After each (re)subscription the change log is read, for what was announced meanwhile.
     async fn listen_redis(self, mut stopped: watch::Receiver<bool>) {
         use tokio_stream::StreamExt;
@@ -573,12 +735,10 @@ impl SubjectCache {
                         tokio::select! {
                             _ = stopped.changed() => return,
                             message = messages.next() => match message {
-                                Some(message) => {
-                                    let Ok(text) = message.get_payload::<String>() else { continue };
-                                    if let Some(change) = ChangeNotice::parse_announcement(&text) {
-                                        self.apply(&change);
-                                    }
-                                }
+                                Some(message) => match message.get_payload::<String>() {
+                                    Ok(text) => self.hint(&text),
+                                    Err(_) => self.inner.counters.reject(Rejection::Announcement),
+                                },
                                 None => break,
                             },
                         }
@@ -609,8 +769,9 @@ impl SubjectCache {
 
     /// Before entries are read from Redis again: puts a tombstone for every subject changed
     /// while this replica could not reach it (a minute of margin before it noticed), or, at
-    /// start, within the time an entry lives there. A change whose tombstone got lost then
-    /// cannot be hidden by an older entry.
+    /// start, within the time a value there may be used. A change whose tombstone got lost then
+    /// cannot be hidden by an older entry; and each of those changes is remembered, so that an
+    /// older genuine value of the subject put back there (a replay) is refused.
     async fn reannounce_to_redis(&self, shared: &SharedCache) -> bool {
         const MARGIN_MICROS: i64 = 60_000_000;
         let lost_at = *self
@@ -621,18 +782,25 @@ impl SubjectCache {
         let since = match lost_at {
             Some(lost_at) => lost_at - MARGIN_MICROS,
             None => {
-                let lived = i64::try_from(shared.time_to_live().as_micros()).unwrap_or(i64::MAX);
+                let lived = i64::try_from(shared.longest_use().as_micros()).unwrap_or(i64::MAX);
                 crate::store::now_micros().saturating_sub(lived)
             }
         };
         let Ok(changes) = self.inner.store.subjects_changed_since(since).await else {
             return false;
         };
+        for change in &changes {
+            if let Changed::Subject(subject_id) = &change.changed {
+                self.inner
+                    .local
+                    .invalidate(subject_id.as_str(), change.revision);
+            }
+        }
         shared.tombstone(&tombstones(&changes)).await
     }
 
-    /// Applies the announcements PostgreSQL delivers (NOTIFY at each commit), when there is no
-    /// Redis. A lost connection is re-made by the listener; the change log covers the gap.
+    /// Takes the announcements PostgreSQL delivers (NOTIFY at each commit) as hints, when there
+    /// is no Redis. A lost connection is re-made by the listener; the change log covers the gap.
     async fn listen_postgres(self, pool: sqlx::PgPool, mut stopped: watch::Receiver<bool>) {
         loop {
             let listening = async {
@@ -647,13 +815,7 @@ impl SubjectCache {
                         tokio::select! {
                             _ = stopped.changed() => return,
                             notification = listener.try_recv() => match notification {
-                                Ok(Some(notification)) => {
-                                    if let Some(change) =
-                                        ChangeNotice::parse_announcement(notification.payload())
-                                    {
-                                        self.apply(&change);
-                                    }
-                                }
+                                Ok(Some(notification)) => self.hint(notification.payload()),
                                 // Reconnected: what was sent meanwhile is in the change log.
                                 Ok(None) => self.inner.read_change_log.notify_one(),
                                 Err(_) => break,

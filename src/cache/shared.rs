@@ -1,11 +1,28 @@
 //! The shared tier: Redis, in front of the store and behind every replica's memory, and the
 //! channel replicas announce their changes on.
 //!
-//! A subject is kept under `PREFIX:subject:ID` as `"REVISION ENCODED"`, written only if no later
-//! revision is there (a Lua script compares them), so a slow reader cannot overwrite a newer
-//! entry. A replica that commits a change writes a tombstone `"REVISION -"` in its place (which
-//! stops every older fill) and then publishes the change's announcement
+//! A subject is kept under `PREFIX:subject:HASH`, HASH a keyed hash of its id (so Redis holds no
+//! subject id in clear), as `"REVISION WRITTEN_AT MAC ENCODED"`, written only if no later revision
+//! is there (a Lua script compares them), so a slow reader cannot overwrite a newer entry. A
+//! replica that commits a change writes a tombstone `"REVISION WRITTEN_AT MAC -"` in its place (which stops every older
+//! fill) and then publishes the change's announcement
 //! ([`crate::store::ChangeNotice::announcement`]) on `PREFIX:changes`.
+//!
+//! Whatever is read from Redis is untrusted bytes, parsed like a request ([`SharedCache::get`]).
+//! MAC is HMAC-SHA-256 (16 bytes, in hex) under a key derived from `redis_entry_key`, over the
+//! prefix, the subject id, the revision, the time written (WRITTEN_AT, microseconds) and the body:
+//! a value written by anyone without the key, garbled, or copied from another subject's key (or
+//! another deployment's prefix) fails it. A value that fails it, cannot be read, was written
+//! longer ago than a value lives here (a genuine one recorded and put back), or claims a revision
+//! above the highest this replica has seen the store commit is a [`SharedLookup::Rejected`]: the
+//! caller reads the store, and puts its entry in the place of the exact value it rejected
+//! ([`SharedCache::replace`]; a forged revision would otherwise stop every later guarded write).
+//! A genuine value put back within its lifetime, older than a change of its subject, is refused
+//! by the replica's memory of recent changes (`LocalCache::insert`, which remembers them as long
+//! as a value here may be used, and is filled at start from the store).
+//!
+//! Announcements on the channel are hints: they may make a replica look at the store sooner, and
+//! nothing more (see [`super::SubjectCache`]).
 //!
 //! Redis is an accelerator, never a dependency: every call has a short timeout, a failure makes
 //! the replica leave Redis alone for a moment, and the connection is re-established in the
@@ -14,9 +31,12 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use hmac::{Hmac, Mac};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 
+use super::Rejection;
 use super::local::CachedSubject;
 use crate::policy::{
     Choice, ConversationFacts, FlagKind, Plan, Purpose, Rating, Status, SubjectState,
@@ -37,6 +57,165 @@ redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 return 1
 ";
 
+/// Sets the key only if it still holds exactly the value that was rejected: a value with a
+/// forged revision would stop [`GUARDED_SET`] for good, and a genuine one written meanwhile must
+/// not be overwritten.
+const COMPARE_AND_SET: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+  return 1
+end
+return 0
+";
+
+/// How many bytes of the HMAC a value carries (in hex, twice as many characters).
+const MAC_BYTES: usize = 16;
+/// How many bytes of the keyed hash of a subject id its key carries.
+const KEY_HASH_BYTES: usize = 16;
+
+/// The key that authenticates what replicas write to Redis, shared by the replicas of one
+/// deployment (`redis_entry_key`). A secret: whoever has it can write values every replica
+/// accepts, so it never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisEntryKey(String);
+
+impl RedisEntryKey {
+    /// The fewest characters a configured key may have.
+    pub const MIN_LENGTH: usize = 32;
+
+    pub fn new(key: impl Into<String>) -> RedisEntryKey {
+        RedisEntryKey(key.into())
+    }
+
+    /// The key used with a Redis on loopback when none is configured: derived from a constant
+    /// that is public (it is in this source), so that the replicas of a development machine
+    /// agree. It protects against nothing but accidents (a garbled value, a value copied from
+    /// another subject's key or another prefix); anyone who can write to that Redis can compute
+    /// it.
+    pub fn loopback() -> RedisEntryKey {
+        RedisEntryKey("assent: an entry key for a Redis on loopback, which protects nothing".into())
+    }
+
+    fn derive(&self, purpose: &[u8]) -> Hmac<Sha256> {
+        let mut derivation = Hmac::<Sha256>::new_from_slice(self.0.as_bytes())
+            .expect("HMAC takes a key of any length");
+        derivation.update(purpose);
+        let derived = derivation.finalize().into_bytes();
+        Hmac::<Sha256>::new_from_slice(&derived).expect("HMAC takes a key of any length")
+    }
+}
+
+impl std::fmt::Debug for RedisEntryKey {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("RedisEntryKey(***)")
+    }
+}
+
+/// The two keys derived from the entry key: one for the values' MAC, one for the keyed hash of
+/// subject ids in key names (never the span's subject hash key: the hashes in Redis and in
+/// traces cannot be matched with each other).
+#[derive(Clone)]
+struct Sealing {
+    mac: Hmac<Sha256>,
+    key_hash: Hmac<Sha256>,
+}
+
+impl Sealing {
+    fn new(key: &RedisEntryKey) -> Sealing {
+        Sealing {
+            mac: key.derive(b"assent redis entry mac v1"),
+            key_hash: key.derive(b"assent redis key hash v1"),
+        }
+    }
+
+    /// The MAC of a value: over each part with its length, so no two tuples share their bytes.
+    fn mac(
+        &self,
+        prefix: &str,
+        subject_id: &str,
+        revision: Revision,
+        written_at: i64,
+        body: &str,
+    ) -> Hmac<Sha256> {
+        let mut mac = self.mac.clone();
+        for part in [prefix.as_bytes(), subject_id.as_bytes()] {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        mac.update(&revision.sequence().to_be_bytes());
+        mac.update(&written_at.to_be_bytes());
+        mac.update(body.as_bytes());
+        mac
+    }
+
+    /// `"REVISION WRITTEN_AT MAC BODY"`, WRITTEN_AT in microseconds since the epoch.
+    fn seal(
+        &self,
+        prefix: &str,
+        subject_id: &str,
+        revision: Revision,
+        written_at: i64,
+        body: &str,
+    ) -> String {
+        let tag = self
+            .mac(prefix, subject_id, revision, written_at, body)
+            .finalize()
+            .into_bytes();
+        format!(
+            "{} {written_at} {} {body}",
+            revision.sequence(),
+            hex::encode(&tag[..MAC_BYTES])
+        )
+    }
+
+    /// The revision, the time written and the body of a value sealed for this subject under
+    /// this prefix.
+    fn open<'v>(
+        &self,
+        prefix: &str,
+        subject_id: &str,
+        value: &'v str,
+    ) -> Result<(Revision, i64, &'v str), Rejection> {
+        let mut parts = value.splitn(4, ' ');
+        let (Some(revision), Some(written_at), Some(tag), Some(body)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(Rejection::Unreadable);
+        };
+        let written_at = written_at
+            .parse::<i64>()
+            .ok()
+            .filter(|micros| *micros >= 0 && micros.to_string() == written_at)
+            .ok_or(Rejection::Unreadable)?;
+        // One spelling of each: digits without a leading zero, lower-case hex.
+        let revision = revision
+            .parse::<u64>()
+            .ok()
+            .filter(|sequence| sequence.to_string() == revision)
+            .map(Revision::new)
+            .ok_or(Rejection::Unreadable)?;
+        let tag = Some(tag)
+            .filter(|tag| {
+                tag.bytes()
+                    .all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
+            })
+            .and_then(|tag| hex::decode(tag).ok())
+            .filter(|tag| tag.len() == MAC_BYTES)
+            .ok_or(Rejection::Unreadable)?;
+        self.mac(prefix, subject_id, revision, written_at, body)
+            .verify_truncated_left(&tag)
+            .map_err(|_| Rejection::Mac)?;
+        Ok((revision, written_at, body))
+    }
+
+    /// The keyed hash that stands for a subject id in key names: 32 hex characters.
+    fn key_hash(&self, subject_id: &str) -> String {
+        let mut hash = self.key_hash.clone();
+        hash.update(subject_id.as_bytes());
+        hex::encode(&hash.finalize().into_bytes()[..KEY_HASH_BYTES])
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SharedSettings {
     /// `redis://[:PASSWORD@]HOST:PORT[/DB]`; never printed with its password.
@@ -46,12 +225,26 @@ pub struct SharedSettings {
     pub time_to_live: Duration,
     /// The longest a Redis call may take before the replica goes on without it.
     pub timeout: Duration,
+    /// What authenticates the values and hashes the subject ids in key names.
+    pub entry_key: RedisEntryKey,
 }
+
+impl SharedSettings {
+    /// How long after it was written a value may be used: its time to live, and the clock skew
+    /// between replicas allowed for.
+    pub fn longest_use(&self) -> Duration {
+        self.time_to_live + CLOCK_SKEW
+    }
+}
+
+/// The clock skew between replicas that the time a value was written allows for.
+const CLOCK_SKEW: Duration = Duration::from_secs(60);
 
 pub struct SharedCache {
     client: redis::Client,
     connection: Mutex<Option<ConnectionManager>>,
     resting_until: Mutex<Option<Instant>>,
+    sealing: Sealing,
     settings: SharedSettings,
 }
 
@@ -70,6 +263,34 @@ pub enum SharedLookup {
     Hit(CachedSubject),
     /// Nothing there, a tombstone, or Redis did not answer.
     Miss,
+    /// A value that must not be used: the store is read, and its entry put in this value's
+    /// place ([`SharedCache::replace`]).
+    Rejected(Rejected),
+}
+
+/// A value read from Redis and refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejected {
+    pub reason: Rejection,
+    /// The revision it claims, when it names one above what this replica has seen committed.
+    pub claimed: Option<Revision>,
+    /// The value as read, for the compare-and-set that replaces it.
+    value: Vec<u8>,
+}
+
+impl Rejected {
+    /// Whether the value was bad, knowing the subject's revision read from the store after it:
+    /// a genuine value is never later than what a later store read sees, so only a revision
+    /// claimed beyond that one is a forgery (below it, a change this replica had not applied
+    /// yet).
+    pub fn forged(&self, store_revision: Revision) -> bool {
+        match self.reason {
+            Rejection::FutureRevision => {
+                self.claimed.is_some_and(|claimed| claimed > store_revision)
+            }
+            _ => true,
+        }
+    }
 }
 
 impl SharedCache {
@@ -79,6 +300,7 @@ impl SharedCache {
             client: redis::Client::open(settings.url.expose())?,
             connection: Mutex::new(None),
             resting_until: Mutex::new(None),
+            sealing: Sealing::new(&settings.entry_key),
             settings,
         })
     }
@@ -91,8 +313,34 @@ impl SharedCache {
         &self.client
     }
 
-    fn key(&self, subject_id: &str) -> String {
-        format!("{}:subject:{subject_id}", self.settings.prefix)
+    /// The key a subject is kept under: `PREFIX:subject:HASH`.
+    pub fn key(&self, subject_id: &str) -> String {
+        format!(
+            "{}:subject:{}",
+            self.settings.prefix,
+            self.sealing.key_hash(subject_id)
+        )
+    }
+
+    /// `"REVISION WRITTEN_AT MAC BODY"` for this subject, written now.
+    pub(super) fn seal(&self, subject_id: &str, revision: Revision, body: &str) -> String {
+        self.seal_at(subject_id, revision, crate::store::now_micros(), body)
+    }
+
+    pub(super) fn seal_at(
+        &self,
+        subject_id: &str,
+        revision: Revision,
+        written_at: i64,
+        body: &str,
+    ) -> String {
+        self.sealing.seal(
+            &self.settings.prefix,
+            subject_id,
+            revision,
+            written_at,
+            body,
+        )
     }
 
     fn resting(&self) -> bool {
@@ -199,23 +447,87 @@ impl SharedCache {
         }
     }
 
-    pub async fn get(&self, subject_id: &str) -> SharedLookup {
-        let value: Option<Option<String>> =
+    /// The subject's entry, if Redis has one that is authentic, this subject's, readable, and
+    /// no later than `seen`, the highest revision this replica has seen the store commit.
+    pub async fn get(&self, subject_id: &str, seen: Revision) -> SharedLookup {
+        let value: Option<Option<Vec<u8>>> =
             self.call(redis::cmd("GET").arg(self.key(subject_id))).await;
         let Some(Some(value)) = value else {
             return SharedLookup::Miss;
         };
-        match decode(&value) {
+        match String::from_utf8(value) {
+            Ok(value) => self.parse(subject_id, seen, value),
+            Err(error) => SharedLookup::Rejected(Rejected {
+                reason: Rejection::Unreadable,
+                claimed: None,
+                value: error.into_bytes(),
+            }),
+        }
+    }
+
+    /// A value read from the subject's key, parsed like a request.
+    fn parse(&self, subject_id: &str, seen: Revision, value: String) -> SharedLookup {
+        let rejected = |reason, claimed| {
+            SharedLookup::Rejected(Rejected {
+                reason,
+                claimed,
+                value: value.clone().into_bytes(),
+            })
+        };
+        let (revision, written_at, body) =
+            match self.sealing.open(&self.settings.prefix, subject_id, &value) {
+                Ok(opened) => opened,
+                Err(reason) => return rejected(reason, None),
+            };
+        // A genuine value lives no longer than its time to live: an older one (or one from the
+        // future) was put back by someone, and may hide a later change.
+        let age_micros = crate::store::now_micros().saturating_sub(written_at);
+        let longest = i64::try_from(self.longest_use().as_micros()).unwrap_or(i64::MAX);
+        let skew = i64::try_from(CLOCK_SKEW.as_micros()).unwrap_or(i64::MAX);
+        if age_micros > longest || age_micros < -skew {
+            return rejected(Rejection::Stale, None);
+        }
+        if revision > seen {
+            return rejected(Rejection::FutureRevision, Some(revision));
+        }
+        if body == TOMBSTONE {
+            return SharedLookup::Miss;
+        }
+        match decode(revision, body) {
             Some(entry) => SharedLookup::Hit(entry),
-            None => SharedLookup::Miss,
+            None => rejected(Rejection::Unreadable, None),
         }
     }
 
     /// Shares an entry read from the store (unless a later revision is already there).
     pub async fn put(&self, subject_id: &str, entry: &CachedSubject) {
-        let value = format!("{} {}", entry.revision.sequence(), encode(entry));
+        let value = self.seal(subject_id, entry.revision, &encode(entry));
         self.guarded_set(&[(subject_id, entry.revision, value)])
             .await;
+    }
+
+    /// Puts an entry read from the store in the place of a rejected value, if that value is
+    /// still there; whether it was.
+    pub async fn replace(
+        &self,
+        subject_id: &str,
+        rejected: &Rejected,
+        entry: &CachedSubject,
+    ) -> bool {
+        let value = self.seal(subject_id, entry.revision, &encode(entry));
+        let ttl = self.settings.time_to_live.as_secs().max(1);
+        let replaced: Option<i64> = self
+            .call(
+                redis::cmd("EVAL")
+                    .arg(COMPARE_AND_SET)
+                    .arg(1)
+                    .arg(self.key(subject_id))
+                    .arg(&rejected.value)
+                    .arg(value)
+                    .arg(ttl),
+            )
+            .await;
+        replaced == Some(1)
     }
 
     /// Puts tombstones in the place of changed subjects, so no replica reads an entry older
@@ -226,7 +538,8 @@ impl SharedCache {
             let entries: Vec<(&str, Revision, String)> = chunk
                 .iter()
                 .map(|(subject_id, revision)| {
-                    (*subject_id, *revision, format!("{} -", revision.sequence()))
+                    let value = self.seal(subject_id, *revision, TOMBSTONE);
+                    (*subject_id, *revision, value)
                 })
                 .collect();
             taken &= self.guarded_set(&entries).await;
@@ -257,7 +570,16 @@ impl SharedCache {
     pub fn time_to_live(&self) -> Duration {
         self.settings.time_to_live
     }
+
+    /// How long after it was written a value may be used: its time to live, and the clock skew
+    /// between replicas allowed for.
+    pub fn longest_use(&self) -> Duration {
+        self.settings.longest_use()
+    }
 }
+
+/// The body of a tombstone.
+const TOMBSTONE: &str = "-";
 
 /// The wire form of an entry (names, not positions, so it survives reordering).
 #[derive(Serialize, Deserialize)]
@@ -315,13 +637,8 @@ fn encode(entry: &CachedSubject) -> String {
     serde_json::to_string(&wire).expect("the wire form always serialises")
 }
 
-/// Decodes `"REVISION ENCODED"`; `None` for a tombstone or anything unreadable.
-fn decode(value: &str) -> Option<CachedSubject> {
-    let (revision, body) = value.split_once(' ')?;
-    let revision = Revision::new(revision.parse().ok()?);
-    if body == "-" {
-        return None;
-    }
+/// Decodes the body of an entry at `revision`; `None` for anything unreadable.
+fn decode(revision: Revision, body: &str) -> Option<CachedSubject> {
     let wire: Wire = serde_json::from_str(body).ok()?;
     let subject = match wire.subject {
         None => None,
@@ -379,6 +696,42 @@ fn decode(value: &str) -> Option<CachedSubject> {
 mod tests {
     use super::*;
 
+    fn shared(prefix: &str, key: &str) -> SharedCache {
+        SharedCache::new(SharedSettings {
+            url: DatabaseUrl::new("redis://127.0.0.1:6379".to_owned()),
+            prefix: prefix.to_owned(),
+            time_to_live: Duration::from_secs(60),
+            timeout: Duration::from_millis(50),
+            entry_key: RedisEntryKey::new(key),
+        })
+        .unwrap()
+    }
+
+    const KEY: &str = "an entry key of the tests, 32 characters at least";
+
+    fn entry(revision: u64) -> CachedSubject {
+        let mut state = SubjectState {
+            plan: Some(Plan::Free),
+            ..SubjectState::new()
+        };
+        state
+            .choices
+            .set(Purpose::ModelTraining, Some(Choice::Refused));
+        CachedSubject::from_snapshot(SubjectSnapshot {
+            subject: Some(state),
+            revision: Revision::new(revision),
+            conversations: vec![],
+            complete: true,
+        })
+    }
+
+    fn reason(lookup: SharedLookup) -> Option<Rejection> {
+        match lookup {
+            SharedLookup::Rejected(rejected) => Some(rejected.reason),
+            SharedLookup::Hit(_) | SharedLookup::Miss => None,
+        }
+    }
+
     #[test]
     fn entries_survive_the_wire() {
         let mut state = SubjectState {
@@ -404,28 +757,162 @@ mod tests {
             conversations: vec![("c-1".into(), facts)],
             complete: false,
         });
-        let value = format!("42 {}", encode(&entry));
-        assert_eq!(decode(&value), Some(entry));
+        let seen = Revision::new(100);
+        let cache = shared("p", KEY);
+        let value = cache.seal("u-1", entry.revision, &encode(&entry));
+        assert_eq!(cache.parse("u-1", seen, value), SharedLookup::Hit(entry));
         let unknown = CachedSubject::from_snapshot(SubjectSnapshot {
             subject: None,
             revision: Revision::new(7),
             conversations: vec![],
             complete: true,
         });
-        assert_eq!(decode(&format!("7 {}", encode(&unknown))), Some(unknown));
-        assert_eq!(decode("43 -"), None);
-        assert_eq!(decode("garbage"), None);
+        let value = cache.seal("u-2", unknown.revision, &encode(&unknown));
+        assert_eq!(cache.parse("u-2", seen, value), SharedLookup::Hit(unknown));
+        let tombstone = cache.seal("u-1", Revision::new(43), TOMBSTONE);
+        assert_eq!(cache.parse("u-1", seen, tombstone), SharedLookup::Miss);
     }
 
     #[test]
     fn entries_written_before_expiries_were_kept_still_decode() {
-        let old = r#"9 {"subject":{"plan":"FREE","status":"ACTIVE","gpc":false,"zero_data_retention":false,"choices":[["MEMORY","REFUSED"]]},"conversations":[],"complete":true}"#;
-        let entry = decode(old).expect("an entry of the earlier wire form");
+        let old = r#"{"subject":{"plan":"FREE","status":"ACTIVE","gpc":false,"zero_data_retention":false,"choices":[["MEMORY","REFUSED"]]},"conversations":[],"complete":true}"#;
+        let entry = decode(Revision::new(9), old).expect("an entry of the earlier wire form");
         let state = entry.subject.unwrap();
         assert_eq!(state.choices.get(Purpose::Memory), Some(Choice::Refused));
         assert_eq!(state.expiries, Default::default());
         assert_eq!(entry.revision, Revision::new(9));
         // And an entry without expiries is written as before.
         assert!(!encode(&entry).contains("expiries"));
+    }
+
+    /// Changing one byte of any part the MAC covers — the prefix, the subject id, the revision,
+    /// the body, the MAC itself — or the key makes the value a rejected one.
+    #[test]
+    fn a_value_changed_in_any_covered_part_is_rejected() {
+        let seen = Revision::new(1_000);
+        let cache = shared("deployment", KEY);
+        let value = cache.seal("victim", Revision::new(42), &encode(&entry(42)));
+        assert_eq!(
+            cache.parse("victim", seen, value.clone()),
+            SharedLookup::Hit(entry(42))
+        );
+        // Another prefix, another subject, another key.
+        for (other, subject_id) in [
+            (shared("deploymenu", KEY), "victim"),
+            (shared("deployment", KEY), "victin"),
+            (shared("deployment", &format!("{KEY}!")), "victim"),
+        ] {
+            assert_eq!(
+                reason(other.parse(subject_id, seen, value.clone())),
+                Some(Rejection::Mac),
+                "{other:?} {subject_id}"
+            );
+        }
+        // Each byte of the value, changed.
+        for position in 0..value.len() {
+            let mut bytes = value.clone().into_bytes();
+            bytes[position] = match bytes[position] {
+                b'0' => b'1',
+                b'f' => b'e',
+                b' ' => b'_',
+                byte if byte.is_ascii_digit() => b'0',
+                byte if byte.is_ascii_lowercase() || byte.is_ascii_uppercase() => byte ^ 0x20,
+                _ => b'x',
+            };
+            let changed = String::from_utf8(bytes).unwrap();
+            let found = reason(cache.parse("victim", seen, changed.clone()));
+            assert!(
+                matches!(found, Some(Rejection::Mac | Rejection::Unreadable)),
+                "byte {position}: {changed:?} gave {found:?}"
+            );
+        }
+        // A tombstone is sealed too.
+        let tombstone = cache.seal("victim", Revision::new(43), TOMBSTONE);
+        let forged = tombstone.replacen("43 ", "44 ", 1);
+        assert_eq!(
+            reason(cache.parse("victim", seen, forged)),
+            Some(Rejection::Mac)
+        );
+    }
+
+    #[test]
+    fn another_subjects_value_junk_and_future_revisions_are_rejected() {
+        let cache = shared("deployment", KEY);
+        let seen = Revision::new(50);
+        let others = cache.seal("other", Revision::new(42), &encode(&entry(42)));
+        assert_eq!(
+            reason(cache.parse("victim", seen, others)),
+            Some(Rejection::Mac)
+        );
+        for junk in [
+            "",
+            "garbage",
+            "42",
+            "42 -",
+            "x y z",
+            "99999999999999999999 aa -",
+            "-1 00 -",
+        ] {
+            assert_eq!(
+                reason(cache.parse("victim", seen, junk.to_owned())),
+                Some(Rejection::Unreadable),
+                "{junk:?}"
+            );
+        }
+        // Authentic but not decodable (a newer wire form, say): unreadable.
+        let undecodable = cache.seal("victim", Revision::new(42), "{}");
+        assert_eq!(
+            reason(cache.parse("victim", seen, undecodable)),
+            Some(Rejection::Unreadable)
+        );
+        // Authentic, but later than anything this replica has seen committed.
+        for body in [encode(&entry(51)), TOMBSTONE.to_owned()] {
+            let future = cache.seal("victim", Revision::new(51), &body);
+            let SharedLookup::Rejected(rejected) = cache.parse("victim", seen, future) else {
+                panic!("a revision above the one seen was taken");
+            };
+            assert_eq!(rejected.reason, Rejection::FutureRevision);
+            // A forgery if the store, read afterwards, has not reached it; else a change this
+            // replica had not applied yet.
+            assert!(rejected.forged(Revision::new(50)));
+            assert!(!rejected.forged(Revision::new(51)));
+        }
+    }
+
+    #[test]
+    fn values_written_before_their_lifetime_or_in_the_future_are_stale() {
+        let cache = shared("deployment", KEY);
+        let seen = Revision::new(50);
+        let now = crate::store::now_micros();
+        let lifetime = i64::try_from(cache.longest_use().as_micros()).unwrap();
+        let body = encode(&entry(42));
+        let at = |written_at| cache.seal_at("victim", Revision::new(42), written_at, &body);
+        assert_eq!(
+            cache.parse("victim", seen, at(now - lifetime + 5_000_000)),
+            SharedLookup::Hit(entry(42))
+        );
+        for written_at in [now - lifetime - 1_000_000, now + 3_600_000_000, 0] {
+            assert_eq!(
+                reason(cache.parse("victim", seen, at(written_at))),
+                Some(Rejection::Stale),
+                "{written_at}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_carry_a_keyed_hash_of_the_subject_id() {
+        let cache = shared("deployment", KEY);
+        let key = cache.key("alice@example.com");
+        assert!(key.starts_with("deployment:subject:"), "{key}");
+        assert!(!key.contains("alice"), "{key}");
+        assert_eq!(key.len(), "deployment:subject:".len() + 2 * KEY_HASH_BYTES);
+        assert_eq!(key, cache.key("alice@example.com"));
+        assert_ne!(key, cache.key("bob@example.com"));
+        assert_ne!(
+            key,
+            shared("deployment", &format!("{KEY}!")).key("alice@example.com")
+        );
+        assert!(!format!("{:?}", RedisEntryKey::new(KEY)).contains(KEY));
     }
 }

@@ -4,7 +4,10 @@
 //! watermark is the highest revision up to which every change has been applied to the cache.
 //! Announcements may arrive out of order (two writers publish in the other order than they
 //! committed) or not at all (a dropped connection); the ones past a gap wait in `pending` until
-//! the gap is filled, by its announcement or by reading the store's change log.
+//! the gap is filled by reading the store's change log. Only the change log and this replica's
+//! own commits are recorded here (announcements are hints, which anyone on the channel can
+//! send), and at most [`MAX_PENDING`] revisions wait: beyond, the farthest are dropped, and the
+//! change log, read in order, records them again when the gap before them is filled.
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
@@ -14,6 +17,9 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::revision::Revision;
+
+/// The most revisions past a gap that wait for it to be filled.
+pub const MAX_PENDING: usize = 4_096;
 
 #[derive(Debug)]
 pub struct Watermark {
@@ -49,6 +55,9 @@ impl Watermark {
         }
         if sequence != applied + 1 {
             pending.insert(sequence);
+            if pending.len() > MAX_PENDING {
+                pending.pop_last();
+            }
             return;
         }
         applied = sequence;
@@ -102,6 +111,27 @@ mod tests {
         watermark.record(Revision::new(9));
         watermark.record(Revision::new(13));
         assert_eq!(watermark.applied(), Revision::new(13));
+    }
+
+    #[test]
+    fn revisions_waiting_past_a_gap_are_bounded() {
+        let watermark = Watermark::new(Revision::new(0));
+        for sequence in (2..=MAX_PENDING as u64 + 1_000).rev() {
+            watermark.record(Revision::new(sequence));
+        }
+        watermark.record(Revision::new(u64::MAX));
+        assert_eq!(watermark.pending.lock().unwrap().len(), MAX_PENDING);
+        // The nearest are kept; the change log, read in order, brings the rest.
+        watermark.record(Revision::new(1));
+        assert_eq!(watermark.applied(), Revision::new(MAX_PENDING as u64 + 1));
+        assert_eq!(watermark.gap(), None);
+        for sequence in MAX_PENDING as u64 + 2..=MAX_PENDING as u64 + 1_000 {
+            watermark.record(Revision::new(sequence));
+        }
+        assert_eq!(
+            watermark.applied(),
+            Revision::new(MAX_PENDING as u64 + 1_000)
+        );
     }
 
     #[tokio::test]

@@ -9,6 +9,8 @@ mod process;
 #[path = "../support/proxy.rs"]
 mod proxy;
 
+mod forgery;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -22,7 +24,10 @@ use tonic::transport::Channel;
 use process::ServerProcess;
 use proxy::FaultProxy;
 
-fn redis_url() -> String {
+/// The Redis entry key every cluster's replicas share, as a deployment's do.
+const ENTRY_KEY: &str = "the redis entry key of the replica tests (32+)";
+
+pub(crate) fn redis_url() -> String {
     std::env::var("ASSENT_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
@@ -46,12 +51,12 @@ async fn proxy_for(url: &str) -> FaultProxy {
     FaultProxy::start(target).await
 }
 
-struct Options {
-    replicas: usize,
-    redis: bool,
-    poll_interval_ms: u64,
-    redis_through: Option<SocketAddr>,
-    postgres_through: Option<SocketAddr>,
+pub(crate) struct Options {
+    pub(crate) replicas: usize,
+    pub(crate) redis: bool,
+    pub(crate) poll_interval_ms: u64,
+    pub(crate) redis_through: Option<SocketAddr>,
+    pub(crate) postgres_through: Option<SocketAddr>,
 }
 
 impl Default for Options {
@@ -66,15 +71,18 @@ impl Default for Options {
     }
 }
 
-struct Cluster {
-    replicas: Vec<ServerProcess>,
-    decisions: Vec<DecisionsClient<Channel>>,
-    subjects: Vec<SubjectsClient<Channel>>,
-    _database: TestDatabase,
+pub(crate) struct Cluster {
+    pub(crate) replicas: Vec<ServerProcess>,
+    pub(crate) decisions: Vec<DecisionsClient<Channel>>,
+    pub(crate) subjects: Vec<SubjectsClient<Channel>>,
+    pub(crate) database: TestDatabase,
+    /// The Redis key prefix of this cluster.
+    pub(crate) prefix: String,
+    settings: Vec<(&'static str, String)>,
 }
 
 impl Cluster {
-    async fn start(database: TestDatabase, options: Options) -> Cluster {
+    pub(crate) async fn start(database: TestDatabase, options: Options) -> Cluster {
         let prefix = format!("assent-test-{}", uuid::Uuid::now_v7().simple());
         let database_url = match options.postgres_through {
             Some(proxy) => redirect(&database.url(), proxy),
@@ -87,7 +95,8 @@ impl Cluster {
                 "ASSENT_CHANGE_POLL_INTERVAL_MS",
                 options.poll_interval_ms.to_string(),
             ),
-            ("ASSENT_REDIS_PREFIX", prefix),
+            ("ASSENT_REDIS_PREFIX", prefix.clone()),
+            ("ASSENT_REDIS_ENTRY_KEY", ENTRY_KEY.to_owned()),
         ];
         if options.redis {
             let url = match options.redis_through {
@@ -96,25 +105,41 @@ impl Cluster {
             };
             settings.push(("ASSENT_REDIS_URL", url));
         }
-        let replicas: Vec<ServerProcess> = (0..options.replicas)
-            .map(|_| ServerProcess::start(&settings))
+        let mut cluster = Cluster {
+            replicas: Vec::new(),
+            decisions: Vec::new(),
+            subjects: Vec::new(),
+            database,
+            prefix,
+            settings,
+        };
+        cluster.spawn(options.replicas).await;
+        cluster
+    }
+
+    async fn spawn(&mut self, replicas: usize) {
+        self.replicas = (0..replicas)
+            .map(|_| ServerProcess::start(&self.settings))
             .collect();
-        let mut decisions = Vec::new();
-        let mut subjects = Vec::new();
-        for replica in &replicas {
+        self.decisions.clear();
+        self.subjects.clear();
+        for replica in &self.replicas {
             let channel = replica.channel().await;
-            decisions.push(DecisionsClient::new(channel.clone()));
-            subjects.push(SubjectsClient::new(channel));
-        }
-        Cluster {
-            replicas,
-            decisions,
-            subjects,
-            _database: database,
+            self.decisions.push(DecisionsClient::new(channel.clone()));
+            self.subjects.push(SubjectsClient::new(channel));
         }
     }
 
-    async fn upsert(&mut self, replica: usize, subject_id: &str, plan: Plan) -> String {
+    /// Stops every replica (SIGTERM) and starts as many new ones with the same settings.
+    pub(crate) async fn restart(&mut self) {
+        let count = self.replicas.len();
+        for replica in self.replicas.drain(..) {
+            replica.stop();
+        }
+        self.spawn(count).await;
+    }
+
+    pub(crate) async fn upsert(&mut self, replica: usize, subject_id: &str, plan: Plan) -> String {
         self.subjects[replica]
             .upsert_subject(proto::UpsertSubjectRequest {
                 subject_id: subject_id.into(),
@@ -128,7 +153,7 @@ impl Cluster {
             .revision
     }
 
-    async fn set_choice(
+    pub(crate) async fn set_choice(
         &mut self,
         replica: usize,
         subject_id: &str,
@@ -147,7 +172,7 @@ impl Cluster {
             .map(tonic::Response::into_inner)
     }
 
-    async fn check(
+    pub(crate) async fn check(
         &mut self,
         replica: usize,
         subject_id: &str,
@@ -168,14 +193,14 @@ impl Cluster {
             .map(tonic::Response::into_inner)
     }
 
-    fn stop(self) {
+    pub(crate) fn stop(self) {
         for replica in self.replicas {
             replica.stop();
         }
     }
 }
 
-fn actor() -> Option<proto::Actor> {
+pub(crate) fn actor() -> Option<proto::Actor> {
     Some(proto::Actor {
         operator_id: "replica-tests".into(),
         reason: String::new(),
@@ -183,7 +208,7 @@ fn actor() -> Option<proto::Actor> {
 }
 
 /// The marketing e-mail rule a choice leads to.
-fn email_rule(choice: Choice) -> &'static str {
+pub(crate) fn email_rule(choice: Choice) -> &'static str {
     if choice == Choice::Granted {
         "E1"
     } else {
@@ -191,7 +216,7 @@ fn email_rule(choice: Choice) -> &'static str {
     }
 }
 
-fn flip(choice: Choice) -> Choice {
+pub(crate) fn flip(choice: Choice) -> Choice {
     if choice == Choice::Granted {
         Choice::Refused
     } else {
@@ -199,7 +224,7 @@ fn flip(choice: Choice) -> Choice {
     }
 }
 
-fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * fraction).round() as usize]
 }
 
@@ -795,7 +820,7 @@ async fn the_store_and_redis_are_reached_over_tls() {
             String::from_utf8_lossy(&scan.stdout),
             String::from_utf8_lossy(&scan.stderr)
         );
-        if keys.contains("tls-subject") || Instant::now() > deadline {
+        if keys.contains(&format!("{prefix}:subject:")) || Instant::now() > deadline {
             break keys;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -818,7 +843,11 @@ async fn the_store_and_redis_are_reached_over_tls() {
     server.stop();
     redis.kill().unwrap();
     redis.wait().unwrap();
-    assert!(keys.contains("tls-subject"), "Redis keys: {keys:?}");
+    // The key names a keyed hash of the subject id, never the id.
+    assert!(
+        keys.contains(&format!("{prefix}:subject:")) && !keys.contains("tls-subject"),
+        "Redis keys: {keys:?}"
+    );
     assert!(
         encrypted > 0 && plain == 0,
         "{encrypted} encrypted, {plain} plain"

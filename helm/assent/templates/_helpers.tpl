@@ -114,6 +114,9 @@ Included by the Deployment, so every render checks it.
 {{- if and .Values.redis.enabled (not .Values.redis.existingSecret) }}
 {{- fail "assent: redis.existingSecret is required when redis.enabled is true: name a Secret whose key redis.key holds redis://[:PASSWORD@]HOST:PORT[/DB]." }}
 {{- end }}
+{{- if and .Values.redis.enabled (not .Values.redis.entryKeySecret) }}
+{{- fail "assent: redis.entryKeySecret is required when redis.enabled is true: name a Secret whose key redis.entryKeySecretKey holds the Redis entry key (at least 32 random characters, e.g. openssl rand -hex 32), which authenticates what replicas write to Redis." }}
+{{- end }}
 {{- if not (has .Values.auth.jwt.jwksSource (list "secret" "configMap")) }}
 {{- fail "assent: auth.jwt.jwksSource must be secret or configMap." }}
 {{- end }}
