@@ -38,6 +38,12 @@ pub enum ApiError {
     /// The store of record cannot be reached.
     #[error("the store of record is unavailable; retry later")]
     StoreUnavailable(#[source] StoreError),
+    /// A write sent to the store whose commit was never confirmed: it may have been applied.
+    #[error(
+        "the store of record did not confirm the write: it may or may not have been applied; \
+         read it back before writing again"
+    )]
+    WriteUnconfirmed(#[source] StoreError),
     /// A `require_audit` check whose record could not be made durable: no answer without it.
     #[error("require_audit: the decision could not be recorded durably ({0}); retry later")]
     AuditUnavailable(DecisionLogError),
@@ -91,7 +97,9 @@ impl ApiError {
             }
             ApiError::AlreadyExists { .. } => Code::AlreadyExists,
             ApiError::Unimplemented { .. } => Code::Unimplemented,
-            ApiError::StoreUnavailable(_) | ApiError::AuditUnavailable(_) => Code::Unavailable,
+            ApiError::StoreUnavailable(_)
+            | ApiError::WriteUnconfirmed(_)
+            | ApiError::AuditUnavailable(_) => Code::Unavailable,
             ApiError::Internal(_) => Code::Internal,
         }
     }
@@ -103,7 +111,10 @@ impl From<StoreError> for ApiError {
         match error {
             StoreError::NotFound(subject_id) => ApiError::SubjectNotFound(subject_id),
             StoreError::SubjectDeleted(subject_id) => ApiError::SubjectDeleted(subject_id),
-            StoreError::Unavailable(_) => ApiError::StoreUnavailable(error),
+            StoreError::Unavailable(_) | StoreError::TimedOut { .. } => {
+                ApiError::StoreUnavailable(error)
+            }
+            StoreError::CommitUnknown { .. } => ApiError::WriteUnconfirmed(error),
             StoreError::RequestNotFound(request_id) => ApiError::NotFound {
                 field: "request_id".into(),
                 message: format!("rights request {request_id} not found"),

@@ -108,7 +108,9 @@ impl DecisionsService {
             Ok((state, _tier)) => Ok(self.judge(query, policy, state, ids.micros(), ids)),
             // The fail-safe answer of POLICY.md, only when the caller asked for no particular
             // freshness: an answer that cannot honour a demanded revision is an error instead.
-            Err(StoreError::Unavailable(_)) if query.freshness == Freshness::MinimizeLatency => {
+            Err(error)
+                if error.is_unavailable() && query.freshness == Freshness::MinimizeLatency =>
+            {
                 let ruling = policy.degraded(query.purpose);
                 metrics::record_decision(query.purpose, ruling.decision, ruling.reason);
                 Ok(Verdict {
