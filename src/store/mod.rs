@@ -1132,11 +1132,21 @@ impl Store {
         }
     }
 
-    /// Waits for open connections to finish and closes them.
+    /// Waits for open connections to finish and closes them, for at most the write deadline:
+    /// one still out then (waiting on a database that stopped answering, say) is left behind,
+    /// so that a process can exit.
     pub async fn close(&self) {
-        match self {
-            Store::Sqlite(store) => store.close().await,
-            Store::Postgres(store) => store.close().await,
+        let closing = async {
+            match self {
+                Store::Sqlite(store) => store.close().await,
+                Store::Postgres(store) => store.close().await,
+            }
+        };
+        if tokio::time::timeout(self.timeouts().write, closing)
+            .await
+            .is_err()
+        {
+            tracing::warn!("closed the store with connections still waiting on it");
         }
     }
 

@@ -7,6 +7,8 @@
 //! silences the connections the pool holds open, and heals again.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use assent::proto::{self, Choice, Plan, Purpose, consistency::Requirement};
@@ -21,6 +23,10 @@ const CHECK_BUDGET: Duration = Duration::from_millis(250);
 const WRITE_BUDGET: Duration = Duration::from_secs(1);
 /// How soon after healing everything must be right again.
 const HEAL_BUDGET: Duration = Duration::from_secs(5);
+
+/// Fully consistent Checks kept in flight on each replica when its connections are silenced:
+/// more than its pool holds (16).
+const LOAD_PER_REPLICA: usize = 48;
 
 const PURPOSES: [Purpose; 10] = [
     Purpose::ModelTraining,
@@ -456,10 +462,36 @@ async fn a_partitioned_store_is_answered_safely_and_fast() {
     let (recovered, truth) = healed(&mut cluster, &subjects, &write_subject, "healed").await;
     println!("healed: writes, /readyz and Checks right again after {recovered:?}");
 
-    // A partition that silences the connections the pool holds open: they were in use a
-    // moment ago, so nothing tells them apart from healthy ones but the deadlines.
+    // A partition that silences the connections the pool holds open, some of them in the
+    // middle of a read: nothing tells them apart from healthy ones but the deadlines. The proxy
+    // keeps swallowing what it swallowed after healing too, so whatever still waits on one of
+    // them waits forever.
+    // Under load, so that connections are silenced in the middle of their reads.
     let started = Instant::now();
+    let running = Arc::new(AtomicBool::new(true));
+    let mut load = Vec::new();
+    for decisions in &cluster.decisions {
+        for task in 0..LOAD_PER_REPLICA {
+            let (mut decisions, running) = (decisions.clone(), running.clone());
+            let subject_id = subjects[task % subjects.len()].id.clone();
+            load.push(tokio::spawn(async move {
+                while running.load(Ordering::Relaxed) {
+                    let mut request = check_request(&subject_id, Purpose::ModelTraining);
+                    request.consistency = Some(proto::Consistency {
+                        requirement: Some(Requirement::FullyConsistent(true)),
+                    });
+                    let _ = decisions.check(request).await;
+                }
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
     postgres.swallow().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    running.store(false, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
     let tally = check_everything(&mut cluster, &subjects, "silenced").await;
     assert_safe("silenced", &tally, &subjects, &truth);
     assert!(

@@ -79,12 +79,14 @@ impl FaultProxy {
         }
     }
 
-    /// The server is back, on the same address. Connections swallowed meanwhile are cut (as a
-    /// partition's connections usually are, by whichever side gave up on them first).
+    /// The server is back, on the same address, for new connections. Connections swallowed
+    /// meanwhile stay swallowed, as after a partition whose far side forgot them: whoever still
+    /// waits on one waits forever, unless it gave up on it.
     pub async fn restore(&self) {
-        self.cut();
         self.mode.send_replace(Mode::Forward);
-        self.listen().await;
+        if self.accepting.lock().unwrap().is_none() {
+            self.listen().await;
+        }
     }
 
     async fn listen(&self) {
