@@ -103,8 +103,8 @@ pub struct StoreTimeouts {
     /// Check gets the degraded answer.
     pub read: Duration,
     /// Each write transaction and the decision log's inserts, and the short reads that keep a
-    /// replica current and ready (the change log, the head revision); also the pool's acquire
-    /// timeout and PostgreSQL's `lock_timeout`.
+    /// replica current and ready (the change log, the head revision); also PostgreSQL's
+    /// `lock_timeout`.
     pub write: Duration,
 }
 

@@ -152,6 +152,10 @@ const SERVER_KEEPALIVE: [(&str, &str); 4] = [
     ("tcp_user_timeout", "10000"),
 ];
 const READ_SNAPSHOT: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY";
+/// How long the pool may take to hand out a connection, opening one included: the bound of
+/// opening the store, and of a connection still being opened after its caller gave up (see
+/// `PostgresStore::acquire`). A caller itself waits no longer than its own deadline.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Opens the pool's connections now, all at once, so that a Check's read rarely pays for
 /// connecting within its short deadline. Best effort: a connection that cannot be opened now is
@@ -214,9 +218,9 @@ pub struct PostgresStore {
 const PARTITION_PREFIX: &str = "decision_log_";
 
 impl PostgresStore {
-    /// Connects and applies the migrations. Connecting (the TCP connection, TLS and
-    /// PostgreSQL's start-up) and taking a connection from the pool are bounded by the write
-    /// timeout; a lock is waited for no longer than that either.
+    /// Connects and applies the migrations. Opening a connection (the TCP connection, TLS and
+    /// PostgreSQL's start-up) is bounded by `CONNECT_TIMEOUT`; a lock is waited for no longer
+    /// than the write timeout.
     pub async fn open(
         url: &str,
         max_connections: u32,
@@ -236,7 +240,7 @@ impl PostgresStore {
             .options(SERVER_KEEPALIVE);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(timeouts.write.max(Duration::from_millis(1)))
+            .acquire_timeout(CONNECT_TIMEOUT)
             .connect_with(options)
             .await?;
         super::migrate(&MIGRATOR, &pool).await?;
