@@ -168,3 +168,38 @@ impl From<ApiError> for Status {
         Status::new(code, error.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store past its deadline is UNAVAILABLE; a write whose commit went unconfirmed is too,
+    /// and says it may have been applied rather than that it failed.
+    #[test]
+    fn timeouts_are_unavailable_and_an_unconfirmed_commit_says_so() {
+        let timed_out = || StoreError::TimedOut {
+            operation: "write",
+            after: std::time::Duration::from_millis(800),
+        };
+        let status = Status::from(ApiError::from(timed_out()));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(
+            status.message(),
+            "the store of record is unavailable; retry later"
+        );
+        let unconfirmed = StoreError::CommitUnknown {
+            operation: "write",
+            cause: Box::new(timed_out()),
+        };
+        assert!(unconfirmed.is_unavailable());
+        let status = Status::from(ApiError::from(unconfirmed));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(
+            status
+                .message()
+                .contains("may or may not have been applied; read it back"),
+            "{}",
+            status.message()
+        );
+    }
+}
