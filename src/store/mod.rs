@@ -109,7 +109,7 @@ pub struct StoreTimeouts {
 }
 
 impl StoreTimeouts {
-    /// Every other operation (listings, history, the change log, the chain, the retention
+    /// Every other operation (listings, history, subject records, the chain, the retention
     /// scans): as long as PostgreSQL's `statement_timeout` lets one statement run.
     pub const OTHER: Duration = Duration::from_secs(30);
 }
