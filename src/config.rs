@@ -15,7 +15,7 @@ use crate::auth::{Scopes, TokenSettings, parse_client_scopes};
 use crate::cache::{CacheSettings, RedisEntryKey, SharedSettings};
 use crate::decision_log::LogMode;
 use crate::limits::LimitSettings;
-use crate::store::{DatabaseUrl, StoreLocation};
+use crate::store::{DatabaseUrl, StoreLocation, StoreTimeouts};
 use crate::telemetry::{LogFormat, SubjectHashKey, TraceSettings};
 
 const DATABASE_FILE: &str = "assent.db";
@@ -31,6 +31,8 @@ pub struct Settings {
     pub database_url: Option<DatabaseUrl>,
     /// The PostgreSQL connection pool's size.
     pub database_max_connections: u32,
+    /// The deadlines of the store's reads on a Check's path and of its writes.
+    pub store_timeouts: StoreTimeouts,
     /// Which decisions the decision log records.
     pub decision_log: LogMode,
     /// How many decisions may wait to be written before new ones are dropped (and counted).
@@ -147,6 +149,8 @@ settings! {
     data_dir: PathBuf = ["ASSENT_DATA_DIR"], "data";
     database_url: String = ["ASSENT_DATABASE_URL"], None;
     database_max_connections: u32 = ["ASSENT_DATABASE_MAX_CONNECTIONS"], "16";
+    store_read_timeout_ms: u64 = ["ASSENT_STORE_READ_TIMEOUT_MS"], "50";
+    store_write_timeout_ms: u64 = ["ASSENT_STORE_WRITE_TIMEOUT_MS"], "800";
     decision_log: String = ["ASSENT_DECISION_LOG"], "all";
     decision_log_queue: usize = ["ASSENT_DECISION_LOG_QUEUE"], "65536";
     decision_log_retention_days: u32 = ["ASSENT_DECISION_LOG_RETENTION_DAYS"], "400";
@@ -416,6 +420,16 @@ impl Settings {
         if given.database_max_connections == 0 {
             return Err(invalid("database_max_connections", "must be at least 1"));
         }
+        if given.store_read_timeout_ms == 0 {
+            return Err(invalid("store_read_timeout_ms", "must be at least 1"));
+        }
+        if given.store_write_timeout_ms == 0 {
+            return Err(invalid("store_write_timeout_ms", "must be at least 1"));
+        }
+        let store_timeouts = StoreTimeouts {
+            read: Duration::from_millis(given.store_read_timeout_ms),
+            write: Duration::from_millis(given.store_write_timeout_ms),
+        };
         let decision_log = LogMode::parse(&given.decision_log)
             .map_err(|message| invalid("decision_log", message))?;
         if given.decision_log_queue == 0 {
@@ -541,6 +555,7 @@ impl Settings {
             data_dir: given.data_dir,
             database_url,
             database_max_connections: given.database_max_connections,
+            store_timeouts,
             decision_log,
             decision_log_queue: given.decision_log_queue,
             decision_log_retention_days: given.decision_log_retention_days,
@@ -692,6 +707,7 @@ mod tests {
         let settings = Settings::resolve(None, &env(&[]), Overrides::default()).unwrap();
         assert_eq!(settings.cache, CacheSettings::default());
         assert_eq!(settings.limits, LimitSettings::default());
+        assert_eq!(settings.store_timeouts, StoreTimeouts::default());
     }
 
     #[test]

@@ -41,6 +41,12 @@ pub enum ApiError {
     /// The store of record cannot be reached.
     #[error("the store of record is unavailable; retry later")]
     StoreUnavailable(#[source] StoreError),
+    /// A write sent to the store whose commit was never confirmed: it may have been applied.
+    #[error(
+        "the store of record did not confirm the write: it may or may not have been applied; \
+         read it back before writing again"
+    )]
+    WriteUnconfirmed(#[source] StoreError),
     /// A `require_audit` check whose record could not be made durable: no answer without it.
     #[error("require_audit: the decision could not be recorded durably ({0}); retry later")]
     AuditUnavailable(DecisionLogError),
@@ -95,7 +101,9 @@ impl ApiError {
             ApiError::AlreadyExists { .. } => Code::AlreadyExists,
             ApiError::PermissionDenied(_) => Code::PermissionDenied,
             ApiError::Unimplemented { .. } => Code::Unimplemented,
-            ApiError::StoreUnavailable(_) | ApiError::AuditUnavailable(_) => Code::Unavailable,
+            ApiError::StoreUnavailable(_)
+            | ApiError::WriteUnconfirmed(_)
+            | ApiError::AuditUnavailable(_) => Code::Unavailable,
             ApiError::Internal(_) => Code::Internal,
         }
     }
@@ -107,7 +115,10 @@ impl From<StoreError> for ApiError {
         match error {
             StoreError::NotFound(subject_id) => ApiError::SubjectNotFound(subject_id),
             StoreError::SubjectDeleted(subject_id) => ApiError::SubjectDeleted(subject_id),
-            StoreError::Unavailable(_) => ApiError::StoreUnavailable(error),
+            StoreError::Unavailable(_) | StoreError::TimedOut { .. } => {
+                ApiError::StoreUnavailable(error)
+            }
+            StoreError::CommitUnknown { .. } => ApiError::WriteUnconfirmed(error),
             StoreError::RequestNotFound(request_id) => ApiError::NotFound {
                 field: "request_id".into(),
                 message: format!("rights request {request_id} not found"),
@@ -165,5 +176,40 @@ impl From<ApiError> for Status {
             tracing::error!(error = %crate::telemetry::error_chain(&error), %trace_id, "request failed");
         }
         Status::new(code, error.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store past its deadline is UNAVAILABLE; a write whose commit went unconfirmed is too,
+    /// and says it may have been applied rather than that it failed.
+    #[test]
+    fn timeouts_are_unavailable_and_an_unconfirmed_commit_says_so() {
+        let timed_out = || StoreError::TimedOut {
+            operation: "write",
+            after: std::time::Duration::from_millis(800),
+        };
+        let status = Status::from(ApiError::from(timed_out()));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(
+            status.message(),
+            "the store of record is unavailable; retry later"
+        );
+        let unconfirmed = StoreError::CommitUnknown {
+            operation: "write",
+            cause: Box::new(timed_out()),
+        };
+        assert!(unconfirmed.is_unavailable());
+        let status = Status::from(ApiError::from(unconfirmed));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(
+            status
+                .message()
+                .contains("may or may not have been applied; read it back"),
+            "{}",
+            status.message()
+        );
     }
 }

@@ -62,7 +62,7 @@ impl Application {
     /// Opens the store (running its migrations) and binds the listen address.
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         let location = settings.store_location();
-        let store = Store::open(&location)
+        let store = Store::open_with(&location, settings.store_timeouts)
             .await
             .with_context(|| format!("cannot open the store at {location:?}"))?;
         let listener = TcpListener::bind(settings.listen)

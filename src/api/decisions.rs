@@ -22,6 +22,11 @@ use crate::{metrics, telemetry};
 /// How many checks of one BatchCheck may wait on the cache's slower tiers or the store at once.
 const BATCH_READS_IN_FLIGHT: usize = 16;
 
+/// How many times a Check that demanded freshness tries a store read that timed out: with the
+/// default read deadline (and, for a revision token, the wait for the watermark before each
+/// read), 200 ms at most, a gateway's authorization timeout.
+const FRESH_READ_TRIES: u32 = 2;
+
 /// How many answers of a StreamCheck may wait for the client to read them.
 const STREAM_BUFFER: usize = 256;
 
@@ -58,12 +63,29 @@ impl DecisionsService {
             assent.consistency = consistency_name(query),
             cache.tier = tracing::field::Empty,
         );
-        let loaded = self
+        let mut loaded = self
             .state
             .cache
             .decision_state(&query.subject_id, conversation_id, query.freshness)
             .instrument(lookup.clone())
             .await;
+        // A Check that demanded freshness has no degraded answer to fall back on: a store read
+        // cut short at the read deadline (under load, often while a connection was being
+        // opened, which then joins the pool) is tried again, so such a Check fails UNAVAILABLE
+        // only after `FRESH_READ_TRIES` read deadlines.
+        let mut tries = 1;
+        while query.freshness != Freshness::MinimizeLatency
+            && tries < FRESH_READ_TRIES
+            && matches!(loaded, Err(StoreError::TimedOut { .. }))
+        {
+            tries += 1;
+            loaded = self
+                .state
+                .cache
+                .decision_state(&query.subject_id, conversation_id, query.freshness)
+                .instrument(lookup.clone())
+                .await;
+        }
         if let Ok((_, tier)) = &loaded {
             lookup.record("cache.tier", tier.as_str());
         }
@@ -107,7 +129,9 @@ impl DecisionsService {
             Ok((state, _tier)) => Ok(self.judge(query, policy, state, ids.micros(), ids)),
             // The fail-safe answer of POLICY.md, only when the caller asked for no particular
             // freshness: an answer that cannot honour a demanded revision is an error instead.
-            Err(StoreError::Unavailable(_)) if query.freshness == Freshness::MinimizeLatency => {
+            Err(error)
+                if error.is_unavailable() && query.freshness == Freshness::MinimizeLatency =>
+            {
                 let ruling = policy.degraded(query.purpose);
                 metrics::record_decision(query.purpose, ruling.decision, ruling.reason);
                 Ok(Verdict {

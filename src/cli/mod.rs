@@ -552,11 +552,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     served
 }
 
+/// The maintenance commands (migrations, dropping partitions) wait for locks as long as a
+/// statement may run, not as briefly as a request's write.
+fn maintenance_timeouts(settings: &crate::config::Settings) -> crate::store::StoreTimeouts {
+    crate::store::StoreTimeouts {
+        write: crate::store::StoreTimeouts::OTHER,
+        ..settings.store_timeouts
+    }
+}
+
 async fn migrate(args: StoreArgs) -> anyhow::Result<()> {
     let settings = args.settings(None)?;
     let _telemetry = crate::telemetry::init(settings.log_format, None);
     let location = settings.store_location();
-    let store = Store::open(&location)
+    let store = Store::open_with(&location, maintenance_timeouts(&settings))
         .await
         .with_context(|| format!("cannot migrate the store at {location:?}"))?;
     let version = store.schema_version().await?;
@@ -570,7 +579,7 @@ async fn prune(older_than_days: Option<u32>, args: StoreArgs) -> anyhow::Result<
     let _telemetry = crate::telemetry::init(settings.log_format, None);
     let days = older_than_days.unwrap_or(settings.decision_log_retention_days);
     let location = settings.store_location();
-    let store = Store::open(&location)
+    let store = Store::open_with(&location, maintenance_timeouts(&settings))
         .await
         .with_context(|| format!("cannot open the store at {location:?}"))?;
     let cutoff = crate::store::now_micros() - i64::from(days) * crate::calendar::MICROS_PER_DAY;

@@ -20,7 +20,8 @@ pub mod testing;
 mod tests;
 
 use std::path::PathBuf;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::Instrument;
 
@@ -89,6 +90,36 @@ impl std::fmt::Debug for DatabaseUrl {
 impl std::fmt::Display for DatabaseUrl {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter.write_str(&self.redacted())
+    }
+}
+
+/// How long the store may take before an operation fails [`StoreError::TimedOut`] (mapped
+/// like [`StoreError::Unavailable`]). Each is a client-side deadline around the whole
+/// operation — taking a connection from the pool (connecting if need be), every statement and
+/// the commit — so a database that accepts connections and never answers costs no more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreTimeouts {
+    /// The reads a Check makes on a cache miss (`decision_state`, `snapshot`): past it, the
+    /// Check gets the degraded answer.
+    pub read: Duration,
+    /// Each write transaction and the decision log's inserts, and the short reads that keep a
+    /// replica current and ready (the change log, the head revision); also PostgreSQL's
+    /// `lock_timeout`.
+    pub write: Duration,
+}
+
+impl StoreTimeouts {
+    /// Every other operation (listings, history, subject records, the chain, the retention
+    /// scans): as long as PostgreSQL's `statement_timeout` lets one statement run.
+    pub const OTHER: Duration = Duration::from_secs(30);
+}
+
+impl Default for StoreTimeouts {
+    fn default() -> StoreTimeouts {
+        StoreTimeouts {
+            read: Duration::from_millis(50),
+            write: Duration::from_millis(800),
+        }
     }
 }
 
@@ -442,6 +473,18 @@ pub enum StoreError {
     SubjectDeleted(SubjectId),
     #[error("the store is unavailable")]
     Unavailable(#[source] sqlx::Error),
+    #[error("the store did not answer {operation} within {after:?}")]
+    TimedOut {
+        operation: &'static str,
+        after: Duration,
+    },
+    /// A write whose commit was sent but never confirmed: it may or may not be applied.
+    #[error("the store did not confirm the commit of {operation}: it may or may not be applied")]
+    CommitUnknown {
+        operation: &'static str,
+        #[source]
+        cause: Box<StoreError>,
+    },
     #[error("store query failed")]
     Query(#[source] sqlx::Error),
     #[error("store schema migration failed")]
@@ -518,6 +561,17 @@ fn code_is_transient(code: &str) -> bool {
 }
 
 impl StoreError {
+    /// Whether the store could not serve (down, unreachable, or too slow), rather than
+    /// refusing or failing the operation.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Unavailable(_)
+                | StoreError::TimedOut { .. }
+                | StoreError::CommitUnknown { .. }
+        )
+    }
+
     /// A write to `subject_id` that [`change::plan_change`] refused.
     pub fn refused(refusal: change::Refusal, subject_id: &SubjectId) -> StoreError {
         match refusal {
@@ -535,16 +589,34 @@ pub enum Store {
 }
 
 impl Store {
-    /// Opens the store and brings its schema up to date.
+    /// Opens the store with the default timeouts and brings its schema up to date.
     pub async fn open(location: &StoreLocation) -> Result<Store, StoreError> {
+        Store::open_with(location, StoreTimeouts::default()).await
+    }
+
+    /// Opens the store and brings its schema up to date.
+    pub async fn open_with(
+        location: &StoreLocation,
+        timeouts: StoreTimeouts,
+    ) -> Result<Store, StoreError> {
         match location {
-            StoreLocation::SqliteFile(path) => Ok(Store::Sqlite(SqliteStore::open(path).await?)),
+            StoreLocation::SqliteFile(path) => {
+                Ok(Store::Sqlite(SqliteStore::open(path, timeouts).await?))
+            }
             StoreLocation::Postgres {
                 url,
                 max_connections,
             } => Ok(Store::Postgres(
-                PostgresStore::open(url.expose(), *max_connections).await?,
+                PostgresStore::open(url.expose(), *max_connections, timeouts).await?,
             )),
+        }
+    }
+
+    /// The deadlines of its operations.
+    pub fn timeouts(&self) -> StoreTimeouts {
+        match self {
+            Store::Sqlite(store) => store.timeouts,
+            Store::Postgres(store) => store.timeouts,
         }
     }
 
@@ -759,40 +831,50 @@ impl Store {
         .await
     }
 
-    /// The state a decision about `subject_id` (and optionally one conversation) needs.
+    /// The state a decision about `subject_id` (and optionally one conversation) needs; a
+    /// Check's read, within the read timeout.
     pub async fn decision_state(
         &self,
         subject_id: &SubjectId,
         conversation_id: Option<&ConversationId>,
     ) -> Result<DecisionState, StoreError> {
-        self.run("decision_state", Access::Read, async |connection| {
-            rows::decision_state_in(connection, subject_id, conversation_id).await
-        })
+        let deadline = self.timeouts().read;
+        self.run_within(
+            "decision_state",
+            Access::Read,
+            deadline,
+            async |connection| {
+                rows::decision_state_in(connection, subject_id, conversation_id).await
+            },
+        )
         .await
     }
 
-    /// What the cache keeps of a subject, read in one snapshot.
+    /// What the cache keeps of a subject, read in one snapshot (on PostgreSQL, one statement);
+    /// a Check's read, within the read timeout.
     pub async fn snapshot(
         &self,
         subject_id: &SubjectId,
         max_conversations: usize,
     ) -> Result<SubjectSnapshot, StoreError> {
-        match self {
-            Store::Sqlite(_) => {
-                self.run("snapshot", Access::Read, async |connection| {
-                    rows::snapshot_in(connection, subject_id, max_conversations).await
-                })
-                .await
-            }
-            Store::Postgres(store) => {
-                observed(
-                    self,
-                    "snapshot",
-                    store.snapshot(subject_id, max_conversations),
-                )
-                .await
-            }
-        }
+        let access = match self {
+            Store::Sqlite(_) => Access::Read,
+            Store::Postgres(_) => Access::Connection,
+        };
+        let deadline = self.timeouts().read;
+        self.run_within(
+            "snapshot",
+            access,
+            deadline,
+            async |connection| match connection.as_postgres() {
+                Some(postgres) => {
+                    postgres::snapshot_in_one_statement(postgres, subject_id, max_conversations)
+                        .await
+                }
+                None => rows::snapshot_in(connection, subject_id, max_conversations).await,
+            },
+        )
+        .await
     }
 
     /// The changes committed after revision `after`, oldest first, at most `limit`.
@@ -801,9 +883,13 @@ impl Store {
         after: Revision,
         limit: u32,
     ) -> Result<Vec<ChangeNotice>, StoreError> {
-        self.run("changes_since", Access::Connection, async |connection| {
-            rows::changes_since_in(connection, after.sequence(), limit).await
-        })
+        let deadline = self.timeouts().write;
+        self.run_within(
+            "changes_since",
+            Access::Connection,
+            deadline,
+            async |connection| rows::changes_since_in(connection, after.sequence(), limit).await,
+        )
         .await
     }
 
@@ -1025,18 +1111,24 @@ impl Store {
 
     /// The latest committed revision.
     pub async fn head_revision(&self) -> Result<Revision, StoreError> {
-        self.run("head_revision", Access::Connection, async |connection| {
-            rows::head_revision(connection).await
-        })
+        let deadline = self.timeouts().write;
+        self.run_within(
+            "head_revision",
+            Access::Connection,
+            deadline,
+            async |connection| rows::head_revision(connection).await,
+        )
         .await
     }
 
     /// The oldest revision the change log can be read from (everything after it is kept) and
     /// the latest committed revision.
     pub async fn change_log_bounds(&self) -> Result<(Revision, Revision), StoreError> {
-        self.run(
+        let deadline = self.timeouts().write;
+        self.run_within(
             "change_log_bounds",
             Access::Connection,
+            deadline,
             async |connection| rows::change_log_bounds(connection).await,
         )
         .await
@@ -1049,11 +1141,20 @@ impl Store {
         records: &[DecisionRecord],
         durable: bool,
     ) -> Result<(), StoreError> {
+        let deadline = self.timeouts().write;
         observed(self, "insert_decisions", async {
-            match self {
-                Store::Sqlite(store) => store.insert_decisions(records).await,
-                Store::Postgres(store) => store.insert_decisions(records, durable).await,
-            }
+            let insert = async {
+                match self {
+                    Store::Sqlite(store) => store.insert_decisions(records).await,
+                    Store::Postgres(store) => store.insert_decisions(records, durable).await,
+                }
+            };
+            tokio::time::timeout(deadline, insert)
+                .await
+                .unwrap_or(Err(StoreError::TimedOut {
+                    operation: "insert_decisions",
+                    after: deadline,
+                }))
         })
         .await
     }
@@ -1093,30 +1194,88 @@ impl Store {
         }
     }
 
-    /// Waits for open connections to finish and closes them.
+    /// Waits for open connections to finish and closes them, for at most the write deadline:
+    /// one still out then (waiting on a database that stopped answering, say) is left behind,
+    /// so that a process can exit.
     pub async fn close(&self) {
-        match self {
-            Store::Sqlite(store) => store.close().await,
-            Store::Postgres(store) => store.close().await,
+        let closing = async {
+            match self {
+                Store::Sqlite(store) => store.close().await,
+                Store::Postgres(store) => store.close().await,
+            }
+        };
+        if tokio::time::timeout(self.timeouts().write, closing)
+            .await
+            .is_err()
+        {
+            tracing::warn!("closed the store with connections still waiting on it");
         }
     }
 
     /// Runs `work`, the shared SQL of one operation, on what it needs of the backend, commits,
-    /// and observes it.
+    /// and observes it, within the deadline of its kind: a write's, or that of every other
+    /// operation ([`StoreTimeouts::OTHER`]).
     async fn run<T>(
         &self,
         operation: &'static str,
         access: Access,
         work: impl AsyncFnOnce(&mut Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        observed(self, operation, async {
+        let deadline = match access {
+            Access::Write => self.timeouts().write,
+            Access::Read | Access::Connection => StoreTimeouts::OTHER,
+        };
+        self.run_within(operation, access, deadline, work).await
+    }
+
+    /// [`Store::run`] within `deadline`. Past it the operation is dropped where it stands: its
+    /// connection is closed rather than returned to the pool (see `sql::Lease`), which rolls
+    /// back a transaction not committed. A write whose commit was sent and not confirmed in
+    /// time (or lost its connection) fails [`StoreError::CommitUnknown`]: it may be applied.
+    async fn run_within<T>(
+        &self,
+        operation: &'static str,
+        access: Access,
+        deadline: Duration,
+        work: impl AsyncFnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let committing = AtomicBool::new(false);
+        let attempt = async {
             let mut connection = match self {
-                Store::Sqlite(store) => store.begin(access).await?,
-                Store::Postgres(store) => store.begin(access).await?,
+                Store::Sqlite(store) => store.connection(access).await?,
+                Store::Postgres(store) => store.connection(access).await?,
             };
-            let output = work(&mut connection).await?;
-            connection.commit().await?;
-            Ok(output)
+            match work(&mut connection).await {
+                Ok(output) => {
+                    connection.announce_appended().await?;
+                    committing.store(matches!(access, Access::Write), Ordering::Release);
+                    connection.commit().await?;
+                    Ok(output)
+                }
+                Err(error) => {
+                    // A refused write is an answer, not a broken connection: it goes back to
+                    // the pool once rolled back (a failed rollback closes it).
+                    let _ = connection.rollback().await;
+                    Err(error)
+                }
+            }
+        };
+        observed(self, operation, async {
+            let result = tokio::time::timeout(deadline, attempt).await.unwrap_or(Err(
+                StoreError::TimedOut {
+                    operation,
+                    after: deadline,
+                },
+            ));
+            match result {
+                Err(error) if error.is_unavailable() && committing.load(Ordering::Acquire) => {
+                    Err(StoreError::CommitUnknown {
+                        operation,
+                        cause: Box::new(error),
+                    })
+                }
+                result => result,
+            }
         })
         .await
     }

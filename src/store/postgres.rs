@@ -11,12 +11,14 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use sqlx::Postgres;
 use sqlx::Row as _;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::rows::{from_i64, parse};
-use super::sql::{Connection, Held};
-use super::{Access, PruneReport, StoreError, SubjectSnapshot};
+use super::sql::{Begin, Connection, Lease};
+use super::{Access, PruneReport, StoreError, StoreTimeouts, SubjectSnapshot};
 use crate::audit::DecisionRecord;
 use crate::calendar::{Date, MICROS_PER_DAY};
 use crate::domain::SubjectId;
@@ -50,7 +52,7 @@ const SNAPSHOT_QUERY: &str = "
               ORDER BY revision DESC, conversation_id LIMIT $2) AS recent
     ) AS f ON TRUE";
 
-async fn snapshot_in_one_statement(
+pub(super) async fn snapshot_in_one_statement(
     connection: &mut sqlx::PgConnection,
     subject_id: &SubjectId,
     max_conversations: usize,
@@ -134,12 +136,36 @@ async fn snapshot_in_one_statement(
 
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
-/// How long a statement may wait for a lock before the write fails UNAVAILABLE.
-const LOCK_TIMEOUT: &str = "5s";
-/// The longest a single statement may run.
+/// The longest a single statement may run, on the server's clock (each operation's deadline
+/// on this side is [`StoreTimeouts`]'s).
 const STATEMENT_TIMEOUT: &str = "30s";
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the server keeps a session idle inside a transaction: one whose client vanished
+/// (a partition, a crash) releases its locks — the chain head among them — after this.
+const IDLE_IN_TRANSACTION_TIMEOUT: &str = "5s";
+/// TCP keepalive on the server's side of each connection (sqlx offers none on ours): the
+/// server drops a session whose client stopped answering within about 10 s of silence.
+const SERVER_KEEPALIVE: [(&str, &str); 4] = [
+    ("tcp_keepalives_idle", "5"),
+    ("tcp_keepalives_interval", "1"),
+    ("tcp_keepalives_count", "5"),
+    // Milliseconds: data the server sent and the client never acknowledged.
+    ("tcp_user_timeout", "10000"),
+];
 const READ_SNAPSHOT: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY";
+/// How long the pool may take to hand out a connection, opening one included: the bound of
+/// opening the store, and of a connection still being opened after its caller gave up (see
+/// `PostgresStore::acquire`). A caller itself waits no longer than its own deadline.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Opens the pool's connections now, all at once, so that a Check's read rarely pays for
+/// connecting within its short deadline. Best effort: a connection that cannot be opened now is
+/// opened when needed. (Not the pool's `min_connections`: its background task would keep
+/// reconnecting through a partition, each attempt holding a slot of the pool until it gives
+/// up minutes later, where a connection opened on demand is abandoned at its caller's deadline.)
+async fn warm_up(pool: &PgPool, connections: u32) {
+    let opened = futures_util::future::join_all((0..connections).map(|_| pool.acquire())).await;
+    drop(opened);
+}
 
 /// Appends one record as a line of COPY's text format: tab-separated, `\N` for NULL.
 fn copy_row(out: &mut Vec<u8>, record: &DecisionRecord) {
@@ -184,6 +210,7 @@ fn copy_row(out: &mut Vec<u8>, record: &DecisionRecord) {
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
     pool: PgPool,
+    pub(super) timeouts: StoreTimeouts,
     /// The days whose decision_log partition is known to exist.
     decision_partitions: Arc<Mutex<HashSet<i64>>>,
 }
@@ -191,48 +218,65 @@ pub struct PostgresStore {
 const PARTITION_PREFIX: &str = "decision_log_";
 
 impl PostgresStore {
-    /// Connects and applies the migrations.
-    pub async fn open(url: &str, max_connections: u32) -> Result<PostgresStore, StoreError> {
+    /// Connects and applies the migrations. Opening a connection (the TCP connection, TLS and
+    /// PostgreSQL's start-up) is bounded by `CONNECT_TIMEOUT`; a lock is waited for no longer
+    /// than the write timeout.
+    pub async fn open(
+        url: &str,
+        max_connections: u32,
+        timeouts: StoreTimeouts,
+    ) -> Result<PostgresStore, StoreError> {
+        let lock_timeout = format!("{}ms", timeouts.write.as_millis());
         let options = PgConnectOptions::from_str(url)?
             .application_name("assent")
             .options([
-                ("lock_timeout", LOCK_TIMEOUT),
+                ("lock_timeout", lock_timeout.as_str()),
                 ("statement_timeout", STATEMENT_TIMEOUT),
-            ]);
+                (
+                    "idle_in_transaction_session_timeout",
+                    IDLE_IN_TRANSACTION_TIMEOUT,
+                ),
+            ])
+            .options(SERVER_KEEPALIVE);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .acquire_timeout(CONNECT_TIMEOUT)
             .connect_with(options)
             .await?;
         super::migrate(&MIGRATOR, &pool).await?;
+        warm_up(&pool, max_connections).await;
         Ok(PostgresStore {
             pool,
+            timeouts,
             decision_partitions: Arc::default(),
         })
     }
 
     /// What an operation needs: reads in `REPEATABLE READ, READ ONLY` transactions, one
     /// snapshot for the few statements a decision needs.
-    pub(super) async fn begin(&self, access: Access) -> Result<Connection, StoreError> {
-        let held = match access {
-            Access::Connection => Held::Pooled(self.pool.acquire().await?),
-            Access::Read => Held::Transaction(self.pool.begin_with(READ_SNAPSHOT).await?),
-            Access::Write => Held::Transaction(self.pool.begin().await?),
+    pub(super) async fn connection(&self, access: Access) -> Result<Connection, StoreError> {
+        let begin = match access {
+            Access::Connection => Begin::Nothing,
+            Access::Read => Begin::TransactionWith(READ_SNAPSHOT),
+            Access::Write => Begin::Transaction,
         };
-        Ok(Connection::Postgres(held, Vec::new()))
+        Ok(Connection::postgres(Lease::new(self.acquire().await?), begin).await?)
+    }
+
+    /// A connection from the pool. Taken by a task of its own, which the caller's deadline does
+    /// not cut short: when the pool has to connect (or test an idle connection) and the caller
+    /// gives up first, the connection still lands in the pool for the next caller, instead of
+    /// every short read abandoning its connecting half-way. The pool's acquire timeout bounds
+    /// the task.
+    async fn acquire(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+        let pool = self.pool.clone();
+        tokio::spawn(async move { pool.acquire().await })
+            .await
+            .unwrap_or(Err(sqlx::Error::PoolClosed))
     }
 
     pub(crate) fn pool(&self) -> &PgPool {
         &self.pool
-    }
-
-    pub async fn snapshot(
-        &self,
-        subject_id: &SubjectId,
-        max_conversations: usize,
-    ) -> Result<SubjectSnapshot, StoreError> {
-        let mut connection = self.pool.acquire().await?;
-        snapshot_in_one_statement(&mut connection, subject_id, max_conversations).await
     }
 
     /// Inserts decision records with one COPY, creating the day partitions they fall in
@@ -248,14 +292,15 @@ impl PostgresStore {
             .iter()
             .map(|record| record.decided_at_micros.div_euclid(MICROS_PER_DAY))
             .collect();
+        let mut lease = Lease::new(self.acquire().await?);
         for day in days {
-            self.ensure_partition(day).await?;
+            self.ensure_partition(lease.connection(), day).await?;
         }
         let mut rows = Vec::with_capacity(records.len() * 256);
         for record in records {
             copy_row(&mut rows, record);
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = sqlx::Connection::begin(lease.connection()).await?;
         if !durable {
             sqlx::query("SET LOCAL synchronous_commit = off")
                 .execute(&mut *tx)
@@ -269,11 +314,16 @@ impl PostgresStore {
         copy.send(rows).await?;
         copy.finish().await?;
         tx.commit().await?;
+        lease.done();
         Ok(())
     }
 
     /// Creates the partition of `day` (days since the epoch) unless it exists.
-    async fn ensure_partition(&self, day: i64) -> Result<(), StoreError> {
+    async fn ensure_partition(
+        &self,
+        connection: &mut sqlx::PgConnection,
+        day: i64,
+    ) -> Result<(), StoreError> {
         if self.known_partition(day) {
             return Ok(());
         }
@@ -283,13 +333,13 @@ impl PostgresStore {
             day * MICROS_PER_DAY,
             (day + 1) * MICROS_PER_DAY
         )))
-        .execute(&self.pool)
+        .execute(&mut *connection)
         .await;
         if let Err(error) = create {
             // Another server process may have created it at the same moment.
             let (exists,): (bool,) = sqlx::query_as("SELECT to_regclass($1) IS NOT NULL")
                 .bind(&name)
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *connection)
                 .await?;
             if !exists {
                 return Err(error.into());

@@ -44,25 +44,101 @@ pub(super) trait Record:
 
 impl<T> Record for T where T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> {}
 
-/// A connection taken from a pool, or a transaction begun on one.
-pub(super) enum Held<DB: Database> {
-    Pooled(PoolConnection<DB>),
-    Transaction(sqlx::Transaction<'static, DB>),
+/// A pooled connection lent to one operation. Unless the operation says it is done with it,
+/// the connection is closed when the lease is dropped instead of going back to the pool: an
+/// operation cut short by its deadline may have left it waiting on a database that will never
+/// answer (and the pool would test it before reuse with a ping that waits as long, holding a
+/// slot of the pool meanwhile). Closing it ends the database session too, rolling back a
+/// transaction not committed.
+pub(super) struct Lease<DB: Database> {
+    connection: Option<PoolConnection<DB>>,
+    done: bool,
 }
 
-impl<DB: Database> Held<DB> {
-    fn connection(&mut self) -> &mut DB::Connection {
-        match self {
-            Held::Pooled(connection) => connection,
-            Held::Transaction(transaction) => transaction,
+impl<DB: Database> Lease<DB> {
+    pub(super) fn new(connection: PoolConnection<DB>) -> Lease<DB> {
+        Lease {
+            connection: Some(connection),
+            done: false,
         }
     }
 
-    async fn commit(self) -> Result<(), sqlx::Error> {
-        match self {
-            Held::Pooled(_) => Ok(()),
-            Held::Transaction(transaction) => transaction.commit().await,
+    pub(super) fn connection(&mut self) -> &mut DB::Connection {
+        self.connection
+            .as_mut()
+            .expect("a lease holds its connection until dropped")
+    }
+
+    /// The operation finished with the connection in a known state: it goes back to the pool.
+    pub(super) fn done(mut self) {
+        self.done = true;
+    }
+}
+
+impl<DB: Database> Drop for Lease<DB> {
+    fn drop(&mut self) {
+        if let Some(connection) = self.connection.take()
+            && !self.done
+        {
+            // Out of the pool (which may open another in its place), and closed at once.
+            drop(connection.detach());
         }
+    }
+}
+
+/// What an operation begins on its leased connection.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Begin {
+    /// Nothing: its statements run on the connection as it is.
+    Nothing,
+    /// A transaction, begun with `BEGIN`.
+    Transaction,
+    /// A transaction, begun with this statement.
+    TransactionWith(&'static str),
+}
+
+/// An operation's connection: a leased one, in a transaction it began or not. Transactions
+/// are begun, committed and rolled back with plain statements on the lease (rather than as an
+/// `sqlx::Transaction`, which would either borrow the lease or own the pool's connection and
+/// send it back to the pool when dropped).
+pub(super) struct Held<DB: Database> {
+    lease: Lease<DB>,
+    transaction: bool,
+}
+
+impl<DB: Database> Held<DB>
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    async fn begin(mut lease: Lease<DB>, begin: Begin) -> Result<Held<DB>, sqlx::Error> {
+        let statement = match begin {
+            Begin::Nothing => None,
+            Begin::Transaction => Some("BEGIN"),
+            Begin::TransactionWith(statement) => Some(statement),
+        };
+        if let Some(statement) = statement {
+            sqlx::raw_sql(statement).execute(lease.connection()).await?;
+        }
+        Ok(Held {
+            lease,
+            transaction: statement.is_some(),
+        })
+    }
+
+    fn connection(&mut self) -> &mut DB::Connection {
+        self.lease.connection()
+    }
+
+    /// Ends the transaction with `statement` (`COMMIT` or `ROLLBACK`), then gives the
+    /// connection back to the pool.
+    async fn end(mut self, statement: &'static str) -> Result<(), sqlx::Error> {
+        if self.transaction {
+            sqlx::raw_sql(statement)
+                .execute(self.lease.connection())
+                .await?;
+        }
+        self.lease.done();
+        Ok(())
     }
 }
 
@@ -74,12 +150,57 @@ pub(super) enum Connection {
 }
 
 impl Connection {
+    /// A SQLite connection of `lease`, begun as `begin` says.
+    pub(super) async fn sqlite(
+        lease: Lease<Sqlite>,
+        begin: Begin,
+    ) -> Result<Connection, sqlx::Error> {
+        Ok(Connection::Sqlite(Held::begin(lease, begin).await?))
+    }
+
+    /// A PostgreSQL connection of `lease`, begun as `begin` says.
+    pub(super) async fn postgres(
+        lease: Lease<Postgres>,
+        begin: Begin,
+    ) -> Result<Connection, sqlx::Error> {
+        Ok(Connection::Postgres(
+            Held::begin(lease, begin).await?,
+            Vec::new(),
+        ))
+    }
+
+    /// Commits the transaction, or gives the connection back.
+    pub(super) async fn commit(self) -> Result<(), StoreError> {
+        match self {
+            Connection::Sqlite(held) => held.end("COMMIT").await?,
+            Connection::Postgres(held, _) => held.end("COMMIT").await?,
+        }
+        Ok(())
+    }
+
+    /// Rolls the transaction back, or gives the connection back.
+    pub(super) async fn rollback(self) -> Result<(), StoreError> {
+        match self {
+            Connection::Sqlite(held) => held.end("ROLLBACK").await?,
+            Connection::Postgres(held, _) => held.end("ROLLBACK").await?,
+        }
+        Ok(())
+    }
+
     pub(super) fn query(&mut self, sql: impl sqlx::SqlSafeStr) -> Statement<'_> {
         match self {
             Connection::Sqlite(held) => Statement::Sqlite(held.connection(), sqlx::query(sql)),
             Connection::Postgres(held, _) => {
                 Statement::Postgres(held.connection(), sqlx::query(sql))
             }
+        }
+    }
+
+    /// The PostgreSQL connection, for what only PostgreSQL runs.
+    pub(super) fn as_postgres(&mut self) -> Option<&mut sqlx::PgConnection> {
+        match self {
+            Connection::Sqlite(_) => None,
+            Connection::Postgres(held, _) => Some(held.connection()),
         }
     }
 
@@ -105,16 +226,11 @@ impl Connection {
         }
     }
 
-    /// Commits a transaction (announcing the changes it appended) or returns a pooled
-    /// connection.
-    pub(super) async fn commit(self) -> Result<(), StoreError> {
-        match self {
-            Connection::Sqlite(held) => held.commit().await?,
-            Connection::Postgres(mut held, appended) => {
-                for (revision, changed) in appended {
-                    announce(held.connection(), revision, changed).await?;
-                }
-                held.commit().await?;
+    /// Queues the announcement of every change appended, delivered if the transaction commits.
+    pub(super) async fn announce_appended(&mut self) -> Result<(), StoreError> {
+        if let Connection::Postgres(held, appended) = self {
+            for (revision, changed) in std::mem::take(appended) {
+                announce(held.connection(), revision, changed).await?;
             }
         }
         Ok(())

@@ -14,8 +14,8 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use super::sql::{Connection, Held};
-use super::{Access, PruneReport, StoreError};
+use super::sql::{Begin, Connection, Lease};
+use super::{Access, PruneReport, StoreError, StoreTimeouts};
 use crate::audit::DecisionRecord;
 
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -27,11 +27,12 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    pub(super) timeouts: StoreTimeouts,
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file and applies the migrations.
-    pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+    pub async fn open(path: &Path, timeouts: StoreTimeouts) -> Result<SqliteStore, StoreError> {
         owner_only(path)?;
         let options = SqliteConnectOptions::from_str("sqlite://")?
             .filename(path)
@@ -51,17 +52,22 @@ impl SqliteStore {
             .acquire_timeout(BUSY_TIMEOUT)
             .connect_with(options.read_only(true))
             .await?;
-        Ok(SqliteStore { writer, reader })
+        Ok(SqliteStore {
+            writer,
+            reader,
+            timeouts,
+        })
     }
 
     /// What an operation needs: reads from the read-only pool, writes on the writer's one
     /// connection with the write lock taken at `BEGIN IMMEDIATE`.
-    pub(super) async fn begin(&self, access: Access) -> Result<Connection, StoreError> {
-        Ok(Connection::Sqlite(match access {
-            Access::Connection => Held::Pooled(self.reader.acquire().await?),
-            Access::Read => Held::Transaction(self.reader.begin().await?),
-            Access::Write => Held::Transaction(self.writer.begin_with("BEGIN IMMEDIATE").await?),
-        }))
+    pub(super) async fn connection(&self, access: Access) -> Result<Connection, StoreError> {
+        let (pool, begin) = match access {
+            Access::Connection => (&self.reader, Begin::Nothing),
+            Access::Read => (&self.reader, Begin::Transaction),
+            Access::Write => (&self.writer, Begin::TransactionWith("BEGIN IMMEDIATE")),
+        };
+        Ok(Connection::sqlite(Lease::new(pool.acquire().await?), begin).await?)
     }
 
     /// Inserts decision records, a few hundred rows per statement, in one transaction.
@@ -178,7 +184,9 @@ mod tests {
     async fn the_database_is_readable_by_its_owner_only() {
         let root = tempfile::tempdir().unwrap();
         let path = root.path().join("data").join("assent.db");
-        let store = SqliteStore::open(&path).await.unwrap();
+        let store = SqliteStore::open(&path, StoreTimeouts::default())
+            .await
+            .unwrap();
         assert_eq!(mode(&root.path().join("data")), 0o700);
         for suffix in ["", "-wal", "-shm"] {
             assert_eq!(mode(&companion(&path, suffix)), 0o600, "{suffix}");
@@ -192,7 +200,9 @@ mod tests {
                 std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
             }
         }
-        let store = SqliteStore::open(&path).await.unwrap();
+        let store = SqliteStore::open(&path, StoreTimeouts::default())
+            .await
+            .unwrap();
         for suffix in ["", "-wal", "-shm"] {
             assert_eq!(mode(&companion(&path, suffix)), 0o600, "{suffix}");
         }

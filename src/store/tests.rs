@@ -10,7 +10,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::sqlite::SqliteConnectOptions;
 
-use super::sql::{Connection, Held};
+use super::sql::{Begin, Connection, Lease};
 use super::testing::{Backend, TestDatabase};
 use super::*;
 use crate::domain::{Actor, ConversationId, SubjectId};
@@ -36,6 +36,7 @@ super::testing::backend_tests!(
     retention_reads_deletions_and_choices_with_their_times,
     due_candidates_page_through_every_criterion,
     subjects_group_by_their_decision_state,
+    a_write_held_up_past_its_deadline_fails_and_changes_nothing,
 );
 
 fn subject(id: &str) -> SubjectId {
@@ -396,11 +397,13 @@ async fn outside_the_store(database: &TestDatabase, migrator: Option<&Migrator>)
         Backend::Sqlite => {
             let options = SqliteConnectOptions::from_str(&url).unwrap();
             let options = options.create_if_missing(true);
-            Connection::Sqlite(Held::Pooled(pooled(options, migrator).await))
+            let lease = Lease::new(pooled(options, migrator).await);
+            Connection::sqlite(lease, Begin::Nothing).await.unwrap()
         }
         Backend::Postgres => {
             let options = PgConnectOptions::from_str(&url).unwrap();
-            Connection::Postgres(Held::Pooled(pooled(options, migrator).await), Vec::new())
+            let lease = Lease::new(pooled(options, migrator).await);
+            Connection::postgres(lease, Begin::Nothing).await.unwrap()
         }
     }
 }
@@ -1392,4 +1395,173 @@ async fn subjects_group_by_their_decision_state(backend: Backend) {
         ..refused
     };
     assert!(ids(restricted, before, 10).await.is_empty());
+}
+
+/// The deadlines of the deadline tests: short, so the tests are quick.
+const TEST_TIMEOUTS: StoreTimeouts = StoreTimeouts {
+    read: Duration::from_millis(50),
+    write: Duration::from_millis(300),
+};
+
+/// The decision state of `subject_id` once the store reads again: the connections closed at
+/// their deadlines are reopened (the first reads may still be cut short by connecting), within
+/// a second.
+async fn read_again(store: &Store, subject_id: &str) -> DecisionState {
+    let started = Instant::now();
+    loop {
+        match store.decision_state(&subject(subject_id), None).await {
+            Ok(state) => return state,
+            Err(error) => {
+                assert!(error.is_unavailable(), "{error:?}");
+                assert!(
+                    started.elapsed() < Duration::from_secs(1),
+                    "reads do not recover"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// A write waiting on the write lock, held by someone else, fails as unavailable at its
+/// deadline and changes nothing; more such writes than the pool has connections (each closed,
+/// not returned to the pool) leave the store working once the lock is released.
+async fn a_write_held_up_past_its_deadline_fails_and_changes_nothing(backend: Backend) {
+    let database = TestDatabase::create(backend).await;
+    let store = Store::open_with(database.location(), TEST_TIMEOUTS)
+        .await
+        .unwrap();
+    write(&store, "u-1", upsert(Plan::Free)).await;
+    let mut holder = outside_the_store(&database, None).await;
+    let take_the_lock = match backend {
+        Backend::Sqlite => &["BEGIN IMMEDIATE"][..],
+        Backend::Postgres => &[
+            "BEGIN",
+            "SELECT sequence FROM audit_chain_head WHERE chain_id = 0 FOR UPDATE",
+        ][..],
+    };
+    for statement in take_the_lock {
+        holder.query(*statement).execute().await.unwrap();
+    }
+    for attempt in 0..6 {
+        let started = Instant::now();
+        let refused = store
+            .write(&request(
+                "u-1",
+                choice(Purpose::Memory, Some(Choice::Refused)),
+            ))
+            .await
+            .expect_err("a write went through a held lock");
+        let took = started.elapsed();
+        assert!(refused.is_unavailable(), "attempt {attempt}: {refused:?}");
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_millis(1_000),
+            "attempt {attempt}: failed after {took:?}"
+        );
+    }
+    holder.query("ROLLBACK").execute().await.unwrap();
+    drop(holder);
+    let events = all_events(&store, Some("u-1")).await;
+    assert_eq!(
+        events.len(),
+        1,
+        "a write past its deadline left something behind"
+    );
+    // Writes work again (a retried write whose commit went unconfirmed changes nothing more).
+    let started = Instant::now();
+    while let Err(error) = store
+        .write(&request(
+            "u-1",
+            choice(Purpose::Memory, Some(Choice::Granted)),
+        ))
+        .await
+    {
+        assert!(error.is_unavailable(), "{error:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "writes do not recover"
+        );
+    }
+    let state = read_again(&store, "u-1").await;
+    assert_eq!(
+        state.subject.unwrap().choices.get(Purpose::Memory),
+        Some(Choice::Granted)
+    );
+    assert!(store.verify_chain().await.unwrap().ok);
+    store.close().await;
+}
+
+/// A Check's reads held up past the read deadline (the tables locked by someone else, as a
+/// database that stopped answering would) fail as unavailable at once, again and again, and
+/// the store reads normally once the lock is gone. PostgreSQL only: SQLite's readers never
+/// wait on a lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_reads_held_up_past_the_read_deadline_fail_fast() {
+    let database = TestDatabase::create(Backend::Postgres).await;
+    let store = Store::open_with(database.location(), TEST_TIMEOUTS)
+        .await
+        .unwrap();
+    write(&store, "u-1", upsert(Plan::Free)).await;
+    let mut holder = outside_the_store(&database, None).await;
+    for statement in ["BEGIN", "LOCK TABLE subjects IN ACCESS EXCLUSIVE MODE"] {
+        holder.query(statement).execute().await.unwrap();
+    }
+    let mut slowest = Duration::ZERO;
+    for attempt in 0..6 {
+        let started = Instant::now();
+        let state = store.decision_state(&subject("u-1"), None).await;
+        let snapshot = store.snapshot(&subject("u-1"), 8).await;
+        let took = started.elapsed();
+        for refused in [state.err(), snapshot.err()] {
+            let refused = refused.expect("a read went through a lock");
+            assert!(
+                matches!(refused, StoreError::TimedOut { .. }),
+                "attempt {attempt}: {refused:?}"
+            );
+        }
+        slowest = slowest.max(took);
+    }
+    println!("two reads past a 50 ms deadline: slowest pair {slowest:?}");
+    assert!(slowest < Duration::from_millis(500), "{slowest:?}");
+    holder.query("ROLLBACK").execute().await.unwrap();
+    drop(holder);
+    let state = read_again(&store, "u-1").await;
+    assert_eq!(state.subject.unwrap().plan, Some(Plan::Free));
+    store.close().await;
+}
+
+/// What a Check's read costs on PostgreSQL when memory does not have the subject: far below
+/// the default read deadline (figures printed; only the median is held to it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_cold_reads_are_far_below_the_read_deadline() {
+    let (_database, store) = fresh(Backend::Postgres).await;
+    const SUBJECTS: usize = 300;
+    for index in 0..SUBJECTS {
+        write(&store, &format!("u-{index}"), upsert(Plan::Free)).await;
+    }
+    let mut states = Vec::new();
+    let mut snapshots = Vec::new();
+    for index in 0..SUBJECTS {
+        let subject_id = subject(&format!("u-{index}"));
+        let started = Instant::now();
+        store.decision_state(&subject_id, None).await.unwrap();
+        states.push(started.elapsed());
+        let started = Instant::now();
+        store.snapshot(&subject_id, 64).await.unwrap();
+        snapshots.push(started.elapsed());
+    }
+    let deadline = StoreTimeouts::default().read;
+    for (name, mut taken) in [("decision_state", states), ("snapshot", snapshots)] {
+        taken.sort();
+        let at = |fraction: f64| taken[((taken.len() - 1) as f64 * fraction) as usize];
+        println!(
+            "{name} of {SUBJECTS} subjects not read before: p50 {:?}, p99 {:?}, max {:?} \
+             (deadline {deadline:?})",
+            at(0.5),
+            at(0.99),
+            taken.last().unwrap()
+        );
+        assert!(at(0.5) < deadline / 5, "{name}: median {:?}", at(0.5));
+    }
+    store.close().await;
 }

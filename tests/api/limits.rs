@@ -33,6 +33,8 @@ async fn calls_beyond_the_concurrency_limit_are_shed_at_once() {
     let app = TestApp::spawn_adjusted(|settings| {
         settings.limits.max_concurrent = 4;
         settings.limits.deadline = Some(Duration::from_secs(30));
+        // The held writes must wait for the lock through every wave below.
+        settings.store_timeouts.write = Duration::from_secs(30);
     })
     .await;
     app.upsert("known", Plan::Free).await;
