@@ -275,12 +275,10 @@ impl Scrape<'_> {
         help: &str,
         values: &[(&'static str, u64)],
     ) -> std::fmt::Result {
-        let metric_type = ConstCounter::new(0_u64).metric_type();
-        let mut family = self.0.encode_descriptor(name, help, None, metric_type)?;
-        for &(tier, value) in values {
-            ConstCounter::new(value).encode(family.encode_family(&TierLabels { tier })?)?;
-        }
-        Ok(())
+        let labelled = values
+            .iter()
+            .map(|&(tier, value)| (TierLabels { tier }, value));
+        self.labelled_counters(name, help, labelled)
     }
 
     /// A counter for each reason, labelled `reason`.
@@ -290,10 +288,23 @@ impl Scrape<'_> {
         help: &str,
         values: &[(&'static str, u64)],
     ) -> std::fmt::Result {
+        let labelled = values
+            .iter()
+            .map(|&(reason, value)| (ReasonLabels { reason }, value));
+        self.labelled_counters(name, help, labelled)
+    }
+
+    /// One counter family, a counter for each label set.
+    fn labelled_counters<Labels: EncodeLabelSet>(
+        &mut self,
+        name: &str,
+        help: &str,
+        values: impl Iterator<Item = (Labels, u64)>,
+    ) -> std::fmt::Result {
         let metric_type = ConstCounter::new(0_u64).metric_type();
         let mut family = self.0.encode_descriptor(name, help, None, metric_type)?;
-        for &(reason, value) in values {
-            ConstCounter::new(value).encode(family.encode_family(&ReasonLabels { reason })?)?;
+        for (labels, value) in values {
+            ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
         }
         Ok(())
     }

@@ -182,22 +182,9 @@ impl proto::policies_server::Policies for PoliciesService {
                 .head_revision()
                 .await
                 .map_err(ApiError::from)?;
-            return Ok(Response::new(proto::ApplyPolicyResponse {
-                version: known.version().to_owned(),
-                effective_from: Some(convert::timestamp(known.effective_from_micros())),
-                revision: head.to_token(),
-                changed: false,
-            }));
+            return Ok(applied(known, head, false));
         }
         let policy = compile("source", &body.source, Checks::New)?;
-        let unchanged = |revision: crate::revision::Revision| {
-            Response::new(proto::ApplyPolicyResponse {
-                version: policy.version().to_owned(),
-                effective_from: Some(convert::timestamp(policy.effective_from_micros())),
-                revision: revision.to_token(),
-                changed: false,
-            })
-        };
         if let Some(known) = policies.get(policy.version()) {
             if known.source() != policy.source() {
                 return Err(ApiError::AlreadyExists {
@@ -216,7 +203,7 @@ impl proto::policies_server::Policies for PoliciesService {
                 .head_revision()
                 .await
                 .map_err(ApiError::from)?;
-            return Ok(unchanged(head));
+            return Ok(applied(&policy, head, false));
         }
         let now = now_micros();
         if policy.effective_from_micros() < now {
@@ -267,7 +254,7 @@ impl proto::policies_server::Policies for PoliciesService {
         // Stored now or by another replica meanwhile: installed here either way.
         PoliciesService::reload(&self.state).await?;
         if !outcome.changed {
-            return Ok(unchanged(outcome.revision));
+            return Ok(applied(&policy, outcome.revision, false));
         }
         self.state
             .cache
@@ -278,12 +265,7 @@ impl proto::policies_server::Policies for PoliciesService {
             revision = %outcome.revision,
             "policy version applied"
         );
-        Ok(Response::new(proto::ApplyPolicyResponse {
-            version: policy.version().to_owned(),
-            effective_from: Some(convert::timestamp(policy.effective_from_micros())),
-            revision: outcome.revision.to_token(),
-            changed: true,
-        }))
+        Ok(applied(&policy, outcome.revision, true))
     }
 
     async fn list_policies(
@@ -467,6 +449,20 @@ impl<'p> Diff<'p> {
             changed.push((index, was, is));
         }
     }
+}
+
+/// ApplyPolicy's answer about `policy`, at `revision`.
+fn applied(
+    policy: &CompiledPolicy,
+    revision: crate::revision::Revision,
+    changed: bool,
+) -> Response<proto::ApplyPolicyResponse> {
+    Response::new(proto::ApplyPolicyResponse {
+        version: policy.version().to_owned(),
+        effective_from: Some(convert::timestamp(policy.effective_from_micros())),
+        revision: revision.to_token(),
+        changed,
+    })
 }
 
 /// The rows of the retention schedule that differ between two versions, in category order.

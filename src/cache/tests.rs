@@ -473,19 +473,7 @@ async fn values_in_redis_that_fail_their_checks_are_replaced(backend: Backend) {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let others: String = loop {
-        let value: Option<String> = redis::cmd("GET")
-            .arg(redis.key("other"))
-            .query_async(&mut connection)
-            .await
-            .unwrap();
-        if let Some(value) = value {
-            break value;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never shared");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let others = value_in_redis(&redis, &mut connection, "other", |_| true).await;
     // The other subject's body, sealed for the victim with the key, at a revision never
     // committed: what a writer holding the key could do.
     let body = others.splitn(4, ' ').nth(3).unwrap();
@@ -587,19 +575,10 @@ async fn a_genuine_older_value_put_back_after_a_restart_is_refused(backend: Back
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let recorded: String = loop {
-        let value: Option<String> = redis::cmd("GET")
-            .arg(redis.key("victim"))
-            .query_async(&mut connection)
-            .await
-            .unwrap();
-        if let Some(value) = value.filter(|value| value.contains("GRANTED")) {
-            break value;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never shared");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let recorded = value_in_redis(&redis, &mut connection, "victim", |value| {
+        value.contains("GRANTED")
+    })
+    .await;
     first_tasks.shutdown().await;
     write(&store, "victim", choose(Choice::Refused)).await;
     let (second, second_tasks) = SubjectCache::start(store.clone(), with_redis)
@@ -623,4 +602,26 @@ async fn a_genuine_older_value_put_back_after_a_restart_is_refused(backend: Back
     assert_eq!(tier, Tier::Store);
     second_tasks.shutdown().await;
     store.close().await;
+}
+
+/// The value `subject_id` has in Redis, once there is one `wanted` accepts (within ten seconds).
+async fn value_in_redis(
+    redis: &SharedCache,
+    connection: &mut redis::aio::MultiplexedConnection,
+    subject_id: &str,
+    wanted: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let value: Option<String> = redis::cmd("GET")
+            .arg(redis.key(subject_id))
+            .query_async(connection)
+            .await
+            .unwrap();
+        if let Some(value) = value.filter(|value| wanted(value)) {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never shared");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
