@@ -40,6 +40,7 @@ fn event_to_proto(event: AuditEvent) -> proto::AuditEvent {
         trace_id: event.trace_id,
         prev_hash: event.prev_hash,
         hash: event.hash,
+        ..Default::default()
     }
 }
 
@@ -111,6 +112,56 @@ impl proto::audit_server::Audit for AuditService {
             ok: report.ok,
             events_checked: report.events_checked,
             first_bad_event_id: report.first_bad_event_id.unwrap_or_default(),
+            root_hash: String::new(),
         }))
+    }
+
+    async fn get_checkpoint(
+        &self,
+        _request: Request<proto::GetCheckpointRequest>,
+    ) -> Result<Response<proto::Checkpoint>, Status> {
+        Err(Status::unimplemented("not yet"))
+    }
+
+    async fn sign_checkpoint(
+        &self,
+        _request: Request<proto::SignCheckpointRequest>,
+    ) -> Result<Response<proto::Checkpoint>, Status> {
+        Err(Status::unimplemented("not yet"))
+    }
+
+    async fn get_inclusion_proof(
+        &self,
+        _request: Request<proto::GetInclusionProofRequest>,
+    ) -> Result<Response<proto::InclusionProof>, Status> {
+        Err(Status::unimplemented("not yet"))
+    }
+
+    async fn get_consistency_proof(
+        &self,
+        _request: Request<proto::GetConsistencyProofRequest>,
+    ) -> Result<Response<proto::ConsistencyProof>, Status> {
+        Err(Status::unimplemented("not yet"))
+    }
+
+    async fn export_subject(
+        &self,
+        _request: Request<proto::ExportSubjectRequest>,
+    ) -> Result<Response<proto::SubjectExport>, Status> {
+        Err(Status::unimplemented("not yet"))
+    }
+
+    async fn erase_payloads(
+        &self,
+        _request: Request<proto::ErasePayloadsRequest>,
+    ) -> Result<Response<proto::ErasePayloadsResponse>, Status> {
+        Err(Status::unimplemented("not yet"))
+    }
+
+    async fn verify_state(
+        &self,
+        _request: Request<proto::VerifyStateRequest>,
+    ) -> Result<Response<proto::VerifyStateResponse>, Status> {
+        Err(Status::unimplemented("not yet"))
     }
 }

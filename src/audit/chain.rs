@@ -33,6 +33,47 @@ pub fn canonical_bytes(event: &AuditEvent) -> Vec<u8> {
     serde_json::to_vec(&fields).expect("a tuple of strings and integers always serialises")
 }
 
+/// The event's leaf data: [`canonical_bytes`] with the detail replaced by its commitment,
+/// `payload_sha256`, so the leaf (and the chain hash of events written since payloads are
+/// salted) outlives the erasure of the payload:
+/// `[sequence, event_id, at_micros, subject_id, kind, caller, operator_id, actor_reason,
+/// payload_sha256, policy_version, trace_id]`.
+pub fn leaf_data(event: &AuditEvent) -> Vec<u8> {
+    let fields = (
+        event.sequence,
+        &event.event_id,
+        event.at_micros,
+        &event.subject_id,
+        event.kind.as_str(),
+        &event.caller,
+        &event.operator_id,
+        &event.actor_reason,
+        &event.payload_sha256,
+        &event.policy_version,
+        &event.trace_id,
+    );
+    serde_json::to_vec(&fields).expect("a tuple of strings and integers always serialises")
+}
+
+/// The commitment to a payload: hex SHA-256 of the salt's bytes (hex-decoded; none when the
+/// salt is empty) followed by the detail's UTF-8. `None` if the salt is not hex.
+pub fn payload_sha256(salt_hex: &str, detail_json: &str) -> Option<String> {
+    let salt = hex::decode(salt_hex).ok()?;
+    let mut hasher = Sha256::new();
+    hasher.update(&salt);
+    hasher.update(detail_json.as_bytes());
+    Some(hex::encode(hasher.finalize()))
+}
+
+/// A fresh salt for a payload: 16 random bytes, as 32 hex characters. The salt keeps an
+/// erased payload from being guessed back from its commitment (a detail such as
+/// `{"before":"GRANTED","after":"REFUSED"}` has few possible values).
+pub fn new_payload_salt() -> String {
+    let mut salt = [0_u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut salt);
+    hex::encode(salt)
+}
+
 /// The hash of an event whose predecessor has hash `prev_hash`.
 pub fn chain_hash(prev_hash: &str, canonical: &[u8]) -> String {
     let mut hasher = Sha256::new();
@@ -133,6 +174,9 @@ mod tests {
                     operator_id: "op".into(),
                     actor_reason: "ticket \"7\"".into(),
                     detail_json: r#"{"after":"REFUSED"}"#.into(),
+                    payload_salt: String::new(),
+                    payload_sha256: String::new(),
+                    payload_erased: false,
                     policy_version: "2026-01-01".into(),
                     trace_id: String::new(),
                     prev_hash: prev_hash.clone(),

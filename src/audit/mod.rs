@@ -8,7 +8,10 @@
 
 mod chain;
 
-pub use chain::{ChainReport, ChainVerifier, GENESIS_HASH, canonical_bytes, chain_hash};
+pub use chain::{
+    ChainReport, ChainVerifier, GENESIS_HASH, canonical_bytes, chain_hash, leaf_data,
+    new_payload_salt, payload_sha256,
+};
 
 use crate::named::named_enum;
 use crate::policy::{Decision, Purpose, Reason, Source};
@@ -33,6 +36,9 @@ named_enum! {
         RightsRequestExtended => "rights_request_extended",
         /// A choice's expiry passed: the choice was removed and the default applies again.
         ConsentExpired => "consent_expired",
+        /// The payloads (details) of a subject's events were erased from the store; the detail
+        /// lists their sequences. The events and their leaves stay.
+        PayloadErased => "payload_erased",
     }
 }
 
@@ -50,8 +56,17 @@ pub struct AuditEvent {
     pub caller: String,
     pub operator_id: String,
     pub actor_reason: String,
-    /// `{"before": ..., "after": ...}` of the change, as written.
+    /// `{"before": ..., "after": ...}` of the change, as written: the event's payload, stored
+    /// apart from the event so it can be erased. Empty once erased.
     pub detail_json: String,
+    /// Hex of the 16 random bytes hashed before the detail (empty for events written before
+    /// payloads were salted, and once erased).
+    pub payload_salt: String,
+    /// Hex SHA-256 of the salt and the detail ([`payload_sha256`]): what the leaf commits to,
+    /// so the leaf outlives the payload.
+    pub payload_sha256: String,
+    /// The payload was erased from the store (a `payload_erased` event says when and why).
+    pub payload_erased: bool,
     pub policy_version: String,
     pub trace_id: String,
     pub prev_hash: String,

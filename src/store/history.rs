@@ -86,7 +86,8 @@ pub fn consent_records(event: &AuditEvent) -> Result<Vec<ConsentRecord>, ReplayE
     if !matches!(
         event.kind,
         EventKind::ChoiceSet | EventKind::ConsentExpired | EventKind::SubjectDeleted
-    ) {
+    ) || event.payload_erased
+    {
         return Ok(Vec::new());
     }
     let detail: Value = serde_json::from_str(&event.detail_json)

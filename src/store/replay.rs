@@ -45,6 +45,9 @@ impl ReplayError {
 impl Replayed {
     /// Applies one event of this subject (events must come in revision order).
     pub fn apply(&mut self, event: &AuditEvent) -> Result<(), ReplayError> {
+        if event.payload_erased {
+            return Err(ReplayError::of(event, "its payload was erased".to_owned()));
+        }
         let detail: Value = serde_json::from_str(&event.detail_json)
             .map_err(|error| ReplayError::of(event, format!("detail is not JSON: {error}")))?;
         self.apply_parsed(event, &detail)
@@ -93,7 +96,8 @@ impl Replayed {
             EventKind::PolicyApplied
             | EventKind::RightsRequestFiled
             | EventKind::RightsRequestAdvanced
-            | EventKind::RightsRequestExtended => {}
+            | EventKind::RightsRequestExtended
+            | EventKind::PayloadErased => {}
         }
         Ok(())
     }
@@ -224,6 +228,9 @@ pub(super) mod tests {
             operator_id: String::new(),
             actor_reason: String::new(),
             detail_json: detail_json.to_owned(),
+            payload_salt: String::new(),
+            payload_sha256: String::new(),
+            payload_erased: false,
             policy_version: String::new(),
             trace_id: String::new(),
             prev_hash: String::new(),
