@@ -199,6 +199,9 @@ struct Counters {
     unknown_filtered: AtomicU64,
     /// By [`Rejection`], in the order of `Rejection::ALL`.
     rejected: [AtomicU64; Rejection::ALL.len()],
+    /// Reads of the change log that ended well (its tombstones written): each after the one
+    /// before, so two more than a moment ago means one began after that moment.
+    change_log_reads: AtomicU64,
 }
 
 impl Counters {
@@ -685,6 +688,10 @@ impl SubjectCache {
             );
             match self.catch_up().await {
                 Ok(()) => {
+                    self.inner
+                        .counters
+                        .change_log_reads
+                        .fetch_add(1, Ordering::Relaxed);
                     let applied = self.inner.watermark.applied();
                     // Counted, and not logged one by one: a flood on the channel must not
                     // become a flood of log lines.

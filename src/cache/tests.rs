@@ -34,13 +34,34 @@ fn redis_settings() -> SharedSettings {
     }
 }
 
+/// Until the cache reads from Redis and has read the change log to the store's head, tombstones
+/// written: a value a test then puts in Redis is not overwritten by the cache's catching up.
 async fn until_listening(cache: &SubjectCache) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let reads = || {
+        cache
+            .inner
+            .counters
+            .change_log_reads
+            .load(Ordering::Relaxed)
+    };
     while !cache.inner.shared_ready.load(Ordering::Acquire) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "redis is not answering"
         );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let head = cache.inner.store.head_revision().await.unwrap();
+    while cache.inner.watermark.applied() < head {
+        assert!(tokio::time::Instant::now() < deadline, "no catching up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The read that applied the head may still be writing its tombstones; one that ended after
+    // a later one began has.
+    let caught_up = reads() + 2;
+    while reads() < caught_up {
+        assert!(tokio::time::Instant::now() < deadline, "no catching up");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
