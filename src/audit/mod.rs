@@ -8,6 +8,7 @@
 
 mod chain;
 pub mod merkle;
+pub mod note;
 
 pub use chain::{
     ChainReport, ChainVerifier, GENESIS_HASH, canonical_bytes, chain_hash, leaf_data,
