@@ -7,10 +7,16 @@
 //! recompute every hash from an export.
 
 mod chain;
+pub mod merkle;
+pub mod note;
 
 pub use chain::{
     ChainReport, ChainVerifier, GENESIS_HASH, canonical_bytes, chain_hash, leaf_data,
     new_payload_salt, payload_sha256,
+};
+pub use merkle::{
+    EMPTY_ROOT, Frontier, Hash, NodeId, consistency_ranges, inclusion_ranges, leaf_hash, node_hash,
+    range_hash, range_nodes, root_of, verify_consistency, verify_inclusion,
 };
 
 use crate::named::named_enum;
