@@ -1,5 +1,6 @@
 //! The admin HTTP port: `/metrics` (Prometheus text format), `/healthz` (the process is up) and
-//! `/readyz` (it takes calls: not shutting down, and the store answers).
+//! `/readyz` (it takes calls: not shutting down, the store answers, and its audit log extends
+//! the last checkpoint signed).
 //!
 //! It listens apart from the gRPC port so that scrapers and probes need no gRPC client and
 //! never queue behind calls; keep it off the public network.
@@ -15,6 +16,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::net::TcpListener;
 
+use crate::checkpoints::Checkpoints;
 use crate::metrics::METRICS;
 use crate::store::Store;
 
@@ -27,6 +29,9 @@ pub struct AdminState {
     pub store: Store,
     /// Set when shutdown begins: the replica stops being ready so load balancers move away.
     pub draining: Arc<AtomicBool>,
+    /// The audit checkpoint signer, whose refusal (the log does not extend what was signed)
+    /// makes the replica unready.
+    pub checkpoints: Option<Checkpoints>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -62,12 +67,21 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
+async fn readyz(State(state): State<AdminState>) -> (StatusCode, String) {
     if state.draining.load(Ordering::Acquire) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into());
+    }
+    if let Some(refusal) = state.checkpoints.as_ref().and_then(Checkpoints::refusal) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("audit log inconsistent with its last signed checkpoint: {refusal}\n"),
+        );
     }
     match tokio::time::timeout(READY_TIMEOUT, state.store.head_revision()).await {
-        Ok(Ok(_)) => (StatusCode::OK, "ready\n"),
-        Ok(Err(_)) | Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n"),
+        Ok(Ok(_)) => (StatusCode::OK, "ready\n".into()),
+        Ok(Err(_)) | Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store unavailable\n".into(),
+        ),
     }
 }

@@ -31,7 +31,8 @@ named_enum! {
         SubjectsRead => "subjects:read",
         /// Every write of `Subjects`.
         SubjectsWrite => "subjects:write",
-        /// ListEvents, VerifyChain.
+        /// ListEvents, VerifyChain, VerifyState, GetCheckpoint, the proofs, ExportSubject
+        /// (SignCheckpoint and ErasePayloads need `admin`).
         AuditRead => "audit:read",
         /// Changes.Watch.
         ChangesWatch => "changes:watch",
@@ -124,6 +125,9 @@ pub fn requirement(path: &str) -> Requirement {
             Requirement::Scope(Scope::SubjectsRead)
         }
         "assent.v1.Subjects" => Requirement::Scope(Scope::SubjectsWrite),
+        "assent.v1.Audit" if matches!(method, "SignCheckpoint" | "ErasePayloads") => {
+            Requirement::Scope(Scope::Admin)
+        }
         "assent.v1.Audit" => Requirement::Scope(Scope::AuditRead),
         "assent.v1.Changes" => Requirement::Scope(Scope::ChangesWatch),
         "assent.v1.Policies" if method == "ApplyPolicy" => Requirement::Scope(Scope::Admin),

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use crate::auth::{Scopes, TokenSettings, parse_client_scopes};
 use crate::cache::{CacheSettings, RedisEntryKey, SharedSettings};
+use crate::checkpoints::CheckpointSettings;
 use crate::decision_log::LogMode;
 use crate::limits::LimitSettings;
 use crate::store::{DatabaseUrl, StoreLocation, StoreTimeouts};
@@ -44,6 +45,8 @@ pub struct Settings {
     /// How often choices whose expiry has passed are recorded as expired (a `consent_expired`
     /// event each); `None`: never (decisions ignore expired choices either way).
     pub consent_expiry_sweep: Option<Duration>,
+    /// Signed checkpoints of the audit log, when a signing key is configured.
+    pub checkpoints: Option<CheckpointSettings>,
     /// How long in-flight calls may take to finish after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
@@ -165,6 +168,9 @@ settings! {
     redis_timeout_ms: u64 = ["ASSENT_REDIS_TIMEOUT_MS"], "50";
     redis_allow_plaintext: bool = ["ASSENT_REDIS_ALLOW_PLAINTEXT"], "false";
     redis_entry_key: String = ["ASSENT_REDIS_ENTRY_KEY"], None;
+    audit_signing_key_file: PathBuf = ["ASSENT_AUDIT_SIGNING_KEY_FILE"], None;
+    audit_checkpoint_dir: PathBuf = ["ASSENT_AUDIT_CHECKPOINT_DIR"], None;
+    audit_checkpoint_interval_ms: u64 = ["ASSENT_AUDIT_CHECKPOINT_INTERVAL_MS"], "60000";
     shutdown_grace_seconds: u64 = ["ASSENT_SHUTDOWN_GRACE_SECONDS"], "30";
     log_format: String = ["ASSENT_LOG_FORMAT"], "text";
     admin_listen: String = ["ASSENT_ADMIN_LISTEN"], "127.0.0.1:9090";
@@ -550,6 +556,15 @@ impl Settings {
             return Err(invalid("http2_keepalive_timeout_ms", "must be at least 1"));
         }
         let milliseconds = |millis| (millis > 0).then(|| Duration::from_millis(millis));
+        let checkpoints = given
+            .audit_signing_key_file
+            .map(|key_file| CheckpointSettings {
+                key_file,
+                directory: given
+                    .audit_checkpoint_dir
+                    .unwrap_or_else(|| given.data_dir.join("checkpoints")),
+                interval: milliseconds(given.audit_checkpoint_interval_ms),
+            });
         let settings = Settings {
             listen,
             data_dir: given.data_dir,
@@ -561,6 +576,7 @@ impl Settings {
             decision_log_retention_days: given.decision_log_retention_days,
             cache,
             consent_expiry_sweep: milliseconds(given.consent_expiry_sweep_ms),
+            checkpoints,
             shutdown_grace: Duration::from_secs(given.shutdown_grace_seconds),
             log_format,
             admin_listen,

@@ -50,6 +50,10 @@ pub enum ApiError {
     /// A `require_audit` check whose record could not be made durable: no answer without it.
     #[error("require_audit: the decision could not be recorded durably ({0}); retry later")]
     AuditUnavailable(DecisionLogError),
+    /// The store's audit log is not an extension of the last signed checkpoint: history was
+    /// rewritten or lost, and nothing more is signed until someone looks.
+    #[error("checkpoint: {0}")]
+    AuditLogInconsistent(String),
     /// Anything else: logged in full, reported without detail.
     #[error("internal error")]
     Internal(#[source] InternalError),
@@ -66,6 +70,9 @@ pub enum InternalError {
     /// The stored policy versions cannot be installed.
     #[error(transparent)]
     Policies(InstallError),
+    /// A checkpoint could not be signed or published (the key, the directory).
+    #[error(transparent)]
+    Checkpoint(crate::checkpoints::CheckpointError),
 }
 
 impl ApiError {
@@ -104,6 +111,7 @@ impl ApiError {
             ApiError::StoreUnavailable(_)
             | ApiError::WriteUnconfirmed(_)
             | ApiError::AuditUnavailable(_) => Code::Unavailable,
+            ApiError::AuditLogInconsistent(_) => Code::DataLoss,
             ApiError::Internal(_) => Code::Internal,
         }
     }
@@ -146,7 +154,14 @@ impl From<StoreError> for ApiError {
                      new version"
                 ),
             },
-            StoreError::Query(_)
+            StoreError::NotDeleted(_) => ApiError::FailedPrecondition {
+                field: "subject_id".into(),
+                message: "the subject is not deleted: payloads are erased only of a deleted \
+                          subject"
+                    .into(),
+            },
+            StoreError::TreeNotBuilt
+            | StoreError::Query(_)
             | StoreError::Migration(_)
             | StoreError::SchemaTooNew { .. }
             | StoreError::DataDirectory { .. }

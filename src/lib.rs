@@ -7,6 +7,7 @@ pub mod audit;
 pub mod auth;
 pub mod cache;
 pub mod calendar;
+pub mod checkpoints;
 pub mod cli;
 pub mod client;
 pub mod config;

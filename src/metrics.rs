@@ -77,6 +77,10 @@ pub struct Metrics {
     pub store_query_duration: Family<OperationLabels, Histogram>,
     pub invalidation_lag: Histogram,
     pub chain_verifications: Family<ResultLabels, Counter>,
+    /// 1 while the audit log extends its last signed checkpoint, 0 once it was found not to.
+    pub audit_log_consistent: Gauge,
+    pub audit_checkpoint_size: Gauge,
+    pub audit_checkpoints: Family<ResultLabels, Counter>,
     pub limited: Family<LimitLabels, Counter>,
     sources: Arc<Sources>,
 }
@@ -144,6 +148,26 @@ impl Metrics {
             "Audit chain verifications, by result (ok, broken)",
             chain_verifications.clone(),
         );
+        let audit_log_consistent = Gauge::default();
+        audit_log_consistent.set(1);
+        registry.register(
+            "audit_log_consistent",
+            "1 while the audit log extends its last signed checkpoint; 0 once it does not \
+             (nothing more is signed)",
+            audit_log_consistent.clone(),
+        );
+        let audit_checkpoint_size = Gauge::default();
+        registry.register(
+            "audit_checkpoint_size",
+            "The tree size of the latest audit checkpoint signed by this replica",
+            audit_checkpoint_size.clone(),
+        );
+        let audit_checkpoints = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "audit_checkpoints",
+            "Attempts to sign an audit checkpoint, by result (signed, refused, failed)",
+            audit_checkpoints.clone(),
+        );
         let limited = Family::<LimitLabels, Counter>::default();
         registry.register(
             "limited_requests",
@@ -168,6 +192,9 @@ impl Metrics {
             store_query_duration,
             invalidation_lag,
             chain_verifications,
+            audit_log_consistent,
+            audit_checkpoint_size,
+            audit_checkpoints,
             limited,
             sources,
         }

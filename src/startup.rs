@@ -24,6 +24,7 @@ use crate::api::rights::RightsService;
 use crate::api::subjects::SubjectsService;
 use crate::auth::{AuthLayer, Authenticator, TokenVerifier};
 use crate::cache::SubjectCache;
+use crate::checkpoints::Checkpoints;
 use crate::config::{Settings, TlsSettings};
 use crate::decision_log::DecisionLog;
 use crate::limits::LimitLayer;
@@ -133,12 +134,26 @@ impl Application {
         policies
             .install(&stored_policies)
             .context("cannot load the stored policy versions")?;
+        let checkpoints = self
+            .settings
+            .checkpoints
+            .as_ref()
+            .map(|settings| Checkpoints::open(self.store.clone(), settings))
+            .transpose()
+            .context("cannot start signing audit checkpoints")?;
+        let (stop_checkpoints, checkpoints_stopped) = tokio::sync::watch::channel(false);
+        // Verifies the whole log against the last checkpoint published, then signs every
+        // interval; checks are served meanwhile.
+        let sign_checkpoints = checkpoints
+            .clone()
+            .map(|checkpoints| tokio::spawn(checkpoints.run(checkpoints_stopped)));
         let state = AppState {
             store: self.store.clone(),
             cache,
             decision_log,
             policies,
             limits: self.settings.limits,
+            checkpoints: checkpoints.clone(),
         };
         let reload_policies = tokio::spawn(reload_policies(state.clone()));
         let sweep_expired_consent = self
@@ -182,6 +197,7 @@ impl Application {
             let state = AdminState {
                 store: self.store.clone(),
                 draining: not_ready.clone(),
+                checkpoints: checkpoints.clone(),
             };
             let stop = admin_stop.clone();
             tokio::spawn(crate::admin::serve(listener, state, async move {
@@ -273,6 +289,10 @@ impl Application {
         reload_policies.abort();
         if let Some(sweep) = sweep_expired_consent {
             sweep.abort();
+        }
+        let _ = stop_checkpoints.send(true);
+        if let Some(signing) = sign_checkpoints {
+            let _ = signing.await;
         }
         cache_tasks.shutdown().await;
         decision_log_writer.shutdown().await;

@@ -33,7 +33,7 @@ const LAYERS: &[&[&str]] = &[
     &["telemetry"],
     &["audit"],
     &["store"],
-    &["decision_log", "cache"],
+    &["decision_log", "cache", "checkpoints"],
     &["policies"],
     &["auth"],
     &["limits"],

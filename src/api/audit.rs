@@ -2,12 +2,15 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{AppState, convert, validate};
+use super::{AppState, CallContext, convert, validate};
 use crate::audit::AuditEvent;
+use crate::audit::merkle;
+use crate::audit::note::SignedCheckpoint;
+use crate::checkpoints::{CheckpointError, Checkpoints};
 use crate::error::ApiError;
 use crate::proto;
 use crate::revision::Revision;
-use crate::store::EventQuery;
+use crate::store::{Changed, EventQuery};
 
 const DEFAULT_PAGE_SIZE: u32 = 100;
 const MAX_PAGE_SIZE: u32 = 1_000;
@@ -24,6 +27,7 @@ impl AuditService {
 }
 
 fn event_to_proto(event: AuditEvent) -> proto::AuditEvent {
+    let leaf_hash = merkle::leaf_hash(&crate::audit::leaf_data(&event));
     proto::AuditEvent {
         revision: Revision::new(event.sequence).to_token(),
         event_id: event.event_id,
@@ -40,7 +44,10 @@ fn event_to_proto(event: AuditEvent) -> proto::AuditEvent {
         trace_id: event.trace_id,
         prev_hash: event.prev_hash,
         hash: event.hash,
-        ..Default::default()
+        payload_sha256: event.payload_sha256,
+        payload_salt: event.payload_salt,
+        payload_erased: event.payload_erased,
+        leaf_hash: hex::encode(leaf_hash),
     }
 }
 
@@ -96,23 +103,24 @@ impl proto::audit_server::Audit for AuditService {
             .verify_chain()
             .await
             .map_err(ApiError::from)?;
-        let result = if report.ok { "ok" } else { "broken" };
+        let chain = report.chain;
+        let result = if chain.ok { "ok" } else { "broken" };
         crate::metrics::METRICS
             .chain_verifications
             .get_or_create(&crate::metrics::ResultLabels { result })
             .inc();
-        if !report.ok {
+        if !chain.ok {
             tracing::error!(
-                first_bad_event_id = report.first_bad_event_id.as_deref().unwrap_or_default(),
-                events_checked = report.events_checked,
+                first_bad_event_id = chain.first_bad_event_id.as_deref().unwrap_or_default(),
+                events_checked = chain.events_checked,
                 "audit chain verification failed"
             );
         }
         Ok(Response::new(proto::VerifyChainResponse {
-            ok: report.ok,
-            events_checked: report.events_checked,
-            first_bad_event_id: report.first_bad_event_id.unwrap_or_default(),
-            root_hash: String::new(),
+            ok: chain.ok,
+            events_checked: chain.events_checked,
+            first_bad_event_id: chain.first_bad_event_id.unwrap_or_default(),
+            root_hash: hex::encode(report.root),
         }))
     }
 
@@ -120,42 +128,193 @@ impl proto::audit_server::Audit for AuditService {
         &self,
         _request: Request<proto::GetCheckpointRequest>,
     ) -> Result<Response<proto::Checkpoint>, Status> {
-        Err(Status::unimplemented("not yet"))
+        let checkpoints = self.checkpoints()?;
+        if let Some(refusal) = checkpoints.refusal() {
+            return Err(ApiError::AuditLogInconsistent(refusal).into());
+        }
+        let latest = checkpoints
+            .latest()
+            .ok_or_else(|| ApiError::FailedPrecondition {
+                field: "checkpoint".into(),
+                message: "none is signed yet; SignCheckpoint signs one now".into(),
+            })?;
+        Ok(Response::new(checkpoint_to_proto(checkpoints, latest)))
     }
 
     async fn sign_checkpoint(
         &self,
         _request: Request<proto::SignCheckpointRequest>,
     ) -> Result<Response<proto::Checkpoint>, Status> {
-        Err(Status::unimplemented("not yet"))
+        let checkpoints = self.checkpoints()?;
+        let signed = checkpoints.sign_now().await.map_err(checkpoint_error)?;
+        Ok(Response::new(checkpoint_to_proto(checkpoints, signed)))
     }
 
     async fn get_inclusion_proof(
         &self,
-        _request: Request<proto::GetInclusionProofRequest>,
+        request: Request<proto::GetInclusionProofRequest>,
     ) -> Result<Response<proto::InclusionProof>, Status> {
-        Err(Status::unimplemented("not yet"))
+        use proto::get_inclusion_proof_request::Event;
+        let body = request.get_ref();
+        let sequence = match &body.event {
+            Some(Event::EventId(event_id)) => self
+                .state
+                .store
+                .event_sequence(event_id)
+                .await
+                .map_err(ApiError::from)?
+                .ok_or_else(|| ApiError::NotFound {
+                    field: "event_id".into(),
+                    message: format!("no audit event {event_id}"),
+                })?,
+            Some(Event::Revision(token)) => Revision::parse_token(token)
+                .map_err(|malformed| ApiError::invalid("revision", malformed))?
+                .sequence(),
+            None => {
+                return Err(
+                    ApiError::invalid("event", "is required: an event_id or a revision").into(),
+                );
+            }
+        };
+        let size = self.tree_size(body.tree_size, "tree_size").await?;
+        if sequence == 0 || sequence > size {
+            return Err(ApiError::invalid(
+                "tree_size",
+                format!("{size} does not include the event at revision {sequence}"),
+            )
+            .into());
+        }
+        let leaf_index = sequence - 1;
+        let leaf = self
+            .state
+            .store
+            .tree_nodes(&[merkle::NodeId {
+                level: 0,
+                index: leaf_index,
+            }])
+            .await
+            .map_err(ApiError::from)?;
+        let hashes = self
+            .state
+            .store
+            .inclusion_proof(leaf_index, size)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(proto::InclusionProof {
+            leaf_index,
+            tree_size: size,
+            leaf_hash: leaf[0].to_vec(),
+            hashes: hashes.iter().map(|hash| hash.to_vec()).collect(),
+        }))
     }
 
     async fn get_consistency_proof(
         &self,
-        _request: Request<proto::GetConsistencyProofRequest>,
+        request: Request<proto::GetConsistencyProofRequest>,
     ) -> Result<Response<proto::ConsistencyProof>, Status> {
-        Err(Status::unimplemented("not yet"))
+        let body = request.get_ref();
+        let new_size = self.tree_size(body.new_size, "new_size").await?;
+        if body.old_size == 0 || body.old_size > new_size {
+            return Err(ApiError::invalid(
+                "old_size",
+                format!("must be from 1 to the new size, {new_size}"),
+            )
+            .into());
+        }
+        let hashes = self
+            .state
+            .store
+            .consistency_proof(body.old_size, new_size)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(proto::ConsistencyProof {
+            old_size: body.old_size,
+            new_size,
+            hashes: hashes.iter().map(|hash| hash.to_vec()).collect(),
+        }))
     }
 
     async fn export_subject(
         &self,
-        _request: Request<proto::ExportSubjectRequest>,
+        request: Request<proto::ExportSubjectRequest>,
     ) -> Result<Response<proto::SubjectExport>, Status> {
-        Err(Status::unimplemented("not yet"))
+        let subject_id = validate::subject_id(&request.get_ref().subject_id)?;
+        let checkpoints = self.checkpoints()?;
+        // Signed now, so that it covers every event of the subject committed before.
+        let checkpoint = checkpoints.sign_now().await.map_err(checkpoint_error)?;
+        let mut events = Vec::new();
+        let mut after_sequence = 0;
+        loop {
+            let page = self
+                .state
+                .store
+                .events(&EventQuery {
+                    subject_id: Some(subject_id.clone()),
+                    after_sequence,
+                    limit: MAX_PAGE_SIZE,
+                })
+                .await
+                .map_err(ApiError::from)?;
+            let full = page.len() == MAX_PAGE_SIZE as usize;
+            for event in page {
+                after_sequence = event.sequence;
+                // Committed after the checkpoint was signed: in the next export.
+                if event.sequence > checkpoint.size {
+                    continue;
+                }
+                let leaf_index = event.sequence - 1;
+                let hashes = self
+                    .state
+                    .store
+                    .inclusion_proof(leaf_index, checkpoint.size)
+                    .await
+                    .map_err(ApiError::from)?;
+                let leaf_hash = merkle::leaf_hash(&crate::audit::leaf_data(&event));
+                events.push(proto::ExportedEvent {
+                    proof: Some(proto::InclusionProof {
+                        leaf_index,
+                        tree_size: checkpoint.size,
+                        leaf_hash: leaf_hash.to_vec(),
+                        hashes: hashes.iter().map(|hash| hash.to_vec()).collect(),
+                    }),
+                    event: Some(event_to_proto(event)),
+                });
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(Response::new(proto::SubjectExport {
+            subject_id: subject_id.as_str().to_owned(),
+            checkpoint: Some(checkpoint_to_proto(checkpoints, checkpoint)),
+            events,
+        }))
     }
 
     async fn erase_payloads(
         &self,
-        _request: Request<proto::ErasePayloadsRequest>,
+        request: Request<proto::ErasePayloadsRequest>,
     ) -> Result<Response<proto::ErasePayloadsResponse>, Status> {
-        Err(Status::unimplemented("not yet"))
+        let body = request.get_ref();
+        let subject_id = validate::subject_id(&body.subject_id)?;
+        let actor = validate::actor(body.actor.as_ref())?;
+        let context = self.state.write_context(CallContext::of(&request), actor);
+        let (erased, revision) = self
+            .state
+            .store
+            .erase_payloads(&subject_id, &context)
+            .await
+            .map_err(ApiError::from)?;
+        if let Some(revision) = revision {
+            self.state
+                .cache
+                .committed(Changed::Subject(subject_id), revision);
+            tracing::info!(%revision, erased, "audit payloads erased");
+        }
+        Ok(Response::new(proto::ErasePayloadsResponse {
+            erased,
+            revision: revision.map(Revision::to_token).unwrap_or_default(),
+        }))
     }
 
     async fn verify_state(
@@ -163,5 +322,63 @@ impl proto::audit_server::Audit for AuditService {
         _request: Request<proto::VerifyStateRequest>,
     ) -> Result<Response<proto::VerifyStateResponse>, Status> {
         Err(Status::unimplemented("not yet"))
+    }
+}
+
+impl AuditService {
+    fn checkpoints(&self) -> Result<&Checkpoints, ApiError> {
+        self.state
+            .checkpoints
+            .as_ref()
+            .ok_or_else(|| ApiError::FailedPrecondition {
+                field: "checkpoint".into(),
+                message: "this server signs no checkpoints: audit_signing_key_file is not set"
+                    .into(),
+            })
+    }
+
+    /// The tree size a proof is asked for: `asked`, or the latest checkpoint's when 0; never
+    /// beyond the log's head.
+    async fn tree_size(&self, asked: u64, field: &str) -> Result<u64, ApiError> {
+        let size = if asked == 0 {
+            let checkpoints = self.checkpoints().map_err(|_| {
+                ApiError::invalid(field, "is required: this server signs no checkpoints")
+            })?;
+            checkpoints
+                .latest()
+                .map(|latest| latest.size)
+                .ok_or_else(|| ApiError::FailedPrecondition {
+                    field: field.into(),
+                    message: "no checkpoint is signed yet; give a size".into(),
+                })?
+        } else {
+            asked
+        };
+        let head = self.state.store.head_revision().await?.sequence();
+        if size > head {
+            return Err(ApiError::invalid(
+                field,
+                format!("{size} is beyond the log, which holds {head} events"),
+            ));
+        }
+        Ok(size)
+    }
+}
+
+fn checkpoint_to_proto(checkpoints: &Checkpoints, signed: SignedCheckpoint) -> proto::Checkpoint {
+    proto::Checkpoint {
+        origin: signed.note.lines().next().unwrap_or_default().to_owned(),
+        tree_size: signed.size,
+        root_hash: signed.root.to_vec(),
+        verifier_key: checkpoints.verifier_key(),
+        note: signed.note,
+    }
+}
+
+fn checkpoint_error(error: CheckpointError) -> ApiError {
+    match error {
+        CheckpointError::Inconsistent(problem) => ApiError::AuditLogInconsistent(problem),
+        CheckpointError::Store(error) => error.into(),
+        other => ApiError::Internal(crate::error::InternalError::Checkpoint(other)),
     }
 }

@@ -38,6 +38,8 @@ pub struct AppState {
     pub policies: Arc<Policies>,
     /// The limits of streams (idle time, Watch replay) the handlers apply themselves.
     pub limits: LimitSettings,
+    /// The signer of audit checkpoints, where a key is configured.
+    pub checkpoints: Option<crate::checkpoints::Checkpoints>,
 }
 
 impl AppState {

@@ -32,7 +32,7 @@ pub use sqlite::SqliteStore;
 
 use sql::Connection;
 
-use crate::audit::{AuditEvent, ChainReport, DecisionRecord};
+use crate::audit::{AuditEvent, ChainReport, DecisionRecord, merkle};
 use crate::domain::{Actor, ConversationId, Jurisdiction, SubjectId};
 use crate::policy::rights::{RequestState, RightKind, RightsRequest, StepRefusal};
 use crate::policy::{
@@ -504,6 +504,16 @@ pub enum StoreError {
     PolicyConflict(String),
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
+    /// The events written before the audit tree was kept have no tree nodes yet: the owner of
+    /// the database builds them once (`assent migrate`).
+    #[error(
+        "the audit tree of the events written before it was kept is not built; run `assent \
+         migrate` as the database's owner"
+    )]
+    TreeNotBuilt,
+    /// Payloads are erased only of a deleted subject.
+    #[error("subject is not deleted")]
+    NotDeleted(SubjectId),
     #[error("stored data is invalid")]
     Replay(#[from] replay::ReplayError),
     #[error("rights request {0} not found")]
@@ -599,17 +609,25 @@ impl Store {
         location: &StoreLocation,
         timeouts: StoreTimeouts,
     ) -> Result<Store, StoreError> {
-        match location {
+        let store = match location {
             StoreLocation::SqliteFile(path) => {
-                Ok(Store::Sqlite(SqliteStore::open(path, timeouts).await?))
+                Store::Sqlite(SqliteStore::open(path, timeouts).await?)
             }
             StoreLocation::Postgres {
                 url,
                 max_connections,
-            } => Ok(Store::Postgres(
+            } => Store::Postgres(
                 PostgresStore::open(url.expose(), *max_connections, timeouts).await?,
-            )),
+            ),
+        };
+        let built = store.build_tree().await?;
+        if built > 0 {
+            tracing::info!(
+                events = built,
+                "built the audit tree of the events written before it"
+            );
         }
+        Ok(store)
     }
 
     /// The deadlines of its operations.
@@ -1101,12 +1119,115 @@ impl Store {
         .await
     }
 
+    /// The sequence of the audit event with this id, if there is one.
+    pub async fn event_sequence(&self, event_id: &str) -> Result<Option<u64>, StoreError> {
+        self.run("event_sequence", Access::Connection, async |connection| {
+            let found: Option<(i64,)> = connection
+                .query("SELECT sequence FROM audit_events WHERE event_id = $1")
+                .bind(event_id)
+                .fetch_optional()
+                .await?
+                .map(|row| row.decode())
+                .transpose()?;
+            Ok(found.map(|(sequence,)| rows::from_i64(sequence)))
+        })
+        .await
+    }
+
     /// Recomputes the whole audit chain.
-    pub async fn verify_chain(&self) -> Result<ChainReport, StoreError> {
+    pub async fn verify_chain(&self) -> Result<LogReport, StoreError> {
         self.run("verify_chain", Access::Read, async |connection| {
             rows::verify_chain_in(connection).await
         })
         .await
+    }
+
+    /// Fills, once, the tree nodes of the events written before the tree was kept (see
+    /// `migrations/*/0008_audit_tree.sql`); how many. Needs UPDATE on `audit_events`, which
+    /// only the database's owner has where roles are split.
+    pub async fn build_tree(&self) -> Result<u64, StoreError> {
+        // One transaction over every earlier event: bounded by the log's size, not a request.
+        const BUILD_DEADLINE: Duration = Duration::from_secs(3_600);
+        self.run_within(
+            "build_tree",
+            Access::Write,
+            BUILD_DEADLINE,
+            async |connection| rows::build_tree_in(connection).await,
+        )
+        .await
+    }
+
+    /// Erases the payloads (details) of a deleted subject's events and records the erasure as
+    /// a `payload_erased` event; how many were erased and the event's revision (none when
+    /// every payload was erased already). The events and their leaves stay.
+    pub async fn erase_payloads(
+        &self,
+        subject_id: &SubjectId,
+        context: &WriteContext,
+    ) -> Result<(u64, Option<Revision>), StoreError> {
+        self.run_within(
+            "erase_payloads",
+            Access::Write,
+            StoreTimeouts::OTHER,
+            async |connection| rows::erase_payloads_in(connection, subject_id, context).await,
+        )
+        .await
+    }
+
+    /// The stored hashes of perfect subtrees of the audit tree, in the order asked.
+    pub async fn tree_nodes(
+        &self,
+        nodes: &[merkle::NodeId],
+    ) -> Result<Vec<merkle::Hash>, StoreError> {
+        self.run("tree_nodes", Access::Read, async |connection| {
+            rows::tree_nodes_in(connection, nodes).await
+        })
+        .await
+    }
+
+    /// The hashes (MTH) of leaf ranges, each from the stored nodes that make it up: what a
+    /// proof is made of, read in one query.
+    pub async fn range_hashes(
+        &self,
+        ranges: &[(u64, u64)],
+    ) -> Result<Vec<merkle::Hash>, StoreError> {
+        let nodes: Vec<Vec<merkle::NodeId>> = ranges
+            .iter()
+            .map(|&(start, end)| merkle::range_nodes(start, end))
+            .collect();
+        let all: Vec<merkle::NodeId> = nodes.iter().flatten().copied().collect();
+        let hashes = self.tree_nodes(&all).await?;
+        let mut hashes = hashes.as_slice();
+        Ok(nodes
+            .iter()
+            .map(|range| {
+                let (these, rest) = hashes.split_at(range.len());
+                hashes = rest;
+                merkle::range_hash(these)
+            })
+            .collect())
+    }
+
+    /// The audit path of the event at `leaf_index` in the tree of `size` events, from stored
+    /// nodes (RFC 9162 2.1.3). The caller checks `leaf_index < size <= ` the head.
+    pub async fn inclusion_proof(
+        &self,
+        leaf_index: u64,
+        size: u64,
+    ) -> Result<Vec<merkle::Hash>, StoreError> {
+        self.range_hashes(&merkle::inclusion_ranges(leaf_index, size))
+            .await
+    }
+
+    /// The proof that the tree of `old_size` events is a prefix of that of `new_size`, from
+    /// stored nodes (RFC 9162 2.1.4). The caller checks `0 < old_size <= new_size <=` the head.
+    pub async fn consistency_proof(
+        &self,
+        old_size: u64,
+        new_size: u64,
+    ) -> Result<Vec<merkle::Hash>, StoreError> {
+        self.range_hashes(&merkle::consistency_ranges(old_size, new_size))
+            .await
     }
 
     /// The latest committed revision.
@@ -1329,6 +1450,16 @@ where
         }
         other => Ok(other?),
     }
+}
+
+/// What a verification of the whole audit log found: the chain (links, hashes, head), each
+/// payload against its commitment, each leaf and stored tree node recomputed; and the root of
+/// the tree over the events read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogReport {
+    pub chain: ChainReport,
+    pub tree_size: u64,
+    pub root: crate::audit::merkle::Hash,
 }
 
 /// Microseconds since the Unix epoch, now.

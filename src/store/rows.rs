@@ -7,8 +7,10 @@
 
 use sha2::Digest as _;
 
+use crate::audit::merkle::{self, Frontier, Hash, NodeId};
 use crate::audit::{
-    AuditEvent, ChainReport, ChainVerifier, EventKind, canonical_bytes, chain_hash,
+    AuditEvent, ChainReport, ChainVerifier, EventKind, chain_hash, leaf_data, new_payload_salt,
+    payload_sha256,
 };
 use crate::domain::{ConversationId, SubjectId};
 use crate::policy::rights::{Effect, Regime, RequestState, RightKind, RightsRequest};
@@ -21,13 +23,18 @@ use crate::store::change::{Change, Command, ConsentMeta, SubjectRecord, plan_cha
 use crate::store::sql::{Connection, Row};
 use crate::store::{
     CandidatePage, ChangeNotice, Changed, ChoiceEntry, DecisionState, DueCandidates, EventQuery,
-    ExpiredChoice, NewPolicy, NewRightsRequest, RetentionSubject, RightsEffects, RightsListing,
-    RightsOutcome, RightsQuery, RightsStep, StateGroup, StoreError, StoredPolicy,
+    ExpiredChoice, LogReport, NewPolicy, NewRightsRequest, RetentionSubject, RightsEffects,
+    RightsListing, RightsOutcome, RightsQuery, RightsStep, StateGroup, StoreError, StoredPolicy,
     StoredRightsRequest, SubjectSnapshot, SubjectView, WriteContext, WriteOutcome, WriteRequest,
     now_micros,
 };
 
 const VERIFY_PAGE: i64 = 1_000;
+
+/// Events after a sequence, with their payloads (none once erased), in sequence order.
+const EVENTS_AFTER: &str = "SELECT e.*, p.salt, p.detail_json FROM audit_events AS e
+    LEFT JOIN audit_payloads AS p ON p.sequence = e.sequence
+    WHERE e.sequence > $1 ORDER BY e.sequence LIMIT $2";
 
 /// Applies a write inside an open write transaction; the caller commits.
 pub(super) async fn write_in(
@@ -44,7 +51,7 @@ pub(super) async fn write_in(
 /// change is the effect of, named in the event's detail.
 async fn command_in(
     connection: &mut Connection,
-    head: &mut (u64, String),
+    head: &mut ChainHead,
     request: &WriteRequest,
     rights_request: Option<&str>,
 ) -> Result<WriteOutcome, StoreError> {
@@ -72,64 +79,79 @@ async fn command_in(
     if let (Some(request_id), Some(detail)) = (rights_request, change.detail.as_object_mut()) {
         detail.insert("rights_request".to_owned(), request_id.into());
     }
-    let revision = Revision::new(head.0).next();
+    let revision = head.next_revision();
     let now = now_micros();
     let caller = request.context.caller.as_str();
     apply_change(&mut *connection, subject_id, &change, caller, revision, now).await?;
-    let event = sealed_event(
-        revision,
-        now,
+    let event = NewEvent {
+        at_micros: now,
         subject_id,
-        change.kind,
-        &request.context,
-        &change.detail,
-        &request.context.policy_version,
-        &head.1,
-    );
+        kind: change.kind,
+        context: &request.context,
+        detail: &change.detail,
+        policy_version: &request.context.policy_version,
+    };
     let span = crate::child_span!(
         "audit.append",
-        assent.audit_sequence = event.sequence,
-        assent.audit_kind = event.kind.as_str(),
+        assent.audit_sequence = revision.sequence(),
+        assent.audit_kind = change.kind.as_str(),
     );
-    tracing::Instrument::instrument(append_event(&mut *connection, &event), span).await?;
-    *head = (event.sequence, event.hash);
+    tracing::Instrument::instrument(append_event(&mut *connection, head, event), span).await?;
     Ok(WriteOutcome {
         revision,
         changed: true,
     })
 }
 
-/// The audit event of a change, hashed onto the chain after `prev_hash`.
-#[allow(clippy::too_many_arguments)]
-fn sealed_event(
-    revision: Revision,
+/// An audit event before it is sealed onto the chain.
+struct NewEvent<'a> {
     at_micros: i64,
-    subject_id: &str,
+    subject_id: &'a str,
     kind: EventKind,
-    context: &WriteContext,
-    detail: &serde_json::Value,
-    policy_version: &str,
-    prev_hash: &str,
-) -> AuditEvent {
+    context: &'a WriteContext,
+    detail: &'a serde_json::Value,
+    policy_version: &'a str,
+}
+
+/// The end of the chain, taken (and, where the backend needs it, locked) by a write: the last
+/// sequence and hash, and the peaks of the tree over every event.
+pub(super) struct ChainHead {
+    sequence: u64,
+    hash: String,
+    frontier: Frontier,
+}
+
+impl ChainHead {
+    fn next_revision(&self) -> Revision {
+        Revision::new(self.sequence).next()
+    }
+}
+
+/// The event after `head`: a fresh salt for its payload, the commitment its leaf holds, and
+/// its chain hash over the leaf data (so both outlive the payload).
+fn sealed_event(head: &ChainHead, new: &NewEvent<'_>) -> AuditEvent {
+    let detail_json = new.detail.to_string();
+    let payload_salt = new_payload_salt();
+    let payload_sha256 = payload_sha256(&payload_salt, &detail_json).expect("a fresh salt is hex");
     let mut event = AuditEvent {
-        sequence: revision.sequence(),
+        sequence: head.next_revision().sequence(),
         event_id: uuid::Uuid::now_v7().to_string(),
-        at_micros,
-        subject_id: subject_id.to_owned(),
-        kind,
-        caller: context.caller.clone(),
-        operator_id: context.actor.operator_id.clone(),
-        actor_reason: context.actor.reason.clone(),
-        detail_json: detail.to_string(),
-        payload_salt: String::new(),
-        payload_sha256: String::new(),
+        at_micros: new.at_micros,
+        subject_id: new.subject_id.to_owned(),
+        kind: new.kind,
+        caller: new.context.caller.clone(),
+        operator_id: new.context.actor.operator_id.clone(),
+        actor_reason: new.context.actor.reason.clone(),
+        detail_json,
+        payload_salt,
+        payload_sha256,
         payload_erased: false,
-        policy_version: policy_version.to_owned(),
-        trace_id: context.trace_id.clone(),
-        prev_hash: prev_hash.to_owned(),
+        policy_version: new.policy_version.to_owned(),
+        trace_id: new.context.trace_id.clone(),
+        prev_hash: head.hash.clone(),
         hash: String::new(),
     };
-    event.hash = chain_hash(&event.prev_hash, &canonical_bytes(&event));
+    event.hash = chain_hash(&event.prev_hash, &leaf_data(&event));
     event
 }
 
@@ -236,7 +258,7 @@ pub(super) async fn step_rights_in(
 /// `effects` is refused before anything is written.
 async fn rights_step_in(
     connection: &mut Connection,
-    head: &mut (u64, String),
+    head: &mut ChainHead,
     subject: &SubjectRecord,
     before: Option<&StoredRightsRequest>,
     mut after: StoredRightsRequest,
@@ -261,7 +283,7 @@ async fn rights_step_in(
     if effect.is_some() {
         after.request.effect_applied = true;
     }
-    let revision = Revision::new(head.0).next();
+    let revision = head.next_revision();
     after.revision = revision;
     store_rights_request(&mut *connection, &after, before.is_none()).await?;
     let detail = serde_json::json!({
@@ -269,18 +291,15 @@ async fn rights_step_in(
         "before": before.map(describe_rights_request),
         "after": describe_rights_request(&after),
     });
-    let event = sealed_event(
-        revision,
-        after.updated_at_micros,
-        after.subject_id.as_str(),
+    let event = NewEvent {
+        at_micros: after.updated_at_micros,
+        subject_id: after.subject_id.as_str(),
         kind,
         context,
-        &detail,
-        &context.policy_version,
-        &head.1,
-    );
-    append_event(&mut *connection, &event).await?;
-    *head = (event.sequence, event.hash);
+        detail: &detail,
+        policy_version: &context.policy_version,
+    };
+    append_event(&mut *connection, head, event).await?;
     let mut revisions = vec![revision];
     let commands = match effect {
         None => Vec::new(),
@@ -487,7 +506,7 @@ pub(super) async fn apply_policy_in(
     policy: &NewPolicy,
     context: &WriteContext,
 ) -> Result<WriteOutcome, StoreError> {
-    let (head_sequence, head_hash) = chain_head(&mut *connection).await?;
+    let mut head = chain_head(&mut *connection).await?;
     let stored = connection
         .query("SELECT source FROM policy_versions WHERE version = $1")
         .bind(&policy.version)
@@ -499,13 +518,13 @@ pub(super) async fn apply_policy_in(
     {
         if source == policy.source {
             return Ok(WriteOutcome {
-                revision: Revision::new(head_sequence),
+                revision: Revision::new(head.sequence),
                 changed: false,
             });
         }
         return Err(StoreError::PolicyConflict(policy.version.clone()));
     }
-    let revision = Revision::new(head_sequence).next();
+    let revision = head.next_revision();
     let now = now_micros();
     connection
         .query(
@@ -528,17 +547,15 @@ pub(super) async fn apply_policy_in(
         "description": policy.description,
         "source_sha256": hex::encode(sha2::Sha256::digest(policy.source.as_bytes())),
     });
-    let event = sealed_event(
-        revision,
-        now,
-        "",
-        EventKind::PolicyApplied,
+    let event = NewEvent {
+        at_micros: now,
+        subject_id: "",
+        kind: EventKind::PolicyApplied,
         context,
-        &detail,
-        &policy.version,
-        &head_hash,
-    );
-    append_event(&mut *connection, &event).await?;
+        detail: &detail,
+        policy_version: &policy.version,
+    };
+    append_event(&mut *connection, &mut head, event).await?;
     Ok(WriteOutcome {
         revision,
         changed: true,
@@ -1160,10 +1177,24 @@ pub(super) async fn schema_version(connection: &mut Connection) -> Result<i64, S
 
 /// The last sequence and hash of the chain, locked for a write where the backend needs
 /// it.
-async fn chain_head(connection: &mut Connection) -> Result<(u64, String), StoreError> {
+async fn chain_head(connection: &mut Connection) -> Result<ChainHead, StoreError> {
     let head_query = connection.chain_head_for_write();
-    let (sequence, hash): (i64, String) = connection.query(head_query).fetch_one_as().await?;
-    Ok((from_i64(sequence), hash))
+    let (sequence, hash, frontier): (i64, String, Option<Vec<u8>>) =
+        connection.query(head_query).fetch_one_as().await?;
+    let sequence = from_i64(sequence);
+    let frontier = match frontier {
+        Some(bytes) => Frontier::from_bytes(sequence, &bytes).ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "the audit tree's peaks do not fit a tree of {sequence} events"
+            ))
+        })?,
+        None => return Err(StoreError::TreeNotBuilt),
+    };
+    Ok(ChainHead {
+        sequence,
+        hash,
+        frontier,
+    })
 }
 
 /// Writes a change's rows; `caller` is recorded with a stored choice.
@@ -1315,15 +1346,22 @@ pub(super) async fn expired_choices_in(
         .collect()
 }
 
-/// Appends an event and moves the chain head to it.
-async fn append_event(connection: &mut Connection, event: &AuditEvent) -> Result<(), StoreError> {
+/// Seals an event after `head`, appends it with the tree nodes its leaf completes and its
+/// payload, and moves `head` (sequence, hash and the tree's peaks) to it.
+async fn append_event(
+    connection: &mut Connection,
+    head: &mut ChainHead,
+    new: NewEvent<'_>,
+) -> Result<AuditEvent, StoreError> {
+    let event = sealed_event(head, &new);
     let sequence = to_i64(event.sequence);
+    let completed = head.frontier.push(merkle::leaf_hash(&leaf_data(&event)));
     connection
         .query(
             "INSERT INTO audit_events
              (sequence, event_id, at_micros, subject_id, kind, caller, operator_id,
-              actor_reason, detail_json, policy_version, trace_id, prev_hash, hash)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+              actor_reason, payload_sha256, policy_version, trace_id, prev_hash, hash, tree)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(sequence)
         .bind(&event.event_id)
@@ -1333,23 +1371,204 @@ async fn append_event(connection: &mut Connection, event: &AuditEvent) -> Result
         .bind(&event.caller)
         .bind(&event.operator_id)
         .bind(&event.actor_reason)
-        .bind(&event.detail_json)
+        .bind(&event.payload_sha256)
         .bind(&event.policy_version)
         .bind(&event.trace_id)
         .bind(&event.prev_hash)
         .bind(&event.hash)
+        .bind(completed.concat())
         .execute()
         .await?;
     connection
-        .query("UPDATE audit_chain_head SET sequence = $1, hash = $2 WHERE chain_id = 0")
+        .query("INSERT INTO audit_payloads (sequence, salt, detail_json) VALUES ($1, $2, $3)")
+        .bind(sequence)
+        .bind(&event.payload_salt)
+        .bind(&event.detail_json)
+        .execute()
+        .await?;
+    connection
+        .query(
+            "UPDATE audit_chain_head SET sequence = $1, hash = $2, frontier = $3
+             WHERE chain_id = 0",
+        )
         .bind(sequence)
         .bind(&event.hash)
+        .bind(head.frontier.to_bytes())
         .execute()
         .await?;
     if let Some(changed) = Changed::parse(&event.subject_id) {
         connection.appended(Revision::new(event.sequence), changed);
     }
-    Ok(())
+    head.sequence = event.sequence;
+    head.hash.clone_from(&event.hash);
+    Ok(event)
+}
+
+/// Fills, once, the payload commitment and the tree nodes of the events written before the
+/// tree was kept, in sequence order, then the head's peaks: inside an open write transaction,
+/// the caller commits. Returns how many events it filled (0 when the tree is built already).
+pub(super) async fn build_tree_in(connection: &mut Connection) -> Result<u64, StoreError> {
+    let head_query = connection.chain_head_for_write();
+    let (head_sequence, built): (i64, Option<Vec<u8>>) = {
+        let (sequence, _hash, frontier): (i64, String, Option<Vec<u8>>) =
+            connection.query(head_query).fetch_one_as().await?;
+        (sequence, frontier)
+    };
+    if built.is_some() {
+        return Ok(0);
+    }
+    let mut frontier = Frontier::new();
+    let mut after = 0_i64;
+    loop {
+        let rows = connection
+            .query(EVENTS_AFTER)
+            .bind(after)
+            .bind(VERIFY_PAGE)
+            .fetch_all()
+            .await?;
+        let Some(last) = rows.last() else { break };
+        after = last.try_get("sequence")?;
+        for row in &rows {
+            let mut event = event_from_row(row)?;
+            if event.sequence != frontier.size() + 1 {
+                return Err(StoreError::Corrupt(format!(
+                    "audit event {} follows {}: the chain has a gap",
+                    event.sequence,
+                    frontier.size()
+                )));
+            }
+            if event.payload_erased {
+                return Err(StoreError::Corrupt(format!(
+                    "audit event {} has no payload to commit to",
+                    event.sequence
+                )));
+            }
+            event.payload_sha256 = payload_sha256(&event.payload_salt, &event.detail_json)
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!("audit event {}: salt", event.sequence))
+                })?;
+            let completed = frontier.push(merkle::leaf_hash(&leaf_data(&event)));
+            connection
+                .query("UPDATE audit_events SET payload_sha256 = $1, tree = $2 WHERE sequence = $3")
+                .bind(&event.payload_sha256)
+                .bind(completed.concat())
+                .bind(to_i64(event.sequence))
+                .execute()
+                .await?;
+        }
+    }
+    if frontier.size() != from_i64(head_sequence) {
+        return Err(StoreError::Corrupt(format!(
+            "the chain head is at {} but the events end at {}",
+            from_i64(head_sequence),
+            frontier.size()
+        )));
+    }
+    connection
+        .query("UPDATE audit_chain_head SET frontier = $1 WHERE chain_id = 0")
+        .bind(frontier.to_bytes())
+        .execute()
+        .await?;
+    Ok(frontier.size())
+}
+
+/// Erases the payloads of a deleted subject's events (all but earlier erasures) and records
+/// the erasure as a `payload_erased` event naming them, inside an open write transaction; the
+/// caller commits. Returns how many were erased and the event's revision (none if nothing was
+/// left to erase).
+pub(super) async fn erase_payloads_in(
+    connection: &mut Connection,
+    subject_id: &SubjectId,
+    context: &WriteContext,
+) -> Result<(u64, Option<Revision>), StoreError> {
+    let mut head = chain_head(&mut *connection).await?;
+    match load_subject(&mut *connection, subject_id.as_str()).await? {
+        None => return Err(StoreError::NotFound(subject_id.clone())),
+        Some((record, _)) if record.state.status != Status::Deleted => {
+            return Err(StoreError::NotDeleted(subject_id.clone()));
+        }
+        Some(_) => {}
+    }
+    let erased: Vec<(i64,)> = connection
+        .query(
+            "SELECT p.sequence FROM audit_payloads AS p
+             JOIN audit_events AS e ON e.sequence = p.sequence
+             WHERE e.subject_id = $1 AND e.kind <> $2 ORDER BY p.sequence",
+        )
+        .bind(subject_id.as_str())
+        .bind(EventKind::PayloadErased.as_str())
+        .fetch_all_as()
+        .await?;
+    if erased.is_empty() {
+        return Ok((0, None));
+    }
+    let sequences: Vec<i64> = erased.into_iter().map(|(sequence,)| sequence).collect();
+    for chunk in sequences.chunks(500) {
+        let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
+        let sql = format!(
+            "DELETE FROM audit_payloads WHERE sequence IN ({})",
+            placeholders.join(", ")
+        );
+        let mut statement = connection.query(sqlx::AssertSqlSafe(sql));
+        for sequence in chunk {
+            statement = statement.bind(*sequence);
+        }
+        statement.execute().await?;
+    }
+    let detail = serde_json::json!({ "erased": sequences });
+    let event = NewEvent {
+        at_micros: now_micros(),
+        subject_id: subject_id.as_str(),
+        kind: EventKind::PayloadErased,
+        context,
+        detail: &detail,
+        policy_version: &context.policy_version,
+    };
+    let event = append_event(&mut *connection, &mut head, event).await?;
+    Ok((sequences.len() as u64, Some(Revision::new(event.sequence))))
+}
+
+/// The stored hashes of perfect subtrees, in the order asked: one query, whatever the
+/// number (a proof asks O(log n)). A node beyond the tree, or missing, is an error.
+pub(super) async fn tree_nodes_in(
+    connection: &mut Connection,
+    nodes: &[NodeId],
+) -> Result<Vec<Hash>, StoreError> {
+    let mut sequences: Vec<u64> = nodes.iter().map(|node| node.stored_at().0).collect();
+    sequences.sort_unstable();
+    sequences.dedup();
+    let mut stored = std::collections::HashMap::with_capacity(sequences.len());
+    for chunk in sequences.chunks(500) {
+        let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
+        let sql = format!(
+            "SELECT sequence, tree FROM audit_events WHERE sequence IN ({})",
+            placeholders.join(", ")
+        );
+        let mut statement = connection.query(sqlx::AssertSqlSafe(sql));
+        for sequence in chunk {
+            statement = statement.bind(to_i64(*sequence));
+        }
+        let rows: Vec<(i64, Option<Vec<u8>>)> = statement.fetch_all_as().await?;
+        for (sequence, tree) in rows {
+            stored.insert(from_i64(sequence), tree.unwrap_or_default());
+        }
+    }
+    nodes
+        .iter()
+        .map(|node| {
+            let (sequence, position) = node.stored_at();
+            let tree = stored
+                .get(&sequence)
+                .ok_or_else(|| StoreError::Corrupt(format!("audit event {sequence} is missing")))?;
+            tree.get(position * 32..(position + 1) * 32)
+                .and_then(|bytes| Hash::try_from(bytes).ok())
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "audit event {sequence} holds no tree node at level {position}"
+                    ))
+                })
+        })
+        .collect()
 }
 
 /// Audit events in sequence order.
@@ -1363,8 +1582,10 @@ pub(super) async fn events_in(
         Some(subject_id) => {
             connection
                 .query(
-                    "SELECT * FROM audit_events WHERE subject_id = $1 AND sequence > $2
-                 ORDER BY sequence LIMIT $3",
+                    "SELECT e.*, p.salt, p.detail_json FROM audit_events AS e
+                 LEFT JOIN audit_payloads AS p ON p.sequence = e.sequence
+                 WHERE e.subject_id = $1 AND e.sequence > $2
+                 ORDER BY e.sequence LIMIT $3",
                 )
                 .bind(subject_id.as_str())
                 .bind(after)
@@ -1374,7 +1595,7 @@ pub(super) async fn events_in(
         }
         None => {
             connection
-                .query("SELECT * FROM audit_events WHERE sequence > $1 ORDER BY sequence LIMIT $2")
+                .query(EVENTS_AFTER)
                 .bind(after)
                 .bind(limit)
                 .fetch_all()
@@ -1384,11 +1605,9 @@ pub(super) async fn events_in(
     rows.iter().map(event_from_row).collect()
 }
 
-/// Recomputes the chain inside an open read transaction (one snapshot of events and
-/// head, even while writes continue).
-pub(super) async fn verify_chain_in(
-    connection: &mut Connection,
-) -> Result<ChainReport, StoreError> {
+/// Recomputes the chain, each payload's commitment, each leaf and the stored tree nodes inside
+/// an open read transaction (one snapshot of events and head, even while writes continue).
+pub(super) async fn verify_chain_in(connection: &mut Connection) -> Result<LogReport, StoreError> {
     let head: Option<(i64, String)> = connection
         .query("SELECT sequence, hash FROM audit_chain_head WHERE chain_id = 0")
         .fetch_optional()
@@ -1396,10 +1615,11 @@ pub(super) async fn verify_chain_in(
         .map(|row| row.decode())
         .transpose()?;
     let mut verifier = ChainVerifier::new();
+    let mut tree = TreeCheck::default();
     let mut after = 0_i64;
     loop {
         let rows = connection
-            .query("SELECT * FROM audit_events WHERE sequence > $1 ORDER BY sequence LIMIT $2")
+            .query(EVENTS_AFTER)
             .bind(after)
             .bind(VERIFY_PAGE)
             .fetch_all()
@@ -1408,22 +1628,98 @@ pub(super) async fn verify_chain_in(
         after = last.try_get("sequence")?;
         for row in &rows {
             match event_from_row(row) {
-                Ok(event) => verifier.feed(&event),
+                Ok(event) => {
+                    verifier.feed(&event);
+                    let stored: Option<Vec<u8>> = row.try_get("tree")?;
+                    tree.feed(&event, stored.as_deref().unwrap_or_default());
+                }
                 // Rewritten beyond what this binary reads: reported, not an error.
-                Err(StoreError::Corrupt(_)) => verifier.feed_unreadable(
-                    from_i64(row.try_get("sequence")?),
-                    row.try_get("event_id")?,
-                    row.try_get("hash")?,
-                ),
+                Err(StoreError::Corrupt(_)) => {
+                    let sequence = from_i64(row.try_get("sequence")?);
+                    let event_id: String = row.try_get("event_id")?;
+                    verifier.feed_unreadable(sequence, event_id.clone(), row.try_get("hash")?);
+                    tree.unreadable(sequence, event_id);
+                }
                 Err(error) => return Err(error),
             }
         }
     }
     let head = head.map(|(sequence, hash)| (from_i64(sequence), hash));
-    Ok(verifier.finish(
+    let chain = verifier.finish(
         head.as_ref()
             .map(|(sequence, hash)| (*sequence, hash.as_str())),
-    ))
+    );
+    Ok(tree.finish(chain))
+}
+
+/// What the chain verification checks beyond the chain: each present payload against its
+/// commitment, each erased payload named by a later `payload_erased` event, each leaf and the
+/// stored nodes it completes, recomputed.
+#[derive(Default)]
+struct TreeCheck {
+    frontier: Frontier,
+    /// The first problem found: its sequence and event id.
+    first_problem: Option<(u64, String)>,
+    erased: Vec<(u64, String)>,
+    erasures_named: std::collections::HashSet<u64>,
+}
+
+impl TreeCheck {
+    fn feed(&mut self, event: &AuditEvent, stored_tree: &[u8]) {
+        let problem = if event.payload_erased {
+            self.erased.push((event.sequence, event.event_id.clone()));
+            false
+        } else {
+            if event.kind == EventKind::PayloadErased {
+                let named = serde_json::from_str::<serde_json::Value>(&event.detail_json)
+                    .ok()
+                    .and_then(|detail| detail["erased"].as_array().cloned())
+                    .unwrap_or_default();
+                self.erasures_named
+                    .extend(named.iter().filter_map(serde_json::Value::as_u64));
+            }
+            payload_sha256(&event.payload_salt, &event.detail_json).as_deref()
+                != Some(event.payload_sha256.as_str())
+        };
+        let completed = self.frontier.push(merkle::leaf_hash(&leaf_data(event)));
+        if problem || completed.concat() != stored_tree {
+            self.problem(event.sequence, &event.event_id);
+        }
+    }
+
+    /// An event this binary cannot read: its leaf cannot be recomputed, and the tree goes on
+    /// from a leaf that matches nothing.
+    fn unreadable(&mut self, sequence: u64, event_id: String) {
+        self.frontier.push([0; 32]);
+        self.problem(sequence, &event_id);
+    }
+
+    fn problem(&mut self, sequence: u64, event_id: &str) {
+        self.first_problem
+            .get_or_insert_with(|| (sequence, event_id.to_owned()));
+    }
+
+    fn finish(mut self, mut chain: ChainReport) -> LogReport {
+        let unnamed = self
+            .erased
+            .iter()
+            .find(|(sequence, _)| !self.erasures_named.contains(sequence))
+            .cloned();
+        if let Some((sequence, event_id)) = unnamed {
+            self.problem(sequence, &event_id);
+        }
+        if chain.first_bad_event_id.is_none()
+            && let Some((_, event_id)) = self.first_problem
+        {
+            chain.first_bad_event_id = Some(event_id);
+            chain.ok = false;
+        }
+        LogReport {
+            chain,
+            tree_size: self.frontier.size(),
+            root: self.frontier.root(),
+        }
+    }
 }
 
 pub(super) fn parse<T>(
@@ -1443,7 +1739,11 @@ fn parse_column<T>(
     parse(column, &text, from_name)
 }
 
+/// An event read with its payload (`salt`, `detail_json`: NULL once erased).
 fn event_from_row(row: &Row) -> Result<AuditEvent, StoreError> {
+    let detail_json: Option<String> = row.try_get("detail_json")?;
+    let payload_salt: Option<String> = row.try_get("salt")?;
+    let payload_erased = detail_json.is_none();
     Ok(AuditEvent {
         sequence: from_i64(row.try_get("sequence")?),
         event_id: row.try_get("event_id")?,
@@ -1453,10 +1753,13 @@ fn event_from_row(row: &Row) -> Result<AuditEvent, StoreError> {
         caller: row.try_get("caller")?,
         operator_id: row.try_get("operator_id")?,
         actor_reason: row.try_get("actor_reason")?,
-        detail_json: row.try_get("detail_json")?,
-        payload_salt: String::new(),
-        payload_sha256: String::new(),
-        payload_erased: false,
+        detail_json: detail_json.unwrap_or_default(),
+        payload_salt: payload_salt.unwrap_or_default(),
+        // Filled for every event once the tree is built (`build_tree`).
+        payload_sha256: row
+            .try_get::<Option<String>>("payload_sha256")?
+            .unwrap_or_default(),
+        payload_erased,
         policy_version: row.try_get("policy_version")?,
         trace_id: row.try_get("trace_id")?,
         prev_hash: row.try_get("prev_hash")?,

@@ -210,11 +210,11 @@ impl Connection {
         match self {
             // The write lock is already held (`BEGIN IMMEDIATE`); SQLite has no `FOR UPDATE`.
             Connection::Sqlite(_) => {
-                "SELECT sequence, hash FROM audit_chain_head WHERE chain_id = 0"
+                "SELECT sequence, hash, frontier FROM audit_chain_head WHERE chain_id = 0"
             }
             // Every writer, in every process, waits here for the one before it to commit.
             Connection::Postgres(..) => {
-                "SELECT sequence, hash FROM audit_chain_head WHERE chain_id = 0 FOR UPDATE"
+                "SELECT sequence, hash, frontier FROM audit_chain_head WHERE chain_id = 0 FOR UPDATE"
             }
         }
     }

@@ -248,8 +248,8 @@ async fn revisions_are_gap_free_and_the_chain_verifies(backend: Backend) {
         assert_eq!(pair[1].prev_hash, pair[0].hash);
     }
     let report = store.verify_chain().await.unwrap();
-    assert!(report.ok, "{report:?}");
-    assert_eq!(report.events_checked, events.len() as u64);
+    assert!(report.chain.ok, "{report:?}");
+    assert_eq!(report.chain.events_checked, events.len() as u64);
     assert_eq!(
         store.head_revision().await.unwrap(),
         Revision::new(events.len() as u64)
@@ -371,7 +371,7 @@ async fn concurrent_writers_line_up(backend: Backend) {
         changed.len(),
         "two changes shared a revision"
     );
-    assert!(store.verify_chain().await.unwrap().ok);
+    assert!(store.verify_chain().await.unwrap().chain.ok);
     store.close().await;
 }
 
@@ -386,7 +386,7 @@ async fn state_survives_reopening(backend: Backend) {
         .unwrap();
     assert_eq!(state.subject.unwrap().plan, Some(Plan::Student));
     write(&reopened, "u-2", upsert(Plan::Free)).await;
-    assert!(reopened.verify_chain().await.unwrap().ok);
+    assert!(reopened.verify_chain().await.unwrap().chain.ok);
     reopened.close().await;
 }
 
@@ -1487,7 +1487,7 @@ async fn a_write_held_up_past_its_deadline_fails_and_changes_nothing(backend: Ba
         state.subject.unwrap().choices.get(Purpose::Memory),
         Some(Choice::Granted)
     );
-    assert!(store.verify_chain().await.unwrap().ok);
+    assert!(store.verify_chain().await.unwrap().chain.ok);
     store.close().await;
 }
 
