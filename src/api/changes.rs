@@ -200,11 +200,23 @@ impl Watch {
 
     /// The change an event records, or `None` when the purposes filter leaves it out.
     async fn change(&mut self, event: &AuditEvent) -> Result<Option<proto::ChangeEvent>, ApiError> {
-        let detail: Value = serde_json::from_str(&event.detail_json)
-            .map_err(|error| ReplayError::of(event, format!("detail is not JSON: {error}")))?;
+        let detail: Value = if event.payload_erased {
+            Value::Null
+        } else {
+            serde_json::from_str(&event.detail_json)
+                .map_err(|error| ReplayError::of(event, format!("detail is not JSON: {error}")))?
+        };
         let conversation_id = detail["conversation_id"].as_str().unwrap_or_default();
         let flipped = if event.kind == EventKind::PolicyApplied {
             // A policy version applied: it is about no subject, and always sent.
+            Vec::new()
+        } else if event.payload_erased || event.kind == EventKind::PayloadErased {
+            // An erased change has nothing left to compare (its subject is deleted: nothing
+            // flips any more), and an erasure changes no decision.
+            self.subjects.remove(&event.subject_id);
+            if !self.query.purposes.is_empty() {
+                return Ok(None);
+            }
             Vec::new()
         } else {
             // A recorded expiry compares the answers with the choice still counting (as just
