@@ -21,6 +21,16 @@ CREATE TABLE audit_payloads (
 INSERT INTO audit_payloads (sequence, salt, detail_json)
 SELECT sequence, '', detail_json FROM audit_events;
 
+-- A payload is written once and erased whole (DELETE), never changed.
+CREATE FUNCTION audit_payloads_no_update() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'audit_payloads is append-only: a payload is erased, never changed';
+END;
+$$;
+
+CREATE TRIGGER audit_payloads_no_update BEFORE UPDATE ON audit_payloads
+    FOR EACH ROW EXECUTE FUNCTION audit_payloads_no_update();
+
 ALTER TABLE audit_events DROP COLUMN detail_json;
 ALTER TABLE audit_events ADD COLUMN payload_sha256 TEXT;
 ALTER TABLE audit_events ADD COLUMN tree BYTEA;

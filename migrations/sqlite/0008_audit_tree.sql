@@ -20,6 +20,12 @@ CREATE TABLE audit_payloads (
 INSERT INTO audit_payloads (sequence, salt, detail_json)
 SELECT sequence, '', detail_json FROM audit_events;
 
+-- A payload is written once and erased whole (DELETE), never changed.
+CREATE TRIGGER audit_payloads_no_update BEFORE UPDATE ON audit_payloads
+BEGIN
+    SELECT RAISE(ABORT, 'audit_payloads is append-only: a payload is erased, never changed');
+END;
+
 DROP TRIGGER audit_events_append_only_update;
 
 ALTER TABLE audit_events DROP COLUMN detail_json;

@@ -1472,7 +1472,8 @@ pub(super) async fn build_tree_in(connection: &mut Connection) -> Result<u64, St
     Ok(frontier.size())
 }
 
-/// Erases the payloads of a deleted subject's events (all but earlier erasures) and records
+/// Erases the payloads of a deleted subject's events (all but earlier erasures, and those
+/// written before payloads were salted, whose chain hash covers the detail itself) and records
 /// the erasure as a `payload_erased` event naming them, inside an open write transaction; the
 /// caller commits. Returns how many were erased and the event's revision (none if nothing was
 /// left to erase).
@@ -1493,7 +1494,7 @@ pub(super) async fn erase_payloads_in(
         .query(
             "SELECT p.sequence FROM audit_payloads AS p
              JOIN audit_events AS e ON e.sequence = p.sequence
-             WHERE e.subject_id = $1 AND e.kind <> $2 ORDER BY p.sequence",
+             WHERE e.subject_id = $1 AND e.kind <> $2 AND p.salt <> '' ORDER BY p.sequence",
         )
         .bind(subject_id.as_str())
         .bind(EventKind::PayloadErased.as_str())

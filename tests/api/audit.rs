@@ -176,14 +176,14 @@ async fn the_chain_verifies_and_reports_a_tampered_row() {
     let mut connection = app.direct_connection().await;
     // The log is append-only through SQL...
     let blocked = connection
-        .execute("UPDATE audit_events SET detail_json = '{}' WHERE sequence = 2")
+        .execute("UPDATE audit_payloads SET detail_json = '{}' WHERE sequence = 2")
         .await;
     assert!(blocked.unwrap_err().to_string().contains("append-only"));
     // ...but whoever holds the database can drop the trigger: the chain still tells.
     connection.drop_audit_guards().await;
     let altered = connection
         .execute(
-            "UPDATE audit_events SET detail_json = '{\"after\":\"GRANTED\",\"before\":null,\"purpose\":\"MODEL_TRAINING\"}' WHERE sequence = 2",
+            "UPDATE audit_payloads SET detail_json = '{\"after\":\"GRANTED\",\"before\":null,\"purpose\":\"MODEL_TRAINING\"}' WHERE sequence = 2",
         )
         .await
         .unwrap();

@@ -284,10 +284,12 @@ impl DirectConnection {
             DirectConnection::Sqlite(_) => &[
                 "DROP TRIGGER audit_events_append_only_update",
                 "DROP TRIGGER audit_events_append_only_delete",
+                "DROP TRIGGER audit_payloads_no_update",
             ],
-            DirectConnection::Postgres(_) => {
-                &["DROP TRIGGER audit_events_append_only ON audit_events"]
-            }
+            DirectConnection::Postgres(_) => &[
+                "DROP TRIGGER audit_events_append_only ON audit_events",
+                "DROP TRIGGER audit_payloads_no_update ON audit_payloads",
+            ],
         };
         for statement in statements {
             self.execute(statement).await.unwrap();
