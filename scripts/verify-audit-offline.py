@@ -5,6 +5,7 @@
     verify-audit-offline.py dump EVENTS.jsonl --checkpoint NOTE_FILE --key VERIFIER_KEY
     verify-audit-offline.py consistency OLD_NOTE NEW_NOTE PROOF.json --key VERIFIER_KEY
     verify-audit-offline.py selftest
+    verify-audit-offline.py sample DIR
 
 VERIFIER_KEY is the key text (`<name>+<hex key id>+<base64(0x01 || public key)>`) or a file
 holding it. Written from the specifications, not from assent's code, so that it is a second
@@ -18,7 +19,9 @@ implementation of every format docs/audit.md defines:
 - assent's leaf data, payload commitments and hash chain (docs/audit.md).
 
 Exit status: 0 verified, 1 a check failed (each failure is printed, naming the event's sequence
-and id and the check), 2 usage or format error.
+and id and the check), 2 usage or format error. `sample` writes the self-test's signed synthetic log
+(checkpoints, dump, exports, a consistency proof, the verifier key) for checking with another
+implementation (scripts/interop-check).
 """
 
 import base64
@@ -997,7 +1000,7 @@ def selftest_merkle(t):
     t.expect(not verify_consistency(3, 2, roots[3], roots[2], []), "consistency to a smaller tree")
 
 
-def _synthetic_log(seed, origin):
+def _synthetic_log():
     """A small log in the dump format: v1 events (unsalted, chained over the detail), v2 events
     (salted), awkward characters, and one subject's erased payloads with their erasure event."""
     events, previous = [], GENESIS_HASH
@@ -1022,7 +1025,7 @@ def _synthetic_log(seed, origin):
         event = {
             "revision": f"r1.{sequence:x}", "sequence": sequence, "event_id": f"ev-{sequence:04d}",
             "at_micros": 1_767_000_000_000_000 + sequence * 1_000_003, "subject_id": subject, "kind": kind,
-            "caller": "gateway" if sequence % 3 else "anonymous", "operator_id": "ops-\u0142ukasz" if sequence == 5 else "",
+            "caller": "gateway" if sequence % 3 else "anonymous", "operator_id": {5: "ops-\u0142ukasz", 7: "op\u0001\u001f\u007f\u2028<&>"}.get(sequence, ""),
             "actor_reason": "ticket \"42\"\n" if sequence == 6 else "", "detail_json": detail, "payload_salt": salt,
             "payload_sha256": hashlib.sha256(bytes.fromhex(salt) + detail.encode("utf-8")).hexdigest(),
             "policy_version": "2026-03", "trace_id": "" if sequence % 2 else "4bf92f3577b34da6a3ce929d0e0e4736",
@@ -1048,19 +1051,63 @@ def _rechain(events, start):
         event["hash"] = previous = hashlib.sha256(previous.encode("ascii") + Event(event).leaf_data()).hexdigest()
 
 
-def selftest_end_to_end(t):
-    seed = hashlib.sha256(b"assent offline verifier self-test key").digest()
-    origin = "audit.example/selftest"
-    key = VerifierKey(verifier_key_text(origin, ed25519_public_key(seed)))
-    events, leaves = _synthetic_log(seed, origin)
+class SampleLog:
+    """The synthetic log, signed with a fixed self-test key: its checkpoints, exports, dump
+    lines and consistency proofs, built with the reference definitions above."""
 
-    def checkpoint(size):
-        root = reference_root(leaves[:size])
-        return sign_note(f"{origin}\n{size}\n{base64.b64encode(root).decode()}\n", origin, seed)
+    SEED = hashlib.sha256(b"assent offline verifier self-test key").digest()
+    ORIGIN = "audit.example/selftest"
 
+    def __init__(self):
+        self.key = VerifierKey(verifier_key_text(self.ORIGIN, ed25519_public_key(self.SEED)))
+        self.events, self.leaves = _synthetic_log()
+
+    def checkpoint(self, size, leaves=None):
+        root = reference_root((leaves or self.leaves)[:size])
+        return sign_note(f"{self.ORIGIN}\n{size}\n{base64.b64encode(root).decode()}\n", self.ORIGIN, self.SEED)
+
+    def export(self, subject, size=None):
+        size = size or len(self.leaves)
+        chosen = []
+        for event in self.events[:size]:
+            if event["subject_id"] == subject:
+                index = event["sequence"] - 1
+                proof = [h.hex() for h in reference_inclusion_path(index, self.leaves[:size])]
+                chosen.append(dict(event, leaf_index=index, inclusion_proof=proof))
+        return {"format": SUBJECT_EXPORT_FORMAT, "subject_id": subject, "verifier_key": self.key.text,
+                "checkpoint": self.checkpoint(size), "events": chosen}  # fmt: skip
+
+    def consistency(self, old_size, new_size):
+        hashes = reference_consistency_proof(old_size, self.leaves[:new_size]) if 0 < old_size < new_size else []
+        return {"old_size": old_size, "new_size": new_size, "hashes": [h.hex() for h in hashes]}
+
+    @staticmethod
     def dump_lines(events):
         return [json.dumps(e, ensure_ascii=False) + "\n" for e in events]
 
+    def write(self, directory):
+        """The files an auditor would receive, for checking them with another implementation."""
+        files = {
+            "verifier.key": self.key.text + "\n",
+            "10.checkpoint": self.checkpoint(10),
+            "13.checkpoint": self.checkpoint(13),
+            "events.jsonl": "".join(self.dump_lines(self.events)),
+            "export-alice.json": json.dumps(self.export("alice"), ensure_ascii=False, indent=1),
+            "export-bob.json": json.dumps(self.export("bob"), ensure_ascii=False, indent=1),
+            "export-carol.json": json.dumps(self.export("carol\u00e9"), ensure_ascii=False, indent=1),
+            "consistency-10-13.json": json.dumps(self.consistency(10, 13)),
+        }
+        os.makedirs(directory, exist_ok=True)
+        for name, content in files.items():
+            with open(os.path.join(directory, name), "w", encoding="utf-8") as handle:
+                handle.write(content)
+        return sorted(files)
+
+
+def selftest_end_to_end(t):
+    sample = SampleLog()
+    key, events, leaves, checkpoint, dump_lines = sample.key, sample.events, sample.leaves, sample.checkpoint, sample.dump_lines
+    export = sample.export
     full, partial = checkpoint(13), checkpoint(10)
     failures, summary = verify_dump(dump_lines(events), full, key)
     t.expect(not failures and summary.startswith("ok"), f"dump: valid log rejected: {failures}")
@@ -1097,17 +1144,7 @@ def selftest_end_to_end(t):
     forged = full.replace(full.split(" ")[-1], base64.b64encode(bytes(68)).decode() + "\n")
     t.expect_failure(lambda: verify_dump(dump_lines(events), forged, key), "dump: forged signature")
 
-    # A subject export: alice's events with their inclusion proofs against the full checkpoint.
-    def export(subject):
-        chosen = []
-        for event in events:
-            if event["subject_id"] == subject:
-                index = event["sequence"] - 1
-                proof = [h.hex() for h in reference_inclusion_path(index, leaves)]
-                chosen.append(dict(event, leaf_index=index, inclusion_proof=proof))
-        return {"format": SUBJECT_EXPORT_FORMAT, "subject_id": subject, "verifier_key": key.text,
-                "checkpoint": full, "events": chosen}  # fmt: skip
-
+    # Subject exports: each subject's events with inclusion proofs against the full checkpoint.
     for subject in ("alice", "bob", "carol\u00e9"):
         failures, summary = verify_export(export(subject), key)
         t.expect(not failures and summary.startswith("ok"), f"export of {subject} rejected: {failures}")
@@ -1125,13 +1162,13 @@ def selftest_end_to_end(t):
     t.expect_failure(lambda: verify_export(document, key), "export: proofs against another tree size")
 
     # Consistency between the two checkpoints, and from each to itself.
-    proof = {"old_size": 10, "new_size": 13, "hashes": [h.hex() for h in reference_consistency_proof(10, leaves)]}
+    proof = sample.consistency(10, 13)
     failures, _ = verify_consistency_files(partial, full, proof, key)
     t.expect(not failures, f"consistency 10 -> 13 rejected: {failures}")
     t.expect_failure(lambda: verify_consistency_files(full, partial, dict(proof, old_size=13, new_size=10), key),
                      "consistency: backwards")  # fmt: skip
     forked = [leaf_hash(b"fork")] + leaves[1:]
-    forked_note = sign_note(f"{origin}\n13\n{base64.b64encode(reference_root(forked)).decode()}\n", origin, seed)
+    forked_note = checkpoint(13, forked)
     t.expect_failure(lambda: verify_consistency_files(partial, forked_note, proof, key), "consistency: a forked log")
 
     # The command line, end to end, in a temporary directory.
@@ -1235,6 +1272,10 @@ def run(arguments, out=None, err=None):
         command, rest = arguments[0], arguments[1:]
         if command == "selftest" and not rest:
             return selftest()
+        if command == "sample" and len(rest) == 1:
+            names = SampleLog().write(rest[0])
+            print(f"wrote {', '.join(names)} to {rest[0]}", file=out)
+            return EXIT_VERIFIED
         if command == "export":
             (path,), options = _options(rest, 1, ["--key"])
             failures, summary = verify_export(_read_json(path), load_key(options["--key"]))
