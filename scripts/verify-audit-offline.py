@@ -921,6 +921,11 @@ def selftest_signed_note(t):
     t.expect_failure(lambda: open_note(note.replace("\n\n", "\n"), key), "signed note: no blank line")
     control = NOTE_TEXT.replace(",", ",\r") + "\n" + NOTE_SIGNATURE_LINE
     t.expect_failure(lambda: open_note(control, key), "signed note: control character")
+    # Signatures sharing the name or the key id, not both, are another key's: ignored.
+    same_name = f"\u2014 PeterNeumann {base64.b64encode(bytes.fromhex('00000001') + bytes(64)).decode()}\n"
+    same_id = f"\u2014 Other {base64.b64encode(key.key_id + bytes(64)).decode()}\n"
+    for line in (same_name, same_id):
+        t.expect(open_note(NOTE_TEXT + "\n" + line + NOTE_SIGNATURE_LINE, key) == NOTE_TEXT, f"ignored: {line!r}")
     wrong_id = NOTE_VERIFIER_KEY.replace("c74f20a3", "c74f20a4")
     t.expect_failure(lambda: VerifierKey(wrong_id), "verifier key: wrong key id")
     other = VerifierKey(verifier_key_text("PeterNeumann", ed25519_public_key(bytes(32))))
@@ -1186,6 +1191,12 @@ def selftest_end_to_end(t):
     failures, _ = verify_dump(dump_lines(rewritten), full, key)
     t.expect(len(failures) == 1 and failures[0].startswith("tree:"), f"dump: middle event rewritten: {failures}")
     t.expect_failure(lambda: verify_dump(dump_lines(events[1:]), full, key), "dump: first event deleted")
+    bad_v1 = copy()
+    bad_v1[3]["hash"] = "e" * 64  # a v1 event's hash, with the next event linked to it
+    bad_v1[4]["prev_hash"] = bad_v1[3]["hash"]
+    _rechain(bad_v1, 4)
+    failures, _ = verify_dump(dump_lines(bad_v1), full, key)
+    t.expect(any(f.startswith("sequence 4 ") and "chain: hash" in f for f in failures), f"dump: v1 hash: {failures}")
     relinked = copy()
     relinked[7]["prev_hash"] = "f" * 64  # the event's own hash recomputed: only the link shows it
     relinked[7]["hash"] = _v2_hash(relinked[7])
