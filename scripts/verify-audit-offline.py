@@ -4,6 +4,7 @@
     verify-audit-offline.py export EXPORT.json --key VERIFIER_KEY
     verify-audit-offline.py dump EVENTS.jsonl --checkpoint NOTE_FILE --key VERIFIER_KEY
     verify-audit-offline.py consistency OLD_NOTE NEW_NOTE PROOF.json --key VERIFIER_KEY
+    verify-audit-offline.py checkpoint NOTE_FILE --key VERIFIER_KEY
     verify-audit-offline.py selftest
     verify-audit-offline.py sample DIR
 
@@ -750,6 +751,15 @@ def verify_dump(lines, note, key):
     return failures, "\n".join(notes + [summary])
 
 
+def verify_checkpoint_file(note, key):
+    """One checkpoint note: (failures, summary)."""
+    try:
+        origin, size, root = verify_checkpoint(note, key)
+    except VerificationError as error:
+        return [f"checkpoint: {error}"], ""
+    return [], f"ok: {checkpoint_label(origin, size, root)}, signed by {key}"
+
+
 def verify_consistency_files(old_note, new_note, proof_document, key):
     """Two checkpoints and the proof that the second extends the first: (failures, summary)."""
     try:
@@ -1254,6 +1264,8 @@ def selftest_end_to_end(t):
             handle.writelines(dump_lines(truncated))
         with open(path("not.json"), "w", encoding="utf-8") as handle:
             handle.write("{")
+        with open(path("forged.checkpoint"), "w", encoding="utf-8") as handle:
+            handle.write(forged)
         key_file, new, old = path("verifier.key"), path("13.checkpoint"), path("10.checkpoint")
         cases = [
             (["dump", path("events.jsonl"), "--checkpoint", new, "--key", key_file], EXIT_VERIFIED),
@@ -1263,6 +1275,8 @@ def selftest_end_to_end(t):
             (["consistency", new, old, path("consistency-10-13.json"), "--key", key_file], EXIT_FAILED),
             (["export", path("not.json"), "--key", key.text], EXIT_USAGE),
             (["dump", key_file], EXIT_USAGE),
+            (["checkpoint", new, "--key", key_file], EXIT_VERIFIED),
+            (["checkpoint", path("forged.checkpoint"), "--key", key_file], EXIT_FAILED),
         ]
         with open(os.devnull, "w") as devnull:
             for arguments, expected in cases:
@@ -1362,6 +1376,9 @@ def run(arguments, out=None, err=None):
             key, note = load_key(options["--key"]), _read_text(options["--checkpoint"])
             with open(path, encoding="utf-8") as lines:
                 failures, summary = verify_dump(lines, note, key)
+        elif command == "checkpoint":
+            (path,), options = _options(rest, 1, ["--key"])
+            failures, summary = verify_checkpoint_file(_read_text(path), load_key(options["--key"]))
         elif command == "consistency":
             (old, new, proof), options = _options(rest, 3, ["--key"])
             key = load_key(options["--key"])
