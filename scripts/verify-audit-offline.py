@@ -588,8 +588,9 @@ class Event:
 
 class ErasureLedger:
     """Every erased payload must be named by a `payload_erased` event of the same subject that
-    follows it. An erasure event whose own payload was erased later names nothing that can be
-    read; erased events it may cover are then counted as such, not failed."""
+    follows it, and every payload such an event names must be gone. An erasure event whose own
+    payload was erased later names nothing that can be read; erased events it may cover are
+    then counted as such, not failed."""
 
     def __init__(self):
         self.named = {}  # sequence -> (erasure sequence, subject)
@@ -608,16 +609,21 @@ class ErasureLedger:
                 if not isinstance(named, list) or not all(type(s) is int for s in named):
                     raise TypeError
             except (ValueError, KeyError, TypeError):
-                self.failures.append(f'{event.label}: payload_erased detail is not {{"erased": [sequences]}}')
+                self.failures.append(f'{event.label}: payload_erased detail is not {{"erased": [...]}}')
                 return
             for sequence in named:
                 if sequence >= event.sequence:
                     self.failures.append(f"{event.label}: erasure names a later sequence {sequence}")
                 self.named.setdefault(sequence, (event.sequence, event["subject_id"]))
 
-    def finish(self):
-        """(failures, number of erased payloads covered only by an unreadable erasure)."""
+    def finish(self, present):
+        """(failures, number of erased payloads covered only by an unreadable erasure).
+        `present(sequence)`: whether the input holds that event (then its payload must be gone
+        if an erasure names it)."""
         failures, uncertain = list(self.failures), 0
+        for sequence, (erasure, _) in sorted(self.named.items()):
+            if sequence not in self.erased and present(sequence):
+                failures.append(f"sequence {sequence}: payload: still present, but erased by {erasure}")
         for sequence, (label, subject) in sorted(self.erased.items()):
             if sequence in self.named:
                 if self.named[sequence][1] != subject:
@@ -683,7 +689,7 @@ def verify_export(document, key):
             raise FormatError(f"export: {event.label} is not after sequence {previous.sequence}")
         follows = previous is not None and event.sequence == previous.sequence + 1
         if follows and event["prev_hash"] != previous["hash"]:
-            failed.append(f"{event.label}: chain: prev_hash is not the hash of sequence {previous.sequence}")
+            failed.append(f"{event.label}: chain: prev_hash is not sequence {previous.sequence}'s hash")
         if obj.get("leaf_index") != event.sequence - 1:
             failed.append(f"{event.label}: leaf_index is not sequence - 1")
         proof = decode_hashes(obj.get("inclusion_proof"), f"export: {event.label} inclusion_proof")
@@ -697,7 +703,8 @@ def verify_export(document, key):
         ledger.add(event)
         failures.extend(failed)
         previous = event
-    erasure_failures, uncertain = ledger.finish()
+    exported = {e["sequence"] for e in document["events"]}
+    erasure_failures, uncertain = ledger.finish(lambda sequence: sequence in exported)
     failures.extend(erasure_failures)
     if uncertain:
         notes.append(UNCERTAIN_ERASURES.format(uncertain))
@@ -734,9 +741,9 @@ def verify_dump(lines, note, key):
         if frontier.size == size:
             root_at_size = frontier.root()
         previous_hash = event["hash"]
-    erasure_failures, uncertain = ledger.finish()
-    failures.extend(erasure_failures)
     count = frontier.size
+    erasure_failures, uncertain = ledger.finish(lambda sequence: 1 <= sequence <= count)
+    failures.extend(erasure_failures)
     if count < size:
         failures.append(f"tree: truncated: the dump has {count} events, the checkpoint covers {size}")
     elif root_at_size != root:
@@ -1216,6 +1223,13 @@ def selftest_end_to_end(t):
     unnamed[10]["detail_json"] = '{"erased":[9]}'  # the erasure no longer names sequence 6
     unnamed[10]["payload_sha256"] = _commit(unnamed[10]["payload_salt"], '{"erased":[9]}')
     t.expect_failure(lambda: verify_dump(dump_lines(unnamed), full, key), "dump: payload missing, not erased")
+    kept = copy()
+    kept[8]["detail_json"], kept[8]["payload_salt"] = "{}", "00"  # sequence 9, named by the erasure
+    kept[8]["payload_sha256"] = _commit("00", "{}")
+    _rechain(kept, 8)
+    kept_checkpoint = sample.checkpoint(13, [leaf_hash(Event(e).leaf_data()) for e in kept])
+    failures, _ = verify_dump(dump_lines(kept), kept_checkpoint, key)
+    t.expect(failures == ["sequence 9: payload: still present, but erased by 11"], f"dump: kept: {failures}")
     erased_v1 = copy()
     erased_v1[2]["detail_json"] = erased_v1[2]["payload_salt"] = None
     failures, _ = verify_dump(dump_lines(erased_v1), full, key)
