@@ -428,3 +428,6 @@ pub async fn stored_root(store: &Store, size: u64) -> Result<Hash, StoreError> {
     }
     Ok(store.range_hashes(&[(0, size)]).await?[0])
 }
+
+#[cfg(test)]
+mod tests;
