@@ -11,8 +11,8 @@ pub mod merkle;
 pub mod note;
 
 pub use chain::{
-    ChainReport, ChainVerifier, GENESIS_HASH, canonical_bytes, chain_hash, leaf_data,
-    new_payload_salt, payload_sha256,
+    ChainReport, ChainVerifier, GENESIS_HASH, HashRule, canonical_bytes, chain_hash, hash_rule,
+    leaf_data, new_payload_salt, payload_matches, payload_sha256,
 };
 pub use merkle::{
     EMPTY_ROOT, Frontier, Hash, NodeId, consistency_ranges, inclusion_ranges, leaf_hash, node_hash,
