@@ -60,7 +60,13 @@ impl TestApp {
             data_dir: data.directory().to_owned(),
             database_url: Some(DatabaseUrl::new(data.url())),
             database_max_connections: 4,
-            store_timeouts: Default::default(),
+            // The suite checks answers, not deadlines, on a machine that may be busy: a Check's
+            // read gets more than the default 50 ms before it is answered degraded (the
+            // default is what tests/replicas/partition.rs holds to).
+            store_timeouts: assent::store::StoreTimeouts {
+                read: Duration::from_secs(2),
+                ..Default::default()
+            },
             decision_log: LogMode::All,
             decision_log_queue: 10_000,
             decision_log_retention_days: 400,
