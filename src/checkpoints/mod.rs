@@ -430,4 +430,4 @@ pub async fn stored_root(store: &Store, size: u64) -> Result<Hash, StoreError> {
 }
 
 #[cfg(test)]
-mod tests {}
+mod tests;

@@ -125,12 +125,38 @@ fn dump(events: &[AuditEvent]) -> String {
         .collect()
 }
 
-/// Whether the offline verifier accepts the store's whole log against `checkpoint`.
+/// Whether the offline verifiers accept the store's whole log against `checkpoint`: assent's
+/// own, and the independent one in Python (`scripts/verify-audit-offline.py`, written from the
+/// C2SP and RFC texts), which must agree.
 async fn verifies_offline(store: &Store, checkpoint: &SignedCheckpoint, key: &str) -> bool {
     let dump = dump(&all_events(store).await);
-    crate::audit::offline::verify_dump(dump.as_bytes(), &checkpoint.note, key)
-        .map(|report| report.ok)
-        .unwrap_or(false)
+    let ours = crate::audit::offline::verify_dump(dump.as_bytes(), &checkpoint.note, key).ok;
+    let files = tempfile::tempdir().unwrap();
+    let (dump_file, note_file) = (files.path().join("dump.jsonl"), files.path().join("note"));
+    std::fs::write(&dump_file, &dump).unwrap();
+    std::fs::write(&note_file, &checkpoint.note).unwrap();
+    let python = std::process::Command::new("python3")
+        .arg("scripts/verify-audit-offline.py")
+        .arg("dump")
+        .arg(&dump_file)
+        .arg("--checkpoint")
+        .arg(&note_file)
+        .arg("--key")
+        .arg(key)
+        .output()
+        .unwrap();
+    let theirs = match python.status.code() {
+        Some(0) => true,
+        Some(1) => false,
+        _ => panic!("{}", String::from_utf8_lossy(&python.stderr)),
+    };
+    assert_eq!(
+        ours,
+        theirs,
+        "the verifiers disagree: {}",
+        String::from_utf8_lossy(&python.stdout)
+    );
+    ours
 }
 
 /// A connection to the database that bypasses the store, as its owner has.
@@ -159,9 +185,13 @@ impl Owner {
     async fn execute(&mut self, sql: &str) {
         let sql = sqlx::AssertSqlSafe(sql.to_owned());
         match self {
-            Owner::Sqlite(connection) => sqlx::query(sql).execute(connection).await.unwrap(),
-            Owner::Postgres(connection) => sqlx::query(sql).execute(connection).await.unwrap(),
-        };
+            Owner::Sqlite(connection) => {
+                sqlx::query(sql).execute(connection).await.unwrap();
+            }
+            Owner::Postgres(connection) => {
+                sqlx::query(sql).execute(connection).await.unwrap();
+            }
+        }
     }
 
     async fn drop_guards(&mut self) {
