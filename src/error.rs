@@ -149,6 +149,8 @@ impl From<StoreError> for ApiError {
             StoreError::Query(_)
             | StoreError::Migration(_)
             | StoreError::SchemaTooNew { .. }
+            | StoreError::SchemaTooOld { .. }
+            | StoreError::GrantRefused { .. }
             | StoreError::DataDirectory { .. }
             | StoreError::Corrupt(_)
             | StoreError::Replay(_) => ApiError::Internal(InternalError::Store(error)),

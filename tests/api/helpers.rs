@@ -60,6 +60,7 @@ impl TestApp {
             data_dir: data.directory().to_owned(),
             database_url: Some(DatabaseUrl::new(data.url())),
             database_max_connections: 4,
+            schema: assent::store::Schema::Migrate,
             store_timeouts: Default::default(),
             decision_log: LogMode::All,
             decision_log_queue: 10_000,
