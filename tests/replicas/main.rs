@@ -11,6 +11,7 @@ mod proxy;
 
 mod forgery;
 mod partition;
+mod roles;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
