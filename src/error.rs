@@ -148,6 +148,7 @@ impl From<StoreError> for ApiError {
             },
             StoreError::Query(_)
             | StoreError::Migration(_)
+            | StoreError::MigrationNotPermitted(_)
             | StoreError::SchemaTooNew { .. }
             | StoreError::SchemaTooOld { .. }
             | StoreError::GrantRefused { .. }

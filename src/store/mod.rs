@@ -502,6 +502,11 @@ pub enum StoreError {
     #[error("store schema migration failed")]
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error(
+        "the role connected may not change the schema: run `assent migrate` as the role that \
+         owns it, and set run_migrations = false for this one"
+    )]
+    MigrationNotPermitted(#[source] sqlx::migrate::MigrateError),
+    #[error(
         "the database schema is newer than this binary: migration {version} is applied but \
          unknown here; run a newer assent (or restore the database of this version)"
     )]
@@ -1343,10 +1348,10 @@ where
     DB: sqlx::Database,
     <DB as sqlx::Database>::Connection: sqlx::migrate::Migrate,
 {
+    use sqlx::migrate::MigrateError;
     match migrator.run(pool).await {
-        Err(sqlx::migrate::MigrateError::VersionMissing(version)) => {
-            Err(StoreError::SchemaTooNew { version })
-        }
+        Err(MigrateError::VersionMissing(version)) => Err(StoreError::SchemaTooNew { version }),
+        Err(error) if is_permission_denied(&error) => Err(StoreError::MigrationNotPermitted(error)),
         other => Ok(other?),
     }
 }
@@ -1424,6 +1429,18 @@ where
         }
     }
     Ok(())
+}
+
+/// Whether a migration failed for want of a privilege (PostgreSQL's
+/// `insufficient_privilege`): a role that does not own the schema.
+fn is_permission_denied(error: &sqlx::migrate::MigrateError) -> bool {
+    match error {
+        sqlx::migrate::MigrateError::Execute(sqlx::Error::Database(database))
+        | sqlx::migrate::MigrateError::ExecuteMigration(sqlx::Error::Database(database), _) => {
+            database.code().as_deref() == Some("42501")
+        }
+        _ => false,
+    }
 }
 
 /// Whether `error` says a table does not exist (PostgreSQL's `undefined_table`, SQLite's "no

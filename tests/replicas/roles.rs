@@ -164,7 +164,8 @@ async fn the_servers_role_appends_to_the_audit_log_and_cannot_rewrite_it() {
     let refused = assent(&["serve"], &runtime_url, &[]);
     assert!(!refused.status.success());
     assert!(
-        text(&refused.stderr).contains("permission denied for schema"),
+        text(&refused.stderr).contains("may not change the schema")
+            && text(&refused.stderr).contains("permission denied for schema"),
         "{}",
         text(&refused.stderr)
     );
