@@ -503,6 +503,34 @@ mod tests {
     use crate::policy::{Decision, POLICY_VERSION, Purpose, Reason, Source};
 
     #[test]
+    fn grants_name_every_listed_object_with_quoted_names() {
+        let statements = runtime_grant_statements("my schema", "odd\"role");
+        assert_eq!(statements.len(), 1 + 2 * RUNTIME_GRANTS.len());
+        assert_eq!(
+            statements[0],
+            r#"GRANT USAGE ON SCHEMA "my schema" TO "odd""role""#
+        );
+        assert!(
+            statements.contains(
+                &r#"GRANT SELECT, INSERT ON TABLE "my schema"."audit_events" TO "odd""role""#
+                    .to_owned()
+            )
+        );
+        assert!(statements.contains(
+            &r#"REVOKE ALL ON FUNCTION "my schema"."decision_log_create_partition"(BIGINT) FROM "odd""role""#
+                .to_owned()
+        ));
+        // Nothing that could rewrite the audit log.
+        let audit = RUNTIME_GRANTS
+            .iter()
+            .find(|(object, _)| *object == "TABLE audit_events")
+            .unwrap();
+        for forbidden in ["UPDATE", "DELETE", "TRUNCATE", "TRIGGER", "ALL"] {
+            assert!(!audit.1.contains(forbidden), "{forbidden}");
+        }
+    }
+
+    #[test]
     fn copy_rows_escape_text_and_mark_nulls() {
         let record = DecisionRecord {
             decided_at_micros: 1_700_000_000_000_000,
