@@ -16,7 +16,7 @@ use crate::cache::{CacheSettings, RedisEntryKey, SharedSettings};
 use crate::checkpoints::CheckpointSettings;
 use crate::decision_log::LogMode;
 use crate::limits::LimitSettings;
-use crate::store::{DatabaseUrl, StoreLocation, StoreTimeouts};
+use crate::store::{DatabaseUrl, Schema, StoreLocation, StoreTimeouts};
 use crate::telemetry::{LogFormat, SubjectHashKey, TraceSettings};
 
 const DATABASE_FILE: &str = "assent.db";
@@ -32,6 +32,9 @@ pub struct Settings {
     pub database_url: Option<DatabaseUrl>,
     /// The PostgreSQL connection pool's size.
     pub database_max_connections: u32,
+    /// Whether opening the store applies the migrations it lacks (`Migrate`), or only checks
+    /// that it has exactly those this binary knows (`Check`: a role that owns no table).
+    pub schema: Schema,
     /// The deadlines of the store's reads on a Check's path and of its writes.
     pub store_timeouts: StoreTimeouts,
     /// Which decisions the decision log records.
@@ -152,6 +155,7 @@ settings! {
     data_dir: PathBuf = ["ASSENT_DATA_DIR"], "data";
     database_url: String = ["ASSENT_DATABASE_URL"], None;
     database_max_connections: u32 = ["ASSENT_DATABASE_MAX_CONNECTIONS"], "16";
+    run_migrations: bool = ["ASSENT_RUN_MIGRATIONS"], "true";
     store_read_timeout_ms: u64 = ["ASSENT_STORE_READ_TIMEOUT_MS"], "50";
     store_write_timeout_ms: u64 = ["ASSENT_STORE_WRITE_TIMEOUT_MS"], "800";
     decision_log: String = ["ASSENT_DECISION_LOG"], "all";
@@ -570,6 +574,11 @@ impl Settings {
             data_dir: given.data_dir,
             database_url,
             database_max_connections: given.database_max_connections,
+            schema: if given.run_migrations {
+                Schema::Migrate
+            } else {
+                Schema::Check
+            },
             store_timeouts,
             decision_log,
             decision_log_queue: given.decision_log_queue,

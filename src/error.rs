@@ -163,7 +163,10 @@ impl From<StoreError> for ApiError {
             StoreError::TreeNotBuilt
             | StoreError::Query(_)
             | StoreError::Migration(_)
+            | StoreError::MigrationNotPermitted(_)
             | StoreError::SchemaTooNew { .. }
+            | StoreError::SchemaTooOld { .. }
+            | StoreError::GrantRefused { .. }
             | StoreError::DataDirectory { .. }
             | StoreError::Corrupt(_)
             | StoreError::Replay(_) => ApiError::Internal(InternalError::Store(error)),

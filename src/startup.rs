@@ -60,10 +60,11 @@ pub struct Application {
 }
 
 impl Application {
-    /// Opens the store (running its migrations) and binds the listen address.
+    /// Opens the store (running its migrations, or with `run_migrations = false` checking that
+    /// they are all applied) and binds the listen address.
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         let location = settings.store_location();
-        let store = Store::open_with(&location, settings.store_timeouts)
+        let store = Store::open_with(&location, settings.store_timeouts, settings.schema)
             .await
             .with_context(|| format!("cannot open the store at {location:?}"))?;
         let listener = TcpListener::bind(settings.listen)

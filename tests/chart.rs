@@ -7,6 +7,8 @@
 //! Deployment's environment (its secrets and mounted files replaced by test ones, its ports by
 //! free ones), and the Deployment's probe command against it.
 
+#[path = "support/database_roles.rs"]
+mod database_roles;
 #[path = "support/process.rs"]
 mod process;
 
@@ -15,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use assent::store::testing::{Backend, TestDatabase};
 use clap::CommandFactory;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use serde_json::Value;
@@ -192,7 +193,18 @@ fn run_as_the_pod_would(
     mounts: &[&str],
 ) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let database = runtime.block_on(TestDatabase::create(Backend::Postgres));
+    // With two database roles (ci-values.yaml), the Job connects as the owner and the server
+    // as its own role; with one, both as the test role, which owns the database.
+    let roles = runtime.block_on(database_roles::Roles::create());
+    let job = find(documents, "Job")[0];
+    let job_container = &job["spec"]["template"]["spec"]["containers"][0];
+    let job_args = strings(&job_container["args"]);
+    let two_roles = job_args.len() > 1;
+    let (owner_url, server_url) = if two_roles {
+        (roles.url_as(&roles.owner), roles.url_as(&roles.runtime))
+    } else {
+        (roles.database().url(), roles.database().url())
+    };
     let directory = tempfile::tempdir().unwrap();
     let local = |path: &str| -> PathBuf {
         let mount = mounts
@@ -210,7 +222,7 @@ fn run_as_the_pod_would(
     let mut env: HashMap<String, String> = HashMap::new();
     for (name, value) in variables {
         let value = match (name.as_str(), value) {
-            ("ASSENT_DATABASE_URL", _) => database.url(),
+            ("ASSENT_DATABASE_URL", _) => server_url.clone(),
             ("ASSENT_REDIS_URL", _) => redis.clone(),
             ("ASSENT_SUBJECT_HASH_KEY", _) => "chart-test-subject-hash-key".to_owned(),
             ("ASSENT_REDIS_ENTRY_KEY", _) => {
@@ -270,21 +282,32 @@ fn run_as_the_pod_would(
         command
     };
 
-    // The migration Job, with its own environment.
-    let job = find(documents, "Job")[0];
-    let job_container = &job["spec"]["template"]["spec"]["containers"][0];
+    // The migration Job, with its own environment: the owner's URL, and the test's server
+    // role in place of the chart's.
     let job_env: HashMap<String, String> = environment(job_container, documents)
         .into_iter()
         .map(|(name, _)| {
-            let value = env
-                .get(&name)
-                .cloned()
-                .unwrap_or_else(|| panic!("the Job sets {name}, which the Deployment does not"));
+            let value = match name.as_str() {
+                "ASSENT_DATABASE_URL" => owner_url.clone(),
+                _ => env.get(&name).cloned().unwrap_or_else(|| {
+                    panic!("the Job sets {name}, which the Deployment does not")
+                }),
+            };
             (name, value)
         })
         .collect();
-    let args = strings(&job_container["args"]);
-    assert_eq!(args, ["migrate"]);
+    let args: Vec<&str> = if two_roles {
+        assert_eq!(job_args[..2], ["migrate", "--grant-to"]);
+        assert_eq!(
+            env.get("ASSENT_RUN_MIGRATIONS").map(String::as_str),
+            Some("false"),
+            "with two roles the server must not migrate"
+        );
+        vec!["migrate", "--grant-to", &roles.runtime]
+    } else {
+        assert_eq!(job_args, ["migrate"]);
+        job_args
+    };
     let migrated = command(&args, &job_env).output().unwrap();
     assert!(
         migrated.status.success(),

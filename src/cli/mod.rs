@@ -17,7 +17,7 @@ use crate::config::{Overrides, Setting, Settings};
 use crate::policy::rights::{RequestState, RightKind};
 use crate::policy::{ConsentMethod, DataCategory, FlagKind, Plan, Purpose, Rating, Source};
 use crate::startup::{Application, shutdown_signal};
-use crate::store::Store;
+use crate::store::{Schema, Store};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -34,8 +34,10 @@ pub struct Cli {
 pub enum Command {
     /// Run the server (embedded SQLite store by default).
     Serve(ServeArgs),
-    /// Bring the store's schema up to date, then exit (the server also does it on start).
-    Migrate(StoreArgs),
+    /// Bring the store's schema up to date, then exit (the server also does it on start, unless
+    /// run_migrations is false). On PostgreSQL, grant the server's role its privileges with
+    /// --grant-to, or print the grants it needs.
+    Migrate(MigrateArgs),
     /// Ask for one decision.
     Check(CheckArgs),
     /// Read and change subjects.
@@ -77,6 +79,18 @@ pub struct HealthArgs {
 pub struct ServeArgs {
     #[arg(long, help = Setting::flag_help("listen", "The gRPC listen address"))]
     pub listen: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// PostgreSQL: after migrating, give this role exactly the privileges the server needs
+    /// (read and append the audit log, never change it; docs/operations.md, "Two database
+    /// roles"), taking away any others it has on the schema's objects. Without it, the grants
+    /// are printed.
+    #[arg(long, value_name = "ROLE")]
+    pub grant_to: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -561,17 +575,65 @@ fn maintenance_timeouts(settings: &crate::config::Settings) -> crate::store::Sto
     }
 }
 
-async fn migrate(args: StoreArgs) -> anyhow::Result<()> {
-    let settings = args.settings(None)?;
+async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    let settings = args.store.settings(None)?;
     let _telemetry = crate::telemetry::init(settings.log_format, None);
     let location = settings.store_location();
-    let store = Store::open_with(&location, maintenance_timeouts(&settings))
+    let store = Store::open_with(&location, maintenance_timeouts(&settings), Schema::Migrate)
         .await
         .with_context(|| format!("cannot migrate the store at {location:?}"))?;
     let version = store.schema_version().await?;
+    let granted = grant(&store, args.grant_to.as_deref()).await;
     store.close().await;
     println!("the store's schema is up to date (version {version})");
+    match granted? {
+        Grants::Applied { role, statements } => {
+            println!(
+                "granted role {role} the server's privileges ({} statements)",
+                statements.len()
+            );
+        }
+        Grants::Expected(statements) => {
+            println!(
+                "the server's role needs these grants when it does not own the schema (as \
+                 assent migrate --grant-to ROLE runs them; run_migrations = false for it):"
+            );
+            for statement in statements {
+                println!("{statement};");
+            }
+        }
+        Grants::None => {}
+    }
     Ok(())
+}
+
+/// What `assent migrate` did about the server's role.
+enum Grants {
+    Applied {
+        role: String,
+        statements: Vec<String>,
+    },
+    /// Not asked: the statements, for a role named `ROLE`.
+    Expected(Vec<String>),
+    /// The embedded store has no roles.
+    None,
+}
+
+async fn grant(store: &Store, role: Option<&str>) -> anyhow::Result<Grants> {
+    let Store::Postgres(store) = store else {
+        anyhow::ensure!(
+            role.is_none(),
+            "--grant-to: the embedded SQLite store has no roles; grants are for PostgreSQL"
+        );
+        return Ok(Grants::None);
+    };
+    Ok(match role {
+        Some(role) => Grants::Applied {
+            role: role.to_owned(),
+            statements: store.grant_runtime(role).await?,
+        },
+        None => Grants::Expected(store.runtime_grants("ROLE").await?),
+    })
 }
 
 async fn prune(older_than_days: Option<u32>, args: StoreArgs) -> anyhow::Result<()> {
@@ -579,7 +641,7 @@ async fn prune(older_than_days: Option<u32>, args: StoreArgs) -> anyhow::Result<
     let _telemetry = crate::telemetry::init(settings.log_format, None);
     let days = older_than_days.unwrap_or(settings.decision_log_retention_days);
     let location = settings.store_location();
-    let store = Store::open_with(&location, maintenance_timeouts(&settings))
+    let store = Store::open_with(&location, maintenance_timeouts(&settings), settings.schema)
         .await
         .with_context(|| format!("cannot open the store at {location:?}"))?;
     let cutoff = crate::store::now_micros() - i64::from(days) * crate::calendar::MICROS_PER_DAY;

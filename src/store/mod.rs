@@ -27,7 +27,7 @@ use tracing::Instrument;
 
 pub use change::{Command, ConsentMeta, Provenance, SubjectFields, SubjectRecord};
 pub use history::{ConsentCause, ConsentRecord, HistoryCursor};
-pub use postgres::PostgresStore;
+pub use postgres::{PostgresStore, RUNTIME_GRANTS};
 pub use sqlite::SqliteStore;
 
 use sql::Connection;
@@ -50,6 +50,18 @@ pub enum StoreLocation {
         url: DatabaseUrl,
         max_connections: u32,
     },
+}
+
+/// What opening the store does with its schema.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Schema {
+    /// Apply the migrations the database lacks: the role connecting owns the schema (the
+    /// embedded store, a single PostgreSQL role, `assent migrate`).
+    Migrate,
+    /// Change nothing; refuse a database whose applied migrations are not exactly the ones this
+    /// binary knows: for a role that may read and write the tables but not change them
+    /// (`run_migrations = false`, docs/operations.md "Two database roles").
+    Check,
 }
 
 /// A database or Redis URL. It may carry a password, so it never prints one.
@@ -490,10 +502,22 @@ pub enum StoreError {
     #[error("store schema migration failed")]
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error(
+        "the role connected may not change the schema: run `assent migrate` as the role that \
+         owns it, and set run_migrations = false for this one"
+    )]
+    MigrationNotPermitted(#[source] sqlx::migrate::MigrateError),
+    #[error(
         "the database schema is newer than this binary: migration {version} is applied but \
          unknown here; run a newer assent (or restore the database of this version)"
     )]
     SchemaTooNew { version: i64 },
+    #[error(
+        "the database schema is older than this binary: migration {version} is not applied, and \
+         run_migrations is false; run `assent migrate` as the role that owns the schema first"
+    )]
+    SchemaTooOld { version: i64 },
+    #[error("cannot grant the server's privileges to role {role:?}: {reason}")]
+    GrantRefused { role: String, reason: &'static str },
     #[error("cannot prepare {path} for the embedded store (owner-only: directory 0700, file 0600)")]
     DataDirectory {
         path: PathBuf,
@@ -601,26 +625,32 @@ pub enum Store {
 impl Store {
     /// Opens the store with the default timeouts and brings its schema up to date.
     pub async fn open(location: &StoreLocation) -> Result<Store, StoreError> {
-        Store::open_with(location, StoreTimeouts::default()).await
+        Store::open_with(location, StoreTimeouts::default(), Schema::Migrate).await
     }
 
-    /// Opens the store and brings its schema up to date.
+    /// Opens the store, and migrates or checks its schema as `schema` says.
     pub async fn open_with(
         location: &StoreLocation,
         timeouts: StoreTimeouts,
+        schema: Schema,
     ) -> Result<Store, StoreError> {
         let store = match location {
             StoreLocation::SqliteFile(path) => {
-                Store::Sqlite(SqliteStore::open(path, timeouts).await?)
+                Store::Sqlite(SqliteStore::open(path, timeouts, schema).await?)
             }
             StoreLocation::Postgres {
                 url,
                 max_connections,
             } => Store::Postgres(
-                PostgresStore::open(url.expose(), *max_connections, timeouts).await?,
+                PostgresStore::open(url.expose(), *max_connections, timeouts, schema).await?,
             ),
         };
-        let built = store.build_tree().await?;
+        // Filling the tree of earlier events updates them: the owner's work, like migrating. A
+        // server that only checks the schema finds it built (or its writes say who must build it).
+        let built = match schema {
+            Schema::Migrate => store.build_tree().await?,
+            Schema::Check => 0,
+        };
         if built > 0 {
             tracing::info!(
                 events = built,
@@ -1444,10 +1474,10 @@ where
     DB: sqlx::Database,
     <DB as sqlx::Database>::Connection: sqlx::migrate::Migrate,
 {
+    use sqlx::migrate::MigrateError;
     match migrator.run(pool).await {
-        Err(sqlx::migrate::MigrateError::VersionMissing(version)) => {
-            Err(StoreError::SchemaTooNew { version })
-        }
+        Err(MigrateError::VersionMissing(version)) => Err(StoreError::SchemaTooNew { version }),
+        Err(error) if is_permission_denied(&error) => Err(StoreError::MigrationNotPermitted(error)),
         other => Ok(other?),
     }
 }
@@ -1460,6 +1490,105 @@ pub struct LogReport {
     pub chain: ChainReport,
     pub tree_size: u64,
     pub root: crate::audit::merkle::Hash,
+}
+
+/// The table in which the migrator records what it applied.
+const MIGRATIONS_TABLE: &str = "_sqlx_migrations";
+
+/// Opens the store with `schema`: migrates, or checks without changing anything.
+async fn prepare_schema<DB>(
+    migrator: &sqlx::migrate::Migrator,
+    pool: &sqlx::Pool<DB>,
+    schema: Schema,
+) -> Result<(), StoreError>
+where
+    DB: sqlx::Database,
+    <DB as sqlx::Database>::Connection: sqlx::migrate::Migrate,
+{
+    match schema {
+        Schema::Migrate => migrate(migrator, pool).await,
+        Schema::Check => check_schema(migrator, pool).await,
+    }
+}
+
+/// Refuses a database whose applied migrations are not exactly the ones `migrator` knows, with
+/// the same checksums, reading only the migrations table: what a role that may not change the
+/// schema can do instead of migrating.
+async fn check_schema<DB>(
+    migrator: &sqlx::migrate::Migrator,
+    pool: &sqlx::Pool<DB>,
+) -> Result<(), StoreError>
+where
+    DB: sqlx::Database,
+    <DB as sqlx::Database>::Connection: sqlx::migrate::Migrate,
+{
+    use sqlx::migrate::{Migrate as _, MigrateError};
+
+    let first_known = || StoreError::SchemaTooOld {
+        version: migrator
+            .iter()
+            .next()
+            .map_or(0, |migration| migration.version),
+    };
+    let mut connection = pool.acquire().await?;
+    let dirty = match connection.dirty_version(MIGRATIONS_TABLE).await {
+        Err(MigrateError::Execute(error)) if is_undefined_table(&error) => {
+            return Err(first_known());
+        }
+        other => other?,
+    };
+    if let Some(version) = dirty {
+        return Err(MigrateError::Dirty(version).into());
+    }
+    let applied = connection.list_applied_migrations(MIGRATIONS_TABLE).await?;
+    for migration in &applied {
+        if !migrator.version_exists(migration.version) {
+            return Err(StoreError::SchemaTooNew {
+                version: migration.version,
+            });
+        }
+    }
+    for known in migrator.iter() {
+        match applied
+            .iter()
+            .find(|migration| migration.version == known.version)
+        {
+            None => {
+                return Err(StoreError::SchemaTooOld {
+                    version: known.version,
+                });
+            }
+            Some(migration) if migration.checksum != known.checksum => {
+                return Err(MigrateError::VersionMismatch(known.version).into());
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Whether a migration failed for want of a privilege (PostgreSQL's
+/// `insufficient_privilege`): a role that does not own the schema.
+fn is_permission_denied(error: &sqlx::migrate::MigrateError) -> bool {
+    match error {
+        sqlx::migrate::MigrateError::Execute(sqlx::Error::Database(database))
+        | sqlx::migrate::MigrateError::ExecuteMigration(sqlx::Error::Database(database), _) => {
+            database.code().as_deref() == Some("42501")
+        }
+        _ => false,
+    }
+}
+
+/// Whether `error` says a table does not exist (PostgreSQL's `undefined_table`, SQLite's "no
+/// such table"): the migrations table of a database never migrated.
+fn is_undefined_table(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(database) => {
+            database.code().as_deref() == Some("42P01")
+                || database.message().starts_with("no such table")
+        }
+        _ => false,
+    }
 }
 
 /// Microseconds since the Unix epoch, now.

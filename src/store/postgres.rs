@@ -18,7 +18,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::rows::{from_i64, parse};
 use super::sql::{Begin, Connection, Lease};
-use super::{Access, PruneReport, StoreError, StoreTimeouts, SubjectSnapshot};
+use super::{Access, PruneReport, Schema, StoreError, StoreTimeouts, SubjectSnapshot};
 use crate::audit::DecisionRecord;
 use crate::calendar::{Date, MICROS_PER_DAY};
 use crate::domain::SubjectId;
@@ -136,6 +136,57 @@ pub(super) async fn snapshot_in_one_statement(
 
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
+/// What the server's role may do, object by object, when the schema is owned by another role
+/// (docs/operations.md, "Two database roles"): the one list `assent migrate --grant-to ROLE`
+/// grants from, and prints. Every table of the schema is named, a test holds the migrations to
+/// it, so a table a migration adds gets its line here. The audit log is read and appended to,
+/// never updated or deleted; its triggers belong to the owner; the day partitions of the
+/// decision log are made by a function that runs as the owner.
+pub const RUNTIME_GRANTS: &[(&str, &str)] = &[
+    // What the server checks instead of migrating (`run_migrations = false`).
+    ("TABLE _sqlx_migrations", "SELECT"),
+    // Upserts (INSERT ... ON CONFLICT DO UPDATE); a deleted subject's row stays.
+    ("TABLE subjects", "SELECT, INSERT, UPDATE"),
+    // Deletion and clearing remove a subject's choices and facts.
+    ("TABLE choices", "SELECT, INSERT, UPDATE, DELETE"),
+    ("TABLE conversation_facts", "SELECT, INSERT, UPDATE, DELETE"),
+    // Append-only: no UPDATE, DELETE or TRUNCATE, and not the owner, so no trigger changes.
+    ("TABLE audit_events", "SELECT, INSERT"),
+    // A payload is written once (its own trigger refuses UPDATE) and erased whole.
+    ("TABLE audit_payloads", "SELECT, INSERT, DELETE"),
+    // Each write locks the head (SELECT ... FOR UPDATE) and moves it.
+    ("TABLE audit_chain_head", "SELECT, UPDATE"),
+    ("TABLE policy_versions", "SELECT, INSERT"),
+    ("TABLE rights_requests", "SELECT, INSERT, UPDATE"),
+    // Rows go through the parent to the day partitions, whose privileges are not checked.
+    ("TABLE decision_log", "SELECT, INSERT"),
+    ("FUNCTION decision_log_create_partition(BIGINT)", "EXECUTE"),
+];
+
+/// `name` as a quoted SQL identifier.
+fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The statements that give `role` exactly [`RUNTIME_GRANTS`] on the objects of `schema`: each
+/// object's privileges revoked first, so that running them again takes away what was granted
+/// beyond the list.
+pub fn runtime_grant_statements(schema: &str, role: &str) -> Vec<String> {
+    let (schema, role) = (quoted(schema), quoted(role));
+    let mut statements = vec![format!("GRANT USAGE ON SCHEMA {schema} TO {role}")];
+    for (object, privileges) in RUNTIME_GRANTS {
+        let (kind, name) = object.split_once(' ').expect("KIND NAME");
+        let (name, arguments) = match name.split_once('(') {
+            Some((name, arguments)) => (name, format!("({arguments}")),
+            None => (name, String::new()),
+        };
+        let object = format!("{kind} {schema}.{}{arguments}", quoted(name));
+        statements.push(format!("REVOKE ALL ON {object} FROM {role}"));
+        statements.push(format!("GRANT {privileges} ON {object} TO {role}"));
+    }
+    statements
+}
+
 /// The longest a single statement may run, on the server's clock (each operation's deadline
 /// on this side is [`StoreTimeouts`]'s).
 const STATEMENT_TIMEOUT: &str = "30s";
@@ -218,13 +269,14 @@ pub struct PostgresStore {
 const PARTITION_PREFIX: &str = "decision_log_";
 
 impl PostgresStore {
-    /// Connects and applies the migrations. Opening a connection (the TCP connection, TLS and
-    /// PostgreSQL's start-up) is bounded by `CONNECT_TIMEOUT`; a lock is waited for no longer
-    /// than the write timeout.
+    /// Connects, and applies or checks the migrations. Opening a connection (the TCP
+    /// connection, TLS and PostgreSQL's start-up) is bounded by `CONNECT_TIMEOUT`; a lock is
+    /// waited for no longer than the write timeout.
     pub async fn open(
         url: &str,
         max_connections: u32,
         timeouts: StoreTimeouts,
+        schema: Schema,
     ) -> Result<PostgresStore, StoreError> {
         let lock_timeout = format!("{}ms", timeouts.write.as_millis());
         let options = PgConnectOptions::from_str(url)?
@@ -243,7 +295,7 @@ impl PostgresStore {
             .acquire_timeout(CONNECT_TIMEOUT)
             .connect_with(options)
             .await?;
-        super::migrate(&MIGRATOR, &pool).await?;
+        super::prepare_schema(&MIGRATOR, &pool, schema).await?;
         warm_up(&pool, max_connections).await;
         Ok(PostgresStore {
             pool,
@@ -318,7 +370,9 @@ impl PostgresStore {
         Ok(())
     }
 
-    /// Creates the partition of `day` (days since the epoch) unless it exists.
+    /// Creates the partition of `day` (days since the epoch) unless it exists, through the
+    /// function that does it as the owner of `decision_log` (migration 0009), so that a server
+    /// role owning nothing can do it.
     async fn ensure_partition(
         &self,
         connection: &mut sqlx::PgConnection,
@@ -328,13 +382,10 @@ impl PostgresStore {
             return Ok(());
         }
         let name = format!("{PARTITION_PREFIX}{}", Date::from_days(day).compact());
-        let create = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "CREATE TABLE IF NOT EXISTS {name} PARTITION OF decision_log FOR VALUES FROM ({}) TO ({})",
-            day * MICROS_PER_DAY,
-            (day + 1) * MICROS_PER_DAY
-        )))
-        .execute(&mut *connection)
-        .await;
+        let create = sqlx::query("SELECT decision_log_create_partition($1)")
+            .bind(day)
+            .execute(&mut *connection)
+            .await;
         if let Err(error) = create {
             // Another server process may have created it at the same moment.
             let (exists,): (bool,) = sqlx::query_as("SELECT to_regclass($1) IS NOT NULL")
@@ -400,12 +451,86 @@ impl PostgresStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+
+    /// The statements that give `role` the server's privileges on this database's schema
+    /// (the migrations' schema: the current one).
+    pub async fn runtime_grants(&self, role: &str) -> Result<Vec<String>, StoreError> {
+        let (schema,): (String,) = sqlx::query_as("SELECT current_schema()")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(runtime_grant_statements(&schema, role))
+    }
+
+    /// Gives `role` exactly the server's privileges, in one transaction, and returns the
+    /// statements run. Refused for a role that does not exist, is a superuser, or is (or is a
+    /// member of) the role connected, which owns the schema: its privileges would not be
+    /// limited by any grant.
+    pub async fn grant_runtime(&self, role: &str) -> Result<Vec<String>, StoreError> {
+        let refused = |reason| StoreError::GrantRefused {
+            role: role.to_owned(),
+            reason,
+        };
+        let found: Option<(bool, bool)> = sqlx::query_as(
+            "SELECT rolsuper, pg_has_role($1::name, current_user, 'MEMBER')
+             FROM pg_roles WHERE rolname = $1",
+        )
+        .bind(role)
+        .fetch_optional(&self.pool)
+        .await?;
+        match found {
+            None => return Err(refused("no such role")),
+            Some((true, _)) => return Err(refused("it is a superuser")),
+            Some((_, true)) => {
+                return Err(refused(
+                    "it is the role migrating (or a member of it), which owns the schema",
+                ));
+            }
+            Some((false, false)) => {}
+        }
+        let statements = self.runtime_grants(role).await?;
+        let mut transaction = self.pool.begin().await?;
+        for statement in &statements {
+            sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
+                .execute(&mut *transaction)
+                .await?;
+        }
+        transaction.commit().await?;
+        Ok(statements)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::policy::{Decision, POLICY_VERSION, Purpose, Reason, Source};
+
+    #[test]
+    fn grants_name_every_listed_object_with_quoted_names() {
+        let statements = runtime_grant_statements("my schema", "odd\"role");
+        assert_eq!(statements.len(), 1 + 2 * RUNTIME_GRANTS.len());
+        assert_eq!(
+            statements[0],
+            r#"GRANT USAGE ON SCHEMA "my schema" TO "odd""role""#
+        );
+        assert!(
+            statements.contains(
+                &r#"GRANT SELECT, INSERT ON TABLE "my schema"."audit_events" TO "odd""role""#
+                    .to_owned()
+            )
+        );
+        assert!(statements.contains(
+            &r#"REVOKE ALL ON FUNCTION "my schema"."decision_log_create_partition"(BIGINT) FROM "odd""role""#
+                .to_owned()
+        ));
+        // Nothing that could rewrite the audit log.
+        let audit = RUNTIME_GRANTS
+            .iter()
+            .find(|(object, _)| *object == "TABLE audit_events")
+            .unwrap();
+        for forbidden in ["UPDATE", "DELETE", "TRUNCATE", "TRIGGER", "ALL"] {
+            assert!(!audit.1.contains(forbidden), "{forbidden}");
+        }
+    }
 
     #[test]
     fn copy_rows_escape_text_and_mark_nulls() {

@@ -15,7 +15,7 @@ use sqlx::sqlite::{
 };
 
 use super::sql::{Begin, Connection, Lease};
-use super::{Access, PruneReport, StoreError, StoreTimeouts};
+use super::{Access, PruneReport, Schema, StoreError, StoreTimeouts};
 use crate::audit::DecisionRecord;
 
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -31,8 +31,12 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database file and applies the migrations.
-    pub async fn open(path: &Path, timeouts: StoreTimeouts) -> Result<SqliteStore, StoreError> {
+    /// Opens (creating if needed) the database file, and applies or checks the migrations.
+    pub async fn open(
+        path: &Path,
+        timeouts: StoreTimeouts,
+        schema: Schema,
+    ) -> Result<SqliteStore, StoreError> {
         owner_only(path)?;
         let options = SqliteConnectOptions::from_str("sqlite://")?
             .filename(path)
@@ -46,7 +50,7 @@ impl SqliteStore {
             .acquire_timeout(BUSY_TIMEOUT)
             .connect_with(options.clone())
             .await?;
-        super::migrate(&MIGRATOR, &writer).await?;
+        super::prepare_schema(&MIGRATOR, &writer, schema).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(READER_CONNECTIONS)
             .acquire_timeout(BUSY_TIMEOUT)
@@ -184,7 +188,7 @@ mod tests {
     async fn the_database_is_readable_by_its_owner_only() {
         let root = tempfile::tempdir().unwrap();
         let path = root.path().join("data").join("assent.db");
-        let store = SqliteStore::open(&path, StoreTimeouts::default())
+        let store = SqliteStore::open(&path, StoreTimeouts::default(), Schema::Migrate)
             .await
             .unwrap();
         assert_eq!(mode(&root.path().join("data")), 0o700);
@@ -200,7 +204,7 @@ mod tests {
                 std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
             }
         }
-        let store = SqliteStore::open(&path, StoreTimeouts::default())
+        let store = SqliteStore::open(&path, StoreTimeouts::default(), Schema::Migrate)
             .await
             .unwrap();
         for suffix in ["", "-wal", "-shm"] {

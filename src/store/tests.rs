@@ -26,6 +26,7 @@ super::testing::backend_tests!(
     concurrent_writers_line_up,
     state_survives_reopening,
     a_newer_schema_is_refused,
+    a_checked_schema_must_be_exactly_the_known_one,
     old_decisions_are_pruned,
     snapshots_hold_the_latest_conversations,
     consent_provenance_is_read_back_as_replayed,
@@ -450,6 +451,78 @@ async fn a_newer_schema_is_refused(backend: Backend) {
         "{error:?}"
     );
     assert!(error.to_string().contains("newer than this binary"));
+}
+
+/// With `Schema::Check` the store changes nothing: an unmigrated database is refused as too
+/// old (and stays unmigrated), a migrated one opens, one with an unknown migration is refused
+/// as too new, and one missing a known migration as too old.
+async fn a_checked_schema_must_be_exactly_the_known_one(backend: Backend) {
+    let database = TestDatabase::create(backend).await;
+    let check = || Store::open_with(database.location(), TEST_TIMEOUTS, Schema::Check);
+    let first = match backend {
+        Backend::Sqlite => super::sqlite::MIGRATOR.iter().next().unwrap().version,
+        Backend::Postgres => super::postgres::MIGRATOR.iter().next().unwrap().version,
+    };
+    let last = match backend {
+        Backend::Sqlite => super::sqlite::MIGRATOR.iter().last().unwrap().version,
+        Backend::Postgres => super::postgres::MIGRATOR.iter().last().unwrap().version,
+    };
+    let error = check()
+        .await
+        .expect_err("an unmigrated database was accepted");
+    assert!(
+        matches!(error, StoreError::SchemaTooOld { version } if version == first),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().contains("run `assent migrate`"),
+        "{error}"
+    );
+    // Nothing was created: migrating now applies every migration.
+    let store = open(&database).await;
+    assert_eq!(store.schema_version().await.unwrap(), last);
+    store.close().await;
+    check()
+        .await
+        .expect("the migrated database was refused")
+        .close()
+        .await;
+
+    let mut connection = outside_the_store(&database, None).await;
+    connection
+        .query("DELETE FROM _sqlx_migrations WHERE version = $1")
+        .bind(last)
+        .execute()
+        .await
+        .unwrap();
+    let error = check()
+        .await
+        .expect_err("a database missing a migration was accepted");
+    assert!(
+        matches!(error, StoreError::SchemaTooOld { version } if version == last),
+        "{error:?}"
+    );
+    connection
+        .query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+             VALUES ($1, 'the last', TRUE, $2, 0), (99990101000000, 'from a newer assent', TRUE, $2, 0)",
+        )
+        .bind(last)
+        .bind(vec![0_u8; 48])
+        .execute()
+        .await
+        .unwrap();
+    drop(connection);
+    let error = check().await.expect_err("a newer schema was accepted");
+    assert!(
+        matches!(
+            error,
+            StoreError::SchemaTooNew {
+                version: 99990101000000
+            }
+        ),
+        "{error:?}"
+    );
 }
 
 fn decision_at(decided_at_micros: i64, index: usize) -> DecisionRecord {
@@ -1428,7 +1501,7 @@ async fn read_again(store: &Store, subject_id: &str) -> DecisionState {
 /// not returned to the pool) leave the store working once the lock is released.
 async fn a_write_held_up_past_its_deadline_fails_and_changes_nothing(backend: Backend) {
     let database = TestDatabase::create(backend).await;
-    let store = Store::open_with(database.location(), TEST_TIMEOUTS)
+    let store = Store::open_with(database.location(), TEST_TIMEOUTS, Schema::Migrate)
         .await
         .unwrap();
     write(&store, "u-1", upsert(Plan::Free)).await;
@@ -1498,7 +1571,7 @@ async fn a_write_held_up_past_its_deadline_fails_and_changes_nothing(backend: Ba
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_reads_held_up_past_the_read_deadline_fail_fast() {
     let database = TestDatabase::create(Backend::Postgres).await;
-    let store = Store::open_with(database.location(), TEST_TIMEOUTS)
+    let store = Store::open_with(database.location(), TEST_TIMEOUTS, Schema::Migrate)
         .await
         .unwrap();
     write(&store, "u-1", upsert(Plan::Free)).await;

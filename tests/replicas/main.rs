@@ -4,6 +4,8 @@
 //! Every test has its own database and its own Redis key prefix. Outages are made with a TCP
 //! proxy in front of the real server, so other tests keep their PostgreSQL and Redis.
 
+#[path = "../support/database_roles.rs"]
+mod database_roles;
 #[path = "../support/process.rs"]
 mod process;
 #[path = "../support/proxy.rs"]
@@ -11,6 +13,7 @@ mod proxy;
 
 mod forgery;
 mod partition;
+mod roles;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

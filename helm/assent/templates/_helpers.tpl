@@ -111,6 +111,9 @@ Included by the Deployment, so every render checks it.
 {{- if not .Values.database.existingSecret }}
 {{- fail "assent: database.existingSecret is required: replicas share one PostgreSQL store of record. Name a Secret whose key database.key holds postgres://USER:PASSWORD@HOST:PORT/DB." }}
 {{- end }}
+{{- if and .Values.database.ownerKey (not .Values.database.runtimeRole) }}
+{{- fail "assent: database.runtimeRole is required with database.ownerKey: name the role of the server's URL (database.key), which the migrations Job grants the server's privileges." }}
+{{- end }}
 {{- if and .Values.redis.enabled (not .Values.redis.existingSecret) }}
 {{- fail "assent: redis.existingSecret is required when redis.enabled is true: name a Secret whose key redis.key holds redis://[:PASSWORD@]HOST:PORT[/DB]." }}
 {{- end }}
@@ -126,7 +129,7 @@ Included by the Deployment, so every render checks it.
 {{- end }}
 
 {{/*
-ASSENT_DATABASE_URL from its Secret: the server and the migration job read the same.
+ASSENT_DATABASE_URL from its Secret: the server's role.
 */}}
 {{- define "assent.databaseEnv" -}}
 - name: ASSENT_DATABASE_URL
@@ -134,6 +137,22 @@ ASSENT_DATABASE_URL from its Secret: the server and the migration job read the s
     secretKeyRef:
       name: {{ .Values.database.existingSecret }}
       key: {{ .Values.database.key }}
+{{- end }}
+
+{{/*
+ASSENT_DATABASE_URL of the migration job: the owner's URL with two roles (database.ownerKey),
+else the server's.
+*/}}
+{{- define "assent.migrationsDatabaseEnv" -}}
+{{- if .Values.database.ownerKey }}
+- name: ASSENT_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ default .Values.database.existingSecret .Values.database.ownerSecret }}
+      key: {{ .Values.database.ownerKey }}
+{{- else }}
+{{- include "assent.databaseEnv" . }}
+{{- end }}
 {{- end }}
 
 {{/*
