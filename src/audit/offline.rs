@@ -1123,4 +1123,34 @@ mod tests {
                 .starts_with("consistency proof: is not a proof file")
         );
     }
+
+    /// The figures of the example in docs/audit.md ("The Merkle tree").
+    #[test]
+    fn the_worked_example_of_the_documentation() {
+        let detail = r#"{"purpose":"MODEL_TRAINING","before":null,"after":"REFUSED","notice_version":"2026-01-01","method":"SETTINGS_PAGE","expires_at_micros":null}"#;
+        let mut event = event(7, "u-42", &"a".repeat(64), false);
+        event.event_id = "0190f0c2-7e1a-7b3c-9d4e-5f6a7b8c9d0e".into();
+        event.at_micros = 1_767_225_600_000_000;
+        event.operator_id = "op-3".into();
+        event.actor_reason = "ticket 881".into();
+        event.detail_json = detail.into();
+        event.payload_salt = "00112233445566778899aabbccddeeff".into();
+        event.payload_sha256 = payload_sha256(&event.payload_salt, detail).unwrap();
+        assert_eq!(
+            event.payload_sha256,
+            "1c14a50609bf4dc50a26ecf7826e13b40d20d84f37c86127a876f46bfdce27ea"
+        );
+        assert_eq!(
+            String::from_utf8(leaf_data(&event)).unwrap(),
+            r#"[7,"0190f0c2-7e1a-7b3c-9d4e-5f6a7b8c9d0e",1767225600000000,"u-42","choice_set","billing","op-3","ticket 881","1c14a50609bf4dc50a26ecf7826e13b40d20d84f37c86127a876f46bfdce27ea","2026-01-01",""]"#
+        );
+        assert_eq!(
+            hex::encode(leaf_hash(&leaf_data(&event))),
+            "623632a9872ae8195834d3242de3c95d78a1989e05d452a12e51837a8aee6536"
+        );
+        assert_eq!(
+            chain_hash(&event.prev_hash, &leaf_data(&event)),
+            "ef59f1069f1ba64caea7955f9b1167cf755b81aba246eaad8430cc236a48e557"
+        );
+    }
 }
