@@ -63,8 +63,18 @@ async fn thirty_events(store: &Store) {
     for n in 0..10 {
         let subject = format!("u-{n}");
         write(store, &subject, upsert()).await;
-        write(store, &subject, choose(Purpose::ModelTraining, Choice::Refused)).await;
-        write(store, &subject, choose(Purpose::MarketingEmail, Choice::Refused)).await;
+        write(
+            store,
+            &subject,
+            choose(Purpose::ModelTraining, Choice::Refused),
+        )
+        .await;
+        write(
+            store,
+            &subject,
+            choose(Purpose::MarketingEmail, Choice::Refused),
+        )
+        .await;
     }
 }
 
@@ -176,9 +186,7 @@ impl Owner {
                 .await
                 .unwrap(),
             ),
-            Backend::Postgres => {
-                Owner::Postgres(sqlx::PgConnection::connect(&url).await.unwrap())
-            }
+            Backend::Postgres => Owner::Postgres(sqlx::PgConnection::connect(&url).await.unwrap()),
         }
     }
 
@@ -221,8 +229,7 @@ impl Owner {
         let mut prev_hash = GENESIS_HASH.to_owned();
         let mut frontier = Frontier::new();
         for event in &mut events {
-            event.payload_sha256 =
-                payload_sha256(&event.payload_salt, &event.detail_json).unwrap();
+            event.payload_sha256 = payload_sha256(&event.payload_salt, &event.detail_json).unwrap();
             event.prev_hash = prev_hash.clone();
             event.hash = chain_hash(&event.prev_hash, &leaf_data(event));
             prev_hash = event.hash.clone();
@@ -302,7 +309,13 @@ async fn a_valid_log_is_signed_and_each_checkpoint_extends_the_last(backend: Bac
     assert_eq!(second.size, 31);
     assert!(restarted.refusal().is_none());
     let proof = store.consistency_proof(30, 31).await.unwrap();
-    assert!(verify_consistency(30, 31, &first.root, &second.root, &proof));
+    assert!(verify_consistency(
+        30,
+        31,
+        &first.root,
+        &second.root,
+        &proof
+    ));
     for event in all_events(&store).await {
         let index = event.sequence - 1;
         let proof = store.inclusion_proof(index, 31).await.unwrap();
@@ -330,7 +343,10 @@ async fn a_truncated_tail_with_its_head_rewritten_is_caught(backend: Backend) {
     events.truncate(25);
     let mut owner = Owner::connect(&database).await;
     owner.rewrite_log(events).await;
-    assert!(chain_and_tree_verify(&store).await, "the store sees a whole log");
+    assert!(
+        chain_and_tree_verify(&store).await,
+        "the store sees a whole log"
+    );
     assert!(!verifies_offline(&store, &published, &key).await);
     let restarted = signer(&database, &store);
     let refused = restarted.sign_now().await.unwrap_err();
@@ -359,7 +375,10 @@ async fn a_middle_event_rewritten_with_its_chain_and_tree_recomputed_is_caught(b
     target.detail_json = target.detail_json.replace("REFUSED", "GRANTED");
     let mut owner = Owner::connect(&database).await;
     owner.rewrite_log(events).await;
-    assert!(chain_and_tree_verify(&store).await, "the store sees a whole log");
+    assert!(
+        chain_and_tree_verify(&store).await,
+        "the store sees a whole log"
+    );
     assert!(!verifies_offline(&store, &published, &key).await);
     // The signer that published keeps its verified tree: it notices nothing missing, but the
     // one started on the rewritten log does.
@@ -418,7 +437,10 @@ async fn an_erased_payload_keeps_its_leaf_and_the_erasure_is_an_event(backend: B
     let of_u3: Vec<&AuditEvent> = events.iter().filter(|e| e.subject_id == "u-3").collect();
     assert_eq!(of_u3.len(), 5);
     for event in &of_u3[..4] {
-        assert!(event.payload_erased && event.detail_json.is_empty(), "{event:?}");
+        assert!(
+            event.payload_erased && event.detail_json.is_empty(),
+            "{event:?}"
+        );
         assert!(event.payload_salt.is_empty());
     }
     let erasure = of_u3[4];
@@ -426,7 +448,10 @@ async fn an_erased_payload_keeps_its_leaf_and_the_erasure_is_an_event(backend: B
     assert_eq!(erasure.detail_json, r#"{"erased":[10,11,12,31]}"#);
     let after = checkpoints.sign_now().await.unwrap();
     assert_eq!(after.size, 32);
-    let proof = store.consistency_proof(before.size, after.size).await.unwrap();
+    let proof = store
+        .consistency_proof(before.size, after.size)
+        .await
+        .unwrap();
     assert!(verify_consistency(
         before.size,
         after.size,
@@ -438,7 +463,13 @@ async fn an_erased_payload_keeps_its_leaf_and_the_erasure_is_an_event(backend: B
         let index = event.sequence - 1;
         let proof = store.inclusion_proof(index, after.size).await.unwrap();
         let leaf = merkle::leaf_hash(&leaf_data(event));
-        assert!(verify_inclusion(index, after.size, &leaf, &proof, &after.root));
+        assert!(verify_inclusion(
+            index,
+            after.size,
+            &leaf,
+            &proof,
+            &after.root
+        ));
     }
     assert!(chain_and_tree_verify(&store).await);
     assert!(verifies_offline(&store, &after, &checkpoints.verifier_key()).await);
