@@ -11,6 +11,7 @@ mod process;
 #[path = "../support/proxy.rs"]
 mod proxy;
 
+mod checkpoints;
 mod forgery;
 mod partition;
 mod roles;
