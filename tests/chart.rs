@@ -5,7 +5,8 @@
 //! `target/chart/rendered.json`. The test then checks the manifests against the binary's own
 //! lists, and runs the binary as the pod would: the migration Job's command, the server with the
 //! Deployment's environment (its secrets and mounted files replaced by test ones, its ports by
-//! free ones), and the Deployment's probe command against it.
+//! free ones), and the Deployment's probe command against it; the server signs an audit
+//! checkpoint into the directory where the chart mounts the checkpoint volume.
 
 #[path = "support/database_roles.rs"]
 mod database_roles;
@@ -180,6 +181,34 @@ fn the_manifests_name_what_the_binary_serves_and_reads() {
             );
         }
     }
+    // Audit checkpoints outlive the pod: their directory is the mount point of a claim, which
+    // the server writes; the signing key is a Secret's file.
+    let volume_at = |path: &str| {
+        let mount = container["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|mount| path.starts_with(mount["mountPath"].as_str().unwrap()))
+            .unwrap_or_else(|| panic!("{path} is on no mounted volume"));
+        let volume = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|volume| volume["name"] == mount["name"])
+            .unwrap_or_else(|| panic!("no volume {}", mount["name"]));
+        (mount, volume)
+    };
+    let checkpoint_dir = value("ASSENT_AUDIT_CHECKPOINT_DIR");
+    let (mount, volume) = volume_at(&checkpoint_dir);
+    assert_eq!(mount["mountPath"], checkpoint_dir.as_str());
+    assert_ne!(mount["readOnly"], true, "{mount}");
+    assert!(
+        volume["persistentVolumeClaim"]["claimName"].is_string(),
+        "{volume}"
+    );
+    let (mount, volume) = volume_at(&value("ASSENT_AUDIT_SIGNING_KEY_FILE"));
+    assert_eq!(mount["readOnly"], true, "{mount}");
+    assert!(volume["secret"]["secretName"].is_string(), "{volume}");
 
     run_as_the_pod_would(&documents, container, &variables, &mounts);
 }
@@ -271,6 +300,14 @@ fn run_as_the_pod_would(
         }]});
         std::fs::write(jwks, set.to_string()).unwrap();
     }
+    // The audit signing key, made as `assent audit keygen` makes it; the checkpoint directory
+    // is the claim's mount point, which the server must find and write.
+    let key_file = env
+        .get("ASSENT_AUDIT_SIGNING_KEY_FILE")
+        .expect("ci-values.yaml signs audit checkpoints");
+    let (signer, verifier) = assent::audit::note::generate_key("chart.test/assent").unwrap();
+    std::fs::write(key_file, signer).unwrap();
+    let checkpoint_dir = PathBuf::from(&env["ASSENT_AUDIT_CHECKPOINT_DIR"]);
     let binary = env!("CARGO_BIN_EXE_assent");
     let command = |args: &[&str], env: &HashMap<String, String>| {
         let mut command = Command::new(binary);
@@ -334,6 +371,19 @@ fn run_as_the_pod_would(
         }
         std::thread::sleep(Duration::from_millis(200));
     };
+    let checkpoint = loop {
+        let published = std::fs::read_dir(&checkpoint_dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .find(|path| {
+                path.extension()
+                    .is_some_and(|extension| extension == "checkpoint")
+            });
+        if published.is_some() || Instant::now() > deadline {
+            break published;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let admin = format!("127.0.0.1:{admin}");
     let metrics = runtime.block_on(process::http_get(&admin, "/metrics"));
     let ready = runtime.block_on(process::http_get(&admin, "/readyz"));
@@ -349,5 +399,15 @@ fn run_as_the_pod_would(
     assert_eq!(metrics.0, 200);
     assert!(metrics.1.contains("assent_build_info"), "{}", metrics.1);
     assert_eq!(ready.0, 200, "{}", ready.1);
+    // The server signed the log at start, with the mounted key, into the mounted directory.
+    let checkpoint = checkpoint.expect("the server published no checkpoint");
+    let note = std::fs::read_to_string(&checkpoint).unwrap();
+    let (origin, size, _root) = assent::audit::note::verify_checkpoint(&note, &verifier)
+        .unwrap_or_else(|error| panic!("{}: {error}", checkpoint.display()));
+    assert_eq!(origin, "chart.test/assent");
+    assert_eq!(
+        checkpoint.file_name().unwrap().to_str(),
+        Some(assent::audit::note::checkpoint_file_name(size).as_str())
+    );
     drop(runtime);
 }

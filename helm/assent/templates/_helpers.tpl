@@ -86,6 +86,15 @@ Renders "true" or nothing.
 {{- end }}
 
 {{/*
+Whether the replicas sign audit checkpoints: a signing key and a volume for the checkpoints
+both given (assent.validate refuses one without the other). Renders "true" or nothing.
+*/}}
+{{- define "assent.checkpointsEnabled" -}}
+{{- $checkpoints := .Values.audit.checkpoints }}
+{{- if and $checkpoints.signingKeySecret $checkpoints.existingClaim }}true{{ end }}
+{{- end }}
+
+{{/*
 The DNS name the health probe expects in the server certificate.
 */}}
 {{- define "assent.tlsServerName" -}}
@@ -95,7 +104,8 @@ The DNS name the health probe expects in the server certificate.
 {{/*
 Refuses to render a release the server would refuse to run: assent listens beyond loopback only
 with TLS and caller authentication (docs/security.md), and replicas share one PostgreSQL store.
-Included by the Deployment, so every render checks it.
+Signed audit checkpoints need both a key and a volume that outlives the pods. Included by the
+Deployment, so every render checks it.
 */}}
 {{- define "assent.validate" -}}
 {{- if not .Values.tls.existingSecret }}
@@ -119,6 +129,13 @@ Included by the Deployment, so every render checks it.
 {{- end }}
 {{- if and .Values.redis.enabled (not .Values.redis.entryKeySecret) }}
 {{- fail "assent: redis.entryKeySecret is required when redis.enabled is true: name a Secret whose key redis.entryKeySecretKey holds the Redis entry key (at least 32 random characters, e.g. openssl rand -hex 32), which authenticates what replicas write to Redis." }}
+{{- end }}
+{{- $checkpoints := .Values.audit.checkpoints }}
+{{- if and $checkpoints.signingKeySecret (not $checkpoints.existingClaim) }}
+{{- fail "assent: audit.checkpoints.existingClaim is required with audit.checkpoints.signingKeySecret: name a PersistentVolumeClaim (ReadWriteMany with more than one replica) that outlives the pods. Checkpoints written inside a pod are lost when it restarts, and a rewritten audit log would then go unnoticed." }}
+{{- end }}
+{{- if and $checkpoints.existingClaim (not $checkpoints.signingKeySecret) }}
+{{- fail "assent: audit.checkpoints.signingKeySecret is required with audit.checkpoints.existingClaim: without a signing key no checkpoint is signed. Name a Secret whose key audit.checkpoints.signingKeyKey holds the key made by assent audit keygen." }}
 {{- end }}
 {{- if not (has .Values.auth.jwt.jwksSource (list "secret" "configMap")) }}
 {{- fail "assent: auth.jwt.jwksSource must be secret or configMap." }}
@@ -157,12 +174,18 @@ else the server's.
 
 {{/*
 The pod securityContext of the server and the migration job: the image's unprivileged user.
+The group fsGroup may read the mounted Secrets (their files belong to root) and write the
+audit checkpoint volume. OnRootMismatch: Kubernetes changes the group of a volume's files only
+when its top directory lacks it, not at every start (the checkpoint volume gains a file per
+checkpoint, and a recursive pass would grow with it). Volumes that manage no ownership (NFS,
+most ReadWriteMany drivers) ignore fsGroup: theirs must let uid or gid 10001 write.
 */}}
 {{- define "assent.podSecurityContext" -}}
 runAsNonRoot: true
 runAsUser: 10001
 runAsGroup: 10001
 fsGroup: 10001
+fsGroupChangePolicy: OnRootMismatch
 seccompProfile:
   type: RuntimeDefault
 {{- end }}
