@@ -299,23 +299,34 @@ impl Checkpoints {
     }
 
     /// Writes the checkpoint's file, once: a file of that size already there must hold the
-    /// same note (Ed25519 is deterministic: the same tree gives the same bytes).
+    /// same note (Ed25519 is deterministic: the same tree gives the same bytes). The note is
+    /// written whole to a file of its own first, then linked under its name (which fails if the
+    /// name exists), so a replica signing the same size at the same moment never reads half a
+    /// file.
     fn publish(&self, checkpoint: &SignedCheckpoint) -> Result<(), CheckpointError> {
         let path = self.inner.directory.join(file_name(checkpoint.size));
         let failed = |source| CheckpointError::Directory {
             path: path.clone(),
             source,
         };
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-        {
-            Ok(mut file) => {
-                file.write_all(checkpoint.note.as_bytes()).map_err(failed)?;
-                file.sync_all().map_err(failed)?;
+        let draft = self
+            .inner
+            .directory
+            .join(format!(".{}.draft", uuid::Uuid::now_v7().simple()));
+        let written = (|| {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&draft)?;
+            file.write_all(checkpoint.note.as_bytes())?;
+            file.sync_all()?;
+            std::fs::hard_link(&draft, &path)
+        })();
+        let _ = std::fs::remove_file(&draft);
+        match written {
+            Ok(()) => {
                 if let Ok(directory) = std::fs::File::open(&self.inner.directory) {
-                    // The file's name is durable too (best effort: not every system allows it).
+                    // The name is durable too (best effort: not every system allows it).
                     let _ = directory.sync_all();
                 }
                 Ok(())

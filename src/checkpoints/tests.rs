@@ -327,8 +327,18 @@ async fn a_valid_log_is_signed_and_each_checkpoint_extends_the_last(backend: Bac
         .map(|entry| entry.unwrap().file_name().into_string().unwrap())
         .collect();
     assert_eq!(published.len(), 3, "{published:?}");
+    assert!(published.iter().all(|name| name.ends_with(".checkpoint")));
     assert!(verifies_offline(&store, &second, &key).await);
     assert!(chain_and_tree_verify(&store).await);
+    // Two replicas signing the same sizes at the same moments publish the same files.
+    let (one, other) = (signer(&database, &store), signer(&database, &store));
+    for n in 0..20 {
+        write(&store, "u-1", choose(Purpose::Memory, Choice::Granted)).await;
+        write(&store, "u-1", choose(Purpose::Memory, Choice::Refused)).await;
+        let (a, b) = tokio::join!(one.sign_now(), other.sign_now());
+        assert_eq!(a.unwrap(), b.unwrap(), "round {n}");
+    }
+    assert!(one.refusal().is_none() && other.refusal().is_none());
     store.close().await;
 }
 
