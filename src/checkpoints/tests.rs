@@ -169,6 +169,38 @@ async fn verifies_offline(store: &Store, checkpoint: &SignedCheckpoint, key: &st
     ours
 }
 
+/// Go's `golang.org/x/mod/sumdb/note` and `sumdb/tlog` (`scripts/interop-check`) verify both
+/// notes and the consistency proof, where Go and those packages are installed.
+fn go_verifies(old: &SignedCheckpoint, new: &SignedCheckpoint, proof: &[Hash], key: &str) {
+    let files = tempfile::tempdir().unwrap();
+    let path = |name: &str| files.path().join(name);
+    std::fs::write(path("old"), &old.note).unwrap();
+    std::fs::write(path("new"), &new.note).unwrap();
+    let hashes: Vec<String> = proof.iter().map(hex::encode).collect();
+    let proof = serde_json::json!({
+        "old_size": old.size, "new_size": new.size, "hashes": hashes,
+    });
+    std::fs::write(path("proof.json"), proof.to_string()).unwrap();
+    let go = std::process::Command::new("scripts/interop-check")
+        .arg(path("new"))
+        .arg(key)
+        .arg("--consistency")
+        .arg(path("old"))
+        .arg(path("proof.json"))
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&go.stdout).into_owned() + &String::from_utf8_lossy(&go.stderr);
+    match go.status.code() {
+        Some(0) => assert!(said.contains("ok"), "{said}"),
+        // Go or its packages are not installed here.
+        Some(2) if said.contains("not found") || said.contains("not under") => {
+            eprintln!("skipping Go's verification: {said}");
+        }
+        _ => panic!("Go's sumdb packages refuse assent's checkpoints: {said}"),
+    }
+}
+
 /// A connection to the database that bypasses the store, as its owner has.
 enum Owner {
     Sqlite(sqlx::SqliteConnection),
@@ -316,6 +348,7 @@ async fn a_valid_log_is_signed_and_each_checkpoint_extends_the_last(backend: Bac
         &second.root,
         &proof
     ));
+    go_verifies(&first, &second, &proof, &key);
     for event in all_events(&store).await {
         let index = event.sequence - 1;
         let proof = store.inclusion_proof(index, 31).await.unwrap();
