@@ -1,9 +1,12 @@
-//! Canonical bytes and the hash chain.
+//! Canonical bytes, leaf data and the hash chain.
 //!
-//! `hash = hex(SHA-256(prev_hash_hex || canonical_bytes))`, where `prev_hash_hex` is the 64
-//! lower-case hex characters of the previous event's hash (64 `0` for the first event) and
-//! `canonical_bytes` is the compact JSON array of the event's fields in a fixed order (see
-//! [`canonical_bytes`]).
+//! `hash = hex(SHA-256(prev_hash_hex || leaf_data))` ("v2", events written since payloads are
+//! stored apart), or `hex(SHA-256(prev_hash_hex || canonical_bytes))` ("v1", events written
+//! before), where `prev_hash_hex` is the 64 lower-case hex characters of the previous event's
+//! hash (64 `0` for the first event), `canonical_bytes` the compact JSON array of the event's
+//! fields in a fixed order (see [`canonical_bytes`]) and `leaf_data` the same with the detail
+//! replaced by its commitment (see [`leaf_data`]). A v2 hash outlives the payload's erasure; a
+//! v1 hash needs the payload.
 
 use sha2::{Digest, Sha256};
 
@@ -82,6 +85,39 @@ pub fn chain_hash(prev_hash: &str, canonical: &[u8]) -> String {
     hex::encode(hasher.finalize())
 }
 
+/// Which rule an event's hash was computed under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HashRule {
+    /// `SHA-256(prev_hash_hex || canonical_bytes)`: events written before payloads were stored
+    /// apart; verifiable only while the payload is present.
+    V1,
+    /// `SHA-256(prev_hash_hex || leaf_data)`: the detail enters through its commitment.
+    V2,
+}
+
+/// The rule under which the event's `hash` is the hash of its `prev_hash` and its fields: v2,
+/// else v1 when the payload is present; `None` when neither gives the stored hash. The link to
+/// the previous event and the payload's commitment are checked apart.
+pub fn hash_rule(event: &AuditEvent) -> Option<HashRule> {
+    if chain_hash(&event.prev_hash, &leaf_data(event)) == event.hash {
+        Some(HashRule::V2)
+    } else if !event.payload_erased
+        && chain_hash(&event.prev_hash, &canonical_bytes(event)) == event.hash
+    {
+        Some(HashRule::V1)
+    } else {
+        None
+    }
+}
+
+/// Whether the event's payload (salt and detail) hashes to its `payload_sha256`. False once
+/// the payload is erased.
+pub fn payload_matches(event: &AuditEvent) -> bool {
+    !event.payload_erased
+        && payload_sha256(&event.payload_salt, &event.detail_json).as_deref()
+            == Some(event.payload_sha256.as_str())
+}
+
 /// What a chain verification found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ChainReport {
@@ -116,14 +152,21 @@ impl ChainVerifier {
         }
     }
 
-    /// Checks the next event. After the first bad event the verifier keeps counting but
-    /// remembers only that first one.
+    /// Checks the next event: its link, its position, its hash (v2, or v1 while the payload
+    /// is present) and, when the payload is present, that it matches its commitment (a v1
+    /// event written before commitments were recorded has none, and its hash covers the
+    /// detail itself). After the first bad event the verifier keeps counting but remembers
+    /// only that first one.
     pub fn feed(&mut self, event: &AuditEvent) {
         self.events_checked += 1;
-        let recomputed = chain_hash(&event.prev_hash, &canonical_bytes(event));
+        let hash_verifies = match hash_rule(event) {
+            Some(HashRule::V2) => event.payload_erased || payload_matches(event),
+            Some(HashRule::V1) => event.payload_sha256.is_empty() || payload_matches(event),
+            None => false,
+        };
         let linked = event.prev_hash == self.expected_prev_hash;
         let in_place = event.sequence == self.expected_sequence;
-        if !(linked && in_place && recomputed == event.hash) && self.first_bad_event_id.is_none() {
+        if !(linked && in_place && hash_verifies) && self.first_bad_event_id.is_none() {
             self.first_bad_event_id = Some(event.event_id.clone());
         }
         self.expected_prev_hash = event.hash.clone();
@@ -189,6 +232,33 @@ mod tests {
             .collect()
     }
 
+    /// A chain written since payloads are stored apart: salted payloads, v2 hashes.
+    fn chain_v2(length: u64) -> Vec<AuditEvent> {
+        let mut events = chain(length);
+        let mut prev_hash = GENESIS_HASH.to_owned();
+        for event in &mut events {
+            event.payload_salt = new_payload_salt();
+            event.payload_sha256 = payload_sha256(&event.payload_salt, &event.detail_json).unwrap();
+            event.prev_hash = prev_hash;
+            event.hash = chain_hash(&event.prev_hash, &leaf_data(event));
+            prev_hash = event.hash.clone();
+        }
+        events
+    }
+
+    fn erase(event: &mut AuditEvent) {
+        event.detail_json = String::new();
+        event.payload_salt = String::new();
+        event.payload_erased = true;
+    }
+
+    fn verify_all(events: &[AuditEvent]) -> ChainReport {
+        let head = events
+            .last()
+            .map(|event| (event.sequence, event.hash.as_str()));
+        verify(events, head)
+    }
+
     fn verify(events: &[AuditEvent], head: Option<(u64, &str)>) -> ChainReport {
         let mut verifier = ChainVerifier::new();
         events.iter().for_each(|event| verifier.feed(event));
@@ -243,6 +313,93 @@ mod tests {
         assert_eq!(
             report.first_bad_event_id.as_deref(),
             Some("chain head at revision 5")
+        );
+    }
+
+    #[test]
+    fn a_v2_chain_verifies_and_its_events_say_so() {
+        let events = chain_v2(5);
+        assert_eq!(hash_rule(&events[2]), Some(HashRule::V2));
+        assert!(payload_matches(&events[2]));
+        let report = verify_all(&events);
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.events_checked, 5);
+    }
+
+    #[test]
+    fn a_v1_chain_then_v2_events_verify() {
+        let mut events = chain(3);
+        // Commitments recorded afterwards for the old events do not change their hashes.
+        for event in &mut events[1..] {
+            event.payload_sha256 = payload_sha256("", &event.detail_json).unwrap();
+        }
+        let mut prev_hash = events[2].hash.clone();
+        for mut event in chain_v2(5).into_iter().skip(3) {
+            event.prev_hash = prev_hash;
+            event.hash = chain_hash(&event.prev_hash, &leaf_data(&event));
+            prev_hash = event.hash.clone();
+            events.push(event);
+        }
+        assert_eq!(hash_rule(&events[1]), Some(HashRule::V1));
+        assert_eq!(hash_rule(&events[4]), Some(HashRule::V2));
+        let report = verify_all(&events);
+        assert!(report.ok, "{report:?}");
+    }
+
+    #[test]
+    fn a_changed_v2_payload_is_reported_though_its_commitment_was_kept() {
+        let mut events = chain_v2(5);
+        events[2].detail_json = r#"{"after":"GRANTED"}"#.into();
+        assert_eq!(hash_rule(&events[2]), Some(HashRule::V2));
+        assert!(!payload_matches(&events[2]));
+        let report = verify_all(&events);
+        assert_eq!(report.first_bad_event_id.as_deref(), Some("event-3"));
+    }
+
+    #[test]
+    fn a_changed_commitment_is_reported() {
+        let mut events = chain_v2(5);
+        let detail = r#"{"after":"GRANTED"}"#;
+        events[2].detail_json = detail.into();
+        events[2].payload_sha256 = payload_sha256(&events[2].payload_salt, detail).unwrap();
+        assert_eq!(hash_rule(&events[2]), None);
+        assert_eq!(
+            verify_all(&events).first_bad_event_id.as_deref(),
+            Some("event-3")
+        );
+        // A v1 event's recorded commitment must match too, though its hash covers the detail.
+        let mut events = chain(3);
+        events[1].payload_sha256 = payload_sha256("", r#"{"after":"GRANTED"}"#).unwrap();
+        assert_eq!(hash_rule(&events[1]), Some(HashRule::V1));
+        assert_eq!(
+            verify_all(&events).first_bad_event_id.as_deref(),
+            Some("event-2")
+        );
+    }
+
+    #[test]
+    fn an_erased_v2_payload_still_verifies_and_an_erased_v1_one_cannot() {
+        let mut events = chain_v2(5);
+        erase(&mut events[1]);
+        assert_eq!(hash_rule(&events[1]), Some(HashRule::V2));
+        assert!(!payload_matches(&events[1]));
+        let report = verify_all(&events);
+        assert!(report.ok, "{report:?}");
+        // An erased event's other fields are still covered by its hash.
+        events[1].actor_reason = "rewritten".into();
+        assert_eq!(
+            verify_all(&events).first_bad_event_id.as_deref(),
+            Some("event-2")
+        );
+
+        // A v1 hash covers the detail itself: without it, the hash cannot be recomputed.
+        let mut events = chain(3);
+        events[1].payload_sha256 = payload_sha256("", &events[1].detail_json).unwrap();
+        erase(&mut events[1]);
+        assert_eq!(hash_rule(&events[1]), None);
+        assert_eq!(
+            verify_all(&events).first_bad_event_id.as_deref(),
+            Some("event-2")
         );
     }
 }

@@ -1,18 +1,23 @@
-//! The audit log: one event per committed change, linked into a SHA-256 hash chain.
+//! The audit log: one event per committed change, linked into a SHA-256 hash chain and the
+//! leaves of an RFC 6962 Merkle tree whose signed checkpoints are published outside the
+//! database.
 //!
-//! This module is pure: it defines the event record, its canonical bytes, the chain arithmetic
-//! and the row of a recorded decision (`crate::decision_log` writes it). The store appends
-//! events inside the transaction of the change they record and feeds stored events back through
-//! [`ChainVerifier`]. The encoding is specified in `docs/audit.md` so that an auditor can
-//! recompute every hash from an export.
+//! This module is pure: it defines the event record, its canonical bytes and leaf data, the
+//! chain arithmetic, the tree ([`merkle`]), checkpoints and their signatures ([`note`]), the
+//! export formats and their offline verification ([`offline`]), and the row of a recorded
+//! decision (`crate::decision_log` writes it). The store appends events inside the transaction
+//! of the change they record and feeds stored events back through [`ChainVerifier`]. The
+//! encoding is specified in `docs/audit.md` so that an auditor can recompute every hash from an
+//! export.
 
 mod chain;
 pub mod merkle;
 pub mod note;
+pub mod offline;
 
 pub use chain::{
-    ChainReport, ChainVerifier, GENESIS_HASH, canonical_bytes, chain_hash, leaf_data,
-    new_payload_salt, payload_sha256,
+    ChainReport, ChainVerifier, GENESIS_HASH, HashRule, canonical_bytes, chain_hash, hash_rule,
+    leaf_data, new_payload_salt, payload_matches, payload_sha256,
 };
 pub use merkle::{
     EMPTY_ROOT, Frontier, Hash, NodeId, consistency_ranges, inclusion_ranges, leaf_hash, node_hash,
