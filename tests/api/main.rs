@@ -2,6 +2,7 @@
 
 mod audit;
 mod changes;
+mod checkpoints;
 mod cli;
 mod consent;
 mod decision_log;
