@@ -10,10 +10,12 @@ use anyhow::{Context, anyhow};
 use serde_json::json;
 
 use super::client::{actor, call_failed, connect, print};
-use super::{ActorArgs, AuditCommand, ClientArgs, EventArgs, UsageError};
+use super::{ActorArgs, AuditCommand, ClientArgs, EventArgs, UsageError, VerifyOfflineCommand};
 use crate::audit::note;
+use crate::audit::note::CheckpointVerifier;
 use crate::audit::offline::{
-    ConsistencyProofFile, EventObject, ExportedEvent, SUBJECT_EXPORT_FORMAT, SubjectExport,
+    self, ConsistencyProofFile, EventObject, ExportedEvent, Report, SUBJECT_EXPORT_FORMAT,
+    SubjectExport,
 };
 use crate::proto;
 use crate::proto::audit_client::AuditClient;
@@ -53,6 +55,7 @@ pub async fn audit(command: AuditCommand) -> anyhow::Result<()> {
             actor,
             client,
         } => erase(subject, &actor, &client).await,
+        AuditCommand::VerifyOffline(command) => verify_offline(command),
     }
 }
 
@@ -419,4 +422,88 @@ async fn erase(
         text,
     );
     Ok(())
+}
+
+/// Verifies a file with no server (`crate::audit::offline`): prints the report, and fails (exit
+/// status 1) when a check failed; unreadable files and a malformed key are usage errors (2).
+fn verify_offline(command: VerifyOfflineCommand) -> anyhow::Result<()> {
+    let (report, json) = match command {
+        VerifyOfflineCommand::Export { file, key, json } => {
+            let key = verifier_key(&key)?;
+            let text = read_text(&file, "FILE")?;
+            let report = offline::verify_export(&text, &key)
+                .map_err(|error| UsageError(format!("{}: {error}", file.display())))?;
+            (report, json)
+        }
+        VerifyOfflineCommand::Dump {
+            file,
+            checkpoint,
+            key,
+            json,
+        } => {
+            let key = verifier_key(&key)?;
+            let note = read_text(&checkpoint, "--checkpoint")?;
+            let dump = std::fs::File::open(&file).map_err(|error| {
+                UsageError(format!("FILE: cannot read {}: {error}", file.display()))
+            })?;
+            let report = offline::verify_dump(std::io::BufReader::new(dump), &note, &key);
+            (report, json)
+        }
+        VerifyOfflineCommand::Consistency {
+            old,
+            new,
+            proof,
+            key,
+            json,
+        } => {
+            let key = verifier_key(&key)?;
+            let old_note = read_text(&old, "OLD")?;
+            let new_note = read_text(&new, "NEW")?;
+            let proof = read_text(&proof, "PROOF")?;
+            let report = offline::verify_consistency_file(&old_note, &new_note, &proof, &key);
+            (report, json)
+        }
+    };
+    if json {
+        println!("{}", report_json(&report));
+    } else {
+        println!("{report}");
+    }
+    if report.ok {
+        Ok(())
+    } else {
+        Err(anyhow!("offline verification failed"))
+    }
+}
+
+fn report_json(report: &Report) -> serde_json::Value {
+    json!({
+        "ok": report.ok,
+        "events_checked": report.events_checked,
+        "payloads_checked": report.payloads_checked,
+        "payloads_erased": report.payloads_erased,
+        "tree_size": report.tree_size,
+        "failures": report.failures,
+        "first_failure": report.first_failure.as_ref().map(ToString::to_string),
+    })
+}
+
+/// The text of a file named on the command line (`what` names the argument).
+fn read_text(path: &Path, what: &str) -> Result<String, UsageError> {
+    std::fs::read_to_string(path)
+        .map_err(|error| UsageError(format!("{what}: cannot read {}: {error}", path.display())))
+}
+
+/// A verifier key given on the command line: the key's text, or a file holding it; checked to
+/// be a verifier key before anything is verified with it.
+fn verifier_key(argument: &str) -> Result<String, UsageError> {
+    let path = Path::new(argument);
+    let key = if path.is_file() {
+        read_text(path, "--key")?.trim().to_owned()
+    } else {
+        argument.trim().to_owned()
+    };
+    CheckpointVerifier::from_key_text(&key)
+        .map_err(|error| UsageError(format!("--key: {error}")))?;
+    Ok(key)
 }

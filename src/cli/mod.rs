@@ -587,6 +587,10 @@ pub enum AuditCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Verify an export, a full dump or a consistency proof without any server: exits 0 when
+    /// verified, 1 when a check fails (each failure printed), 2 when the input is unusable.
+    #[command(subcommand)]
+    VerifyOffline(VerifyOfflineCommand),
     /// Drop the decision log's days older than the retention window (opens the store itself).
     Prune {
         /// Keep this many days [default: the decision_log_retention_days setting, 400]
@@ -606,6 +610,48 @@ pub struct EventArgs {
     /// The event's revision token (r1.<hex>).
     #[arg(long)]
     pub revision: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VerifyOfflineCommand {
+    /// A subject export: the checkpoint's signature, then each event's payload, hash, chain
+    /// link and inclusion in the checkpoint's tree.
+    Export {
+        file: PathBuf,
+        /// The verifier key (<name>+<hex key id>+<base64 key>), or a file holding it.
+        #[arg(long)]
+        key: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A full dump (JSON lines, sequence 1 first): the checkpoint's signature, every event's
+    /// payload, hash and chain link, and the root of the checkpoint's first events.
+    Dump {
+        file: PathBuf,
+        /// The signed checkpoint note file the dump is checked against.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// The verifier key, or a file holding it.
+        #[arg(long)]
+        key: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Two signed checkpoints and the consistency proof (`assent audit consistency --json`)
+    /// that the newer one's tree extends the older one's.
+    Consistency {
+        old: PathBuf,
+        new: PathBuf,
+        proof: PathBuf,
+        /// The verifier key, or a file holding it.
+        #[arg(long)]
+        key: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// A command line that cannot be acted on (an unreadable file, a malformed key or input):
