@@ -507,3 +507,85 @@ fn verifier_key(argument: &str) -> Result<String, UsageError> {
         .map_err(|error| UsageError(format!("--key: {error}")))?;
     Ok(key)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn served(erased: bool) -> proto::AuditEvent {
+        proto::AuditEvent {
+            event_id: "e-1".into(),
+            // One microsecond before the epoch: the time's fraction is positive.
+            at: Some(prost_types::Timestamp {
+                seconds: -1,
+                nanos: 999_999_000,
+            }),
+            subject_id: "alice".into(),
+            kind: "choice_set".into(),
+            caller: "billing".into(),
+            actor: Some(proto::Actor {
+                operator_id: "user:alice".into(),
+                reason: "settings page".into(),
+            }),
+            detail_json: if erased {
+                ""
+            } else {
+                "{\"after\":\"REFUSED\"}"
+            }
+            .into(),
+            policy_version: "2026-01-01".into(),
+            trace_id: String::new(),
+            prev_hash: "0".repeat(64),
+            hash: "a".repeat(64),
+            revision: "r1.1f".into(),
+            payload_sha256: "b".repeat(64),
+            payload_salt: if erased { "" } else { "00ff" }.into(),
+            payload_erased: erased,
+            leaf_hash: "c".repeat(64),
+        }
+    }
+
+    #[test]
+    fn a_served_event_becomes_the_event_object_of_exports_and_dumps() {
+        let object = event_object(served(false)).unwrap();
+        assert_eq!(
+            serde_json::to_value(&object).unwrap(),
+            json!({
+                "revision": "r1.1f",
+                "sequence": 31,
+                "event_id": "e-1",
+                "at_micros": -1,
+                "subject_id": "alice",
+                "kind": "choice_set",
+                "caller": "billing",
+                "operator_id": "user:alice",
+                "actor_reason": "settings page",
+                "detail_json": "{\"after\":\"REFUSED\"}",
+                "payload_salt": "00ff",
+                "payload_sha256": "b".repeat(64),
+                "policy_version": "2026-01-01",
+                "trace_id": "",
+                "prev_hash": "0".repeat(64),
+                "hash": "a".repeat(64),
+            })
+        );
+    }
+
+    #[test]
+    fn an_erased_payload_is_null_and_its_commitment_stays() {
+        let object = event_object(served(true)).unwrap();
+        assert_eq!((object.detail_json, object.payload_salt), (None, None));
+        assert_eq!(object.payload_sha256, "b".repeat(64));
+    }
+
+    #[test]
+    fn an_event_without_a_revision_or_a_time_is_refused() {
+        let mut event = served(false);
+        event.revision = "31".into();
+        let error = event_object(event).unwrap_err().to_string();
+        assert!(error.contains("malformed revision"), "{error}");
+        let mut event = served(false);
+        event.at = None;
+        assert!(event_object(event).is_err());
+    }
+}
