@@ -406,18 +406,42 @@ mod tests {
         }
 
         fn inclusion_proof(&self, leaf_index: u64, size: u64) -> Vec<Hash> {
-            inclusion_ranges(leaf_index, size)
+            let ranges = inclusion_ranges(leaf_index, size);
+            assert_few_reads(&ranges, size);
+            ranges
                 .into_iter()
                 .map(|range| self.range(range, size))
                 .collect()
         }
 
         fn consistency_proof(&self, old_size: u64, new_size: u64) -> Vec<Hash> {
-            consistency_ranges(old_size, new_size)
+            let ranges = consistency_ranges(old_size, new_size);
+            assert_few_reads(&ranges, new_size);
+            ranges
                 .into_iter()
                 .map(|range| self.range(range, new_size))
                 .collect()
         }
+    }
+
+    /// A proof reads at most 2·log2(size) + 1 stored nodes: every range is one node but at
+    /// most one, which ends at the tree's right edge.
+    fn assert_few_reads(ranges: &[(u64, u64)], size: u64) {
+        let split: Vec<usize> = ranges
+            .iter()
+            .map(|&(start, end)| range_nodes(start, end).len())
+            .filter(|&nodes| nodes > 1)
+            .collect();
+        assert!(split.len() <= 1, "{ranges:?} of {size}");
+        let reads: usize = ranges
+            .iter()
+            .map(|&(start, end)| range_nodes(start, end).len())
+            .sum();
+        let log2 = 63 - size.leading_zeros() as usize;
+        assert!(
+            reads <= 2 * log2 + 1,
+            "{reads} reads for {ranges:?} of {size}"
+        );
     }
 
     #[test]
@@ -628,6 +652,29 @@ mod tests {
         assert!(verify_consistency(5, 5, &root, &root, &[]));
         assert!(!verify_consistency(5, 5, &root, &root, &[root]));
         assert!(!verify_consistency(0, 5, &root, &root, &[]));
+    }
+
+    #[test]
+    fn proofs_of_a_large_log_read_few_nodes_all_stored_by_then() {
+        for size in [10_000_000_u64, 10_000_001, (1 << 40) + 12_345, 1 << 50] {
+            for leaf_index in [0, 1, size / 3, size / 2, size - 2, size - 1] {
+                let ranges = inclusion_ranges(leaf_index, size);
+                assert_few_reads(&ranges, size);
+                for (start, end) in ranges {
+                    // The nodes tile the range, left to right, each stored by then.
+                    let mut next = start;
+                    for node in range_nodes(start, end) {
+                        assert_eq!(node.leaves().0, next);
+                        next = node.leaves().1;
+                        assert!(node.stored_at().0 <= size);
+                    }
+                    assert_eq!(next, end);
+                }
+                if leaf_index > 0 {
+                    assert_few_reads(&consistency_ranges(leaf_index, size), size);
+                }
+            }
+        }
     }
 
     #[test]
