@@ -525,6 +525,23 @@ async fn erased_payloads_are_null_in_exports_that_still_verify() {
     let again: Value = serde_json::from_str(&stdout(Some(&app), &json_erase).await).unwrap();
     assert_eq!(again, serde_json::json!({"erased": "0", "revision": ""}));
 
+    // Listed: the erasure shows, the commitment and the leaf stay.
+    let listed = stdout(
+        Some(&app),
+        &["audit", "list", "--subject", "alice", "--json"],
+    )
+    .await;
+    let listed: Vec<Value> = listed
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let erased: Vec<&Value> = listed.iter().map(|event| &event["payloadErased"]).collect();
+    assert_eq!(erased, [true, true, true, false]);
+    assert_eq!(listed[0]["detailJson"], "");
+    assert_eq!(listed[0]["leafHash"].as_str().unwrap().len(), 64);
+    let text = stdout(Some(&app), &["audit", "list", "--subject", "alice"]).await;
+    assert_eq!(text.matches("(payload erased)").count(), 3, "{text}");
+
     let export_file = directory.join("alice.json");
     stdout(
         Some(&app),
