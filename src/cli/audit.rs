@@ -427,13 +427,13 @@ async fn erase(
 /// Verifies a file with no server (`crate::audit::offline`): prints the report, and fails (exit
 /// status 1) when a check failed; unreadable files and a malformed key are usage errors (2).
 fn verify_offline(command: VerifyOfflineCommand) -> anyhow::Result<()> {
-    let (report, json) = match command {
+    let (report, json, summary) = match command {
         VerifyOfflineCommand::Export { file, key, json } => {
             let key = verifier_key(&key)?;
             let text = read_text(&file, "FILE")?;
             let report = offline::verify_export(&text, &key)
                 .map_err(|error| UsageError(format!("{}: {error}", file.display())))?;
-            (report, json)
+            (report, json, None)
         }
         VerifyOfflineCommand::Dump {
             file,
@@ -447,7 +447,7 @@ fn verify_offline(command: VerifyOfflineCommand) -> anyhow::Result<()> {
                 UsageError(format!("FILE: cannot read {}: {error}", file.display()))
             })?;
             let report = offline::verify_dump(std::io::BufReader::new(dump), &note, &key);
-            (report, json)
+            (report, json, None)
         }
         VerifyOfflineCommand::Consistency {
             old,
@@ -461,13 +461,23 @@ fn verify_offline(command: VerifyOfflineCommand) -> anyhow::Result<()> {
             let new_note = read_text(&new, "NEW")?;
             let proof = read_text(&proof, "PROOF")?;
             let report = offline::verify_consistency_file(&old_note, &new_note, &proof, &key);
-            (report, json)
+            // Verified, the file holds the two checkpoints' sizes.
+            let summary = serde_json::from_str::<ConsistencyProofFile>(&proof)
+                .ok()
+                .filter(|_| report.ok)
+                .map(|proof| {
+                    format!(
+                        "ok: the checkpoint of {} events extends the checkpoint of {} events",
+                        proof.new_size, proof.old_size
+                    )
+                });
+            (report, json, summary)
         }
     };
-    if json {
-        println!("{}", report_json(&report));
-    } else {
-        println!("{report}");
+    match summary {
+        _ if json => println!("{}", report_json(&report)),
+        Some(summary) => println!("{summary}"),
+        None => println!("{report}"),
     }
     if report.ok {
         Ok(())
