@@ -1,6 +1,7 @@
 //! The `assent` command line: `serve` runs the server; every other subcommand is a client that
 //! calls a running server over gRPC.
 
+mod audit;
 mod client;
 mod output;
 mod policy;
@@ -524,6 +525,86 @@ pub enum AuditCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Make a new Ed25519 key to sign checkpoints with (no server). The signer key goes to
+    /// --out, created with mode 0600 and never overwritten, or to stdout; the verifier key, the
+    /// line auditors keep, is always printed (last).
+    Keygen {
+        /// The key's name, which is the log's origin: the first line of every checkpoint, such
+        /// as consent.example.com/audit.
+        #[arg(long)]
+        name: String,
+        /// The signer key file to create (the server's audit_signing_key_file).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the latest signed checkpoint: the signed note as published, or its fields with
+    /// --json.
+    Checkpoint {
+        /// Sign a checkpoint of the whole log now (needs admin) instead of reading the latest.
+        #[arg(long)]
+        sign: bool,
+        /// Write the signed note to this file, byte for byte (for verify-offline).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The inclusion proof of one event: the audit path from its leaf to the root of a tree.
+    Proof {
+        #[command(flatten)]
+        event: EventArgs,
+        /// The size of the tree [default: the latest signed checkpoint's]
+        #[arg(long)]
+        tree_size: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The consistency proof that the tree of --old-size is a prefix of the tree of --new-size;
+    /// with --json, in the proof file format verify-offline reads.
+    Consistency {
+        #[arg(long)]
+        old_size: u64,
+        /// [default: the latest signed checkpoint's size]
+        #[arg(long)]
+        new_size: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// A subject's events, each with its inclusion proof against a checkpoint signed now, in the
+    /// subject export format (docs/audit.md) that verify-offline reads.
+    Export {
+        subject: String,
+        /// Write the export to this file instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Every event, oldest first, as JSON lines: the full dump verify-offline checks against a
+    /// checkpoint.
+    Dump {
+        /// Write the dump to this file instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Erase the payloads (details) of a deleted subject's events from the store (needs admin);
+    /// the events and their leaves stay, and the erasure is itself an event.
+    Erase {
+        subject: String,
+        #[command(flatten)]
+        actor: ActorArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Verify an export, a full dump or a consistency proof without any server: exits 0 when
+    /// verified, 1 when a check fails (each failure printed), 2 when the input is unusable.
+    #[command(subcommand)]
+    VerifyOffline(VerifyOfflineCommand),
     /// Drop the decision log's days older than the retention window (opens the store itself).
     Prune {
         /// Keep this many days [default: the decision_log_retention_days setting, 400]
@@ -533,6 +614,65 @@ pub enum AuditCommand {
         store: StoreArgs,
     },
 }
+
+/// One audit event, by its id or by the revision it produced.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct EventArgs {
+    #[arg(long)]
+    pub event_id: Option<String>,
+    /// The event's revision token (r1.<hex>).
+    #[arg(long)]
+    pub revision: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VerifyOfflineCommand {
+    /// A subject export: the checkpoint's signature, then each event's payload, hash, chain
+    /// link and inclusion in the checkpoint's tree.
+    Export {
+        file: PathBuf,
+        /// The verifier key (<name>+<hex key id>+<base64 key>), or a file holding it.
+        #[arg(long)]
+        key: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A full dump (JSON lines, sequence 1 first): the checkpoint's signature, every event's
+    /// payload, hash and chain link, and the root of the checkpoint's first events.
+    Dump {
+        file: PathBuf,
+        /// The signed checkpoint note file the dump is checked against.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// The verifier key, or a file holding it.
+        #[arg(long)]
+        key: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Two signed checkpoints and the consistency proof (`assent audit consistency --json`)
+    /// that the newer one's tree extends the older one's.
+    Consistency {
+        old: PathBuf,
+        new: PathBuf,
+        proof: PathBuf,
+        /// The verifier key, or a file holding it.
+        #[arg(long)]
+        key: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A command line that cannot be acted on (an unreadable file, a malformed key or input):
+/// `assent` exits with status 2 for it, as for a usage error, rather than 1 for a failed check.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -546,7 +686,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             older_than_days,
             store,
         }) => prune(older_than_days, store).await,
-        Command::Audit(command) => client::audit(command).await,
+        Command::Audit(command) => audit::audit(command).await,
         Command::Policy(command) => policy::policy(command).await,
         Command::Changes(command) => policy::changes(command).await,
         Command::Rights(command) => rights::rights(command).await,

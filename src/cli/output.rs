@@ -279,6 +279,10 @@ pub fn event_json(event: &proto::AuditEvent) -> Value {
         "traceId": event.trace_id,
         "prevHash": event.prev_hash,
         "hash": event.hash,
+        "payloadSha256": event.payload_sha256,
+        "payloadSalt": event.payload_salt,
+        "payloadErased": event.payload_erased,
+        "leafHash": event.leaf_hash,
     })
 }
 
@@ -293,7 +297,11 @@ pub fn event_text(event: &proto::AuditEvent) -> String {
         subject = event.subject_id,
         caller = event.caller,
         operator = actor.operator_id,
-        detail = event.detail_json,
+        detail = if event.payload_erased {
+            "(payload erased)"
+        } else {
+            &event.detail_json
+        },
     )
 }
 
@@ -302,6 +310,7 @@ pub fn verify_json(response: &proto::VerifyChainResponse) -> Value {
         "ok": response.ok,
         "eventsChecked": response.events_checked.to_string(),
         "firstBadEventId": response.first_bad_event_id,
+        "rootHash": response.root_hash,
     })
 }
 

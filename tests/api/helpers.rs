@@ -2,11 +2,13 @@
 //! clients for every service.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use assent::auth::TokenSettings;
 use assent::cache::CacheSettings;
+use assent::checkpoints::CheckpointSettings;
 use assent::config::Settings;
 use assent::decision_log::LogMode;
 use assent::proto;
@@ -103,6 +105,34 @@ impl TestApp {
             shutdown: Some(shutdown),
             server: Some(server),
         }
+    }
+
+    /// A server on a fresh database that signs checkpoints with a new key (named
+    /// [`TEST_ORIGIN`]), written to `audit-signer.key` in its data directory.
+    pub async fn spawn_signing() -> TestApp {
+        let database = TestDatabase::create(Backend::from_env()).await;
+        let key_file = write_signer_key(database.directory());
+        TestApp::spawn_signing_with(Arc::new(database), key_file).await
+    }
+
+    /// A server on `data` that signs checkpoints with the signer key in `key_file`, on demand
+    /// only (SignCheckpoint, ExportSubject, and once at start), publishing them to
+    /// [`TestApp::checkpoint_dir`].
+    pub async fn spawn_signing_with(data: Arc<TestDatabase>, key_file: PathBuf) -> TestApp {
+        let directory = checkpoint_dir(&data);
+        TestApp::spawn_with(data, |settings| {
+            settings.checkpoints = Some(CheckpointSettings {
+                key_file,
+                directory,
+                interval: None,
+            });
+        })
+        .await
+    }
+
+    /// Where a [`TestApp::spawn_signing`] server publishes its checkpoints.
+    pub fn checkpoint_dir(&self) -> PathBuf {
+        checkpoint_dir(&self.data)
     }
 
     /// A server on a fresh database that authenticates every call by a bearer token (HS256,
@@ -237,6 +267,22 @@ impl TestApp {
             .unwrap()
             .into_inner()
     }
+}
+
+/// The origin (signer key name) of the checkpoints of a [`TestApp::spawn_signing`] server.
+pub const TEST_ORIGIN: &str = "assent.test/audit";
+
+/// Writes a new signer key named [`TEST_ORIGIN`] to `audit-signer.key` in `directory`; returns
+/// the file.
+pub fn write_signer_key(directory: &Path) -> PathBuf {
+    let (signer, _) = assent::audit::note::generate_key(TEST_ORIGIN).unwrap();
+    let key_file = directory.join("audit-signer.key");
+    std::fs::write(&key_file, format!("{signer}\n")).unwrap();
+    key_file
+}
+
+fn checkpoint_dir(data: &TestDatabase) -> PathBuf {
+    data.directory().join("checkpoints")
 }
 
 /// Every audit event (of one subject, or all), following the pages to the end.

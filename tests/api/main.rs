@@ -1,7 +1,9 @@
 //! Integration tests over real gRPC: a server per test on loopback, a fresh data directory each.
 
 mod audit;
+mod audit_cli;
 mod changes;
+mod checkpoints;
 mod cli;
 mod consent;
 mod decision_log;
