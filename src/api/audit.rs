@@ -176,11 +176,36 @@ impl proto::audit_server::Audit for AuditService {
                 );
             }
         };
+        let field = match &body.event {
+            Some(Event::EventId(_)) => "event_id",
+            _ => "revision",
+        };
+        let head = self
+            .state
+            .store
+            .head_revision()
+            .await
+            .map_err(ApiError::from)?
+            .sequence();
+        if sequence == 0 || sequence > head {
+            return Err(ApiError::NotFound {
+                field: field.into(),
+                message: format!(
+                    "no audit event at revision {}: the log holds {head} events",
+                    Revision::new(sequence).to_token()
+                ),
+            }
+            .into());
+        }
         let size = self.tree_size(body.tree_size, "tree_size").await?;
-        if sequence == 0 || sequence > size {
+        if sequence > size {
             return Err(ApiError::invalid(
                 "tree_size",
-                format!("{size} does not include the event at revision {sequence}"),
+                format!(
+                    "a tree of {size} events does not include the event at revision {} (the \
+                     event numbered {sequence})",
+                    Revision::new(sequence).to_token()
+                ),
             )
             .into());
         }
@@ -283,6 +308,13 @@ impl proto::audit_server::Audit for AuditService {
             if !full {
                 break;
             }
+        }
+        if events.is_empty() && after_sequence == 0 {
+            return Err(ApiError::NotFound {
+                field: "subject_id".into(),
+                message: format!("no audit event names subject {}", subject_id.as_str()),
+            }
+            .into());
         }
         Ok(Response::new(proto::SubjectExport {
             subject_id: subject_id.as_str().to_owned(),
