@@ -1443,7 +1443,7 @@ fn parse_column<T>(
     parse(column, &text, from_name)
 }
 
-fn event_from_row(row: &Row) -> Result<AuditEvent, StoreError> {
+pub(super) fn event_from_row(row: &Row) -> Result<AuditEvent, StoreError> {
     Ok(AuditEvent {
         sequence: from_i64(row.try_get("sequence")?),
         event_id: row.try_get("event_id")?,
