@@ -510,6 +510,11 @@ pub enum AuditCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Compare the state tables with the state the audit events make (changes nothing).
+    VerifyState {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Drop the decision log's days older than the retention window (opens the store itself).
     Prune {
         /// Keep this many days [default: the decision_log_retention_days setting, 400]

@@ -66,6 +66,7 @@ impl TestApp {
             decision_log_retention_days: 400,
             cache: CacheSettings::default(),
             consent_expiry_sweep: Some(Duration::from_millis(250)),
+            state_check_interval: None,
             shutdown_grace: Duration::from_secs(10),
             log_format: LogFormat::Text,
             admin_listen: Some("127.0.0.1:0".parse().unwrap()),
