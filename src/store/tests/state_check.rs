@@ -83,6 +83,17 @@ async fn write_a_history(store: &Store) {
         ),
     )
     .await;
+    // An upsert after choices: its event carries the whole row, choices and provenance
+    // included, and the choices' own stamps stay those of the events that stored them.
+    write(
+        store,
+        "u-cookies",
+        Command::Upsert(SubjectFields {
+            gpc: Some(true),
+            ..SubjectFields::default()
+        }),
+    )
+    .await;
     let expired = store
         .expire_choices(EXPIRES_AT, &expiry_context())
         .await
