@@ -50,6 +50,9 @@ pub struct Settings {
     pub consent_expiry_sweep: Option<Duration>,
     /// Signed checkpoints of the audit log, when a signing key is configured.
     pub checkpoints: Option<CheckpointSettings>,
+    /// How often the state tables are compared with the audit events (`Store::verify_state`);
+    /// `None`: never (`Audit.VerifyState` still compares on demand).
+    pub state_check_interval: Option<Duration>,
     /// How long in-flight calls may take to finish after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
@@ -166,6 +169,7 @@ settings! {
     cache_max_conversations: usize = ["ASSENT_CACHE_MAX_CONVERSATIONS"], "64";
     change_poll_interval_ms: u64 = ["ASSENT_CHANGE_POLL_INTERVAL_MS"], "100";
     consent_expiry_sweep_ms: u64 = ["ASSENT_CONSENT_EXPIRY_SWEEP_MS"], "1000";
+    state_check_interval_ms: u64 = ["ASSENT_STATE_CHECK_INTERVAL_MS"], "3600000";
     redis_url: String = ["ASSENT_REDIS_URL"], None;
     redis_prefix: String = ["ASSENT_REDIS_PREFIX"], "assent";
     redis_ttl_seconds: u64 = ["ASSENT_REDIS_TTL_SECONDS"], "600";
@@ -586,6 +590,7 @@ impl Settings {
             cache,
             consent_expiry_sweep: milliseconds(given.consent_expiry_sweep_ms),
             checkpoints,
+            state_check_interval: milliseconds(given.state_check_interval_ms),
             shutdown_grace: Duration::from_secs(given.shutdown_grace_seconds),
             log_format,
             admin_listen,
@@ -733,6 +738,20 @@ mod tests {
         assert_eq!(settings.cache, CacheSettings::default());
         assert_eq!(settings.limits, LimitSettings::default());
         assert_eq!(settings.store_timeouts, StoreTimeouts::default());
+    }
+
+    #[test]
+    fn the_state_check_runs_every_hour_unless_set() {
+        let default = Settings::resolve(None, &env(&[]), Overrides::default()).unwrap();
+        assert_eq!(
+            default.state_check_interval,
+            Some(Duration::from_secs(3600))
+        );
+        for (value, expected) in [("60000", Some(Duration::from_secs(60))), ("0", None)] {
+            let environment = env(&[("ASSENT_STATE_CHECK_INTERVAL_MS", value)]);
+            let settings = Settings::resolve(None, &environment, Overrides::default()).unwrap();
+            assert_eq!(settings.state_check_interval, expected, "{value}");
+        }
     }
 
     #[test]

@@ -82,6 +82,9 @@ pub struct Metrics {
     pub audit_checkpoint_size: Gauge,
     pub audit_checkpoints: Family<ResultLabels, Counter>,
     pub limited: Family<LimitLabels, Counter>,
+    pub state_checks: Family<ResultLabels, Counter>,
+    pub state_mismatches: Gauge,
+    pub state_unverifiable: Gauge,
     sources: Arc<Sources>,
 }
 
@@ -174,6 +177,24 @@ impl Metrics {
             "Calls refused or streams ended by a limit, by limit (concurrency, deadline, write_rate, streams_per_caller, stream_idle)",
             limited.clone(),
         );
+        let state_checks = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "state_checks",
+            "Comparisons of the state tables with the audit events, by result (ok, mismatch, failed)",
+            state_checks.clone(),
+        );
+        let state_mismatches = Gauge::default();
+        registry.register(
+            "state_mismatches",
+            "Subjects whose stored state differed from their audit events at the last comparison",
+            state_mismatches.clone(),
+        );
+        let state_unverifiable = Gauge::default();
+        registry.register(
+            "state_unverifiable_subjects",
+            "Subjects the last comparison could not rebuild (an event's payload was erased)",
+            state_unverifiable.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -196,6 +217,9 @@ impl Metrics {
             audit_checkpoint_size,
             audit_checkpoints,
             limited,
+            state_checks,
+            state_mismatches,
+            state_unverifiable,
             sources,
         }
     }
@@ -253,6 +277,29 @@ pub fn record_request(method: &'static str, code: &'static str, duration: Durati
 
 pub fn record_limited(limit: &'static str) {
     METRICS.limited.get_or_create(&LimitLabels { limit }).inc();
+}
+
+/// A comparison of the state tables with the audit events that finished, with the subjects
+/// that differed and those it could not rebuild; `None`: it failed (the gauges keep the last
+/// finished comparison's figures).
+pub fn record_state_check(found: Option<(u64, u64)>) {
+    let result = match found {
+        None => "failed",
+        Some((0, _)) => "ok",
+        Some(_) => "mismatch",
+    };
+    METRICS
+        .state_checks
+        .get_or_create(&ResultLabels { result })
+        .inc();
+    if let Some((mismatched, unverifiable)) = found {
+        METRICS
+            .state_mismatches
+            .set(i64::try_from(mismatched).unwrap_or(i64::MAX));
+        METRICS
+            .state_unverifiable
+            .set(i64::try_from(unverifiable).unwrap_or(i64::MAX));
+    }
 }
 
 pub fn record_store_query(operation: &'static str, duration: Duration) {

@@ -161,6 +161,10 @@ impl Application {
             .settings
             .consent_expiry_sweep
             .map(|interval| tokio::spawn(sweep_expired_consent(state.clone(), interval)));
+        let check_state = self
+            .settings
+            .state_check_interval
+            .map(|interval| tokio::spawn(check_state(state.store.clone(), interval)));
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let max_message = self.settings.limits.max_message_bytes;
         // Each service once: its route, with the message limit, and its health status (the
@@ -295,6 +299,9 @@ impl Application {
         if let Some(signing) = sign_checkpoints {
             let _ = signing.await;
         }
+        if let Some(check) = check_state {
+            check.abort();
+        }
         cache_tasks.shutdown().await;
         decision_log_writer.shutdown().await;
         admin_stop.notify_one();
@@ -364,6 +371,20 @@ async fn sweep_expired_consent(state: AppState, interval: std::time::Duration) {
                 tracing::warn!(error = %crate::telemetry::error_chain(&error), "cannot record consent expiries; retrying");
             }
         }
+    }
+}
+
+/// Every `interval`, compares the state tables with the audit events
+/// (`api::audit::check_state`: each differing subject logged by its hash, the outcome in the
+/// `assent_state_*` metrics); the first comparison once the server has started. Reads only, a
+/// page of subjects per read transaction; on PostgreSQL every replica compares.
+async fn check_state(store: Store, interval: std::time::Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        // Logged and counted there; the next tick tries again.
+        let _ = crate::api::audit::check_state(&store).await;
     }
 }
 

@@ -516,6 +516,10 @@ async fn an_erased_payload_keeps_its_leaf_and_the_erasure_is_an_event(backend: B
     }
     assert!(chain_and_tree_verify(&store).await);
     assert!(verifies_offline(&store, &after, &checkpoints.verifier_key()).await);
+    // Its state can no longer be rebuilt from its events: not compared, and said so.
+    let state = store.verify_state(10, |_| {}).await.unwrap();
+    assert!(state.ok(), "{state:?}");
+    assert_eq!((state.subjects_checked, state.unverifiable), (9, 1));
     // A payload deleted without an erasure event naming it is not an erasure.
     let mut owner = Owner::connect(&database).await;
     owner

@@ -26,9 +26,9 @@ const DUMP_PAGE_SIZE: u32 = 1_000;
 
 pub async fn audit(command: AuditCommand) -> anyhow::Result<()> {
     match command {
-        command @ (AuditCommand::List { .. } | AuditCommand::Verify { .. }) => {
-            super::client::audit(command).await
-        }
+        command @ (AuditCommand::List { .. }
+        | AuditCommand::Verify { .. }
+        | AuditCommand::VerifyState { .. }) => super::client::audit(command).await,
         AuditCommand::Prune { .. } => unreachable!("prune opens the store itself"),
         AuditCommand::Keygen { name, out, json } => keygen(&name, out.as_deref(), json),
         AuditCommand::Checkpoint { sign, out, client } => {

@@ -460,6 +460,24 @@ pub async fn audit(command: AuditCommand) -> anyhow::Result<()> {
                 Err(anyhow!("audit chain verification failed"))
             }
         }
+        AuditCommand::VerifyState { client } => {
+            let mut audit = AuditClient::new(connect(&client).await?);
+            let response = audit
+                .verify_state(proto::VerifyStateRequest {})
+                .await
+                .map_err(call_failed)?
+                .into_inner();
+            print(
+                &client,
+                output::verify_state_json(&response),
+                output::verify_state_text(&response),
+            );
+            if response.ok {
+                Ok(())
+            } else {
+                Err(anyhow!("the state tables differ from the audit events"))
+            }
+        }
         _ => unreachable!("the other audit subcommands are in cli::audit"),
     }
 }

@@ -605,6 +605,11 @@ pub enum AuditCommand {
     /// verified, 1 when a check fails (each failure printed), 2 when the input is unusable.
     #[command(subcommand)]
     VerifyOffline(VerifyOfflineCommand),
+    /// Compare the state tables with the state the audit events make (changes nothing).
+    VerifyState {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Drop the decision log's days older than the retention window (opens the store itself).
     Prune {
         /// Keep this many days [default: the decision_log_retention_days setting, 400]

@@ -328,6 +328,49 @@ pub fn verify_text(response: &proto::VerifyChainResponse) -> String {
     }
 }
 
+pub fn verify_state_json(response: &proto::VerifyStateResponse) -> Value {
+    json!({
+        "ok": response.ok,
+        "subjectsChecked": response.subjects_checked.to_string(),
+        "subjectsUnverifiable": response.subjects_unverifiable.to_string(),
+        "mismatches": response.mismatches.iter().map(|mismatch| json!({
+            "subjectId": mismatch.subject_id,
+            "differences": mismatch.differences,
+        })).collect::<Vec<_>>(),
+        "truncated": response.truncated,
+    })
+}
+
+/// One line for the outcome, then each differing subject and its differences, indented.
+pub fn verify_state_text(response: &proto::VerifyStateResponse) -> String {
+    if response.ok {
+        let unverifiable = match response.subjects_unverifiable {
+            0 => String::new(),
+            count => format!("; {count} with erased payloads not compared"),
+        };
+        return format!(
+            "ok: the state tables match the audit events ({} subjects{unverifiable})",
+            response.subjects_checked
+        );
+    }
+    let mut text = format!(
+        "MISMATCH: {}{} of {} subjects differ from their audit events",
+        response.mismatches.len(),
+        if response.truncated { "+" } else { "" },
+        response.subjects_checked
+    );
+    for mismatch in &response.mismatches {
+        text.push_str(&format!("\n{}", mismatch.subject_id));
+        for difference in &mismatch.differences {
+            text.push_str(&format!("\n  {difference}"));
+        }
+    }
+    if response.truncated {
+        text.push_str("\n(more subjects differ; the server logs each one by its hash)");
+    }
+    text
+}
+
 fn flip_json(flip: &proto::DecisionFlip) -> Value {
     json!({
         "purpose": purpose(flip.purpose),

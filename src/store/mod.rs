@@ -15,6 +15,7 @@ pub mod replay;
 mod rows;
 mod sql;
 mod sqlite;
+pub mod state_check;
 pub mod testing;
 #[cfg(test)]
 mod tests;
@@ -29,6 +30,7 @@ pub use change::{Command, ConsentMeta, Provenance, SubjectFields, SubjectRecord}
 pub use history::{ConsentCause, ConsentRecord, HistoryCursor};
 pub use postgres::{PostgresStore, RUNTIME_GRANTS};
 pub use sqlite::SqliteStore;
+pub use state_check::{StateMismatch, StateReport};
 
 use sql::Connection;
 
@@ -1258,6 +1260,61 @@ impl Store {
     ) -> Result<Vec<merkle::Hash>, StoreError> {
         self.range_hashes(&merkle::consistency_ranges(old_size, new_size))
             .await
+    }
+
+    /// Compares every subject's rows in the state tables with the rows its audit events make
+    /// (see [`state_check`]), a page of subjects at a time, each page in one read transaction.
+    /// Lists the first `listed` mismatches in subject id order, and hands every one, listed or
+    /// not, to `each` as it is found. Never changes a row.
+    pub async fn verify_state(
+        &self,
+        listed: usize,
+        each: impl FnMut(&StateMismatch),
+    ) -> Result<StateReport, StoreError> {
+        self.verify_state_paged(listed, state_check::Paging::default(), each)
+            .await
+    }
+
+    /// [`Store::verify_state`] in pages of the given sizes.
+    async fn verify_state_paged(
+        &self,
+        listed: usize,
+        paging: state_check::Paging,
+        mut each: impl FnMut(&StateMismatch),
+    ) -> Result<StateReport, StoreError> {
+        let mut report = StateReport::default();
+        let mut after = String::new();
+        loop {
+            let page = self
+                .run("verify_state", Access::Read, async |connection| {
+                    state_check::page_in(connection, &after, paging).await
+                })
+                .await?;
+            for (subject_id, verdict) in page.verdicts {
+                match verdict {
+                    state_check::Verdict::Matches => report.subjects_checked += 1,
+                    state_check::Verdict::Unverifiable => report.unverifiable += 1,
+                    state_check::Verdict::Differs(differences) => {
+                        report.subjects_checked += 1;
+                        report.mismatched += 1;
+                        let mismatch = StateMismatch {
+                            subject_id,
+                            differences,
+                        };
+                        each(&mismatch);
+                        if report.mismatches.len() < listed {
+                            report.mismatches.push(mismatch);
+                        } else {
+                            report.truncated = true;
+                        }
+                    }
+                }
+            }
+            match page.last {
+                Some(last) if page.full => after = last,
+                _ => return Ok(report),
+            }
+        }
     }
 
     /// The latest committed revision.

@@ -1741,7 +1741,7 @@ fn parse_column<T>(
 }
 
 /// An event read with its payload (`salt`, `detail_json`: NULL once erased).
-fn event_from_row(row: &Row) -> Result<AuditEvent, StoreError> {
+pub(super) fn event_from_row(row: &Row) -> Result<AuditEvent, StoreError> {
     let detail_json: Option<String> = row.try_get("detail_json")?;
     let payload_salt: Option<String> = row.try_get("salt")?;
     let payload_erased = detail_json.is_none();

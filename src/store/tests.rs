@@ -16,6 +16,8 @@ use super::*;
 use crate::domain::{Actor, ConversationId, SubjectId};
 use crate::policy::{FlagKind, Plan, Rating, Status};
 
+mod state_check;
+
 super::testing::backend_tests!(
     writes_are_read_back,
     writes_that_change_nothing_record_nothing,
@@ -1127,6 +1129,10 @@ async fn choices_stored_before_consent_records_keep_their_caller(backend: Backen
         .unwrap();
     assert_eq!(history.records.len(), 1);
     assert_eq!(history.records[0].caller, "billing");
+    // Rows and events written before consent records still match.
+    let report = store.verify_state(10, |_| {}).await.unwrap();
+    assert!(report.ok(), "{:#?}", report.mismatches);
+    assert_eq!(report.subjects_checked, 1);
     store.close().await;
 }
 

@@ -254,3 +254,99 @@ async fn reads_add_no_events() {
     app.verify_chain().await;
     assert_eq!(app.all_events(None).await.len(), 1);
 }
+
+/// The value of an unlabelled metric, or of one label set, in the scraped text.
+fn metric(name_and_labels: &str) -> Option<f64> {
+    assent::metrics::METRICS.encode().lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == name_and_labels).then(|| value.parse().ok())?
+    })
+}
+
+/// Waits (up to 10 s) until `condition` holds of the metrics.
+async fn until_metrics(what: &str, condition: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!(
+        "{what}: not within 10 s:\n{}",
+        assent::metrics::METRICS.encode()
+    );
+}
+
+/// A choice rewritten in the state table, past the write path: the chain still verifies, the
+/// periodic check and VerifyState both report the subject. (The only test of this binary that
+/// runs state checks, so the state-check metrics are its own.)
+#[tokio::test]
+async fn a_choice_rewritten_in_the_table_is_reported_by_verify_state() {
+    let app = TestApp::spawn_adjusted(|settings| {
+        settings.state_check_interval = Some(std::time::Duration::from_millis(100));
+    })
+    .await;
+    app.upsert("lena", Plan::Free).await;
+    app.set_choice("lena", Purpose::ModelTraining, Choice::Refused)
+        .await
+        .unwrap();
+    app.upsert("otto", Plan::Pro).await;
+    app.set_choice("otto", Purpose::ModelTraining, Choice::Granted)
+        .await
+        .unwrap();
+    let response = app
+        .audit()
+        .verify_state(proto::VerifyStateRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        response,
+        proto::VerifyStateResponse {
+            ok: true,
+            subjects_checked: 2,
+            mismatches: Vec::new(),
+            truncated: false,
+            subjects_unverifiable: 0,
+        }
+    );
+    until_metrics("a periodic check that passes", || {
+        metric("assent_state_checks_total{result=\"ok\"}").is_some_and(|ok| ok >= 2.0)
+            && metric("assent_state_mismatches") == Some(0.0)
+    })
+    .await;
+
+    let mut database = app.direct_connection().await;
+    let updated = database
+        .execute(
+            "UPDATE choices SET choice = 'GRANTED'
+             WHERE subject_id = 'lena' AND purpose = 'MODEL_TRAINING'",
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated, 1);
+    database.close().await;
+    assert!(app.verify_chain().await.ok);
+
+    until_metrics("the periodic check reporting one subject", || {
+        metric("assent_state_mismatches") == Some(1.0)
+            && metric("assent_state_checks_total{result=\"mismatch\"}").is_some()
+    })
+    .await;
+    let response = app
+        .audit()
+        .verify_state(proto::VerifyStateRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!response.ok);
+    assert_eq!(response.subjects_checked, 2);
+    assert!(!response.truncated);
+    assert_eq!(
+        response.mismatches,
+        vec![proto::StateMismatch {
+            subject_id: "lena".into(),
+            differences: vec!["choices.MODEL_TRAINING: stored GRANTED, events REFUSED".into()],
+        }]
+    );
+}

@@ -258,8 +258,11 @@ async fn bad_proof_arguments_name_the_field() {
     // An event after the tree asked for is not in it.
     let later = inclusion(&app, Event::Revision(revisions[5].clone()), 3).await;
     assert_status(later, Code::InvalidArgument, "tree_size");
+    // Well-formed revisions that name no event: before the first, after the last.
     let zero = inclusion(&app, Event::Revision("r1.0".into()), 6).await;
-    assert_eq!(zero.unwrap_err().code(), Code::InvalidArgument);
+    assert_status(zero, Code::NotFound, "revision");
+    let beyond_the_log = inclusion(&app, Event::Revision("r1.ff".into()), 6).await;
+    assert_status(beyond_the_log, Code::NotFound, "revision");
 
     assert_status(
         consistency(&app, 0, 6).await,

@@ -633,3 +633,36 @@ async fn retention_is_queried_and_due_data_listed() {
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains("NOT_FOUND: subject_id"), "{stderr}");
 }
+
+#[tokio::test]
+async fn verify_state_reports_a_subject_whose_rows_were_changed() {
+    let app = TestApp::spawn().await;
+    app.upsert("ada", assent::proto::Plan::Pro).await;
+    let ok = stdout(&app, &["audit", "verify-state"]).await;
+    assert_eq!(
+        ok.trim(),
+        "ok: the state tables match the audit events (1 subjects)"
+    );
+    let mut database = app.direct_connection().await;
+    database
+        .execute("UPDATE subjects SET plan = 'ENTERPRISE' WHERE subject_id = 'ada'")
+        .await
+        .unwrap();
+    database.close().await;
+    let output = assent(&app, &["audit", "verify-state"]).await;
+    assert!(!output.status.success());
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap(),
+        "MISMATCH: 1 of 1 subjects differ from their audit events\n\
+         ada\n  plan: stored ENTERPRISE, events PRO\n"
+    );
+    let output = assent(&app, &["audit", "verify-state", "--json"]).await;
+    assert!(!output.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["ok"], false);
+    assert_eq!(json["mismatches"][0]["subjectId"], "ada");
+    assert_eq!(
+        json["mismatches"][0]["differences"][0],
+        "plan: stored ENTERPRISE, events PRO"
+    );
+}

@@ -76,6 +76,7 @@ impl TestApp {
             cache: CacheSettings::default(),
             consent_expiry_sweep: Some(Duration::from_millis(250)),
             checkpoints: None,
+            state_check_interval: None,
             shutdown_grace: Duration::from_secs(10),
             log_format: LogFormat::Text,
             admin_listen: Some("127.0.0.1:0".parse().unwrap()),
