@@ -623,10 +623,11 @@ async fn rebuild(
     loop {
         let rows = connection
             .query(
-                "SELECT * FROM audit_events
-                 WHERE subject_id >= $1 AND (subject_id > $1 OR sequence > $2)
-                   AND subject_id <= $3
-                 ORDER BY subject_id, sequence LIMIT $4",
+                "SELECT e.*, p.salt, p.detail_json FROM audit_events AS e
+                 LEFT JOIN audit_payloads AS p ON p.sequence = e.sequence
+                 WHERE e.subject_id >= $1 AND (e.subject_id > $1 OR e.sequence > $2)
+                   AND e.subject_id <= $3
+                 ORDER BY e.subject_id, e.sequence LIMIT $4",
             )
             .bind(cursor.0.as_str())
             .bind(cursor.1)
