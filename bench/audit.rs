@@ -558,6 +558,69 @@ async fn fill_sqlite(database: &TestDatabase, events: u64, filler: &mut Filler) 
     connection.close().await.unwrap();
 }
 
+/// The time of the one SELECT of an inclusion proof alone, on one connection outside any
+/// transaction, for each of `leaves`: the store's own cost, without the pool and the read
+/// transaction around it.
+async fn select_alone(database: &TestDatabase, leaves: &[u64], events: u64) -> Vec<f64> {
+    let sequences = |leaf: u64| -> Vec<i64> {
+        let nodes: Vec<merkle::NodeId> = merkle::inclusion_ranges(leaf, events)
+            .iter()
+            .flat_map(|&(start, end)| merkle::range_nodes(start, end))
+            .collect();
+        let mut sequences: Vec<i64> = nodes.iter().map(|node| node.stored_at().0 as i64).collect();
+        sequences.sort_unstable();
+        sequences.dedup();
+        sequences
+    };
+    let mut micros = Vec::new();
+    match database.backend {
+        Backend::Postgres => {
+            let mut connection = sqlx::PgConnection::connect(&database.url()).await.unwrap();
+            for &leaf in leaves {
+                let sequences = sequences(leaf);
+                let sql = format!(
+                    "SELECT sequence, tree FROM audit_events WHERE sequence IN ({})",
+                    (1..=sequences.len())
+                        .map(|n| format!("${n}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                let started = Instant::now();
+                let mut statement = sqlx::query_as::<_, (i64, Vec<u8>)>(sqlx::AssertSqlSafe(sql));
+                for sequence in &sequences {
+                    statement = statement.bind(sequence);
+                }
+                let found = statement.fetch_all(&mut connection).await.unwrap();
+                micros.push(started.elapsed().as_secs_f64() * 1e6);
+                assert_eq!(found.len(), sequences.len());
+            }
+            connection.close().await.unwrap();
+        }
+        Backend::Sqlite => {
+            let mut connection = sqlx::SqliteConnection::connect(&database.url())
+                .await
+                .unwrap();
+            for &leaf in leaves {
+                let sequences = sequences(leaf);
+                let sql = format!(
+                    "SELECT sequence, tree FROM audit_events WHERE sequence IN ({})",
+                    vec!["?"; sequences.len()].join(", ")
+                );
+                let started = Instant::now();
+                let mut statement = sqlx::query_as::<_, (i64, Vec<u8>)>(sqlx::AssertSqlSafe(sql));
+                for sequence in &sequences {
+                    statement = statement.bind(sequence);
+                }
+                let found = statement.fetch_all(&mut connection).await.unwrap();
+                micros.push(started.elapsed().as_secs_f64() * 1e6);
+                assert_eq!(found.len(), sequences.len());
+            }
+            connection.close().await.unwrap();
+        }
+    }
+    micros
+}
+
 /// The distinct events (rows) a proof of these ranges reads, and the nodes it asks for.
 fn reads(ranges: &[(u64, u64)]) -> (usize, usize) {
     let nodes: Vec<merkle::NodeId> = ranges
@@ -641,8 +704,10 @@ async fn proofs(backend: Backend, events: u64, picks: usize) {
     }
 
     let (mut micros, mut rows, mut nodes) = (vec![], vec![], vec![]);
+    let mut leaves = Vec::new();
     for _ in 0..picks {
         let leaf = random.between(0, events);
+        leaves.push(leaf);
         let started = Instant::now();
         let proof = store.inclusion_proof(leaf, events).await.unwrap();
         micros.push(started.elapsed().as_secs_f64() * 1e6);
@@ -659,7 +724,9 @@ async fn proofs(backend: Backend, events: u64, picks: usize) {
         "| proof ({events} events, {picks} random picks, each verified) | p50 µs | p99 µs | max µs | rows read min / median / max | tree nodes read median / max |"
     );
     println!("|---|---|---|---|---|---|");
-    summary("inclusion", micros, rows, nodes);
+    summary("inclusion", micros, rows.clone(), nodes.clone());
+    let alone = select_alone(&database, &leaves, events).await;
+    summary("inclusion: its SELECT alone", alone, rows, nodes);
 
     // The older sizes in a random order, each with the root recorded when the tree had it.
     let mut picked: Vec<(u64, Hash)> = olds.into_iter().zip(filler.roots).collect();
