@@ -2,6 +2,7 @@
 #![allow(dead_code)] // Shared by several benchmarks, each using part of it.
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,8 +43,14 @@ pub struct Server {
 }
 
 impl Server {
+    /// Starts this checkout's `assent serve` with `settings` (environment variables).
     pub fn start(settings: &[(&str, String)]) -> Server {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_assent"));
+        Server::start_binary(Path::new(env!("CARGO_BIN_EXE_assent")), settings)
+    }
+
+    /// Starts `assent serve` from the binary at `binary` (another build, to compare against).
+    pub fn start_binary(binary: &Path, settings: &[(&str, String)]) -> Server {
+        let mut command = Command::new(binary);
         command
             .arg("serve")
             .env("ASSENT_LISTEN", "127.0.0.1:0")
