@@ -1211,7 +1211,9 @@ impl Store {
         &self,
         nodes: &[merkle::NodeId],
     ) -> Result<Vec<merkle::Hash>, StoreError> {
-        self.run("tree_nodes", Access::Read, async |connection| {
+        // A stored node never changes once its event is committed, and a proof asks only for
+        // nodes of committed events: no snapshot (a read transaction's two round trips) needed.
+        self.run("tree_nodes", Access::Connection, async |connection| {
             rows::tree_nodes_in(connection, nodes).await
         })
         .await
