@@ -1504,12 +1504,8 @@ pub(super) async fn erase_payloads_in(
         return Ok((0, None));
     }
     let sequences: Vec<i64> = erased.into_iter().map(|(sequence,)| sequence).collect();
-    for chunk in sequences.chunks(500) {
-        let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
-        let sql = format!(
-            "DELETE FROM audit_payloads WHERE sequence IN ({})",
-            placeholders.join(", ")
-        );
+    for chunk in sequences.chunks(SEQUENCES_PER_STATEMENT) {
+        let sql = sequences_in("DELETE FROM audit_payloads", chunk.len());
         let mut statement = connection.query(sqlx::AssertSqlSafe(sql));
         for sequence in chunk {
             statement = statement.bind(*sequence);
@@ -1529,6 +1525,19 @@ pub(super) async fn erase_payloads_in(
     Ok((sequences.len() as u64, Some(Revision::new(event.sequence))))
 }
 
+/// How many sequences one statement names (`sequences_in`), well under either backend's limit
+/// on parameters.
+const SEQUENCES_PER_STATEMENT: usize = 500;
+
+/// `statement` restricted to `count` sequences bound as `$1 .. $count`.
+fn sequences_in(statement: &str, count: usize) -> String {
+    let placeholders: Vec<String> = (1..=count).map(|n| format!("${n}")).collect();
+    format!(
+        "{statement} WHERE sequence IN ({})",
+        placeholders.join(", ")
+    )
+}
+
 /// The stored hashes of perfect subtrees, in the order asked: one query, whatever the
 /// number (a proof asks O(log n)). A node beyond the tree, or missing, is an error.
 pub(super) async fn tree_nodes_in(
@@ -1539,12 +1548,8 @@ pub(super) async fn tree_nodes_in(
     sequences.sort_unstable();
     sequences.dedup();
     let mut stored = std::collections::HashMap::with_capacity(sequences.len());
-    for chunk in sequences.chunks(500) {
-        let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
-        let sql = format!(
-            "SELECT sequence, tree FROM audit_events WHERE sequence IN ({})",
-            placeholders.join(", ")
-        );
+    for chunk in sequences.chunks(SEQUENCES_PER_STATEMENT) {
+        let sql = sequences_in("SELECT sequence, tree FROM audit_events", chunk.len());
         let mut statement = connection.query(sqlx::AssertSqlSafe(sql));
         for sequence in chunk {
             statement = statement.bind(to_i64(*sequence));
