@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use tokio::sync::{Mutex, watch};
 
-use crate::audit::merkle::{self, Frontier, Hash};
+use crate::audit::merkle::{self, Frontier};
 use crate::audit::note::{self, CheckpointSigner, SignedCheckpoint};
 use crate::audit::{leaf_data, payload_sha256};
 use crate::store::{EventQuery, Store, StoreError};
@@ -430,14 +430,6 @@ fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// The root a tree of stored nodes gives for its first `size` leaves, for tests and tools.
-pub async fn stored_root(store: &Store, size: u64) -> Result<Hash, StoreError> {
-    if size == 0 {
-        return Ok(merkle::EMPTY_ROOT);
-    }
-    Ok(store.range_hashes(&[(0, size)]).await?[0])
 }
 
 #[cfg(test)]

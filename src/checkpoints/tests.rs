@@ -9,7 +9,7 @@ use std::str::FromStr as _;
 use sqlx::Connection as _;
 
 use super::*;
-use crate::audit::merkle::{verify_consistency, verify_inclusion};
+use crate::audit::merkle::{Hash, verify_consistency, verify_inclusion};
 use crate::audit::{AuditEvent, GENESIS_HASH, chain_hash, leaf_data};
 use crate::domain::{Actor, SubjectId};
 use crate::policy::{Choice, Plan, Purpose};
