@@ -623,17 +623,12 @@ fn constant_target() -> Target {
     }
 }
 
-async fn assent_target(
-    name: &'static str,
-    settings: Vec<(&'static str, String)>,
-    keep: Vec<Box<dyn std::any::Any>>,
-) -> Target {
+async fn assent_target(name: &'static str, settings: Vec<(&'static str, String)>) -> Target {
     let mut settings = settings;
     settings.push(("ASSENT_ADMIN_LISTEN", "off".to_owned()));
-    settings.push(("ASSENT_DECISION_LOG", "off".to_owned()));
     let server = support::Server::start(&settings);
     let address = server.address.clone();
-    let child = server.into_child();
+    let (child, data) = server.into_child();
     let channel = connect(&address).await;
     support::seed_subjects(
         channel,
@@ -649,7 +644,10 @@ async fn assent_target(
         path: "/assent.v1.Decisions/Check",
         body: check_body(),
         verify: assent_allows,
-        _keep: keep,
+        _keep: data
+            .into_iter()
+            .map(|data| Box::new(data) as Box<dyn std::any::Any>)
+            .collect(),
     }
 }
 
@@ -939,38 +937,57 @@ fn main() {
         let redis = std::env::var("ASSENT_TEST_REDIS_URL")
             .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
         let data = tempfile::tempdir().unwrap();
+        let postgres = |log: &str| {
+            vec![
+                ("ASSENT_DATABASE_URL", database.url()),
+                ("ASSENT_REDIS_URL", redis.clone()),
+                (
+                    "ASSENT_REDIS_ENTRY_KEY",
+                    "the redis entry key of the benchmarks (32+ chars)".to_owned(),
+                ),
+                (
+                    "ASSENT_REDIS_PREFIX",
+                    format!("bench-{}-{log}", std::process::id()),
+                ),
+                ("ASSENT_DECISION_LOG", log.to_owned()),
+            ]
+        };
+        let embedded = |name: &str, log: &str| {
+            let directory = data.path().join(name);
+            std::fs::create_dir_all(&directory).unwrap();
+            vec![
+                ("ASSENT_DATA_DIR", directory.to_str().unwrap().to_owned()),
+                ("ASSENT_DECISION_LOG", log.to_owned()),
+            ]
+        };
+        let wanted = |name: &str| {
+            std::env::var("BENCH_TARGETS").map_or(true, |names| {
+                name == "tonic constant" || names.split(';').any(|wanted| name == wanted.trim())
+            })
+        };
         let mut targets = vec![constant_target()];
-        targets.push(
-            assent_target(
-                "assent, embedded",
-                vec![("ASSENT_DATA_DIR", data.path().to_str().unwrap().to_owned())],
-                Vec::new(),
-            )
-            .await,
-        );
-        targets.push(
-            assent_target(
-                "assent, PostgreSQL + Redis",
-                vec![
-                    ("ASSENT_DATABASE_URL", database.url()),
-                    ("ASSENT_REDIS_URL", redis),
-                    (
-                        "ASSENT_REDIS_ENTRY_KEY",
-                        "the redis entry key of the benchmarks (32+ chars)".to_owned(),
-                    ),
-                    (
-                        "ASSENT_REDIS_PREFIX",
-                        format!("bench-{}", std::process::id()),
-                    ),
-                ],
-                Vec::new(),
-            )
-            .await,
-        );
-        if let Ok(binary) = std::env::var("CERBOS_BIN") {
+        // The defaults: the embedded store, every decision logged.
+        if wanted("assent, defaults") {
+            targets.push(assent_target("assent, defaults", embedded("defaults", "all")).await);
+        }
+        if wanted("assent, embedded, log off") {
+            targets.push(assent_target("assent, embedded, log off", embedded("off", "off")).await);
+        }
+        if wanted("assent, PostgreSQL + Redis") {
+            targets.push(assent_target("assent, PostgreSQL + Redis", postgres("all")).await);
+        }
+        if wanted("assent, PostgreSQL + Redis, log off") {
+            targets
+                .push(assent_target("assent, PostgreSQL + Redis, log off", postgres("off")).await);
+        }
+        if let Ok(binary) = std::env::var("CERBOS_BIN")
+            && wanted("Cerbos")
+        {
             targets.push(cerbos_target(&binary));
         }
-        if let Ok(library) = std::env::var("SPICEDB_LIB") {
+        if let Ok(library) = std::env::var("SPICEDB_LIB")
+            && wanted("SpiceDB")
+        {
             targets.push(spicedb_target(&library));
         }
         for target in &targets {
@@ -1064,11 +1081,11 @@ fn report(names: &[&str], figures: &[Figures], rounds: usize, seconds: u64) -> S
         ));
     }
     let find = |name: &str| names.iter().position(|candidate| *candidate == name);
-    if let Some(assent) = find("assent, embedded") {
+    if let Some(assent) = find("assent, defaults") {
         for peer in ["Cerbos", "SpiceDB"] {
             if let Some(peer_index) = find(peer) {
                 text.push_str(&format!(
-                    "\nassent (embedded) / {peer}: {:.1}× the requests/s pinned, {:.1}× \
+                    "\nassent (defaults) / {peer}: {:.1}× the requests/s pinned, {:.1}× \
                      unpinned, {:.1}× less CPU per request.",
                     medians[assent][0] / medians[peer_index][0],
                     medians[assent][1] / medians[peer_index][1],
@@ -1078,6 +1095,25 @@ fn report(names: &[&str], figures: &[Figures], rounds: usize, seconds: u64) -> S
         }
         text.push('\n');
     }
+    for (all, off) in [
+        ("assent, defaults", "assent, embedded, log off"),
+        (
+            "assent, PostgreSQL + Redis",
+            "assent, PostgreSQL + Redis, log off",
+        ),
+    ] {
+        if let (Some(all), Some(off)) = (find(all), find(off)) {
+            text.push_str(&format!(
+                "\nDecision log `all` / `off` ({}): {:.2}× the requests/s pinned, {:.2}× \
+                 unpinned, {:.2}× the CPU per request.",
+                names[all],
+                medians[all][0] / medians[off][0],
+                medians[all][1] / medians[off][1],
+                medians[all][2] / medians[off][2],
+            ));
+        }
+    }
+    text.push('\n');
     text
 }
 

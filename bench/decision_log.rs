@@ -134,24 +134,29 @@ async fn round(mode: &'static str, seconds: u64, concurrency: usize) -> Round {
     }
 }
 
-/// The writer alone: how fast the batched writer puts records into PostgreSQL when nothing
-/// else runs (queue kept full, 1,000-row batches).
+/// The log alone: how fast decisions recorded on the request path reach PostgreSQL (through
+/// segment files and `COPY`) when nothing else runs.
 async fn ingestion_capacity(records: usize) -> f64 {
-    use assent::audit::DecisionRecord;
+    use assent::audit::Decided;
     use assent::decision_log::{DecisionLog, LogMode};
     use assent::policy::{Decision, POLICY_VERSION, Reason, Source};
     let database = TestDatabase::create(Backend::Postgres).await;
     let store = assent::store::Store::open(database.location())
         .await
         .unwrap();
-    let (log, writer) = DecisionLog::start(store.clone(), LogMode::All, records);
+    let directory = database.directory().join("decision-log");
+    let (log, writer) =
+        DecisionLog::start(store.clone(), LogMode::All, (records, 1 << 30), &directory).unwrap();
     let now = assent::store::now_micros();
+    let subjects: Vec<String> = (0..SUBJECTS)
+        .map(|index| format!("bench-{index}"))
+        .collect();
     let started = Instant::now();
     for index in 0..records {
-        log.record(DecisionRecord {
+        log.record(&Decided {
             decided_at_micros: now,
-            decision_id: format!("{index:032x}"),
-            subject_id: format!("bench-{}", index % SUBJECTS),
+            decision_id: uuid::Uuid::now_v7(),
+            subject_id: &subjects[index % SUBJECTS],
             purpose: Purpose::ModelTraining.try_into().unwrap(),
             conversation_id: None,
             source: Source::Conversation,
@@ -162,8 +167,8 @@ async fn ingestion_capacity(records: usize) -> f64 {
             policy_version: POLICY_VERSION,
             revision: Some(index as u64),
             degraded: false,
-            caller: "bench".into(),
-            trace_id: String::new(),
+            caller: "bench",
+            trace_id: "",
         });
     }
     writer.shutdown().await;

@@ -40,6 +40,8 @@ pub fn ensure_services(redis: bool) {
 pub struct Server {
     child: Child,
     pub address: String,
+    /// The data directory made for it, when it was given none.
+    data: Option<tempfile::TempDir>,
 }
 
 impl Server {
@@ -64,6 +66,13 @@ impl Server {
         for (name, value) in settings {
             command.env(name, value);
         }
+        // Without a data directory of its own, a server would use `data` in the working
+        // directory, and two at once would contend for its decision log.
+        let data = (!settings.iter().any(|(name, _)| *name == "ASSENT_DATA_DIR")).then(|| {
+            let data = tempfile::tempdir().unwrap();
+            command.env("ASSENT_DATA_DIR", data.path());
+            data
+        });
         let mut child = command.spawn().expect("cannot start assent serve");
         let stderr = child.stderr.take().unwrap();
         let (found, address) = std::sync::mpsc::channel();
@@ -81,7 +90,11 @@ impl Server {
         let address = address
             .recv_timeout(Duration::from_secs(60))
             .expect("the server did not start");
-        Server { child, address }
+        Server {
+            child,
+            address,
+            data,
+        }
     }
 
     pub async fn channels(&self, count: usize) -> Vec<Channel> {
@@ -112,8 +125,9 @@ impl Server {
     }
 
     /// The server's process, for a caller that manages it itself.
-    pub fn into_child(self) -> Child {
-        self.child
+    /// The process, and the data directory made for it (to keep while it runs).
+    pub fn into_child(self) -> (Child, Option<tempfile::TempDir>) {
+        (self.child, self.data)
     }
 
     pub fn stop(mut self) {

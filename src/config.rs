@@ -39,8 +39,14 @@ pub struct Settings {
     pub store_timeouts: StoreTimeouts,
     /// Which decisions the decision log records.
     pub decision_log: LogMode,
-    /// How many decisions may wait to be written before new ones are dropped (and counted).
+    /// How many decisions may wait in memory to be written before new ones are dropped (and
+    /// counted); as many `require_audit` records may wait for the store.
     pub decision_log_queue: usize,
+    /// Where decisions wait, in segment files, to be shipped to the store.
+    pub decision_log_dir: PathBuf,
+    /// How many bytes of segment files may wait to be shipped before new decisions are dropped
+    /// (and counted).
+    pub decision_log_backlog_bytes: u64,
     /// How many days of decisions `assent audit prune` keeps.
     pub decision_log_retention_days: u32,
     /// The in-process cache of subject state.
@@ -163,6 +169,8 @@ settings! {
     store_write_timeout_ms: u64 = ["ASSENT_STORE_WRITE_TIMEOUT_MS"], "800";
     decision_log: String = ["ASSENT_DECISION_LOG"], "all";
     decision_log_queue: usize = ["ASSENT_DECISION_LOG_QUEUE"], "65536";
+    decision_log_dir: PathBuf = ["ASSENT_DECISION_LOG_DIR"], None;
+    decision_log_backlog_mb: u64 = ["ASSENT_DECISION_LOG_BACKLOG_MB"], "1024";
     decision_log_retention_days: u32 = ["ASSENT_DECISION_LOG_RETENTION_DAYS"], "400";
     cache_max_subjects: u64 = ["ASSENT_CACHE_MAX_SUBJECTS"], "1000000";
     cache_ttl_seconds: u64 = ["ASSENT_CACHE_TTL_SECONDS"], "600";
@@ -573,6 +581,9 @@ impl Settings {
                     .unwrap_or_else(|| given.data_dir.join("checkpoints")),
                 interval: milliseconds(given.audit_checkpoint_interval_ms),
             });
+        let decision_log_dir = given
+            .decision_log_dir
+            .unwrap_or_else(|| given.data_dir.join("decision-log"));
         let settings = Settings {
             listen,
             data_dir: given.data_dir,
@@ -586,6 +597,8 @@ impl Settings {
             store_timeouts,
             decision_log,
             decision_log_queue: given.decision_log_queue,
+            decision_log_dir,
+            decision_log_backlog_bytes: given.decision_log_backlog_mb.saturating_mul(1 << 20),
             decision_log_retention_days: given.decision_log_retention_days,
             cache,
             consent_expiry_sweep: milliseconds(given.consent_expiry_sweep_ms),

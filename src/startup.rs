@@ -116,8 +116,13 @@ impl Application {
         let (decision_log, decision_log_writer) = DecisionLog::start(
             self.store.clone(),
             self.settings.decision_log,
-            self.settings.decision_log_queue,
-        );
+            (
+                self.settings.decision_log_queue,
+                self.settings.decision_log_backlog_bytes,
+            ),
+            &self.settings.decision_log_dir,
+        )
+        .context("cannot start the decision log")?;
         let (cache, cache_tasks) =
             SubjectCache::start(self.store.clone(), self.settings.cache.clone())
                 .await

@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::stream::{Answers, answers};
 use super::validate::{self, CheckQuery, Freshness};
 use super::{AppState, CallContext};
-use crate::audit::DecisionRecord;
+use crate::audit::Decided;
 use crate::cache::Tier;
 use crate::decision_log::DurableReceipt;
 use crate::error::ApiError;
@@ -205,7 +205,7 @@ impl DecisionsService {
         let draw = verdict.decision_id.as_u128() as u32;
         if log.wants(verdict.ruling.decision, draw) {
             let _span = crate::child_span!("audit.decision_log", assent.durable = false).entered();
-            log.record(record(query, verdict, context));
+            log.record(&decided(query, verdict, context));
         }
         response_to(query, verdict)
     }
@@ -223,11 +223,10 @@ impl DecisionsService {
             return Ok((self.answer_logged(query, context, &verdict), None));
         }
         let span = crate::child_span!("audit.decision_log", assent.durable = true);
-        let record = record(query, &verdict, context);
         let receipt = Box::pin(
             self.state
                 .decision_log
-                .record_durable(record)
+                .record_durable(&decided(query, &verdict, context))
                 .instrument(span),
         )
         .await
@@ -377,16 +376,18 @@ fn consistency_name(query: &CheckQuery) -> &'static str {
     }
 }
 
-fn record(query: &CheckQuery, verdict: &Verdict, context: &CallContext) -> DecisionRecord {
-    DecisionRecord {
+/// What the decision log records of a check.
+fn decided<'a>(
+    query: &'a CheckQuery,
+    verdict: &'a Verdict,
+    context: &'a CallContext,
+) -> Decided<'a> {
+    Decided {
         decided_at_micros: now_micros(),
-        decision_id: verdict.decision_id.to_string(),
-        subject_id: query.subject_id.as_str().to_owned(),
+        decision_id: verdict.decision_id,
+        subject_id: query.subject_id.as_str(),
         purpose: query.purpose,
-        conversation_id: query
-            .conversation_id
-            .as_ref()
-            .map(|id| id.as_str().to_owned()),
+        conversation_id: query.conversation_id.as_ref().map(|id| id.as_str()),
         source: query.source,
         consistency: consistency_name(query),
         decision: verdict.ruling.decision,
@@ -395,8 +396,8 @@ fn record(query: &CheckQuery, verdict: &Verdict, context: &CallContext) -> Decis
         policy_version: verdict.policy.version(),
         revision: verdict.revision.map(Revision::sequence),
         degraded: verdict.revision.is_none(),
-        caller: context.caller.clone(),
-        trace_id: context.trace_id.clone(),
+        caller: &context.caller,
+        trace_id: &context.trace_id,
     }
 }
 

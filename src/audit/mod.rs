@@ -24,6 +24,8 @@ pub use merkle::{
     range_hash, range_nodes, root_of, verify_consistency, verify_inclusion,
 };
 
+use std::borrow::Cow;
+
 use crate::named::named_enum;
 use crate::policy::{Decision, Purpose, Reason, Source};
 
@@ -84,6 +86,51 @@ pub struct AuditEvent {
     pub hash: String,
 }
 
+/// A decision as the request path knows it, borrowed: what the decision log records of it
+/// without copying a string.
+#[derive(Clone, Copy, Debug)]
+pub struct Decided<'a> {
+    pub decided_at_micros: i64,
+    pub decision_id: uuid::Uuid,
+    pub subject_id: &'a str,
+    pub purpose: Purpose,
+    pub conversation_id: Option<&'a str>,
+    pub source: Source,
+    /// `minimize_latency`, `at_least_as_fresh`, `fully_consistent` or `as_of`.
+    pub consistency: &'static str,
+    pub decision: Decision,
+    pub reason: Reason,
+    pub rule: &'a str,
+    pub policy_version: &'a str,
+    pub revision: Option<u64>,
+    pub degraded: bool,
+    pub caller: &'a str,
+    pub trace_id: &'a str,
+}
+
+impl Decided<'_> {
+    /// The row this decision becomes.
+    pub fn to_record(&self) -> DecisionRecord {
+        DecisionRecord {
+            decided_at_micros: self.decided_at_micros,
+            decision_id: self.decision_id.to_string(),
+            subject_id: self.subject_id.to_owned(),
+            purpose: self.purpose,
+            conversation_id: self.conversation_id.map(str::to_owned),
+            source: self.source,
+            consistency: self.consistency,
+            decision: self.decision,
+            reason: self.reason,
+            rule: Cow::Owned(self.rule.to_owned()),
+            policy_version: Cow::Owned(self.policy_version.to_owned()),
+            revision: self.revision,
+            degraded: self.degraded,
+            caller: self.caller.to_owned(),
+            trace_id: self.trace_id.to_owned(),
+        }
+    }
+}
+
 /// One recorded decision: the request, the answer, and who asked.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DecisionRecord {
@@ -98,8 +145,8 @@ pub struct DecisionRecord {
     pub decision: Decision,
     pub reason: Reason,
     /// The rule id, such as `T3`.
-    pub rule: &'static str,
-    pub policy_version: &'static str,
+    pub rule: Cow<'static, str>,
+    pub policy_version: Cow<'static, str>,
     /// The state revision the answer was computed from; `None` for a degraded answer.
     pub revision: Option<u64>,
     pub degraded: bool,

@@ -1380,6 +1380,14 @@ impl Store {
         .await
     }
 
+    /// Whether the decision log holds `record`'s decision.
+    pub async fn has_decision(&self, record: &DecisionRecord) -> Result<bool, StoreError> {
+        self.run("has_decision", Access::Connection, async |connection| {
+            rows::has_decision(connection, record).await
+        })
+        .await
+    }
+
     /// The number of recorded decisions.
     pub async fn count_decisions(&self) -> Result<u64, StoreError> {
         self.run("count_decisions", Access::Connection, async |connection| {

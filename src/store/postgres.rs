@@ -245,8 +245,8 @@ fn copy_row(out: &mut Vec<u8>, record: &DecisionRecord) {
     text(out, record.consistency);
     text(out, record.decision.as_str());
     text(out, record.reason.as_str());
-    text(out, record.rule);
-    text(out, record.policy_version);
+    text(out, &record.rule);
+    text(out, &record.policy_version);
     match record.revision {
         Some(revision) => text(out, &revision.to_string()),
         None => out.extend_from_slice(null),
@@ -544,8 +544,8 @@ mod tests {
             consistency: "minimize_latency",
             decision: Decision::Deny,
             reason: Reason::ChoiceRefused,
-            rule: "M1",
-            policy_version: POLICY_VERSION,
+            rule: "M1".into(),
+            policy_version: POLICY_VERSION.into(),
             revision: None,
             degraded: true,
             caller: "tab\there\\back\nline".into(),

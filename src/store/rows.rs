@@ -9,8 +9,8 @@ use sha2::Digest as _;
 
 use crate::audit::merkle::{self, Frontier, Hash, NodeId};
 use crate::audit::{
-    AuditEvent, ChainReport, ChainVerifier, EventKind, chain_hash, leaf_data, new_payload_salt,
-    payload_sha256,
+    AuditEvent, ChainReport, ChainVerifier, DecisionRecord, EventKind, chain_hash, leaf_data,
+    new_payload_salt, payload_sha256,
 };
 use crate::domain::{ConversationId, SubjectId};
 use crate::policy::rights::{Effect, Regime, RequestState, RightKind, RightsRequest};
@@ -1156,6 +1156,21 @@ pub(super) async fn count_subjects(connection: &mut Connection) -> Result<u64, S
 /// The number of recorded decisions.
 pub(super) async fn count_decisions(connection: &mut Connection) -> Result<u64, StoreError> {
     count_rows(connection, "SELECT COUNT(*) FROM decision_log").await
+}
+
+/// Whether the decision log holds this decision (looked up by its instant and id, so that
+/// PostgreSQL reads one day's partition).
+pub(super) async fn has_decision(
+    connection: &mut Connection,
+    record: &DecisionRecord,
+) -> Result<bool, StoreError> {
+    let row = connection
+        .query("SELECT 1 FROM decision_log WHERE decided_at = $1 AND decision_id = $2")
+        .bind(record.decided_at_micros)
+        .bind(record.decision_id.as_str())
+        .fetch_optional()
+        .await?;
+    Ok(row.is_some())
 }
 
 async fn count_rows(

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::helpers::{actor, all_events, check_request};
+use crate::helpers::{DirectConnection, actor, all_events, check_request};
 use crate::process::ServerProcess;
 use assent::proto::audit_client::AuditClient;
 use assent::proto::decisions_client::DecisionsClient;
@@ -14,12 +14,14 @@ use assent::proto::{self, Choice, Plan, Purpose};
 use assent::revision::Revision;
 use assent::store::testing::{Backend, TestDatabase};
 
-fn start(database: &TestDatabase) -> ServerProcess {
+/// A server process on `database`, whose files (its decision log's segments) are in the
+/// directory `name` of the database's: a restart under the same name takes them up.
+fn start(database: &TestDatabase, name: &str) -> ServerProcess {
     ServerProcess::start(&[
         ("ASSENT_DATABASE_URL", database.url()),
         (
             "ASSENT_DATA_DIR",
-            database.directory().display().to_string(),
+            database.directory().join(name).display().to_string(),
         ),
     ])
 }
@@ -34,7 +36,7 @@ fn sequence(token: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_loses_no_acknowledged_write() {
     let database = TestDatabase::create(Backend::from_env()).await;
-    let server = start(&database);
+    let server = start(&database, "server");
     let mut subjects = SubjectsClient::new(server.channel().await);
     for index in 0..5 {
         subjects
@@ -79,7 +81,7 @@ async fn a_crash_loses_no_acknowledged_write() {
         acknowledged.len()
     );
 
-    let restarted = start(&database);
+    let restarted = start(&database, "server");
     let channel = restarted.channel().await;
     let mut decisions = DecisionsClient::new(channel.clone());
     let events = all_events(channel.clone(), None).await;
@@ -116,6 +118,112 @@ async fn a_crash_loses_no_acknowledged_write() {
     restarted.stop();
 }
 
+/// Checks under load, one in ten with `require_audit`; the server is killed with SIGKILL
+/// mid-load and started again on the same files. Every decision whose answer said it was
+/// recorded (a `require_audit` check that was answered) is in the decision log, each decision
+/// is there once, and the ordinary ones the dead process had written to its segment files are
+/// shipped by the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_loses_no_decision_said_to_be_recorded() {
+    const CLIENTS: usize = 8;
+    let database = TestDatabase::create(Backend::from_env()).await;
+    let server = start(&database, "server");
+    let channel = server.channel().await;
+    SubjectsClient::new(channel.clone())
+        .upsert_subject(proto::UpsertSubjectRequest {
+            subject_id: "kim".into(),
+            plan: Some(Plan::Free as i32),
+            actor: actor(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let mut decisions = DecisionsClient::new(channel.clone());
+            tokio::spawn(async move {
+                let (mut recorded, mut answered) = (Vec::new(), Vec::new());
+                for index in 0.. {
+                    let require_audit = (index + client) % 10 == 0;
+                    let check = proto::CheckRequest {
+                        require_audit,
+                        ..check_request("kim", Purpose::ModelTraining)
+                    };
+                    match decisions.check(check).await {
+                        Ok(answer) if require_audit => {
+                            recorded.push(answer.into_inner().decision_id)
+                        }
+                        Ok(answer) => answered.push(answer.into_inner().decision_id),
+                        Err(_) => break,
+                    }
+                }
+                (recorded, answered)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    server.kill();
+    let (mut recorded, mut answered) = (Vec::new(), Vec::new());
+    for client in clients {
+        let (durable, ordinary) = tokio::time::timeout(Duration::from_secs(10), client)
+            .await
+            .expect("a client did not notice the crash")
+            .unwrap();
+        recorded.extend(durable);
+        answered.extend(ordinary);
+    }
+    assert!(
+        recorded.len() >= 10,
+        "only {} recorded checks",
+        recorded.len()
+    );
+
+    let restarted = start(&database, "server");
+    restarted.channel().await;
+    let mut connection = DirectConnection::open(&database).await;
+    // The new process ships the dead one's segments as it starts; wait until the count settles.
+    let mut rows = connection.count("decision_log").await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = connection.count("decision_log").await;
+        if now == rows {
+            break;
+        }
+        rows = now;
+    }
+    for decision_id in &recorded {
+        assert!(
+            connection.decision_row(decision_id).await.is_some(),
+            "the recorded decision {decision_id} is not in the log"
+        );
+    }
+    let mut shipped = 0;
+    for decision_id in &answered {
+        shipped += usize::from(connection.decision_row(decision_id).await.is_some());
+    }
+    assert_eq!(
+        connection
+            .count("(SELECT DISTINCT decision_id FROM decision_log) AS ids")
+            .await,
+        rows,
+        "a decision is in the log twice"
+    );
+    eprintln!(
+        "crash test: {} require_audit checks answered, all in the log; {shipped} of {} other \
+         answered checks in the log after the restart",
+        recorded.len(),
+        answered.len()
+    );
+    // Only what was in memory when the process died (at most a flush interval) may be missing.
+    assert!(
+        shipped * 10 >= answered.len() * 9,
+        "{shipped} of {}",
+        answered.len()
+    );
+    connection.close().await;
+    restarted.stop();
+}
+
 /// What one acknowledged write set.
 #[derive(Clone, Debug)]
 struct Acknowledged {
@@ -135,7 +243,7 @@ async fn two_processes_keep_one_linear_history() {
     const WRITES: usize = 500;
     const SUBJECTS: usize = 10;
     let database = TestDatabase::create(Backend::from_env()).await;
-    let servers = [start(&database), start(&database)];
+    let servers = [start(&database, "first"), start(&database, "second")];
     let channels = Arc::new([servers[0].channel().await, servers[1].channel().await]);
     let mut setup = SubjectsClient::new(channels[0].clone());
     for subject in 0..SUBJECTS {

@@ -35,6 +35,9 @@ pub struct TestApp {
     server: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
+/// Numbers the servers the tests start.
+static SERVERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 impl TestApp {
     /// A server on a fresh, empty database of the backend `ASSENT_TEST_STORE` names.
     pub async fn spawn() -> TestApp {
@@ -72,6 +75,12 @@ impl TestApp {
             },
             decision_log: LogMode::All,
             decision_log_queue: 10_000,
+            // Each server its own: two may run on one database at once.
+            decision_log_dir: data.directory().join(format!(
+                "decision-log-{}",
+                SERVERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            )),
+            decision_log_backlog_bytes: 1 << 30,
             decision_log_retention_days: 400,
             cache: CacheSettings::default(),
             consent_expiry_sweep: Some(Duration::from_millis(250)),
@@ -185,15 +194,7 @@ impl TestApp {
 
     /// A connection of its own to the server's database, as another process would have.
     pub async fn direct_connection(&self) -> DirectConnection {
-        let url = self.data.url();
-        match self.backend() {
-            Backend::Sqlite => {
-                DirectConnection::Sqlite(sqlx::SqliteConnection::connect(&url).await.unwrap())
-            }
-            Backend::Postgres => {
-                DirectConnection::Postgres(sqlx::PgConnection::connect(&url).await.unwrap())
-            }
-        }
+        DirectConnection::open(&self.data).await
     }
 
     /// Starts a graceful shutdown without waiting for it.
@@ -318,6 +319,19 @@ pub enum DirectConnection {
 }
 
 impl DirectConnection {
+    /// A connection of the test's own to `database`, past the server.
+    pub async fn open(database: &TestDatabase) -> DirectConnection {
+        let url = database.url();
+        match database.backend {
+            Backend::Sqlite => {
+                DirectConnection::Sqlite(sqlx::SqliteConnection::connect(&url).await.unwrap())
+            }
+            Backend::Postgres => {
+                DirectConnection::Postgres(sqlx::PgConnection::connect(&url).await.unwrap())
+            }
+        }
+    }
+
     pub async fn execute(&mut self, sql: &str) -> Result<u64, sqlx::Error> {
         let sql = sqlx::AssertSqlSafe(sql.to_owned());
         match self {

@@ -14,6 +14,8 @@ pub struct ServerProcess {
     pub address: String,
     /// The admin HTTP address (`/metrics`, `/healthz`, `/readyz`).
     pub admin_address: String,
+    /// The data directory made for it, when it was given none.
+    _data: Option<tempfile::TempDir>,
 }
 
 impl ServerProcess {
@@ -33,6 +35,13 @@ impl ServerProcess {
         for (name, value) in settings {
             command.env(name, value);
         }
+        // Without a data directory of its own, a server would use `data` in the working
+        // directory, and two at once would contend for its decision log.
+        let data = (!settings.iter().any(|(name, _)| *name == "ASSENT_DATA_DIR")).then(|| {
+            let data = tempfile::tempdir().unwrap();
+            command.env("ASSENT_DATA_DIR", data.path());
+            data
+        });
         let mut child = command.spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let (found, address) = std::sync::mpsc::channel();
@@ -62,6 +71,7 @@ impl ServerProcess {
             child,
             address,
             admin_address,
+            _data: data,
         }
     }
 
