@@ -31,8 +31,8 @@ named_enum! {
         SubjectsRead => "subjects:read",
         /// Every write of `Subjects`.
         SubjectsWrite => "subjects:write",
-        /// ListEvents, VerifyChain, VerifyState, GetCheckpoint, the proofs, ExportSubject
-        /// (SignCheckpoint and ErasePayloads need `admin`).
+        /// ListEvents, ListDecisions, VerifyChain, VerifyState, GetCheckpoint, the proofs,
+        /// ExportSubject (SignCheckpoint and ErasePayloads need `admin`).
         AuditRead => "audit:read",
         /// Changes.Watch.
         ChangesWatch => "changes:watch",

@@ -3,17 +3,14 @@
 use tonic::{Request, Response, Status};
 
 use super::{AppState, CallContext, convert, validate};
-use crate::audit::AuditEvent;
 use crate::audit::merkle;
 use crate::audit::note::SignedCheckpoint;
+use crate::audit::{AuditEvent, DecisionRecord};
 use crate::checkpoints::{CheckpointError, Checkpoints};
 use crate::error::ApiError;
 use crate::proto;
 use crate::revision::Revision;
 use crate::store::{Changed, EventQuery, StateReport, Store, StoreError};
-
-const DEFAULT_PAGE_SIZE: u32 = 100;
-const MAX_PAGE_SIZE: u32 = 1_000;
 
 #[derive(Clone, Debug)]
 pub struct AuditService {
@@ -23,6 +20,29 @@ pub struct AuditService {
 impl AuditService {
     pub fn new(state: AppState) -> AuditService {
         AuditService { state }
+    }
+}
+
+fn decision_to_proto(record: DecisionRecord) -> proto::RecordedDecision {
+    proto::RecordedDecision {
+        decision_id: record.decision_id,
+        decided_at: Some(convert::timestamp(record.decided_at_micros)),
+        subject_id: record.subject_id,
+        purpose: proto::Purpose::from(record.purpose) as i32,
+        conversation_id: record.conversation_id.unwrap_or_default(),
+        source: proto::Source::from(record.source) as i32,
+        consistency: record.consistency.to_owned(),
+        decision: proto::Decision::from(record.decision) as i32,
+        reason: proto::Reason::from(record.reason) as i32,
+        rule: record.rule.into_owned(),
+        policy_version: record.policy_version.into_owned(),
+        revision: record
+            .revision
+            .map(|sequence| Revision::new(sequence).to_token())
+            .unwrap_or_default(),
+        degraded: record.degraded,
+        caller: record.caller,
+        trace_id: record.trace_id,
     }
 }
 
@@ -64,11 +84,7 @@ impl proto::audit_server::Audit for AuditService {
             .map(validate::subject_id)
             .transpose()?;
         let after_sequence = validate::page_token(&body.page_token)?;
-        // Page sizes above the maximum are lowered to it rather than refused (AIP-158).
-        let page_size = match body.page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            size => size.min(MAX_PAGE_SIZE),
-        };
+        let page_size = validate::page_size(body.page_size);
         // One event more than the page tells whether another page follows.
         let query = EventQuery {
             subject_id,
@@ -89,6 +105,31 @@ impl proto::audit_server::Audit for AuditService {
         };
         Ok(Response::new(proto::ListEventsResponse {
             events: events.into_iter().map(event_to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn list_decisions(
+        &self,
+        request: Request<proto::ListDecisionsRequest>,
+    ) -> Result<Response<proto::ListDecisionsResponse>, Status> {
+        let (query, page_size) = validate::list_decisions(request.get_ref())?;
+        let mut decisions = self
+            .state
+            .store
+            .decisions(&query)
+            .await
+            .map_err(ApiError::from)?;
+        let more = decisions.len() > page_size as usize;
+        decisions.truncate(page_size as usize);
+        let next_page_token = match decisions.last() {
+            Some(last) if more => {
+                validate::decisions_page_token(last.decided_at_micros, &last.decision_id)
+            }
+            _ => String::new(),
+        };
+        Ok(Response::new(proto::ListDecisionsResponse {
+            decisions: decisions.into_iter().map(decision_to_proto).collect(),
             next_page_token,
         }))
     }
@@ -276,11 +317,11 @@ impl proto::audit_server::Audit for AuditService {
                 .events(&EventQuery {
                     subject_id: Some(subject_id.clone()),
                     after_sequence,
-                    limit: MAX_PAGE_SIZE,
+                    limit: validate::MAX_PAGE_SIZE,
                 })
                 .await
                 .map_err(ApiError::from)?;
-            let full = page.len() == MAX_PAGE_SIZE as usize;
+            let full = page.len() == validate::MAX_PAGE_SIZE as usize;
             for event in page {
                 after_sequence = event.sequence;
                 // Committed after the checkpoint was signed: in the next export.

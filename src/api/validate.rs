@@ -460,6 +460,88 @@ pub fn page_token(token: &str) -> Result<u64, ApiError> {
         .map_err(|_| ApiError::invalid("page_token", "is not a token returned by ListEvents"))
 }
 
+/// A listing's page size: 0 means 100, and sizes above 1,000 are lowered to it rather than
+/// refused (AIP-158).
+pub fn page_size(requested: u32) -> u32 {
+    match requested {
+        0 => 100,
+        size => size.min(MAX_PAGE_SIZE),
+    }
+}
+
+/// The largest page a listing returns.
+pub const MAX_PAGE_SIZE: u32 = 1_000;
+
+/// A ListDecisions page token: the instant and id of the last decision of the previous page.
+const DECISIONS_TOKEN_PREFIX: &str = "d1.";
+
+/// The page token that continues a ListDecisions listing after this decision.
+pub fn decisions_page_token(decided_at_micros: i64, decision_id: &str) -> String {
+    format!(
+        "{DECISIONS_TOKEN_PREFIX}{decided_at_micros}.{}",
+        hex::encode(decision_id)
+    )
+}
+
+/// Validates a ListDecisions request into a store query (the limit one more than the page, to
+/// tell whether another page follows).
+pub fn list_decisions(
+    request: &proto::ListDecisionsRequest,
+) -> Result<(crate::store::DecisionQuery, u32), ApiError> {
+    let subject_id = request.subject_id.as_deref().map(subject_id).transpose()?;
+    let decision_id = request
+        .decision_id
+        .as_deref()
+        .map(|id| {
+            if id.is_empty()
+                || id.len() > 64
+                || !id
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
+            {
+                Err(ApiError::invalid(
+                    "decision_id",
+                    "must be 1-64 characters of [A-Za-z0-9-], the decision_id of an answer",
+                ))
+            } else {
+                Ok(id.to_owned())
+            }
+        })
+        .transpose()?;
+    let from_micros =
+        optional_timestamp("start_time", request.start_time.as_ref())?.unwrap_or(i64::MIN);
+    let until_micros =
+        optional_timestamp("end_time", request.end_time.as_ref())?.unwrap_or(i64::MAX);
+    if until_micros < from_micros {
+        return Err(ApiError::invalid("end_time", "is before start_time"));
+    }
+    let after = if request.page_token.is_empty() {
+        None
+    } else {
+        Some(decisions_position(&request.page_token).ok_or_else(|| {
+            ApiError::invalid("page_token", "is not a token returned by ListDecisions")
+        })?)
+    };
+    let page_size = page_size(request.page_size);
+    let query = crate::store::DecisionQuery {
+        subject_id,
+        decision_id,
+        from_micros,
+        until_micros,
+        after,
+        limit: page_size + 1,
+    };
+    Ok((query, page_size))
+}
+
+fn decisions_position(token: &str) -> Option<(i64, String)> {
+    let (at, id) = token
+        .strip_prefix(DECISIONS_TOKEN_PREFIX)?
+        .split_once('.')?;
+    let id = String::from_utf8(hex::decode(id).ok()?).ok()?;
+    Some((at.parse().ok()?, id))
+}
+
 /// How far in the future a `received_at` may lie (clock skew between services).
 const RECEIVED_AT_SKEW_MICROS: i64 = 60_000_000;
 

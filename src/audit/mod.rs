@@ -14,6 +14,7 @@ mod chain;
 pub mod merkle;
 pub mod note;
 pub mod offline;
+pub mod segment;
 
 pub use chain::{
     ChainReport, ChainVerifier, GENESIS_HASH, HashRule, canonical_bytes, chain_hash, hash_rule,

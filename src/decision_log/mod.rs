@@ -1,7 +1,7 @@
 //! The decision log: every decision the service gives can be recorded, off the request path.
 //!
 //! A check appends its decision to the block in memory, as a compact binary record
-//! ([`segment`]): a lock held for a few hundred nanoseconds, no allocation of its own, no task
+//! ([`crate::audit::segment`]): a lock held for a few hundred nanoseconds, no allocation of its own, no task
 //! woken. A flusher writes the block to the open segment file every [`FLUSH_INTERVAL`], and
 //! seals the segment every [`SEAL_INTERVAL`] (or at [`SEGMENT_BYTES`]); a shipper moves each
 //! sealed segment into the store in one transaction (PostgreSQL `COPY`, SQLite batched
@@ -22,8 +22,6 @@
 //! killed process; it is flushed to disk when it is sealed, so a power loss can cost the last
 //! [`SEAL_INTERVAL`] as well.
 
-pub mod segment;
-
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Write;
@@ -35,7 +33,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::audit::{Decided, DecisionRecord};
+use crate::audit::{Decided, DecisionRecord, segment};
 use crate::metrics::{Scrape, Scraped};
 use crate::policy::Decision;
 use crate::store::Store;
@@ -613,15 +611,16 @@ async fn ship(store: &Store, path: &Path, recovered: bool, shared: &Shared) -> b
         );
     }
     let records = segment.records.len() as u64;
+    let intact = &bytes[..bytes.len() - segment.unreadable_bytes as usize];
     let shipped = match segment.records.first() {
         None => Ok(()),
         // A crash between the commit and the deletion leaves a segment that is in the store.
-        Some(first) if recovered => match store.has_decision(first).await {
+        Some(first) if recovered => match store.has_decision_segment(first).await {
             Ok(true) => Ok(()),
-            Ok(false) => store.insert_decisions(&segment.records, true).await,
+            Ok(false) => store.ship_decision_segment(intact, &segment.records).await,
             Err(error) => Err(error),
         },
-        Some(_) => store.insert_decisions(&segment.records, true).await,
+        Some(_) => store.ship_decision_segment(intact, &segment.records).await,
     };
     if let Err(error) = shipped {
         counters.failed.fetch_add(records, Ordering::Relaxed);
@@ -724,6 +723,7 @@ async fn flush(store: &Store, batch: Vec<Entry>, counters: &Counters) {
 mod tests {
     use super::*;
     use crate::policy::{Purpose, Reason, Source};
+    use crate::store::DecisionQuery;
     use crate::store::testing::{Backend, TestDatabase};
 
     fn decided(id: uuid::Uuid) -> Decided<'static> {
@@ -786,9 +786,8 @@ mod tests {
     /// A process that dies leaves its segments; the next start ships them, once: a segment
     /// whose first decision is in the store already (a crash between the commit and the
     /// deletion) is deleted, not shipped again. A directory is one process's at a time.
-    #[tokio::test]
-    async fn segments_left_by_a_crash_are_shipped_once_at_the_next_start() {
-        let database = TestDatabase::create(Backend::Sqlite).await;
+    async fn segments_left_by_a_crash_are_shipped_once(backend: Backend) {
+        let database = TestDatabase::create(backend).await;
         let store = Store::open(database.location()).await.unwrap();
         let directory = database.directory().join("decision-log");
         let (log, writer) =
@@ -801,20 +800,19 @@ mod tests {
         drop(log);
         // Two segments as a killed process leaves them: one shipped before the crash, one not,
         // the second ending in a block the crash cut short.
-        let shipped: Vec<uuid::Uuid> = (0..3).map(|_| uuid::Uuid::now_v7()).collect();
-        let unshipped: Vec<uuid::Uuid> = (0..5).map(|_| uuid::Uuid::now_v7()).collect();
         let mut builder = segment::BlockBuilder::default();
-        for id in &shipped {
-            builder.push(&decided(*id));
+        for _ in 0..3 {
+            builder.push(&decided(uuid::Uuid::now_v7()));
         }
         let first = builder.finish();
-        let records = segment::read(&first).records;
-        store.insert_decisions(&records, true).await.unwrap();
+        let shipped = segment::read(&first).records;
+        store.ship_decision_segment(&first, &shipped).await.unwrap();
         std::fs::write(directory.join(format!("{:020}{SEGMENT_SUFFIX}", 7)), &first).unwrap();
-        for id in &unshipped {
-            builder.push(&decided(*id));
+        for _ in 0..5 {
+            builder.push(&decided(uuid::Uuid::now_v7()));
         }
         let mut second = builder.finish();
+        let unshipped = segment::read(&second).records;
         builder.push(&decided(uuid::Uuid::now_v7()));
         let torn = builder.finish();
         second.extend_from_slice(&torn[..torn.len() - 3]);
@@ -828,23 +826,33 @@ mod tests {
             DecisionLog::start(store.clone(), LogMode::All, (64, 1 << 30), &directory).unwrap();
         log.record(&decided(uuid::Uuid::now_v7()));
         writer.shutdown().await;
-        assert_eq!(store.count_decisions().await.unwrap(), 3 + 5 + 1);
-        let left: Vec<DecisionRecord> = [&first, &second]
-            .into_iter()
-            .flat_map(|bytes| segment::read(bytes).records)
-            .collect();
-        assert_eq!(left.len(), shipped.len() + unshipped.len());
-        for record in &left {
-            assert!(
-                store.has_decision(record).await.unwrap(),
-                "{}",
-                record.decision_id
-            );
+        let mut listed = store.decisions(&DecisionQuery::all(100)).await.unwrap();
+        assert_eq!(listed.len(), 3 + 5 + 1, "{listed:#?}");
+        let mut wanted: Vec<DecisionRecord> = shipped.into_iter().chain(unshipped).collect();
+        let last = listed
+            .iter()
+            .find(|record| !wanted.contains(record))
+            .unwrap();
+        wanted.push(last.clone());
+        for list in [&mut listed, &mut wanted] {
+            list.sort_by(|a, b| a.decision_id.cmp(&b.decision_id));
         }
+        assert_eq!(listed, wanted);
+        assert_eq!(store.count_decisions().await.unwrap(), 9);
         let stats = log.stats();
         assert_eq!(stats.unreadable_bytes, (torn.len() - 3) as u64);
         assert_eq!(segment_files(&directory), 0);
         store.close().await;
+    }
+
+    #[tokio::test]
+    async fn segments_left_by_a_crash_are_shipped_once_on_sqlite() {
+        segments_left_by_a_crash_are_shipped_once(Backend::Sqlite).await;
+    }
+
+    #[tokio::test]
+    async fn segments_left_by_a_crash_are_shipped_once_on_postgres() {
+        segments_left_by_a_crash_are_shipped_once(Backend::Postgres).await;
     }
 
     #[test]

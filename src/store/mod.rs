@@ -470,6 +470,49 @@ const DECISION_LOG_COLUMNS: &str = "decided_at, decision_id, subject_id, purpose
      conversation_id, source, consistency, decision, reason, rule, policy_version, revision, \
      degraded, caller, trace_id";
 
+/// Which recorded decisions to list, in the order of (decided_at, decision_id).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecisionQuery {
+    pub subject_id: Option<SubjectId>,
+    pub decision_id: Option<String>,
+    /// Decisions at or after this instant (µs since the epoch).
+    pub from_micros: i64,
+    /// Decisions before this instant.
+    pub until_micros: i64,
+    /// Decisions after this one (the last of the previous page): its instant and id.
+    pub after: Option<(i64, String)>,
+    pub limit: u32,
+}
+
+impl DecisionQuery {
+    /// Every decision, `limit` at a time.
+    pub fn all(limit: u32) -> DecisionQuery {
+        DecisionQuery {
+            subject_id: None,
+            decision_id: None,
+            from_micros: i64::MIN,
+            until_micros: i64::MAX,
+            after: None,
+            limit,
+        }
+    }
+
+    /// Whether a decision matches (for decisions read from a segment).
+    pub fn matches(&self, record: &DecisionRecord) -> bool {
+        self.subject_id
+            .as_ref()
+            .is_none_or(|subject| subject.as_str() == record.subject_id)
+            && self
+                .decision_id
+                .as_ref()
+                .is_none_or(|id| *id == record.decision_id)
+            && (self.from_micros..self.until_micros).contains(&record.decided_at_micros)
+            && self.after.as_ref().is_none_or(|(at, id)| {
+                (record.decided_at_micros, record.decision_id.as_str()) > (*at, id.as_str())
+            })
+    }
+}
+
 /// Which audit events to list.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EventQuery {
@@ -1380,12 +1423,63 @@ impl Store {
         .await
     }
 
-    /// Whether the decision log holds `record`'s decision.
-    pub async fn has_decision(&self, record: &DecisionRecord) -> Result<bool, StoreError> {
-        self.run("has_decision", Access::Connection, async |connection| {
-            rows::has_decision(connection, record).await
-        })
+    /// Ships one segment of the decision log (its intact blocks, `body`, and its decisions,
+    /// `records`) in one transaction: on PostgreSQL as rows of `decision_log` (`COPY`), on
+    /// SQLite as one row of `decision_log_segments`, ignored if it is there already.
+    pub async fn ship_decision_segment(
+        &self,
+        body: &[u8],
+        records: &[DecisionRecord],
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Postgres(_) => self.insert_decisions(records, true).await,
+            Store::Sqlite(store) => {
+                let deadline = self.timeouts().write;
+                observed(self, "ship_decision_segment", async {
+                    tokio::time::timeout(deadline, store.insert_decision_segment(body, records))
+                        .await
+                        .unwrap_or(Err(StoreError::TimedOut {
+                            operation: "ship_decision_segment",
+                            after: deadline,
+                        }))
+                })
+                .await
+            }
+        }
+    }
+
+    /// Whether the decision log holds a segment whose first decision is `first` (a segment a
+    /// crash left after it was shipped).
+    pub async fn has_decision_segment(&self, first: &DecisionRecord) -> Result<bool, StoreError> {
+        self.run(
+            "has_decision_segment",
+            Access::Connection,
+            async |connection| rows::has_decision_segment(connection, first).await,
+        )
         .await
+    }
+
+    /// The recorded decisions `query` asks for, in order: on SQLite, from the rows of
+    /// `decision_log` and from the shipped segments.
+    pub async fn decisions(
+        &self,
+        query: &DecisionQuery,
+    ) -> Result<Vec<DecisionRecord>, StoreError> {
+        let rows = self
+            .run("decisions", Access::Connection, async |connection| {
+                rows::decisions(connection, query).await
+            })
+            .await?;
+        let Store::Sqlite(store) = self else {
+            return Ok(rows);
+        };
+        let mut found = observed(self, "decision_segments", store.segment_decisions(query)).await?;
+        found.extend(rows);
+        found.sort_by(|a, b| {
+            (a.decided_at_micros, &a.decision_id).cmp(&(b.decided_at_micros, &b.decision_id))
+        });
+        found.truncate(query.limit as usize);
+        Ok(found)
     }
 
     /// The number of recorded decisions.

@@ -15,18 +15,18 @@ use crate::audit::{
 use crate::domain::{ConversationId, SubjectId};
 use crate::policy::rights::{Effect, Regime, RequestState, RightKind, RightsRequest};
 use crate::policy::{
-    Choice, ConsentMethod, ConversationFacts, PURPOSE_COUNT, Plan, Purpose, Rating, Status,
-    SubjectState,
+    Choice, ConsentMethod, ConversationFacts, Decision, PURPOSE_COUNT, Plan, Purpose, Rating,
+    Reason, Source, Status, SubjectState,
 };
 use crate::revision::Revision;
 use crate::store::change::{Change, Command, ConsentMeta, SubjectRecord, plan_change};
 use crate::store::sql::{Connection, Row};
 use crate::store::{
-    CandidatePage, ChangeNotice, Changed, ChoiceEntry, DecisionState, DueCandidates, EventQuery,
-    ExpiredChoice, LogReport, NewPolicy, NewRightsRequest, RetentionSubject, RightsEffects,
-    RightsListing, RightsOutcome, RightsQuery, RightsStep, StateGroup, StoreError, StoredPolicy,
-    StoredRightsRequest, SubjectSnapshot, SubjectView, WriteContext, WriteOutcome, WriteRequest,
-    now_micros,
+    CandidatePage, ChangeNotice, Changed, ChoiceEntry, DecisionQuery, DecisionState, DueCandidates,
+    EventQuery, ExpiredChoice, LogReport, NewPolicy, NewRightsRequest, RetentionSubject,
+    RightsEffects, RightsListing, RightsOutcome, RightsQuery, RightsStep, StateGroup, StoreError,
+    StoredPolicy, StoredRightsRequest, SubjectSnapshot, SubjectView, WriteContext, WriteOutcome,
+    WriteRequest, now_micros,
 };
 
 const VERIFY_PAGE: i64 = 1_000;
@@ -1155,22 +1155,109 @@ pub(super) async fn count_subjects(connection: &mut Connection) -> Result<u64, S
 
 /// The number of recorded decisions.
 pub(super) async fn count_decisions(connection: &mut Connection) -> Result<u64, StoreError> {
-    count_rows(connection, "SELECT COUNT(*) FROM decision_log").await
+    let statement = match connection {
+        Connection::Sqlite(..) => {
+            "SELECT (SELECT COUNT(*) FROM decision_log)
+                  + (SELECT COALESCE(SUM(records), 0) FROM decision_log_segments)"
+        }
+        Connection::Postgres(..) => "SELECT COUNT(*) FROM decision_log",
+    };
+    count_rows(connection, statement).await
 }
 
-/// Whether the decision log holds this decision (looked up by its instant and id, so that
-/// PostgreSQL reads one day's partition).
-pub(super) async fn has_decision(
+/// Whether the decision log holds the segment whose first decision is `first`: on PostgreSQL,
+/// that decision's row (looked up by its instant and id, so that one day's partition is read);
+/// on SQLite, a shipped segment of that first decision, or its row.
+pub(super) async fn has_decision_segment(
     connection: &mut Connection,
-    record: &DecisionRecord,
+    first: &DecisionRecord,
 ) -> Result<bool, StoreError> {
+    let statement = match connection {
+        Connection::Sqlite(..) => {
+            "SELECT 1 FROM decision_log WHERE decided_at = $1 AND decision_id = $2
+             UNION ALL SELECT 1 FROM decision_log_segments WHERE first_decision_id = $2"
+        }
+        Connection::Postgres(..) => {
+            "SELECT 1 FROM decision_log WHERE decided_at = $1 AND decision_id = $2"
+        }
+    };
     let row = connection
-        .query("SELECT 1 FROM decision_log WHERE decided_at = $1 AND decision_id = $2")
-        .bind(record.decided_at_micros)
-        .bind(record.decision_id.as_str())
+        .query(statement)
+        .bind(first.decided_at_micros)
+        .bind(first.decision_id.as_str())
         .fetch_optional()
         .await?;
     Ok(row.is_some())
+}
+
+/// The rows of `decision_log` that `query` asks for, in order.
+pub(super) async fn decisions(
+    connection: &mut Connection,
+    query: &DecisionQuery,
+) -> Result<Vec<DecisionRecord>, StoreError> {
+    let mut sql = format!(
+        "SELECT {} FROM decision_log WHERE decided_at >= $1 AND decided_at < $2",
+        super::DECISION_LOG_COLUMNS
+    );
+    let mut next = 3;
+    if query.subject_id.is_some() {
+        sql.push_str(&format!(" AND subject_id = ${next}"));
+        next += 1;
+    }
+    if query.decision_id.is_some() {
+        sql.push_str(&format!(" AND decision_id = ${next}"));
+        next += 1;
+    }
+    if query.after.is_some() {
+        // Row values would do on both, but PostgreSQL then uses the index on decided_at too.
+        sql.push_str(&format!(
+            " AND decided_at >= ${next} AND (decided_at > ${next} OR decision_id > ${})",
+            next + 1
+        ));
+        next += 2;
+    }
+    sql.push_str(&format!(" ORDER BY decided_at, decision_id LIMIT ${next}"));
+    let mut statement = connection
+        .query(sqlx::AssertSqlSafe(sql))
+        .bind(query.from_micros)
+        .bind(query.until_micros);
+    if let Some(subject_id) = &query.subject_id {
+        statement = statement.bind(subject_id.as_str().to_owned());
+    }
+    if let Some(decision_id) = &query.decision_id {
+        statement = statement.bind(decision_id.clone());
+    }
+    if let Some((at, id)) = &query.after {
+        statement = statement.bind(*at).bind(id.clone());
+    }
+    let rows = statement.bind(i64::from(query.limit)).fetch_all().await?;
+    rows.iter().map(decision_from_row).collect()
+}
+
+fn decision_from_row(row: &Row) -> Result<DecisionRecord, StoreError> {
+    let consistency: String = row.try_get("consistency")?;
+    Ok(DecisionRecord {
+        decided_at_micros: row.try_get("decided_at")?,
+        decision_id: row.try_get("decision_id")?,
+        subject_id: row.try_get("subject_id")?,
+        purpose: parse_column(row, "purpose", Purpose::from_name)?,
+        conversation_id: row.try_get("conversation_id")?,
+        source: parse_column(row, "source", Source::from_name)?,
+        consistency: crate::audit::segment::CONSISTENCIES
+            .into_iter()
+            .find(|known| *known == consistency)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown consistency {consistency:?}")))?,
+        decision: parse_column(row, "decision", Decision::from_name)?,
+        reason: parse_column(row, "reason", Reason::from_name)?,
+        rule: std::borrow::Cow::Owned(row.try_get("rule")?),
+        policy_version: std::borrow::Cow::Owned(row.try_get("policy_version")?),
+        revision: row
+            .try_get::<Option<i64>>("revision")?
+            .map(|revision| revision as u64),
+        degraded: row.try_get("degraded")?,
+        caller: row.try_get("caller")?,
+        trace_id: row.try_get("trace_id")?,
+    })
 }
 
 async fn count_rows(

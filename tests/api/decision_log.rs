@@ -4,7 +4,7 @@ use assent::decision_log::LogMode;
 use assent::proto::{self, Plan, Purpose};
 use tonic::Code;
 
-use crate::helpers::{TestApp, check_request};
+use crate::helpers::{TestApp, assert_status, check_request};
 
 const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
@@ -47,9 +47,9 @@ async fn every_decision_is_recorded_and_flushed_on_shutdown() {
 
     let data = app.stop().await;
     let restarted = TestApp::spawn_on(data).await;
-    let mut connection = restarted.direct_connection().await;
-    assert_eq!(connection.count("decision_log").await, 250);
-    let row = connection.decision_row(&single.decision_id).await.unwrap();
+    let log = restarted.decision_log().await;
+    assert_eq!(log.count().await, 250);
+    let row = log.row(&single.decision_id).await.unwrap();
     let revision = assent::revision::Revision::parse_token(&revision).unwrap();
     assert_eq!(
         row,
@@ -62,7 +62,7 @@ async fn every_decision_is_recorded_and_flushed_on_shutdown() {
             "0af7651916cd43dd8448eb211c80319c".to_owned(),
         )
     );
-    connection.close().await;
+    log.close().await;
 }
 
 /// With the log off, only `require_audit` checks are recorded, and each one is durable by the
@@ -71,7 +71,7 @@ async fn every_decision_is_recorded_and_flushed_on_shutdown() {
 async fn a_require_audit_check_answers_after_its_row_is_durable() {
     let app = TestApp::spawn_adjusted(|settings| settings.decision_log = LogMode::Off).await;
     app.upsert("vera", Plan::Pro).await;
-    let mut connection = app.direct_connection().await;
+    let log = app.decision_log().await;
     for _ in 0..5 {
         let audited = app
             .decisions()
@@ -82,12 +82,7 @@ async fn a_require_audit_check_answers_after_its_row_is_durable() {
             .await
             .unwrap()
             .into_inner();
-        assert!(
-            connection
-                .decision_row(&audited.decision_id)
-                .await
-                .is_some()
-        );
+        assert!(log.row(&audited.decision_id).await.is_some());
     }
     let unaudited = app.check("vera", Purpose::ModelTraining).await;
     let audited_batch = app
@@ -104,17 +99,12 @@ async fn a_require_audit_check_answers_after_its_row_is_durable() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(connection.count("decision_log").await, 25);
-    assert!(
-        connection
-            .decision_row(&unaudited.decision_id)
-            .await
-            .is_none()
-    );
+    assert_eq!(log.count().await, 25);
+    assert!(log.row(&unaudited.decision_id).await.is_none());
     for result in &audited_batch.results {
-        assert!(connection.decision_row(&result.decision_id).await.is_some());
+        assert!(log.row(&result.decision_id).await.is_some());
     }
-    connection.close().await;
+    log.close().await;
 }
 
 #[tokio::test]
@@ -125,16 +115,11 @@ async fn deny_only_records_only_denials() {
     let denied = app.check("walt", Purpose::ModelTraining).await;
     let data = app.stop().await;
     let restarted = TestApp::spawn_on(data).await;
-    let mut connection = restarted.direct_connection().await;
-    assert!(connection.decision_row(&denied.decision_id).await.is_some());
-    assert!(
-        connection
-            .decision_row(&allowed.decision_id)
-            .await
-            .is_none()
-    );
-    assert_eq!(connection.count("decision_log").await, 1);
-    connection.close().await;
+    let log = restarted.decision_log().await;
+    assert!(log.row(&denied.decision_id).await.is_some());
+    assert!(log.row(&allowed.decision_id).await.is_none());
+    assert_eq!(log.count().await, 1);
+    log.close().await;
 }
 
 /// The log cannot be written (another process holds its table's lock): ordinary checks keep
@@ -171,12 +156,184 @@ async fn a_require_audit_check_fails_when_its_record_cannot_be_written() {
         .await
         .unwrap()
         .into_inner();
-    let mut connection = app.direct_connection().await;
-    assert!(
-        connection
-            .decision_row(&audited.decision_id)
+    let log = app.decision_log().await;
+    assert!(log.row(&audited.decision_id).await.is_some());
+    log.close().await;
+}
+
+/// Every decision of the log through ListDecisions, `page_size` at a time.
+async fn list_all(
+    app: &TestApp,
+    request: proto::ListDecisionsRequest,
+) -> Vec<proto::RecordedDecision> {
+    let mut listed = Vec::new();
+    let mut request = request;
+    loop {
+        let page = app
+            .audit()
+            .list_decisions(request.clone())
             .await
-            .is_some()
+            .unwrap()
+            .into_inner();
+        listed.extend(page.decisions);
+        if page.next_page_token.is_empty() {
+            return listed;
+        }
+        request.page_token = page.next_page_token;
+    }
+}
+
+/// ListDecisions pages through the log in order, by subject, by decision or by time, reading
+/// the shipped segments and the `require_audit` rows alike; a forged page token or a bad filter
+/// is refused, naming its field.
+#[tokio::test]
+async fn list_decisions_pages_filters_and_refuses_bad_input() {
+    let app = TestApp::spawn().await;
+    app.upsert("yuri", Plan::Free).await;
+    let mut yuri = Vec::new();
+    for _ in 0..25 {
+        yuri.push(app.check("yuri", Purpose::ModelTraining).await);
+    }
+    let audited = app
+        .decisions()
+        .check(proto::CheckRequest {
+            require_audit: true,
+            ..check_request("zoe", Purpose::Memory)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for _ in 0..5 {
+        app.check("zoe", Purpose::Memory).await;
+    }
+    // A restart ships everything recorded (a live server ships within about a second).
+    let app = TestApp::spawn_on(app.stop().await).await;
+
+    let everything = list_all(
+        &app,
+        proto::ListDecisionsRequest {
+            page_size: 7,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(everything.len(), 31);
+    let order: Vec<_> = everything
+        .iter()
+        .map(|decision| {
+            let at = decision.decided_at.unwrap();
+            (at.seconds, at.nanos, decision.decision_id.clone())
+        })
+        .collect();
+    let mut sorted = order.clone();
+    sorted.sort();
+    assert_eq!(order, sorted, "listed out of order");
+
+    let of_yuri = list_all(
+        &app,
+        proto::ListDecisionsRequest {
+            subject_id: Some("yuri".into()),
+            page_size: 10,
+            ..Default::default()
+        },
+    )
+    .await;
+    let ids: Vec<_> = of_yuri
+        .iter()
+        .map(|decision| decision.decision_id.clone())
+        .collect();
+    let answered: Vec<_> = yuri
+        .iter()
+        .map(|answer| answer.decision_id.clone())
+        .collect();
+    assert_eq!(ids, answered);
+    let first = &of_yuri[0];
+    assert_eq!(
+        (first.rule.as_str(), first.revision.as_str(), first.purpose),
+        (
+            yuri[0].rule.as_str(),
+            yuri[0].revision.as_str(),
+            Purpose::ModelTraining as i32
+        )
     );
-    connection.close().await;
+
+    let one = list_all(
+        &app,
+        proto::ListDecisionsRequest {
+            decision_id: Some(audited.decision_id.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].subject_id, "zoe");
+    assert_eq!(
+        (one[0].decision, one[0].reason),
+        (audited.decision, audited.reason)
+    );
+
+    // From the eleventh of yuri's decisions on, before the twenty-first.
+    let window = list_all(
+        &app,
+        proto::ListDecisionsRequest {
+            subject_id: Some("yuri".into()),
+            start_time: of_yuri[10].decided_at,
+            end_time: of_yuri[20].decided_at,
+            ..Default::default()
+        },
+    )
+    .await;
+    let from = of_yuri[10].decided_at.unwrap();
+    let until = of_yuri[20].decided_at.unwrap();
+    assert!(!window.is_empty());
+    for decision in &window {
+        let at = decision.decided_at.unwrap();
+        assert!((at.seconds, at.nanos) >= (from.seconds, from.nanos));
+        assert!((at.seconds, at.nanos) < (until.seconds, until.nanos));
+    }
+
+    for (request, field) in [
+        (
+            proto::ListDecisionsRequest {
+                page_token: "d1.12.zz".into(),
+                ..Default::default()
+            },
+            "page_token",
+        ),
+        (
+            proto::ListDecisionsRequest {
+                page_token: "a token of ListEvents".into(),
+                ..Default::default()
+            },
+            "page_token",
+        ),
+        (
+            proto::ListDecisionsRequest {
+                subject_id: Some("no spaces".into()),
+                ..Default::default()
+            },
+            "subject_id",
+        ),
+        (
+            proto::ListDecisionsRequest {
+                decision_id: Some("'; DROP TABLE decision_log; --".into()),
+                ..Default::default()
+            },
+            "decision_id",
+        ),
+        (
+            proto::ListDecisionsRequest {
+                start_time: until.into(),
+                end_time: from.into(),
+                ..Default::default()
+            },
+            "end_time",
+        ),
+    ] {
+        assert_status(
+            app.audit().list_decisions(request).await,
+            Code::InvalidArgument,
+            field,
+        );
+    }
 }

@@ -197,6 +197,11 @@ impl TestApp {
         DirectConnection::open(&self.data).await
     }
 
+    /// The decision log as the server reads it.
+    pub async fn decision_log(&self) -> DecisionLogReader {
+        DecisionLogReader::open(&self.data).await
+    }
+
     /// Starts a graceful shutdown without waiting for it.
     pub fn begin_shutdown(&mut self) {
         if let Some(shutdown) = self.shutdown.take() {
@@ -312,6 +317,59 @@ pub async fn all_events(channel: Channel, subject_id: Option<&str>) -> Vec<proto
 
 pub type DecisionRow = (String, String, String, Option<i64>, String, String);
 
+/// The decision log of a test database as the server reads it (the rows of `decision_log`
+/// and, on SQLite, the shipped segments), through a store of the test's own.
+pub struct DecisionLogReader(assent::store::Store);
+
+impl DecisionLogReader {
+    pub async fn open(database: &TestDatabase) -> DecisionLogReader {
+        DecisionLogReader(
+            assent::store::Store::open(database.location())
+                .await
+                .unwrap(),
+        )
+    }
+
+    /// Subject, purpose, rule, revision, caller and trace id of a recorded decision.
+    pub async fn row(&self, decision_id: &str) -> Option<DecisionRow> {
+        let query = assent::store::DecisionQuery {
+            decision_id: Some(decision_id.to_owned()),
+            ..assent::store::DecisionQuery::all(2)
+        };
+        let mut found = self.0.decisions(&query).await.unwrap();
+        assert!(
+            found.len() < 2,
+            "the decision {decision_id} is recorded twice"
+        );
+        found.pop().map(|record| {
+            (
+                record.subject_id,
+                record.purpose.as_str().to_owned(),
+                record.rule.into_owned(),
+                record.revision.map(|revision| revision as i64),
+                record.caller,
+                record.trace_id,
+            )
+        })
+    }
+
+    pub async fn count(&self) -> u64 {
+        self.0.count_decisions().await.unwrap()
+    }
+
+    /// Every recorded decision.
+    pub async fn all(&self) -> Vec<assent::audit::DecisionRecord> {
+        self.0
+            .decisions(&assent::store::DecisionQuery::all(u32::MAX))
+            .await
+            .unwrap()
+    }
+
+    pub async fn close(self) {
+        self.0.close().await;
+    }
+}
+
 /// A connection to a test database that bypasses the server.
 pub enum DirectConnection {
     Sqlite(sqlx::SqliteConnection),
@@ -378,24 +436,6 @@ impl DirectConnection {
                     .await
                     .unwrap();
             }
-        }
-    }
-
-    /// The recorded decision with this id: (subject, purpose, rule, revision, caller, trace id).
-    pub async fn decision_row(&mut self, decision_id: &str) -> Option<DecisionRow> {
-        let sql = "SELECT subject_id, purpose, rule, revision, caller, trace_id
-                   FROM decision_log WHERE decision_id = $1";
-        match self {
-            DirectConnection::Sqlite(connection) => sqlx::query_as(sql)
-                .bind(decision_id)
-                .fetch_optional(connection)
-                .await
-                .unwrap(),
-            DirectConnection::Postgres(connection) => sqlx::query_as(sql)
-                .bind(decision_id)
-                .fetch_optional(connection)
-                .await
-                .unwrap(),
         }
     }
 

@@ -29,7 +29,7 @@ const HEADER: usize = 12;
 /// A word that is not in the list: the value follows.
 const UNLISTED: u8 = 255;
 /// The consistencies a decision can be made at, the only ones a segment may name.
-const CONSISTENCIES: [&str; 4] = [
+pub const CONSISTENCIES: [&str; 4] = [
     "minimize_latency",
     "at_least_as_fresh",
     "fully_consistent",
