@@ -399,6 +399,24 @@ impl DirectConnection {
         }
     }
 
+    /// Every recorded decision about `subject_id`, as [`DirectConnection::decision_row`] has it.
+    pub async fn decision_rows_of(&mut self, subject_id: &str) -> Vec<DecisionRow> {
+        let sql = "SELECT subject_id, purpose, rule, revision, caller, trace_id
+                   FROM decision_log WHERE subject_id = $1";
+        match self {
+            DirectConnection::Sqlite(connection) => sqlx::query_as(sql)
+                .bind(subject_id)
+                .fetch_all(connection)
+                .await
+                .unwrap(),
+            DirectConnection::Postgres(connection) => sqlx::query_as(sql)
+                .bind(subject_id)
+                .fetch_all(connection)
+                .await
+                .unwrap(),
+        }
+    }
+
     pub async fn count(&mut self, table: &str) -> i64 {
         let sql = sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}"));
         let (count,): (i64,) = match self {
