@@ -8,6 +8,8 @@
 //!   limit: HTTP/2, gRPC framing, protobuf decoding and encoding, nothing else);
 //! - `assent, embedded`: `assent serve` on its embedded store, answering from its cache;
 //! - `assent, PostgreSQL + Redis`: the same on PostgreSQL with Redis;
+//! - `assent, defaults, bare answer`: the embedded store again, each Check asking for the
+//!   decision alone (`bare`);
 //! - `Cerbos`: CheckResources with a resource policy of the same rule (plan, opt-out, feedback;
 //!   the caller passes the attributes), audit off;
 //! - `SpiceDB`: CheckPermission on an in-memory SpiceDB (the embedded library, behind a small
@@ -593,11 +595,13 @@ fn spawn_self(args: &[&str]) -> (Child, String) {
     (child, address)
 }
 
-fn check_body() -> Bytes {
+/// The Check every assent target is sent; `bare` asks for the decision alone.
+fn check_body(bare: bool) -> Bytes {
     proto::CheckRequest {
         subject_id: "user-1".into(),
         purpose: Purpose::ModelTraining as i32,
         conversation_id: Some("conversation-1".into()),
+        bare,
         ..Default::default()
     }
     .encode_to_vec()
@@ -610,6 +614,15 @@ fn assent_allows(bytes: &[u8]) -> bool {
     })
 }
 
+/// An ALLOW answered bare: the decision alone, without a decision id.
+fn assent_allows_bare(bytes: &[u8]) -> bool {
+    proto::CheckResponse::decode(bytes).is_ok_and(|response| {
+        response.decision == proto::Decision::Allow as i32
+            && !response.degraded
+            && response.decision_id.is_empty()
+    })
+}
+
 fn constant_target() -> Target {
     let (child, address) = spawn_self(&["constant-server"]);
     Target {
@@ -617,13 +630,18 @@ fn constant_target() -> Target {
         child,
         address,
         path: "/assent.v1.Decisions/Check",
-        body: check_body(),
+        body: check_body(false),
         verify: assent_allows,
         _keep: Vec::new(),
     }
 }
 
-async fn assent_target(name: &'static str, settings: Vec<(&'static str, String)>) -> Target {
+/// `assent serve` with `settings`, sent Checks that ask for a `bare` answer or the full one.
+async fn assent_target(
+    name: &'static str,
+    settings: Vec<(&'static str, String)>,
+    bare: bool,
+) -> Target {
     let mut settings = settings;
     settings.push(("ASSENT_ADMIN_LISTEN", "off".to_owned()));
     let server = support::Server::start(&settings);
@@ -642,8 +660,12 @@ async fn assent_target(name: &'static str, settings: Vec<(&'static str, String)>
         child,
         address,
         path: "/assent.v1.Decisions/Check",
-        body: check_body(),
-        verify: assent_allows,
+        body: check_body(bare),
+        verify: if bare {
+            assent_allows_bare
+        } else {
+            assent_allows
+        },
         _keep: data
             .into_iter()
             .map(|data| Box::new(data) as Box<dyn std::any::Any>)
@@ -968,17 +990,36 @@ fn main() {
         let mut targets = vec![constant_target()];
         // The defaults: the embedded store, every decision logged.
         if wanted("assent, defaults") {
-            targets.push(assent_target("assent, defaults", embedded("defaults", "all")).await);
+            targets
+                .push(assent_target("assent, defaults", embedded("defaults", "all"), false).await);
+        }
+        if wanted("assent, defaults, bare answer") {
+            targets.push(
+                assent_target(
+                    "assent, defaults, bare answer",
+                    embedded("bare", "all"),
+                    true,
+                )
+                .await,
+            );
         }
         if wanted("assent, embedded, log off") {
-            targets.push(assent_target("assent, embedded, log off", embedded("off", "off")).await);
+            targets.push(
+                assent_target("assent, embedded, log off", embedded("off", "off"), false).await,
+            );
         }
         if wanted("assent, PostgreSQL + Redis") {
-            targets.push(assent_target("assent, PostgreSQL + Redis", postgres("all")).await);
+            targets.push(assent_target("assent, PostgreSQL + Redis", postgres("all"), false).await);
         }
         if wanted("assent, PostgreSQL + Redis, log off") {
-            targets
-                .push(assent_target("assent, PostgreSQL + Redis, log off", postgres("off")).await);
+            targets.push(
+                assent_target(
+                    "assent, PostgreSQL + Redis, log off",
+                    postgres("off"),
+                    false,
+                )
+                .await,
+            );
         }
         if let Ok(binary) = std::env::var("CERBOS_BIN")
             && wanted("Cerbos")
@@ -1112,6 +1153,18 @@ fn report(names: &[&str], figures: &[Figures], rounds: usize, seconds: u64) -> S
                 medians[all][2] / medians[off][2],
             ));
         }
+    }
+    if let (Some(bare), Some(full)) = (
+        find("assent, defaults, bare answer"),
+        find("assent, defaults"),
+    ) {
+        text.push_str(&format!(
+            "\nBare / full answer (defaults): {:.2}× the requests/s pinned, {:.2}× unpinned, \
+             {:.2}× the CPU per request.",
+            medians[bare][0] / medians[full][0],
+            medians[bare][1] / medians[full][1],
+            medians[bare][2] / medians[full][2],
+        ));
     }
     text.push('\n');
     text

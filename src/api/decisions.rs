@@ -402,6 +402,9 @@ fn decided<'a>(
 }
 
 fn response_to(query: &CheckQuery, verdict: &Verdict) -> proto::CheckResponse {
+    if query.bare {
+        return bare_response(verdict.ruling, verdict.revision);
+    }
     let conversation_id = query
         .conversation_id
         .as_ref()
@@ -415,6 +418,26 @@ fn response_to(query: &CheckQuery, verdict: &Verdict) -> proto::CheckResponse {
         verdict.revision,
         verdict.decision_id,
     )
+}
+
+/// The answer to a check that asked for a bare one: the decision alone, without the echoed
+/// request, the policy version, the explanation or the decision id (none of them allocated).
+fn bare_response(ruling: &Ruling, revision: Option<Revision>) -> proto::CheckResponse {
+    proto::CheckResponse {
+        decision: proto::Decision::from(ruling.decision) as i32,
+        reason: proto::Reason::from(ruling.reason) as i32,
+        basis: basis(ruling),
+        rule: ruling.rule.to_string(),
+        revision: revision.map(Revision::to_token).unwrap_or_default(),
+        degraded: revision.is_none(),
+        ..proto::CheckResponse::default()
+    }
+}
+
+fn basis(ruling: &Ruling) -> i32 {
+    ruling
+        .basis
+        .map_or(proto::LawfulBasis::Unspecified, proto::LawfulBasis::from) as i32
 }
 
 /// Builds a CheckResponse; shared by Check and by GetSubject's effective decisions. `revision`
@@ -433,10 +456,7 @@ pub fn response(
         conversation_id,
         decision: proto::Decision::from(ruling.decision) as i32,
         reason: proto::Reason::from(ruling.reason) as i32,
-        basis: ruling
-            .basis
-            .map_or(proto::LawfulBasis::Unspecified, proto::LawfulBasis::from)
-            as i32,
+        basis: basis(ruling),
         rule: ruling.rule.to_string(),
         policy_version: policy.version().to_owned(),
         revision: revision.map(Revision::to_token).unwrap_or_default(),
@@ -537,7 +557,44 @@ impl proto::decisions_server::Decisions for DecisionsService {
 
 #[cfg(test)]
 mod tests {
-    use super::DecisionIds;
+    use super::{DecisionIds, bare_response, response};
+    use crate::policy::{CompiledPolicy, Purpose};
+    use crate::proto;
+    use crate::revision::Revision;
+
+    /// A bare answer, degraded or not, carries the full answer's decision and nothing else.
+    #[test]
+    fn a_bare_answer_is_the_full_answer_without_its_echoes() {
+        let policy = CompiledPolicy::builtin();
+        let ids = DecisionIds::now(&crate::policies::Policies::default());
+        for purpose in Purpose::ALL.iter().copied() {
+            for revision in [None, Some(Revision::new(7))] {
+                let ruling = policy.degraded(purpose);
+                let full = response(
+                    "u-1",
+                    purpose,
+                    "c-1".into(),
+                    (policy, ruling),
+                    revision,
+                    ids.next(),
+                );
+                let bare = bare_response(ruling, revision);
+                assert_eq!(bare.degraded, revision.is_none());
+                assert_eq!(
+                    bare,
+                    proto::CheckResponse {
+                        subject_id: String::new(),
+                        purpose: 0,
+                        conversation_id: String::new(),
+                        policy_version: String::new(),
+                        explanation: String::new(),
+                        decision_id: String::new(),
+                        ..full
+                    }
+                );
+            }
+        }
+    }
 
     #[test]
     fn decision_ids_of_one_call_share_the_time_and_differ() {

@@ -29,6 +29,8 @@ pub struct CheckQuery {
     /// Decide as of this instant (microseconds since the epoch) instead of now.
     pub as_of: Option<i64>,
     pub require_audit: bool,
+    /// Answer with the decision alone (the decision log records it in full either way).
+    pub bare: bool,
 }
 
 pub fn subject_id(text: &str) -> Result<SubjectId, ApiError> {
@@ -69,6 +71,7 @@ pub fn check(request: &proto::CheckRequest) -> Result<CheckQuery, ApiError> {
         freshness,
         as_of,
         require_audit: request.require_audit,
+        bare: request.bare,
     })
 }
 
@@ -728,6 +731,16 @@ mod tests {
                 .to_string()
                 .starts_with("consistency.at_least_as_fresh: ")
         );
+    }
+
+    #[test]
+    fn a_check_asks_for_a_bare_answer_or_the_full_one() {
+        assert!(!check(&request("u-1", Purpose::Memory)).unwrap().bare);
+        let bare = proto::CheckRequest {
+            bare: true,
+            ..request("u-1", Purpose::Memory)
+        };
+        assert!(check(&bare).unwrap().bare);
     }
 
     #[test]

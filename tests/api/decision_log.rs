@@ -65,6 +65,72 @@ async fn every_decision_is_recorded_and_flushed_on_shutdown() {
     log.close().await;
 }
 
+/// A bare answer leaves the decision id out, but the decision log records the decision in full:
+/// unary, batched, streamed and `require_audit` bare checks each add a row like a full check's.
+#[tokio::test]
+async fn a_bare_check_is_recorded_in_full() {
+    let app = TestApp::spawn().await;
+    app.upsert("bea", Plan::Free).await;
+    let bare = proto::CheckRequest {
+        bare: true,
+        ..check_request("bea", Purpose::ModelTraining)
+    };
+    let log = app.decision_log().await;
+    let before = log.count().await;
+    let audited = app
+        .decisions()
+        .check(traced(proto::CheckRequest {
+            require_audit: true,
+            ..bare.clone()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(audited.decision_id, "");
+    assert_eq!(log.count().await, before + 1);
+    log.close().await;
+
+    let full = app
+        .decisions()
+        .check(traced(check_request("bea", Purpose::ModelTraining)))
+        .await
+        .unwrap()
+        .into_inner();
+    let single = app
+        .decisions()
+        .check(traced(bare.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (single.rule.as_str(), single.decision_id.as_str()),
+        ("T6", "")
+    );
+    app.decisions()
+        .batch_check(traced(proto::BatchCheckRequest {
+            checks: vec![bare.clone(); 3],
+        }))
+        .await
+        .unwrap();
+    let mut answers = app
+        .decisions()
+        .stream_check(traced(tokio_stream::iter(vec![bare; 2])))
+        .await
+        .unwrap()
+        .into_inner();
+    while answers.message().await.unwrap().is_some() {}
+
+    let data = app.stop().await;
+    let restarted = TestApp::spawn_on(data).await;
+    let log = restarted.decision_log().await;
+    assert_eq!(log.count().await, before + 8);
+    let full_row = log.row(&full.decision_id).await.unwrap();
+    assert_eq!(full_row.2, "T6");
+    let rows = log.rows_of("bea").await;
+    assert_eq!(rows, vec![full_row; 8]);
+    log.close().await;
+}
+
 /// With the log off, only `require_audit` checks are recorded, and each one is durable by the
 /// time its answer arrives.
 #[tokio::test]

@@ -3,6 +3,7 @@
 use std::collections::{HashMap, HashSet};
 
 use assent::proto::{self, Plan, Purpose, consistency::Requirement};
+use prost::Message;
 use tonic::Code;
 
 use crate::helpers::{TestApp, actor, assert_status, check_request};
@@ -383,4 +384,181 @@ async fn an_invalid_streamed_check_ends_the_stream() {
         Code::InvalidArgument,
         "stream[3].subject_id",
     );
+}
+
+/// Asserts `bare` answers what `full` does, with nothing else.
+#[track_caller]
+fn assert_bare_answer(bare: &proto::CheckResponse, full: &proto::CheckResponse) {
+    assert_eq!(
+        (
+            bare.decision(),
+            bare.reason(),
+            bare.basis(),
+            &bare.rule,
+            &bare.revision,
+            bare.degraded,
+        ),
+        (
+            full.decision(),
+            full.reason(),
+            full.basis(),
+            &full.rule,
+            &full.revision,
+            full.degraded,
+        ),
+        "{}",
+        full.subject_id
+    );
+    assert_eq!(
+        proto::CheckResponse {
+            decision: bare.decision,
+            reason: bare.reason,
+            basis: bare.basis,
+            rule: bare.rule.clone(),
+            revision: bare.revision.clone(),
+            degraded: bare.degraded,
+            ..Default::default()
+        },
+        *bare,
+        "a bare answer carries the decision alone"
+    );
+    assert!(!full.decision_id.is_empty());
+}
+
+fn bare(request: proto::CheckRequest) -> proto::CheckRequest {
+    proto::CheckRequest {
+        bare: true,
+        ..request
+    }
+}
+
+#[tokio::test]
+async fn a_bare_check_answers_the_decision_alone() {
+    let app = TestApp::spawn().await;
+    app.upsert("free", Plan::Free).await;
+    app.upsert("enterprise", Plan::Enterprise).await;
+    app.upsert("pro", Plan::Pro).await;
+    app.set_choice("pro", Purpose::ModelTraining, proto::Choice::Refused)
+        .await
+        .unwrap();
+    let mut decisions = HashSet::new();
+    for subject in ["free", "enterprise", "pro", "ghost"] {
+        for purpose in [
+            Purpose::ModelTraining,
+            Purpose::ServiceDelivery,
+            Purpose::Memory,
+            Purpose::MarketingEmail,
+        ] {
+            for conversation in [None, Some("c-1")] {
+                let mut request = check_request(subject, purpose);
+                request.conversation_id = conversation.map(str::to_owned);
+                let mut decisions_client = app.decisions();
+                let full = decisions_client
+                    .check(request.clone())
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let answer = decisions_client
+                    .check(bare(request))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert_bare_answer(&answer, &full);
+                assert!(answer.encoded_len() < 40, "{answer:?}");
+                assert!(full.encoded_len() > 150, "{full:?}");
+                decisions.insert(answer.decision());
+            }
+        }
+    }
+    assert_eq!(
+        decisions,
+        HashSet::from([proto::Decision::Allow, proto::Decision::Deny])
+    );
+
+    // As of an instant, and waiting for the decision log.
+    let as_of = Some(prost_types::Timestamp::from(std::time::SystemTime::now()));
+    for (subject, purpose) in [
+        ("free", Purpose::ModelTraining),
+        ("pro", Purpose::ModelTraining),
+    ] {
+        let request = proto::CheckRequest {
+            as_of,
+            require_audit: true,
+            ..check_request(subject, purpose)
+        };
+        let full = app
+            .decisions()
+            .check(request.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        let answer = app
+            .decisions()
+            .check(bare(request))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_bare_answer(&answer, &full);
+    }
+}
+
+#[tokio::test]
+async fn batch_and_stream_checks_answer_bare_or_full_as_each_asks() {
+    let app = TestApp::spawn().await;
+    app.upsert("free", Plan::Free).await;
+    app.upsert("enterprise", Plan::Enterprise).await;
+    let subjects = ["free", "enterprise", "ghost"];
+    let checks: Vec<proto::CheckRequest> = (0..60)
+        .map(|index| {
+            let purpose = Purpose::try_from(1 + (index % 10) as i32).unwrap();
+            proto::CheckRequest {
+                bare: index % 3 != 0,
+                require_audit: index == 31,
+                ..check_request(subjects[index % subjects.len()], purpose)
+            }
+        })
+        .collect();
+    let batch = app
+        .decisions()
+        .batch_check(proto::BatchCheckRequest {
+            checks: checks.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let mut streamed = Vec::new();
+    let mut answers = app
+        .decisions()
+        .stream_check(tokio_stream::iter(checks.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(answer) = answers.message().await.unwrap() {
+        streamed.push(answer);
+    }
+    assert_eq!((batch.len(), streamed.len()), (checks.len(), checks.len()));
+    for (check, (batched, streamed)) in checks.iter().zip(batch.iter().zip(&streamed)) {
+        let full = app
+            .decisions()
+            .check(proto::CheckRequest {
+                bare: false,
+                ..check.clone()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for answer in [batched, streamed] {
+            if check.bare {
+                assert_bare_answer(answer, &full);
+            } else {
+                assert_eq!(
+                    (&answer.subject_id, answer.purpose, &answer.rule),
+                    (&check.subject_id, check.purpose, &full.rule)
+                );
+                assert_eq!(answer.policy_version, full.policy_version);
+                assert!(!answer.decision_id.is_empty());
+            }
+        }
+    }
 }

@@ -317,6 +317,17 @@ pub async fn all_events(channel: Channel, subject_id: Option<&str>) -> Vec<proto
 
 pub type DecisionRow = (String, String, String, Option<i64>, String, String);
 
+fn decision_row(record: assent::audit::DecisionRecord) -> DecisionRow {
+    (
+        record.subject_id,
+        record.purpose.as_str().to_owned(),
+        record.rule.into_owned(),
+        record.revision.map(|revision| revision as i64),
+        record.caller,
+        record.trace_id,
+    )
+}
+
 /// The decision log of a test database as the server reads it (the rows of `decision_log`
 /// and, on SQLite, the shipped segments), through a store of the test's own.
 pub struct DecisionLogReader(assent::store::Store);
@@ -341,16 +352,18 @@ impl DecisionLogReader {
             found.len() < 2,
             "the decision {decision_id} is recorded twice"
         );
-        found.pop().map(|record| {
-            (
-                record.subject_id,
-                record.purpose.as_str().to_owned(),
-                record.rule.into_owned(),
-                record.revision.map(|revision| revision as i64),
-                record.caller,
-                record.trace_id,
-            )
-        })
+        found.pop().map(decision_row)
+    }
+
+    /// Every recorded decision about `subject_id`, oldest first, as [`DecisionLogReader::row`]
+    /// has it.
+    pub async fn rows_of(&self, subject_id: &str) -> Vec<DecisionRow> {
+        let query = assent::store::DecisionQuery {
+            subject_id: Some(assent::domain::SubjectId::parse(subject_id).unwrap()),
+            ..assent::store::DecisionQuery::all(u32::MAX)
+        };
+        let found = self.0.decisions(&query).await.unwrap();
+        found.into_iter().map(decision_row).collect()
     }
 
     pub async fn count(&self) -> u64 {
