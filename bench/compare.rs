@@ -903,6 +903,32 @@ async fn low_load_latency(target: &Target, seconds: u64) -> (f64, f64) {
     (at(0.5), at(0.99))
 }
 
+/// The p99 latency of calls sent at a steady `rate` per second for `seconds`, each on its own
+/// (open loop: a slow answer does not hold back the next call), timed from when it is sent.
+/// Tokio's timer fires to the millisecond, so the calls go out in bursts of that size.
+async fn latency_at_rate(target: &Target, rate: u64, seconds: u64) -> f64 {
+    let channel = connect(&target.address).await;
+    let mut ticks = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut calls = Vec::new();
+    for _ in 0..rate * seconds {
+        ticks.tick().await;
+        let (channel, body) = (channel.clone(), target.body.clone());
+        let path = target.path;
+        calls.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            raw_call(channel, path, body).await.unwrap();
+            sent.elapsed().as_secs_f64() * 1e6
+        }));
+    }
+    let mut latencies = Vec::new();
+    for call in calls {
+        latencies.push(call.await.unwrap());
+    }
+    latencies.sort_by(f64::total_cmp);
+    latencies[((latencies.len() - 1) as f64 * 0.99) as usize]
+}
+
 #[derive(Default)]
 struct Figures {
     pinned: Vec<f64>,
@@ -911,6 +937,7 @@ struct Figures {
     cpu_unpinned: Vec<f64>,
     p50: Vec<f64>,
     p99: Vec<f64>,
+    p99_at_rate: Vec<f64>,
 }
 
 fn machine() -> String {
@@ -1047,13 +1074,15 @@ fn main() {
                 pin(target.pid(), "1");
                 let pinned = measure(target, &paths[index], seconds);
                 let (p50, p99) = low_load_latency(target, 3).await;
+                let p99_at_rate = latency_at_rate(target, 1_000, 3).await;
                 pin(target.pid(), "0,1");
                 pin(std::process::id(), "0,1");
                 let unpinned = measure(target, &paths[index], seconds);
                 pin(std::process::id(), "0");
                 println!(
                     "round {} {:>28}: pinned {:>8.0} req/s {:>6.1} µs CPU | unpinned {:>8.0} \
-                     req/s {:>6.1} µs CPU | low load p50 {:>5.0} µs p99 {:>5.0} µs",
+                     req/s {:>6.1} µs CPU | low load p50 {:>5.0} µs p99 {:>5.0} µs | p99 at \
+                     1,000/s {:>5.0} µs",
                     round + 1,
                     target.name,
                     pinned.requests_per_second,
@@ -1061,7 +1090,8 @@ fn main() {
                     unpinned.requests_per_second,
                     unpinned.cpu_micros_per_request,
                     p50,
-                    p99
+                    p99,
+                    p99_at_rate
                 );
                 let entry = &mut figures[index];
                 entry.pinned.push(pinned.requests_per_second);
@@ -1070,6 +1100,7 @@ fn main() {
                 entry.cpu_unpinned.push(unpinned.cpu_micros_per_request);
                 entry.p50.push(p50);
                 entry.p99.push(p99);
+                entry.p99_at_rate.push(p99_at_rate);
             }
         }
         let names: Vec<&str> = targets.iter().map(|target| target.name).collect();
@@ -1082,7 +1113,7 @@ fn main() {
 }
 
 fn report(names: &[&str], figures: &[Figures], rounds: usize, seconds: u64) -> String {
-    let medians: Vec<[f64; 6]> = figures
+    let medians: Vec<[f64; 7]> = figures
         .iter()
         .map(|entry| {
             [
@@ -1092,6 +1123,7 @@ fn report(names: &[&str], figures: &[Figures], rounds: usize, seconds: u64) -> S
                 median(entry.cpu_unpinned.clone()),
                 median(entry.p50.clone()),
                 median(entry.p99.clone()),
+                median(entry.p99_at_rate.clone()),
             ]
         })
         .collect();
@@ -1105,12 +1137,14 @@ fn report(names: &[&str], figures: &[Figures], rounds: usize, seconds: u64) -> S
     ));
     text.push_str(
         "| target | requests/s pinned / unpinned | × constant (pinned) | server CPU µs/request \
-         pinned / unpinned | × constant CPU (pinned) | low-load p50 / p99 µs |\n",
+         pinned / unpinned | × constant CPU (pinned) | low-load p50 / p99 µs | p99 at 1,000/s \
+         µs |\n",
     );
-    text.push_str("|---|---|---|---|---|---|\n");
+    text.push_str("|---|---|---|---|---|---|---|\n");
     for (name, values) in names.iter().zip(&medians) {
         text.push_str(&format!(
-            "| {name} | {:.0} / {:.0} | {:.2} | {:.1} / {:.1} | {:.2} | {:.0} / {:.0} |\n",
+            "| {name} | {:.0} / {:.0} | {:.2} | {:.1} / {:.1} | {:.2} | {:.0} / {:.0} | {:.0} \
+             |\n",
             values[0],
             values[1],
             values[0] / constant[0],
@@ -1119,6 +1153,7 @@ fn report(names: &[&str], figures: &[Figures], rounds: usize, seconds: u64) -> S
             values[2] / constant[2],
             values[4],
             values[5],
+            values[6],
         ));
     }
     let find = |name: &str| names.iter().position(|candidate| *candidate == name);
