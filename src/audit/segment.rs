@@ -19,8 +19,6 @@
 //! short or fails its checksum (a crash in the middle of a write) ends the segment: what follows
 //! it cannot be trusted and is counted, not read.
 
-use std::borrow::Cow;
-
 use crate::audit::{Decided, DecisionRecord};
 use crate::policy::{Decision, Purpose, Reason, Source};
 
@@ -156,24 +154,32 @@ pub struct Segment {
 #[error("a decision log block is malformed: {0}")]
 pub struct Malformed(&'static str);
 
-/// Reads every intact block of a segment file's bytes, in order.
-pub fn read(mut bytes: &[u8]) -> Segment {
-    let mut segment = Segment::default();
-    while !bytes.is_empty() {
-        match block(bytes, &mut segment.records) {
-            Ok(length) => bytes = &bytes[length..],
-            Err(_) => {
-                segment.unreadable_bytes = bytes.len() as u64;
-                break;
-            }
-        }
+/// Reads every intact block of a segment file's bytes, in order, into rows.
+pub fn read(bytes: &[u8]) -> Segment {
+    let (decided, unreadable_bytes) = decode(bytes);
+    Segment {
+        records: decided.iter().map(Decided::to_record).collect(),
+        unreadable_bytes,
     }
-    segment
 }
 
-/// Reads the block at the start of `bytes` into `records` (all of it or none), and returns its
+/// Reads every intact block of a segment file's bytes, in order, each decision borrowed from
+/// the bytes (no allocation but the list); with the number of bytes after the last intact
+/// block.
+pub fn decode(mut bytes: &[u8]) -> (Vec<Decided<'_>>, u64) {
+    let mut decided = Vec::new();
+    while !bytes.is_empty() {
+        match block(bytes, &mut decided) {
+            Ok(length) => bytes = &bytes[length..],
+            Err(_) => return (decided, bytes.len() as u64),
+        }
+    }
+    (decided, 0)
+}
+
+/// Reads the block at the start of `bytes` into `decided` (all of it or none), and returns its
 /// length.
-fn block(bytes: &[u8], records: &mut Vec<DecisionRecord>) -> Result<usize, Malformed> {
+fn block<'a>(bytes: &'a [u8], decided: &mut Vec<Decided<'a>>) -> Result<usize, Malformed> {
     if bytes.len() < HEADER || &bytes[..4] != MAGIC {
         return Err(Malformed("no block header"));
     }
@@ -188,19 +194,19 @@ fn block(bytes: &[u8], records: &mut Vec<DecisionRecord>) -> Result<usize, Malfo
     let mut reader = Reader { bytes: body };
     let first_micros = i64::from_le_bytes(reader.take(8)?.try_into().expect("8 bytes"));
     let count = u32::from_le_bytes(reader.take(4)?.try_into().expect("4 bytes"));
-    let mut words: [Vec<String>; WORDS] = Default::default();
-    let start = records.len();
+    let mut words: [Vec<&'a str>; WORDS] = Default::default();
+    let start = decided.len();
     for _ in 0..count {
         match reader.record(first_micros, &mut words) {
-            Ok(record) => records.push(record),
+            Ok(record) => decided.push(record),
             Err(error) => {
-                records.truncate(start);
+                decided.truncate(start);
                 return Err(error);
             }
         }
     }
     if !reader.bytes.is_empty() {
-        records.truncate(start);
+        decided.truncate(start);
         return Err(Malformed("bytes after the last record"));
     }
     Ok(HEADER + length)
@@ -232,16 +238,15 @@ impl<'a> Reader<'a> {
         Err(Malformed("a number is too long"))
     }
 
-    fn text(&mut self, length: u64) -> Result<String, Malformed> {
+    fn text(&mut self, length: u64) -> Result<&'a str, Malformed> {
         let length = usize::try_from(length).map_err(|_| Malformed("a text is too long"))?;
-        let bytes = self.take(length)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| Malformed("a text is not UTF-8"))
+        std::str::from_utf8(self.take(length)?).map_err(|_| Malformed("a text is not UTF-8"))
     }
 
-    fn word(&mut self, list: &mut Vec<String>) -> Result<String, Malformed> {
+    fn word(&mut self, list: &mut Vec<&'a str>) -> Result<&'a str, Malformed> {
         let index = self.take(1)?[0];
         if let Some(listed) = list.get(usize::from(index)) {
-            return Ok(listed.clone());
+            return Ok(listed);
         }
         if index != UNLISTED && usize::from(index) != list.len() {
             return Err(Malformed("a word is out of order"));
@@ -249,16 +254,26 @@ impl<'a> Reader<'a> {
         let length = self.varint()?;
         let value = self.text(length)?;
         if index != UNLISTED {
-            list.push(value.clone());
+            list.push(value);
         }
         Ok(value)
+    }
+
+    /// A name of the vocabulary, as its `from_name` parses it.
+    fn name<T>(
+        &mut self,
+        list: &mut Vec<&'a str>,
+        from_name: fn(&str) -> Option<T>,
+        field: &'static str,
+    ) -> Result<T, Malformed> {
+        from_name(self.word(list)?).ok_or(Malformed(field))
     }
 
     fn record(
         &mut self,
         first_micros: i64,
-        words: &mut [Vec<String>; WORDS],
-    ) -> Result<DecisionRecord, Malformed> {
+        words: &mut [Vec<&'a str>; WORDS],
+    ) -> Result<Decided<'a>, Malformed> {
         let zigzag = self.varint()?;
         let delta = (zigzag >> 1) as i64 ^ -((zigzag & 1) as i64);
         let decided_at_micros = first_micros.wrapping_add(delta);
@@ -279,17 +294,13 @@ impl<'a> Reader<'a> {
             policy_version,
             caller,
         ] = words;
-        let purpose = Purpose::from_name(&self.word(purpose)?).ok_or(Malformed("purpose"))?;
-        let source = Source::from_name(&self.word(source)?).ok_or(Malformed("source"))?;
-        let consistency = self.word(consistency)?;
-        let consistency = CONSISTENCIES
-            .into_iter()
-            .find(|known| *known == consistency)
-            .ok_or(Malformed("consistency"))?;
-        let decision = Decision::from_name(&self.word(decision)?).ok_or(Malformed("decision"))?;
-        let reason = Reason::from_name(&self.word(reason)?).ok_or(Malformed("reason"))?;
-        let rule = Cow::Owned(self.word(rule)?);
-        let policy_version = Cow::Owned(self.word(policy_version)?);
+        let purpose = self.name(purpose, Purpose::from_name, "purpose")?;
+        let source = self.name(source, Source::from_name, "source")?;
+        let consistency = self.name(consistency, consistency_name, "consistency")?;
+        let decision = self.name(decision, Decision::from_name, "decision")?;
+        let reason = self.name(reason, Reason::from_name, "reason")?;
+        let rule = self.word(rule)?;
+        let policy_version = self.word(policy_version)?;
         let caller = self.word(caller)?;
         let revision = self.varint()?.checked_sub(1);
         let degraded = match self.take(1)?[0] {
@@ -299,9 +310,9 @@ impl<'a> Reader<'a> {
         };
         let length = self.varint()?;
         let trace_id = self.text(length)?;
-        Ok(DecisionRecord {
+        Ok(Decided {
             decided_at_micros,
-            decision_id: decision_id.to_string(),
+            decision_id,
             subject_id,
             purpose,
             conversation_id,
@@ -317,6 +328,11 @@ impl<'a> Reader<'a> {
             trace_id,
         })
     }
+}
+
+/// One of the [`CONSISTENCIES`], as the `&'static str` a decision carries.
+pub fn consistency_name(name: &str) -> Option<&'static str> {
+    CONSISTENCIES.into_iter().find(|known| *known == name)
 }
 
 #[cfg(test)]

@@ -491,13 +491,11 @@ impl Segments {
         })
     }
 
-    /// Closes the open segment, flushed to disk, and returns it.
-    fn seal(&mut self) -> Option<(u64, PathBuf)> {
+    /// Closes the open segment and returns it, with its file for the shipper to flush to disk
+    /// (off the flusher, which must not wait on the disk).
+    fn seal(&mut self) -> Option<(PathBuf, File)> {
         let (number, file, _, _) = self.open.take()?;
-        if let Err(error) = file.sync_data() {
-            tracing::warn!(%error, "cannot flush a decision log segment to disk");
-        }
-        Some((number, self.path(number)))
+        Some((self.path(number), file))
     }
 }
 
@@ -505,7 +503,7 @@ impl Segments {
 /// segment to the shipper. On stop, writes the last block and seals.
 async fn flush_blocks(
     mut segments: Segments,
-    sealed: mpsc::UnboundedSender<(u64, PathBuf)>,
+    sealed: mpsc::UnboundedSender<(PathBuf, File)>,
     mut stop: watch::Receiver<bool>,
     shared: Arc<Shared>,
 ) {
@@ -554,7 +552,7 @@ async fn flush_blocks(
 async fn ship_segments(
     store: Store,
     recovered: Vec<(u64, PathBuf)>,
-    mut to_ship: mpsc::UnboundedReceiver<(u64, PathBuf)>,
+    mut to_ship: mpsc::UnboundedReceiver<(PathBuf, File)>,
     mut stop: watch::Receiver<bool>,
     shared: Arc<Shared>,
 ) {
@@ -580,7 +578,15 @@ async fn ship_segments(
             }
         }
         match to_ship.recv().await {
-            Some((_, path)) => waiting.push_back((path, false)),
+            Some((path, file)) => {
+                // On disk before it is shipped and deleted, so that a power loss loses at most
+                // the segment being written.
+                let synced = tokio::task::spawn_blocking(move || file.sync_data()).await;
+                if let Ok(Err(error)) = synced {
+                    tracing::warn!(%error, "cannot flush a decision log segment to disk");
+                }
+                waiting.push_back((path, false));
+            }
             // The flusher has stopped, and everything it sealed is shipped.
             None => return,
         }
@@ -597,30 +603,30 @@ async fn ship(store: &Store, path: &Path, recovered: bool, shared: &Shared) -> b
             return false;
         }
     };
-    let segment = segment::read(&bytes);
-    if segment.unreadable_bytes > 0 {
+    let (decided, unreadable_bytes) = segment::decode(&bytes);
+    if unreadable_bytes > 0 {
         counters
             .unreadable_bytes
-            .fetch_add(segment.unreadable_bytes, Ordering::Relaxed);
+            .fetch_add(unreadable_bytes, Ordering::Relaxed);
         tracing::warn!(
             path = %path.display(),
-            bytes = segment.unreadable_bytes,
-            records = segment.records.len(),
+            bytes = unreadable_bytes,
+            records = decided.len(),
             "a decision log segment ends in bytes that cannot be read: a write cut short by a \
              crash, or damage; the decisions before them are shipped"
         );
     }
-    let records = segment.records.len() as u64;
-    let intact = &bytes[..bytes.len() - segment.unreadable_bytes as usize];
-    let shipped = match segment.records.first() {
+    let records = decided.len() as u64;
+    let intact = &bytes[..bytes.len() - unreadable_bytes as usize];
+    let shipped = match decided.first() {
         None => Ok(()),
         // A crash between the commit and the deletion leaves a segment that is in the store.
         Some(first) if recovered => match store.has_decision_segment(first).await {
             Ok(true) => Ok(()),
-            Ok(false) => store.ship_decision_segment(intact, &segment.records).await,
+            Ok(false) => store.ship_decision_segment(intact, &decided).await,
             Err(error) => Err(error),
         },
-        Some(_) => store.ship_decision_segment(intact, &segment.records).await,
+        Some(_) => store.ship_decision_segment(intact, &decided).await,
     };
     if let Err(error) = shipped {
         counters.failed.fetch_add(records, Ordering::Relaxed);
@@ -805,8 +811,11 @@ mod tests {
             builder.push(&decided(uuid::Uuid::now_v7()));
         }
         let first = builder.finish();
+        store
+            .ship_decision_segment(&first, &segment::decode(&first).0)
+            .await
+            .unwrap();
         let shipped = segment::read(&first).records;
-        store.ship_decision_segment(&first, &shipped).await.unwrap();
         std::fs::write(directory.join(format!("{:020}{SEGMENT_SUFFIX}", 7)), &first).unwrap();
         for _ in 0..5 {
             builder.push(&decided(uuid::Uuid::now_v7()));

@@ -34,7 +34,7 @@ pub use state_check::{StateMismatch, StateReport};
 
 use sql::Connection;
 
-use crate::audit::{AuditEvent, ChainReport, DecisionRecord, merkle};
+use crate::audit::{AuditEvent, ChainReport, Decided, DecisionRecord, merkle};
 use crate::domain::{Actor, ConversationId, Jurisdiction, SubjectId};
 use crate::policy::rights::{RequestState, RightKind, RightsRequest, StepRefusal};
 use crate::policy::{
@@ -469,6 +469,9 @@ pub struct PruneReport {
 const DECISION_LOG_COLUMNS: &str = "decided_at, decision_id, subject_id, purpose, \
      conversation_id, source, consistency, decision, reason, rule, policy_version, revision, \
      degraded, caller, trace_id";
+
+/// The longest shipping a decision log segment may take.
+const SHIP_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Which recorded decisions to list, in the order of (decided_at, decision_id).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1424,33 +1427,35 @@ impl Store {
     }
 
     /// Ships one segment of the decision log (its intact blocks, `body`, and its decisions,
-    /// `records`) in one transaction: on PostgreSQL as rows of `decision_log` (`COPY`), on
+    /// `decided`) in one transaction: on PostgreSQL as rows of `decision_log` (`COPY`), on
     /// SQLite as one row of `decision_log_segments`, ignored if it is there already.
     pub async fn ship_decision_segment(
         &self,
         body: &[u8],
-        records: &[DecisionRecord],
+        decided: &[Decided<'_>],
     ) -> Result<(), StoreError> {
-        match self {
-            Store::Postgres(_) => self.insert_decisions(records, true).await,
-            Store::Sqlite(store) => {
-                let deadline = self.timeouts().write;
-                observed(self, "ship_decision_segment", async {
-                    tokio::time::timeout(deadline, store.insert_decision_segment(body, records))
-                        .await
-                        .unwrap_or(Err(StoreError::TimedOut {
-                            operation: "ship_decision_segment",
-                            after: deadline,
-                        }))
-                })
+        // Off the request path, and up to tens of thousands of rows: more than a write's time.
+        let deadline = self.timeouts().write.max(SHIP_DEADLINE);
+        observed(self, "ship_decision_segment", async {
+            let ship = async {
+                match self {
+                    Store::Postgres(store) => store.insert_decided(decided).await,
+                    Store::Sqlite(store) => store.insert_decision_segment(body, decided).await,
+                }
+            };
+            tokio::time::timeout(deadline, ship)
                 .await
-            }
-        }
+                .unwrap_or(Err(StoreError::TimedOut {
+                    operation: "ship_decision_segment",
+                    after: deadline,
+                }))
+        })
+        .await
     }
 
     /// Whether the decision log holds a segment whose first decision is `first` (a segment a
     /// crash left after it was shipped).
-    pub async fn has_decision_segment(&self, first: &DecisionRecord) -> Result<bool, StoreError> {
+    pub async fn has_decision_segment(&self, first: &Decided<'_>) -> Result<bool, StoreError> {
         self.run(
             "has_decision_segment",
             Access::Connection,

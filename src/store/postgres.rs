@@ -19,7 +19,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use super::rows::{from_i64, parse};
 use super::sql::{Begin, Connection, Lease};
 use super::{Access, PruneReport, Schema, StoreError, StoreTimeouts, SubjectSnapshot};
-use crate::audit::DecisionRecord;
+use crate::audit::{Decided, DecisionRecord};
 use crate::calendar::{Date, MICROS_PER_DAY};
 use crate::domain::SubjectId;
 use crate::policy::{Choice, ConversationFacts, Plan, Purpose, Rating, Status, SubjectState};
@@ -218,8 +218,72 @@ async fn warm_up(pool: &PgPool, connections: u32) {
     drop(opened);
 }
 
-/// Appends one record as a line of COPY's text format: tab-separated, `\N` for NULL.
-fn copy_row(out: &mut Vec<u8>, record: &DecisionRecord) {
+/// The columns of one decision, as COPY writes them.
+struct CopyFields<'a> {
+    decided_at_micros: i64,
+    decision_id: &'a str,
+    subject_id: &'a str,
+    purpose: &'static str,
+    conversation_id: Option<&'a str>,
+    source: &'static str,
+    consistency: &'static str,
+    decision: &'static str,
+    reason: &'static str,
+    rule: &'a str,
+    policy_version: &'a str,
+    revision: Option<u64>,
+    degraded: bool,
+    caller: &'a str,
+    trace_id: &'a str,
+}
+
+impl<'a> CopyFields<'a> {
+    fn of_record(record: &'a DecisionRecord) -> CopyFields<'a> {
+        CopyFields {
+            decided_at_micros: record.decided_at_micros,
+            decision_id: &record.decision_id,
+            subject_id: &record.subject_id,
+            purpose: record.purpose.as_str(),
+            conversation_id: record.conversation_id.as_deref(),
+            source: record.source.as_str(),
+            consistency: record.consistency,
+            decision: record.decision.as_str(),
+            reason: record.reason.as_str(),
+            rule: &record.rule,
+            policy_version: &record.policy_version,
+            revision: record.revision,
+            degraded: record.degraded,
+            caller: &record.caller,
+            trace_id: &record.trace_id,
+        }
+    }
+
+    /// `decision_id` is the decision's id as text, written by the caller into a buffer of its
+    /// own.
+    fn of_decided(decided: &Decided<'a>, decision_id: &'a str) -> CopyFields<'a> {
+        CopyFields {
+            decided_at_micros: decided.decided_at_micros,
+            decision_id,
+            subject_id: decided.subject_id,
+            purpose: decided.purpose.as_str(),
+            conversation_id: decided.conversation_id,
+            source: decided.source.as_str(),
+            consistency: decided.consistency,
+            decision: decided.decision.as_str(),
+            reason: decided.reason.as_str(),
+            rule: decided.rule,
+            policy_version: decided.policy_version,
+            revision: decided.revision,
+            degraded: decided.degraded,
+            caller: decided.caller,
+            trace_id: decided.trace_id,
+        }
+    }
+}
+
+/// Appends one decision as a line of COPY's text format: tab-separated, `\N` for NULL.
+fn copy_row(out: &mut Vec<u8>, row: &CopyFields<'_>) {
+    use std::io::Write;
     fn text(out: &mut Vec<u8>, value: &str) {
         for byte in value.bytes() {
             match byte {
@@ -233,27 +297,29 @@ fn copy_row(out: &mut Vec<u8>, record: &DecisionRecord) {
         out.push(b'\t');
     }
     let null = b"\\N\t";
-    text(out, &record.decided_at_micros.to_string());
-    text(out, &record.decision_id);
-    text(out, &record.subject_id);
-    text(out, record.purpose.as_str());
-    match &record.conversation_id {
+    let _ = write!(out, "{}\t", row.decided_at_micros);
+    text(out, row.decision_id);
+    text(out, row.subject_id);
+    text(out, row.purpose);
+    match row.conversation_id {
         Some(conversation_id) => text(out, conversation_id),
         None => out.extend_from_slice(null),
     }
-    text(out, record.source.as_str());
-    text(out, record.consistency);
-    text(out, record.decision.as_str());
-    text(out, record.reason.as_str());
-    text(out, &record.rule);
-    text(out, &record.policy_version);
-    match record.revision {
-        Some(revision) => text(out, &revision.to_string()),
+    text(out, row.source);
+    text(out, row.consistency);
+    text(out, row.decision);
+    text(out, row.reason);
+    text(out, row.rule);
+    text(out, row.policy_version);
+    match row.revision {
+        Some(revision) => {
+            let _ = write!(out, "{revision}\t");
+        }
         None => out.extend_from_slice(null),
     }
-    text(out, if record.degraded { "t" } else { "f" });
-    text(out, &record.caller);
-    text(out, &record.trace_id);
+    text(out, if row.degraded { "t" } else { "f" });
+    text(out, row.caller);
+    text(out, row.trace_id);
     // The last field ends the line instead of a tab.
     *out.last_mut().expect("a row has fields") = b'\n';
 }
@@ -340,17 +406,40 @@ impl PostgresStore {
         records: &[DecisionRecord],
         durable: bool,
     ) -> Result<(), StoreError> {
-        let days: HashSet<i64> = records
-            .iter()
-            .map(|record| record.decided_at_micros.div_euclid(MICROS_PER_DAY))
+        let mut rows = Vec::with_capacity(records.len() * 256);
+        for record in records {
+            copy_row(&mut rows, &CopyFields::of_record(record));
+        }
+        let instants = records.iter().map(|record| record.decided_at_micros);
+        self.copy_decisions(instants, rows, durable).await
+    }
+
+    /// Inserts the decisions of a decision log segment with one COPY, durably.
+    pub async fn insert_decided(&self, decided: &[Decided<'_>]) -> Result<(), StoreError> {
+        let mut rows = Vec::with_capacity(decided.len() * 256);
+        let mut id = uuid::Uuid::encode_buffer();
+        for decided in decided {
+            let decision_id = decided.decision_id.hyphenated().encode_lower(&mut id);
+            copy_row(&mut rows, &CopyFields::of_decided(decided, decision_id));
+        }
+        let instants = decided.iter().map(|decided| decided.decided_at_micros);
+        self.copy_decisions(instants, rows, true).await
+    }
+
+    /// COPYs `rows` (COPY's text format) in one transaction, creating the day partitions of
+    /// their `instants` first.
+    async fn copy_decisions(
+        &self,
+        instants: impl Iterator<Item = i64>,
+        rows: Vec<u8>,
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        let days: HashSet<i64> = instants
+            .map(|micros| micros.div_euclid(MICROS_PER_DAY))
             .collect();
         let mut lease = Lease::new(self.acquire().await?);
         for day in days {
             self.ensure_partition(lease.connection(), day).await?;
-        }
-        let mut rows = Vec::with_capacity(records.len() * 256);
-        for record in records {
-            copy_row(&mut rows, record);
         }
         let mut tx = sqlx::Connection::begin(lease.connection()).await?;
         if !durable {
@@ -552,7 +641,7 @@ mod tests {
             trace_id: String::new(),
         };
         let mut out = Vec::new();
-        copy_row(&mut out, &record);
+        copy_row(&mut out, &CopyFields::of_record(&record));
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "1700000000000000\td-1\tu-1\tMEMORY\t\\N\tCONVERSATION\tminimize_latency\tDENY\t\

@@ -9,8 +9,8 @@ use sha2::Digest as _;
 
 use crate::audit::merkle::{self, Frontier, Hash, NodeId};
 use crate::audit::{
-    AuditEvent, ChainReport, ChainVerifier, DecisionRecord, EventKind, chain_hash, leaf_data,
-    new_payload_salt, payload_sha256,
+    AuditEvent, ChainReport, ChainVerifier, Decided, DecisionRecord, EventKind, chain_hash,
+    leaf_data, new_payload_salt, payload_sha256,
 };
 use crate::domain::{ConversationId, SubjectId};
 use crate::policy::rights::{Effect, Regime, RequestState, RightKind, RightsRequest};
@@ -1170,7 +1170,7 @@ pub(super) async fn count_decisions(connection: &mut Connection) -> Result<u64, 
 /// on SQLite, a shipped segment of that first decision, or its row.
 pub(super) async fn has_decision_segment(
     connection: &mut Connection,
-    first: &DecisionRecord,
+    first: &Decided<'_>,
 ) -> Result<bool, StoreError> {
     let statement = match connection {
         Connection::Sqlite(..) => {
@@ -1184,7 +1184,7 @@ pub(super) async fn has_decision_segment(
     let row = connection
         .query(statement)
         .bind(first.decided_at_micros)
-        .bind(first.decision_id.as_str())
+        .bind(first.decision_id.to_string())
         .fetch_optional()
         .await?;
     Ok(row.is_some())
@@ -1243,9 +1243,7 @@ fn decision_from_row(row: &Row) -> Result<DecisionRecord, StoreError> {
         purpose: parse_column(row, "purpose", Purpose::from_name)?,
         conversation_id: row.try_get("conversation_id")?,
         source: parse_column(row, "source", Source::from_name)?,
-        consistency: crate::audit::segment::CONSISTENCIES
-            .into_iter()
-            .find(|known| *known == consistency)
+        consistency: crate::audit::segment::consistency_name(&consistency)
             .ok_or_else(|| StoreError::Corrupt(format!("unknown consistency {consistency:?}")))?,
         decision: parse_column(row, "decision", Decision::from_name)?,
         reason: parse_column(row, "reason", Reason::from_name)?,

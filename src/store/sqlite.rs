@@ -16,7 +16,7 @@ use sqlx::sqlite::{
 
 use super::sql::{Begin, Connection, Lease};
 use super::{Access, DecisionQuery, PruneReport, Schema, StoreError, StoreTimeouts};
-use crate::audit::DecisionRecord;
+use crate::audit::{Decided, DecisionRecord};
 
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -114,22 +114,22 @@ impl SqliteStore {
     pub async fn insert_decision_segment(
         &self,
         body: &[u8],
-        records: &[DecisionRecord],
+        decided: &[Decided<'_>],
     ) -> Result<(), StoreError> {
-        let Some(first) = records.first() else {
+        let Some(first) = decided.first() else {
             return Ok(());
         };
-        let instants = records.iter().map(|record| record.decided_at_micros);
+        let instants = decided.iter().map(|decided| decided.decided_at_micros);
         let (first_at, last_at) = (instants.clone().min(), instants.max());
         sqlx::query(
             "INSERT OR IGNORE INTO decision_log_segments
                  (first_decision_id, first_at, last_at, records, body)
              VALUES ($1, $2, $3, $4, $5)",
         )
-        .bind(first.decision_id.as_str())
+        .bind(first.decision_id.to_string())
         .bind(first_at)
         .bind(last_at)
-        .bind(records.len() as i64)
+        .bind(decided.len() as i64)
         .bind(body)
         .execute(&self.writer)
         .await?;
