@@ -23,6 +23,17 @@ impl AuditService {
     }
 }
 
+/// Cuts a listing read with one item more than `page_size` down to the page, and returns the
+/// token of the next page: `token` of the page's last item, or empty when none follows.
+fn next_page<T>(items: &mut Vec<T>, page_size: u32, token: impl Fn(&T) -> String) -> String {
+    let more = items.len() > page_size as usize;
+    items.truncate(page_size as usize);
+    match items.last() {
+        Some(last) if more => token(last),
+        _ => String::new(),
+    }
+}
+
 fn decision_to_proto(record: DecisionRecord) -> proto::RecordedDecision {
     proto::RecordedDecision {
         decision_id: record.decision_id,
@@ -97,12 +108,9 @@ impl proto::audit_server::Audit for AuditService {
             .events(&query)
             .await
             .map_err(ApiError::from)?;
-        let more = events.len() > page_size as usize;
-        events.truncate(page_size as usize);
-        let next_page_token = match events.last() {
-            Some(last) if more => Revision::new(last.sequence).to_token(),
-            _ => String::new(),
-        };
+        let next_page_token = next_page(&mut events, page_size, |last| {
+            Revision::new(last.sequence).to_token()
+        });
         Ok(Response::new(proto::ListEventsResponse {
             events: events.into_iter().map(event_to_proto).collect(),
             next_page_token,
@@ -120,14 +128,9 @@ impl proto::audit_server::Audit for AuditService {
             .decisions(&query)
             .await
             .map_err(ApiError::from)?;
-        let more = decisions.len() > page_size as usize;
-        decisions.truncate(page_size as usize);
-        let next_page_token = match decisions.last() {
-            Some(last) if more => {
-                validate::decisions_page_token(last.decided_at_micros, &last.decision_id)
-            }
-            _ => String::new(),
-        };
+        let next_page_token = next_page(&mut decisions, page_size, |last| {
+            validate::decisions_page_token(last.decided_at_micros, &last.decision_id)
+        });
         Ok(Response::new(proto::ListDecisionsResponse {
             decisions: decisions.into_iter().map(decision_to_proto).collect(),
             next_page_token,

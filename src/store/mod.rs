@@ -1397,18 +1397,28 @@ impl Store {
         records: &[DecisionRecord],
         durable: bool,
     ) -> Result<(), StoreError> {
-        let deadline = self.timeouts().write;
-        observed(self, "insert_decisions", async {
-            let insert = async {
-                match self {
-                    Store::Sqlite(store) => store.insert_decisions(records).await,
-                    Store::Postgres(store) => store.insert_decisions(records, durable).await,
-                }
-            };
-            tokio::time::timeout(deadline, insert)
+        let insert = async {
+            match self {
+                Store::Sqlite(store) => store.insert_decisions(records).await,
+                Store::Postgres(store) => store.insert_decisions(records, durable).await,
+            }
+        };
+        self.observed_within("insert_decisions", self.timeouts().write, insert)
+            .await
+    }
+
+    /// Runs one store operation (observed as `operation`) for at most `deadline`.
+    async fn observed_within<T>(
+        &self,
+        operation: &'static str,
+        deadline: Duration,
+        work: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        observed(self, operation, async {
+            tokio::time::timeout(deadline, work)
                 .await
                 .unwrap_or(Err(StoreError::TimedOut {
-                    operation: "insert_decisions",
+                    operation,
                     after: deadline,
                 }))
         })
@@ -1434,23 +1444,16 @@ impl Store {
         body: &[u8],
         decided: &[Decided<'_>],
     ) -> Result<(), StoreError> {
+        let ship = async {
+            match self {
+                Store::Postgres(store) => store.insert_decided(decided).await,
+                Store::Sqlite(store) => store.insert_decision_segment(body, decided).await,
+            }
+        };
         // Off the request path, and up to tens of thousands of rows: more than a write's time.
         let deadline = self.timeouts().write.max(SHIP_DEADLINE);
-        observed(self, "ship_decision_segment", async {
-            let ship = async {
-                match self {
-                    Store::Postgres(store) => store.insert_decided(decided).await,
-                    Store::Sqlite(store) => store.insert_decision_segment(body, decided).await,
-                }
-            };
-            tokio::time::timeout(deadline, ship)
-                .await
-                .unwrap_or(Err(StoreError::TimedOut {
-                    operation: "ship_decision_segment",
-                    after: deadline,
-                }))
-        })
-        .await
+        self.observed_within("ship_decision_segment", deadline, ship)
+            .await
     }
 
     /// Whether the decision log holds a segment whose first decision is `first` (a segment a
