@@ -339,13 +339,12 @@ pub fn consistency_name(name: &str) -> Option<&'static str> {
 mod tests {
     use super::*;
 
-    fn sample(index: u32, caller: &str) -> (uuid::Uuid, String, Decided<'_>) {
-        let id = uuid::Uuid::now_v7();
-        let subject = format!("subject-{index}");
-        let decided = Decided {
+    /// Decision number `index` of the tests, each field going through its values.
+    fn sample<'a>(index: u32, subject: &'a str, caller: &'a str) -> Decided<'a> {
+        Decided {
             decided_at_micros: 1_800_000_000_000_000 + i64::from(index % 7) * 1_000 - 3_000,
-            decision_id: id,
-            subject_id: "",
+            decision_id: uuid::Uuid::now_v7(),
+            subject_id: subject,
             purpose: Purpose::ALL[index as usize % Purpose::ALL.len()],
             conversation_id: index.is_multiple_of(2).then_some("conversation-1"),
             source: Source::ALL[index as usize % Source::ALL.len()],
@@ -366,14 +365,15 @@ mod tests {
             } else {
                 ""
             },
-        };
-        (id, subject, decided)
+        }
     }
 
-    fn expected(decided: &Decided<'_>, subject: &str) -> DecisionRecord {
-        let mut record = decided.to_record();
-        record.subject_id = subject.to_owned();
-        record
+    /// Appends sample `index` to `builder`, and returns the row it should read back as.
+    fn push_sample(builder: &mut BlockBuilder, index: u32, caller: &str) -> DecisionRecord {
+        let subject = format!("subject-{index}");
+        let decided = sample(index, &subject, caller);
+        builder.push(&decided);
+        decided.to_record()
     }
 
     #[test]
@@ -383,10 +383,7 @@ mod tests {
         let mut wanted = Vec::new();
         for block in 0..3 {
             for index in 0..100 {
-                let (_, subject, mut decided) = sample(block * 100 + index, "gateway");
-                decided.subject_id = &subject;
-                builder.push(&decided);
-                wanted.push(expected(&decided, &subject));
+                wanted.push(push_sample(&mut builder, block * 100 + index, "gateway"));
             }
             assert_eq!(builder.records(), 100);
             bytes.extend(builder.finish());
@@ -405,10 +402,7 @@ mod tests {
         let mut builder = BlockBuilder::default();
         let mut wanted = Vec::new();
         for (index, caller) in callers.iter().chain(callers.iter()).enumerate() {
-            let (_, subject, mut decided) = sample(index as u32, caller);
-            decided.subject_id = &subject;
-            builder.push(&decided);
-            wanted.push(expected(&decided, &subject));
+            wanted.push(push_sample(&mut builder, index as u32, caller));
         }
         assert_eq!(read(&builder.finish()).records, wanted);
     }
@@ -421,9 +415,7 @@ mod tests {
         let mut blocks = Vec::new();
         for block in 0..3 {
             for index in 0..10 {
-                let (_, subject, mut decided) = sample(block * 10 + index, "gateway");
-                decided.subject_id = &subject;
-                builder.push(&decided);
+                push_sample(&mut builder, block * 10 + index, "gateway");
             }
             blocks.push(builder.finish());
         }
@@ -451,9 +443,7 @@ mod tests {
     fn a_block_with_a_valid_checksum_and_bad_records_is_refused_whole() {
         let mut builder = BlockBuilder::default();
         for index in 0..3 {
-            let (_, subject, mut decided) = sample(index, "gateway");
-            decided.subject_id = &subject;
-            builder.push(&decided);
+            push_sample(&mut builder, index, "gateway");
         }
         let mut block = builder.finish();
         // Claim one record more than the body holds, and fix the checksum.

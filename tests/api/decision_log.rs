@@ -139,15 +139,7 @@ async fn a_require_audit_check_answers_after_its_row_is_durable() {
     app.upsert("vera", Plan::Pro).await;
     let log = app.decision_log().await;
     for _ in 0..5 {
-        let audited = app
-            .decisions()
-            .check(proto::CheckRequest {
-                require_audit: true,
-                ..check_request("vera", Purpose::ModelTraining)
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let audited = app.audited_check("vera", Purpose::ModelTraining).await;
         assert!(log.row(&audited.decision_id).await.is_some());
     }
     let unaudited = app.check("vera", Purpose::ModelTraining).await;
@@ -213,15 +205,7 @@ async fn a_require_audit_check_fails_when_its_record_cannot_be_written() {
         status.message()
     );
     intruder.release().await;
-    let audited = app
-        .decisions()
-        .check(proto::CheckRequest {
-            require_audit: true,
-            ..check_request("xena", Purpose::ModelTraining)
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let audited = app.audited_check("xena", Purpose::ModelTraining).await;
     let log = app.decision_log().await;
     assert!(log.row(&audited.decision_id).await.is_some());
     log.close().await;
@@ -260,15 +244,7 @@ async fn list_decisions_pages_filters_and_refuses_bad_input() {
     for _ in 0..25 {
         yuri.push(app.check("yuri", Purpose::ModelTraining).await);
     }
-    let audited = app
-        .decisions()
-        .check(proto::CheckRequest {
-            require_audit: true,
-            ..check_request("zoe", Purpose::Memory)
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let audited = app.audited_check("zoe", Purpose::Memory).await;
     for _ in 0..5 {
         app.check("zoe", Purpose::Memory).await;
     }

@@ -263,6 +263,22 @@ impl TestApp {
             .into_inner()
     }
 
+    /// A Check with `require_audit`: answered once its decision is committed to the log.
+    pub async fn audited_check(
+        &self,
+        subject_id: &str,
+        purpose: proto::Purpose,
+    ) -> proto::CheckResponse {
+        self.decisions()
+            .check(proto::CheckRequest {
+                require_audit: true,
+                ..check_request(subject_id, purpose)
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     pub async fn all_events(&self, subject_id: Option<&str>) -> Vec<proto::AuditEvent> {
         all_events(self.channel(), subject_id).await
     }

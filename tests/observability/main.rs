@@ -384,7 +384,7 @@ async fn metrics_count_known_traffic() {
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
     }
-    // The decision log writes within 100 ms; wait for its counter rather than guess.
+    // The decision log ships within about a second; wait for its counter rather than guess.
     let deadline = Instant::now() + Duration::from_secs(10);
     let after = loop {
         let after = scrape(&admin).await;
