@@ -496,27 +496,30 @@ pub fn list_decisions(
         .decision_id
         .as_deref()
         .map(|id| {
-            if id.is_empty()
-                || id.len() > 64
-                || !id
-                    .bytes()
-                    .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
-            {
-                Err(ApiError::invalid(
-                    "decision_id",
-                    "must be 1-64 characters of [A-Za-z0-9-], the decision_id of an answer",
-                ))
-            } else {
-                Ok(id.to_owned())
-            }
+            uuid::Uuid::try_parse(id)
+                .ok()
+                .filter(|id| id.get_version_num() == 7)
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "decision_id",
+                        "must be the decision_id of an answer (a UUIDv7)",
+                    )
+                })
         })
         .transpose()?;
-    let from_micros =
+    let mut from_micros =
         optional_timestamp("start_time", request.start_time.as_ref())?.unwrap_or(i64::MIN);
-    let until_micros =
+    let mut until_micros =
         optional_timestamp("end_time", request.end_time.as_ref())?.unwrap_or(i64::MAX);
     if until_micros < from_micros {
         return Err(ApiError::invalid("end_time", "is before start_time"));
+    }
+    if let Some(id) = &decision_id {
+        // The id's timestamp is its decision's instant, to the millisecond: the store reads that
+        // instant's decisions only (with a second's margin either side), never scans for the id.
+        let (start, end) = decided_within(id);
+        from_micros = from_micros.max(start);
+        until_micros = until_micros.min(end).max(from_micros);
     }
     let after = if request.page_token.is_empty() {
         None
@@ -528,13 +531,30 @@ pub fn list_decisions(
     let page_size = page_size(request.page_size);
     let query = crate::store::DecisionQuery {
         subject_id,
-        decision_id,
+        decision_id: decision_id.map(|id| id.to_string()),
         from_micros,
         until_micros,
         after,
         limit: page_size + 1,
     };
     Ok((query, page_size))
+}
+
+/// The instants (µs since the epoch, from and until) between which the decision a UUIDv7 names
+/// was made: the millisecond of its timestamp, and a second either side.
+fn decided_within(id: &uuid::Uuid) -> (i64, i64) {
+    const MARGIN_MICROS: i64 = 1_000_000;
+    let (seconds, nanos) = id
+        .get_timestamp()
+        .map_or((0, 0), |timestamp| timestamp.to_unix());
+    let millisecond = i64::try_from(seconds)
+        .unwrap_or(i64::MAX / 1_000_000)
+        .saturating_mul(1_000_000)
+        .saturating_add(i64::from(nanos / 1_000_000) * 1_000);
+    (
+        millisecond.saturating_sub(MARGIN_MICROS),
+        millisecond.saturating_add(1_000 + MARGIN_MICROS),
+    )
 }
 
 fn decisions_position(token: &str) -> Option<(i64, String)> {
@@ -730,6 +750,43 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .starts_with("consistency.at_least_as_fresh: ")
+        );
+    }
+
+    #[test]
+    fn a_decision_id_narrows_the_listing_to_its_instant() {
+        let decided_at: i64 = 1_765_000_123_456_789;
+        let id = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            (decided_at / 1_000_000) as u64,
+            (decided_at % 1_000_000 * 1_000) as u32,
+        ));
+        let listing = |id: String, start: Option<i64>| proto::ListDecisionsRequest {
+            decision_id: Some(id),
+            start_time: start.map(|micros| prost_types::Timestamp {
+                seconds: micros / 1_000_000,
+                nanos: (micros % 1_000_000 * 1_000) as i32,
+            }),
+            ..Default::default()
+        };
+        // Upper case, as anyone may copy it: the stored form is asked for.
+        let (query, _) = list_decisions(&listing(id.to_string().to_uppercase(), None)).unwrap();
+        assert_eq!(query.decision_id, Some(id.to_string()));
+        assert!(query.from_micros <= decided_at && decided_at < query.until_micros);
+        assert!(
+            query.until_micros - query.from_micros <= 2_001_000,
+            "{query:?}"
+        );
+        // A start after the instant: an empty range, not an error.
+        let (late, _) =
+            list_decisions(&listing(id.to_string(), Some(decided_at + 5_000_000))).unwrap();
+        assert_eq!(late.from_micros, late.until_micros);
+        // Another version of UUID is no decision's id.
+        let v4 = "6f0c1c1e-2b7a-4c8e-9d3f-0a1b2c3d4e5f".to_owned();
+        let refused = list_decisions(&listing(v4, None)).unwrap_err();
+        assert!(
+            refused.to_string().starts_with("decision_id: "),
+            "{refused}"
         );
     }
 
