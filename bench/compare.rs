@@ -904,27 +904,43 @@ async fn low_load_latency(target: &Target, seconds: u64) -> (f64, f64) {
 }
 
 /// The p99 latency of calls sent at a steady `rate` per second for `seconds`, each on its own
-/// (open loop: a slow answer does not hold back the next call), timed from when it is sent.
-/// Tokio's timer fires to the millisecond, so the calls go out in bursts of that size.
-async fn latency_at_rate(target: &Target, rate: u64, seconds: u64) -> f64 {
-    let channel = connect(&target.address).await;
-    let mut ticks = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut calls = Vec::new();
-    for _ in 0..rate * seconds {
-        ticks.tick().await;
-        let (channel, body) = (channel.clone(), target.body.clone());
-        let path = target.path;
-        calls.push(tokio::spawn(async move {
-            let sent = Instant::now();
-            raw_call(channel, path, body).await.unwrap();
-            sent.elapsed().as_secs_f64() * 1e6
-        }));
-    }
-    let mut latencies = Vec::new();
-    for call in calls {
-        latencies.push(call.await.unwrap());
-    }
+/// (open loop: a slow answer does not hold back the next call), timed from the instant it was
+/// due, so a call the client sent late counts its lateness too.
+///
+/// The client runs on a thread of its own that never sleeps: it waits for each call's instant
+/// by yielding, which also polls for answers. A client that sleeps between calls measures its
+/// own wake-ups (tokio's timer fires to the millisecond, in bursts), not the server's latency.
+fn latency_at_rate(target: &Target, rate: u64, seconds: u64) -> f64 {
+    let (address, path, body) = (target.address.clone(), target.path, target.body.clone());
+    let client = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let channel = connect(&address).await;
+            let period = Duration::from_nanos(1_000_000_000 / rate);
+            let start = Instant::now() + Duration::from_millis(10);
+            let mut calls = Vec::new();
+            for index in 0..rate * seconds {
+                let due = start + period * index as u32;
+                while Instant::now() < due {
+                    tokio::task::yield_now().await;
+                }
+                let (channel, body) = (channel.clone(), body.clone());
+                calls.push(tokio::spawn(async move {
+                    raw_call(channel, path, body).await.unwrap();
+                    due.elapsed().as_secs_f64() * 1e6
+                }));
+            }
+            let mut latencies = Vec::new();
+            for call in calls {
+                latencies.push(call.await.unwrap());
+            }
+            latencies
+        })
+    });
+    let mut latencies = client.join().unwrap();
     latencies.sort_by(f64::total_cmp);
     latencies[((latencies.len() - 1) as f64 * 0.99) as usize]
 }
@@ -1074,7 +1090,7 @@ fn main() {
                 pin(target.pid(), "1");
                 let pinned = measure(target, &paths[index], seconds);
                 let (p50, p99) = low_load_latency(target, 3).await;
-                let p99_at_rate = latency_at_rate(target, 1_000, 3).await;
+                let p99_at_rate = latency_at_rate(target, 1_000, 5);
                 pin(target.pid(), "0,1");
                 pin(std::process::id(), "0,1");
                 let unpinned = measure(target, &paths[index], seconds);
