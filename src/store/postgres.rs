@@ -283,21 +283,32 @@ impl<'a> CopyFields<'a> {
 
 /// Appends one decision as a line of COPY's text format: tab-separated, `\N` for NULL.
 fn copy_row(out: &mut Vec<u8>, row: &CopyFields<'_>) {
-    use std::io::Write;
+    /// A text field: copied as it is up to each byte COPY would read as a delimiter or an
+    /// escape (rare: ids and names have none), which is escaped.
     fn text(out: &mut Vec<u8>, value: &str) {
-        for byte in value.bytes() {
-            match byte {
-                b'\\' => out.extend_from_slice(b"\\\\"),
-                b'\t' => out.extend_from_slice(b"\\t"),
-                b'\n' => out.extend_from_slice(b"\\n"),
-                b'\r' => out.extend_from_slice(b"\\r"),
-                other => out.push(other),
-            }
+        let mut rest = value.as_bytes();
+        while let Some(at) = rest
+            .iter()
+            .position(|byte| matches!(byte, b'\\' | b'\t' | b'\n' | b'\r'))
+        {
+            out.extend_from_slice(&rest[..at]);
+            out.extend_from_slice(match rest[at] {
+                b'\\' => b"\\\\",
+                b'\t' => b"\\t",
+                b'\n' => b"\\n",
+                _ => b"\\r",
+            });
+            rest = &rest[at + 1..];
         }
+        out.extend_from_slice(rest);
+        out.push(b'\t');
+    }
+    fn integer(out: &mut Vec<u8>, value: impl itoa::Integer) {
+        out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
         out.push(b'\t');
     }
     let null = b"\\N\t";
-    let _ = write!(out, "{}\t", row.decided_at_micros);
+    integer(out, row.decided_at_micros);
     text(out, row.decision_id);
     text(out, row.subject_id);
     text(out, row.purpose);
@@ -312,9 +323,7 @@ fn copy_row(out: &mut Vec<u8>, row: &CopyFields<'_>) {
     text(out, row.rule);
     text(out, row.policy_version);
     match row.revision {
-        Some(revision) => {
-            let _ = write!(out, "{revision}\t");
-        }
+        Some(revision) => integer(out, revision),
         None => out.extend_from_slice(null),
     }
     text(out, if row.degraded { "t" } else { "f" });
@@ -635,9 +644,9 @@ mod tests {
             reason: Reason::ChoiceRefused,
             rule: "M1".into(),
             policy_version: POLICY_VERSION.into(),
-            revision: None,
+            revision: Some(42),
             degraded: true,
-            caller: "tab\there\\back\nline".into(),
+            caller: "tab\there\\back\nline\rend".into(),
             trace_id: String::new(),
         };
         let mut out = Vec::new();
@@ -645,7 +654,7 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "1700000000000000\td-1\tu-1\tMEMORY\t\\N\tCONVERSATION\tminimize_latency\tDENY\t\
-             CHOICE_REFUSED\tM1\t2026-01-01\t\\N\tt\ttab\\there\\\\back\\nline\t\n"
+             CHOICE_REFUSED\tM1\t2026-01-01\t42\tt\ttab\\there\\\\back\\nline\\rend\t\n"
         );
     }
 }
