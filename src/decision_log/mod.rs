@@ -4,8 +4,8 @@
 //! ([`crate::audit::segment`]): a lock held for a few hundred nanoseconds, no allocation of its own, no task
 //! woken. A flusher writes the block to the open segment file every [`FLUSH_INTERVAL`], and
 //! seals the segment every [`SEAL_INTERVAL`] (or at [`SEGMENT_BYTES`]); a shipper moves each
-//! sealed segment into the store in one transaction (PostgreSQL `COPY`, SQLite batched
-//! inserts) and deletes the file only once that has committed. A segment left by a crash is
+//! sealed segment into the store in one transaction (one row of `decision_log_segments`,
+//! the segment's blocks as written) and deletes the file only once that has committed. A segment left by a crash is
 //! shipped at the next start (unless its first decision is in the store already: a crash
 //! between the commit and the deletion), and a store that is down only lets the segments pile
 //! up on disk. When the block holds `decision_log_queue` decisions (the flusher cannot keep up)

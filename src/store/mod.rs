@@ -1437,8 +1437,7 @@ impl Store {
     }
 
     /// Ships one segment of the decision log (its intact blocks, `body`, and its decisions,
-    /// `decided`) in one transaction: on PostgreSQL as rows of `decision_log` (`COPY`), on
-    /// SQLite as one row of `decision_log_segments`, ignored if it is there already.
+    /// `decided`) as one row of `decision_log_segments`, ignored if it is there already.
     pub async fn ship_decision_segment(
         &self,
         body: &[u8],
@@ -1446,11 +1445,11 @@ impl Store {
     ) -> Result<(), StoreError> {
         let ship = async {
             match self {
-                Store::Postgres(store) => store.insert_decided(decided).await,
+                Store::Postgres(store) => store.insert_decision_segment(body, decided).await,
                 Store::Sqlite(store) => store.insert_decision_segment(body, decided).await,
             }
         };
-        // Off the request path, and up to tens of thousands of rows: more than a write's time.
+        // Off the request path, and up to 2 MiB: more than a write's time.
         let deadline = self.timeouts().write.max(SHIP_DEADLINE);
         self.observed_within("ship_decision_segment", deadline, ship)
             .await
@@ -1467,22 +1466,19 @@ impl Store {
         .await
     }
 
-    /// The recorded decisions `query` asks for, in order: on SQLite, from the rows of
-    /// `decision_log` and from the shipped segments.
+    /// The recorded decisions `query` asks for, in order: from the rows of `decision_log` and
+    /// from the shipped segments.
     pub async fn decisions(
         &self,
         query: &DecisionQuery,
     ) -> Result<Vec<DecisionRecord>, StoreError> {
-        let rows = self
+        let mut found = self
             .run("decisions", Access::Connection, async |connection| {
-                rows::decisions(connection, query).await
+                let mut found = rows::decisions(connection, query).await?;
+                found.extend(rows::segment_decisions(connection, query).await?);
+                Ok(found)
             })
             .await?;
-        let Store::Sqlite(store) = self else {
-            return Ok(rows);
-        };
-        let mut found = observed(self, "decision_segments", store.segment_decisions(query)).await?;
-        found.extend(rows);
         found.sort_by(|a, b| {
             (a.decided_at_micros, &a.decision_id).cmp(&(b.decided_at_micros, &b.decision_id))
         });

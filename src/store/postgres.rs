@@ -160,6 +160,8 @@ pub const RUNTIME_GRANTS: &[(&str, &str)] = &[
     ("TABLE rights_requests", "SELECT, INSERT, UPDATE"),
     // Rows go through the parent to the day partitions, whose privileges are not checked.
     ("TABLE decision_log", "SELECT, INSERT"),
+    // A shipped segment is inserted once and deleted only by `assent audit prune`, as the owner.
+    ("TABLE decision_log_segments", "SELECT, INSERT"),
     ("FUNCTION decision_log_create_partition(BIGINT)", "EXECUTE"),
 ];
 
@@ -218,71 +220,8 @@ async fn warm_up(pool: &PgPool, connections: u32) {
     drop(opened);
 }
 
-/// The columns of one decision, as COPY writes them.
-struct CopyFields<'a> {
-    decided_at_micros: i64,
-    decision_id: &'a str,
-    subject_id: &'a str,
-    purpose: &'static str,
-    conversation_id: Option<&'a str>,
-    source: &'static str,
-    consistency: &'static str,
-    decision: &'static str,
-    reason: &'static str,
-    rule: &'a str,
-    policy_version: &'a str,
-    revision: Option<u64>,
-    degraded: bool,
-    caller: &'a str,
-    trace_id: &'a str,
-}
-
-impl<'a> CopyFields<'a> {
-    fn of_record(record: &'a DecisionRecord) -> CopyFields<'a> {
-        CopyFields {
-            decided_at_micros: record.decided_at_micros,
-            decision_id: &record.decision_id,
-            subject_id: &record.subject_id,
-            purpose: record.purpose.as_str(),
-            conversation_id: record.conversation_id.as_deref(),
-            source: record.source.as_str(),
-            consistency: record.consistency,
-            decision: record.decision.as_str(),
-            reason: record.reason.as_str(),
-            rule: &record.rule,
-            policy_version: &record.policy_version,
-            revision: record.revision,
-            degraded: record.degraded,
-            caller: &record.caller,
-            trace_id: &record.trace_id,
-        }
-    }
-
-    /// `decision_id` is the decision's id as text, written by the caller into a buffer of its
-    /// own.
-    fn of_decided(decided: &Decided<'a>, decision_id: &'a str) -> CopyFields<'a> {
-        CopyFields {
-            decided_at_micros: decided.decided_at_micros,
-            decision_id,
-            subject_id: decided.subject_id,
-            purpose: decided.purpose.as_str(),
-            conversation_id: decided.conversation_id,
-            source: decided.source.as_str(),
-            consistency: decided.consistency,
-            decision: decided.decision.as_str(),
-            reason: decided.reason.as_str(),
-            rule: decided.rule,
-            policy_version: decided.policy_version,
-            revision: decided.revision,
-            degraded: decided.degraded,
-            caller: decided.caller,
-            trace_id: decided.trace_id,
-        }
-    }
-}
-
 /// Appends one decision as a line of COPY's text format: tab-separated, `\N` for NULL.
-fn copy_row(out: &mut Vec<u8>, row: &CopyFields<'_>) {
+fn copy_row(out: &mut Vec<u8>, row: &DecisionRecord) {
     /// A text field: copied as it is up to each byte COPY would read as a delimiter or an
     /// escape (rare: ids and names have none), which is escaped.
     fn text(out: &mut Vec<u8>, value: &str) {
@@ -309,26 +248,26 @@ fn copy_row(out: &mut Vec<u8>, row: &CopyFields<'_>) {
     }
     let null = b"\\N\t";
     integer(out, row.decided_at_micros);
-    text(out, row.decision_id);
-    text(out, row.subject_id);
-    text(out, row.purpose);
-    match row.conversation_id {
+    text(out, &row.decision_id);
+    text(out, &row.subject_id);
+    text(out, row.purpose.as_str());
+    match &row.conversation_id {
         Some(conversation_id) => text(out, conversation_id),
         None => out.extend_from_slice(null),
     }
-    text(out, row.source);
+    text(out, row.source.as_str());
     text(out, row.consistency);
-    text(out, row.decision);
-    text(out, row.reason);
-    text(out, row.rule);
-    text(out, row.policy_version);
+    text(out, row.decision.as_str());
+    text(out, row.reason.as_str());
+    text(out, &row.rule);
+    text(out, &row.policy_version);
     match row.revision {
         Some(revision) => integer(out, revision),
         None => out.extend_from_slice(null),
     }
     text(out, if row.degraded { "t" } else { "f" });
-    text(out, row.caller);
-    text(out, row.trace_id);
+    text(out, &row.caller);
+    text(out, &row.trace_id);
     // The last field ends the line instead of a tab.
     *out.last_mut().expect("a row has fields") = b'\n';
 }
@@ -417,22 +356,44 @@ impl PostgresStore {
     ) -> Result<(), StoreError> {
         let mut rows = Vec::with_capacity(records.len() * 256);
         for record in records {
-            copy_row(&mut rows, &CopyFields::of_record(record));
+            copy_row(&mut rows, record);
         }
         let instants = records.iter().map(|record| record.decided_at_micros);
         self.copy_decisions(instants, rows, durable).await
     }
 
-    /// Inserts the decisions of a decision log segment with one COPY, durably.
-    pub async fn insert_decided(&self, decided: &[Decided<'_>]) -> Result<(), StoreError> {
-        let mut rows = Vec::with_capacity(decided.len() * 256);
-        let mut id = uuid::Uuid::encode_buffer();
-        for decided in decided {
-            let decision_id = decided.decision_id.hyphenated().encode_lower(&mut id);
-            copy_row(&mut rows, &CopyFields::of_decided(decided, decision_id));
-        }
+    /// Keeps a shipped segment of the decision log as one row, with the distinct subjects of
+    /// its decisions; a segment shipped before (the same first decision) is left as it is.
+    /// Committed durably: its file is deleted once this returns.
+    pub async fn insert_decision_segment(
+        &self,
+        body: &[u8],
+        decided: &[Decided<'_>],
+    ) -> Result<(), StoreError> {
+        let Some(first) = decided.first() else {
+            return Ok(());
+        };
         let instants = decided.iter().map(|decided| decided.decided_at_micros);
-        self.copy_decisions(instants, rows, true).await
+        let (first_at, last_at) = (instants.clone().min(), instants.max());
+        let subjects: HashSet<&str> = decided.iter().map(|decided| decided.subject_id).collect();
+        let subjects: Vec<&str> = subjects.into_iter().collect();
+        let mut lease = Lease::new(self.acquire().await?);
+        sqlx::query(
+            "INSERT INTO decision_log_segments
+                 (first_decision_id, first_at, last_at, records, subjects, body)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (first_decision_id) DO NOTHING",
+        )
+        .bind(first.decision_id.to_string())
+        .bind(first_at)
+        .bind(last_at)
+        .bind(decided.len() as i64)
+        .bind(subjects)
+        .bind(body)
+        .execute(lease.connection())
+        .await?;
+        lease.done();
+        Ok(())
     }
 
     /// COPYs `rows` (COPY's text format) in one transaction, creating the day partitions of
@@ -508,8 +469,8 @@ impl PostgresStore {
             .contains(&day)
     }
 
-    /// Drops every day partition that ends at or before `cutoff_micros`: whole tables, never
-    /// rows.
+    /// Drops every day partition that ends at or before `cutoff_micros` (whole tables, never
+    /// rows) and deletes the shipped segments all of whose decisions are before it.
     pub async fn prune_decision_log(&self, cutoff_micros: i64) -> Result<PruneReport, StoreError> {
         let partitions: Vec<(String,)> = sqlx::query_as(
             "SELECT child.relname::text FROM pg_inherits
@@ -540,9 +501,19 @@ impl PostgresStore {
                 dropped.push(name);
             }
         }
+        // A segment goes once all of it is before the cutoff.
+        let (in_segments,): (i64,) = sqlx::query_as(
+            "WITH gone AS (
+                 DELETE FROM decision_log_segments WHERE last_at < $1 RETURNING records
+             )
+             SELECT COALESCE(SUM(records), 0)::BIGINT FROM gone",
+        )
+        .bind(cutoff_micros)
+        .fetch_one(&self.pool)
+        .await?;
         Ok(PruneReport {
             partitions_dropped: dropped,
-            rows_deleted: 0,
+            rows_deleted: in_segments as u64,
         })
     }
 
@@ -650,7 +621,7 @@ mod tests {
             trace_id: String::new(),
         };
         let mut out = Vec::new();
-        copy_row(&mut out, &CopyFields::of_record(&record));
+        copy_row(&mut out, &record);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "1700000000000000\td-1\tu-1\tMEMORY\t\\N\tCONVERSATION\tminimize_latency\tDENY\t\

@@ -1153,41 +1153,112 @@ pub(super) async fn count_subjects(connection: &mut Connection) -> Result<u64, S
     count_rows(connection, "SELECT COUNT(*) FROM subjects").await
 }
 
-/// The number of recorded decisions.
+/// The number of recorded decisions: the rows of `decision_log` and the decisions of the
+/// shipped segments.
 pub(super) async fn count_decisions(connection: &mut Connection) -> Result<u64, StoreError> {
-    let statement = match connection {
-        Connection::Sqlite(..) => {
-            "SELECT (SELECT COUNT(*) FROM decision_log)
-                  + (SELECT COALESCE(SUM(records), 0) FROM decision_log_segments)"
-        }
-        Connection::Postgres(..) => "SELECT COUNT(*) FROM decision_log",
-    };
-    count_rows(connection, statement).await
+    count_rows(
+        connection,
+        // PostgreSQL sums BIGINTs as NUMERIC.
+        "SELECT CAST((SELECT COUNT(*) FROM decision_log)
+              + (SELECT COALESCE(SUM(records), 0) FROM decision_log_segments) AS BIGINT)",
+    )
+    .await
 }
 
-/// Whether the decision log holds the segment whose first decision is `first`: on PostgreSQL,
-/// that decision's row (looked up by its instant and id, so that one day's partition is read);
-/// on SQLite, a shipped segment of that first decision, or its row.
+/// Whether the decision log holds the segment whose first decision is `first`: a shipped
+/// segment of that first decision, or that decision's row (looked up by its instant and id, so
+/// that on PostgreSQL one day's partition is read), as segments were shipped before migration
+/// 0011 on PostgreSQL.
 pub(super) async fn has_decision_segment(
     connection: &mut Connection,
     first: &Decided<'_>,
 ) -> Result<bool, StoreError> {
-    let statement = match connection {
-        Connection::Sqlite(..) => {
-            "SELECT 1 FROM decision_log WHERE decided_at = $1 AND decision_id = $2
-             UNION ALL SELECT 1 FROM decision_log_segments WHERE first_decision_id = $2"
-        }
-        Connection::Postgres(..) => {
-            "SELECT 1 FROM decision_log WHERE decided_at = $1 AND decision_id = $2"
-        }
-    };
     let row = connection
-        .query(statement)
+        .query(
+            "SELECT 1 FROM decision_log WHERE decided_at = $1 AND decision_id = $2
+             UNION ALL SELECT 1 FROM decision_log_segments WHERE first_decision_id = $2",
+        )
         .bind(first.decided_at_micros)
         .bind(first.decision_id.to_string())
         .fetch_optional()
         .await?;
     Ok(row.is_some())
+}
+
+/// The decisions of the shipped segments that `query` asks for, in order: the segments whose
+/// instants overlap the query's (on PostgreSQL, of those, the ones that list its subject) are
+/// read in the order of their first instant, until no later segment can hold a decision before
+/// the last one found.
+pub(super) async fn segment_decisions(
+    connection: &mut Connection,
+    query: &DecisionQuery,
+) -> Result<Vec<DecisionRecord>, StoreError> {
+    const SEGMENTS_PER_READ: i64 = 16;
+    const SEGMENTS: &str = "SELECT first_decision_id, first_at, body FROM decision_log_segments
+         WHERE last_at >= $1 AND first_at < $2
+           AND (first_at > $3 OR (first_at = $3 AND first_decision_id > $4))";
+    // SQLite's segments do not list their subjects: there every segment is read and filtered.
+    let subject = match connection {
+        Connection::Postgres(..) => query.subject_id.as_ref(),
+        Connection::Sqlite(..) => None,
+    };
+    let statement = match subject {
+        Some(_) => format!(
+            "{SEGMENTS} AND subjects @> ARRAY[$6::TEXT] ORDER BY first_at, first_decision_id LIMIT $5"
+        ),
+        None => format!("{SEGMENTS} ORDER BY first_at, first_decision_id LIMIT $5"),
+    };
+    let from = query
+        .after
+        .as_ref()
+        .map_or(query.from_micros, |(at, _)| query.from_micros.max(*at));
+    let limit = query.limit as usize;
+    let mut found: Vec<DecisionRecord> = Vec::new();
+    let mut cursor = (i64::MIN, String::new());
+    loop {
+        let mut read = connection
+            .query(sqlx::AssertSqlSafe(statement.as_str()))
+            .bind(from)
+            .bind(query.until_micros)
+            .bind(cursor.0)
+            .bind(cursor.1.clone())
+            .bind(SEGMENTS_PER_READ);
+        if let Some(subject) = subject {
+            read = read.bind(subject.as_str().to_owned());
+        }
+        let segments: Vec<(String, i64, Vec<u8>)> = read.fetch_all_as().await?;
+        let Some((first_id, first_at, _)) = segments.last() else {
+            return Ok(found);
+        };
+        cursor = (*first_at, first_id.clone());
+        let more = segments.len() as i64 == SEGMENTS_PER_READ;
+        for (_, _, body) in &segments {
+            let segment = crate::audit::segment::read(body);
+            if segment.unreadable_bytes > 0 {
+                return Err(StoreError::Corrupt(
+                    "a stored decision log segment does not read".into(),
+                ));
+            }
+            found.extend(
+                segment
+                    .records
+                    .into_iter()
+                    .filter(|record| query.matches(record)),
+            );
+        }
+        found.sort_by(|a, b| {
+            (a.decided_at_micros, &a.decision_id).cmp(&(b.decided_at_micros, &b.decision_id))
+        });
+        found.truncate(limit);
+        // A later segment's decisions are all at or after its first instant.
+        let full = found.len() == limit
+            && found
+                .last()
+                .is_some_and(|last| last.decided_at_micros < cursor.0);
+        if !more || full {
+            return Ok(found);
+        }
+    }
 }
 
 /// The rows of `decision_log` that `query` asks for, in order.

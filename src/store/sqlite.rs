@@ -15,7 +15,7 @@ use sqlx::sqlite::{
 };
 
 use super::sql::{Begin, Connection, Lease};
-use super::{Access, DecisionQuery, PruneReport, Schema, StoreError, StoreTimeouts};
+use super::{Access, PruneReport, Schema, StoreError, StoreTimeouts};
 use crate::audit::{Decided, DecisionRecord};
 
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -107,8 +107,6 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Deletes the decisions made before `cutoff_micros` in one statement (SQLite has no
-    /// partitions to drop).
     /// Keeps a shipped segment of the decision log as one row; a segment shipped before (the
     /// same first decision) is left as it is.
     pub async fn insert_decision_segment(
@@ -136,69 +134,8 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// The decisions of the shipped segments that `query` asks for, in order: the segments
-    /// whose instants overlap the query's are read in the order of their first instant, until
-    /// no later segment can hold a decision before the last one found.
-    pub async fn segment_decisions(
-        &self,
-        query: &DecisionQuery,
-    ) -> Result<Vec<DecisionRecord>, StoreError> {
-        const SEGMENTS_PER_READ: i64 = 16;
-        let from = query
-            .after
-            .as_ref()
-            .map_or(query.from_micros, |(at, _)| query.from_micros.max(*at));
-        let limit = query.limit as usize;
-        let mut found: Vec<DecisionRecord> = Vec::new();
-        let mut cursor = (i64::MIN, i64::MIN);
-        loop {
-            let segments: Vec<(i64, i64, Vec<u8>)> = sqlx::query_as(
-                "SELECT rowid, first_at, body FROM decision_log_segments
-                 WHERE last_at >= $1 AND first_at < $2
-                   AND (first_at > $3 OR (first_at = $3 AND rowid > $4))
-                 ORDER BY first_at, rowid LIMIT $5",
-            )
-            .bind(from)
-            .bind(query.until_micros)
-            .bind(cursor.0)
-            .bind(cursor.1)
-            .bind(SEGMENTS_PER_READ)
-            .fetch_all(&self.reader)
-            .await?;
-            let Some((rowid, first_at, _)) = segments.last() else {
-                return Ok(found);
-            };
-            cursor = (*first_at, *rowid);
-            let more = segments.len() as i64 == SEGMENTS_PER_READ;
-            for (_, _, body) in &segments {
-                let segment = crate::audit::segment::read(body);
-                if segment.unreadable_bytes > 0 {
-                    return Err(StoreError::Corrupt(
-                        "a stored decision log segment does not read".into(),
-                    ));
-                }
-                found.extend(
-                    segment
-                        .records
-                        .into_iter()
-                        .filter(|record| query.matches(record)),
-                );
-            }
-            found.sort_by(|a, b| {
-                (a.decided_at_micros, &a.decision_id).cmp(&(b.decided_at_micros, &b.decision_id))
-            });
-            found.truncate(limit);
-            // A later segment's decisions are all at or after its first instant.
-            let full = found.len() == limit
-                && found
-                    .last()
-                    .is_some_and(|last| last.decided_at_micros < cursor.0);
-            if !more || full {
-                return Ok(found);
-            }
-        }
-    }
-
+    /// Deletes the decisions made before `cutoff_micros`: the rows in one statement (SQLite has
+    /// no partitions to drop) and the segments all of whose decisions are, in one transaction.
     pub async fn prune_decision_log(&self, cutoff_micros: i64) -> Result<PruneReport, StoreError> {
         let mut tx = self.writer.begin().await?;
         let rows = sqlx::query("DELETE FROM decision_log WHERE decided_at < $1")

@@ -30,6 +30,7 @@ super::testing::backend_tests!(
     a_newer_schema_is_refused,
     a_checked_schema_must_be_exactly_the_known_one,
     old_decisions_are_pruned,
+    shipped_segments_are_listed_and_pruned,
     snapshots_hold_the_latest_conversations,
     consent_provenance_is_read_back_as_replayed,
     a_repeated_choice_records_nothing_and_a_renewal_records_one,
@@ -586,6 +587,112 @@ async fn old_decisions_are_pruned(backend: Backend) {
     // Writing to a day whose partition was dropped creates it again.
     store.insert_decisions(&records[..1], false).await.unwrap();
     assert_eq!(store.count_decisions().await.unwrap(), 3);
+    store.close().await;
+}
+
+/// Shipped segments are read back as the rows are: by subject, by decision id, by time and
+/// in pages, merged with the rows of `decision_log`; shipping one again changes nothing, and
+/// prune deletes a segment once all of it is past the window.
+async fn shipped_segments_are_listed_and_pruned(backend: Backend) {
+    use crate::audit::segment;
+    use crate::calendar::MICROS_PER_DAY;
+    let (_database, store) = fresh(backend).await;
+    let now = now_micros();
+    let subjects = ["u-1", "u-2", "u-3"];
+    // Two segments: one 500 days old, one of now, each with a decision of every subject but
+    // the old one with none of u-3's.
+    let mut shipped = Vec::new();
+    for (age, holds) in [(500, 2), (0, 3)] {
+        let mut builder = segment::BlockBuilder::default();
+        for (index, subject_id) in subjects[..holds].iter().enumerate() {
+            let at = now - age * MICROS_PER_DAY + index as i64;
+            builder.push(&Decided {
+                decided_at_micros: at,
+                decision_id: uuid::Uuid::now_v7(),
+                subject_id,
+                purpose: Purpose::Memory,
+                conversation_id: None,
+                source: crate::policy::Source::Conversation,
+                consistency: "minimize_latency",
+                decision: crate::policy::Decision::Allow,
+                reason: crate::policy::Reason::LegitimateInterestDefault,
+                rule: "M2",
+                policy_version: crate::policy::POLICY_VERSION,
+                revision: Some(1),
+                degraded: false,
+                caller: "test",
+                trace_id: "",
+            });
+        }
+        let body = builder.finish();
+        store
+            .ship_decision_segment(&body, &segment::decode(&body).0)
+            .await
+            .unwrap();
+        store
+            .ship_decision_segment(&body, &segment::decode(&body).0)
+            .await
+            .unwrap();
+        shipped.extend(segment::read(&body).records);
+    }
+    // A row of decision_log beside them (a require_audit decision).
+    let row = decision_at(now - 10, 0);
+    store
+        .insert_decisions(std::slice::from_ref(&row), true)
+        .await
+        .unwrap();
+    assert_eq!(store.count_decisions().await.unwrap(), 6);
+
+    let of = |subject_id: &str| DecisionQuery {
+        subject_id: Some(subject(subject_id)),
+        ..DecisionQuery::all(100)
+    };
+    let ids = |records: Vec<DecisionRecord>| -> Vec<String> {
+        records
+            .into_iter()
+            .map(|record| record.decision_id)
+            .collect()
+    };
+    let of_u1 = store.decisions(&of("u-1")).await.unwrap();
+    assert_eq!(
+        ids(of_u1),
+        [&shipped[0], &row, &shipped[2]]
+            .map(|record| record.decision_id.clone())
+            .to_vec()
+    );
+    let of_u3 = store.decisions(&of("u-3")).await.unwrap();
+    assert_eq!(of_u3, vec![shipped[4].clone()]);
+    assert!(store.decisions(&of("u-9")).await.unwrap().is_empty());
+    let one = DecisionQuery {
+        decision_id: Some(shipped[3].decision_id.clone()),
+        ..DecisionQuery::all(100)
+    };
+    assert_eq!(
+        store.decisions(&one).await.unwrap(),
+        vec![shipped[3].clone()]
+    );
+    // In pages of two, after the last of the page before.
+    let mut paged = Vec::new();
+    let mut query = DecisionQuery::all(2);
+    loop {
+        let page = store.decisions(&query).await.unwrap();
+        let Some(last) = page.last() else { break };
+        query.after = Some((last.decided_at_micros, last.decision_id.clone()));
+        paged.extend(page);
+    }
+    assert_eq!(
+        paged,
+        store.decisions(&DecisionQuery::all(100)).await.unwrap()
+    );
+    assert_eq!(paged.len(), 6);
+
+    let report = store
+        .prune_decision_log(now - 400 * MICROS_PER_DAY)
+        .await
+        .unwrap();
+    assert_eq!(report.rows_deleted, 2, "{report:?}");
+    assert_eq!(store.count_decisions().await.unwrap(), 4);
+    assert_eq!(store.decisions(&of("u-1")).await.unwrap().len(), 2);
     store.close().await;
 }
 
