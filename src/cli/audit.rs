@@ -27,6 +27,7 @@ const DUMP_PAGE_SIZE: u32 = 1_000;
 pub async fn audit(command: AuditCommand) -> anyhow::Result<()> {
     match command {
         command @ (AuditCommand::List { .. }
+        | AuditCommand::Decisions { .. }
         | AuditCommand::Verify { .. }
         | AuditCommand::VerifyState { .. }) => super::client::audit(command).await,
         AuditCommand::Prune { .. } => unreachable!("prune opens the store itself"),

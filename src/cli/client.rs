@@ -442,6 +442,38 @@ pub async fn audit(command: AuditCommand) -> anyhow::Result<()> {
             };
             follow_pages(&client, pages.page_token, pages.all, fetch, show).await
         }
+        AuditCommand::Decisions {
+            subject,
+            decision_id,
+            from,
+            until,
+            pages,
+            client,
+        } => {
+            let mut audit = AuditClient::new(connect(&client).await?);
+            let fetch = async |page_token| {
+                let request = proto::ListDecisionsRequest {
+                    subject_id: subject.clone(),
+                    decision_id: decision_id.clone(),
+                    start_time: from.map(prost_types::Timestamp::from),
+                    end_time: until.map(prost_types::Timestamp::from),
+                    page_size: pages.page_size,
+                    page_token,
+                };
+                audit.list_decisions(request).await
+            };
+            let show = |page: proto::ListDecisionsResponse| {
+                for recorded in &page.decisions {
+                    print(
+                        &client,
+                        output::recorded_json(recorded),
+                        output::recorded_text(recorded),
+                    );
+                }
+                page.next_page_token
+            };
+            follow_pages(&client, pages.page_token, pages.all, fetch, show).await
+        }
         AuditCommand::Verify { client } => {
             let mut audit = AuditClient::new(connect(&client).await?);
             let response = audit

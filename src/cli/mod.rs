@@ -520,6 +520,26 @@ pub enum AuditCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// List recorded decisions (the decision log), oldest first: a subject's, one decision's,
+    /// or a time range's.
+    Decisions {
+        /// Only the decisions about this subject.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Only this decision (the decision_id of its answer).
+        #[arg(long)]
+        decision_id: Option<String>,
+        /// Decisions made at or after this instant (RFC 3339) [default: the first]
+        #[arg(long, value_parser = parse_instant)]
+        from: Option<std::time::SystemTime>,
+        /// Decisions made before this instant (RFC 3339) [default: the last]
+        #[arg(long, value_parser = parse_instant)]
+        until: Option<std::time::SystemTime>,
+        #[command(flatten)]
+        pages: PageArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Recompute the audit hash chain.
     Verify {
         #[command(flatten)]

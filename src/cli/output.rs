@@ -305,6 +305,44 @@ pub fn event_text(event: &proto::AuditEvent) -> String {
     )
 }
 
+pub fn recorded_json(recorded: &proto::RecordedDecision) -> Value {
+    json!({
+        "decisionId": recorded.decision_id,
+        "decidedAt": timestamp(recorded.decided_at.as_ref()),
+        "subjectId": recorded.subject_id,
+        "purpose": purpose(recorded.purpose),
+        "conversationId": recorded.conversation_id,
+        "source": enum_name::<proto::Source>(recorded.source, |value| value.as_str_name()),
+        "consistency": recorded.consistency,
+        "decision": decision(recorded.decision),
+        "reason": reason(recorded.reason),
+        "rule": recorded.rule,
+        "policyVersion": recorded.policy_version,
+        "revision": recorded.revision,
+        "degraded": recorded.degraded,
+        "caller": recorded.caller,
+        "traceId": recorded.trace_id,
+    })
+}
+
+pub fn recorded_text(recorded: &proto::RecordedDecision) -> String {
+    let at = timestamp(recorded.decided_at.as_ref());
+    let mut line = format!(
+        "{at}  {decision:<5} {purpose:<22} {subject}  rule {rule}  by {caller}  {id}",
+        at = at.as_str().unwrap_or("-"),
+        decision = short(&decision(recorded.decision), "DECISION_").to_ascii_uppercase(),
+        purpose = short(&purpose(recorded.purpose), "PURPOSE_"),
+        subject = recorded.subject_id,
+        rule = recorded.rule,
+        caller = recorded.caller,
+        id = recorded.decision_id,
+    );
+    if recorded.degraded {
+        line.push_str("  (degraded)");
+    }
+    line
+}
+
 pub fn verify_json(response: &proto::VerifyChainResponse) -> Value {
     json!({
         "ok": response.ok,

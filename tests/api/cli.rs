@@ -666,3 +666,80 @@ async fn verify_state_reports_a_subject_whose_rows_were_changed() {
         "plan: stored ENTERPRISE, events PRO"
     );
 }
+
+/// `assent audit decisions` lists what the decision log recorded, a subject's or one
+/// decision's, as text or JSON lines; a decision id that is not one is refused by name.
+#[tokio::test]
+async fn recorded_decisions_are_listed_on_the_command_line() {
+    let app = TestApp::spawn().await;
+    app.upsert("ada", assent::proto::Plan::Free).await;
+    app.upsert("bob", assent::proto::Plan::Free).await;
+    let (mut ids, mut answers) = (Vec::new(), Vec::new());
+    for (subject, purpose) in [
+        ("ada", "model-training"),
+        ("bob", "memory"),
+        ("ada", "memory"),
+    ] {
+        let json = stdout(
+            &app,
+            &[
+                "check",
+                "--json",
+                "--subject",
+                subject,
+                "--purpose",
+                purpose,
+            ],
+        )
+        .await;
+        let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+        ids.push(json["decisionId"].as_str().unwrap().to_owned());
+        answers.push(json);
+    }
+    // Shipped about a second after the decision.
+    let listed = |output: String| -> Vec<serde_json::Value> {
+        output
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    };
+    let mut of_ada = Vec::new();
+    for _ in 0..100 {
+        of_ada = listed(stdout(&app, &["audit", "decisions", "--subject", "ada", "--json"]).await);
+        if of_ada.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let listed_ids: Vec<&str> = of_ada
+        .iter()
+        .map(|decision| decision["decisionId"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed_ids, [ids[0].as_str(), ids[2].as_str()]);
+    assert_eq!(of_ada[0]["purpose"], "PURPOSE_MODEL_TRAINING");
+    assert_eq!(of_ada[0]["decision"], answers[0]["decision"]);
+    assert_eq!(of_ada[0]["rule"], answers[0]["rule"]);
+    assert_eq!(of_ada[0]["subjectId"], "ada");
+
+    let one = stdout(&app, &["audit", "decisions", "--decision-id", &ids[1]]).await;
+    assert_eq!(one.lines().count(), 1, "{one}");
+    assert!(one.contains(" bob ") && one.contains(&ids[1]), "{one}");
+    let before = stdout(
+        &app,
+        &[
+            "audit",
+            "decisions",
+            "--subject",
+            "ada",
+            "--until",
+            "2020-01-01T00:00:00Z",
+        ],
+    )
+    .await;
+    assert_eq!(before, "");
+
+    let output = assent(&app, &["audit", "decisions", "--decision-id", "d-1"]).await;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("INVALID_ARGUMENT: decision_id"), "{stderr}");
+}
