@@ -71,6 +71,16 @@ impl Policies {
             .unwrap_or(versions[0])
     }
 
+    /// The instant the first version taking effect after `at_micros` does, if one is known:
+    /// until then the version in force at `at_micros` stays in force.
+    pub fn next_effective_after(&self, at_micros: i64) -> Option<i64> {
+        self.current
+            .load()
+            .iter()
+            .map(|policy| policy.effective_from_micros())
+            .find(|effective| *effective > at_micros)
+    }
+
     /// Every known version, by effective date.
     pub fn all(&self) -> Arc<Vec<&'static CompiledPolicy>> {
         self.current.load_full()
@@ -227,6 +237,10 @@ mod tests {
         assert_eq!(policies.in_force(i64::MAX).version(), "2026-12-01");
         assert_eq!(policies.first_effective_micros(), builtin);
         assert!(policies.get("2026-06-01").is_some());
+        assert_eq!(policies.next_effective_after(builtin), Some(june_at));
+        assert_eq!(policies.next_effective_after(june_at - 1), Some(june_at));
+        assert_eq!(policies.next_effective_after(june_at), Some(december_at));
+        assert_eq!(policies.next_effective_after(december_at), None);
     }
 
     #[test]

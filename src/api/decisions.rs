@@ -44,6 +44,9 @@ struct Verdict {
     /// The state revision the answer was computed from; `None` for a degraded answer.
     revision: Option<Revision>,
     decision_id: Uuid,
+    /// Until when the answer cannot change by time alone (µs since the epoch); `None`: no
+    /// such instant is ahead.
+    valid_until: Option<i64>,
 }
 
 impl DecisionsService {
@@ -125,8 +128,15 @@ impl DecisionsService {
         ids: &DecisionIds,
     ) -> Result<Verdict, ApiError> {
         let policy = ids.policy;
+        let now = ids.micros();
         match loaded {
-            Ok((state, _tier)) => Ok(self.judge(query, policy, state, ids.micros(), ids)),
+            Ok((state, _tier)) => {
+                let valid_until = valid_until(state.subject.as_ref(), &self.state.policies, now);
+                Ok(Verdict {
+                    valid_until,
+                    ..self.judge(query, policy, state, now, ids)
+                })
+            }
             // The fail-safe answer of POLICY.md, only when the caller asked for no particular
             // freshness: an answer that cannot honour a demanded revision is an error instead.
             Err(error)
@@ -139,6 +149,8 @@ impl DecisionsService {
                     policy,
                     revision: None,
                     decision_id: ids.next(),
+                    // Made without the state: good for this instant only.
+                    valid_until: Some(now),
                 })
             }
             Err(error) => Err(ApiError::from(error)),
@@ -147,7 +159,9 @@ impl DecisionsService {
 
     /// Decides a check on a state read, as that state counts at `at_micros` (the call's
     /// instant, or its `as_of`): a choice expired by then is not answered from, whichever tier
-    /// the state came from and whether or not the expiry has been recorded yet.
+    /// the state came from and whether or not the expiry has been recorded yet. The verdict
+    /// says nothing of how long it holds (`valid_until` is `None`): that is the caller's to
+    /// add, for an answer of the present.
     fn judge(
         &self,
         query: &CheckQuery,
@@ -169,6 +183,7 @@ impl DecisionsService {
             policy,
             revision: Some(state.revision),
             decision_id: ids.next(),
+            valid_until: None,
         }
     }
 
@@ -234,6 +249,20 @@ impl DecisionsService {
         Ok((response_to(query, &verdict), Some(receipt)))
     }
 
+    /// Decides one validated check as `Check` does: recorded as the decision log's mode asks,
+    /// and, with `require_audit`, answered only once its record is committed.
+    pub async fn answer(
+        &self,
+        query: &CheckQuery,
+        context: &CallContext,
+    ) -> Result<proto::CheckResponse, ApiError> {
+        let (response, receipt) = self
+            .check_one(query, context, &DecisionIds::now(&self.state.policies))
+            .await?;
+        await_receipts(receipt).await?;
+        Ok(response)
+    }
+
     /// The answers to a batch's checks, in order. Checks answered from memory are answered in
     /// turn; those that wait on a slower tier or the decision log overlap, up to
     /// `BATCH_READS_IN_FLIGHT` at once.
@@ -269,6 +298,21 @@ impl DecisionsService {
             .collect();
         Ok((results, receipts))
     }
+}
+
+/// Until when answers on `subject`'s state, made at `now_micros`, cannot change by time alone:
+/// the nearest expiry of one of its choices or the next policy version taking effect; `None`
+/// when neither is ahead.
+pub fn valid_until(
+    subject: Option<&SubjectState>,
+    policies: &Policies,
+    now_micros: i64,
+) -> Option<i64> {
+    let expiry = subject.and_then(|subject| subject.next_expiry_after(now_micros));
+    [expiry, policies.next_effective_after(now_micros)]
+        .into_iter()
+        .flatten()
+        .min()
 }
 
 /// Puts a batch's check that waited, answered, in its place.
@@ -403,7 +447,7 @@ fn decided<'a>(
 
 fn response_to(query: &CheckQuery, verdict: &Verdict) -> proto::CheckResponse {
     if query.bare {
-        return bare_response(verdict.ruling, verdict.revision);
+        return bare_response(verdict.ruling, verdict.revision, verdict.valid_until);
     }
     let conversation_id = query
         .conversation_id
@@ -417,12 +461,17 @@ fn response_to(query: &CheckQuery, verdict: &Verdict) -> proto::CheckResponse {
         (verdict.policy, verdict.ruling),
         verdict.revision,
         verdict.decision_id,
+        verdict.valid_until,
     )
 }
 
 /// The answer to a check that asked for a bare one: the decision alone, without the echoed
 /// request, the policy version, the explanation or the decision id (none of them allocated).
-fn bare_response(ruling: &Ruling, revision: Option<Revision>) -> proto::CheckResponse {
+fn bare_response(
+    ruling: &Ruling,
+    revision: Option<Revision>,
+    valid_until: Option<i64>,
+) -> proto::CheckResponse {
     proto::CheckResponse {
         decision: proto::Decision::from(ruling.decision) as i32,
         reason: proto::Reason::from(ruling.reason) as i32,
@@ -430,6 +479,7 @@ fn bare_response(ruling: &Ruling, revision: Option<Revision>) -> proto::CheckRes
         rule: ruling.rule.to_string(),
         revision: revision.map(Revision::to_token).unwrap_or_default(),
         degraded: revision.is_none(),
+        valid_until: valid_until.map(super::convert::timestamp),
         ..proto::CheckResponse::default()
     }
 }
@@ -449,6 +499,7 @@ pub fn response(
     (policy, ruling): (&CompiledPolicy, &Ruling),
     revision: Option<Revision>,
     decision_id: Uuid,
+    valid_until: Option<i64>,
 ) -> proto::CheckResponse {
     proto::CheckResponse {
         subject_id: subject_id.to_owned(),
@@ -463,6 +514,7 @@ pub fn response(
         explanation: ruling.explanation.to_string(),
         decision_id: decision_id.to_string(),
         degraded: revision.is_none(),
+        valid_until: valid_until.map(super::convert::timestamp),
     }
 }
 
@@ -474,11 +526,7 @@ impl proto::decisions_server::Decisions for DecisionsService {
     ) -> Result<Response<proto::CheckResponse>, Status> {
         let query = validate::check(request.get_ref())?;
         let context = CallContext::of(&request);
-        let (response, receipt) = self
-            .check_one(&query, &context, &DecisionIds::now(&self.state.policies))
-            .await?;
-        await_receipts(receipt).await?;
-        Ok(Response::new(response))
+        Ok(Response::new(self.answer(&query, &context).await?))
     }
 
     async fn batch_check(
@@ -577,8 +625,9 @@ mod tests {
                     (policy, ruling),
                     revision,
                     ids.next(),
+                    Some(1_000),
                 );
-                let bare = bare_response(ruling, revision);
+                let bare = bare_response(ruling, revision, Some(1_000));
                 assert_eq!(bare.degraded, revision.is_none());
                 assert_eq!(
                     bare,

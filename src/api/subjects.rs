@@ -2,7 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::decisions::response;
+use super::decisions::{response, valid_until};
 use super::{AppState, CallContext, convert, validate};
 use crate::error::ApiError;
 use crate::policy::{Purpose, Question};
@@ -139,6 +139,7 @@ impl proto::subjects_server::Subjects for SubjectsService {
         // nor listed, even before the sweep records its expiry.
         let state = &view.record.state.at(now);
         let policy = self.state.policies.in_force(now);
+        let valid_until = valid_until(Some(state), &self.state.policies, now);
         let effective = Purpose::ALL
             .iter()
             .map(|purpose| {
@@ -150,6 +151,7 @@ impl proto::subjects_server::Subjects for SubjectsService {
                     (policy, ruling),
                     Some(view.revision),
                     uuid::Uuid::now_v7(),
+                    valid_until,
                 )
             })
             .collect();

@@ -144,6 +144,18 @@ impl SubjectState {
         state
     }
 
+    /// The first instant after `now_micros` at which one of the subject's choices expires: until
+    /// then no decision on this state changes by time alone. Every purpose's expiry counts, not
+    /// only the purpose asked about: an answer may hold for less than it could, never more.
+    #[must_use]
+    pub fn next_expiry_after(&self, now_micros: i64) -> Option<i64> {
+        self.expiries
+            .iter()
+            .map(|(_, expires_at)| expires_at)
+            .filter(|expires_at| *expires_at > now_micros)
+            .min()
+    }
+
     /// Sets a purpose's choice and the instant it expires (`None`: it does not).
     pub fn set_choice(
         &mut self,
@@ -384,6 +396,11 @@ pub(crate) mod tests {
             (at.plan, at.status, at.gpc),
             (state.plan, state.status, state.gpc)
         );
+        assert_eq!(state.next_expiry_after(0), Some(1_000));
+        assert_eq!(state.next_expiry_after(999), Some(1_000));
+        assert_eq!(state.next_expiry_after(1_000), Some(2_000));
+        assert_eq!(state.next_expiry_after(2_000), None);
+        assert_eq!(SubjectState::new().next_expiry_after(0), None);
         // Nothing expires: the same state.
         let unexpired = granted_until(2_000);
         assert_eq!(unexpired.at(1_999), unexpired);

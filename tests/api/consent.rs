@@ -109,6 +109,56 @@ async fn sleep_past(at: SystemTime) {
     }
 }
 
+/// An answer holds until the nearest expiry of one of the subject's choices (whichever purpose
+/// it is of), and says nothing of one when no choice of the subject expires.
+#[tokio::test]
+async fn an_answer_holds_until_the_nearest_expiry() {
+    let app = TestApp::spawn().await;
+    app.upsert("omar", Plan::Free).await;
+    assert_eq!(
+        app.check("omar", Purpose::ModelTraining).await.valid_until,
+        None
+    );
+    let soon = SystemTime::UNIX_EPOCH
+        + Duration::from_micros(
+            u64::try_from(micros(&timestamp(
+                SystemTime::now() + Duration::from_secs(3_600),
+            )))
+            .unwrap(),
+        );
+    let later = soon + Duration::from_secs(24 * 3_600);
+    for (purpose, expires_at) in [
+        (Purpose::AnalyticsCookies, later),
+        (Purpose::MarketingEmail, soon),
+    ] {
+        app.subjects()
+            .set_choice(consent(
+                "omar",
+                purpose,
+                Choice::Granted,
+                ConsentMethod::CookieBanner,
+                "cookies-2026-03",
+                Some(expires_at),
+            ))
+            .await
+            .unwrap();
+    }
+    for purpose in [Purpose::AnalyticsCookies, Purpose::ModelTraining] {
+        let answer = app.check("omar", purpose).await;
+        assert_eq!(answer.valid_until, Some(timestamp(soon)), "{purpose:?}");
+    }
+    let bare = app
+        .decisions()
+        .check(proto::CheckRequest {
+            bare: true,
+            ..check_request("omar", Purpose::MarketingEmail)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(bare.valid_until, Some(timestamp(soon)));
+}
+
 #[tokio::test]
 async fn a_choice_keeps_how_and_under_what_it_was_given() {
     let app = TestApp::spawn().await;

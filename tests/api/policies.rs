@@ -105,16 +105,46 @@ async fn a_version_decides_from_its_effective_date_and_as_of_answers_under_the_o
     let applied = apply(&app, &v2).await.unwrap();
     assert!(applied.changed);
     assert_eq!(applied.version, "2026-11-test");
-    // Stored, not in force yet: decisions now are still the old version's.
+    // Stored, not in force yet: decisions now are still the old version's, and hold until it
+    // takes effect.
+    let before = check_as_of(&app, "bob", None).await;
+    assert_eq!(answer(&before), (ALLOW, "T6", "2026-01-01"));
+    // (The version's file gives its instant to the microsecond.)
+    let effective_at = prost_types::Timestamp::from(effective);
     assert_eq!(
-        answer(&check_as_of(&app, "bob", None).await),
-        (ALLOW, "T6", "2026-01-01")
+        before.valid_until,
+        Some(prost_types::Timestamp {
+            nanos: effective_at.nanos / 1_000 * 1_000,
+            ..effective_at
+        })
+    );
+    // GetSubject's effective decisions say the same.
+    let subject = app
+        .subjects()
+        .get_subject(proto::GetSubjectRequest {
+            subject_id: "bob".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        subject
+            .effective
+            .iter()
+            .all(|decision| decision.valid_until == before.valid_until)
     );
 
     sleep_until(effective).await;
+    let after = check_as_of(&app, "bob", None).await;
+    assert_eq!(answer(&after), (DENY, "T4", "2026-11-test"));
+    // No later version: nothing changes it by time alone.
+    assert_eq!(after.valid_until, None);
+    // An answer as of a past instant says nothing of it.
     assert_eq!(
-        answer(&check_as_of(&app, "bob", None).await),
-        (DENY, "T4", "2026-11-test")
+        check_as_of(&app, "bob", Some(before_opt_out))
+            .await
+            .valid_until,
+        None
     );
     assert_eq!(
         answer(&check_as_of(&app, "ada", None).await),
