@@ -120,7 +120,10 @@ pub fn requirement(path: &str) -> Requirement {
         return Requirement::Authenticated;
     };
     match service {
-        "assent.v1.Decisions" => Requirement::Scope(Scope::Check),
+        // Envoy's ext_authz: a Check by another name.
+        "assent.v1.Decisions" | "envoy.service.auth.v3.Authorization" => {
+            Requirement::Scope(Scope::Check)
+        }
         "assent.v1.Subjects" if matches!(method, "GetSubject" | "ConsentHistory") => {
             Requirement::Scope(Scope::SubjectsRead)
         }
@@ -619,6 +622,10 @@ mod tests {
     fn every_method_has_its_requirement() {
         assert_eq!(
             requirement("/assent.v1.Decisions/StreamCheck"),
+            Requirement::Scope(Scope::Check)
+        );
+        assert_eq!(
+            requirement("/envoy.service.auth.v3.Authorization/Check"),
             Requirement::Scope(Scope::Check)
         );
         assert_eq!(

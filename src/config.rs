@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::api::ext_authz::ExtAuthzSettings;
 use crate::auth::{Scopes, TokenSettings, parse_client_scopes};
 use crate::cache::{CacheSettings, RedisEntryKey, SharedSettings};
 use crate::checkpoints::CheckpointSettings;
@@ -74,6 +75,8 @@ pub struct Settings {
     pub tokens: Option<TokenSettings>,
     /// The scopes of callers identified by a client certificate.
     pub client_scopes: HashMap<String, Scopes>,
+    /// How Envoy's ext_authz requests name their subject.
+    pub ext_authz: ExtAuthzSettings,
     pub limits: LimitSettings,
 }
 
@@ -205,6 +208,8 @@ settings! {
     jwt_audience: String = ["ASSENT_JWT_AUDIENCE"], None;
     jwt_leeway_seconds: u64 = ["ASSENT_JWT_LEEWAY_SECONDS"], "30";
     client_scopes: String = ["ASSENT_CLIENT_SCOPES"], None;
+    ext_authz_subject_header: String = ["ASSENT_EXT_AUTHZ_SUBJECT_HEADER"], "x-user-id";
+    ext_authz_subject_claim: String = ["ASSENT_EXT_AUTHZ_SUBJECT_CLAIM"], None;
     max_concurrent_requests: usize = ["ASSENT_MAX_CONCURRENT_REQUESTS"], "4096";
     request_timeout_ms: u64 = ["ASSENT_REQUEST_TIMEOUT_MS"], "10000";
     writes_per_second_per_caller: u32 = ["ASSENT_WRITES_PER_SECOND_PER_CALLER"], "1000";
@@ -559,6 +564,11 @@ impl Settings {
             .transpose()
             .map_err(|message| invalid("client_scopes", message))?
             .unwrap_or_default();
+        let ext_authz = ExtAuthzSettings::new(
+            &given.ext_authz_subject_header,
+            given.ext_authz_subject_claim.as_deref(),
+        )
+        .map_err(|(setting, message)| invalid(setting, message))?;
         if given.max_message_bytes < 1024 {
             return Err(invalid("max_message_bytes", "must be at least 1024"));
         }
@@ -612,6 +622,7 @@ impl Settings {
             tls,
             tokens,
             client_scopes,
+            ext_authz,
             limits: LimitSettings {
                 max_concurrent: given.max_concurrent_requests,
                 deadline: milliseconds(given.request_timeout_ms),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -18,6 +19,7 @@ use crate::api::AppState;
 use crate::api::audit::AuditService;
 use crate::api::changes::ChangesService;
 use crate::api::decisions::DecisionsService;
+use crate::api::ext_authz::ExtAuthzService;
 use crate::api::policies::PoliciesService;
 use crate::api::retention::RetentionService;
 use crate::api::rights::RightsService;
@@ -195,6 +197,18 @@ impl Application {
             RetentionServer(RetentionService),
             RightsServer(RightsService)
         )
+        .add_service({
+            // Envoy's ext_authz, beside Decisions (its health entry is the same service name
+            // Envoy's own health checks may ask for).
+            health_reporter
+                .set_serving::<AuthorizationServer<ExtAuthzService>>()
+                .await;
+            AuthorizationServer::new(ExtAuthzService::new(
+                state.clone(),
+                self.settings.ext_authz.clone(),
+            ))
+            .max_decoding_message_size(max_message)
+        })
         .add_service(health_service)
         .add_service(reflection(Builder::build_v1)?)
         .add_service(reflection(Builder::build_v1alpha)?);

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod changes;
 pub mod convert;
 pub mod decisions;
+pub mod ext_authz;
 pub mod policies;
 pub mod retention;
 pub mod rights;

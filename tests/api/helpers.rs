@@ -94,6 +94,7 @@ impl TestApp {
             tls: None,
             tokens: None,
             client_scopes: Default::default(),
+            ext_authz: Default::default(),
             limits: Default::default(),
         };
         adjust(&mut settings);

@@ -9,6 +9,7 @@ mod consent;
 mod decision_log;
 mod decisions;
 mod durability;
+mod ext_authz;
 mod helpers;
 mod lifecycle;
 mod limits;
