@@ -37,16 +37,16 @@ pub struct DecisionsService {
 
 /// What a check decided, before it is put on the wire or in the log.
 #[derive(Clone, Copy, Debug)]
-struct Verdict {
-    ruling: &'static Ruling,
+pub struct Verdict {
+    pub ruling: &'static Ruling,
     /// The policy version that decided.
-    policy: &'static CompiledPolicy,
+    pub policy: &'static CompiledPolicy,
     /// The state revision the answer was computed from; `None` for a degraded answer.
-    revision: Option<Revision>,
-    decision_id: Uuid,
+    pub revision: Option<Revision>,
+    pub decision_id: Uuid,
     /// Until when the answer cannot change by time alone (µs since the epoch); `None`: no
     /// such instant is ahead.
-    valid_until: Option<i64>,
+    pub valid_until: Option<i64>,
 }
 
 impl DecisionsService {
@@ -93,7 +93,7 @@ impl DecisionsService {
             lookup.record("cache.tier", tier.as_str());
         }
         drop(lookup);
-        self.verdict(query, loaded, ids)
+        self.judged(query, loaded, ids)
     }
 
     /// Decides a check as of a past instant: under the policy version then in force, on the
@@ -121,7 +121,7 @@ impl DecisionsService {
     }
 
     /// The verdict on what the cache's tiers answered.
-    fn verdict(
+    fn judged(
         &self,
         query: &CheckQuery,
         loaded: Result<(DecisionState, Tier), StoreError>,
@@ -204,25 +204,21 @@ impl DecisionsService {
             query.freshness,
         )?;
         Some(
-            self.verdict(query, Ok(loaded), ids)
-                .map(|verdict| self.answer_logged(query, context, &verdict)),
+            self.judged(query, Ok(loaded), ids).map(|verdict| {
+                self.log(query, context, &verdict);
+                response_to(query, &verdict)
+            }),
         )
     }
 
-    /// The answer to a decided check, the decision logged if the log's mode samples it.
-    fn answer_logged(
-        &self,
-        query: &CheckQuery,
-        context: &CallContext,
-        verdict: &Verdict,
-    ) -> proto::CheckResponse {
+    /// Logs a decided check if the log's mode samples it.
+    fn log(&self, query: &CheckQuery, context: &CallContext, verdict: &Verdict) {
         let log = &self.state.decision_log;
         let draw = verdict.decision_id.as_u128() as u32;
         if log.wants(verdict.ruling.decision, draw) {
             let _span = crate::child_span!("audit.decision_log", assent.durable = false).entered();
             log.record(&decided(query, verdict, context));
         }
-        response_to(query, verdict)
     }
 
     /// Decides a check, records it as the decision log's mode asks, and answers it. A
@@ -233,9 +229,22 @@ impl DecisionsService {
         context: &CallContext,
         ids: &DecisionIds,
     ) -> CheckAnswer {
+        let (verdict, receipt) = self.decide_logged(query, context, ids).await?;
+        Ok((response_to(query, &verdict), receipt))
+    }
+
+    /// Decides a check and records it as the decision log's mode asks; a `require_audit` check
+    /// hands back the receipt to wait on before answering.
+    async fn decide_logged(
+        &self,
+        query: &CheckQuery,
+        context: &CallContext,
+        ids: &DecisionIds,
+    ) -> Result<(Verdict, Option<DurableReceipt>), ApiError> {
         let verdict = self.decide(query, ids).await?;
         if !query.require_audit {
-            return Ok((self.answer_logged(query, context, &verdict), None));
+            self.log(query, context, &verdict);
+            return Ok((verdict, None));
         }
         let span = crate::child_span!("audit.decision_log", assent.durable = true);
         let receipt = Box::pin(
@@ -246,21 +255,22 @@ impl DecisionsService {
         )
         .await
         .map_err(ApiError::AuditUnavailable)?;
-        Ok((response_to(query, &verdict), Some(receipt)))
+        Ok((verdict, Some(receipt)))
     }
 
-    /// Decides one validated check as `Check` does: recorded as the decision log's mode asks,
-    /// and, with `require_audit`, answered only once its record is committed.
-    pub async fn answer(
+    /// Decides one validated check as `Check` does, recorded as the decision log's mode asks
+    /// and, with `require_audit`, returned only once its record is committed: the verdict,
+    /// for a caller that puts it on the wire in another shape (ext_authz).
+    pub async fn verdict(
         &self,
         query: &CheckQuery,
         context: &CallContext,
-    ) -> Result<proto::CheckResponse, ApiError> {
-        let (response, receipt) = self
-            .check_one(query, context, &DecisionIds::now(&self.state.policies))
+    ) -> Result<Verdict, ApiError> {
+        let (verdict, receipt) = self
+            .decide_logged(query, context, &DecisionIds::now(&self.state.policies))
             .await?;
         await_receipts(receipt).await?;
-        Ok(response)
+        Ok(verdict)
     }
 
     /// The answers to a batch's checks, in order. Checks answered from memory are answered in
@@ -526,7 +536,11 @@ impl proto::decisions_server::Decisions for DecisionsService {
     ) -> Result<Response<proto::CheckResponse>, Status> {
         let query = validate::check(request.get_ref())?;
         let context = CallContext::of(&request);
-        Ok(Response::new(self.answer(&query, &context).await?))
+        let (response, receipt) = self
+            .check_one(&query, &context, &DecisionIds::now(&self.state.policies))
+            .await?;
+        await_receipts(receipt).await?;
+        Ok(Response::new(response))
     }
 
     async fn batch_check(

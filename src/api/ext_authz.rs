@@ -23,10 +23,12 @@ use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc;
 use tonic::{Code, Request, Response, Status};
 
-use super::decisions::DecisionsService;
+use super::decisions::{DecisionsService, Verdict};
 use super::{AppState, CallContext, validate};
 use crate::error::ApiError;
+use crate::policy::{Decision, LawfulBasis};
 use crate::proto;
+use crate::revision::Revision;
 
 /// The metadata namespace Envoy's `jwt_authn` filter writes the verified payload under.
 pub const JWT_AUTHN_FILTER: &str = "envoy.filters.http.jwt_authn";
@@ -294,13 +296,6 @@ fn enum_value<E: Into<i32>>(
     from_name(&full).map(Into::into)
 }
 
-/// An enum's name without its proto prefix (`CHOICE_REFUSED`), empty for an unknown value.
-fn short_name<E: TryFrom<i32>>(value: i32, prefix: &str, name: fn(&E) -> &'static str) -> String {
-    E::try_from(value)
-        .map(|value| name(&value).trim_start_matches(prefix).to_owned())
-        .unwrap_or_default()
-}
-
 /// The policy section an explanation cites: the parenthesis that ends it, when it names a
 /// document (a section `§`, an article, the terms of service), such as `privacy policy §8, right
 /// to deletion` or `terms of service exception (a)`; `None` for a remark such as `(fail closed)`.
@@ -328,64 +323,64 @@ fn string(text: impl Into<String>) -> Value {
     }
 }
 
-/// The answer as dynamic metadata, for access logs and later filters.
-fn metadata(answer: &proto::CheckResponse) -> Struct {
-    let mut fields = HashMap::with_capacity(10);
-    fields.insert(
-        "decision".to_owned(),
-        string(short_name(
-            answer.decision,
-            "DECISION_",
-            proto::Decision::as_str_name,
-        )),
-    );
-    fields.insert(
-        "reason".to_owned(),
-        string(short_name(
-            answer.reason,
-            "REASON_",
-            proto::Reason::as_str_name,
-        )),
-    );
-    fields.insert("rule".to_owned(), string(answer.rule.clone()));
-    // Empty on a DENY (no basis is claimed), as the proto's UNSPECIFIED says.
-    let basis = match proto::LawfulBasis::try_from(answer.basis) {
-        Ok(proto::LawfulBasis::Unspecified) | Err(_) => String::new(),
-        Ok(_) => short_name(
-            answer.basis,
-            "LAWFUL_BASIS_",
-            proto::LawfulBasis::as_str_name,
-        ),
-    };
-    fields.insert("lawful_basis".to_owned(), string(basis));
-    fields.insert(
-        "policy_section".to_owned(),
-        string(policy_section(&answer.explanation).unwrap_or_default()),
-    );
-    fields.insert(
-        "policy_version".to_owned(),
-        string(answer.policy_version.clone()),
-    );
-    fields.insert("revision".to_owned(), string(answer.revision.clone()));
-    fields.insert("decision_id".to_owned(), string(answer.decision_id.clone()));
-    fields.insert(
-        "degraded".to_owned(),
-        Value {
-            kind: Some(Kind::BoolValue(answer.degraded)),
-        },
-    );
-    if let Some(valid_until) = valid_until(answer) {
-        fields.insert("valid_until".to_owned(), string(valid_until));
-    }
-    Struct { fields }
+/// What a verdict says, as the headers and metadata put it.
+struct Said {
+    decision: &'static str,
+    revision: String,
+    decision_id: String,
+    valid_until: Option<String>,
 }
 
-/// `valid_until` in RFC 3339, when the answer has one.
-fn valid_until(answer: &proto::CheckResponse) -> Option<String> {
-    let stamp = answer.valid_until.as_ref()?;
-    let at = std::time::UNIX_EPOCH
-        + std::time::Duration::new(u64::try_from(stamp.seconds).ok()?, stamp.nanos as u32);
-    Some(humantime::format_rfc3339_micros(at).to_string())
+impl Said {
+    fn of(verdict: &Verdict) -> Said {
+        Said {
+            decision: verdict.ruling.decision.as_str(),
+            revision: verdict
+                .revision
+                .map(Revision::to_token)
+                .unwrap_or_default(),
+            decision_id: verdict.decision_id.to_string(),
+            valid_until: verdict.valid_until.map(|micros| {
+                let at = std::time::UNIX_EPOCH
+                    + std::time::Duration::from_micros(micros.max(0).unsigned_abs());
+                humantime::format_rfc3339_micros(at).to_string()
+            }),
+        }
+    }
+}
+
+/// The answer as dynamic metadata, for access logs and later filters.
+fn metadata(verdict: &Verdict, said: &Said) -> Struct {
+    let ruling = verdict.ruling;
+    let mut fields = HashMap::with_capacity(10);
+    let mut put = |key: &str, value: Value| {
+        fields.insert(key.to_owned(), value);
+    };
+    put("decision", string(said.decision));
+    put("reason", string(ruling.reason.as_str()));
+    put("rule", string(&*ruling.rule));
+    // Empty on a DENY: no basis is claimed.
+    put(
+        "lawful_basis",
+        string(ruling.basis.map_or("", LawfulBasis::as_str)),
+    );
+    put(
+        "policy_section",
+        string(policy_section(&ruling.explanation).unwrap_or_default()),
+    );
+    put("policy_version", string(verdict.policy.version()));
+    put("revision", string(said.revision.clone()));
+    put("decision_id", string(said.decision_id.clone()));
+    put(
+        "degraded",
+        Value {
+            kind: Some(Kind::BoolValue(verdict.revision.is_none())),
+        },
+    );
+    if let Some(valid_until) = &said.valid_until {
+        put("valid_until", string(valid_until.clone()));
+    }
+    Struct { fields }
 }
 
 fn replacing(key: &str, value: impl Into<String>) -> HeaderValueOption {
@@ -411,26 +406,35 @@ fn status(code: Code, message: impl Into<String>) -> Option<rpc::Status> {
 }
 
 /// A decided ALLOW: through, with the answer in headers upstream and in metadata.
-fn allowed(answer: &proto::CheckResponse) -> CheckResponse {
-    let mut headers = vec![
-        replacing(header::DECISION, "ALLOW"),
-        replacing(header::RULE, answer.rule.clone()),
-        replacing(header::POLICY_VERSION, answer.policy_version.clone()),
-        replacing(header::REVISION, answer.revision.clone()),
-        replacing(header::DECISION_ID, answer.decision_id.clone()),
-        replacing(
-            header::DEGRADED,
-            if answer.degraded { "true" } else { "false" },
-        ),
-    ];
+fn allowed(verdict: &Verdict) -> CheckResponse {
+    let said = Said::of(verdict);
+    let dynamic_metadata = metadata(verdict, &said);
     let mut headers_to_remove = Vec::new();
-    match valid_until(answer) {
-        Some(valid_until) => headers.push(replacing(header::VALID_UNTIL, valid_until)),
-        None => headers_to_remove.push(header::VALID_UNTIL.to_owned()),
-    }
-    // An empty revision (a degraded answer) would drop the header, and let a client's through.
-    if answer.revision.is_empty() {
+    // An empty value would drop the header, and let a client's own through: removed instead.
+    if said.revision.is_empty() {
         headers_to_remove.push(header::REVISION.to_owned());
+    }
+    if said.valid_until.is_none() {
+        headers_to_remove.push(header::VALID_UNTIL.to_owned());
+    }
+    let mut headers = Vec::with_capacity(7);
+    headers.push(replacing(header::DECISION, said.decision));
+    headers.push(replacing(header::RULE, &*verdict.ruling.rule));
+    headers.push(replacing(header::POLICY_VERSION, verdict.policy.version()));
+    headers.push(replacing(
+        header::DEGRADED,
+        if verdict.revision.is_none() {
+            "true"
+        } else {
+            "false"
+        },
+    ));
+    if !said.revision.is_empty() {
+        headers.push(replacing(header::REVISION, said.revision));
+    }
+    headers.push(replacing(header::DECISION_ID, said.decision_id));
+    if let Some(valid_until) = said.valid_until {
+        headers.push(replacing(header::VALID_UNTIL, valid_until));
     }
     CheckResponse {
         status: status(Code::Ok, ""),
@@ -439,7 +443,7 @@ fn allowed(answer: &proto::CheckResponse) -> CheckResponse {
             headers_to_remove,
             ..OkHttpResponse::default()
         })),
-        dynamic_metadata: Some(metadata(answer)),
+        dynamic_metadata: Some(dynamic_metadata),
     }
 }
 
@@ -469,31 +473,28 @@ fn refused(
 }
 
 /// A decided DENY: 403, with the reason, rule and explanation.
-fn denied(answer: &proto::CheckResponse) -> CheckResponse {
+fn denied(verdict: &Verdict) -> CheckResponse {
+    let said = Said::of(verdict);
+    let ruling = verdict.ruling;
     let body = serde_json::json!({
-        "decision": "DENY",
-        "reason": short_name(answer.reason, "REASON_", proto::Reason::as_str_name),
-        "rule": answer.rule,
-        "explanation": answer.explanation,
-        "decision_id": answer.decision_id,
+        "decision": said.decision,
+        "reason": ruling.reason.as_str(),
+        "rule": &*ruling.rule,
+        "explanation": &*ruling.explanation,
+        "decision_id": said.decision_id,
     });
     refused(
         Code::PermissionDenied,
         HttpStatusCode::Forbidden,
         &body,
-        Some(metadata(answer)),
+        Some(metadata(verdict, &said)),
     )
 }
 
 /// A request that cannot be decided: 400, naming what is missing or wrong.
 fn undecidable(message: String) -> CheckResponse {
     let body = serde_json::json!({ "error": "undecidable", "message": message });
-    refused(
-        Code::InvalidArgument,
-        HttpStatusCode::BadRequest,
-        &body,
-        None,
-    )
+    refused(Code::InvalidArgument, HttpStatusCode::BadRequest, &body, None)
 }
 
 /// A check that failed (a fresh read or the durable record could not be had): 503.
@@ -526,17 +527,14 @@ impl Authorization for ExtAuthzService {
             }
             Err(error) => return Ok(Response::new(undecidable(error.to_string()))),
         };
-        let answer = match self.decisions.answer(&query, &context).await {
-            Ok(answer) => answer,
+        let verdict = match self.decisions.verdict(&query, &context).await {
+            Ok(verdict) => verdict,
             Err(error) => return Ok(Response::new(failed(&error))),
         };
-        Ok(Response::new(
-            if answer.decision == proto::Decision::Allow as i32 {
-                allowed(&answer)
-            } else {
-                denied(&answer)
-            },
-        ))
+        Ok(Response::new(match verdict.ruling.decision {
+            Decision::Allow => allowed(&verdict),
+            Decision::Deny => denied(&verdict),
+        }))
     }
 }
 
