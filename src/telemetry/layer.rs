@@ -130,6 +130,11 @@ static METHODS: LazyLock<HashMap<String, MethodName>> = LazyLock::new(|| {
             "ServerReflectionInfo".to_owned(),
         ));
     }
+    // Envoy's ext_authz (`api::ext_authz`), whose descriptors the server does not register.
+    names.push((
+        "envoy.service.auth.v3.Authorization".to_owned(),
+        "Check".to_owned(),
+    ));
     // Leaked once: the set of methods is fixed for the life of the process.
     for (service, method) in names {
         let full: &'static str = Box::leak(format!("{service}/{method}").into_boxed_str());
@@ -359,6 +364,11 @@ mod tests {
             "grpc.health.v1.Health"
         );
         assert_eq!(method_of("/assent.v1.Decisions/Nope"), UNKNOWN_METHOD);
+        let ext_authz = method_of("/envoy.service.auth.v3.Authorization/Check");
+        assert_eq!(
+            (ext_authz.service, ext_authz.method),
+            ("envoy.service.auth.v3.Authorization", "Check")
+        );
     }
 
     #[test]
