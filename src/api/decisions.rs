@@ -203,12 +203,10 @@ impl DecisionsService {
             query.conversation_id.as_ref(),
             query.freshness,
         )?;
-        Some(
-            self.judged(query, Ok(loaded), ids).map(|verdict| {
-                self.log(query, context, &verdict);
-                response_to(query, &verdict)
-            }),
-        )
+        Some(self.judged(query, Ok(loaded), ids).map(|verdict| {
+            self.log(query, context, &verdict);
+            response_to(query, &verdict)
+        }))
     }
 
     /// Logs a decided check if the log's mode samples it.

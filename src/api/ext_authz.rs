@@ -335,10 +335,7 @@ impl Said {
     fn of(verdict: &Verdict) -> Said {
         Said {
             decision: verdict.ruling.decision.as_str(),
-            revision: verdict
-                .revision
-                .map(Revision::to_token)
-                .unwrap_or_default(),
+            revision: verdict.revision.map(Revision::to_token).unwrap_or_default(),
             decision_id: verdict.decision_id.to_string(),
             valid_until: verdict.valid_until.map(|micros| {
                 let at = std::time::UNIX_EPOCH
@@ -494,7 +491,12 @@ fn denied(verdict: &Verdict) -> CheckResponse {
 /// A request that cannot be decided: 400, naming what is missing or wrong.
 fn undecidable(message: String) -> CheckResponse {
     let body = serde_json::json!({ "error": "undecidable", "message": message });
-    refused(Code::InvalidArgument, HttpStatusCode::BadRequest, &body, None)
+    refused(
+        Code::InvalidArgument,
+        HttpStatusCode::BadRequest,
+        &body,
+        None,
+    )
 }
 
 /// A check that failed (a fresh read or the durable record could not be had): 503.
