@@ -10,6 +10,10 @@
 //! - `assent, PostgreSQL + Redis`: the same on PostgreSQL with Redis;
 //! - `assent, defaults, bare answer`: the embedded store again, each Check asking for the
 //!   decision alone (`bare`);
+//! - `assent, defaults, ext_authz` and `tonic constant, ext_authz`: the same question asked as
+//!   Envoy's ext_authz filter asks it (`envoy.service.auth.v3.Authorization/Check`: the subject
+//!   and conversation in headers, the purpose in the route's context extensions), of assent and
+//!   of the constant server answering a constant OK of the shape of assent's ALLOW;
 //! - `Cerbos`: CheckResources with a resource policy of the same rule (plan, opt-out, feedback;
 //!   the caller passes the attributes), audit off;
 //! - `SpiceDB`: CheckPermission on an in-memory SpiceDB (the embedded library, behind a small
@@ -132,6 +136,86 @@ impl proto::decisions_server::Decisions for Constant {
     }
 }
 
+/// Envoy's ext_authz answered with a constant OK of the shape of assent's ALLOW (its upstream
+/// headers and dynamic metadata): what the protocol costs the framework.
+#[derive(Clone)]
+struct ConstantAuthorization(envoy_types::ext_authz::v3::pb::CheckResponse);
+
+#[tonic::async_trait]
+impl envoy_types::ext_authz::v3::pb::Authorization for ConstantAuthorization {
+    async fn check(
+        &self,
+        request: tonic::Request<envoy_types::ext_authz::v3::pb::CheckRequest>,
+    ) -> Result<tonic::Response<envoy_types::ext_authz::v3::pb::CheckResponse>, tonic::Status> {
+        std::hint::black_box(request.get_ref());
+        Ok(tonic::Response::new(self.0.clone()))
+    }
+}
+
+fn constant_authorization() -> envoy_types::ext_authz::v3::pb::CheckResponse {
+    use envoy_types::ext_authz::v3::pb::{
+        CheckResponse, HeaderAppendAction, HeaderValue, HeaderValueOption, HttpResponse,
+        OkHttpResponse,
+    };
+    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+    #[allow(deprecated)]
+    let header = |key: &str, value: &str| HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.into(),
+            value: value.into(),
+            raw_value: Vec::new(),
+        }),
+        append: None,
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd.into(),
+        keep_empty_value: false,
+    };
+    let text = |value: &str| Value {
+        kind: Some(Kind::StringValue(value.into())),
+    };
+    CheckResponse {
+        status: Some(envoy_types::pb::google::rpc::Status::default()),
+        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+            headers: vec![
+                header("x-assent-decision", "ALLOW"),
+                header("x-assent-rule", "T3"),
+                header("x-assent-policy-version", "2026-01-01"),
+                header("x-assent-degraded", "false"),
+                header("x-assent-revision", "r1.1000"),
+                header(
+                    "x-assent-decision-id",
+                    "019af3b2-0c4e-7d1a-9c4b-2f1e5d6a7b8c",
+                ),
+            ],
+            headers_to_remove: vec!["x-assent-valid-until".into()],
+            ..Default::default()
+        })),
+        dynamic_metadata: Some(Struct {
+            fields: HashMap::from([
+                ("decision".to_owned(), text("ALLOW")),
+                ("reason".to_owned(), text("FEEDBACK_GRANT")),
+                ("rule".to_owned(), text("T3")),
+                ("lawful_basis".to_owned(), text("CONTRACT")),
+                (
+                    "policy_section".to_owned(),
+                    text("feedback grant, terms of service exception (b)"),
+                ),
+                ("policy_version".to_owned(), text("2026-01-01")),
+                ("revision".to_owned(), text("r1.1000")),
+                (
+                    "decision_id".to_owned(),
+                    text("019af3b2-0c4e-7d1a-9c4b-2f1e5d6a7b8c"),
+                ),
+                (
+                    "degraded".to_owned(),
+                    Value {
+                        kind: Some(Kind::BoolValue(false)),
+                    },
+                ),
+            ]),
+        }),
+    }
+}
+
 fn run_constant_server() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
@@ -156,6 +240,9 @@ fn run_constant_server() {
             .add_service(proto::decisions_server::DecisionsServer::new(Constant(
                 answer,
             )))
+            .add_service(envoy_types::ext_authz::v3::pb::AuthorizationServer::new(
+                ConstantAuthorization(constant_authorization()),
+            ))
             .serve_with_incoming(assent::startup::incoming(listener))
             .await
             .unwrap();
@@ -608,6 +695,62 @@ fn check_body(bare: bool) -> Bytes {
     .into()
 }
 
+/// The question of [`check_body`] as Envoy's ext_authz filter asks it: the subject and the
+/// conversation in headers, the purpose in the route's context extensions.
+fn ext_authz_body() -> Bytes {
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, attribute_context};
+    envoy_types::ext_authz::v3::pb::CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(attribute_context::Request {
+                http: Some(attribute_context::HttpRequest {
+                    id: "1".into(),
+                    method: "POST".into(),
+                    path: "/v1/chat/completions".into(),
+                    host: "gateway.example".into(),
+                    protocol: "HTTP/2".into(),
+                    headers: HashMap::from([
+                        (":authority".to_owned(), "gateway.example".to_owned()),
+                        (":method".to_owned(), "POST".to_owned()),
+                        (":path".to_owned(), "/v1/chat/completions".to_owned()),
+                        ("content-type".to_owned(), "application/json".to_owned()),
+                        ("x-user-id".to_owned(), "user-1".to_owned()),
+                        ("x-conversation-id".to_owned(), "conversation-1".to_owned()),
+                    ]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            context_extensions: HashMap::from([
+                ("purpose".to_owned(), "model-training".to_owned()),
+                (
+                    "conversation_header".to_owned(),
+                    "x-conversation-id".to_owned(),
+                ),
+            ]),
+            ..Default::default()
+        }),
+    }
+    .encode_to_vec()
+    .into()
+}
+
+/// An ext_authz OK (an ALLOW), not degraded.
+fn ext_authz_allows(bytes: &[u8]) -> bool {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    envoy_types::ext_authz::v3::pb::CheckResponse::decode(bytes).is_ok_and(|response| {
+        response.status.is_some_and(|status| status.code == 0)
+            && response.dynamic_metadata.is_some_and(|metadata| {
+                matches!(
+                    metadata
+                        .fields
+                        .get("degraded")
+                        .and_then(|value| value.kind.clone()),
+                    Some(Kind::BoolValue(false))
+                )
+            })
+    })
+}
+
 fn assent_allows(bytes: &[u8]) -> bool {
     proto::CheckResponse::decode(bytes).is_ok_and(|response| {
         response.decision == proto::Decision::Allow as i32 && !response.degraded
@@ -636,11 +779,36 @@ fn constant_target() -> Target {
     }
 }
 
-/// `assent serve` with `settings`, sent Checks that ask for a `bare` answer or the full one.
+/// The constant server asked through ext_authz, with assent's ext_authz question.
+fn constant_ext_authz_target() -> Target {
+    let (child, address) = spawn_self(&["constant-server"]);
+    Target {
+        name: "tonic constant, ext_authz",
+        child,
+        address,
+        path: "/envoy.service.auth.v3.Authorization/Check",
+        body: ext_authz_body(),
+        verify: ext_authz_allows,
+        _keep: Vec::new(),
+    }
+}
+
+/// How a target asks assent.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ask {
+    /// `Decisions.Check`, for the full answer.
+    Full,
+    /// `Decisions.Check`, for the decision alone.
+    Bare,
+    /// Envoy's `Authorization.Check` (ext_authz).
+    ExtAuthz,
+}
+
+/// `assent serve` with `settings`, asked as `ask` says.
 async fn assent_target(
     name: &'static str,
     settings: Vec<(&'static str, String)>,
-    bare: bool,
+    ask: Ask,
 ) -> Target {
     let mut settings = settings;
     settings.push(("ASSENT_ADMIN_LISTEN", "off".to_owned()));
@@ -659,12 +827,18 @@ async fn assent_target(
         name,
         child,
         address,
-        path: "/assent.v1.Decisions/Check",
-        body: check_body(bare),
-        verify: if bare {
-            assent_allows_bare
-        } else {
-            assent_allows
+        path: match ask {
+            Ask::Full | Ask::Bare => "/assent.v1.Decisions/Check",
+            Ask::ExtAuthz => "/envoy.service.auth.v3.Authorization/Check",
+        },
+        body: match ask {
+            Ask::Full | Ask::Bare => check_body(ask == Ask::Bare),
+            Ask::ExtAuthz => ext_authz_body(),
+        },
+        verify: match ask {
+            Ask::Full => assent_allows,
+            Ask::Bare => assent_allows_bare,
+            Ask::ExtAuthz => ext_authz_allows,
         },
         _keep: data
             .into_iter()
@@ -1033,33 +1207,54 @@ fn main() {
         let mut targets = vec![constant_target()];
         // The defaults: the embedded store, every decision logged.
         if wanted("assent, defaults") {
-            targets
-                .push(assent_target("assent, defaults", embedded("defaults", "all"), false).await);
+            targets.push(
+                assent_target("assent, defaults", embedded("defaults", "all"), Ask::Full).await,
+            );
         }
         if wanted("assent, defaults, bare answer") {
             targets.push(
                 assent_target(
                     "assent, defaults, bare answer",
                     embedded("bare", "all"),
-                    true,
+                    Ask::Bare,
+                )
+                .await,
+            );
+        }
+        if wanted("tonic constant, ext_authz") {
+            targets.push(constant_ext_authz_target());
+        }
+        if wanted("assent, defaults, ext_authz") {
+            targets.push(
+                assent_target(
+                    "assent, defaults, ext_authz",
+                    embedded("ext-authz", "all"),
+                    Ask::ExtAuthz,
                 )
                 .await,
             );
         }
         if wanted("assent, embedded, log off") {
             targets.push(
-                assent_target("assent, embedded, log off", embedded("off", "off"), false).await,
+                assent_target(
+                    "assent, embedded, log off",
+                    embedded("off", "off"),
+                    Ask::Full,
+                )
+                .await,
             );
         }
         if wanted("assent, PostgreSQL + Redis") {
-            targets.push(assent_target("assent, PostgreSQL + Redis", postgres("all"), false).await);
+            targets.push(
+                assent_target("assent, PostgreSQL + Redis", postgres("all"), Ask::Full).await,
+            );
         }
         if wanted("assent, PostgreSQL + Redis, log off") {
             targets.push(
                 assent_target(
                     "assent, PostgreSQL + Redis, log off",
                     postgres("off"),
-                    false,
+                    Ask::Full,
                 )
                 .await,
             );
@@ -1216,6 +1411,26 @@ fn report(names: &[&str], figures: &[Figures], rounds: usize, seconds: u64) -> S
             medians[bare][1] / medians[full][1],
             medians[bare][2] / medians[full][2],
         ));
+    }
+    for (ext_authz_name, check_name) in [
+        ("tonic constant, ext_authz", "tonic constant"),
+        ("assent, defaults, ext_authz", "assent, defaults"),
+    ] {
+        if let (Some(ext_authz), Some(check)) = (find(ext_authz_name), find(check_name)) {
+            let (ext_authz, check) = (&medians[ext_authz], &medians[check]);
+            text.push_str(&format!(
+                "\next_authz / Check ({check_name}): {:.2}× the requests/s pinned, {:.2}× \
+                 unpinned, {:.2}× the CPU per request; low-load p50 {:.0} / {:.0} µs, p99 {:.0} \
+                 / {:.0} µs.",
+                ext_authz[0] / check[0],
+                ext_authz[1] / check[1],
+                ext_authz[2] / check[2],
+                ext_authz[4],
+                check[4],
+                ext_authz[5],
+                check[5],
+            ));
+        }
     }
     text.push('\n');
     text
