@@ -109,6 +109,30 @@ pub struct Decided<'a> {
     pub trace_id: &'a str,
 }
 
+#[cfg(test)]
+impl<'a> Decided<'a> {
+    /// A memory ALLOW (M2) of `subject_id` at `decided_at_micros`, for tests.
+    pub fn example(decision_id: uuid::Uuid, subject_id: &'a str, decided_at_micros: i64) -> Self {
+        Decided {
+            decided_at_micros,
+            decision_id,
+            subject_id,
+            purpose: Purpose::Memory,
+            conversation_id: None,
+            source: Source::Conversation,
+            consistency: "minimize_latency",
+            decision: Decision::Allow,
+            reason: Reason::LegitimateInterestDefault,
+            rule: "M2",
+            policy_version: crate::policy::POLICY_VERSION,
+            revision: Some(1),
+            degraded: false,
+            caller: "test",
+            trace_id: "",
+        }
+    }
+}
+
 impl Decided<'_> {
     /// The row this decision becomes.
     pub fn to_record(&self) -> DecisionRecord {

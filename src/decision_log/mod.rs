@@ -728,28 +728,11 @@ async fn flush(store: &Store, batch: Vec<Entry>, counters: &Counters) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{Purpose, Reason, Source};
     use crate::store::DecisionQuery;
     use crate::store::testing::{Backend, TestDatabase};
 
     fn decided(id: uuid::Uuid) -> Decided<'static> {
-        Decided {
-            decided_at_micros: crate::store::now_micros(),
-            decision_id: id,
-            subject_id: "u-1",
-            purpose: Purpose::Memory,
-            conversation_id: None,
-            source: Source::Conversation,
-            consistency: "minimize_latency",
-            decision: Decision::Allow,
-            reason: Reason::LegitimateInterestDefault,
-            rule: "M2",
-            policy_version: crate::policy::POLICY_VERSION,
-            revision: Some(1),
-            degraded: false,
-            caller: "test",
-            trace_id: "",
-        }
+        Decided::example(id, "u-1", crate::store::now_micros())
     }
 
     /// Recording never waits: on a current-thread runtime the flusher cannot run while the

@@ -516,6 +516,33 @@ impl DecisionQuery {
     }
 }
 
+/// A shipped segment of the decision log as a row of `decision_log_segments` holds it.
+pub(crate) struct ShippedSegment<'a> {
+    /// Its first decision's id, which makes shipping it again a no-op.
+    pub first_decision_id: String,
+    /// The instants of its first and last decisions (µs since the epoch).
+    pub first_at: i64,
+    pub last_at: i64,
+    pub records: i64,
+    /// Its intact blocks, as written.
+    pub body: &'a [u8],
+}
+
+impl<'a> ShippedSegment<'a> {
+    /// The row of a segment's `body` and its decisions; `None` when it holds none.
+    fn of(body: &'a [u8], decided: &[Decided<'_>]) -> Option<ShippedSegment<'a>> {
+        let first = decided.first()?;
+        let instants = decided.iter().map(|decided| decided.decided_at_micros);
+        Some(ShippedSegment {
+            first_decision_id: first.decision_id.to_string(),
+            first_at: instants.clone().min()?,
+            last_at: instants.max()?,
+            records: decided.len() as i64,
+            body,
+        })
+    }
+}
+
 /// Which audit events to list.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EventQuery {
@@ -1443,10 +1470,13 @@ impl Store {
         body: &[u8],
         decided: &[Decided<'_>],
     ) -> Result<(), StoreError> {
+        let Some(segment) = ShippedSegment::of(body, decided) else {
+            return Ok(());
+        };
         let ship = async {
             match self {
-                Store::Postgres(store) => store.insert_decision_segment(body, decided).await,
-                Store::Sqlite(store) => store.insert_decision_segment(body, decided).await,
+                Store::Postgres(store) => store.insert_decision_segment(&segment, decided).await,
+                Store::Sqlite(store) => store.insert_decision_segment(&segment).await,
             }
         };
         // Off the request path, and up to 2 MiB: more than a write's time.

@@ -18,7 +18,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::rows::{from_i64, parse};
 use super::sql::{Begin, Connection, Lease};
-use super::{Access, PruneReport, Schema, StoreError, StoreTimeouts, SubjectSnapshot};
+use super::{
+    Access, PruneReport, Schema, ShippedSegment, StoreError, StoreTimeouts, SubjectSnapshot,
+};
 use crate::audit::{Decided, DecisionRecord};
 use crate::calendar::{Date, MICROS_PER_DAY};
 use crate::domain::SubjectId;
@@ -363,18 +365,13 @@ impl PostgresStore {
     }
 
     /// Keeps a shipped segment of the decision log as one row, with the distinct subjects of
-    /// its decisions; a segment shipped before (the same first decision) is left as it is.
+    /// its `decided`; a segment shipped before (the same first decision) is left as it is.
     /// Committed durably: its file is deleted once this returns.
-    pub async fn insert_decision_segment(
+    pub(super) async fn insert_decision_segment(
         &self,
-        body: &[u8],
+        segment: &ShippedSegment<'_>,
         decided: &[Decided<'_>],
     ) -> Result<(), StoreError> {
-        let Some(first) = decided.first() else {
-            return Ok(());
-        };
-        let instants = decided.iter().map(|decided| decided.decided_at_micros);
-        let (first_at, last_at) = (instants.clone().min(), instants.max());
         let subjects: HashSet<&str> = decided.iter().map(|decided| decided.subject_id).collect();
         let subjects: Vec<&str> = subjects.into_iter().collect();
         let mut lease = Lease::new(self.acquire().await?);
@@ -384,12 +381,12 @@ impl PostgresStore {
              VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (first_decision_id) DO NOTHING",
         )
-        .bind(first.decision_id.to_string())
-        .bind(first_at)
-        .bind(last_at)
-        .bind(decided.len() as i64)
+        .bind(&segment.first_decision_id)
+        .bind(segment.first_at)
+        .bind(segment.last_at)
+        .bind(segment.records)
         .bind(subjects)
-        .bind(body)
+        .bind(segment.body)
         .execute(lease.connection())
         .await?;
         lease.done();

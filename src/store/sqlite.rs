@@ -15,8 +15,8 @@ use sqlx::sqlite::{
 };
 
 use super::sql::{Begin, Connection, Lease};
-use super::{Access, PruneReport, Schema, StoreError, StoreTimeouts};
-use crate::audit::{Decided, DecisionRecord};
+use super::{Access, PruneReport, Schema, ShippedSegment, StoreError, StoreTimeouts};
+use crate::audit::DecisionRecord;
 
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -109,26 +109,20 @@ impl SqliteStore {
 
     /// Keeps a shipped segment of the decision log as one row; a segment shipped before (the
     /// same first decision) is left as it is.
-    pub async fn insert_decision_segment(
+    pub(super) async fn insert_decision_segment(
         &self,
-        body: &[u8],
-        decided: &[Decided<'_>],
+        segment: &ShippedSegment<'_>,
     ) -> Result<(), StoreError> {
-        let Some(first) = decided.first() else {
-            return Ok(());
-        };
-        let instants = decided.iter().map(|decided| decided.decided_at_micros);
-        let (first_at, last_at) = (instants.clone().min(), instants.max());
         sqlx::query(
             "INSERT OR IGNORE INTO decision_log_segments
                  (first_decision_id, first_at, last_at, records, body)
              VALUES ($1, $2, $3, $4, $5)",
         )
-        .bind(first.decision_id.to_string())
-        .bind(first_at)
-        .bind(last_at)
-        .bind(decided.len() as i64)
-        .bind(body)
+        .bind(&segment.first_decision_id)
+        .bind(segment.first_at)
+        .bind(segment.last_at)
+        .bind(segment.records)
+        .bind(segment.body)
         .execute(&self.writer)
         .await?;
         Ok(())

@@ -606,23 +606,7 @@ async fn shipped_segments_are_listed_and_pruned(backend: Backend) {
         let mut builder = segment::BlockBuilder::default();
         for (index, subject_id) in subjects[..holds].iter().enumerate() {
             let at = now - age * MICROS_PER_DAY + index as i64;
-            builder.push(&Decided {
-                decided_at_micros: at,
-                decision_id: uuid::Uuid::now_v7(),
-                subject_id,
-                purpose: Purpose::Memory,
-                conversation_id: None,
-                source: crate::policy::Source::Conversation,
-                consistency: "minimize_latency",
-                decision: crate::policy::Decision::Allow,
-                reason: crate::policy::Reason::LegitimateInterestDefault,
-                rule: "M2",
-                policy_version: crate::policy::POLICY_VERSION,
-                revision: Some(1),
-                degraded: false,
-                caller: "test",
-                trace_id: "",
-            });
+            builder.push(&Decided::example(uuid::Uuid::now_v7(), subject_id, at));
         }
         let body = builder.finish();
         store
