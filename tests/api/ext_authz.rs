@@ -419,3 +419,51 @@ async fn authentication_is_required_when_configured() {
     assert_eq!(code(&response), Code::PermissionDenied);
     assert_eq!(denial(&response).1["rule"], "G1");
 }
+
+/// With `encode_raw_headers`, Envoy sends the headers as bytes in `header_map` instead of the
+/// `headers` map: read there the same way, a header given twice joined (and so refused).
+#[tokio::test]
+async fn raw_headers_are_read_as_well() {
+    use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+    let app = TestApp::spawn().await;
+    app.upsert("alice", Plan::Free).await;
+    let raw = |pairs: &[(&str, &str)]| {
+        let mut request = envoy_request(&[], &[TRAINING]);
+        let http = request
+            .attributes
+            .as_mut()
+            .unwrap()
+            .request
+            .as_mut()
+            .unwrap()
+            .http
+            .as_mut()
+            .unwrap();
+        http.header_map = Some(HeaderMap {
+            headers: pairs
+                .iter()
+                .map(|(key, value)| HeaderValue {
+                    key: key.to_string(),
+                    value: String::new(),
+                    raw_value: value.as_bytes().to_vec(),
+                })
+                .collect(),
+        });
+        request
+    };
+    let response = ask(&app, raw(&[("x-user-id", "alice")])).await;
+    assert_eq!(code(&response), Code::Ok);
+    assert_eq!(upstream_headers(&response).0["x-assent-rule"], "T6");
+    let twice = ask(
+        &app,
+        raw(&[("x-user-id", "alice"), ("x-user-id", "mallory")]),
+    )
+    .await;
+    assert_eq!(code(&twice), Code::InvalidArgument);
+    assert!(
+        denial(&twice).1["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("the x-user-id header: ")
+    );
+}
