@@ -244,15 +244,7 @@ async fn conversation_changes_flip_the_answer_about_that_conversation() {
     app.set_choice("ada", Purpose::ModelTraining, Choice::Refused)
         .await
         .unwrap();
-    app.subjects()
-        .record_feedback(proto::RecordFeedbackRequest {
-            subject_id: "ada".into(),
-            conversation_id: "c-1".into(),
-            rating: proto::Rating::ThumbsUp as i32,
-            actor: actor(),
-        })
-        .await
-        .unwrap();
+    app.rate("ada", "c-1", proto::Rating::ThumbsUp).await;
     let mut stream = watch(&app, "r1.2").await;
     let mut seen = Vec::new();
     read_changes(&mut stream, &mut seen, 1).await;

@@ -36,6 +36,21 @@ fn consent(
     }
 }
 
+/// Grants `purpose` through the cookie banner until `expires_at`.
+async fn grant_until(app: &TestApp, subject_id: &str, purpose: Purpose, expires_at: SystemTime) {
+    app.subjects()
+        .set_choice(consent(
+            subject_id,
+            purpose,
+            Choice::Granted,
+            ConsentMethod::CookieBanner,
+            "cookies-2026-03",
+            Some(expires_at),
+        ))
+        .await
+        .unwrap();
+}
+
 async fn get_subject(app: &TestApp, subject_id: &str) -> proto::Subject {
     app.subjects()
         .get_subject(proto::GetSubjectRequest {
@@ -131,17 +146,7 @@ async fn an_answer_holds_until_the_nearest_expiry() {
         (Purpose::AnalyticsCookies, later),
         (Purpose::MarketingEmail, soon),
     ] {
-        app.subjects()
-            .set_choice(consent(
-                "omar",
-                purpose,
-                Choice::Granted,
-                ConsentMethod::CookieBanner,
-                "cookies-2026-03",
-                Some(expires_at),
-            ))
-            .await
-            .unwrap();
+        grant_until(&app, "omar", purpose, expires_at).await;
     }
     for purpose in [Purpose::AnalyticsCookies, Purpose::ModelTraining] {
         let answer = app.check("omar", purpose).await;
@@ -485,17 +490,7 @@ async fn an_expiring_grant_counts_until_its_expiry_and_watch_shows_the_flip() {
         .into_inner();
     app.upsert("rosa", Plan::Free).await;
     let expires_at = SystemTime::now() + Duration::from_secs(2);
-    app.subjects()
-        .set_choice(consent(
-            "rosa",
-            Purpose::AnalyticsCookies,
-            Choice::Granted,
-            ConsentMethod::CookieBanner,
-            "cookies-2026-03",
-            Some(expires_at),
-        ))
-        .await
-        .unwrap();
+    grant_until(&app, "rosa", Purpose::AnalyticsCookies, expires_at).await;
     let granted = (
         Decision::Allow,
         proto::Reason::ConsentGranted,

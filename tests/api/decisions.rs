@@ -297,15 +297,7 @@ async fn stream_check_answers_two_thousand_checks_in_order() {
     app.set_choice("s-1", Purpose::ModelTraining, proto::Choice::Refused)
         .await
         .unwrap();
-    app.subjects()
-        .record_feedback(proto::RecordFeedbackRequest {
-            subject_id: "s-1".into(),
-            conversation_id: "c-1".into(),
-            rating: proto::Rating::ThumbsDown as i32,
-            actor: actor(),
-        })
-        .await
-        .unwrap();
+    app.rate("s-1", "c-1", proto::Rating::ThumbsDown).await;
     let requests: Vec<proto::CheckRequest> = (0..2_000)
         .map(|index| proto::CheckRequest {
             subject_id: format!("s-{}", (index / 10) % 6),

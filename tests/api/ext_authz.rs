@@ -16,7 +16,7 @@ use envoy_types::pb::envoy::service::auth::v3::{
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use tonic::Code;
 
-use crate::helpers::{TestApp, actor, check_request, token, with_token};
+use crate::helpers::{TestApp, check_request, token, with_token};
 
 /// What Envoy's ext_authz filter sends for a request with `headers` on a route whose
 /// `context_extensions` are `extensions`.
@@ -311,15 +311,7 @@ async fn a_conversation_header_asks_about_that_conversation() {
     app.set_choice("alice", Purpose::ModelTraining, Choice::Refused)
         .await
         .unwrap();
-    app.subjects()
-        .record_feedback(proto::RecordFeedbackRequest {
-            subject_id: "alice".into(),
-            conversation_id: "c-1".into(),
-            rating: proto::Rating::ThumbsDown as i32,
-            actor: actor(),
-        })
-        .await
-        .unwrap();
+    app.rate("alice", "c-1", proto::Rating::ThumbsDown).await;
     let route = [TRAINING, ("conversation_header", "X-Conversation-Id")];
     let on = |conversation| {
         envoy_request(

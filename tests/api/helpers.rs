@@ -256,6 +256,19 @@ impl TestApp {
             .map(|response| response.into_inner().revision)
     }
 
+    /// Records the subject's rating of a conversation (feedback), as support would.
+    pub async fn rate(&self, subject_id: &str, conversation_id: &str, rating: proto::Rating) {
+        self.subjects()
+            .record_feedback(proto::RecordFeedbackRequest {
+                subject_id: subject_id.into(),
+                conversation_id: conversation_id.into(),
+                rating: rating as i32,
+                actor: actor(),
+            })
+            .await
+            .unwrap();
+    }
+
     pub async fn check(&self, subject_id: &str, purpose: proto::Purpose) -> proto::CheckResponse {
         self.decisions()
             .check(check_request(subject_id, purpose))
