@@ -76,8 +76,9 @@ impl proto::changes_server::Changes for ChangesService {
             .change_log_bounds()
             .await
             .map_err(ApiError::from)?;
-        resumable(query.since, first, head)?;
-        within_replay(query.since, head, self.state.limits.watch_max_replay)?;
+        let since = query.since.unwrap_or(head);
+        resumable(since, first, head)?;
+        within_replay(since, head, self.state.limits.watch_max_replay)?;
         let (sender, receiver) = answers(
             STREAM_BUFFER,
             self.state.limits.stream_idle,
@@ -85,6 +86,7 @@ impl proto::changes_server::Changes for ChangesService {
         );
         let watch = Watch {
             state: self.state.clone(),
+            since,
             query,
             subjects: HashMap::new(),
         };
@@ -142,6 +144,8 @@ fn resumable(since: Revision, first: Revision, head: Revision) -> Result<(), Api
 /// One watcher's stream.
 struct Watch {
     state: AppState,
+    /// The revision the stream starts after.
+    since: Revision,
     query: WatchQuery,
     /// The state of the subjects met so far, as of the last change sent.
     subjects: HashMap<String, Replayed>,
@@ -160,8 +164,11 @@ impl Watch {
     /// Sends changes until the watcher leaves or stops reading (`Ok`) or the store fails
     /// (`Err`).
     async fn send_changes(&mut self, sender: &mut Sender) -> Result<(), ApiError> {
-        let mut position = self.query.since;
+        let mut position = self.since;
         let mut last_sent = Instant::now();
+        // The first heartbeat goes out as soon as the replay is done: a watcher (a client's
+        // cache) knows then that it has every change up to now.
+        let mut caught_up = false;
         loop {
             let page = self
                 .state
@@ -173,11 +180,12 @@ impl Watch {
                 })
                 .await?;
             if page.is_empty() {
-                if last_sent.elapsed() >= self.query.heartbeat {
+                if !caught_up || last_sent.elapsed() >= self.query.heartbeat {
                     if !send(sender, heartbeat(position)).await {
                         return Ok(());
                     }
                     last_sent = Instant::now();
+                    caught_up = true;
                 }
                 let wait = POLL.min(self.query.heartbeat.saturating_sub(last_sent.elapsed()));
                 tokio::select! {

@@ -146,7 +146,8 @@ pub fn batch(request: &proto::BatchCheckRequest) -> Result<Vec<CheckQuery>, ApiE
 /// A validated WatchRequest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WatchQuery {
-    pub since: Revision,
+    /// `None`: from the latest revision (`from_latest`).
+    pub since: Option<Revision>,
     /// Empty: every purpose, and every change.
     pub purposes: Vec<Purpose>,
     pub heartbeat: std::time::Duration,
@@ -157,10 +158,19 @@ const HEARTBEAT_MS: std::ops::RangeInclusive<u32> = 100..=60_000;
 const DEFAULT_HEARTBEAT_MS: u32 = 5_000;
 
 pub fn watch(request: &proto::WatchRequest) -> Result<WatchQuery, ApiError> {
-    let since = match request.since_revision.as_str() {
-        "" => Revision::ZERO,
-        token => Revision::parse_token(token)
-            .map_err(|malformed| ApiError::invalid("since_revision", malformed))?,
+    let since = match (request.since_revision.as_str(), request.from_latest) {
+        ("", true) => None,
+        ("", false) => Some(Revision::ZERO),
+        (_, true) => {
+            return Err(ApiError::invalid(
+                "from_latest",
+                "cannot be set with since_revision: a watch starts at one or the other",
+            ));
+        }
+        (token, false) => Some(
+            Revision::parse_token(token)
+                .map_err(|malformed| ApiError::invalid("since_revision", malformed))?,
+        ),
     };
     let mut purposes = request
         .purposes

@@ -333,6 +333,9 @@ pub enum ChangesCommand {
         /// Start after this revision [default: the beginning of the change log]
         #[arg(long, default_value = "")]
         since: String,
+        /// Start after the latest revision: only changes still to come.
+        #[arg(long, conflicts_with = "since")]
+        from_latest: bool,
         /// Only changes that flipped a decision of these purposes (repeatable).
         #[arg(long = "purpose", value_parser = parse_purpose)]
         purposes: Vec<Purpose>,

@@ -213,6 +213,7 @@ fn test(file: &std::path::Path, scenarios: &std::path::Path, json: bool) -> anyh
 pub async fn changes(command: ChangesCommand) -> anyhow::Result<()> {
     let ChangesCommand::Watch {
         since,
+        from_latest,
         purposes,
         heartbeats,
         limit,
@@ -227,6 +228,7 @@ pub async fn changes(command: ChangesCommand) -> anyhow::Result<()> {
                 .map(|purpose| proto::Purpose::from(*purpose) as i32)
                 .collect(),
             heartbeat_interval_ms: 0,
+            from_latest,
         })
         .await
         .map_err(call_failed)?

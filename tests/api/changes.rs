@@ -314,6 +314,81 @@ async fn revisions_outside_the_change_log_ask_for_a_resync() {
         })
         .await;
     assert_status(bad_interval, Code::InvalidArgument, "heartbeat_interval_ms");
+    let both_starts = app
+        .changes()
+        .watch(proto::WatchRequest {
+            since_revision: "r1.2".into(),
+            from_latest: true,
+            ..Default::default()
+        })
+        .await;
+    assert_status(both_starts, Code::InvalidArgument, "from_latest");
+    app.stop().await;
+}
+
+/// A watch from the latest revision sends only what comes after it, starting with a heartbeat
+/// at once; a watch that replays sends its heartbeat as soon as the replay is done, long before
+/// its interval (a client's cache is fresh from that moment).
+#[tokio::test]
+async fn a_watch_says_at_once_when_it_has_caught_up() {
+    let app = TestApp::spawn().await;
+    let first = app.upsert("before-1", Plan::Free).await;
+    let latest = app.upsert("before-2", Plan::Free).await;
+    let mut from_latest = app
+        .changes()
+        .watch(proto::WatchRequest {
+            from_latest: true,
+            heartbeat_interval_ms: 60_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let message = tokio::time::timeout(Duration::from_secs(5), from_latest.message())
+        .await
+        .expect("the first heartbeat comes at once, not after the interval")
+        .unwrap()
+        .unwrap();
+    match message.event {
+        Some(proto::watch_response::Event::Heartbeat(heartbeat)) => {
+            assert_eq!(heartbeat.revision, latest);
+        }
+        other => panic!("expected a heartbeat, got {other:?}"),
+    }
+    let after = app.upsert("after", Plan::Free).await;
+    let mut replaying = app
+        .changes()
+        .watch(proto::WatchRequest {
+            since_revision: first,
+            heartbeat_interval_ms: 60_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut replayed = Vec::new();
+    let caught_up = loop {
+        let message = tokio::time::timeout(Duration::from_secs(5), replaying.message())
+            .await
+            .expect("the heartbeat after the replay comes at once")
+            .unwrap()
+            .unwrap();
+        match message.event.unwrap() {
+            proto::watch_response::Event::Change(change) => replayed.push(change.revision),
+            proto::watch_response::Event::Heartbeat(heartbeat) => break heartbeat,
+        }
+    };
+    assert_eq!(caught_up.revision, after);
+    assert_eq!(replayed, [latest, after.clone()]);
+    let next = tokio::time::timeout(Duration::from_secs(5), from_latest.message())
+        .await
+        .expect("the change after the start arrives")
+        .unwrap()
+        .unwrap();
+    match next.event {
+        Some(proto::watch_response::Event::Change(change)) => assert_eq!(change.revision, after),
+        other => panic!("expected the new change, got {other:?}"),
+    }
     app.stop().await;
 }
 
