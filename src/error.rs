@@ -41,6 +41,13 @@ pub enum ApiError {
     /// The store of record cannot be reached.
     #[error("the store of record is unavailable; retry later")]
     StoreUnavailable(#[source] StoreError),
+    /// A Check demanded a revision this replica has reached, but the policy versions applied up
+    /// to it are still being loaded here.
+    #[error(
+        "consistency: the policy versions applied up to the demanded revision are still being \
+         loaded on this replica; retry"
+    )]
+    PoliciesLoading,
     /// A write sent to the store whose commit was never confirmed: it may have been applied.
     #[error(
         "the store of record did not confirm the write: it may or may not have been applied; \
@@ -109,6 +116,7 @@ impl ApiError {
             ApiError::PermissionDenied(_) => Code::PermissionDenied,
             ApiError::Unimplemented { .. } => Code::Unimplemented,
             ApiError::StoreUnavailable(_)
+            | ApiError::PoliciesLoading
             | ApiError::WriteUnconfirmed(_)
             | ApiError::AuditUnavailable(_) => Code::Unavailable,
             ApiError::AuditLogInconsistent(_) => Code::DataLoss,

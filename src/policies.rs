@@ -14,10 +14,13 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::sync::watch;
 
 use crate::policy::{CompiledPolicy, PolicyError};
+use crate::revision::Revision;
 use crate::store::StoredPolicy;
 
 #[derive(Debug)]
@@ -26,6 +29,9 @@ pub struct Policies {
     current: ArcSwap<Vec<&'static CompiledPolicy>>,
     /// Every version compiled so far, by name, with the text it was compiled from.
     compiled: Mutex<HashMap<String, &'static CompiledPolicy>>,
+    /// The revision up to which every policy version applied is installed: a Check that
+    /// demands a revision waits for it ([`Policies::wait_installed_through`]).
+    installed_through: watch::Sender<Revision>,
 }
 
 /// Why a set of stored versions cannot be installed.
@@ -56,6 +62,7 @@ impl Policies {
         Policies {
             current: ArcSwap::from_pointee(vec![builtin]),
             compiled: Mutex::new(HashMap::from([(builtin.version().to_owned(), builtin)])),
+            installed_through: watch::channel(Revision::ZERO).0,
         }
     }
 
@@ -97,6 +104,31 @@ impl Policies {
     /// When the earliest version takes effect: no decision can be asked about before it.
     pub fn first_effective_micros(&self) -> i64 {
         self.current.load()[0].effective_from_micros()
+    }
+
+    /// Says that the versions installed include every one applied up to `revision` (the caller
+    /// read them from the store after learning of that revision).
+    pub fn installed_through(&self, revision: Revision) {
+        self.installed_through.send_if_modified(|through| {
+            let newer = revision > *through;
+            *through = (*through).max(revision);
+            newer
+        });
+    }
+
+    pub fn is_installed_through(&self, revision: Revision) -> bool {
+        *self.installed_through.borrow() >= revision
+    }
+
+    /// Waits, at most `timeout`, until the versions applied up to `revision` are installed.
+    pub async fn wait_installed_through(&self, revision: Revision, timeout: Duration) -> bool {
+        let mut through = self.installed_through.subscribe();
+        if *through.borrow_and_update() >= revision {
+            return true;
+        }
+        tokio::time::timeout(timeout, through.wait_for(|through| *through >= revision))
+            .await
+            .is_ok_and(|waited| waited.is_ok())
     }
 
     /// Installs the built-in version and `stored`, compiling the versions not compiled yet.

@@ -134,6 +134,9 @@ impl Application {
             Box::new(decision_log.clone()),
         ]);
         let policies = Arc::new(Policies::builtin());
+        // Read after the cache learnt the latest revision: the versions read include every one
+        // applied up to it.
+        let policies_through = *cache.policy_changes().borrow();
         let stored_policies = self
             .store
             .policy_versions()
@@ -142,6 +145,7 @@ impl Application {
         policies
             .install(&stored_policies)
             .context("cannot load the stored policy versions")?;
+        policies.installed_through(policies_through);
         let checkpoints = self
             .settings
             .checkpoints
@@ -342,14 +346,28 @@ impl Application {
 /// installed before stay in force.
 async fn reload_policies(state: AppState) {
     let mut changes = state.cache.policy_changes();
-    while changes.changed().await.is_ok() {
+    loop {
+        // A version applied between the first load and this subscription is loaded at once.
+        let through = *changes.borrow_and_update();
+        if state.policies.is_installed_through(through) {
+            if changes.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
         match PoliciesService::reload(&state).await {
-            Ok(()) => tracing::info!(
-                versions = state.policies.all().len(),
-                "policy versions reloaded"
-            ),
+            Ok(()) => {
+                state.policies.installed_through(through);
+                tracing::info!(
+                    versions = state.policies.all().len(),
+                    "policy versions reloaded"
+                );
+            }
             Err(error) => {
                 tracing::error!(error = %crate::telemetry::error_chain(&error), "cannot reload the policy versions");
+                if changes.changed().await.is_err() {
+                    return;
+                }
             }
         }
     }

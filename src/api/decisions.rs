@@ -27,6 +27,10 @@ const BATCH_READS_IN_FLIGHT: usize = 16;
 /// read), 200 ms at most, a gateway's authorization timeout.
 const FRESH_READ_TRIES: u32 = 2;
 
+/// How long a Check that demanded a revision waits for the policy versions applied up to it to
+/// load on this replica (a reload reads one table and compiles only new versions).
+const POLICIES_LOAD_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// How many answers of a StreamCheck may wait for the client to read them.
 const STREAM_BUFFER: usize = 256;
 
@@ -93,6 +97,19 @@ impl DecisionsService {
             lookup.record("cache.tier", tier.as_str());
         }
         drop(lookup);
+        // The state reflects the demanded revision; so must the policy versions: one applied
+        // up to it may still be loading here (a client's cache asks at the revision of the
+        // policy change it has just seen, and keeps the answer until its `valid_until`).
+        if query.freshness != Freshness::MinimizeLatency && loaded.is_ok() {
+            let applied = self.state.cache.latest_policy_revision();
+            let policies = &self.state.policies;
+            if !policies
+                .wait_installed_through(applied, POLICIES_LOAD_WAIT)
+                .await
+            {
+                return Err(ApiError::PoliciesLoading);
+            }
+        }
         self.judged(query, loaded, ids)
     }
 
@@ -127,8 +144,12 @@ impl DecisionsService {
         loaded: Result<(DecisionState, Tier), StoreError>,
         ids: &DecisionIds,
     ) -> Result<Verdict, ApiError> {
-        let policy = ids.policy;
         let now = ids.micros();
+        // After a wait for the policy versions (a demanded revision), the one in force now.
+        let policy = match query.freshness {
+            Freshness::MinimizeLatency => ids.policy,
+            _ => self.state.policies.in_force(now),
+        };
         match loaded {
             Ok((state, _tier)) => {
                 let valid_until = valid_until(state.subject.as_ref(), &self.state.policies, now);

@@ -323,6 +323,11 @@ impl SubjectCache {
         self.inner.watermark.applied()
     }
 
+    /// The revision of the latest policy version applied that this replica has learnt of.
+    pub fn latest_policy_revision(&self) -> Revision {
+        *self.inner.policy_changes.borrow()
+    }
+
     /// Changes about no subject (policy versions applied), by the revision of the latest: what
     /// tells this replica to reload its policy versions.
     pub fn policy_changes(&self) -> watch::Receiver<Revision> {
