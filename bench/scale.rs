@@ -1,4 +1,4 @@
-//! Check throughput and latency through one balanced client (`assent::client::Replicas`) over
+//! Check throughput and latency through one balanced client (`assent_client::Replicas`) over
 //! one replica, then over three, all on one PostgreSQL and one Redis: BENCH_SECONDS (default 5)
 //! per setting after a second of warm-up, BENCH_CONCURRENCY (default 32) calls in flight,
 //! 1,000 subjects in the cache, BENCH_ROUNDS (default 3) rounds alternating the settings,
@@ -17,10 +17,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use assent::client::{Replicas, Retry};
 use assent::proto::decisions_client::DecisionsClient;
 use assent::proto::{self, Plan, Purpose};
 use assent::store::testing::{Backend, TestDatabase};
+use assent_client::{Replicas, Retry};
 use support::{Server, ensure_services, env_number, median, seed_subjects};
 
 struct Measured {

@@ -9,7 +9,6 @@ pub mod cache;
 pub mod calendar;
 pub mod checkpoints;
 pub mod cli;
-pub mod client;
 pub mod config;
 pub mod decision_log;
 pub mod domain;

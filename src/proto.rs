@@ -1,9 +1,5 @@
-//! The generated code of the wire contract `assent.v1` (see `proto/`). Conversions to and from
-//! the domain types live in `api/`, next to their use.
+//! The wire contract `assent.v1` (see `proto/`), generated in the client crate, which shares
+//! its types with the server. Conversions to and from the domain types live in `api/`, next to
+//! their use.
 
-#![allow(clippy::all, clippy::pedantic)]
-
-tonic::include_proto!("assent.v1");
-
-/// The encoded file descriptor set of `proto/`, served by gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("assent_descriptor");
+pub use assent_client::proto::*;

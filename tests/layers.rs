@@ -39,7 +39,7 @@ const LAYERS: &[&[&str]] = &[
     &["limits"],
     &["error"],
     &["api"],
-    &["admin", "scenarios", "client"],
+    &["admin", "scenarios"],
     &["config"],
     &["startup"],
     &["cli"],
@@ -577,4 +577,63 @@ fn the_detector_finds_a_loop() {
     let mut acyclic = edges.clone();
     acyclic.insert(2, BTreeSet::from([3]));
     assert!(loops(5, &acyclic).is_empty());
+}
+
+/// The client crate (`clients/rust`) carries none of the server's dependencies: callers link
+/// it without a database driver or a Redis client (what `cargo tree -p assent-client` shows).
+#[test]
+fn the_client_crate_depends_on_neither_sqlx_nor_redis() {
+    let metadata = std::process::Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(metadata.status.success(), "cargo metadata failed");
+    let metadata: serde_json::Value = serde_json::from_slice(&metadata.stdout).unwrap();
+    let nodes: BTreeMap<&str, &serde_json::Value> = metadata["resolve"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|node| (node["id"].as_str().unwrap(), node))
+        .collect();
+    let name_of = |id: &str| -> String {
+        metadata["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|package| package["id"] == id)
+            .unwrap()["name"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let client = nodes
+        .keys()
+        .find(|id| name_of(id) == "assent-client")
+        .expect("the workspace has the client crate");
+    // Every package the client links (normal dependencies, transitively; build scripts and
+    // tests left out).
+    let mut linked = BTreeSet::new();
+    let mut pending = vec![*client];
+    while let Some(id) = pending.pop() {
+        for dependency in nodes[id]["deps"].as_array().unwrap() {
+            let normal = dependency["dep_kinds"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|kind| kind["kind"].is_null());
+            let dependency = dependency["pkg"].as_str().unwrap();
+            if normal && linked.insert(dependency) {
+                pending.push(dependency);
+            }
+        }
+    }
+    let names: BTreeSet<String> = linked.iter().map(|id| name_of(id)).collect();
+    assert!(names.contains("tonic"), "{names:?}");
+    for server_only in ["sqlx", "sqlx-core", "redis", "axum", "opentelemetry"] {
+        assert!(
+            !names.contains(server_only),
+            "the client crate links {server_only}: {names:?}"
+        );
+    }
 }

@@ -1,40 +1,17 @@
 //! The client subcommands: one gRPC call each (ListEvents --all follows pages).
 
 use anyhow::{Context, anyhow};
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use assent_client::{BearerToken, Client, Connection};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use super::output;
 use super::{ActorArgs, AuditCommand, CheckArgs, ClientArgs, HealthArgs, PageArgs, SubjectCommand};
 use crate::proto;
 use crate::proto::audit_client::AuditClient;
 use crate::proto::consistency::Requirement;
-use crate::proto::decisions_client::DecisionsClient;
 use crate::proto::subjects_client::SubjectsClient;
 
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Puts the bearer token, if any, on every call.
-#[derive(Clone)]
-pub(super) struct BearerToken(Option<MetadataValue<Ascii>>);
-
-impl Interceptor for BearerToken {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
-
-pub(super) type Connection = InterceptedService<Channel, BearerToken>;
 
 /// One server's endpoint, with TLS when its address is https://.
 fn endpoint(client: &ClientArgs, address: &str) -> anyhow::Result<Endpoint> {
@@ -67,6 +44,11 @@ fn endpoint(client: &ClientArgs, address: &str) -> anyhow::Result<Endpoint> {
 /// makes one call, so it connects to the replicas in turn from one picked at random (spreading
 /// invocations over them) and uses the first that accepts.
 pub(super) async fn connect(client: &ClientArgs) -> anyhow::Result<Connection> {
+    Ok(client_of(client).await?.connection())
+}
+
+/// [`connect`], as a typed client (with its retries of calls that change nothing).
+async fn client_of(client: &ClientArgs) -> anyhow::Result<Client> {
     let addresses: Vec<&str> = client.server.split(',').map(str::trim).collect();
     let first = std::process::id() as usize % addresses.len();
     let mut refused = Vec::new();
@@ -83,14 +65,12 @@ pub(super) async fn connect(client: &ClientArgs) -> anyhow::Result<Connection> {
     let channel = connected
         .with_context(|| format!("cannot reach the assent server: {}", refused.join("; ")))?;
     let token = match &client.token {
-        Some(token) => Some(
-            format!("Bearer {}", token.trim())
-                .parse()
-                .context("--token: not a valid header value")?,
-        ),
-        None => None,
+        Some(token) => {
+            BearerToken::new(token.trim()).context("--token: not a valid header value")?
+        }
+        None => BearerToken::none(),
     };
-    Ok(InterceptedService::new(channel, BearerToken(token)))
+    Ok(Client::new(channel).with_token(token))
 }
 
 /// A failed call as one line: "INVALID_ARGUMENT: subject_id: must not be empty".
@@ -178,7 +158,7 @@ pub async fn health(args: HealthArgs) -> anyhow::Result<()> {
 }
 
 pub async fn check(args: CheckArgs) -> anyhow::Result<()> {
-    let decisions = DecisionsClient::new(connect(&args.client).await?);
+    let client = client_of(&args.client).await?;
     let requirement = match (&args.at_least_as_fresh, args.fully_consistent) {
         (Some(token), _) => Some(Requirement::AtLeastAsFresh(token.clone())),
         (None, true) => Some(Requirement::FullyConsistent(true)),
@@ -198,15 +178,7 @@ pub async fn check(args: CheckArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     // A check changes nothing: one that a replica left unanswered is tried again.
-    let response = crate::client::Retry::default()
-        .run(|| {
-            let mut decisions = decisions.clone();
-            let request = request.clone();
-            async move { decisions.check(request).await }
-        })
-        .await
-        .map_err(call_failed)?
-        .into_inner();
+    let response = client.check(request).await.map_err(call_failed)?;
     print(
         &args.client,
         output::check_json(&response),

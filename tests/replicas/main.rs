@@ -13,6 +13,7 @@ mod proxy;
 
 mod checkpoints;
 mod forgery;
+mod local_cache;
 mod partition;
 mod roles;
 
@@ -62,6 +63,8 @@ pub(crate) struct Options {
     pub(crate) poll_interval_ms: u64,
     pub(crate) redis_through: Option<SocketAddr>,
     pub(crate) postgres_through: Option<SocketAddr>,
+    /// More `ASSENT_*` settings of every replica.
+    pub(crate) settings: Vec<(&'static str, String)>,
 }
 
 impl Default for Options {
@@ -72,6 +75,7 @@ impl Default for Options {
             poll_interval_ms: 100,
             redis_through: None,
             postgres_through: None,
+            settings: Vec::new(),
         }
     }
 }
@@ -110,6 +114,7 @@ impl Cluster {
             };
             settings.push(("ASSENT_REDIS_URL", url));
         }
+        settings.extend(options.settings);
         let mut cluster = Cluster {
             replicas: Vec::new(),
             decisions: Vec::new(),
@@ -634,13 +639,13 @@ async fn checks_answered(admin: &str) -> u64 {
         .unwrap_or(0.0) as u64
 }
 
-/// Three replicas behind one client-side balanced channel (`assent::client`), callers
+/// Three replicas behind one client-side balanced channel (`assent_client`), callers
 /// retrying unanswered Checks; one replica is killed (SIGKILL) mid-load. Every Check is
 /// answered, none waits longer than the retry budget allows, and before the kill the calls
 /// spread over all three.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_replica_costs_callers_no_answer() {
-    use assent::client::{Replicas, Retry};
+    use assent_client::{Replicas, Retry};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -9,28 +9,21 @@
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-//! use assent::client::{Replicas, Retry};
-//! use assent::proto::decisions_client::DecisionsClient;
+//! use assent_client::{Client, Replicas};
 //! use tonic::transport::Endpoint;
 //!
 //! let endpoints = ["http://10.0.0.11:50051", "http://10.0.0.12:50051"]
 //!     .into_iter()
 //!     .map(Endpoint::from_static)
 //!     .collect();
-//! let replicas = Replicas::connect(endpoints);
-//! let mut decisions = DecisionsClient::new(replicas.channel());
-//! let request = assent::proto::CheckRequest {
+//! let client = Client::over(Replicas::connect(endpoints));
+//! let request = assent_client::proto::CheckRequest {
 //!     subject_id: "user-1".into(),
-//!     purpose: assent::proto::Purpose::ModelTraining as i32,
+//!     purpose: assent_client::proto::Purpose::ModelTraining as i32,
 //!     ..Default::default()
 //! };
-//! let answer = Retry::default()
-//!     .run(|| {
-//!         let mut decisions = decisions.clone();
-//!         let request = request.clone();
-//!         async move { decisions.check(request).await }
-//!     })
-//!     .await?;
+//! // Retried (Retry::default) when a replica going away left it unanswered.
+//! let answer = client.check(request).await?;
 //! # Ok(())
 //! # }
 //! ```
@@ -49,6 +42,11 @@ use tonic_health::pb::health_client::HealthClient;
 /// How long a replica that went away waits before it is asked again.
 const RECONNECT_INTERVAL: Duration = Duration::from_millis(250);
 
+/// HTTP/2 pings on every replica's connection, this often, answered within as long: a
+/// partitioned replica (nothing refused, nothing answered) leaves the channel within about two
+/// seconds, and its streams (a local cache's Watch) fail rather than wait forever.
+const KEEPALIVE: Duration = Duration::from_secs(1);
+
 /// A channel over a set of replicas. A replica takes calls while its health service reports
 /// SERVING: each is watched over a health `Watch` stream of its own, so a replica that stops
 /// (or starts draining) leaves the channel at once, and is put back when it serves again.
@@ -60,11 +58,17 @@ pub struct Replicas {
 
 impl Replicas {
     /// Starts watching `endpoints`; calls made before any replica is known to serve wait for
-    /// one (up to the call's own deadline).
+    /// one (up to the call's own deadline). Sets HTTP/2 keepalive pings on the endpoints.
     pub fn connect(endpoints: Vec<Endpoint>) -> Replicas {
         let (channel, changes) = Channel::balance_channel(endpoints.len().max(1) * 4);
         let watchers = endpoints
             .into_iter()
+            .map(|endpoint| {
+                endpoint
+                    .http2_keep_alive_interval(KEEPALIVE)
+                    .keep_alive_timeout(KEEPALIVE)
+                    .keep_alive_while_idle(true)
+            })
             .enumerate()
             .map(|(key, endpoint)| tokio::spawn(watch(key, endpoint, changes.clone())))
             .collect();
