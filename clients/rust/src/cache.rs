@@ -532,10 +532,9 @@ async fn watch_changes(shared: Arc<Shared>, watch: Client) {
     let mut changes = watch.changes();
     let heartbeat_interval_ms =
         u32::try_from(shared.options.heartbeat_interval.as_millis()).unwrap_or(u32::MAX);
-    // A stream that says nothing for this long is given up on (a partition refuses nothing).
-    let silence = shared
-        .stale_after
-        .max(shared.options.heartbeat_interval * 2);
+    // A stream that says nothing for this long is given up on (a partition refuses nothing);
+    // memory stopped answering at half of it.
+    let silence = shared.stale_after * 2;
     let mut backoff = FIRST_BACKOFF;
     loop {
         let since = shared.revision();

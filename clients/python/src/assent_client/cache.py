@@ -233,6 +233,7 @@ class _CacheCore:
         with self._lock:
             self._memory.clear()
             self._epoch += 1
+            self._invalidations += 1
             self._revision = ""
 
     def _silent_for(self) -> float:
