@@ -364,18 +364,9 @@ async fn a_reconnect_catches_up_from_its_last_revision() {
         assert_eq!(training(&cache, subject_id).await.from, AnswerFrom::Memory);
     }
 
-    proxy.cut();
+    // Five writes starting with an opt-out: the last is an opt-out.
     let mut choice = Choice::Refused;
-    for _ in 0..5 {
-        cluster
-            .set_choice(1, "changed", Purpose::ModelTraining, choice)
-            .await
-            .unwrap();
-        choice = crate::flip(choice);
-    }
-    // The last write was Refused (5 writes starting with Refused).
-    proxy.restore().await;
-    assert!(cache.wait_fresh(Duration::from_secs(10)).await);
+    changes_while_cut(&mut cluster, &proxy, &cache, 5, &mut choice).await;
     let changed = training(&cache, "changed").await;
     assert_eq!(
         (changed.response.decision(), changed.from),
@@ -390,16 +381,7 @@ async fn a_reconnect_catches_up_from_its_last_revision() {
 
     // More changes missed than the server replays (20): told to resync, the cache forgets
     // everything and watches from the latest revision.
-    proxy.cut();
-    for _ in 0..25 {
-        cluster
-            .set_choice(1, "changed", Purpose::ModelTraining, choice)
-            .await
-            .unwrap();
-        choice = crate::flip(choice);
-    }
-    proxy.restore().await;
-    assert!(cache.wait_fresh(Duration::from_secs(10)).await);
+    changes_while_cut(&mut cluster, &proxy, &cache, 25, &mut choice).await;
     let unchanged = training(&cache, "unchanged").await;
     assert_eq!(
         (unchanged.response.decision(), unchanged.from),
@@ -408,4 +390,34 @@ async fn a_reconnect_catches_up_from_its_last_revision() {
     // An open Watch holds a server's graceful shutdown: the cache goes first.
     drop(cache);
     cluster.stop();
+}
+
+/// Cuts the cache's Watch, waits until the cache knows, toggles the training choice of
+/// "changed" `writes` times through the other replica (from `choice`), and gives the Watch back
+/// until the cache is fresh again.
+async fn changes_while_cut(
+    cluster: &mut Cluster,
+    proxy: &FaultProxy,
+    cache: &LocalCache,
+    writes: usize,
+    choice: &mut Choice,
+) {
+    proxy.cut();
+    let cut = Instant::now();
+    while cache.is_fresh() {
+        assert!(
+            cut.elapsed() < Duration::from_secs(5),
+            "the cut went unnoticed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for _ in 0..writes {
+        cluster
+            .set_choice(1, "changed", Purpose::ModelTraining, *choice)
+            .await
+            .unwrap();
+        *choice = crate::flip(*choice);
+    }
+    proxy.restore().await;
+    assert!(cache.wait_fresh(Duration::from_secs(10)).await);
 }
