@@ -7,9 +7,11 @@
 
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
-# build.rs compiles proto/ with protox (pure Rust): no protoc needed.
-COPY Cargo.toml Cargo.lock build.rs ./
+# The client crate (a workspace member) compiles proto/ with protox (pure Rust): no protoc
+# needed.
+COPY Cargo.toml Cargo.lock ./
 COPY proto ./proto
+COPY clients/rust ./clients/rust
 COPY migrations ./migrations
 COPY policies ./policies
 COPY src ./src

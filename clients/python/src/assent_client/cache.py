@@ -56,6 +56,7 @@ HEARTBEAT_MIN = 0.1
 HEARTBEAT_MAX = 60.0
 
 _REVISION_PREFIX = "r1."
+_CONVERSATION = pb.SOURCE_CONVERSATION
 _NEVER = float("inf")
 
 Key = tuple[int, Optional[str], int]
@@ -400,7 +401,10 @@ class LocalCache(_CacheCore):
         key = (
             purpose if type(purpose) is int else purpose_value(purpose),
             conversation_id,
-            0 if source is None else (source if type(source) is int else source_value(source)),
+            # The server reads UNSPECIFIED as CONVERSATION: one question, one key.
+            _CONVERSATION
+            if source is None
+            else ((source if type(source) is int else source_value(source)) or _CONVERSATION),
         )
         if _monotonic() < self._fresh_until:
             answers = self._memory.get(subject_id)
@@ -554,7 +558,10 @@ class AsyncLocalCache(_CacheCore):
         key = (
             purpose if type(purpose) is int else purpose_value(purpose),
             conversation_id,
-            0 if source is None else (source if type(source) is int else source_value(source)),
+            # The server reads UNSPECIFIED as CONVERSATION: one question, one key.
+            _CONVERSATION
+            if source is None
+            else ((source if type(source) is int else source_value(source)) or _CONVERSATION),
         )
         if _monotonic() < self._fresh_until:
             answers = self._memory.get(subject_id)
