@@ -1,0 +1,175 @@
+//! Group commit: writes that arrive while another group is being committed are applied together,
+//! in one transaction under one hold of the chain head, and committed once.
+//!
+//! Each write of a group is still its own change, audit event and revision, applied in arrival
+//! order (a later write of the group sees the earlier ones), and its own outcome: a write refused
+//! (its subject unknown or deleted) is refused before it writes anything, and the others go on.
+//! Every write is acknowledged only after its group committed. There is no waiting for a group
+//! to fill: the first write of an idle store is committed at once, alone, and the writes that
+//! queue meanwhile form the next group (at most [`MAX_GROUP`]).
+//!
+//! When a group fails for a reason that is not the store's availability (a query the database
+//! refuses), nothing of it was committed, and its writes are applied again one by one, each with
+//! its own outcome, so that one write the database refuses cannot fail the others. When the
+//! store is unavailable, every write of the group fails with that; when the commit's outcome is
+//! unknown, so is every write's.
+//!
+//! Writers do not run a task of their own: the writer that finds no group being committed spawns
+//! the one that commits groups until the queue is empty (a task, so that a caller that gives up
+//! does not cut a group's transaction short; its write may still be applied, as a write whose
+//! answer was lost).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::oneshot;
+
+use super::{Access, Store, StoreError, WriteOutcome, WriteRequest, rows};
+
+/// Writes of one group at most: the chain head is held for the group's statements.
+const MAX_GROUP: usize = 128;
+
+/// The writes waiting for the next group, and whether a task is committing groups.
+#[derive(Debug, Default)]
+pub struct WriteQueue {
+    pending: Mutex<Vec<Pending>>,
+    leading: AtomicBool,
+    /// Groups of more than one write committed, and the writes in them.
+    groups: AtomicU64,
+    grouped_writes: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Pending {
+    request: WriteRequest,
+    reply: oneshot::Sender<Result<WriteOutcome, StoreError>>,
+}
+
+impl WriteQueue {
+    fn take(&self, at_most: usize) -> Vec<Pending> {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = pending.len().min(at_most);
+        pending.drain(..count).collect()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+    }
+}
+
+impl Store {
+    /// Groups of more than one write committed since the store was opened, and the writes in
+    /// them.
+    pub fn write_groups(&self) -> (u64, u64) {
+        let queue = self.write_queue();
+        (
+            queue.groups.load(Ordering::Relaxed),
+            queue.grouped_writes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Queues `request` for the next group and waits for its outcome.
+    pub(super) async fn write_grouped(
+        &self,
+        request: WriteRequest,
+    ) -> Result<WriteOutcome, StoreError> {
+        let queue = self.write_queue();
+        let (reply, outcome) = oneshot::channel();
+        queue
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Pending { request, reply });
+        if !queue.leading.swap(true, Ordering::AcqRel) {
+            let store = self.clone();
+            tokio::spawn(async move { store.commit_groups(queue).await });
+        }
+        outcome.await.unwrap_or_else(|_| {
+            Err(StoreError::GroupUnavailable(
+                "the task committing it stopped".into(),
+            ))
+        })
+    }
+
+    /// Commits groups until no write waits.
+    async fn commit_groups(&self, queue: Arc<WriteQueue>) {
+        loop {
+            let group = queue.take(MAX_GROUP);
+            if group.is_empty() {
+                queue.leading.store(false, Ordering::Release);
+                // A write queued after the take above whose writer still saw this task leading:
+                // take the lead again, unless another writer took it.
+                if queue.is_empty() || queue.leading.swap(true, Ordering::AcqRel) {
+                    return;
+                }
+                continue;
+            }
+            self.commit_group(group).await;
+        }
+    }
+
+    async fn commit_group(&self, group: Vec<Pending>) {
+        let (requests, replies): (Vec<WriteRequest>, Vec<_>) = group
+            .into_iter()
+            .map(|pending| (pending.request, pending.reply))
+            .unzip();
+        if let [request] = requests.as_slice() {
+            let outcome = self.write_one(request).await;
+            let _ = replies.into_iter().next().map(|reply| reply.send(outcome));
+            return;
+        }
+        let committed = self
+            .run("write", Access::Write, async |connection| {
+                rows::write_group_in(connection, &requests).await
+            })
+            .await;
+        match committed {
+            Ok(outcomes) => {
+                let queue = self.write_queue();
+                queue.groups.fetch_add(1, Ordering::Relaxed);
+                queue
+                    .grouped_writes
+                    .fetch_add(outcomes.len() as u64, Ordering::Relaxed);
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(outcome);
+                }
+            }
+            Err(error) if error.is_unavailable() => {
+                let commit_unknown = matches!(error, StoreError::CommitUnknown { .. });
+                let cause = crate::telemetry::error_chain(&error);
+                for reply in replies {
+                    let unavailable = StoreError::GroupUnavailable(cause.clone());
+                    let _ = reply.send(Err(if commit_unknown {
+                        StoreError::CommitUnknown {
+                            operation: "write",
+                            cause: Box::new(unavailable),
+                        }
+                    } else {
+                        unavailable
+                    }));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(
+                    error = %crate::telemetry::error_chain(&error),
+                    writes = requests.len(),
+                    "a write group failed; applying its writes one by one"
+                );
+                for (request, reply) in requests.iter().zip(replies) {
+                    let _ = reply.send(self.write_one(request).await);
+                }
+            }
+        }
+    }
+
+    /// One write in a transaction of its own.
+    async fn write_one(&self, request: &WriteRequest) -> Result<WriteOutcome, StoreError> {
+        self.run("write", Access::Write, async |connection| {
+            rows::write_in(connection, request).await
+        })
+        .await
+    }
+}
