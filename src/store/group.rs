@@ -60,6 +60,23 @@ impl WriteQueue {
     }
 }
 
+/// The lead of a task committing groups. Dropped before the task `ended` only if it ends
+/// abnormally (a panic): the writes waiting are told the store is unavailable, and the next
+/// write starts a new task, rather than every later write waiting for a task that is gone.
+struct Lead {
+    queue: Arc<WriteQueue>,
+    ended: bool,
+}
+
+impl Drop for Lead {
+    fn drop(&mut self) {
+        if !self.ended {
+            drop(self.queue.take(usize::MAX));
+            self.queue.leading.store(false, Ordering::Release);
+        }
+    }
+}
+
 impl Store {
     /// Groups of more than one write committed since the store was opened, and the writes in
     /// them.
@@ -96,13 +113,18 @@ impl Store {
 
     /// Commits groups until no write waits.
     async fn commit_groups(&self, queue: Arc<WriteQueue>) {
+        let mut lead = Lead {
+            queue,
+            ended: false,
+        };
         loop {
-            let group = queue.take(MAX_GROUP);
+            let group = lead.queue.take(MAX_GROUP);
             if group.is_empty() {
-                queue.leading.store(false, Ordering::Release);
+                lead.queue.leading.store(false, Ordering::Release);
                 // A write queued after the take above whose writer still saw this task leading:
                 // take the lead again, unless another writer took it.
-                if queue.is_empty() || queue.leading.swap(true, Ordering::AcqRel) {
+                if lead.queue.is_empty() || lead.queue.leading.swap(true, Ordering::AcqRel) {
+                    lead.ended = true;
                     return;
                 }
                 continue;
