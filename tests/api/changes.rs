@@ -97,7 +97,12 @@ async fn watch(app: &TestApp, since: &str) -> tonic::Streaming<proto::WatchRespo
 /// start, dropping its stream midway and resuming from the last revision it saw.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_watcher_sees_every_change_once_in_order_across_a_reconnect() {
-    let app = TestApp::spawn().await;
+    // The writers write as fast as the store commits (in groups, past one caller's default
+    // limit of 1,000 writes a second).
+    let app = TestApp::spawn_adjusted(|settings| {
+        settings.limits.writes_per_second = 0;
+    })
+    .await;
     let total = WRITERS * CHANGES_PER_WRITER;
     let writers: Vec<_> = (0..WRITERS)
         .map(|writer| {
