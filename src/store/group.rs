@@ -14,6 +14,9 @@
 //! store is unavailable, every write of the group fails with that; when the commit's outcome is
 //! unknown, so is every write's.
 //!
+//! A group's store spans are recorded in the trace of its first write (a write alone, the usual
+//! case below saturation, in its own).
+//!
 //! Writers do not run a task of their own: the writer that finds no group being committed spawns
 //! the one that commits groups until the queue is empty (a task, so that a caller that gives up
 //! does not cut a group's transaction short; its write may still be applied, as a write whose
@@ -23,6 +26,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::oneshot;
+use tracing::Instrument;
+
+use crate::telemetry::layer::{self, CallTrace};
 
 use super::{Access, Store, StoreError, WriteOutcome, WriteRequest, rows};
 
@@ -43,6 +49,30 @@ pub struct WriteQueue {
 struct Pending {
     request: WriteRequest,
     reply: oneshot::Sender<Result<WriteOutcome, StoreError>>,
+    /// The writer's span and call: a group's store spans are recorded under its first write's
+    /// (a write alone, the usual case below saturation, under its own).
+    trace: Trace,
+}
+
+/// Where a write's store spans go: its span, and its call's trace decision (a task-local of
+/// the call, which a spawned task does not inherit).
+#[derive(Clone, Debug)]
+struct Trace {
+    span: tracing::Span,
+    call: CallTrace,
+}
+
+impl Trace {
+    fn current() -> Trace {
+        Trace {
+            span: tracing::Span::current(),
+            call: layer::current_call(),
+        }
+    }
+
+    async fn around<F: Future>(self, work: F) -> F::Output {
+        layer::within_call(self.call, work.instrument(self.span)).await
+    }
 }
 
 impl WriteQueue {
@@ -99,7 +129,11 @@ impl Store {
             .pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(Pending { request, reply });
+            .push(Pending {
+                request,
+                reply,
+                trace: Trace::current(),
+            });
         if !queue.leading.swap(true, Ordering::AcqRel) {
             let store = self.clone();
             tokio::spawn(async move { store.commit_groups(queue).await });
@@ -134,19 +168,21 @@ impl Store {
     }
 
     async fn commit_group(&self, group: Vec<Pending>) {
-        let (requests, replies): (Vec<WriteRequest>, Vec<_>) = group
+        let trace = group[0].trace.clone();
+        let (requests, replies_and_traces): (Vec<WriteRequest>, Vec<_>) = group
             .into_iter()
-            .map(|pending| (pending.request, pending.reply))
+            .map(|pending| (pending.request, (pending.reply, pending.trace)))
             .unzip();
+        let (replies, traces): (Vec<_>, Vec<_>) = replies_and_traces.into_iter().unzip();
         if let [request] = requests.as_slice() {
-            let outcome = self.write_one(request).await;
+            let outcome = trace.around(self.write_one(request)).await;
             let _ = replies.into_iter().next().map(|reply| reply.send(outcome));
             return;
         }
-        let committed = self
-            .run("write", Access::Write, async |connection| {
+        let committed = trace
+            .around(self.run("write", Access::Write, async |connection| {
                 rows::write_group_in(connection, &requests).await
-            })
+            }))
             .await;
         match committed {
             Ok(outcomes) => {
@@ -180,8 +216,8 @@ impl Store {
                     writes = requests.len(),
                     "a write group failed; applying its writes one by one"
                 );
-                for (request, reply) in requests.iter().zip(replies) {
-                    let _ = reply.send(self.write_one(request).await);
+                for ((request, reply), trace) in requests.iter().zip(replies).zip(traces) {
+                    let _ = reply.send(trace.around(self.write_one(request)).await);
                 }
             }
         }
