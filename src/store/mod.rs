@@ -9,7 +9,6 @@
 //! and the calls stay statically dispatched).
 
 pub mod change;
-mod group;
 pub mod history;
 mod postgres;
 pub mod replay;
@@ -566,10 +565,6 @@ pub enum StoreError {
         operation: &'static str,
         after: Duration,
     },
-    /// The write group a write was committed in failed because the store is unavailable (each
-    /// write of the group is told so, with the group's error).
-    #[error("the store is unavailable: {0}")]
-    GroupUnavailable(String),
     /// A write whose commit was sent but never confirmed: it may or may not be applied.
     #[error("the store did not confirm the commit of {operation}: it may or may not be applied")]
     CommitUnknown {
@@ -681,7 +676,6 @@ impl StoreError {
         matches!(
             self,
             StoreError::Unavailable(_)
-                | StoreError::GroupUnavailable(_)
                 | StoreError::TimedOut { .. }
                 | StoreError::CommitUnknown { .. }
         )
@@ -774,15 +768,10 @@ impl Store {
             }
             _ => request,
         };
-        self.write_grouped(request.clone()).await
-    }
-
-    /// The writes waiting to be committed together ([`group`]).
-    fn write_queue(&self) -> std::sync::Arc<group::WriteQueue> {
-        match self {
-            Store::Sqlite(store) => store.writes.clone(),
-            Store::Postgres(store) => store.writes.clone(),
-        }
+        self.run("write", Access::Write, async |connection| {
+            rows::write_in(connection, request).await
+        })
+        .await
     }
 
     /// The stored choices whose expiry is at or before `now_micros`, the earliest first, at

@@ -46,28 +46,6 @@ pub(super) async fn write_in(
     command_in(&mut *connection, &mut head, request, None).await
 }
 
-/// Applies `requests` in order inside one open write transaction, under one hold of the chain
-/// head; the caller commits. Each write is its own change and event; one refused (its subject
-/// unknown or deleted: refused before it writes anything) is refused alone. Any other failure
-/// fails them all (the caller rolls back).
-pub(super) async fn write_group_in(
-    connection: &mut Connection,
-    requests: &[WriteRequest],
-) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
-    let mut head = chain_head(&mut *connection).await?;
-    let mut outcomes = Vec::with_capacity(requests.len());
-    for request in requests {
-        match command_in(&mut *connection, &mut head, request, None).await {
-            Ok(outcome) => outcomes.push(Ok(outcome)),
-            Err(refused @ (StoreError::NotFound(_) | StoreError::SubjectDeleted(_))) => {
-                outcomes.push(Err(refused));
-            }
-            Err(error) => return Err(error),
-        }
-    }
-    Ok(outcomes)
-}
-
 /// Applies one command after the chain head `head` (taken by the caller) and moves
 /// `head` to the event it appends, if any. `rights_request`: the rights request the
 /// change is the effect of, named in the event's detail.

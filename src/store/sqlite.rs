@@ -28,8 +28,6 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     pub(super) timeouts: StoreTimeouts,
-    /// Writes waiting to be committed together (`store::group`).
-    pub(super) writes: std::sync::Arc<super::group::WriteQueue>,
 }
 
 impl SqliteStore {
@@ -62,7 +60,6 @@ impl SqliteStore {
             writer,
             reader,
             timeouts,
-            writes: std::sync::Arc::default(),
         })
     }
 
