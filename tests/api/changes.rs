@@ -97,8 +97,8 @@ async fn watch(app: &TestApp, since: &str) -> tonic::Streaming<proto::WatchRespo
 /// start, dropping its stream midway and resuming from the last revision it saw.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_watcher_sees_every_change_once_in_order_across_a_reconnect() {
-    // The writers write as fast as the store commits (in groups, past one caller's default
-    // limit of 1,000 writes a second).
+    // The writers write as fast as the store commits; one caller's write rate limit (1,000 a
+    // second by default) is not what this test is about.
     let app = TestApp::spawn_adjusted(|settings| {
         settings.limits.writes_per_second = 0;
     })
