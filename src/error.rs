@@ -131,9 +131,9 @@ impl From<StoreError> for ApiError {
         match error {
             StoreError::NotFound(subject_id) => ApiError::SubjectNotFound(subject_id),
             StoreError::SubjectDeleted(subject_id) => ApiError::SubjectDeleted(subject_id),
-            StoreError::Unavailable(_) | StoreError::TimedOut { .. } => {
-                ApiError::StoreUnavailable(error)
-            }
+            StoreError::Unavailable(_)
+            | StoreError::GroupUnavailable(_)
+            | StoreError::TimedOut { .. } => ApiError::StoreUnavailable(error),
             StoreError::CommitUnknown { .. } => ApiError::WriteUnconfirmed(error),
             StoreError::RequestNotFound(request_id) => ApiError::NotFound {
                 field: "request_id".into(),
@@ -169,6 +169,7 @@ impl From<StoreError> for ApiError {
                     .into(),
             },
             StoreError::TreeNotBuilt
+            | StoreError::Abandoned
             | StoreError::Query(_)
             | StoreError::Migration(_)
             | StoreError::MigrationNotPermitted(_)

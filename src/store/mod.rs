@@ -9,6 +9,7 @@
 //! and the calls stay statically dispatched).
 
 pub mod change;
+mod group;
 pub mod history;
 mod postgres;
 pub mod replay;
@@ -565,6 +566,14 @@ pub enum StoreError {
         operation: &'static str,
         after: Duration,
     },
+    /// The write group a write was committed in failed because the store is unavailable (each
+    /// write of the group is told so, with the group's error).
+    #[error("the store is unavailable: {0}")]
+    GroupUnavailable(String),
+    /// A write's caller gave up (its deadline passed) while its group was applied: the group is
+    /// rolled back and applied again without it (never seen by a caller).
+    #[error("the writer gave up before its write was committed")]
+    Abandoned,
     /// A write whose commit was sent but never confirmed: it may or may not be applied.
     #[error("the store did not confirm the commit of {operation}: it may or may not be applied")]
     CommitUnknown {
@@ -676,6 +685,7 @@ impl StoreError {
         matches!(
             self,
             StoreError::Unavailable(_)
+                | StoreError::GroupUnavailable(_)
                 | StoreError::TimedOut { .. }
                 | StoreError::CommitUnknown { .. }
         )
@@ -768,10 +778,15 @@ impl Store {
             }
             _ => request,
         };
-        self.run("write", Access::Write, async |connection| {
-            rows::write_in(connection, request).await
-        })
-        .await
+        self.write_grouped(request.clone()).await
+    }
+
+    /// The writes waiting to be committed together ([`group`]).
+    fn write_queue(&self) -> std::sync::Arc<group::WriteQueue> {
+        match self {
+            Store::Sqlite(store) => store.writes.clone(),
+            Store::Postgres(store) => store.writes.clone(),
+        }
     }
 
     /// The stored choices whose expiry is at or before `now_micros`, the earliest first, at

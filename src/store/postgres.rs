@@ -280,6 +280,8 @@ pub struct PostgresStore {
     pub(super) timeouts: StoreTimeouts,
     /// The days whose decision_log partition is known to exist.
     decision_partitions: Arc<Mutex<HashSet<i64>>>,
+    /// Writes waiting to be committed together (`store::group`).
+    pub(super) writes: Arc<super::group::WriteQueue>,
 }
 
 const PARTITION_PREFIX: &str = "decision_log_";
@@ -317,6 +319,7 @@ impl PostgresStore {
             pool,
             timeouts,
             decision_partitions: Arc::default(),
+            writes: Arc::default(),
         })
     }
 

@@ -5,6 +5,8 @@
 //! (connection setup, how a transaction begins and how the chain head is locked, the decision
 //! log, change notification) stays in `sqlite.rs` and `postgres.rs`.
 
+use std::collections::HashMap;
+
 use sha2::Digest as _;
 
 use crate::audit::merkle::{self, Frontier, Hash, NodeId};
@@ -36,14 +38,63 @@ const EVENTS_AFTER: &str = "SELECT e.*, p.salt, p.detail_json FROM audit_events 
     LEFT JOIN audit_payloads AS p ON p.sequence = e.sequence
     WHERE e.sequence > $1 ORDER BY e.sequence LIMIT $2";
 
-/// Applies a write inside an open write transaction; the caller commits.
-pub(super) async fn write_in(
+/// Applies `requests` in order inside one open write transaction, under one hold of the chain
+/// head; the caller commits. Each write is its own change and event; one refused (its subject
+/// unknown or deleted: refused before it writes anything) is refused alone. Any other failure
+/// fails them all (the caller rolls back).
+///
+/// `wanted(index)` says whether the writer of `requests[index]` still waits for it: one that
+/// gave up (its deadline passed while the head was held by another transaction) is left out
+/// (`None`), and one that gives up while the group is applied fails the whole group with
+/// [`StoreError::Abandoned`] just before the commit, so that the caller rolls back and applies
+/// the group again without it. A write answered DEADLINE_EXCEEDED is never applied (but for the
+/// moment between that last look and the commit, as for any write whose caller gives up during
+/// its commit).
+pub(super) async fn write_group_in(
     connection: &mut Connection,
-    request: &WriteRequest,
-) -> Result<WriteOutcome, StoreError> {
-    // The head first: where it is locked, this orders every writer before any read.
+    requests: &[WriteRequest],
+    wanted: &(dyn Fn(usize) -> bool + Sync),
+) -> Result<Vec<Option<Result<WriteOutcome, StoreError>>>, StoreError> {
     let mut head = chain_head(&mut *connection).await?;
-    command_in(&mut *connection, &mut head, request, None).await
+    // The group's statements are few: its subjects are read at once, each write then only
+    // writes its rows, and its events are appended together at the end.
+    head.appends = Some(Vec::new());
+    let subject_ids: Vec<&str> = requests
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| wanted(*index))
+        .map(|(_, request)| request.subject_id.as_str())
+        .collect();
+    let mut loaded = load_subjects(&mut *connection, &subject_ids).await?;
+    let mut outcomes = Vec::with_capacity(requests.len());
+    for (index, request) in requests.iter().enumerate() {
+        if !wanted(index) {
+            outcomes.push(None);
+            continue;
+        }
+        // A subject a write of the group changed already is read again (within the
+        // transaction, which sees that write).
+        let current = match loaded.remove(request.subject_id.as_str()) {
+            Some(current) => current,
+            None => load_subject(&mut *connection, request.subject_id.as_str()).await?,
+        };
+        let outcome = command_after(&mut *connection, &mut head, request, current, None).await;
+        match outcome {
+            Ok(outcome) => outcomes.push(Some(Ok(outcome))),
+            Err(refused @ (StoreError::NotFound(_) | StoreError::SubjectDeleted(_))) => {
+                outcomes.push(Some(Err(refused)));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    let applied = |(index, outcome): (usize, &Option<Result<WriteOutcome, StoreError>>)| {
+        matches!(outcome, Some(Ok(done)) if done.changed) && !wanted(index)
+    };
+    if outcomes.iter().enumerate().any(applied) {
+        return Err(StoreError::Abandoned);
+    }
+    write_appends(&mut *connection, &mut head).await?;
+    Ok(outcomes)
 }
 
 /// Applies one command after the chain head `head` (taken by the caller) and moves
@@ -55,8 +106,19 @@ async fn command_in(
     request: &WriteRequest,
     rights_request: Option<&str>,
 ) -> Result<WriteOutcome, StoreError> {
+    let current = load_subject(&mut *connection, request.subject_id.as_str()).await?;
+    command_after(connection, head, request, current, rights_request).await
+}
+
+/// [`command_in`] with the subject as it stands (`current`, read by the caller).
+async fn command_after(
+    connection: &mut Connection,
+    head: &mut ChainHead,
+    request: &WriteRequest,
+    current: Option<(SubjectRecord, Revision)>,
+    rights_request: Option<&str>,
+) -> Result<WriteOutcome, StoreError> {
     let subject_id = request.subject_id.as_str();
-    let current = load_subject(&mut *connection, subject_id).await?;
     let conversation = match request.command.conversation_id() {
         Some(conversation_id) => {
             load_conversation(&mut *connection, subject_id, conversation_id).await?
@@ -119,6 +181,9 @@ pub(super) struct ChainHead {
     sequence: u64,
     hash: String,
     frontier: Frontier,
+    /// When set (a write group), the events sealed after the head taken, with the tree nodes
+    /// their leaves complete, not yet written: [`write_appends`] writes them together.
+    appends: Option<Vec<(AuditEvent, Vec<u8>)>>,
 }
 
 impl ChainHead {
@@ -894,32 +959,89 @@ pub(super) async fn load_subject(
         .fetch_optional()
         .await?;
     let Some(row) = row else { return Ok(None) };
+    let (mut record, revision) = subject_from_row(&row)?;
+    for entry in load_choices(&mut *connection, subject_id).await? {
+        with_choice(&mut record, entry);
+    }
+    Ok(Some((record, revision)))
+}
+
+/// [`load_subject`] of every subject in `subject_ids`, in two statements: an id missing from
+/// the answer is a subject that does not exist.
+async fn load_subjects(
+    connection: &mut Connection,
+    subject_ids: &[&str],
+) -> Result<HashMap<String, Option<(SubjectRecord, Revision)>>, StoreError> {
+    let mut loaded: HashMap<String, Option<(SubjectRecord, Revision)>> = subject_ids
+        .iter()
+        .map(|subject_id| ((*subject_id).to_owned(), None))
+        .collect();
+    if loaded.is_empty() {
+        return Ok(loaded);
+    }
+    let ids: Vec<String> = loaded.keys().cloned().collect();
+    let list = placeholders(1, ids.len());
+    let mut statement = connection.query(sqlx::AssertSqlSafe(format!(
+        "SELECT subject_id, plan, jurisdiction, status, gpc, zero_data_retention, revision
+         FROM subjects WHERE subject_id IN {list}"
+    )));
+    for subject_id in &ids {
+        statement = statement.bind(subject_id.clone());
+    }
+    for row in statement.fetch_all().await? {
+        let subject_id: String = row.try_get("subject_id")?;
+        let subject = subject_from_row(&row)?;
+        if let Some(entry) = loaded.get_mut(&subject_id) {
+            *entry = Some(subject);
+        }
+    }
+    let mut statement = connection.query(sqlx::AssertSqlSafe(format!(
+        "SELECT subject_id, purpose, choice, updated_at, notice_version, method, caller,
+                expires_at
+         FROM choices WHERE subject_id IN {list} ORDER BY subject_id, purpose"
+    )));
+    for subject_id in &ids {
+        statement = statement.bind(subject_id.clone());
+    }
+    for row in statement.fetch_all().await? {
+        let subject_id: String = row.try_get("subject_id")?;
+        let entry = choice_from_row(&row)?;
+        if let Some(Some((record, _))) = loaded.get_mut(&subject_id) {
+            with_choice(record, entry);
+        }
+    }
+    Ok(loaded)
+}
+
+/// A subject's row, its choices not yet added.
+fn subject_from_row(row: &Row) -> Result<(SubjectRecord, Revision), StoreError> {
     let plan: Option<String> = row.try_get("plan")?;
     let state = SubjectState {
         plan: plan
             .as_deref()
             .map(|name| parse("plan", name, Plan::from_name))
             .transpose()?,
-        status: parse_column(&row, "status", Status::from_name)?,
+        status: parse_column(row, "status", Status::from_name)?,
         gpc: row.try_get("gpc")?,
         zero_data_retention: row.try_get("zero_data_retention")?,
         ..SubjectState::new()
     };
-    let mut record = SubjectRecord {
+    let record = SubjectRecord {
         state,
         jurisdiction: row.try_get("jurisdiction")?,
         consent: Default::default(),
     };
-    for entry in load_choices(&mut *connection, subject_id).await? {
-        let consent = ConsentMeta {
-            notice_version: entry.notice_version,
-            method: entry.method,
-            expires_at_micros: entry.expires_at_micros,
-        };
-        record.set_choice(entry.purpose, Some(entry.choice), &consent);
-    }
     let revision = Revision::new(from_i64(row.try_get("revision")?));
-    Ok(Some((record, revision)))
+    Ok((record, revision))
+}
+
+fn with_choice(record: &mut SubjectRecord, entry: ChoiceEntry) {
+    let consent = ConsentMeta {
+        notice_version: entry.notice_version,
+        method: entry.method,
+        expires_at_micros: entry.expires_at_micros,
+    };
+    record.set_choice(entry.purpose, Some(entry.choice), &consent);
 }
 
 /// The subject with its choices, or `None` if never seen.
@@ -1071,20 +1193,22 @@ pub(super) async fn load_choices(
         .await?;
     let mut entries = rows
         .iter()
-        .map(|row| {
-            Ok(ChoiceEntry {
-                purpose: parse_column(row, "purpose", Purpose::from_name)?,
-                choice: parse_column(row, "choice", Choice::from_name)?,
-                updated_at_micros: row.try_get("updated_at")?,
-                notice_version: row.try_get("notice_version")?,
-                method: parse_column(row, "method", ConsentMethod::from_name)?,
-                caller: row.try_get("caller")?,
-                expires_at_micros: row.try_get("expires_at")?,
-            })
-        })
+        .map(choice_from_row)
         .collect::<Result<Vec<_>, StoreError>>()?;
     entries.sort_by_key(|entry| entry.purpose);
     Ok(entries)
+}
+
+fn choice_from_row(row: &Row) -> Result<ChoiceEntry, StoreError> {
+    Ok(ChoiceEntry {
+        purpose: parse_column(row, "purpose", Purpose::from_name)?,
+        choice: parse_column(row, "choice", Choice::from_name)?,
+        updated_at_micros: row.try_get("updated_at")?,
+        notice_version: row.try_get("notice_version")?,
+        method: parse_column(row, "method", ConsentMethod::from_name)?,
+        caller: row.try_get("caller")?,
+        expires_at_micros: row.try_get("expires_at")?,
+    })
 }
 
 async fn load_conversation(
@@ -1365,6 +1489,7 @@ async fn chain_head(connection: &mut Connection) -> Result<ChainHead, StoreError
         sequence,
         hash,
         frontier,
+        appends: None,
     })
 }
 
@@ -1525,54 +1650,108 @@ async fn append_event(
     new: NewEvent<'_>,
 ) -> Result<AuditEvent, StoreError> {
     let event = sealed_event(head, &new);
-    let sequence = to_i64(event.sequence);
-    let completed = head.frontier.push(merkle::leaf_hash(&leaf_data(&event)));
-    connection
-        .query(
-            "INSERT INTO audit_events
-             (sequence, event_id, at_micros, subject_id, kind, caller, operator_id,
-              actor_reason, payload_sha256, policy_version, trace_id, prev_hash, hash, tree)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-        )
-        .bind(sequence)
-        .bind(&event.event_id)
-        .bind(event.at_micros)
-        .bind(&event.subject_id)
-        .bind(event.kind.as_str())
-        .bind(&event.caller)
-        .bind(&event.operator_id)
-        .bind(&event.actor_reason)
-        .bind(&event.payload_sha256)
-        .bind(&event.policy_version)
-        .bind(&event.trace_id)
-        .bind(&event.prev_hash)
-        .bind(&event.hash)
-        .bind(completed.concat())
-        .execute()
-        .await?;
-    connection
-        .query("INSERT INTO audit_payloads (sequence, salt, detail_json) VALUES ($1, $2, $3)")
-        .bind(sequence)
-        .bind(&event.payload_salt)
-        .bind(&event.detail_json)
-        .execute()
-        .await?;
+    let tree = head
+        .frontier
+        .push(merkle::leaf_hash(&leaf_data(&event)))
+        .concat();
+    head.sequence = event.sequence;
+    head.hash.clone_from(&event.hash);
+    match &mut head.appends {
+        Some(appends) => appends.push((event.clone(), tree)),
+        None => {
+            insert_events(&mut *connection, &[(event.clone(), tree)]).await?;
+            write_head(&mut *connection, head).await?;
+        }
+    }
+    if let Some(changed) = Changed::parse(&event.subject_id) {
+        connection.appended(Revision::new(event.sequence), changed);
+    }
+    Ok(event)
+}
+
+/// Writes the events a write group sealed ([`ChainHead::appends`]) and moves the stored head
+/// to the last, in three statements.
+async fn write_appends(
+    connection: &mut Connection,
+    head: &mut ChainHead,
+) -> Result<(), StoreError> {
+    let appends = head.appends.take().unwrap_or_default();
+    if appends.is_empty() {
+        return Ok(());
+    }
+    insert_events(&mut *connection, &appends).await?;
+    write_head(&mut *connection, head).await
+}
+
+/// Inserts `events` (each with the tree nodes its leaf completes) and their payloads.
+async fn insert_events(
+    connection: &mut Connection,
+    events: &[(AuditEvent, Vec<u8>)],
+) -> Result<(), StoreError> {
+    const COLUMNS: usize = 14;
+    let mut statement = connection.query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO audit_events
+         (sequence, event_id, at_micros, subject_id, kind, caller, operator_id,
+          actor_reason, payload_sha256, policy_version, trace_id, prev_hash, hash, tree)
+         VALUES {}",
+        placeholders(events.len(), COLUMNS)
+    )));
+    for (event, tree) in events {
+        statement = statement
+            .bind(to_i64(event.sequence))
+            .bind(event.event_id.clone())
+            .bind(event.at_micros)
+            .bind(event.subject_id.clone())
+            .bind(event.kind.as_str())
+            .bind(event.caller.clone())
+            .bind(event.operator_id.clone())
+            .bind(event.actor_reason.clone())
+            .bind(event.payload_sha256.clone())
+            .bind(event.policy_version.clone())
+            .bind(event.trace_id.clone())
+            .bind(event.prev_hash.clone())
+            .bind(event.hash.clone())
+            .bind(tree.clone());
+    }
+    statement.execute().await?;
+    let mut statement = connection.query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO audit_payloads (sequence, salt, detail_json) VALUES {}",
+        placeholders(events.len(), 3)
+    )));
+    for (event, _) in events {
+        statement = statement
+            .bind(to_i64(event.sequence))
+            .bind(event.payload_salt.clone())
+            .bind(event.detail_json.clone());
+    }
+    statement.execute().await?;
+    Ok(())
+}
+
+/// Moves the stored chain head to `head`.
+async fn write_head(connection: &mut Connection, head: &ChainHead) -> Result<(), StoreError> {
     connection
         .query(
             "UPDATE audit_chain_head SET sequence = $1, hash = $2, frontier = $3
              WHERE chain_id = 0",
         )
-        .bind(sequence)
-        .bind(&event.hash)
+        .bind(to_i64(head.sequence))
+        .bind(head.hash.clone())
         .bind(head.frontier.to_bytes())
         .execute()
         .await?;
-    if let Some(changed) = Changed::parse(&event.subject_id) {
-        connection.appended(Revision::new(event.sequence), changed);
-    }
-    head.sequence = event.sequence;
-    head.hash.clone_from(&event.hash);
-    Ok(event)
+    Ok(())
+}
+
+/// `($1, ..., $columns), ...` for `rows` rows.
+fn placeholders(rows: usize, columns: usize) -> String {
+    let row = |index: usize| {
+        let numbers: Vec<String> = (1..=columns)
+            .map(|column| format!("${}", index * columns + column))
+            .collect();
+        format!("({})", numbers.join(", "))
+    };
+    (0..rows).map(row).collect::<Vec<_>>().join(", ")
 }
 
 /// Fills, once, the payload commitment and the tree nodes of the events written before the

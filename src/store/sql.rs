@@ -228,31 +228,36 @@ impl Connection {
 
     /// Queues the announcement of every change appended, delivered if the transaction commits.
     pub(super) async fn announce_appended(&mut self) -> Result<(), StoreError> {
-        if let Connection::Postgres(held, appended) = self {
-            for (revision, changed) in std::mem::take(appended) {
-                announce(held.connection(), revision, changed).await?;
-            }
+        if let Connection::Postgres(held, appended) = self
+            && !appended.is_empty()
+        {
+            announce(held.connection(), std::mem::take(appended)).await?;
         }
         Ok(())
     }
 }
 
-/// Announces a change on [`super::CHANGES_CHANNEL`]: delivered to every listener when, and
-/// only if, the transaction commits.
+/// Announces changes on [`super::CHANGES_CHANNEL`], in order, in one statement: delivered to
+/// every listener when, and only if, the transaction commits.
 async fn announce(
     connection: &mut sqlx::PgConnection,
-    revision: Revision,
-    changed: Changed,
+    changes: Vec<(Revision, Changed)>,
 ) -> Result<(), StoreError> {
-    let announcement = ChangeNotice {
-        revision,
-        changed,
-        at_micros: super::now_micros(),
-    }
-    .announcement();
-    sqlx::query("SELECT pg_notify($1, $2)")
+    let at_micros = super::now_micros();
+    let announcements: Vec<String> = changes
+        .into_iter()
+        .map(|(revision, changed)| {
+            ChangeNotice {
+                revision,
+                changed,
+                at_micros,
+            }
+            .announcement()
+        })
+        .collect();
+    sqlx::query("SELECT pg_notify($1, announcement) FROM unnest($2::text[]) AS announcement")
         .bind(super::CHANGES_CHANNEL)
-        .bind(announcement)
+        .bind(announcements)
         .execute(&mut *connection)
         .await?;
     Ok(())

@@ -28,6 +28,8 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     pub(super) timeouts: StoreTimeouts,
+    /// Writes waiting to be committed together (`store::group`).
+    pub(super) writes: std::sync::Arc<super::group::WriteQueue>,
 }
 
 impl SqliteStore {
@@ -60,6 +62,7 @@ impl SqliteStore {
             writer,
             reader,
             timeouts,
+            writes: std::sync::Arc::default(),
         })
     }
 

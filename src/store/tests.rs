@@ -26,6 +26,7 @@ super::testing::backend_tests!(
     deletion_erases_personal_data,
     events_page_by_subject,
     concurrent_writers_line_up,
+    concurrent_writes_commit_in_groups_each_with_its_own_outcome,
     state_survives_reopening,
     a_newer_schema_is_refused,
     a_checked_schema_must_be_exactly_the_known_one,
@@ -373,6 +374,75 @@ async fn concurrent_writers_line_up(backend: Backend) {
     assert_eq!(
         revisions.len(),
         changed.len(),
+        "two changes shared a revision"
+    );
+    assert!(store.verify_chain().await.unwrap().chain.ok);
+    store.close().await;
+}
+
+/// 96 writes at once: they are committed in groups (fewer transactions than writes), and each is
+/// still its own change, event and revision, or its own refusal (a subject never created) that
+/// leaves no trace and fails no other write of its group.
+async fn concurrent_writes_commit_in_groups_each_with_its_own_outcome(backend: Backend) {
+    let (_database, store) = fresh(backend).await;
+    for index in 0..16 {
+        write(&store, &format!("grouped-{index}"), upsert(Plan::Free)).await;
+    }
+    let store = Arc::new(store);
+    let mut writes = Vec::new();
+    for index in 0..96 {
+        let store = store.clone();
+        writes.push(tokio::spawn(async move {
+            // Every sixth write is about a subject never created: refused.
+            let subject_id = if index % 6 == 5 {
+                format!("ghost-{index}")
+            } else {
+                format!("grouped-{}", index % 16)
+            };
+            let value = if index % 32 < 16 {
+                Choice::Refused
+            } else {
+                Choice::Granted
+            };
+            let command = choice(Purpose::ModelTraining, Some(value));
+            (
+                subject_id.clone(),
+                store.write(&request(&subject_id, command)).await,
+            )
+        }));
+    }
+    let mut changed = Vec::new();
+    for write in writes {
+        let (subject_id, outcome) = write.await.unwrap();
+        if subject_id.starts_with("ghost-") {
+            assert!(
+                matches!(outcome, Err(StoreError::NotFound(_))),
+                "{subject_id}: {outcome:?}"
+            );
+            continue;
+        }
+        let outcome = outcome.unwrap();
+        if outcome.changed {
+            changed.push(outcome.revision);
+        }
+    }
+    let (groups, grouped_writes) = store.write_groups();
+    assert!(
+        groups >= 1 && grouped_writes > groups,
+        "{groups} groups of {grouped_writes} writes"
+    );
+    let events = all_events(&store, None).await;
+    assert_eq!(events.len(), 16 + changed.len(), "one event per change");
+    assert!(
+        events
+            .iter()
+            .all(|event| !event.subject_id.starts_with("ghost-"))
+    );
+    changed.sort();
+    changed.dedup();
+    assert_eq!(
+        changed.len(),
+        events.len() - 16,
         "two changes shared a revision"
     );
     assert!(store.verify_chain().await.unwrap().chain.ok);
@@ -1734,4 +1804,70 @@ async fn postgres_cold_reads_are_far_below_the_read_deadline() {
         assert!(at(0.5) < deadline / 5, "{name}: median {:?}", at(0.5));
     }
     store.close().await;
+}
+
+/// A writer that gives up while its group is being applied (held up here by a lock on its
+/// subject's row, its deadline passing meanwhile) is left out: the group is rolled back and
+/// applied again without it, the other writes of the group commit, and nothing of it is
+/// written. PostgreSQL only: SQLite locks the whole database, not a row.
+#[tokio::test]
+async fn a_writer_that_gives_up_during_its_group_is_left_out_of_it() {
+    let database = TestDatabase::create(Backend::Postgres).await;
+    let timeouts = StoreTimeouts {
+        read: Duration::from_millis(50),
+        write: Duration::from_secs(10),
+    };
+    let store = Store::open_with(database.location(), timeouts, Schema::Migrate)
+        .await
+        .unwrap();
+    write(&store, "held", upsert(Plan::Free)).await;
+    write(&store, "other", upsert(Plan::Free)).await;
+    let mut head_holder = outside_the_store(&database, None).await;
+    let mut row_holder = outside_the_store(&database, None).await;
+    for (holder, lock) in [
+        (
+            &mut head_holder,
+            "SELECT 1 FROM audit_chain_head WHERE chain_id = 0 FOR UPDATE",
+        ),
+        (
+            &mut row_holder,
+            "SELECT 1 FROM subjects WHERE subject_id = 'held' FOR UPDATE",
+        ),
+    ] {
+        holder.query("BEGIN").execute().await.unwrap();
+        holder.query(lock).execute().await.unwrap();
+    }
+    let store = Arc::new(store);
+    let spawn_write = |subject_id: &'static str, plan: Plan, patience: Duration| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let request = request(subject_id, upsert(plan));
+            tokio::time::timeout(patience, store.write(&request)).await
+        })
+    };
+    let long = Duration::from_secs(8);
+    // Taken alone at once, and held by the head's lock: the next two queue behind it.
+    let first = spawn_write("other", Plan::Student, long);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let kept = spawn_write("other", Plan::Pro, long);
+    let given_up = spawn_write("held", Plan::Pro, Duration::from_millis(1_200));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The first commits; the group of the other two applies "other", then waits for the row of
+    // "held" while that writer gives up.
+    head_holder.query("ROLLBACK").execute().await.unwrap();
+    assert!(
+        given_up.await.unwrap().is_err(),
+        "the held write was not held"
+    );
+    row_holder.query("ROLLBACK").execute().await.unwrap();
+    let first = first.await.unwrap().unwrap().unwrap();
+    let kept = kept.await.unwrap().unwrap().unwrap();
+    assert!(first.changed && kept.changed && kept.revision > first.revision);
+    let held = read_again(&store, "held").await;
+    assert_eq!(held.subject.unwrap().plan, Some(Plan::Free));
+    assert_eq!(all_events(&store, Some("held")).await.len(), 1);
+    let other = read_again(&store, "other").await;
+    assert_eq!(other.subject.unwrap().plan, Some(Plan::Pro));
+    assert_eq!(all_events(&store, Some("other")).await.len(), 3);
+    assert!(store.verify_chain().await.unwrap().chain.ok);
 }

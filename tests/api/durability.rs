@@ -30,9 +30,9 @@ fn sequence(token: &str) -> u64 {
     Revision::parse_token(token).unwrap().sequence()
 }
 
-/// A client writes as fast as it can; the server is killed with SIGKILL mid-load and started
-/// again. Every write that was acknowledged is there: in the state, in the audit chain, and the
-/// chain verifies.
+/// Sixteen writers write as fast as they can (so writes are committed in groups); the server is
+/// killed with SIGKILL mid-load and started again. Every write that was acknowledged is there:
+/// in the state, in the audit chain, one event per change, and the chain verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_loses_no_acknowledged_write() {
     let database = TestDatabase::create(Backend::from_env()).await;
@@ -49,28 +49,37 @@ async fn a_crash_loses_no_acknowledged_write() {
             .await
             .unwrap();
     }
-    let writer = tokio::spawn(async move {
-        let mut acknowledged = Vec::new();
-        for index in 0.. {
-            let request = proto::RecordFeedbackRequest {
-                subject_id: format!("crash-{}", index % 5),
-                conversation_id: format!("c-{index}"),
-                rating: proto::Rating::ThumbsUp as i32,
-                actor: actor(),
-            };
-            match subjects.record_feedback(request.clone()).await {
-                Ok(response) => acknowledged.push((request, response.into_inner().revision)),
-                Err(_) => break,
+    let mut writers = Vec::new();
+    for writer in 0..16 {
+        let mut subjects = subjects.clone();
+        writers.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            for index in 0.. {
+                let request = proto::RecordFeedbackRequest {
+                    subject_id: format!("crash-{}", index % 5),
+                    conversation_id: format!("c-{writer}-{index}"),
+                    rating: proto::Rating::ThumbsUp as i32,
+                    actor: actor(),
+                };
+                match subjects.record_feedback(request.clone()).await {
+                    Ok(response) => acknowledged.push((request, response.into_inner().revision)),
+                    Err(_) => break,
+                }
             }
-        }
-        acknowledged
-    });
+            acknowledged
+        }));
+    }
     tokio::time::sleep(Duration::from_millis(700)).await;
     server.kill();
-    let acknowledged = tokio::time::timeout(Duration::from_secs(10), writer)
-        .await
-        .expect("the writer did not notice the crash")
-        .unwrap();
+    let mut acknowledged = Vec::new();
+    for writer in writers {
+        acknowledged.extend(
+            tokio::time::timeout(Duration::from_secs(10), writer)
+                .await
+                .expect("a writer did not notice the crash")
+                .unwrap(),
+        );
+    }
     assert!(
         acknowledged.len() >= 10,
         "only {} writes before the crash",
@@ -108,6 +117,14 @@ async fn a_crash_loses_no_acknowledged_write() {
                 .contains(&format!("\"{}\"", request.conversation_id))
         );
     }
+    // One event per change: no feedback recorded twice (a write is never applied again).
+    let feedback: Vec<&str> = events
+        .iter()
+        .filter(|event| event.kind == "feedback_recorded")
+        .map(|event| event.detail_json.as_str())
+        .collect();
+    let distinct: HashSet<&str> = feedback.iter().copied().collect();
+    assert_eq!(distinct.len(), feedback.len(), "a change recorded twice");
     let report = AuditClient::new(channel)
         .verify_chain(proto::VerifyChainRequest {})
         .await
