@@ -979,7 +979,11 @@ async fn load_subjects(
     if loaded.is_empty() {
         return Ok(loaded);
     }
-    let ids: Vec<String> = loaded.keys().cloned().collect();
+    // The list padded to a power of two with its last id again: a few distinct statements,
+    // which stay prepared.
+    let mut ids: Vec<String> = loaded.keys().cloned().collect();
+    let last = ids[ids.len() - 1].clone();
+    ids.resize(ids.len().next_power_of_two(), last);
     let list = placeholders(1, ids.len());
     let mut statement = connection.query(sqlx::AssertSqlSafe(format!(
         "SELECT subject_id, plan, jurisdiction, status, gpc, zero_data_retention, revision
@@ -1683,11 +1687,16 @@ async fn write_appends(
     write_head(&mut *connection, head).await
 }
 
-/// Inserts `events` (each with the tree nodes its leaf completes) and their payloads.
+/// Inserts `events` (each with the tree nodes its leaf completes) and their payloads, in two
+/// statements (on PostgreSQL over arrays, so that the statements are the same whatever the
+/// number of events, and stay prepared).
 async fn insert_events(
     connection: &mut Connection,
     events: &[(AuditEvent, Vec<u8>)],
 ) -> Result<(), StoreError> {
+    if let Some(postgres) = connection.as_postgres() {
+        return super::postgres::insert_events(postgres, events).await;
+    }
     const COLUMNS: usize = 14;
     let mut statement = connection.query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO audit_events
@@ -2125,7 +2134,7 @@ pub(super) fn event_from_row(row: &Row) -> Result<AuditEvent, StoreError> {
 
 /// Sequences are stored as signed 64-bit integers; they start at 1 and never approach
 /// `i64::MAX`.
-fn to_i64(sequence: u64) -> i64 {
+pub(super) fn to_i64(sequence: u64) -> i64 {
     i64::try_from(sequence).unwrap_or(i64::MAX)
 }
 
