@@ -15,6 +15,7 @@ mod checkpoints;
 mod forgery;
 mod local_cache;
 mod partition;
+mod redis_cluster;
 mod roles;
 
 use std::collections::HashMap;
