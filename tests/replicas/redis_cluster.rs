@@ -365,6 +365,7 @@ async fn a_redis_cluster_failover_under_load_costs_no_answer() {
     }
 
     let running = Arc::new(AtomicBool::new(true));
+    let load_started = Instant::now();
     let write_failures = Arc::new(Mutex::new(Vec::new()));
     let writer = {
         let (mut subjects_client, history, running, failures, subjects) = (
@@ -516,6 +517,7 @@ async fn a_redis_cluster_failover_under_load_costs_no_answer() {
     // The load goes on through and past the failover.
     tokio::time::sleep(Duration::from_secs(3)).await;
     running.store(false, Ordering::Relaxed);
+    let load_lasted = load_started.elapsed();
     writer.await.unwrap();
     let mut observations = Vec::new();
     for checker in checkers {
@@ -616,7 +618,7 @@ async fn a_redis_cluster_failover_under_load_costs_no_answer() {
     let writes: usize = history.values().map(Vec::len).sum();
     println!(
         "redis cluster failover under load: {} Checks ({with_token} with a token), {writes} \
-         writes; {} wrong, {} failed; the master of the channel's slot and of {} of {} \
+         writes in {load_lasted:.1?}; {} wrong, {} failed; the master of the channel's slot and of {} of {} \
          subjects crashed: slot served again after {served_again:?}, a write made after the \
          crash reflected without a token on another replica {:?} after it",
         observations.len(),
