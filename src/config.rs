@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::api::ext_authz::ExtAuthzSettings;
 use crate::auth::{Scopes, TokenSettings, parse_client_scopes};
-use crate::cache::shared::seed_urls;
+use crate::cache::shared::{SentinelUrl, seed_urls};
 use crate::cache::{CacheSettings, RedisEntryKey, SharedSettings};
 use crate::checkpoints::CheckpointSettings;
 use crate::decision_log::LogMode;
@@ -356,7 +356,7 @@ fn redis_entry_key(
     key: Option<String>,
     subject_hash_key: Option<&str>,
 ) -> Result<RedisEntryKey, ConfigError> {
-    let host = redis_url.and_then(|url| seed_urls(url).find_map(network_host));
+    let host = redis_url.and_then(|url| redis_hosts(url).into_iter().find_map(|(host, _)| host));
     match key {
         None => match host {
             None => Ok(RedisEntryKey::loopback()),
@@ -386,11 +386,59 @@ fn redis_entry_key(
     }
 }
 
-/// A `redis://` or `rediss://` URL, or for a cluster a comma-separated list of them (one
-/// scheme for all: the cluster client speaks TLS to every node or to none); none of them
-/// plaintext to another machine unless `redis_allow_plaintext`.
+/// Each machine a `redis_url` names (the one node, a cluster's seeds, the sentinels), as
+/// `(host beyond loopback, TLS)`: `None` for loopback.
+fn redis_hosts(url: &str) -> Vec<(Option<String>, bool)> {
+    if let Some(Ok(sentinel)) = SentinelUrl::parse(url) {
+        return sentinel
+            .sentinels
+            .iter()
+            .map(|host| {
+                let host = network_host(&format!("redis://{host}")).map(str::to_owned);
+                (host, sentinel.tls)
+            })
+            .collect();
+    }
+    seed_urls(url)
+        .map(|seed| {
+            (
+                network_host(seed).map(str::to_owned),
+                has_scheme(seed, &["rediss://"]),
+            )
+        })
+        .collect()
+}
+
+/// A `redis://` or `rediss://` URL; for a cluster a comma-separated list of them (one
+/// scheme for all: the cluster client speaks TLS to every node or to none); or a
+/// `redis+sentinel://` URL naming the sentinels. None of them plaintext to another machine
+/// unless `redis_allow_plaintext`.
 fn check_redis_url(shared: &SharedSettings, allow_plaintext: bool) -> Result<(), ConfigError> {
     let url = shared.url.expose();
+    match SentinelUrl::parse(url) {
+        Some(Err(message)) => return Err(invalid("redis_url", message)),
+        Some(Ok(_)) if shared.cluster => {
+            let message = "a sentinel URL names the primary of one node and its replicas, not a \
+                           Redis Cluster: unset redis_cluster";
+            return Err(invalid("redis_url", message));
+        }
+        Some(Ok(_)) => {
+            for (host, tls) in redis_hosts(url) {
+                if let Some(host) = host
+                    && !tls
+                    && !allow_plaintext
+                {
+                    let message = format!(
+                        "refusing to reach Redis at {host} in clear: use rediss+sentinel:// \
+                         (TLS), or set redis_allow_plaintext on a network you trust"
+                    );
+                    return Err(invalid("redis_url", message));
+                }
+            }
+            return Ok(());
+        }
+        None => {}
+    }
     let seeds: Vec<&str> = seed_urls(url).collect();
     if !shared.cluster && url.contains(',') {
         return Err(invalid(
@@ -1123,5 +1171,49 @@ mod tests {
         );
         let remote = "rediss://:s3cret@a.internal:6379,rediss://:s3cret@b.internal:6379";
         resolve(&[(redis, remote), cluster, key]).unwrap();
+    }
+
+    #[test]
+    fn sentinels_are_named_by_a_sentinel_url() {
+        let resolve =
+            |pairs: &[(&str, &str)]| Settings::resolve(None, &env(pairs), Overrides::default());
+        let refused = |pairs: &[(&str, &str)], prefix: &str| {
+            let error = resolve(pairs).unwrap_err().to_string();
+            assert!(error.starts_with(prefix), "{error}");
+            assert!(!error.contains("s3cret"), "{error}");
+        };
+        let redis = "ASSENT_REDIS_URL";
+        let key = ("ASSENT_REDIS_ENTRY_KEY", "0123456789abcdef0123456789abcdef");
+        let local = "redis+sentinel://:s3cret@127.0.0.1:26379,127.0.0.1:26380/mymaster";
+        let shared = resolve(&[(redis, local)]).unwrap().cache.shared.unwrap();
+        assert!(!shared.cluster);
+        assert_eq!(shared.entry_key, RedisEntryKey::loopback());
+        assert!(!format!("{shared:?}").contains("s3cret"));
+        let remote = "rediss+sentinel://:s3cret@127.0.0.1:26379,s.internal:26379/mymaster/2";
+        resolve(&[(redis, remote), key]).unwrap();
+        refused(
+            &[(redis, remote)],
+            "redis_entry_key: required to use Redis at s.internal",
+        );
+        refused(
+            &[(redis, &remote.replace("rediss+", "redis+")), key],
+            "redis_url: refusing to reach Redis at s.internal in clear",
+        );
+        refused(
+            &[(redis, local), ("ASSENT_REDIS_CLUSTER", "true")],
+            "redis_url: a sentinel URL names the primary",
+        );
+        for malformed in [
+            "redis+sentinel://:s3cret@127.0.0.1:26379",
+            "redis+sentinel://:s3cret@127.0.0.1:26379/",
+            "redis+sentinel://:s3cret@127.0.0.1:26379,/mymaster",
+            "redis+sentinel://:s3cret@127.0.0.1:26379/my master",
+            "redis+sentinel://:s3cret@127.0.0.1:26379/mymaster/x",
+        ] {
+            refused(
+                &[(redis, malformed)],
+                "redis_url: expected redis+sentinel://",
+            );
+        }
     }
 }

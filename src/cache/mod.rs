@@ -733,7 +733,11 @@ impl SubjectCache {
         let mut failures = 0_usize;
         loop {
             let subscribed = async {
-                let mut pubsub = shared.subscriber(failures).get_async_pubsub().await?;
+                let mut pubsub = shared
+                    .subscriber(failures)
+                    .await?
+                    .get_async_pubsub()
+                    .await?;
                 pubsub.subscribe(shared.channel()).await?;
                 Ok::<_, redis::RedisError>(pubsub)
             };

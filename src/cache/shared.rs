@@ -29,7 +29,9 @@
 //! background. Answers then come from memory and the store.
 //!
 //! Redis is one node (a primary, perhaps behind an address that moves to its replica on
-//! failover) or a Redis Cluster (`redis_cluster`, the URL a comma-separated list of seed nodes).
+//! failover), the primary that Redis Sentinel names (a `redis+sentinel://` URL: asked again
+//! after each failure), or a Redis Cluster (`redis_cluster`, the URL a comma-separated list of
+//! seed nodes).
 //! Every command touches one key, so a cluster routes it by that key's slot; a batch of guarded
 //! sets is split into one pipeline per slot, sent side by side. Announcements use classic
 //! pub/sub, which a cluster delivers to the subscribers of every node, so the listener
@@ -39,10 +41,12 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
+use redis::IntoConnectionInfo;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
@@ -260,6 +264,8 @@ pub struct SharedCache {
     /// A cluster's client, which learns the other nodes, and which slots each serves, from the
     /// seeds.
     cluster: Option<ClusterClient>,
+    /// The sentinels that name the current primary, when `redis_url` is a sentinel URL.
+    sentinel: Option<tokio::sync::Mutex<SentinelClient>>,
     connection: Mutex<Option<Connection>>,
     resting_until: Mutex<Option<Instant>>,
     sealing: Sealing,
@@ -344,11 +350,113 @@ pub fn seed_urls(url: &str) -> impl Iterator<Item = &str> {
         .filter(|seed| !seed.is_empty())
 }
 
+/// A `redis+sentinel://[[USER]:PASSWORD@]HOST:PORT[,HOST:PORT…]/MASTER[/DB]` URL
+/// (`rediss+sentinel://` for TLS to the sentinels and the nodes): the sentinels to ask for the
+/// current primary of the set named MASTER. The user and password are the nodes'; the sentinels
+/// are asked without them.
+pub struct SentinelUrl<'u> {
+    /// `HOST:PORT` of each sentinel.
+    pub sentinels: Vec<&'u str>,
+    pub master: &'u str,
+    pub tls: bool,
+    userinfo: Option<&'u str>,
+    database: &'u str,
+}
+
+impl<'u> SentinelUrl<'u> {
+    pub const SCHEMES: [&'static str; 2] = ["redis+sentinel://", "rediss+sentinel://"];
+
+    /// `None` for a URL of another scheme; an error (never naming the password) for a
+    /// malformed one.
+    pub fn parse(url: &'u str) -> Option<Result<SentinelUrl<'u>, &'static str>> {
+        let (tls, rest) = match url.strip_prefix(Self::SCHEMES[0]) {
+            Some(rest) => (false, rest),
+            None => (true, url.strip_prefix(Self::SCHEMES[1])?),
+        };
+        Some(Self::parse_rest(tls, rest))
+    }
+
+    fn parse_rest(tls: bool, rest: &'u str) -> Result<SentinelUrl<'u>, &'static str> {
+        let expected = "expected redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT...]/MASTER[/DB]";
+        let (authority, path) = rest.split_once('/').ok_or(expected)?;
+        let (userinfo, hosts) = match authority.rsplit_once('@') {
+            Some((userinfo, hosts)) => (Some(userinfo), hosts),
+            None => (None, authority),
+        };
+        let sentinels: Vec<&str> = hosts.split(',').map(str::trim).collect();
+        if sentinels
+            .iter()
+            .any(|host| host.is_empty() || host.contains(['?', '#']))
+        {
+            return Err(expected);
+        }
+        let (master, database) = path.split_once('/').unwrap_or((path, "0"));
+        let named = |text: &str| {
+            !text.is_empty()
+                && text
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || b"._-".contains(&byte))
+        };
+        if !named(master) || database.parse::<u16>().is_err() {
+            return Err(expected);
+        }
+        Ok(SentinelUrl {
+            sentinels,
+            master,
+            tls,
+            userinfo,
+            database,
+        })
+    }
+
+    fn client(&self) -> Result<SentinelClient, redis::RedisError> {
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        let sentinels: Vec<String> = self
+            .sentinels
+            .iter()
+            .map(|host| format!("{scheme}://{host}"))
+            .collect();
+        // The nodes' user, password and database, decoded by the crate's own URL parser.
+        let userinfo = self
+            .userinfo
+            .map_or(String::new(), |userinfo| format!("{userinfo}@"));
+        let node = format!(
+            "{scheme}://{userinfo}{}/{}",
+            self.sentinels[0], self.database
+        )
+        .as_str()
+        .into_connection_info()?;
+        let mut nodes = SentinelNodeConnectionInfo::default()
+            .set_redis_connection_info(node.redis_settings().clone());
+        if self.tls {
+            nodes = nodes.set_tls_mode(redis::TlsMode::Secure);
+        }
+        SentinelClient::build(
+            sentinels,
+            self.master,
+            Some(nodes),
+            SentinelServerType::Master,
+        )
+    }
+}
+
 impl SharedCache {
     /// Prepares the client; the connection is made on first use and re-made after failures.
     pub fn new(settings: SharedSettings) -> Result<SharedCache, redis::RedisError> {
+        let sentinel = match SentinelUrl::parse(settings.url.expose()) {
+            Some(Ok(url)) => Some(tokio::sync::Mutex::new(url.client()?)),
+            Some(Err(message)) => {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    message,
+                )));
+            }
+            None => None,
+        };
         let urls: Vec<&str> = if settings.cluster {
             seed_urls(settings.url.expose()).collect()
+        } else if sentinel.is_some() {
+            Vec::new()
         } else {
             vec![settings.url.expose()]
         };
@@ -356,7 +464,7 @@ impl SharedCache {
             .iter()
             .map(|url| redis::Client::open(*url))
             .collect::<Result<Vec<_>, _>>()?;
-        if nodes.is_empty() {
+        if nodes.is_empty() && sentinel.is_none() {
             return Err(redis::RedisError::from((
                 redis::ErrorKind::InvalidClientConfig,
                 "no redis node",
@@ -379,6 +487,7 @@ impl SharedCache {
         Ok(SharedCache {
             nodes,
             cluster,
+            sentinel,
             connection: Mutex::new(None),
             resting_until: Mutex::new(None),
             sealing: Sealing::new(&settings.entry_key),
@@ -391,10 +500,13 @@ impl SharedCache {
     }
 
     /// The node to listen to announcements on, after `failures` attempts that failed or
-    /// connections lost: the one node, or the seeds of a cluster in turn (classic pub/sub
-    /// reaches the subscribers of every node of a cluster).
-    pub fn subscriber(&self, failures: usize) -> &redis::Client {
-        &self.nodes[failures % self.nodes.len()]
+    /// connections lost: the one node, the seeds of a cluster in turn (classic pub/sub reaches
+    /// the subscribers of every node of a cluster), or the primary the sentinels name now.
+    pub async fn subscriber(&self, failures: usize) -> Result<redis::Client, redis::RedisError> {
+        match &self.sentinel {
+            Some(sentinel) => sentinel.lock().await.async_get_client().await,
+            None => Ok(self.nodes[failures % self.nodes.len()].clone()),
+        }
     }
 
     /// Whether Redis is a cluster.
@@ -484,9 +596,13 @@ impl SharedCache {
                 .set_connection_timeout(Some(self.settings.timeout))
                 .set_response_timeout(Some(self.settings.timeout))
                 .set_number_of_retries(1);
-            let manager = self.nodes[0]
-                .get_connection_manager_with_config(config)
-                .await?;
+            // Behind sentinels, the primary they name now; after a failover the connection to
+            // the old one fails, and the next is made to the new one.
+            let node = match &self.sentinel {
+                Some(sentinel) => sentinel.lock().await.async_get_client().await?,
+                None => self.nodes[0].clone(),
+            };
+            let manager = node.get_connection_manager_with_config(config).await?;
             Ok::<_, redis::RedisError>(Connection::Single(manager))
         };
         match tokio::time::timeout(self.settings.timeout * 4, connecting).await {

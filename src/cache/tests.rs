@@ -493,6 +493,8 @@ async fn values_in_redis_that_fail_their_checks_are_replaced(backend: Backend) {
     let redis = SharedCache::new(shared.clone()).unwrap();
     let mut connection = redis
         .subscriber(0)
+        .await
+        .unwrap()
         .get_multiplexed_async_connection()
         .await
         .unwrap();
@@ -595,6 +597,8 @@ async fn a_genuine_older_value_put_back_after_a_restart_is_refused(backend: Back
     let redis = SharedCache::new(shared.clone()).unwrap();
     let mut connection = redis
         .subscriber(0)
+        .await
+        .unwrap()
         .get_multiplexed_async_connection()
         .await
         .unwrap();

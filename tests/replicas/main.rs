@@ -16,6 +16,7 @@ mod forgery;
 mod local_cache;
 mod partition;
 mod redis_cluster;
+mod redis_sentinel;
 mod roles;
 
 use std::collections::HashMap;
