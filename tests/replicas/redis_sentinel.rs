@@ -239,7 +239,12 @@ async fn behind_sentinels_a_failover_moves_the_cache_to_the_new_primary() {
         replicas: 2,
         redis: false,
         poll_interval_ms: 1_000,
-        settings: vec![("ASSENT_REDIS_URL", url)],
+        // A second for a read of the store, as in redis_cluster.rs: misses go there while
+        // Redis fails over.
+        settings: vec![
+            ("ASSENT_REDIS_URL", url),
+            ("ASSENT_STORE_READ_TIMEOUT_MS", "1000".to_owned()),
+        ],
         ..Options::default()
     };
     let mut cluster = Cluster::start(database, options).await;
