@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use crate::api::ext_authz::ExtAuthzSettings;
 use crate::auth::{Scopes, TokenSettings, parse_client_scopes};
+use crate::cache::shared::{SentinelUrl, seed_urls};
 use crate::cache::{CacheSettings, RedisEntryKey, SharedSettings};
 use crate::checkpoints::CheckpointSettings;
 use crate::decision_log::LogMode;
@@ -182,6 +183,7 @@ settings! {
     consent_expiry_sweep_ms: u64 = ["ASSENT_CONSENT_EXPIRY_SWEEP_MS"], "1000";
     state_check_interval_ms: u64 = ["ASSENT_STATE_CHECK_INTERVAL_MS"], "3600000";
     redis_url: String = ["ASSENT_REDIS_URL"], None;
+    redis_cluster: bool = ["ASSENT_REDIS_CLUSTER"], "false";
     redis_prefix: String = ["ASSENT_REDIS_PREFIX"], "assent";
     redis_ttl_seconds: u64 = ["ASSENT_REDIS_TTL_SECONDS"], "600";
     redis_timeout_ms: u64 = ["ASSENT_REDIS_TIMEOUT_MS"], "50";
@@ -354,7 +356,7 @@ fn redis_entry_key(
     key: Option<String>,
     subject_hash_key: Option<&str>,
 ) -> Result<RedisEntryKey, ConfigError> {
-    let host = redis_url.and_then(network_host);
+    let host = redis_url.and_then(|url| redis_hosts(url).into_iter().find_map(|(host, _)| host));
     match key {
         None => match host {
             None => Ok(RedisEntryKey::loopback()),
@@ -382,6 +384,101 @@ fn redis_entry_key(
         )),
         Some(key) => Ok(RedisEntryKey::new(key)),
     }
+}
+
+/// Each machine a `redis_url` names (the one node, a cluster's seeds, the sentinels), as
+/// `(host beyond loopback, TLS)`: `None` for loopback.
+fn redis_hosts(url: &str) -> Vec<(Option<String>, bool)> {
+    if let Some(Ok(sentinel)) = SentinelUrl::parse(url) {
+        return sentinel
+            .sentinels
+            .iter()
+            .map(|host| {
+                let host = network_host(&format!("redis://{host}")).map(str::to_owned);
+                (host, sentinel.tls)
+            })
+            .collect();
+    }
+    seed_urls(url)
+        .map(|seed| {
+            (
+                network_host(seed).map(str::to_owned),
+                has_scheme(seed, &["rediss://"]),
+            )
+        })
+        .collect()
+}
+
+/// A `redis://` or `rediss://` URL; for a cluster a comma-separated list of them (one
+/// scheme for all: the cluster client speaks TLS to every node or to none); or a
+/// `redis+sentinel://` URL naming the sentinels. None of them plaintext to another machine
+/// unless `redis_allow_plaintext`.
+fn check_redis_url(shared: &SharedSettings, allow_plaintext: bool) -> Result<(), ConfigError> {
+    let url = shared.url.expose();
+    match SentinelUrl::parse(url) {
+        Some(Err(message)) => return Err(invalid("redis_url", message)),
+        Some(Ok(_)) if shared.cluster => {
+            let message = "a sentinel URL names the primary of one node and its replicas, not a \
+                           Redis Cluster: unset redis_cluster";
+            return Err(invalid("redis_url", message));
+        }
+        Some(Ok(_)) => {
+            for (host, tls) in redis_hosts(url) {
+                if let Some(host) = host
+                    && !tls
+                    && !allow_plaintext
+                {
+                    let message = format!(
+                        "refusing to reach Redis at {host} in clear: use rediss+sentinel:// \
+                         (TLS), or set redis_allow_plaintext on a network you trust"
+                    );
+                    return Err(invalid("redis_url", message));
+                }
+            }
+            return Ok(());
+        }
+        None => {}
+    }
+    let seeds: Vec<&str> = seed_urls(url).collect();
+    if !shared.cluster && url.contains(',') {
+        return Err(invalid(
+            "redis_url",
+            "several URLs are the seed nodes of a Redis Cluster: set redis_cluster = true",
+        ));
+    }
+    if seeds.is_empty() {
+        return Err(invalid("redis_url", "expected a redis:// URL"));
+    }
+    for seed in &seeds {
+        if !has_scheme(seed, &["redis://", "rediss://"]) {
+            let message = if shared.cluster {
+                "expected redis:// URLs separated by commas"
+            } else {
+                "expected a redis:// URL"
+            };
+            return Err(invalid("redis_url", message));
+        }
+        if has_scheme(seed, &["redis://"])
+            && let Some(host) = network_host(seed)
+            && !allow_plaintext
+        {
+            let message = format!(
+                "refusing to reach Redis at {host} in clear: use rediss:// (TLS), or set \
+                 redis_allow_plaintext on a network you trust"
+            );
+            return Err(invalid("redis_url", message));
+        }
+    }
+    if seeds
+        .iter()
+        .any(|seed| has_scheme(seed, &["rediss://"]) != has_scheme(seeds[0], &["rediss://"]))
+    {
+        return Err(invalid(
+            "redis_url",
+            "the seed nodes must all be rediss:// (TLS) or all redis://",
+        ));
+    }
+    Ok(())
 }
 
 impl Settings {
@@ -479,23 +576,11 @@ impl Settings {
                 time_to_live: Duration::from_secs(given.redis_ttl_seconds),
                 timeout: Duration::from_millis(given.redis_timeout_ms),
                 entry_key: redis_entry_key,
+                cluster: given.redis_cluster,
             }),
         };
-        if let Some(shared) = &cache.shared
-            && !has_scheme(shared.url.expose(), &["redis://", "rediss://"])
-        {
-            return Err(invalid("redis_url", "expected a redis:// URL"));
-        }
-        if let Some(shared) = &cache.shared
-            && has_scheme(shared.url.expose(), &["redis://"])
-            && let Some(host) = network_host(shared.url.expose())
-            && !given.redis_allow_plaintext
-        {
-            let message = format!(
-                "refusing to reach Redis at {host} in clear: use rediss:// (TLS), or set \
-                 redis_allow_plaintext on a network you trust"
-            );
-            return Err(invalid("redis_url", message));
+        if let Some(shared) = &cache.shared {
+            check_redis_url(shared, given.redis_allow_plaintext)?;
         }
         if cache.poll_interval.is_zero() {
             return Err(invalid("change_poll_interval_ms", "must be at least 1"));
@@ -1014,5 +1099,121 @@ mod tests {
             local.cache.shared.unwrap().entry_key,
             RedisEntryKey::loopback()
         );
+    }
+
+    #[test]
+    fn a_redis_cluster_takes_seed_urls_each_checked() {
+        let resolve =
+            |pairs: &[(&str, &str)]| Settings::resolve(None, &env(pairs), Overrides::default());
+        let refused = |pairs: &[(&str, &str)], prefix: &str| {
+            let error = resolve(pairs).unwrap_err().to_string();
+            assert!(error.starts_with(prefix), "{error}");
+            assert!(!error.contains("s3cret"), "{error}");
+        };
+        let (redis, cluster) = ("ASSENT_REDIS_URL", ("ASSENT_REDIS_CLUSTER", "true"));
+        let key = ("ASSENT_REDIS_ENTRY_KEY", "0123456789abcdef0123456789abcdef");
+        let seeds = "redis://127.0.0.1:7000, redis://127.0.0.1:7001,redis://127.0.0.1:7002";
+        let settings = resolve(&[(redis, seeds), cluster]).unwrap();
+        let shared = settings.cache.shared.unwrap();
+        assert!(shared.cluster);
+        assert_eq!(shared.entry_key, RedisEntryKey::loopback());
+        let single = resolve(&[(redis, "redis://127.0.0.1:6379")]).unwrap();
+        assert!(!single.cache.shared.unwrap().cluster);
+        refused(
+            &[(redis, seeds)],
+            "redis_url: several URLs are the seed nodes of a Redis Cluster: set redis_cluster",
+        );
+        refused(
+            &[
+                (redis, "redis://127.0.0.1:7000,http://127.0.0.1:7001"),
+                cluster,
+            ],
+            "redis_url: expected redis:// URLs separated by commas",
+        );
+        refused(
+            &[(redis, " , "), cluster],
+            "redis_url: expected a redis:// URL",
+        );
+        // Every seed is checked: one in clear to another machine, one of two schemes.
+        refused(
+            &[
+                (
+                    redis,
+                    "rediss://:s3cret@a.internal:6379,redis://:s3cret@b.internal:6379",
+                ),
+                cluster,
+                key,
+            ],
+            "redis_url: refusing to reach Redis at b.internal in clear",
+        );
+        refused(
+            &[
+                (
+                    redis,
+                    "rediss://:s3cret@a.internal:6379,redis://:s3cret@b.internal:6379",
+                ),
+                cluster,
+                key,
+                ("ASSENT_REDIS_ALLOW_PLAINTEXT", "true"),
+            ],
+            "redis_url: the seed nodes must all be rediss:// (TLS) or all redis://",
+        );
+        // A seed on another machine needs the entry key, wherever it is in the list.
+        refused(
+            &[
+                (
+                    redis,
+                    "rediss://localhost:7000,rediss://:s3cret@b.internal:6379",
+                ),
+                cluster,
+            ],
+            "redis_entry_key: required to use Redis at b.internal",
+        );
+        let remote = "rediss://:s3cret@a.internal:6379,rediss://:s3cret@b.internal:6379";
+        resolve(&[(redis, remote), cluster, key]).unwrap();
+    }
+
+    #[test]
+    fn sentinels_are_named_by_a_sentinel_url() {
+        let resolve =
+            |pairs: &[(&str, &str)]| Settings::resolve(None, &env(pairs), Overrides::default());
+        let refused = |pairs: &[(&str, &str)], prefix: &str| {
+            let error = resolve(pairs).unwrap_err().to_string();
+            assert!(error.starts_with(prefix), "{error}");
+            assert!(!error.contains("s3cret"), "{error}");
+        };
+        let redis = "ASSENT_REDIS_URL";
+        let key = ("ASSENT_REDIS_ENTRY_KEY", "0123456789abcdef0123456789abcdef");
+        let local = "redis+sentinel://:s3cret@127.0.0.1:26379,127.0.0.1:26380/mymaster";
+        let shared = resolve(&[(redis, local)]).unwrap().cache.shared.unwrap();
+        assert!(!shared.cluster);
+        assert_eq!(shared.entry_key, RedisEntryKey::loopback());
+        assert!(!format!("{shared:?}").contains("s3cret"));
+        let remote = "rediss+sentinel://:s3cret@127.0.0.1:26379,s.internal:26379/mymaster/2";
+        resolve(&[(redis, remote), key]).unwrap();
+        refused(
+            &[(redis, remote)],
+            "redis_entry_key: required to use Redis at s.internal",
+        );
+        refused(
+            &[(redis, &remote.replace("rediss+", "redis+")), key],
+            "redis_url: refusing to reach Redis at s.internal in clear",
+        );
+        refused(
+            &[(redis, local), ("ASSENT_REDIS_CLUSTER", "true")],
+            "redis_url: a sentinel URL names the primary",
+        );
+        for malformed in [
+            "redis+sentinel://:s3cret@127.0.0.1:26379",
+            "redis+sentinel://:s3cret@127.0.0.1:26379/",
+            "redis+sentinel://:s3cret@127.0.0.1:26379,/mymaster",
+            "redis+sentinel://:s3cret@127.0.0.1:26379/my master",
+            "redis+sentinel://:s3cret@127.0.0.1:26379/mymaster/x",
+        ] {
+            refused(
+                &[(redis, malformed)],
+                "redis_url: expected redis+sentinel://",
+            );
+        }
     }
 }

@@ -46,6 +46,9 @@ use crate::store::{ChangeNotice, Changed, DecisionState, Store, StoreError};
 const CHANGE_LOG_PAGE: u32 = 10_000;
 /// How long a lost announcement channel waits before it is re-made.
 const LISTEN_RETRY: Duration = Duration::from_millis(500);
+/// The longest connecting to a node for the announcement channel may take (a node that does
+/// not answer, on a cluster, is passed over for the next seed).
+const LISTEN_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The most hints waiting for the change log to confirm them; beyond, a hint still wakes the
 /// reader but is not checked (and not counted).
 const MAX_UNCONFIRMED_HINTS: usize = 1_024;
@@ -719,23 +722,30 @@ impl SubjectCache {
     }
 
     /// Takes the announcements of other replicas from Redis as hints, reconnecting after
-    /// failures.
-    /// After each (re)subscription the change log is read, for what was announced meanwhile.
+    /// failures (on a cluster, to the next seed node: the one listened to may be the one that
+    /// died). After each (re)subscription the changes made meanwhile are tombstoned again and
+    /// the change log is read, for what was announced meanwhile.
     async fn listen_redis(self, mut stopped: watch::Receiver<bool>) {
         use tokio_stream::StreamExt;
         let Some(shared) = &self.inner.shared else {
             return;
         };
+        let mut failures = 0_usize;
         loop {
             let subscribed = async {
-                let mut pubsub = shared.client().get_async_pubsub().await?;
+                let mut pubsub = shared
+                    .subscriber(failures)
+                    .await?
+                    .get_async_pubsub()
+                    .await?;
                 pubsub.subscribe(shared.channel()).await?;
                 Ok::<_, redis::RedisError>(pubsub)
             };
-            let subscribed = match subscribed.await {
-                Ok(pubsub) if self.reannounce_to_redis(shared).await => Ok(pubsub),
-                Ok(_) => Err("cannot re-announce recent changes to redis".to_owned()),
-                Err(error) => Err(error.to_string()),
+            let subscribed = match tokio::time::timeout(LISTEN_CONNECT_TIMEOUT, subscribed).await {
+                Ok(Ok(pubsub)) if self.reannounce_to_redis(shared).await => Ok(pubsub),
+                Ok(Ok(_)) => Err("cannot re-announce recent changes to redis".to_owned()),
+                Ok(Err(error)) => Err(error.to_string()),
+                Err(_) => Err("subscribing timed out".to_owned()),
             };
             match subscribed {
                 Ok(pubsub) => {
@@ -756,9 +766,11 @@ impl SubjectCache {
                         }
                     }
                     self.lost_redis();
+                    failures = failures.wrapping_add(1);
                     tracing::warn!("lost the redis announcement channel; reconnecting");
                 }
                 Err(error) => {
+                    failures = failures.wrapping_add(1);
                     tracing::debug!(%error, "cannot subscribe to redis announcements");
                 }
             }

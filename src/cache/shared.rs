@@ -27,12 +27,26 @@
 //! Redis is an accelerator, never a dependency: every call has a short timeout, a failure makes
 //! the replica leave Redis alone for a moment, and the connection is re-established in the
 //! background. Answers then come from memory and the store.
+//!
+//! Redis is one node (a primary, perhaps behind an address that moves to its replica on
+//! failover), the primary that Redis Sentinel names (a `redis+sentinel://` URL: asked again
+//! after each failure), or a Redis Cluster (`redis_cluster`, the URL a comma-separated list of
+//! seed nodes).
+//! Every command touches one key, so a cluster routes it by that key's slot; a batch of guarded
+//! sets is split into one pipeline per slot, sent side by side. Announcements use classic
+//! pub/sub, which a cluster delivers to the subscribers of every node, so the listener
+//! subscribes on any one node and moves to the next seed when it loses it.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
+use redis::IntoConnectionInfo;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::Slot;
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
@@ -218,8 +232,11 @@ impl Sealing {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SharedSettings {
-    /// `redis://[:PASSWORD@]HOST:PORT[/DB]`; never printed with its password.
+    /// `redis://[:PASSWORD@]HOST:PORT[/DB]`; never printed with its password. For a cluster,
+    /// the seed nodes' URLs separated by commas.
     pub url: DatabaseUrl,
+    /// Whether Redis is a Redis Cluster (`redis_cluster`).
+    pub cluster: bool,
     /// Namespace of the keys and channel, so several deployments can share one Redis.
     pub prefix: String,
     pub time_to_live: Duration,
@@ -241,8 +258,15 @@ impl SharedSettings {
 const CLOCK_SKEW: Duration = Duration::from_secs(60);
 
 pub struct SharedCache {
-    client: redis::Client,
-    connection: Mutex<Option<ConnectionManager>>,
+    /// The one node, or a cluster's seed nodes (the announcement channel is listened to on
+    /// one of them).
+    nodes: Vec<redis::Client>,
+    /// A cluster's client, which learns the other nodes, and which slots each serves, from the
+    /// seeds.
+    cluster: Option<ClusterClient>,
+    /// The sentinels that name the current primary, when `redis_url` is a sentinel URL.
+    sentinel: Option<tokio::sync::Mutex<SentinelClient>>,
+    connection: Mutex<Option<Connection>>,
     resting_until: Mutex<Option<Instant>>,
     sealing: Sealing,
     settings: SharedSettings,
@@ -293,11 +317,177 @@ impl Rejected {
     }
 }
 
+/// A connection of either kind; each re-connects on its own, a cluster's follows its slots.
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Connection {
+    async fn query<T: redis::FromRedisValue>(
+        &mut self,
+        command: &redis::Cmd,
+    ) -> redis::RedisResult<T> {
+        match self {
+            Connection::Single(connection) => command.query_async(connection).await,
+            Connection::Cluster(connection) => command.query_async(connection).await,
+        }
+    }
+
+    async fn run(&mut self, pipeline: &redis::Pipeline) -> redis::RedisResult<()> {
+        match self {
+            Connection::Single(connection) => pipeline.query_async(connection).await,
+            Connection::Cluster(connection) => pipeline.query_async(connection).await,
+        }
+    }
+}
+
+/// The seed nodes' URLs of a cluster's `redis_url`.
+pub fn seed_urls(url: &str) -> impl Iterator<Item = &str> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|seed| !seed.is_empty())
+}
+
+/// A `redis+sentinel://[[USER]:PASSWORD@]HOST:PORT[,HOST:PORT…]/MASTER[/DB]` URL
+/// (`rediss+sentinel://` for TLS to the sentinels and the nodes): the sentinels to ask for the
+/// current primary of the set named MASTER. The user and password are the nodes'; the sentinels
+/// are asked without them.
+pub struct SentinelUrl<'u> {
+    /// `HOST:PORT` of each sentinel.
+    pub sentinels: Vec<&'u str>,
+    pub master: &'u str,
+    pub tls: bool,
+    userinfo: Option<&'u str>,
+    database: &'u str,
+}
+
+impl<'u> SentinelUrl<'u> {
+    pub const SCHEMES: [&'static str; 2] = ["redis+sentinel://", "rediss+sentinel://"];
+
+    /// `None` for a URL of another scheme; an error (never naming the password) for a
+    /// malformed one.
+    pub fn parse(url: &'u str) -> Option<Result<SentinelUrl<'u>, &'static str>> {
+        let (tls, rest) = match url.strip_prefix(Self::SCHEMES[0]) {
+            Some(rest) => (false, rest),
+            None => (true, url.strip_prefix(Self::SCHEMES[1])?),
+        };
+        Some(Self::parse_rest(tls, rest))
+    }
+
+    fn parse_rest(tls: bool, rest: &'u str) -> Result<SentinelUrl<'u>, &'static str> {
+        let expected = "expected redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT...]/MASTER[/DB]";
+        let (authority, path) = rest.split_once('/').ok_or(expected)?;
+        let (userinfo, hosts) = match authority.rsplit_once('@') {
+            Some((userinfo, hosts)) => (Some(userinfo), hosts),
+            None => (None, authority),
+        };
+        let sentinels: Vec<&str> = hosts.split(',').map(str::trim).collect();
+        if sentinels
+            .iter()
+            .any(|host| host.is_empty() || host.contains(['?', '#']))
+        {
+            return Err(expected);
+        }
+        let (master, database) = path.split_once('/').unwrap_or((path, "0"));
+        let named = |text: &str| {
+            !text.is_empty()
+                && text
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || b"._-".contains(&byte))
+        };
+        if !named(master) || database.parse::<u16>().is_err() {
+            return Err(expected);
+        }
+        Ok(SentinelUrl {
+            sentinels,
+            master,
+            tls,
+            userinfo,
+            database,
+        })
+    }
+
+    fn client(&self) -> Result<SentinelClient, redis::RedisError> {
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        let sentinels: Vec<String> = self
+            .sentinels
+            .iter()
+            .map(|host| format!("{scheme}://{host}"))
+            .collect();
+        // The nodes' user, password and database, decoded by the crate's own URL parser.
+        let userinfo = self
+            .userinfo
+            .map_or(String::new(), |userinfo| format!("{userinfo}@"));
+        let node = format!(
+            "{scheme}://{userinfo}{}/{}",
+            self.sentinels[0], self.database
+        )
+        .as_str()
+        .into_connection_info()?;
+        let mut nodes = SentinelNodeConnectionInfo::default()
+            .set_redis_connection_info(node.redis_settings().clone());
+        if self.tls {
+            nodes = nodes.set_tls_mode(redis::TlsMode::Secure);
+        }
+        SentinelClient::build(
+            sentinels,
+            self.master,
+            Some(nodes),
+            SentinelServerType::Master,
+        )
+    }
+}
+
 impl SharedCache {
     /// Prepares the client; the connection is made on first use and re-made after failures.
     pub fn new(settings: SharedSettings) -> Result<SharedCache, redis::RedisError> {
+        let sentinel = match SentinelUrl::parse(settings.url.expose()) {
+            Some(Ok(url)) => Some(tokio::sync::Mutex::new(url.client()?)),
+            Some(Err(message)) => {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    message,
+                )));
+            }
+            None => None,
+        };
+        let urls: Vec<&str> = if settings.cluster {
+            seed_urls(settings.url.expose()).collect()
+        } else if sentinel.is_some() {
+            Vec::new()
+        } else {
+            vec![settings.url.expose()]
+        };
+        let nodes = urls
+            .iter()
+            .map(|url| redis::Client::open(*url))
+            .collect::<Result<Vec<_>, _>>()?;
+        if nodes.is_empty() && sentinel.is_none() {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "no redis node",
+            )));
+        }
+        let cluster = if settings.cluster {
+            let client = ClusterClientBuilder::new(urls)
+                .connection_timeout(settings.timeout)
+                .response_timeout(settings.timeout)
+                // A MOVED answer (a failover, a slot migrated) is followed once or twice; the
+                // call's own timeout bounds the whole.
+                .retries(2)
+                .min_retry_wait(10)
+                .max_retry_wait(100)
+                .build()?;
+            Some(client)
+        } else {
+            None
+        };
         Ok(SharedCache {
-            client: redis::Client::open(settings.url.expose())?,
+            nodes,
+            cluster,
+            sentinel,
             connection: Mutex::new(None),
             resting_until: Mutex::new(None),
             sealing: Sealing::new(&settings.entry_key),
@@ -309,8 +499,19 @@ impl SharedCache {
         format!("{}:changes", self.settings.prefix)
     }
 
-    pub fn client(&self) -> &redis::Client {
-        &self.client
+    /// The node to listen to announcements on, after `failures` attempts that failed or
+    /// connections lost: the one node, the seeds of a cluster in turn (classic pub/sub reaches
+    /// the subscribers of every node of a cluster), or the primary the sentinels name now.
+    pub async fn subscriber(&self, failures: usize) -> Result<redis::Client, redis::RedisError> {
+        match &self.sentinel {
+            Some(sentinel) => sentinel.lock().await.async_get_client().await,
+            None => Ok(self.nodes[failures % self.nodes.len()].clone()),
+        }
+    }
+
+    /// Whether Redis is a cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster.is_some()
     }
 
     /// The key a subject is kept under: `PREFIX:subject:HASH`.
@@ -350,13 +551,32 @@ impl SharedCache {
 
     fn rest(&self, error: &dyn std::fmt::Display) {
         tracing::warn!(%error, "redis unavailable; going on without it for a moment");
+        self.rest_quietly();
+    }
+
+    /// A Redis error: a redirection from a single node means `redis_url` names a cluster that
+    /// the settings do not say is one; said plainly, since the replica goes on without Redis.
+    fn failed(&self, error: &redis::RedisError) {
+        if !self.is_cluster() && error.redirect_node().is_some() {
+            tracing::error!(
+                %error,
+                "redis answered with a cluster redirection: it is a Redis Cluster, which needs \
+                 redis_cluster = true; going on without it for a moment"
+            );
+            self.rest_quietly();
+        } else {
+            self.rest(error);
+        }
+    }
+
+    fn rest_quietly(&self) {
         *self.resting_until.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(Instant::now() + BACKOFF);
         *self.connection.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// A connection, unless Redis is resting after a failure.
-    async fn connection(&self) -> Option<ConnectionManager> {
+    async fn connection(&self) -> Option<Connection> {
         if self.resting() {
             return None;
         }
@@ -368,11 +588,23 @@ impl SharedCache {
         {
             return Some(connection);
         }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.settings.timeout))
-            .set_response_timeout(Some(self.settings.timeout))
-            .set_number_of_retries(1);
-        let connecting = self.client.get_connection_manager_with_config(config);
+        let connecting = async {
+            if let Some(cluster) = &self.cluster {
+                return Ok(Connection::Cluster(cluster.get_async_connection().await?));
+            }
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(self.settings.timeout))
+                .set_response_timeout(Some(self.settings.timeout))
+                .set_number_of_retries(1);
+            // Behind sentinels, the primary they name now; after a failover the connection to
+            // the old one fails, and the next is made to the new one.
+            let node = match &self.sentinel {
+                Some(sentinel) => sentinel.lock().await.async_get_client().await?,
+                None => self.nodes[0].clone(),
+            };
+            let manager = node.get_connection_manager_with_config(config).await?;
+            Ok::<_, redis::RedisError>(Connection::Single(manager))
+        };
         match tokio::time::timeout(self.settings.timeout * 4, connecting).await {
             Ok(Ok(connection)) => {
                 *self.connection.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -380,7 +612,7 @@ impl SharedCache {
                 Some(connection)
             }
             Ok(Err(error)) => {
-                self.rest(&error);
+                self.failed(&error);
                 None
             }
             Err(_) => {
@@ -393,15 +625,10 @@ impl SharedCache {
     /// Runs one command with the timeout; a failure rests Redis.
     async fn call<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Option<T> {
         let mut connection = self.connection().await?;
-        match tokio::time::timeout(
-            self.settings.timeout,
-            command.query_async::<T>(&mut connection),
-        )
-        .await
-        {
+        match tokio::time::timeout(self.settings.timeout, connection.query::<T>(command)).await {
             Ok(Ok(value)) => Some(value),
             Ok(Err(error)) => {
-                self.rest(&error);
+                self.failed(&error);
                 None
             }
             Err(_) => {
@@ -411,35 +638,53 @@ impl SharedCache {
         }
     }
 
-    /// Sets each `(subject, revision, value)` unless a later revision is there, in one
-    /// pipeline. Returns whether Redis took them.
+    /// Sets each `(subject, revision, value)` unless a later revision is there: in one
+    /// pipeline on one node; on a cluster, in one pipeline per hash slot (a pipeline is sent to
+    /// one node, and a node answers only for its slots), the pipelines side by side. Returns
+    /// whether Redis took them all.
     async fn guarded_set(&self, entries: &[(&str, Revision, String)]) -> bool {
         if entries.is_empty() {
             return true;
         }
-        let Some(mut connection) = self.connection().await else {
+        let Some(connection) = self.connection().await else {
             return false;
         };
         let ttl = self.settings.time_to_live.as_secs().max(1);
-        let mut pipeline = redis::pipe();
+        let mut pipelines: Vec<(Option<Slot>, redis::Pipeline)> = Vec::new();
         for (subject_id, revision, value) in entries {
-            pipeline
+            let key = self.key(subject_id);
+            let slot = self.is_cluster().then(|| Slot::for_key(&key));
+            let index = match pipelines.iter().position(|(of, _)| *of == slot) {
+                Some(index) => index,
+                None => {
+                    pipelines.push((slot, redis::pipe()));
+                    pipelines.len() - 1
+                }
+            };
+            pipelines[index]
+                .1
                 .cmd("EVAL")
                 .arg(GUARDED_SET)
                 .arg(1)
-                .arg(self.key(subject_id))
+                .arg(key)
                 .arg(revision.sequence())
                 .arg(value)
                 .arg(ttl)
                 .ignore();
         }
+        let sending = futures_util::future::join_all(pipelines.iter().map(|(_, pipeline)| {
+            let mut connection = connection.clone();
+            async move { connection.run(pipeline).await }
+        }));
         let timeout = self.settings.timeout * (1 + entries.len() as u32 / 100);
-        match tokio::time::timeout(timeout, pipeline.query_async::<()>(&mut connection)).await {
-            Ok(Ok(())) => true,
-            Ok(Err(error)) => {
-                self.rest(&error);
-                false
-            }
+        match tokio::time::timeout(timeout, sending).await {
+            Ok(results) => match results.into_iter().find_map(Result::err) {
+                None => true,
+                Some(error) => {
+                    self.failed(&error);
+                    false
+                }
+            },
             Err(_) => {
                 self.rest(&"call timed out");
                 false
@@ -699,6 +944,7 @@ mod tests {
     fn shared(prefix: &str, key: &str) -> SharedCache {
         SharedCache::new(SharedSettings {
             url: DatabaseUrl::new("redis://127.0.0.1:6379".to_owned()),
+            cluster: false,
             prefix: prefix.to_owned(),
             time_to_live: Duration::from_secs(60),
             timeout: Duration::from_millis(50),

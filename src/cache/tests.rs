@@ -27,6 +27,7 @@ fn redis_settings() -> SharedSettings {
         std::env::var("ASSENT_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     SharedSettings {
         url: DatabaseUrl::new(redis_url),
+        cluster: false,
         prefix: format!("assent-test-{}", uuid::Uuid::now_v7().simple()),
         time_to_live: Duration::from_secs(60),
         timeout: Duration::from_millis(500),
@@ -295,6 +296,7 @@ async fn an_expiry_travels_with_the_state_through_every_tier(backend: Backend) {
         std::env::var("ASSENT_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let shared = SharedSettings {
         url: DatabaseUrl::new(redis_url),
+        cluster: false,
         prefix: format!("assent-test-{}", uuid::Uuid::now_v7().simple()),
         time_to_live: Duration::from_secs(60),
         timeout: Duration::from_millis(500),
@@ -490,7 +492,9 @@ async fn values_in_redis_that_fail_their_checks_are_replaced(backend: Backend) {
         .unwrap();
     let redis = SharedCache::new(shared.clone()).unwrap();
     let mut connection = redis
-        .client()
+        .subscriber(0)
+        .await
+        .unwrap()
         .get_multiplexed_async_connection()
         .await
         .unwrap();
@@ -592,7 +596,9 @@ async fn a_genuine_older_value_put_back_after_a_restart_is_refused(backend: Back
         .unwrap();
     let redis = SharedCache::new(shared.clone()).unwrap();
     let mut connection = redis
-        .client()
+        .subscriber(0)
+        .await
+        .unwrap()
         .get_multiplexed_async_connection()
         .await
         .unwrap();

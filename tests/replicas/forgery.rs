@@ -20,6 +20,7 @@ use crate::{Cluster, ENTRY_KEY, Options, email_rule, flip, percentile, process, 
 fn shared(cluster: &Cluster) -> SharedCache {
     SharedCache::new(SharedSettings {
         url: DatabaseUrl::new(redis_url()),
+        cluster: false,
         prefix: cluster.prefix.clone(),
         time_to_live: Duration::from_secs(600),
         timeout: Duration::from_millis(500),

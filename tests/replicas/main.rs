@@ -15,6 +15,8 @@ mod checkpoints;
 mod forgery;
 mod local_cache;
 mod partition;
+mod redis_cluster;
+mod redis_sentinel;
 mod roles;
 
 use std::collections::HashMap;
