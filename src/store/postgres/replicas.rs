@@ -20,7 +20,7 @@
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use sqlx::Row as _;
@@ -72,6 +72,8 @@ struct Inner {
     served_by_primary: AtomicU64,
     /// When the set was made: the origin of `Replica::lagging_since`.
     started: Instant,
+    /// Set when the store closes: the probes stop.
+    closed: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -80,7 +82,10 @@ struct Replica {
     label: String,
     /// Its URL without the password, for logs.
     name: String,
-    pool: PgPool,
+    options: PgConnectOptions,
+    max_connections: u32,
+    /// Replaced by a new one when the replica fails (see [`Replica::renew_pool`]).
+    pool: Mutex<PgPool>,
     /// Whether reads may go to it: set by a probe that found it a healthy standby of this
     /// primary, cleared by a failed probe or read.
     usable: AtomicBool,
@@ -120,14 +125,12 @@ impl ReadReplicas {
                 .application_name("assent-replica-read")
                 .options([("statement_timeout", STATEMENT_TIMEOUT)])
                 .options(SERVER_KEEPALIVE);
-            let pool = PgPoolOptions::new()
-                .max_connections(max_connections)
-                .acquire_timeout(CONNECT_TIMEOUT)
-                .connect_lazy_with(options);
             replicas.push(Replica {
                 label: index.to_string(),
                 name: url.redacted(),
-                pool,
+                pool: Mutex::new(new_pool(&options, max_connections)),
+                options,
+                max_connections,
                 usable: AtomicBool::new(false),
                 replayed: AtomicU64::new(0),
                 lag: AtomicU64::new(0),
@@ -145,6 +148,7 @@ impl ReadReplicas {
                 served_by_replica: AtomicU64::new(0),
                 served_by_primary: AtomicU64::new(0),
                 started: Instant::now(),
+                closed: AtomicBool::new(false),
             }),
         };
         set.probe_all().await;
@@ -206,7 +210,7 @@ impl ReadReplicas {
             return Err(Skip::Lag);
         }
         let read = async {
-            let mut lease = lease(&replica.pool).await?;
+            let mut lease = lease(&replica.pool()).await?;
             let read = snapshot_in_one_statement(lease.connection(), subject_id, max_conversations)
                 .await?;
             lease.done();
@@ -252,6 +256,7 @@ impl ReadReplicas {
     /// A read of `replica` failed: no read goes to it until a probe finds it well.
     fn failed(&self, replica: &Replica, why: &str) {
         if replica.usable.swap(false, Ordering::AcqRel) {
+            replica.renew_pool();
             tracing::warn!(
                 replica = %replica.name,
                 why,
@@ -286,6 +291,17 @@ impl ReadReplicas {
                     .store(primary_head.saturating_sub(replayed), Ordering::Release);
                 if !replica.usable.swap(true, Ordering::AcqRel) {
                     tracing::info!(replica = %replica.name, replayed, "a read replica is in use");
+                    // Its connections opened now, as the primary's are at start, so that a
+                    // read rarely pays for connecting within its short deadline.
+                    let pool = replica.pool();
+                    let connections = replica.max_connections;
+                    tokio::spawn(async move {
+                        let opened = futures_util::future::join_all(
+                            (0..connections).map(|_| pool.acquire()),
+                        )
+                        .await;
+                        drop(opened);
+                    });
                 }
             }
             Ok(Probe::Inconclusive) => {}
@@ -297,6 +313,7 @@ impl ReadReplicas {
                 }
             }
             Err(why) => {
+                replica.renew_pool();
                 if replica.usable.swap(false, Ordering::AcqRel) {
                     tracing::warn!(replica = %replica.name, why, "a read replica is unreachable");
                 }
@@ -308,7 +325,7 @@ impl ReadReplicas {
     /// the primary, its cluster, its head and the hash of its event at the replica's head.
     async fn probe(&self, replica: &Replica) -> Result<Probe, String> {
         // Leased, so that a connection a timed-out probe leaves waiting is closed, not pooled.
-        let mut replica_lease = lease(&replica.pool)
+        let mut replica_lease = lease(&replica.pool())
             .await
             .map_err(|error| error.to_string())?;
         let on_replica = sqlx::query(
@@ -371,9 +388,42 @@ impl ReadReplicas {
 
     /// Closes the replicas' pools.
     pub(super) async fn close(&self) {
+        self.inner.closed.store(true, Ordering::Release);
         for replica in &self.inner.replicas {
-            replica.pool.close().await;
+            replica.pool().close().await;
         }
+    }
+}
+
+/// A pool of lazily opened connections to a replica.
+fn new_pool(options: &PgConnectOptions, max_connections: u32) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .connect_lazy_with(options.clone())
+}
+
+impl Replica {
+    fn pool(&self) -> PgPool {
+        self.pool
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Replaces the pool with an empty one, and closes the old one in the background: after a
+    /// partition, the connections it kept may wait forever on an answer that will not come,
+    /// and each would cost a probe its timeout before the replica is used again.
+    fn renew_pool(&self) {
+        let fresh = new_pool(&self.options, self.max_connections);
+        let old = std::mem::replace(
+            &mut *self
+                .pool
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            fresh,
+        );
+        tokio::spawn(async move { old.close().await });
     }
 }
 
@@ -392,7 +442,10 @@ async fn lease(pool: &PgPool) -> Result<Lease<sqlx::Postgres>, sqlx::Error> {
 async fn probe_forever(set: Weak<Inner>) {
     loop {
         tokio::time::sleep(PROBE_INTERVAL).await;
-        let Some(inner) = set.upgrade() else {
+        let Some(inner) = set
+            .upgrade()
+            .filter(|inner| !inner.closed.load(Ordering::Acquire))
+        else {
             return;
         };
         ReadReplicas { inner }.probe_all().await;
