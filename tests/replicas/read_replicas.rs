@@ -428,6 +428,113 @@ async fn a_hung_or_stopped_replica_falls_back_to_the_primary() {
     cluster.stop();
 }
 
+/// The store's own reads, without a server: `at_least_as_fresh` (`decision_state_at_least`) and
+/// a cache miss (`snapshot_at_least`) read the paused replica for a revision it has replayed,
+/// and the primary, with the write, for one it has not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_reads_a_replica_only_for_revisions_it_has_replayed() {
+    use assent::domain::{Actor, SubjectId};
+    use assent::policy::{Choice as StoredChoice, Plan as StoredPlan, Purpose as StoredPurpose};
+    use assent::store::{
+        Command, ConsentMeta, Store, StoreTimeouts, SubjectFields, WriteContext, WriteRequest,
+    };
+
+    let _turn = REPLICA_PAIR.lock().await;
+    ensure_replica(&[]);
+    let (database, replica_url) = replicated_database().await;
+    let timeouts = StoreTimeouts {
+        // A busy machine: the test is about which server answers, not how fast.
+        read: Duration::from_secs(2),
+        ..StoreTimeouts::default()
+    };
+    let store = Store::open_with(
+        database.location(),
+        timeouts,
+        assent::store::Schema::Migrate,
+    )
+    .await
+    .unwrap()
+    .with_read_replicas(&[assent::store::DatabaseUrl::new(replica_url)])
+    .await
+    .unwrap();
+    let subject_id = SubjectId::parse("store-read").unwrap();
+    let write = async |command| {
+        let request = WriteRequest {
+            subject_id: subject_id.clone(),
+            command,
+            context: WriteContext {
+                caller: "replica-tests".into(),
+                actor: Actor::parse("tester", "").unwrap(),
+                trace_id: String::new(),
+                policy_version: assent::policy::POLICY_VERSION.to_owned(),
+            },
+        };
+        store.write(&request).await.unwrap().revision
+    };
+    let set = |choice| Command::SetChoice {
+        purpose: StoredPurpose::MarketingEmail,
+        choice: Some(choice),
+        consent: ConsentMeta::default(),
+    };
+    write(Command::Upsert(SubjectFields {
+        plan: Some(StoredPlan::Free),
+        ..SubjectFields::default()
+    }))
+    .await;
+    let granted = write(set(StoredChoice::Granted)).await;
+    let served = || store.read_replicas().unwrap().reads_served();
+    // Until a probe has found the replica with the schema and the write.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let before = served().0;
+        store
+            .decision_state_at_least(&subject_id, None, granted, 64)
+            .await
+            .unwrap();
+        if served().0 > before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replica never served a read");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let paused = PausedReplay::start();
+    let refused = write(set(StoredChoice::Refused)).await;
+    let choice_in = |state: Option<assent::policy::SubjectState>| {
+        state.unwrap().choices.get(StoredPurpose::MarketingEmail)
+    };
+    // Demanding the new revision: the primary, with the write.
+    let before = served();
+    let state = store
+        .decision_state_at_least(&subject_id, None, refused, 64)
+        .await
+        .unwrap();
+    assert_eq!(
+        (state.revision, choice_in(state.subject)),
+        (refused, Some(StoredChoice::Refused))
+    );
+    let snapshot = store
+        .snapshot_at_least(&subject_id, 64, refused)
+        .await
+        .unwrap();
+    assert_eq!(
+        (snapshot.revision, choice_in(snapshot.subject)),
+        (refused, Some(StoredChoice::Refused))
+    );
+    assert_eq!(served(), (before.0, before.1 + 2), "(replica, primary)");
+    // Demanding the older one: the replica may answer, as of what it replayed.
+    let state = store
+        .decision_state_at_least(&subject_id, None, granted, 64)
+        .await
+        .unwrap();
+    assert_eq!(
+        (state.revision, choice_in(state.subject)),
+        (granted, Some(StoredChoice::Granted))
+    );
+    assert_eq!(served(), (before.0 + 1, before.1 + 2), "(replica, primary)");
+    drop(paused);
+    store.close().await;
+}
+
 /// Prints the median and the slowest of `latencies`.
 fn report(what: &str, mut latencies: Vec<Duration>) {
     latencies.sort();

@@ -186,6 +186,15 @@ impl ReadReplicas {
         None
     }
 
+    /// How many of the reads that may go to a replica were served by one, and by the primary,
+    /// since start.
+    pub fn reads_served(&self) -> (u64, u64) {
+        (
+            self.inner.served_by_replica.load(Ordering::Relaxed),
+            self.inner.served_by_primary.load(Ordering::Relaxed),
+        )
+    }
+
     /// A read the primary served because it may not go to a replica at all (a conversation
     /// beyond what a snapshot holds): counted with those no replica could serve.
     pub(super) fn served_by_primary(&self) {
