@@ -230,7 +230,7 @@ const STATEMENT_TIMEOUT: &str = "30s";
 const IDLE_IN_TRANSACTION_TIMEOUT: &str = "5s";
 /// TCP keepalive on the server's side of each connection (sqlx offers none on ours): the
 /// server drops a session whose client stopped answering within about 10 s of silence.
-pub(super) const SERVER_KEEPALIVE: [(&str, &str); 4] = [
+const SERVER_KEEPALIVE: [(&str, &str); 4] = [
     ("tcp_keepalives_idle", "5"),
     ("tcp_keepalives_interval", "1"),
     ("tcp_keepalives_count", "5"),
