@@ -34,6 +34,9 @@ pub struct Settings {
     pub database_url: Option<DatabaseUrl>,
     /// The PostgreSQL connection pool's size.
     pub database_max_connections: u32,
+    /// PostgreSQL read replicas (streaming standbys of `database_url`) that a Check's cache
+    /// misses and `at_least_as_fresh` reads may go to (`store::ReadReplicas`).
+    pub database_replica_urls: Vec<DatabaseUrl>,
     /// Whether opening the store applies the migrations it lacks (`Migrate`), or only checks
     /// that it has exactly those this binary knows (`Check`: a role that owns no table).
     pub schema: Schema,
@@ -168,6 +171,7 @@ settings! {
     data_dir: PathBuf = ["ASSENT_DATA_DIR"], "data";
     database_url: String = ["ASSENT_DATABASE_URL"], None;
     database_max_connections: u32 = ["ASSENT_DATABASE_MAX_CONNECTIONS"], "16";
+    database_replica_urls: String = ["ASSENT_DATABASE_REPLICA_URLS"], None;
     run_migrations: bool = ["ASSENT_RUN_MIGRATIONS"], "true";
     store_read_timeout_ms: u64 = ["ASSENT_STORE_READ_TIMEOUT_MS"], "50";
     store_write_timeout_ms: u64 = ["ASSENT_STORE_WRITE_TIMEOUT_MS"], "800";
@@ -333,6 +337,61 @@ fn network_host(url: &str) -> Option<&str> {
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback());
     (!local).then_some(host)
+}
+
+/// Refuses a PostgreSQL URL to another machine without TLS (`sslmode=require`, `verify-ca` or
+/// `verify-full`), naming `setting`.
+fn require_tls(setting: &'static str, url: &DatabaseUrl) -> Result<(), ConfigError> {
+    if let Some(host) = network_host(url.expose())
+        && !matches!(
+            query_parameter(url.expose(), "sslmode"),
+            Some("require" | "verify-ca" | "verify-full")
+        )
+    {
+        let message = format!(
+            "refusing to reach PostgreSQL at {host} without TLS: add sslmode=require (or \
+             verify-full) to the URL"
+        );
+        return Err(invalid(setting, message));
+    }
+    Ok(())
+}
+
+/// The read replicas' URLs: comma-separated `postgres://` URLs, each held to the primary's TLS
+/// rule; refused unless the store is PostgreSQL.
+fn replica_urls(
+    given: Option<&str>,
+    database_url: Option<&DatabaseUrl>,
+) -> Result<Vec<DatabaseUrl>, ConfigError> {
+    const SETTING: &str = "database_replica_urls";
+    let urls: Vec<DatabaseUrl> = given
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(DatabaseUrl::new)
+        .collect();
+    if urls.is_empty() {
+        return Ok(urls);
+    }
+    if !database_url.is_some_and(|url| has_scheme(url.expose(), &["postgres://", "postgresql://"]))
+    {
+        return Err(invalid(
+            SETTING,
+            "read replicas need a PostgreSQL store: set database_url to the primary's \
+             postgres:// URL (the embedded SQLite store has no replicas)",
+        ));
+    }
+    for url in &urls {
+        if !has_scheme(url.expose(), &["postgres://", "postgresql://"]) {
+            return Err(invalid(
+                SETTING,
+                format!("expected comma-separated postgres:// URLs, got {url}"),
+            ));
+        }
+        require_tls(SETTING, url)?;
+    }
+    Ok(urls)
 }
 
 /// The value of parameter `name` in `url`'s query string.
@@ -529,18 +588,13 @@ impl Settings {
         }
         if let Some(url) = &database_url
             && has_scheme(url.expose(), &["postgres://", "postgresql://"])
-            && let Some(host) = network_host(url.expose())
-            && !matches!(
-                query_parameter(url.expose(), "sslmode"),
-                Some("require" | "verify-ca" | "verify-full")
-            )
         {
-            let message = format!(
-                "refusing to reach PostgreSQL at {host} without TLS: add sslmode=require (or \
-                 verify-full) to the URL"
-            );
-            return Err(invalid("database_url", message));
+            require_tls("database_url", url)?;
         }
+        let database_replica_urls = replica_urls(
+            given.database_replica_urls.as_deref(),
+            database_url.as_ref(),
+        )?;
         if given.database_max_connections == 0 {
             return Err(invalid("database_max_connections", "must be at least 1"));
         }
@@ -684,6 +738,7 @@ impl Settings {
             data_dir: given.data_dir,
             database_url,
             database_max_connections: given.database_max_connections,
+            database_replica_urls,
             schema: if given.run_migrations {
                 Schema::Migrate
             } else {
@@ -1055,6 +1110,69 @@ mod tests {
             ][..],
         ] {
             resolve(pairs).unwrap_or_else(|error| panic!("{pairs:?}: {error}"));
+        }
+    }
+
+    #[test]
+    fn read_replicas_need_postgres_and_tls_beyond_loopback() {
+        let resolve =
+            |pairs: &[(&str, &str)]| Settings::resolve(None, &env(pairs), Overrides::default());
+        let primary = (
+            "ASSENT_DATABASE_URL",
+            "postgres://assent:pw@127.0.0.1:5433/assent",
+        );
+        let replicas = "ASSENT_DATABASE_REPLICA_URLS";
+        let settings = resolve(&[
+            primary,
+            (
+                replicas,
+                " postgres://assent:s3cret@127.0.0.1:5434/assent, \
+                 postgres://assent:s3cret@db-2.internal/assent?sslmode=verify-full,",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(settings.database_replica_urls.len(), 2);
+        assert_eq!(
+            settings.database_replica_urls[0].expose(),
+            "postgres://assent:s3cret@127.0.0.1:5434/assent"
+        );
+        assert!(!format!("{settings:?}").contains("s3cret"));
+        assert!(
+            resolve(&[primary])
+                .unwrap()
+                .database_replica_urls
+                .is_empty()
+        );
+        for (pairs, prefix) in [
+            (
+                &[(replicas, "postgres://assent:s3cret@127.0.0.1:5434/assent")][..],
+                "database_replica_urls: read replicas need a PostgreSQL store",
+            ),
+            (
+                &[
+                    ("ASSENT_DATABASE_URL", "sqlite:///var/lib/assent/a.db"),
+                    (replicas, "postgres://assent:s3cret@127.0.0.1:5434/assent"),
+                ][..],
+                "database_replica_urls: read replicas need a PostgreSQL store",
+            ),
+            (
+                &[
+                    primary,
+                    (replicas, "postgres://assent:s3cret@db-2.internal/assent"),
+                ][..],
+                "database_replica_urls: refusing to reach PostgreSQL at db-2.internal",
+            ),
+            (
+                &[
+                    primary,
+                    (replicas, "mysql://assent:s3cret@127.0.0.1/assent"),
+                ][..],
+                "database_replica_urls: expected comma-separated postgres:// URLs",
+            ),
+        ] {
+            let error = resolve(pairs).unwrap_err().to_string();
+            assert!(error.starts_with(prefix), "{error}");
+            assert!(!error.contains("s3cret"), "{error}");
         }
     }
 

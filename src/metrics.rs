@@ -368,8 +368,8 @@ impl Scrape<'_> {
         self.labelled_counters(name, help, labelled)
     }
 
-    /// One counter family, a counter for each label set.
-    fn labelled_counters<Labels: EncodeLabelSet>(
+    /// One counter family, a counter for each label set (such as `vec![("replica", "0")]`).
+    pub fn labelled_counters<Labels: EncodeLabelSet>(
         &mut self,
         name: &str,
         help: &str,
@@ -379,6 +379,22 @@ impl Scrape<'_> {
         let mut family = self.0.encode_descriptor(name, help, None, metric_type)?;
         for (labels, value) in values {
             ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+
+    /// One gauge family, a gauge for each label set.
+    pub fn labelled_gauges<Labels: EncodeLabelSet>(
+        &mut self,
+        name: &str,
+        help: &str,
+        values: impl Iterator<Item = (Labels, u64)>,
+    ) -> std::fmt::Result {
+        let metric_type = ConstGauge::new(0_i64).metric_type();
+        let mut family = self.0.encode_descriptor(name, help, None, metric_type)?;
+        for (labels, value) in values {
+            let value = i64::try_from(value).unwrap_or(i64::MAX);
+            ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
         }
         Ok(())
     }

@@ -68,7 +68,10 @@ impl Application {
         let location = settings.store_location();
         let store = Store::open_with(&location, settings.store_timeouts, settings.schema)
             .await
-            .with_context(|| format!("cannot open the store at {location:?}"))?;
+            .with_context(|| format!("cannot open the store at {location:?}"))?
+            .with_read_replicas(&settings.database_replica_urls)
+            .await
+            .context("cannot set up the read replicas (database_replica_urls)")?;
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -129,10 +132,12 @@ impl Application {
             SubjectCache::start(self.store.clone(), self.settings.cache.clone())
                 .await
                 .context("cannot start the cache")?;
-        crate::metrics::METRICS.observe_server(vec![
-            Box::new(cache.clone()),
-            Box::new(decision_log.clone()),
-        ]);
+        let mut scraped: Vec<Box<dyn crate::metrics::Scraped>> =
+            vec![Box::new(cache.clone()), Box::new(decision_log.clone())];
+        if let Some(replicas) = self.store.read_replicas() {
+            scraped.push(Box::new(replicas.clone()));
+        }
+        crate::metrics::METRICS.observe_server(scraped);
         let policies = Arc::new(Policies::builtin());
         // Read after the cache learnt the latest revision: the versions read include every one
         // applied up to it.

@@ -252,6 +252,9 @@ fn run_as_the_pod_would(
     for (name, value) in variables {
         let value = match (name.as_str(), value) {
             ("ASSENT_DATABASE_URL", _) => server_url.clone(),
+            // The primary itself: no standby, so the probe never lets a read go to it, and the
+            // server serves from the primary.
+            ("ASSENT_DATABASE_REPLICA_URLS", _) => server_url.clone(),
             ("ASSENT_REDIS_URL", _) => redis.clone(),
             ("ASSENT_SUBJECT_HASH_KEY", _) => "chart-test-subject-hash-key".to_owned(),
             ("ASSENT_REDIS_ENTRY_KEY", _) => {

@@ -465,9 +465,15 @@ impl SubjectCache {
                     .wait_for(revision, inner.settings.freshness_wait)
                     .await;
                 if !caught_up {
+                    // From a read replica only if it has replayed the revision demanded.
                     let state = inner
                         .store
-                        .decision_state(subject_id, conversation_id)
+                        .decision_state_at_least(
+                            subject_id,
+                            conversation_id,
+                            revision,
+                            inner.settings.max_conversations,
+                        )
                         .await?;
                     self.saw(state.revision);
                     return Ok((state, Tier::Store));
@@ -537,9 +543,11 @@ impl SubjectCache {
                 SharedLookup::Rejected(value) => rejected = Some(value),
             }
         }
+        // From a read replica only if it has replayed every revision this server knows
+        // committed, so that the entry reflects every change up to the watermark.
         let snapshot = inner
             .store
-            .snapshot(subject_id, inner.settings.max_conversations)
+            .snapshot_at_least(subject_id, inner.settings.max_conversations, self.seen())
             .await?;
         self.saw(snapshot.revision);
         let entry = Arc::new(CachedSubject::from_snapshot(snapshot));

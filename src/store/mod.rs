@@ -29,7 +29,7 @@ use tracing::Instrument;
 
 pub use change::{Command, ConsentMeta, Provenance, SubjectFields, SubjectRecord};
 pub use history::{ConsentCause, ConsentRecord, HistoryCursor};
-pub use postgres::{PostgresStore, RUNTIME_GRANTS};
+pub use postgres::{PostgresStore, RUNTIME_GRANTS, ReadReplicas};
 pub use sqlite::SqliteStore;
 pub use state_check::{StateMismatch, StateReport};
 
@@ -1008,6 +1008,7 @@ impl Store {
                 Some(postgres) => {
                     postgres::snapshot_in_one_statement(postgres, subject_id, max_conversations)
                         .await
+                        .map(|read| read.snapshot)
                 }
                 None => rows::snapshot_in(connection, subject_id, max_conversations).await,
             },

@@ -6,6 +6,8 @@
 //! READ ONLY` transactions, one snapshot for the few statements a decision needs. Durability is
 //! PostgreSQL's: a write is acknowledged after its commit returns.
 
+mod replicas;
+
 use std::collections::HashSet;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -15,6 +17,8 @@ use sqlx::Postgres;
 use sqlx::Row as _;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+pub use replicas::ReadReplicas;
 
 use super::rows::{from_i64, parse, to_i64};
 use super::sql::{Begin, Connection, Lease};
@@ -30,12 +34,15 @@ use crate::revision::Revision;
 /// What `snapshot_in` reads, in one statement: one round trip instead of five (a
 /// transaction and three queries), and one statement sees one snapshot, so the parts agree
 /// as they do in a REPEATABLE READ transaction. The conversation columns are aggregated in
-/// one order (revision, then id), so their arrays line up.
+/// one order (revision, then id), so their arrays line up. The chain head and whether the
+/// server is a standby are read in the same snapshot: what a read replica's answer is judged by
+/// (`replicas.rs`).
 const SNAPSHOT_QUERY: &str = "
     SELECT s.plan, s.status, s.gpc, s.zero_data_retention, s.revision,
            c.purposes, c.choices, c.expiries,
            f.ids, f.feedback, f.moderation, f.reports, f.kept,
-           (SELECT sequence FROM audit_chain_head WHERE chain_id = 0) AS head
+           (SELECT sequence FROM audit_chain_head WHERE chain_id = 0) AS head,
+           pg_is_in_recovery() AS standby
     FROM (SELECT $1::TEXT AS id) AS q
     LEFT JOIN subjects AS s ON s.subject_id = q.id
     LEFT JOIN LATERAL (
@@ -54,11 +61,20 @@ const SNAPSHOT_QUERY: &str = "
               ORDER BY revision DESC, conversation_id LIMIT $2) AS recent
     ) AS f ON TRUE";
 
+/// A snapshot read in one statement, with what the server it was read on had replayed.
+pub(super) struct SnapshotRead {
+    pub snapshot: SubjectSnapshot,
+    /// The chain head in the statement's snapshot: the revision the read reflects.
+    pub head: Revision,
+    /// Whether the server is a standby (a read replica).
+    pub standby: bool,
+}
+
 pub(super) async fn snapshot_in_one_statement(
     connection: &mut sqlx::PgConnection,
     subject_id: &SubjectId,
     max_conversations: usize,
-) -> Result<SubjectSnapshot, StoreError> {
+) -> Result<SnapshotRead, StoreError> {
     let limit = i64::try_from(max_conversations)
         .unwrap_or(i64::MAX)
         .saturating_add(1);
@@ -67,11 +83,26 @@ pub(super) async fn snapshot_in_one_statement(
         .bind(limit)
         .fetch_one(&mut *connection)
         .await?;
+    let head = Revision::new(from_i64(row.try_get("head")?));
+    let standby: bool = row.try_get("standby")?;
+    let snapshot = snapshot_of_row(&row, head, max_conversations)?;
+    Ok(SnapshotRead {
+        snapshot,
+        head,
+        standby,
+    })
+}
+
+fn snapshot_of_row(
+    row: &sqlx::postgres::PgRow,
+    head: Revision,
+    max_conversations: usize,
+) -> Result<SubjectSnapshot, StoreError> {
     let status: Option<String> = row.try_get("status")?;
     let Some(status) = status else {
         return Ok(SubjectSnapshot {
             subject: None,
-            revision: Revision::new(from_i64(row.try_get("head")?)),
+            revision: head,
             conversations: Vec::new(),
             complete: true,
         });
@@ -332,6 +363,8 @@ pub struct PostgresStore {
     decision_partitions: Arc<Mutex<HashSet<i64>>>,
     /// Writes waiting to be committed together (`store::group`).
     pub(super) writes: Arc<super::group::WriteQueue>,
+    /// Where a Check's reads may go instead (`ReadReplicas`), if any are configured.
+    pub(super) replicas: Option<ReadReplicas>,
 }
 
 const PARTITION_PREFIX: &str = "decision_log_";
@@ -370,6 +403,7 @@ impl PostgresStore {
             timeouts,
             decision_partitions: Arc::default(),
             writes: Arc::default(),
+            replicas: None,
         })
     }
 
@@ -568,6 +602,9 @@ impl PostgresStore {
     }
 
     pub async fn close(&self) {
+        if let Some(replicas) = &self.replicas {
+            replicas.close().await;
+        }
         self.pool.close().await;
     }
 

@@ -46,10 +46,19 @@ pub struct TestDatabase {
     location: StoreLocation,
     directory: PathBuf,
     postgres_name: Option<String>,
+    /// The PostgreSQL server it was created on (and is dropped from).
+    admin: String,
 }
 
 impl TestDatabase {
     pub async fn create(backend: Backend) -> TestDatabase {
+        TestDatabase::create_on(backend, &admin_url()).await
+    }
+
+    /// A database on the PostgreSQL server of `admin` (a role that may create databases), such
+    /// as a primary with a read replica; of `backend` SQLite, a file as [`TestDatabase::create`].
+    pub async fn create_on(backend: Backend, admin: &str) -> TestDatabase {
+        let admin = admin.to_owned();
         let unique = uuid::Uuid::now_v7().simple().to_string();
         let directory = std::env::temp_dir().join(format!("assent-test-{unique}"));
         std::fs::create_dir_all(&directory).expect("cannot create a test directory");
@@ -59,10 +68,10 @@ impl TestDatabase {
                 location: StoreLocation::SqliteFile(directory.join("assent.db")),
                 directory,
                 postgres_name: None,
+                admin,
             },
             Backend::Postgres => {
                 let name = format!("assent_test_{unique}");
-                let admin = admin_url();
                 let mut connection = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(
                     |error| {
                         panic!(
@@ -84,6 +93,7 @@ impl TestDatabase {
                     },
                     directory,
                     postgres_name: Some(name),
+                    admin,
                 }
             }
         }
@@ -113,6 +123,7 @@ impl Drop for TestDatabase {
         let Some(name) = self.postgres_name.take() else {
             return;
         };
+        let admin = std::mem::take(&mut self.admin);
         // Drop runs outside any async context we can borrow: a thread with its own small
         // runtime drops the database, forcing out connections a failed test left open.
         let dropped = std::thread::spawn(move || {
@@ -121,7 +132,7 @@ impl Drop for TestDatabase {
                 .build()
                 .ok()?;
             runtime.block_on(async {
-                let mut connection = sqlx::PgConnection::connect(&admin_url()).await.ok()?;
+                let mut connection = sqlx::PgConnection::connect(&admin).await.ok()?;
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
                 )))

@@ -65,6 +65,7 @@ impl TestApp {
             data_dir: data.directory().to_owned(),
             database_url: Some(DatabaseUrl::new(data.url())),
             database_max_connections: 4,
+            database_replica_urls: Vec::new(),
             schema: assent::store::Schema::Migrate,
             // The suite checks answers, not deadlines, on a machine that may be busy: a Check's
             // read gets more than the default 50 ms before it is answered degraded (the

@@ -2,7 +2,9 @@
 //! production: freshness across replicas, and what happens when Redis or PostgreSQL goes away.
 //!
 //! Every test has its own database and its own Redis key prefix. Outages are made with a TCP
-//! proxy in front of the real server, so other tests keep their PostgreSQL and Redis.
+//! proxy in front of the real server, so other tests keep their PostgreSQL and Redis. The read
+//! replica tests (`read_replicas.rs`) use a primary and streaming replica of their own, started by
+//! `scripts/ensure-postgres-replica`.
 
 #[path = "../support/database_roles.rs"]
 mod database_roles;
@@ -15,6 +17,7 @@ mod checkpoints;
 mod forgery;
 mod local_cache;
 mod partition;
+mod read_replicas;
 mod redis_cluster;
 mod redis_sentinel;
 mod roles;
