@@ -24,7 +24,7 @@
 //!
 //! BENCH_PARTS (default `writes,proofs`) picks the parts, BENCH_STORES (`embedded`, `postgres`;
 //! default both) the stores the writes are measured on. The per-caller write rate limit is off
-//! in both servers: the benchmark's writers stand for many callers.
+//! in both servers (`support::Server`): the benchmark's writers stand for many callers.
 
 #[path = "support.rs"]
 mod support;
@@ -169,9 +169,6 @@ async fn measure_writes(binary: &Path, backend: Backend, writers: usize, seconds
     if backend == Backend::Postgres {
         settings.push(("ASSENT_DATABASE_URL", database.url()));
     }
-    // The writers here stand for many callers; one caller's default limit (1,000 writes/s)
-    // would measure the limit.
-    settings.push(("ASSENT_WRITES_PER_SECOND_PER_CALLER", "0".to_owned()));
     let server = Server::start_binary(binary, &settings);
     let channels = server.channels(4).await;
     let written = Arc::new(AtomicU64::new(0));

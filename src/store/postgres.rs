@@ -198,8 +198,48 @@ pub const RUNTIME_GRANTS: &[(&str, &str)] = &[
     ("FUNCTION decision_log_create_partition(BIGINT)", "EXECUTE"),
 ];
 
-/// `rows::insert_events` on PostgreSQL: the events and their payloads inserted from arrays.
+/// The most bytes of parameters one statement of [`insert_events`] carries. A message longer
+/// than a TLS record (16 KiB) leaves the client in more than one write, and sqlx does not set
+/// TCP_NODELAY: the last write then waits for the server's delayed acknowledgement, some 40 ms
+/// on Linux, while the chain head is held. Measured: a group of 58 events in one statement
+/// waited 42 ms before it was sent.
+const INSERT_BYTES: usize = 12 * 1024;
+
+/// `rows::insert_events` on PostgreSQL: the events and their payloads inserted from arrays, in
+/// statements of at most [`INSERT_BYTES`] of parameters each.
 pub(super) async fn insert_events(
+    connection: &mut sqlx::PgConnection,
+    events: &[(AuditEvent, Vec<u8>)],
+) -> Result<(), StoreError> {
+    let mut start = 0;
+    while start < events.len() {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < events.len() && (end == start || bytes < INSERT_BYTES) {
+            let (event, tree) = &events[end];
+            bytes += 160
+                + event.event_id.len()
+                + event.subject_id.len()
+                + event.caller.len()
+                + event.operator_id.len()
+                + event.actor_reason.len()
+                + event.payload_sha256.len()
+                + event.policy_version.len()
+                + event.trace_id.len()
+                + event.prev_hash.len()
+                + event.hash.len()
+                + tree.len()
+                + event.payload_salt.len()
+                + event.detail_json.len();
+            end += 1;
+        }
+        insert_event_rows(&mut *connection, &events[start..end]).await?;
+        start = end;
+    }
+    Ok(())
+}
+
+async fn insert_event_rows(
     connection: &mut sqlx::PgConnection,
     events: &[(AuditEvent, Vec<u8>)],
 ) -> Result<(), StoreError> {
