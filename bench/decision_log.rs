@@ -142,15 +142,20 @@ async fn round(mode: &'static str, seconds: u64, concurrency: usize) -> Round {
 /// segment files, shipped as rows of `decision_log_segments`) when nothing else runs.
 async fn ingestion_capacity(records: usize) -> f64 {
     use assent::audit::Decided;
-    use assent::decision_log::{DecisionLog, LogMode};
+    use assent::decision_log::{DecisionLog, LogMode, LogStore};
     use assent::policy::{Decision, POLICY_VERSION, Reason, Source};
     let database = TestDatabase::create(Backend::Postgres).await;
     let store = assent::store::Store::open(database.location())
         .await
         .unwrap();
     let directory = database.directory().join("decision-log");
-    let (log, writer) =
-        DecisionLog::start(store.clone(), LogMode::All, (records, 1 << 30), &directory).unwrap();
+    let (log, writer) = DecisionLog::start(
+        LogStore::main(store.clone()),
+        LogMode::All,
+        (records, 1 << 30),
+        &directory,
+    )
+    .unwrap();
     let now = assent::store::now_micros();
     let subjects: Vec<String> = (0..SUBJECTS)
         .map(|index| format!("bench-{index}"))

@@ -54,6 +54,9 @@ pub struct Settings {
     pub decision_log_backlog_bytes: u64,
     /// How many days of decisions `assent audit prune` keeps.
     pub decision_log_retention_days: u32,
+    /// A PostgreSQL database of the decision log's own: every decision-log write, read, prune
+    /// and partition goes there, nothing of it to `database_url`'s. `None`: the main store.
+    pub decision_log_database_url: Option<DatabaseUrl>,
     /// The in-process cache of subject state.
     pub cache: CacheSettings,
     /// How often choices whose expiry has passed are recorded as expired (a `consent_expired`
@@ -180,6 +183,7 @@ settings! {
     decision_log_dir: PathBuf = ["ASSENT_DECISION_LOG_DIR"], None;
     decision_log_backlog_mb: u64 = ["ASSENT_DECISION_LOG_BACKLOG_MB"], "1024";
     decision_log_retention_days: u32 = ["ASSENT_DECISION_LOG_RETENTION_DAYS"], "400";
+    decision_log_database_url: String = ["ASSENT_DECISION_LOG_DATABASE_URL"], None;
     cache_max_subjects: u64 = ["ASSENT_CACHE_MAX_SUBJECTS"], "1000000";
     cache_ttl_seconds: u64 = ["ASSENT_CACHE_TTL_SECONDS"], "600";
     cache_max_conversations: usize = ["ASSENT_CACHE_MAX_CONVERSATIONS"], "64";
@@ -339,6 +343,9 @@ fn network_host(url: &str) -> Option<&str> {
     (!local).then_some(host)
 }
 
+/// The schemes of a PostgreSQL URL.
+const POSTGRES_SCHEMES: &[&str] = &["postgres://", "postgresql://"];
+
 /// Refuses a PostgreSQL URL to another machine without TLS (`sslmode=require`, `verify-ca` or
 /// `verify-full`), naming `setting`.
 fn require_tls(setting: &'static str, url: &DatabaseUrl) -> Result<(), ConfigError> {
@@ -374,8 +381,7 @@ fn replica_urls(
     if urls.is_empty() {
         return Ok(urls);
     }
-    if !database_url.is_some_and(|url| has_scheme(url.expose(), &["postgres://", "postgresql://"]))
-    {
+    if !database_url.is_some_and(|url| has_scheme(url.expose(), POSTGRES_SCHEMES)) {
         return Err(invalid(
             SETTING,
             "read replicas need a PostgreSQL store: set database_url to the primary's \
@@ -383,7 +389,7 @@ fn replica_urls(
         ));
     }
     for url in &urls {
-        if !has_scheme(url.expose(), &["postgres://", "postgresql://"]) {
+        if !has_scheme(url.expose(), POSTGRES_SCHEMES) {
             return Err(invalid(
                 SETTING,
                 format!("expected comma-separated postgres:// URLs, got {url}"),
@@ -587,9 +593,28 @@ impl Settings {
             return Err(invalid("database_url", message));
         }
         if let Some(url) = &database_url
-            && has_scheme(url.expose(), &["postgres://", "postgresql://"])
+            && has_scheme(url.expose(), POSTGRES_SCHEMES)
         {
             require_tls("database_url", url)?;
+        }
+        let decision_log_database_url = given.decision_log_database_url.map(DatabaseUrl::new);
+        if let Some(url) = &decision_log_database_url {
+            if !has_scheme(url.expose(), POSTGRES_SCHEMES) {
+                let message = format!("expected a postgres:// URL, got {url}");
+                return Err(invalid("decision_log_database_url", message));
+            }
+            require_tls("decision_log_database_url", url)?;
+            if !database_url
+                .as_ref()
+                .is_some_and(|main| has_scheme(main.expose(), POSTGRES_SCHEMES))
+            {
+                return Err(invalid(
+                    "decision_log_database_url",
+                    "a database of the decision log's own needs the store on PostgreSQL too \
+                     (database_url = postgres://…): the embedded SQLite store keeps its decision \
+                     log in its own file",
+                ));
+            }
         }
         let database_replica_urls = replica_urls(
             given.database_replica_urls.as_deref(),
@@ -750,6 +775,7 @@ impl Settings {
             decision_log_dir,
             decision_log_backlog_bytes: given.decision_log_backlog_mb.saturating_mul(1 << 20),
             decision_log_retention_days: given.decision_log_retention_days,
+            decision_log_database_url,
             cache,
             consent_expiry_sweep: milliseconds(given.consent_expiry_sweep_ms),
             checkpoints,
@@ -806,6 +832,17 @@ impl Settings {
             }
         }
         Ok(settings)
+    }
+
+    /// The database of the decision log, when it has one of its own
+    /// (`decision_log_database_url`); `None`: the store's.
+    pub fn decision_log_location(&self) -> Option<StoreLocation> {
+        self.decision_log_database_url
+            .as_ref()
+            .map(|url| StoreLocation::Postgres {
+                url: url.clone(),
+                max_connections: self.database_max_connections,
+            })
     }
 
     /// The store these settings select.
@@ -1062,6 +1099,56 @@ mod tests {
         assert!(Settings::resolve(None, &env(&local), Overrides::default()).is_ok());
     }
 
+    /// A decision log database of its own is a PostgreSQL database beside a PostgreSQL store;
+    /// unset, the log is the store's.
+    #[test]
+    fn the_decision_log_database_is_postgres_beside_postgres() {
+        let resolve =
+            |pairs: &[(&str, &str)]| Settings::resolve(None, &env(pairs), Overrides::default());
+        let log = "ASSENT_DECISION_LOG_DATABASE_URL";
+        let main = (
+            "ASSENT_DATABASE_URL",
+            "postgres://assent:s3cret@127.0.0.1/assent",
+        );
+        let settings = resolve(&[main]).unwrap();
+        assert_eq!(settings.decision_log_location(), None);
+        let settings = resolve(&[
+            main,
+            (log, "postgres://log:s3cret@127.0.0.1:5433/decisions"),
+        ])
+        .unwrap();
+        assert_eq!(
+            settings.decision_log_location(),
+            Some(StoreLocation::Postgres {
+                url: DatabaseUrl::new("postgres://log:s3cret@127.0.0.1:5433/decisions"),
+                max_connections: 16,
+            })
+        );
+        assert!(!format!("{settings:?}").contains("s3cret"));
+        for (pairs, prefix) in [
+            (
+                &[(log, "postgres://log:s3cret@127.0.0.1/decisions")][..],
+                "decision_log_database_url: a database of the decision log's own needs the \
+                 store on PostgreSQL",
+            ),
+            (
+                &[
+                    ("ASSENT_DATABASE_URL", "sqlite://assent.db"),
+                    (log, "postgres://log:s3cret@127.0.0.1/decisions"),
+                ][..],
+                "decision_log_database_url: a database of the decision log's own",
+            ),
+            (
+                &[main, (log, "sqlite://decisions.db")][..],
+                "decision_log_database_url: expected a postgres:// URL",
+            ),
+        ] {
+            let error = resolve(pairs).unwrap_err().to_string();
+            assert!(error.starts_with(prefix), "{error}");
+            assert!(!error.contains("s3cret"), "{error}");
+        }
+    }
+
     #[test]
     fn stores_on_other_machines_are_reached_over_tls_only() {
         let resolve = |pairs: &[(&str, &str)]| {
@@ -1094,6 +1181,26 @@ mod tests {
         ] {
             resolve(&[(database, url)]).unwrap_or_else(|error| panic!("{url}: {error}"));
         }
+        let main = (
+            database,
+            "postgres://assent:s3cret@db.internal/assent?sslmode=require",
+        );
+        let log = "ASSENT_DECISION_LOG_DATABASE_URL";
+        refused(
+            &[
+                main,
+                (log, "postgres://assent:s3cret@log.internal:5432/decisions"),
+            ],
+            "decision_log_database_url: refusing to reach PostgreSQL at log.internal",
+        );
+        resolve(&[
+            main,
+            (
+                log,
+                "postgres://assent:s3cret@log.internal/decisions?sslmode=verify-full",
+            ),
+        ])
+        .unwrap();
         let redis = "ASSENT_REDIS_URL";
         let entry_key = ("ASSENT_REDIS_ENTRY_KEY", "0123456789abcdef0123456789abcdef");
         refused(

@@ -57,6 +57,10 @@ pub enum ApiError {
     /// A `require_audit` check whose record could not be made durable: no answer without it.
     #[error("require_audit: the decision could not be recorded durably ({0}); retry later")]
     AuditUnavailable(DecisionLogError),
+    /// The decision log's database of its own (`decision_log_database_url`) has not been
+    /// reached since the start.
+    #[error("the decision log's database is not reachable yet; retry later")]
+    DecisionLogUnavailable,
     /// The store's audit log is not an extension of the last signed checkpoint: history was
     /// rewritten or lost, and nothing more is signed until someone looks.
     #[error("checkpoint: {0}")]
@@ -118,7 +122,8 @@ impl ApiError {
             ApiError::StoreUnavailable(_)
             | ApiError::PoliciesLoading
             | ApiError::WriteUnconfirmed(_)
-            | ApiError::AuditUnavailable(_) => Code::Unavailable,
+            | ApiError::AuditUnavailable(_)
+            | ApiError::DecisionLogUnavailable => Code::Unavailable,
             ApiError::AuditLogInconsistent(_) => Code::DataLoss,
             ApiError::Internal(_) => Code::Internal,
         }

@@ -28,7 +28,7 @@ use crate::auth::{AuthLayer, Authenticator, TokenVerifier};
 use crate::cache::SubjectCache;
 use crate::checkpoints::Checkpoints;
 use crate::config::{Settings, TlsSettings};
-use crate::decision_log::DecisionLog;
+use crate::decision_log::{DecisionLog, LogStore};
 use crate::limits::LimitLayer;
 use crate::policies::Policies;
 use crate::proto::FILE_DESCRIPTOR_SET;
@@ -59,6 +59,10 @@ pub struct Application {
     listener: TcpListener,
     admin_listener: Option<TcpListener>,
     store: Store,
+    /// Where the decision log's rows go: `store`, or a database of the log's own.
+    decision_store: LogStore,
+    /// Opens the decision log's own database, until it has it.
+    open_decision_store: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
@@ -86,11 +90,21 @@ impl Application {
         if let Some(key) = &settings.subject_hash_key {
             key.install();
         }
+        // A database of the log's own that does not answer at start is opened in the
+        // background: it delays the shipping of decisions, never the serving of checks.
+        let (decision_store, open_decision_store) = match settings.decision_log_location() {
+            Some(location) => {
+                LogStore::open_separate(location, settings.store_timeouts, settings.schema).await
+            }
+            None => (LogStore::main(store.clone()), None),
+        };
         Ok(Application {
             settings,
             listener,
             admin_listener,
             store,
+            decision_store,
+            open_decision_store,
         })
     }
 
@@ -119,7 +133,7 @@ impl Application {
         let address = self.local_addr();
         let admin_address = self.admin_addr();
         let (decision_log, decision_log_writer) = DecisionLog::start(
-            self.store.clone(),
+            self.decision_store.clone(),
             self.settings.decision_log,
             (
                 self.settings.decision_log_queue,
@@ -332,6 +346,14 @@ impl Application {
         }
         cache_tasks.shutdown().await;
         decision_log_writer.shutdown().await;
+        if let Some(opening) = self.open_decision_store {
+            opening.abort();
+        }
+        if self.decision_store.is_separate()
+            && let Some(decision_store) = self.decision_store.get()
+        {
+            decision_store.close().await;
+        }
         admin_stop.notify_one();
         if let Some(admin) = admin {
             match admin.await {

@@ -122,12 +122,13 @@ impl proto::audit_server::Audit for AuditService {
         request: Request<proto::ListDecisionsRequest>,
     ) -> Result<Response<proto::ListDecisionsResponse>, Status> {
         let (query, page_size) = validate::list_decisions(request.get_ref())?;
-        let mut decisions = self
+        // The log's own database when it has one (`decision_log_database_url`).
+        let store = self
             .state
-            .store
-            .decisions(&query)
-            .await
-            .map_err(ApiError::from)?;
+            .decision_log
+            .store()
+            .ok_or(ApiError::DecisionLogUnavailable)?;
+        let mut decisions = store.decisions(&query).await.map_err(ApiError::from)?;
         let next_page_token = next_page(&mut decisions, page_size, |last| {
             validate::decisions_page_token(last.decided_at_micros, &last.decision_id)
         });

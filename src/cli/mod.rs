@@ -746,14 +746,42 @@ fn maintenance_timeouts(settings: &crate::config::Settings) -> crate::store::Sto
 async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     let settings = args.store.settings(None)?;
     let _telemetry = crate::telemetry::init(settings.log_format, None);
-    let location = settings.store_location();
-    let store = Store::open_with(&location, maintenance_timeouts(&settings), Schema::Migrate)
+    migrate_one(
+        "store",
+        &settings.store_location(),
+        &settings,
+        args.grant_to.as_deref(),
+    )
+    .await?;
+    // The decision log's own database, when it has one, gets the same schema (it uses only
+    // the decision log's tables of it) and the same grants.
+    if let Some(location) = settings.decision_log_location() {
+        migrate_one(
+            "decision log database",
+            &location,
+            &settings,
+            args.grant_to.as_deref(),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Migrates the database at `location` (`what` it is, in messages) and grants `role` the
+/// server's privileges there, or prints them.
+async fn migrate_one(
+    what: &str,
+    location: &crate::store::StoreLocation,
+    settings: &Settings,
+    grant_to: Option<&str>,
+) -> anyhow::Result<()> {
+    let store = Store::open_with(location, maintenance_timeouts(settings), Schema::Migrate)
         .await
-        .with_context(|| format!("cannot migrate the store at {location:?}"))?;
+        .with_context(|| format!("cannot migrate the {what} at {location:?}"))?;
     let version = store.schema_version().await?;
-    let granted = grant(&store, args.grant_to.as_deref()).await;
+    let granted = grant(&store, grant_to).await;
     store.close().await;
-    println!("the store's schema is up to date (version {version})");
+    println!("the {what}'s schema is up to date (version {version})");
     match granted? {
         Grants::Applied { role, statements } => {
             println!(
@@ -808,10 +836,13 @@ async fn prune(older_than_days: Option<u32>, args: StoreArgs) -> anyhow::Result<
     let settings = args.settings(None)?;
     let _telemetry = crate::telemetry::init(settings.log_format, None);
     let days = older_than_days.unwrap_or(settings.decision_log_retention_days);
-    let location = settings.store_location();
+    // The log's own database when it has one: nothing of the log is in the store's then.
+    let location = settings
+        .decision_log_location()
+        .unwrap_or_else(|| settings.store_location());
     let store = Store::open_with(&location, maintenance_timeouts(&settings), settings.schema)
         .await
-        .with_context(|| format!("cannot open the store at {location:?}"))?;
+        .with_context(|| format!("cannot open the decision log's store at {location:?}"))?;
     let cutoff = crate::store::now_micros() - i64::from(days) * crate::calendar::MICROS_PER_DAY;
     let report = store.prune_decision_log(cutoff).await?;
     store.close().await;

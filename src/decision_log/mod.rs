@@ -12,6 +12,10 @@
 //! or the unshipped segments reach `decision_log_backlog_mb`, a decision is dropped and counted:
 //! answering never waits on the log.
 //!
+//! "The store" here is the log's [`LogStore`]: the database of the store of record, or, with
+//! `decision_log_database_url`, a database of the log's own, which may not have answered yet
+//! (the segments then wait on disk, as for a store that is down).
+//!
 //! A check with `require_audit` goes the other way: its record is queued for the store
 //! directly, it waits for room and for its row to be committed, and it fails rather than
 //! answer without the record.
@@ -36,7 +40,7 @@ use tokio::task::JoinHandle;
 use crate::audit::{Decided, DecisionRecord, segment};
 use crate::metrics::{Scrape, Scraped};
 use crate::policy::Decision;
-use crate::store::Store;
+use crate::store::{Schema, Store, StoreLocation, StoreTimeouts};
 
 /// The most `require_audit` rows one insert carries.
 pub const BATCH_SIZE: usize = 1_000;
@@ -181,10 +185,90 @@ impl Shared {
     }
 }
 
+/// Where the decision log's rows live: the store's own database, or a database of the log's
+/// own (`decision_log_database_url`), opened (and migrated) in the background. A log database
+/// that cannot be reached at start only delays the shipping: decisions wait in segment files
+/// meanwhile, as they do while a store is down.
+#[derive(Clone, Debug)]
+pub struct LogStore {
+    opened: watch::Receiver<Option<Store>>,
+    separate: bool,
+}
+
+impl LogStore {
+    /// The log in the store's database.
+    pub fn main(store: Store) -> LogStore {
+        let (_, opened) = watch::channel(Some(store));
+        LogStore {
+            opened,
+            separate: false,
+        }
+    }
+
+    /// The log in a database of its own at `location`: opened (and migrated, or checked) at
+    /// once if it answers, which takes at most the store's connect timeout when it does not;
+    /// else by the task returned, which tries again, later and later (every
+    /// [`RETRY_AT_MOST`] at most), until it has it. The task is the caller's to stop.
+    pub async fn open_separate(
+        location: StoreLocation,
+        timeouts: StoreTimeouts,
+        schema: Schema,
+    ) -> (LogStore, Option<JoinHandle<()>>) {
+        let open = async move || match Store::open_with(&location, timeouts, schema).await {
+            Ok(store) => Some(store),
+            Err(error) => {
+                tracing::warn!(
+                    error = %crate::telemetry::error_chain(&error),
+                    "cannot open the decision log's database (decision_log_database_url); \
+                     decisions wait in segment files, and it is tried again"
+                );
+                None
+            }
+        };
+        if let Some(store) = open().await {
+            let (_, opened) = watch::channel(Some(store));
+            let store = LogStore {
+                opened,
+                separate: true,
+            };
+            return (store, None);
+        }
+        let (opened, receiver) = watch::channel(None);
+        let task = tokio::spawn(async move {
+            let mut retry = Duration::from_millis(100);
+            loop {
+                tokio::time::sleep(retry).await;
+                if let Some(store) = open().await {
+                    tracing::info!("the decision log's database is open");
+                    let _ = opened.send(Some(store));
+                    return;
+                }
+                retry = (retry * 2).min(RETRY_AT_MOST);
+            }
+        });
+        let store = LogStore {
+            opened: receiver,
+            separate: true,
+        };
+        (store, Some(task))
+    }
+
+    /// The store the log's rows are in, once it is open.
+    pub fn get(&self) -> Option<Store> {
+        self.opened.borrow().clone()
+    }
+
+    /// Whether the log has a database of its own (which its owner closes).
+    pub fn is_separate(&self) -> bool {
+        self.separate
+    }
+}
+
 /// The handle checks record through. Cheap to clone.
 #[derive(Clone)]
 pub struct DecisionLog {
     mode: LogMode,
+    store: LogStore,
     shared: Arc<Shared>,
     durable: mpsc::Sender<Entry>,
     capacity: usize,
@@ -228,7 +312,7 @@ impl DecisionLog {
     /// then keeps writing and shipping. Up to `capacity` decisions wait in memory (and as many
     /// `require_audit` records), up to `backlog_limit` bytes of segments on disk.
     pub fn start(
-        store: Store,
+        store: LogStore,
         mode: LogMode,
         (capacity, backlog_limit): (usize, u64),
         directory: &Path,
@@ -262,7 +346,7 @@ impl DecisionLog {
                 shared.clone(),
             )),
             tokio::spawn(ship_segments(
-                store,
+                store.clone(),
                 segments.recovered.clone(),
                 to_ship,
                 stopped.clone(),
@@ -272,6 +356,7 @@ impl DecisionLog {
         ];
         let log = DecisionLog {
             mode,
+            store,
             shared,
             durable,
             capacity,
@@ -281,6 +366,12 @@ impl DecisionLog {
 
     pub fn mode(&self) -> LogMode {
         self.mode
+    }
+
+    /// The store the log's rows are in (what reads them, `Audit.ListDecisions`, reads), once
+    /// it is open.
+    pub fn store(&self) -> Option<Store> {
+        self.store.get()
     }
 
     /// Whether a decision is to be recorded, given a uniform random draw. Checked before a
@@ -550,7 +641,7 @@ async fn flush_blocks(
 /// is tried again, later and later, and the ones after it wait. On stop, ships what is sealed
 /// once more and leaves what fails on disk.
 async fn ship_segments(
-    store: Store,
+    store: LogStore,
     recovered: Vec<(u64, PathBuf)>,
     mut to_ship: mpsc::UnboundedReceiver<(PathBuf, File)>,
     mut stop: watch::Receiver<bool>,
@@ -593,8 +684,12 @@ async fn ship_segments(
     }
 }
 
-/// Ships one segment in one transaction and deletes it; false if the store refused it.
-async fn ship(store: &Store, path: &Path, recovered: bool, shared: &Shared) -> bool {
+/// Ships one segment in one transaction and deletes it; false if the store refused it, or is
+/// not open yet.
+async fn ship(store: &LogStore, path: &Path, recovered: bool, shared: &Shared) -> bool {
+    let Some(store) = store.get() else {
+        return false;
+    };
     let counters = &shared.counters;
     let bytes = match tokio::fs::read(path).await {
         Ok(bytes) => bytes,
@@ -657,7 +752,7 @@ fn release(gauge: &AtomicU64, amount: u64) {
 
 /// Writes the `require_audit` records, in batches.
 async fn write_batches(
-    store: Store,
+    store: LogStore,
     mut receiver: mpsc::Receiver<Entry>,
     mut stop: watch::Receiver<bool>,
     shared: Arc<Shared>,
@@ -689,12 +784,25 @@ async fn write_batches(
     }
 }
 
-async fn flush(store: &Store, batch: Vec<Entry>, counters: &Counters) {
+async fn flush(store: &LogStore, batch: Vec<Entry>, counters: &Counters) {
     let (records, waiters): (Vec<DecisionRecord>, Vec<Option<oneshot::Sender<bool>>>) = batch
         .into_iter()
         .map(|entry| (entry.record, entry.durable))
         .unzip();
     let durable = waiters.iter().any(Option::is_some);
+    let Some(store) = store.get() else {
+        counters
+            .failed
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        tracing::error!(
+            rows = records.len(),
+            "cannot write to the decision log: its database is not open yet"
+        );
+        for waiter in waiters.into_iter().flatten() {
+            let _ = waiter.send(false);
+        }
+        return;
+    };
     let mut result = store.insert_decisions(&records, durable).await;
     if result.is_err() {
         // One retry covers a dropped connection; a store that stays down fails the batch.
@@ -743,8 +851,13 @@ mod tests {
         let database = TestDatabase::create(Backend::Sqlite).await;
         let store = Store::open(database.location()).await.unwrap();
         let directory = database.directory().join("decision-log");
-        let (log, writer) =
-            DecisionLog::start(store.clone(), LogMode::All, (8, 1 << 30), &directory).unwrap();
+        let (log, writer) = DecisionLog::start(
+            LogStore::main(store.clone()),
+            LogMode::All,
+            (8, 1 << 30),
+            &directory,
+        )
+        .unwrap();
         for _ in 0..200 {
             log.record(&decided(uuid::Uuid::now_v7()));
         }
@@ -779,10 +892,20 @@ mod tests {
         let database = TestDatabase::create(backend).await;
         let store = Store::open(database.location()).await.unwrap();
         let directory = database.directory().join("decision-log");
-        let (log, writer) =
-            DecisionLog::start(store.clone(), LogMode::All, (64, 1 << 30), &directory).unwrap();
+        let (log, writer) = DecisionLog::start(
+            LogStore::main(store.clone()),
+            LogMode::All,
+            (64, 1 << 30),
+            &directory,
+        )
+        .unwrap();
         assert!(matches!(
-            DecisionLog::start(store.clone(), LogMode::All, (64, 1 << 30), &directory),
+            DecisionLog::start(
+                LogStore::main(store.clone()),
+                LogMode::All,
+                (64, 1 << 30),
+                &directory
+            ),
             Err(StartError::InUse(_))
         ));
         writer.shutdown().await;
@@ -814,8 +937,13 @@ mod tests {
         )
         .unwrap();
 
-        let (log, writer) =
-            DecisionLog::start(store.clone(), LogMode::All, (64, 1 << 30), &directory).unwrap();
+        let (log, writer) = DecisionLog::start(
+            LogStore::main(store.clone()),
+            LogMode::All,
+            (64, 1 << 30),
+            &directory,
+        )
+        .unwrap();
         log.record(&decided(uuid::Uuid::now_v7()));
         writer.shutdown().await;
         let mut listed = store.decisions(&DecisionQuery::all(100)).await.unwrap();

@@ -1,10 +1,16 @@
 //! The decision log: what is recorded, when it is durable, and what happens when it cannot be.
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use assent::decision_log::LogMode;
 use assent::proto::{self, Plan, Purpose};
+use assent::store::DatabaseUrl;
+use assent::store::testing::{Backend, TestDatabase};
 use tonic::Code;
 
-use crate::helpers::{TestApp, assert_status, check_request};
+use crate::helpers::{DecisionLogReader, TestApp, assert_status, check_request};
+use crate::proxy::FaultProxy;
 
 const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
@@ -378,4 +384,203 @@ async fn list_decisions_pages_filters_and_refuses_bad_input() {
             field,
         );
     }
+}
+
+/// A server on a fresh PostgreSQL store whose decision log is the database at `log_url`
+/// (`decision_log_database_url`), its segment files in `segments`.
+async fn spawn_with_log_database(log_url: String, segments: std::path::PathBuf) -> TestApp {
+    let main = Arc::new(TestDatabase::create(Backend::Postgres).await);
+    TestApp::spawn_with(main, |settings| {
+        settings.decision_log_database_url = Some(DatabaseUrl::new(log_url));
+        settings.decision_log_dir = segments;
+    })
+    .await
+}
+
+/// The segment files waiting in `directory` to be shipped.
+fn segment_files(directory: &std::path::Path) -> usize {
+    std::fs::read_dir(directory).map_or(0, |entries| {
+        entries
+            .filter(|entry| {
+                entry
+                    .as_ref()
+                    .is_ok_and(|entry| entry.file_name().to_string_lossy().ends_with(".segment"))
+            })
+            .count()
+    })
+}
+
+/// ListDecisions until it lists `wanted` decisions (segments ship every second), for at most
+/// 30 s; the last listing.
+async fn listed_when(app: &TestApp, wanted: usize) -> Vec<proto::RecordedDecision> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed = match app
+            .audit()
+            .list_decisions(proto::ListDecisionsRequest {
+                page_size: 1_000,
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(page) => page.into_inner().decisions,
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{}", status.message());
+                Vec::new()
+            }
+        };
+        if listed.len() >= wanted || Instant::now() > deadline {
+            return listed;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// With a database of its own, the whole decision log is there and nothing of it in the
+/// store's: the segments of logged Checks and the `require_audit` rows land in the log's
+/// database, ListDecisions reads them back from it, and `assent audit prune` drops the day
+/// partitions there.
+#[tokio::test]
+async fn a_decision_log_database_of_its_own_holds_the_whole_log() {
+    let log_database = TestDatabase::create(Backend::Postgres).await;
+    let segments = log_database.directory().join("segments");
+    let app = spawn_with_log_database(log_database.url(), segments).await;
+    app.upsert("lena", Plan::Free).await;
+    let mut decided = Vec::new();
+    for _ in 0..20 {
+        decided.push(app.check("lena", Purpose::ModelTraining).await.decision_id);
+    }
+    decided.push(app.audited_check("lena", Purpose::Memory).await.decision_id);
+    let listed = listed_when(&app, decided.len()).await;
+    let mut listed: Vec<String> = listed.into_iter().map(|d| d.decision_id).collect();
+    listed.sort();
+    decided.sort();
+    assert_eq!(listed, decided);
+
+    let log = DecisionLogReader::open(&log_database).await;
+    assert_eq!(log.count().await, 21);
+    let main_log = app.decision_log().await;
+    assert_eq!(
+        main_log.count().await,
+        0,
+        "a decision reached the store's database"
+    );
+    main_log.close().await;
+
+    // A decision of three days ago, in its own day partition, which prune drops there.
+    let mut old = log.all().await.remove(0);
+    old.decision_id = uuid::Uuid::now_v7().to_string();
+    old.decided_at_micros -= 3 * 86_400_000_000;
+    log.insert(&old).await;
+    assert_eq!(log.count().await, 22);
+    let output = tokio::task::spawn_blocking({
+        let main_url = app.data.url();
+        let log_url = log_database.url();
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_assent"))
+                .args(["audit", "prune", "--older-than-days", "1"])
+                .env("ASSENT_DATABASE_URL", main_url)
+                .env("ASSENT_DECISION_LOG_DATABASE_URL", log_url)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && printed.starts_with("dropped decision_log_"),
+        "{printed} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(log.count().await, 21);
+    assert!(log.row(&old.decision_id).await.is_none());
+    log.close().await;
+    app.stop().await;
+}
+
+/// The log's database cannot be reached (nothing listens where its URL points): the server
+/// starts, Checks are answered as ever and at once, `require_audit` ones fail UNAVAILABLE
+/// rather than answer unrecorded, the decisions wait in segment files, and once the database
+/// is there they are shipped to it.
+#[tokio::test]
+async fn decisions_wait_on_disk_while_the_log_database_is_down() {
+    let log_database = TestDatabase::create(Backend::Postgres).await;
+    let target = tokio::net::lookup_host(authority(&log_database.url()))
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = FaultProxy::start(target).await;
+    proxy.cut();
+    let log_url = log_database.url().replacen(
+        authority(&log_database.url()),
+        &proxy.address().to_string(),
+        1,
+    );
+    let segments = log_database.directory().join("segments");
+    let app = spawn_with_log_database(log_url, segments.clone()).await;
+    app.upsert("milo", Plan::Free).await;
+    let mut decided = Vec::new();
+    for _ in 0..30 {
+        let started = Instant::now();
+        let answer = app.check("milo", Purpose::ModelTraining).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            (answer.decision, answer.rule.as_str()),
+            (proto::Decision::Allow as i32, "T6")
+        );
+        decided.push(answer.decision_id);
+    }
+    let refused = app
+        .decisions()
+        .check(proto::CheckRequest {
+            require_audit: true,
+            ..check_request("milo", Purpose::ModelTraining)
+        })
+        .await
+        .expect_err("answered without its audit record");
+    assert_eq!(refused.code(), Code::Unavailable, "{}", refused.message());
+    let status = app
+        .audit()
+        .list_decisions(proto::ListDecisionsRequest::default())
+        .await
+        .expect_err("listed a log it cannot reach");
+    assert_eq!(status.code(), Code::Unavailable, "{}", status.message());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while segment_files(&segments) == 0 {
+        assert!(Instant::now() < deadline, "no segment file was written");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    proxy.restore().await;
+    let listed = listed_when(&app, decided.len()).await;
+    let mut listed: Vec<String> = listed.into_iter().map(|d| d.decision_id).collect();
+    listed.sort();
+    decided.sort();
+    assert_eq!(listed, decided);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while segment_files(&segments) > 0 {
+        assert!(Instant::now() < deadline, "a shipped segment file is left");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let main_log = app.decision_log().await;
+    assert_eq!(
+        main_log.count().await,
+        0,
+        "a decision reached the store's database"
+    );
+    main_log.close().await;
+    app.stop().await;
+}
+
+/// `host:port` of a URL such as `postgres://u:p@127.0.0.1:5432/db`.
+fn authority(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
+    rest.split('/').next().unwrap()
 }

@@ -83,6 +83,7 @@ impl TestApp {
             )),
             decision_log_backlog_bytes: 1 << 30,
             decision_log_retention_days: 400,
+            decision_log_database_url: None,
             cache: CacheSettings::default(),
             consent_expiry_sweep: Some(Duration::from_millis(250)),
             checkpoints: None,
@@ -407,6 +408,14 @@ impl DecisionLogReader {
             .decisions(&assent::store::DecisionQuery::all(u32::MAX))
             .await
             .unwrap()
+    }
+
+    /// Inserts `record` as a `require_audit` decision is (in its day's partition).
+    pub async fn insert(&self, record: &assent::audit::DecisionRecord) {
+        self.0
+            .insert_decisions(std::slice::from_ref(record), true)
+            .await
+            .unwrap();
     }
 
     pub async fn close(self) {

@@ -16,6 +16,8 @@ mod limits;
 mod policies;
 #[path = "../support/process.rs"]
 mod process;
+#[path = "../support/proxy.rs"]
+mod proxy;
 mod retention;
 mod rights;
 mod scenarios;

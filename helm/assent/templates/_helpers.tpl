@@ -154,6 +154,15 @@ ASSENT_DATABASE_URL from its Secret: the server's role.
     secretKeyRef:
       name: {{ .Values.database.existingSecret }}
       key: {{ .Values.database.key }}
+{{- with .Values.decisionLog.database }}
+{{- if .existingSecret }}
+- name: ASSENT_DECISION_LOG_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .existingSecret }}
+      key: {{ .key }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -167,6 +176,15 @@ else the server's.
     secretKeyRef:
       name: {{ default .Values.database.existingSecret .Values.database.ownerSecret }}
       key: {{ .Values.database.ownerKey }}
+{{- with .Values.decisionLog.database }}
+{{- if .existingSecret }}
+- name: ASSENT_DECISION_LOG_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .existingSecret }}
+      key: {{ default .key .ownerKey }}
+{{- end }}
+{{- end }}
 {{- else }}
 {{- include "assent.databaseEnv" . }}
 {{- end }}
