@@ -8,6 +8,7 @@
 //! Backends are variants of [`Store`] (an enum rather than a trait object: the set is closed
 //! and the calls stay statically dispatched).
 
+mod arrays;
 pub mod change;
 mod group;
 pub mod history;

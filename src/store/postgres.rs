@@ -20,12 +20,12 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 pub use replicas::ReadReplicas;
 
-use super::rows::{from_i64, parse, to_i64};
+use super::rows::{from_i64, parse};
 use super::sql::{Begin, Connection, Lease};
 use super::{
     Access, PruneReport, Schema, ShippedSegment, StoreError, StoreTimeouts, SubjectSnapshot,
 };
-use crate::audit::{AuditEvent, Decided, DecisionRecord};
+use crate::audit::{Decided, DecisionRecord};
 use crate::calendar::{Date, MICROS_PER_DAY};
 use crate::domain::SubjectId;
 use crate::policy::{Choice, ConversationFacts, Plan, Purpose, Rating, Status, SubjectState};
@@ -197,96 +197,6 @@ pub const RUNTIME_GRANTS: &[(&str, &str)] = &[
     ("TABLE decision_log_segments", "SELECT, INSERT"),
     ("FUNCTION decision_log_create_partition(BIGINT)", "EXECUTE"),
 ];
-
-/// The most bytes of parameters one statement of [`insert_events`] carries. A message longer
-/// than a TLS record (16 KiB) leaves the client in more than one write, and sqlx does not set
-/// TCP_NODELAY: the last write then waits for the server's delayed acknowledgement, some 40 ms
-/// on Linux, while the chain head is held. Measured: a group of 58 events in one statement
-/// waited 42 ms before it was sent.
-const INSERT_BYTES: usize = 12 * 1024;
-
-/// `rows::insert_events` on PostgreSQL: the events and their payloads inserted from arrays, in
-/// statements of at most [`INSERT_BYTES`] of parameters each.
-pub(super) async fn insert_events(
-    connection: &mut sqlx::PgConnection,
-    events: &[(AuditEvent, Vec<u8>)],
-) -> Result<(), StoreError> {
-    let mut start = 0;
-    while start < events.len() {
-        let mut end = start;
-        let mut bytes = 0;
-        while end < events.len() && (end == start || bytes < INSERT_BYTES) {
-            let (event, tree) = &events[end];
-            bytes += 160
-                + event.event_id.len()
-                + event.subject_id.len()
-                + event.caller.len()
-                + event.operator_id.len()
-                + event.actor_reason.len()
-                + event.payload_sha256.len()
-                + event.policy_version.len()
-                + event.trace_id.len()
-                + event.prev_hash.len()
-                + event.hash.len()
-                + tree.len()
-                + event.payload_salt.len()
-                + event.detail_json.len();
-            end += 1;
-        }
-        insert_event_rows(&mut *connection, &events[start..end]).await?;
-        start = end;
-    }
-    Ok(())
-}
-
-async fn insert_event_rows(
-    connection: &mut sqlx::PgConnection,
-    events: &[(AuditEvent, Vec<u8>)],
-) -> Result<(), StoreError> {
-    let column = |field: fn(&AuditEvent) -> &str| -> Vec<&str> {
-        events.iter().map(|(event, _)| field(event)).collect()
-    };
-    let sequences: Vec<i64> = events
-        .iter()
-        .map(|(event, _)| to_i64(event.sequence))
-        .collect();
-    let at_micros: Vec<i64> = events.iter().map(|(event, _)| event.at_micros).collect();
-    let trees: Vec<&[u8]> = events.iter().map(|(_, tree)| tree.as_slice()).collect();
-    sqlx::query(
-        "INSERT INTO audit_events
-         (sequence, event_id, at_micros, subject_id, kind, caller, operator_id, actor_reason,
-          payload_sha256, policy_version, trace_id, prev_hash, hash, tree)
-         SELECT * FROM unnest($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[],
-                              $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::TEXT[],
-                              $11::TEXT[], $12::TEXT[], $13::TEXT[], $14::BYTEA[])",
-    )
-    .bind(&sequences)
-    .bind(column(|event| &event.event_id))
-    .bind(&at_micros)
-    .bind(column(|event| &event.subject_id))
-    .bind(column(|event| event.kind.as_str()))
-    .bind(column(|event| &event.caller))
-    .bind(column(|event| &event.operator_id))
-    .bind(column(|event| &event.actor_reason))
-    .bind(column(|event| &event.payload_sha256))
-    .bind(column(|event| &event.policy_version))
-    .bind(column(|event| &event.trace_id))
-    .bind(column(|event| &event.prev_hash))
-    .bind(column(|event| &event.hash))
-    .bind(trees)
-    .execute(&mut *connection)
-    .await?;
-    sqlx::query(
-        "INSERT INTO audit_payloads (sequence, salt, detail_json)
-         SELECT * FROM unnest($1::BIGINT[], $2::TEXT[], $3::TEXT[])",
-    )
-    .bind(&sequences)
-    .bind(column(|event| &event.payload_salt))
-    .bind(column(|event| &event.detail_json))
-    .execute(&mut *connection)
-    .await?;
-    Ok(())
-}
 
 /// `name` as a quoted SQL identifier.
 fn quoted(name: &str) -> String {

@@ -21,6 +21,7 @@ use crate::policy::{
     Reason, Source, Status, SubjectState,
 };
 use crate::revision::Revision;
+use crate::store::arrays::{ChoiceRow, SubjectRow};
 use crate::store::change::{Change, Command, ConsentMeta, SubjectRecord, plan_change};
 use crate::store::sql::{Connection, Row};
 use crate::store::{
@@ -66,19 +67,30 @@ pub(super) async fn write_group_in(
         .map(|(_, request)| request.subject_id.as_str())
         .collect();
     let mut loaded = load_subjects(&mut *connection, &subject_ids).await?;
+    let mut rows = RowBatch::default();
     let mut outcomes = Vec::with_capacity(requests.len());
     for (index, request) in requests.iter().enumerate() {
         if !wanted(index) {
             outcomes.push(None);
             continue;
         }
-        // A subject a write of the group changed already is read again (within the
-        // transaction, which sees that write).
+        // A subject a write of the group changed already is read again, its rows written
+        // first (within the transaction, which sees them).
         let current = match loaded.remove(request.subject_id.as_str()) {
             Some(current) => current,
-            None => load_subject(&mut *connection, request.subject_id.as_str()).await?,
+            None => {
+                write_rows(&mut *connection, &mut rows).await?;
+                load_subject(&mut *connection, request.subject_id.as_str()).await?
+            }
         };
-        let outcome = command_after(&mut *connection, &mut head, request, current, None).await;
+        let outcome = command_after(
+            &mut *connection,
+            &mut head,
+            request,
+            (current, Some(&mut rows)),
+            None,
+        )
+        .await;
         match outcome {
             Ok(outcome) => outcomes.push(Some(Ok(outcome))),
             Err(refused @ (StoreError::NotFound(_) | StoreError::SubjectDeleted(_))) => {
@@ -87,13 +99,15 @@ pub(super) async fn write_group_in(
             Err(error) => return Err(error),
         }
     }
+    write_rows(&mut *connection, &mut rows).await?;
+    write_appends(&mut *connection, &mut head).await?;
+    // The last look, after the group's last statement: the commit follows.
     let applied = |(index, outcome): (usize, &Option<Result<WriteOutcome, StoreError>>)| {
         matches!(outcome, Some(Ok(done)) if done.changed) && !wanted(index)
     };
     if outcomes.iter().enumerate().any(applied) {
         return Err(StoreError::Abandoned);
     }
-    write_appends(&mut *connection, &mut head).await?;
     Ok(outcomes)
 }
 
@@ -107,15 +121,16 @@ async fn command_in(
     rights_request: Option<&str>,
 ) -> Result<WriteOutcome, StoreError> {
     let current = load_subject(&mut *connection, request.subject_id.as_str()).await?;
-    command_after(connection, head, request, current, rights_request).await
+    command_after(connection, head, request, (current, None), rights_request).await
 }
 
-/// [`command_in`] with the subject as it stands (`current`, read by the caller).
+/// [`command_in`] with the subject as it stands (`current`, read by the caller), its subject
+/// row and stored choice put in `rows` if given (a write group), to be written with the group's.
 async fn command_after(
     connection: &mut Connection,
     head: &mut ChainHead,
     request: &WriteRequest,
-    current: Option<(SubjectRecord, Revision)>,
+    (current, rows): (Option<(SubjectRecord, Revision)>, Option<&mut RowBatch>),
     rights_request: Option<&str>,
 ) -> Result<WriteOutcome, StoreError> {
     let subject_id = request.subject_id.as_str();
@@ -144,7 +159,8 @@ async fn command_after(
     let revision = head.next_revision();
     let now = now_micros();
     let caller = request.context.caller.as_str();
-    apply_change(&mut *connection, subject_id, &change, caller, revision, now).await?;
+    let at = (revision, now);
+    apply_change(&mut *connection, subject_id, &change, caller, at, rows).await?;
     let event = NewEvent {
         at_micros: now,
         subject_id,
@@ -1497,17 +1513,167 @@ async fn chain_head(connection: &mut Connection) -> Result<ChainHead, StoreError
     })
 }
 
-/// Writes a change's rows; `caller` is recorded with a stored choice.
+/// The subject rows and stored choices of a write group's writes, written together by
+/// [`write_rows`]: a row put again under the same key takes the place of the earlier one (each
+/// is the whole row, as the later write left it).
+#[derive(Default)]
+pub(super) struct RowBatch {
+    pub(super) subjects: Vec<SubjectRow>,
+    pub(super) choices: Vec<ChoiceRow>,
+    subject_at: HashMap<String, usize>,
+    choice_at: HashMap<(String, &'static str), usize>,
+}
+
+impl RowBatch {
+    fn put_subject(&mut self, row: SubjectRow) {
+        match self.subject_at.get(&row.subject_id) {
+            Some(&index) => self.subjects[index] = row,
+            None => {
+                self.subject_at
+                    .insert(row.subject_id.clone(), self.subjects.len());
+                self.subjects.push(row);
+            }
+        }
+    }
+
+    fn put_choice(&mut self, row: ChoiceRow) {
+        let key = (row.subject_id.clone(), row.purpose);
+        match self.choice_at.get(&key) {
+            Some(&index) => self.choices[index] = row,
+            None => {
+                self.choice_at.insert(key, self.choices.len());
+                self.choices.push(row);
+            }
+        }
+    }
+}
+
+/// The most rows one statement of [`write_rows`] writes (each well under 200 bytes: a
+/// statement stays within a TLS record, see `arrays::INSERT_BYTES`).
+const ROWS_PER_STATEMENT: usize = 64;
+
+/// Writes the rows put in `rows` (the subjects first: a choice refers to its subject), and
+/// empties it.
+async fn write_rows(connection: &mut Connection, rows: &mut RowBatch) -> Result<(), StoreError> {
+    let batch = std::mem::take(rows);
+    for subjects in batch.subjects.chunks(ROWS_PER_STATEMENT) {
+        if let Some(postgres) = connection.as_postgres() {
+            super::arrays::upsert_subjects(postgres, subjects).await?;
+            continue;
+        }
+        let mut statement = connection.query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO subjects
+             (subject_id, plan, jurisdiction, status, gpc, zero_data_retention,
+              created_at, updated_at, revision)
+             VALUES {}
+             ON CONFLICT (subject_id) DO UPDATE SET
+                 plan = excluded.plan,
+                 jurisdiction = excluded.jurisdiction,
+                 status = excluded.status,
+                 gpc = excluded.gpc,
+                 zero_data_retention = excluded.zero_data_retention,
+                 updated_at = excluded.updated_at,
+                 revision = excluded.revision",
+            placeholders(subjects.len(), 9)
+        )));
+        for row in subjects {
+            statement = statement
+                .bind(row.subject_id.clone())
+                .bind(row.plan)
+                .bind(row.jurisdiction.clone())
+                .bind(row.status)
+                .bind(row.gpc)
+                .bind(row.zero_data_retention)
+                .bind(row.now)
+                .bind(row.now)
+                .bind(row.sequence);
+        }
+        statement.execute().await?;
+    }
+    for choices in batch.choices.chunks(ROWS_PER_STATEMENT) {
+        if let Some(postgres) = connection.as_postgres() {
+            super::arrays::upsert_choices(postgres, choices).await?;
+            continue;
+        }
+        let mut statement = connection.query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO choices
+             (subject_id, purpose, choice, updated_at, revision, notice_version,
+              method, caller, expires_at)
+             VALUES {}
+             ON CONFLICT (subject_id, purpose) DO UPDATE SET
+                 choice = excluded.choice,
+                 updated_at = excluded.updated_at,
+                 revision = excluded.revision,
+                 notice_version = excluded.notice_version,
+                 method = excluded.method,
+                 caller = excluded.caller,
+                 expires_at = excluded.expires_at",
+            placeholders(choices.len(), 9)
+        )));
+        for row in choices {
+            statement = statement
+                .bind(row.subject_id.clone())
+                .bind(row.purpose)
+                .bind(row.choice)
+                .bind(row.now)
+                .bind(row.sequence)
+                .bind(row.notice_version.clone())
+                .bind(row.method)
+                .bind(row.caller.clone())
+                .bind(row.expires_at);
+        }
+        statement.execute().await?;
+    }
+    Ok(())
+}
+
+/// Writes a change's rows; `caller` is recorded with a stored choice. With `rows` (a write
+/// group), the subject row and a choice stored are put there instead, and what else the change
+/// writes is written after the rows put there before.
 async fn apply_change(
     connection: &mut Connection,
     subject_id: &str,
     change: &Change,
     caller: &str,
-    revision: Revision,
-    now: i64,
+    (revision, now): (Revision, i64),
+    rows: Option<&mut RowBatch>,
 ) -> Result<(), StoreError> {
     let sequence = to_i64(revision.sequence());
     let state = &change.subject.state;
+    if let Some(rows) = rows {
+        rows.put_subject(SubjectRow {
+            subject_id: subject_id.to_owned(),
+            plan: state.plan.map(Plan::as_str),
+            jurisdiction: change.subject.jurisdiction.clone(),
+            status: state.status.as_str(),
+            gpc: state.gpc,
+            zero_data_retention: state.zero_data_retention,
+            now,
+            sequence,
+        });
+        if let Some((purpose, Some(choice))) = change.choice {
+            let provenance = change.subject.provenance(purpose);
+            rows.put_choice(ChoiceRow {
+                subject_id: subject_id.to_owned(),
+                purpose: purpose.as_str(),
+                choice: choice.as_str(),
+                now,
+                sequence,
+                notice_version: provenance.notice_version.clone(),
+                method: provenance.method.as_str(),
+                caller: caller.to_owned(),
+                expires_at: state.expiries.get(purpose),
+            });
+        }
+        let more = matches!(change.choice, Some((_, None)))
+            || change.conversation.is_some()
+            || change.erase_personal_data;
+        if !more {
+            return Ok(());
+        }
+        write_rows(&mut *connection, rows).await?;
+        return apply_rest(connection, subject_id, change, sequence, now).await;
+    }
     connection
         .query(
             "INSERT INTO subjects
@@ -1534,45 +1700,54 @@ async fn apply_change(
         .execute()
         .await?;
 
-    match change.choice {
-        Some((purpose, Some(choice))) => {
-            let provenance = change.subject.provenance(purpose);
-            connection
-                .query(
-                    "INSERT INTO choices
-                     (subject_id, purpose, choice, updated_at, revision, notice_version,
-                      method, caller, expires_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-                 ON CONFLICT (subject_id, purpose) DO UPDATE SET
-                     choice = excluded.choice,
-                     updated_at = excluded.updated_at,
-                     revision = excluded.revision,
-                     notice_version = excluded.notice_version,
-                     method = excluded.method,
-                     caller = excluded.caller,
-                     expires_at = excluded.expires_at",
-                )
-                .bind(subject_id)
-                .bind(purpose.as_str())
-                .bind(choice.as_str())
-                .bind(now)
-                .bind(sequence)
-                .bind(provenance.notice_version.as_str())
-                .bind(provenance.method.as_str())
-                .bind(caller)
-                .bind(state.expiries.get(purpose))
-                .execute()
-                .await?;
-        }
-        Some((purpose, None)) => {
-            connection
-                .query("DELETE FROM choices WHERE subject_id = $1 AND purpose = $2")
-                .bind(subject_id)
-                .bind(purpose.as_str())
-                .execute()
-                .await?;
-        }
-        None => {}
+    if let Some((purpose, Some(choice))) = change.choice {
+        let provenance = change.subject.provenance(purpose);
+        connection
+            .query(
+                "INSERT INTO choices
+                 (subject_id, purpose, choice, updated_at, revision, notice_version,
+                  method, caller, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (subject_id, purpose) DO UPDATE SET
+                 choice = excluded.choice,
+                 updated_at = excluded.updated_at,
+                 revision = excluded.revision,
+                 notice_version = excluded.notice_version,
+                 method = excluded.method,
+                 caller = excluded.caller,
+                 expires_at = excluded.expires_at",
+            )
+            .bind(subject_id)
+            .bind(purpose.as_str())
+            .bind(choice.as_str())
+            .bind(now)
+            .bind(sequence)
+            .bind(provenance.notice_version.as_str())
+            .bind(provenance.method.as_str())
+            .bind(caller)
+            .bind(state.expiries.get(purpose))
+            .execute()
+            .await?;
+    }
+    apply_rest(connection, subject_id, change, sequence, now).await
+}
+
+/// What a change writes besides its subject row and a choice stored: a choice removed, a
+/// conversation's facts, the erasure of a deleted subject's personal data.
+async fn apply_rest(
+    connection: &mut Connection,
+    subject_id: &str,
+    change: &Change,
+    sequence: i64,
+    now: i64,
+) -> Result<(), StoreError> {
+    if let Some((purpose, None)) = change.choice {
+        connection
+            .query("DELETE FROM choices WHERE subject_id = $1 AND purpose = $2")
+            .bind(subject_id)
+            .bind(purpose.as_str())
+            .execute()
+            .await?;
     }
 
     if let Some((conversation_id, facts)) = &change.conversation {
@@ -1695,7 +1870,7 @@ async fn insert_events(
     events: &[(AuditEvent, Vec<u8>)],
 ) -> Result<(), StoreError> {
     if let Some(postgres) = connection.as_postgres() {
-        return super::postgres::insert_events(postgres, events).await;
+        return super::arrays::insert_events(postgres, events).await;
     }
     const COLUMNS: usize = 14;
     let mut statement = connection.query(sqlx::AssertSqlSafe(format!(
@@ -2134,7 +2309,7 @@ pub(super) fn event_from_row(row: &Row) -> Result<AuditEvent, StoreError> {
 
 /// Sequences are stored as signed 64-bit integers; they start at 1 and never approach
 /// `i64::MAX`.
-pub(super) fn to_i64(sequence: u64) -> i64 {
+fn to_i64(sequence: u64) -> i64 {
     i64::try_from(sequence).unwrap_or(i64::MAX)
 }
 
