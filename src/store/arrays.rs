@@ -6,6 +6,36 @@
 use super::StoreError;
 use crate::audit::AuditEvent;
 
+/// The `ON CONFLICT` clause of a subject row's upsert: every column but the row's creation time.
+macro_rules! subject_conflict {
+    () => {
+        "ON CONFLICT (subject_id) DO UPDATE SET
+             plan = excluded.plan,
+             jurisdiction = excluded.jurisdiction,
+             status = excluded.status,
+             gpc = excluded.gpc,
+             zero_data_retention = excluded.zero_data_retention,
+             updated_at = excluded.updated_at,
+             revision = excluded.revision"
+    };
+}
+pub(super) use subject_conflict;
+
+/// The `ON CONFLICT` clause of a stored choice's upsert: every column.
+macro_rules! choice_conflict {
+    () => {
+        "ON CONFLICT (subject_id, purpose) DO UPDATE SET
+             choice = excluded.choice,
+             updated_at = excluded.updated_at,
+             revision = excluded.revision,
+             notice_version = excluded.notice_version,
+             method = excluded.method,
+             caller = excluded.caller,
+             expires_at = excluded.expires_at"
+    };
+}
+pub(super) use choice_conflict;
+
 /// A subject's row as a write group writes it.
 pub(super) struct SubjectRow {
     pub(super) subject_id: String,
@@ -123,23 +153,16 @@ pub(super) async fn upsert_subjects(
     connection: &mut sqlx::PgConnection,
     rows: &[SubjectRow],
 ) -> Result<(), StoreError> {
-    sqlx::query(
+    sqlx::query(concat!(
         "INSERT INTO subjects
          (subject_id, plan, jurisdiction, status, gpc, zero_data_retention,
           created_at, updated_at, revision)
          SELECT id, plan, jurisdiction, status, gpc, zdr, at, at, revision
          FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BOOLEAN[],
                      $6::BOOLEAN[], $7::BIGINT[], $8::BIGINT[])
-              AS row (id, plan, jurisdiction, status, gpc, zdr, at, revision)
-         ON CONFLICT (subject_id) DO UPDATE SET
-             plan = excluded.plan,
-             jurisdiction = excluded.jurisdiction,
-             status = excluded.status,
-             gpc = excluded.gpc,
-             zero_data_retention = excluded.zero_data_retention,
-             updated_at = excluded.updated_at,
-             revision = excluded.revision",
-    )
+              AS row (id, plan, jurisdiction, status, gpc, zdr, at, revision) ",
+        subject_conflict!()
+    ))
     .bind(
         rows.iter()
             .map(|row| row.subject_id.as_str())
@@ -170,21 +193,14 @@ pub(super) async fn upsert_choices(
     connection: &mut sqlx::PgConnection,
     rows: &[ChoiceRow],
 ) -> Result<(), StoreError> {
-    sqlx::query(
+    sqlx::query(concat!(
         "INSERT INTO choices
          (subject_id, purpose, choice, updated_at, revision, notice_version, method, caller,
           expires_at)
          SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[],
-                              $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::BIGINT[])
-         ON CONFLICT (subject_id, purpose) DO UPDATE SET
-             choice = excluded.choice,
-             updated_at = excluded.updated_at,
-             revision = excluded.revision,
-             notice_version = excluded.notice_version,
-             method = excluded.method,
-             caller = excluded.caller,
-             expires_at = excluded.expires_at",
-    )
+                              $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::BIGINT[]) ",
+        choice_conflict!()
+    ))
     .bind(
         rows.iter()
             .map(|row| row.subject_id.as_str())

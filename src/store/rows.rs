@@ -21,7 +21,7 @@ use crate::policy::{
     Reason, Source, Status, SubjectState,
 };
 use crate::revision::Revision;
-use crate::store::arrays::{ChoiceRow, SubjectRow};
+use crate::store::arrays::{ChoiceRow, SubjectRow, choice_conflict, subject_conflict};
 use crate::store::change::{Change, Command, ConsentMeta, SubjectRecord, plan_change};
 use crate::store::sql::{Connection, Row};
 use crate::store::{
@@ -1565,16 +1565,9 @@ async fn write_rows(connection: &mut Connection, rows: &mut RowBatch) -> Result<
             "INSERT INTO subjects
              (subject_id, plan, jurisdiction, status, gpc, zero_data_retention,
               created_at, updated_at, revision)
-             VALUES {}
-             ON CONFLICT (subject_id) DO UPDATE SET
-                 plan = excluded.plan,
-                 jurisdiction = excluded.jurisdiction,
-                 status = excluded.status,
-                 gpc = excluded.gpc,
-                 zero_data_retention = excluded.zero_data_retention,
-                 updated_at = excluded.updated_at,
-                 revision = excluded.revision",
-            placeholders(subjects.len(), 9)
+             VALUES {} {}",
+            placeholders(subjects.len(), 9),
+            subject_conflict!()
         )));
         for row in subjects {
             statement = statement
@@ -1599,16 +1592,9 @@ async fn write_rows(connection: &mut Connection, rows: &mut RowBatch) -> Result<
             "INSERT INTO choices
              (subject_id, purpose, choice, updated_at, revision, notice_version,
               method, caller, expires_at)
-             VALUES {}
-             ON CONFLICT (subject_id, purpose) DO UPDATE SET
-                 choice = excluded.choice,
-                 updated_at = excluded.updated_at,
-                 revision = excluded.revision,
-                 notice_version = excluded.notice_version,
-                 method = excluded.method,
-                 caller = excluded.caller,
-                 expires_at = excluded.expires_at",
-            placeholders(choices.len(), 9)
+             VALUES {} {}",
+            placeholders(choices.len(), 9),
+            choice_conflict!()
         )));
         for row in choices {
             statement = statement
@@ -1627,9 +1613,10 @@ async fn write_rows(connection: &mut Connection, rows: &mut RowBatch) -> Result<
     Ok(())
 }
 
-/// Writes a change's rows; `caller` is recorded with a stored choice. With `rows` (a write
-/// group), the subject row and a choice stored are put there instead, and what else the change
-/// writes is written after the rows put there before.
+/// Writes a change's rows; `caller` is recorded with a stored choice. Its subject row and a
+/// choice stored go through a [`RowBatch`]: `rows`, a write group's, written with the group's
+/// (at once if the change writes more), else one of its own, written at once. What else the
+/// change writes is written after the rows put before it.
 async fn apply_change(
     connection: &mut Connection,
     subject_id: &str,
@@ -1640,95 +1627,40 @@ async fn apply_change(
 ) -> Result<(), StoreError> {
     let sequence = to_i64(revision.sequence());
     let state = &change.subject.state;
-    if let Some(rows) = rows {
-        rows.put_subject(SubjectRow {
-            subject_id: subject_id.to_owned(),
-            plan: state.plan.map(Plan::as_str),
-            jurisdiction: change.subject.jurisdiction.clone(),
-            status: state.status.as_str(),
-            gpc: state.gpc,
-            zero_data_retention: state.zero_data_retention,
-            now,
-            sequence,
-        });
-        if let Some((purpose, Some(choice))) = change.choice {
-            let provenance = change.subject.provenance(purpose);
-            rows.put_choice(ChoiceRow {
-                subject_id: subject_id.to_owned(),
-                purpose: purpose.as_str(),
-                choice: choice.as_str(),
-                now,
-                sequence,
-                notice_version: provenance.notice_version.clone(),
-                method: provenance.method.as_str(),
-                caller: caller.to_owned(),
-                expires_at: state.expiries.get(purpose),
-            });
-        }
-        let more = matches!(change.choice, Some((_, None)))
-            || change.conversation.is_some()
-            || change.erase_personal_data;
-        if !more {
-            return Ok(());
-        }
-        write_rows(&mut *connection, rows).await?;
-        return apply_rest(connection, subject_id, change, sequence, now).await;
-    }
-    connection
-        .query(
-            "INSERT INTO subjects
-             (subject_id, plan, jurisdiction, status, gpc, zero_data_retention,
-              created_at, updated_at, revision)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)
-         ON CONFLICT (subject_id) DO UPDATE SET
-             plan = excluded.plan,
-             jurisdiction = excluded.jurisdiction,
-             status = excluded.status,
-             gpc = excluded.gpc,
-             zero_data_retention = excluded.zero_data_retention,
-             updated_at = excluded.updated_at,
-             revision = excluded.revision",
-        )
-        .bind(subject_id)
-        .bind(state.plan.map(Plan::as_str))
-        .bind(change.subject.jurisdiction.as_deref())
-        .bind(state.status.as_str())
-        .bind(state.gpc)
-        .bind(state.zero_data_retention)
-        .bind(now)
-        .bind(sequence)
-        .execute()
-        .await?;
-
+    let grouped = rows.is_some();
+    let mut own = RowBatch::default();
+    let rows = rows.unwrap_or(&mut own);
+    rows.put_subject(SubjectRow {
+        subject_id: subject_id.to_owned(),
+        plan: state.plan.map(Plan::as_str),
+        jurisdiction: change.subject.jurisdiction.clone(),
+        status: state.status.as_str(),
+        gpc: state.gpc,
+        zero_data_retention: state.zero_data_retention,
+        now,
+        sequence,
+    });
     if let Some((purpose, Some(choice))) = change.choice {
         let provenance = change.subject.provenance(purpose);
-        connection
-            .query(
-                "INSERT INTO choices
-                 (subject_id, purpose, choice, updated_at, revision, notice_version,
-                  method, caller, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-             ON CONFLICT (subject_id, purpose) DO UPDATE SET
-                 choice = excluded.choice,
-                 updated_at = excluded.updated_at,
-                 revision = excluded.revision,
-                 notice_version = excluded.notice_version,
-                 method = excluded.method,
-                 caller = excluded.caller,
-                 expires_at = excluded.expires_at",
-            )
-            .bind(subject_id)
-            .bind(purpose.as_str())
-            .bind(choice.as_str())
-            .bind(now)
-            .bind(sequence)
-            .bind(provenance.notice_version.as_str())
-            .bind(provenance.method.as_str())
-            .bind(caller)
-            .bind(state.expiries.get(purpose))
-            .execute()
-            .await?;
+        rows.put_choice(ChoiceRow {
+            subject_id: subject_id.to_owned(),
+            purpose: purpose.as_str(),
+            choice: choice.as_str(),
+            now,
+            sequence,
+            notice_version: provenance.notice_version.clone(),
+            method: provenance.method.as_str(),
+            caller: caller.to_owned(),
+            expires_at: state.expiries.get(purpose),
+        });
     }
+    let more = matches!(change.choice, Some((_, None)))
+        || change.conversation.is_some()
+        || change.erase_personal_data;
+    if grouped && !more {
+        return Ok(());
+    }
+    write_rows(&mut *connection, rows).await?;
     apply_rest(connection, subject_id, change, sequence, now).await
 }
 
