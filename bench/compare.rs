@@ -103,39 +103,6 @@ async fn raw_call(
         .map(tonic::Response::into_inner)
 }
 
-// ---------------------------------------------------------------------------------------------
-// The constant server: the framework's limit.
-
-#[derive(Clone)]
-struct Constant(proto::CheckResponse);
-
-#[tonic::async_trait]
-impl proto::decisions_server::Decisions for Constant {
-    async fn check(
-        &self,
-        request: tonic::Request<proto::CheckRequest>,
-    ) -> Result<tonic::Response<proto::CheckResponse>, tonic::Status> {
-        std::hint::black_box(request.get_ref());
-        Ok(tonic::Response::new(self.0.clone()))
-    }
-
-    async fn batch_check(
-        &self,
-        _: tonic::Request<proto::BatchCheckRequest>,
-    ) -> Result<tonic::Response<proto::BatchCheckResponse>, tonic::Status> {
-        Err(tonic::Status::unimplemented("constant"))
-    }
-
-    type StreamCheckStream = tokio_stream::Empty<Result<proto::CheckResponse, tonic::Status>>;
-
-    async fn stream_check(
-        &self,
-        _: tonic::Request<tonic::Streaming<proto::CheckRequest>>,
-    ) -> Result<tonic::Response<Self::StreamCheckStream>, tonic::Status> {
-        Err(tonic::Status::unimplemented("constant"))
-    }
-}
-
 /// Envoy's ext_authz answered with a constant OK of the shape of assent's ALLOW (its upstream
 /// headers and dynamic metadata): what the protocol costs the framework.
 #[derive(Clone)]
@@ -237,9 +204,9 @@ fn run_constant_server() {
         };
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
-            .add_service(proto::decisions_server::DecisionsServer::new(Constant(
-                answer,
-            )))
+            .add_service(proto::decisions_server::DecisionsServer::new(
+                support::Constant(answer),
+            ))
             .add_service(envoy_types::ext_authz::v3::pb::AuthorizationServer::new(
                 ConstantAuthorization(constant_authorization()),
             ))

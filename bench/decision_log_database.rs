@@ -425,39 +425,6 @@ fn main() {
     );
 }
 
-// ---------------------------------------------------------------------------------------------
-// The constant server: a tonic Check answering one constant response.
-
-#[derive(Clone)]
-struct Constant(proto::CheckResponse);
-
-#[tonic::async_trait]
-impl proto::decisions_server::Decisions for Constant {
-    async fn check(
-        &self,
-        request: tonic::Request<proto::CheckRequest>,
-    ) -> Result<tonic::Response<proto::CheckResponse>, tonic::Status> {
-        std::hint::black_box(request.get_ref());
-        Ok(tonic::Response::new(self.0.clone()))
-    }
-
-    async fn batch_check(
-        &self,
-        _: tonic::Request<proto::BatchCheckRequest>,
-    ) -> Result<tonic::Response<proto::BatchCheckResponse>, tonic::Status> {
-        Err(tonic::Status::unimplemented("constant"))
-    }
-
-    type StreamCheckStream = tokio_stream::Empty<Result<proto::CheckResponse, tonic::Status>>;
-
-    async fn stream_check(
-        &self,
-        _: tonic::Request<tonic::Streaming<proto::CheckRequest>>,
-    ) -> Result<tonic::Response<Self::StreamCheckStream>, tonic::Status> {
-        Err(tonic::Status::unimplemented("constant"))
-    }
-}
-
 fn run_constant_server() {
     use std::io::Write;
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -480,9 +447,9 @@ fn run_constant_server() {
         };
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
-            .add_service(proto::decisions_server::DecisionsServer::new(Constant(
-                answer,
-            )))
+            .add_service(proto::decisions_server::DecisionsServer::new(
+                support::Constant(answer),
+            ))
             .serve_with_incoming(assent::startup::incoming(listener))
             .await
             .unwrap();

@@ -278,3 +278,35 @@ pub async fn check_load(
         server_cpu_per_request: cpu / requests as u32,
     }
 }
+
+/// The constant server: a tonic Check answering one constant response, the framework's limit
+/// on this machine, measured beside assent in the same run.
+#[derive(Clone)]
+pub struct Constant(pub proto::CheckResponse);
+
+#[tonic::async_trait]
+impl proto::decisions_server::Decisions for Constant {
+    async fn check(
+        &self,
+        request: tonic::Request<proto::CheckRequest>,
+    ) -> Result<tonic::Response<proto::CheckResponse>, tonic::Status> {
+        std::hint::black_box(request.get_ref());
+        Ok(tonic::Response::new(self.0.clone()))
+    }
+
+    async fn batch_check(
+        &self,
+        _: tonic::Request<proto::BatchCheckRequest>,
+    ) -> Result<tonic::Response<proto::BatchCheckResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("constant"))
+    }
+
+    type StreamCheckStream = tokio_stream::Empty<Result<proto::CheckResponse, tonic::Status>>;
+
+    async fn stream_check(
+        &self,
+        _: tonic::Request<tonic::Streaming<proto::CheckRequest>>,
+    ) -> Result<tonic::Response<Self::StreamCheckStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("constant"))
+    }
+}
