@@ -247,7 +247,13 @@ async fn replicas_on_a_redis_cluster_share_entries_and_announcements() {
     assert_eq!(masters.len(), 3, "the subjects' keys are on every master");
 
     let database = TestDatabase::create(Backend::Postgres).await;
-    let options = cluster_options(2, 5_000, &prefix, node_ports()[0]);
+    let mut options = cluster_options(2, 5_000, &prefix, node_ports()[0]);
+    // Every entry must reach Redis: a fill that fails is not tried again (the replica answers
+    // from memory after it), and a call that outlasts the default 50 ms fails on a loaded
+    // machine (as in CI, tests running side by side) and leaves Redis alone for a moment.
+    options
+        .settings
+        .push(("ASSENT_REDIS_TIMEOUT_MS", "1000".to_owned()));
     let mut cluster = Cluster::start(database, options).await;
     // Replica 1 reads from Redis once it listens to its announcements: until then, one subject
     // at a time.
