@@ -1,10 +1,55 @@
-//! PostgreSQL statements over arrays (`unnest`): what a write group writes together (its events
-//! and their payloads, its subject rows and stored choices), each in statements whose text is
-//! the same whatever the number of rows, so that they stay prepared. `rows.rs` calls them on
-//! PostgreSQL; SQLite takes multi-row `VALUES` there.
+//! PostgreSQL statements over arrays (`unnest`): what a write group reads together (its subjects
+//! and their stored choices) and writes together (its events and their payloads, its subject
+//! rows and stored choices), each in statements whose text is the same whatever the number of
+//! rows, so that they stay prepared. `rows.rs` calls them on PostgreSQL; SQLite takes `IN`
+//! lists and multi-row `VALUES` there.
 
 use super::StoreError;
+use super::sql::Row;
 use crate::audit::AuditEvent;
+
+/// `rows::load_subjects` on PostgreSQL: the rows of the subjects `ids` (each id once), and their
+/// stored choices, ordered by purpose within a subject.
+///
+/// Both are read id by id, a lateral join on the primary key (`OFFSET 0` keeps the planner from
+/// flattening it), which probes the index whatever the tables' statistics. Read with
+/// `subject_id IN (...)` or `= ANY($1)`, they were scanned whole while the tables had none (a
+/// new database, until autovacuum's first ANALYZE): PostgreSQL then guesses a third of the
+/// choices for 64 ids, and a plan made while the tables were empty is kept. Measured in a new
+/// database at 15,000 choices and 30,000 subjects: 2 to 5 ms a read, a group's two reads taking
+/// more than all its writes together; read by probes, 0.1 ms.
+pub(super) async fn load_subjects(
+    connection: &mut sqlx::PgConnection,
+    ids: &[&str],
+) -> Result<(Vec<Row>, Vec<Row>), StoreError> {
+    let subjects = sqlx::query(
+        "SELECT subject.* FROM unnest($1::TEXT[]) AS id (subject_id)
+         CROSS JOIN LATERAL (
+             SELECT subject_id, plan, jurisdiction, status, gpc, zero_data_retention, revision
+             FROM subjects WHERE subjects.subject_id = id.subject_id
+             OFFSET 0
+         ) AS subject",
+    )
+    .bind(ids)
+    .fetch_all(&mut *connection)
+    .await?;
+    let choices = sqlx::query(
+        "SELECT choice.* FROM unnest($1::TEXT[]) AS id (subject_id)
+         CROSS JOIN LATERAL (
+             SELECT subject_id, purpose, choice, updated_at, notice_version, method, caller,
+                    expires_at
+             FROM choices WHERE choices.subject_id = id.subject_id
+             ORDER BY purpose OFFSET 0
+         ) AS choice",
+    )
+    .bind(ids)
+    .fetch_all(&mut *connection)
+    .await?;
+    Ok((
+        subjects.into_iter().map(Row::Postgres).collect(),
+        choices.into_iter().map(Row::Postgres).collect(),
+    ))
+}
 
 /// The `ON CONFLICT` clause of a subject row's upsert: every column but the row's creation time.
 macro_rules! subject_conflict {

@@ -995,9 +995,37 @@ async fn load_subjects(
     if loaded.is_empty() {
         return Ok(loaded);
     }
-    // The list padded to a power of two with its last id again: a few distinct statements,
-    // which stay prepared.
-    let mut ids: Vec<String> = loaded.keys().cloned().collect();
+    let (subjects, choices) = match connection.as_postgres() {
+        Some(postgres) => {
+            let ids: Vec<&str> = loaded.keys().map(String::as_str).collect();
+            super::arrays::load_subjects(postgres, &ids).await?
+        }
+        None => load_subjects_listed(connection, loaded.keys()).await?,
+    };
+    for row in subjects {
+        let subject_id: String = row.try_get("subject_id")?;
+        let subject = subject_from_row(&row)?;
+        if let Some(entry) = loaded.get_mut(&subject_id) {
+            *entry = Some(subject);
+        }
+    }
+    for row in choices {
+        let subject_id: String = row.try_get("subject_id")?;
+        let entry = choice_from_row(&row)?;
+        if let Some(Some((record, _))) = loaded.get_mut(&subject_id) {
+            with_choice(record, entry);
+        }
+    }
+    Ok(loaded)
+}
+
+/// [`load_subjects`]' two reads on SQLite: `IN` lists, padded to a power of two with their last
+/// id again, so that a few distinct statements stay prepared.
+async fn load_subjects_listed(
+    connection: &mut Connection,
+    ids: impl Iterator<Item = &String>,
+) -> Result<(Vec<Row>, Vec<Row>), StoreError> {
+    let mut ids: Vec<String> = ids.cloned().collect();
     let last = ids[ids.len() - 1].clone();
     ids.resize(ids.len().next_power_of_two(), last);
     let list = placeholders(1, ids.len());
@@ -1008,13 +1036,7 @@ async fn load_subjects(
     for subject_id in &ids {
         statement = statement.bind(subject_id.clone());
     }
-    for row in statement.fetch_all().await? {
-        let subject_id: String = row.try_get("subject_id")?;
-        let subject = subject_from_row(&row)?;
-        if let Some(entry) = loaded.get_mut(&subject_id) {
-            *entry = Some(subject);
-        }
-    }
+    let subjects = statement.fetch_all().await?;
     let mut statement = connection.query(sqlx::AssertSqlSafe(format!(
         "SELECT subject_id, purpose, choice, updated_at, notice_version, method, caller,
                 expires_at
@@ -1023,14 +1045,8 @@ async fn load_subjects(
     for subject_id in &ids {
         statement = statement.bind(subject_id.clone());
     }
-    for row in statement.fetch_all().await? {
-        let subject_id: String = row.try_get("subject_id")?;
-        let entry = choice_from_row(&row)?;
-        if let Some(Some((record, _))) = loaded.get_mut(&subject_id) {
-            with_choice(record, entry);
-        }
-    }
-    Ok(loaded)
+    let choices = statement.fetch_all().await?;
+    Ok((subjects, choices))
 }
 
 /// A subject's row, its choices not yet added.
