@@ -8,21 +8,21 @@ use super::StoreError;
 use super::sql::Row;
 use crate::audit::AuditEvent;
 
-/// `rows::load_subjects` on PostgreSQL: the rows of the subjects `ids` (each id once), and their
-/// stored choices, ordered by purpose within a subject.
+/// `rows::read_rows` of subjects on PostgreSQL: the rows of the subjects `ids` (each id once).
 ///
-/// Both are read id by id, a lateral join on the primary key (`OFFSET 0` keeps the planner from
-/// flattening it), which probes the index whatever the tables' statistics. Read with
-/// `subject_id IN (...)` or `= ANY($1)`, they were scanned whole while the tables had none (a
-/// new database, until autovacuum's first ANALYZE): PostgreSQL then guesses a third of the
-/// choices for 64 ids, and a plan made while the tables were empty is kept. Measured in a new
-/// database at 15,000 choices and 30,000 subjects: 2 to 5 ms a read, a group's two reads taking
-/// more than all its writes together; read by probes, 0.1 ms.
-pub(super) async fn load_subjects(
+/// Read id by id, a lateral join on the primary key (`OFFSET 0` keeps the planner from
+/// flattening it), which probes the index whatever the table's statistics, as is
+/// [`choice_rows`]. Read with `subject_id IN (...)` or `= ANY($1)`, subjects and choices were
+/// scanned whole while the tables had no statistics (a new database, until autovacuum's first
+/// ANALYZE): PostgreSQL then guesses a third of the choices for 64 ids, and a plan made while
+/// the tables were empty is kept. Measured in a new database at 15,000 choices and 30,000
+/// subjects: 2 to 5 ms a read, a group's two reads taking more than all its writes together;
+/// read by probes, 0.1 ms.
+pub(super) async fn subject_rows(
     connection: &mut sqlx::PgConnection,
     ids: &[&str],
-) -> Result<(Vec<Row>, Vec<Row>), StoreError> {
-    let subjects = sqlx::query(
+) -> Result<Vec<Row>, StoreError> {
+    let rows = sqlx::query(
         "SELECT subject.* FROM unnest($1::TEXT[]) AS id (subject_id)
          CROSS JOIN LATERAL (
              SELECT subject_id, plan, jurisdiction, status, gpc, zero_data_retention, revision
@@ -33,7 +33,16 @@ pub(super) async fn load_subjects(
     .bind(ids)
     .fetch_all(&mut *connection)
     .await?;
-    let choices = sqlx::query(
+    Ok(rows.into_iter().map(Row::Postgres).collect())
+}
+
+/// `rows::read_rows` of stored choices on PostgreSQL: the choices of the subjects `ids` (each id
+/// once), ordered by purpose within a subject; read id by id, as [`subject_rows`] reads.
+pub(super) async fn choice_rows(
+    connection: &mut sqlx::PgConnection,
+    ids: &[&str],
+) -> Result<Vec<Row>, StoreError> {
+    let rows = sqlx::query(
         "SELECT choice.* FROM unnest($1::TEXT[]) AS id (subject_id)
          CROSS JOIN LATERAL (
              SELECT subject_id, purpose, choice, updated_at, notice_version, method, caller,
@@ -45,10 +54,7 @@ pub(super) async fn load_subjects(
     .bind(ids)
     .fetch_all(&mut *connection)
     .await?;
-    Ok((
-        subjects.into_iter().map(Row::Postgres).collect(),
-        choices.into_iter().map(Row::Postgres).collect(),
-    ))
+    Ok(rows.into_iter().map(Row::Postgres).collect())
 }
 
 /// The `ON CONFLICT` clause of a subject row's upsert: every column but the row's creation time.

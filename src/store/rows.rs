@@ -982,8 +982,10 @@ pub(super) async fn load_subject(
     Ok(Some((record, revision)))
 }
 
-/// [`load_subject`] of every subject in `subject_ids`, in two statements: an id missing from
-/// the answer is a subject that does not exist.
+/// [`load_subject`] of every subject in `subject_ids`: an id missing from the answer is a
+/// subject that does not exist. Two statements, the second only if a subject exists; a single
+/// subject (a write alone, the usual case below saturation) is read as [`load_subject`] reads
+/// it, with statements planned once.
 async fn load_subjects(
     connection: &mut Connection,
     subject_ids: &[&str],
@@ -992,22 +994,31 @@ async fn load_subjects(
         .iter()
         .map(|subject_id| ((*subject_id).to_owned(), None))
         .collect();
+    if let [subject_id] = subject_ids {
+        let subject = load_subject(&mut *connection, subject_id).await?;
+        loaded.insert((*subject_id).to_owned(), subject);
+        return Ok(loaded);
+    }
     if loaded.is_empty() {
         return Ok(loaded);
     }
-    let (subjects, choices) = match connection.as_postgres() {
-        Some(postgres) => {
-            let ids: Vec<&str> = loaded.keys().map(String::as_str).collect();
-            super::arrays::load_subjects(postgres, &ids).await?
-        }
-        None => load_subjects_listed(connection, loaded.keys()).await?,
-    };
-    for row in subjects {
+    let ids: Vec<&str> = loaded.keys().map(String::as_str).collect();
+    let mut found = Vec::new();
+    for row in read_rows(&mut *connection, Rows::Subjects, &ids).await? {
         let subject_id: String = row.try_get("subject_id")?;
-        let subject = subject_from_row(&row)?;
-        if let Some(entry) = loaded.get_mut(&subject_id) {
-            *entry = Some(subject);
-        }
+        found.push((subject_id, subject_from_row(&row)?));
+    }
+    let ids: Vec<&str> = found
+        .iter()
+        .map(|(subject_id, _)| subject_id.as_str())
+        .collect();
+    let choices = if ids.is_empty() {
+        Vec::new()
+    } else {
+        read_rows(&mut *connection, Rows::Choices, &ids).await?
+    };
+    for (subject_id, subject) in found {
+        loaded.insert(subject_id, Some(subject));
     }
     for row in choices {
         let subject_id: String = row.try_get("subject_id")?;
@@ -1019,34 +1030,48 @@ async fn load_subjects(
     Ok(loaded)
 }
 
-/// [`load_subjects`]' two reads on SQLite: `IN` lists, padded to a power of two with their last
-/// id again, so that a few distinct statements stay prepared.
-async fn load_subjects_listed(
+/// What [`read_rows`] reads.
+#[derive(Clone, Copy)]
+enum Rows {
+    Subjects,
+    Choices,
+}
+
+/// The rows of the subjects `ids` (each id once), or their stored choices (ordered by purpose
+/// within a subject): on PostgreSQL from an array (`arrays::read_rows`); on SQLite with an `IN`
+/// list, padded to a power of two with its last id again, so that a few distinct statements
+/// stay prepared.
+async fn read_rows(
     connection: &mut Connection,
-    ids: impl Iterator<Item = &String>,
-) -> Result<(Vec<Row>, Vec<Row>), StoreError> {
-    let mut ids: Vec<String> = ids.cloned().collect();
-    let last = ids[ids.len() - 1].clone();
+    rows: Rows,
+    ids: &[&str],
+) -> Result<Vec<Row>, StoreError> {
+    if let Some(postgres) = connection.as_postgres() {
+        return match rows {
+            Rows::Subjects => super::arrays::subject_rows(postgres, ids).await,
+            Rows::Choices => super::arrays::choice_rows(postgres, ids).await,
+        };
+    }
+    let mut ids = ids.to_vec();
+    let last = ids[ids.len() - 1];
     ids.resize(ids.len().next_power_of_two(), last);
     let list = placeholders(1, ids.len());
-    let mut statement = connection.query(sqlx::AssertSqlSafe(format!(
-        "SELECT subject_id, plan, jurisdiction, status, gpc, zero_data_retention, revision
-         FROM subjects WHERE subject_id IN {list}"
-    )));
-    for subject_id in &ids {
-        statement = statement.bind(subject_id.clone());
+    let sql = match rows {
+        Rows::Subjects => format!(
+            "SELECT subject_id, plan, jurisdiction, status, gpc, zero_data_retention, revision
+             FROM subjects WHERE subject_id IN {list}"
+        ),
+        Rows::Choices => format!(
+            "SELECT subject_id, purpose, choice, updated_at, notice_version, method, caller,
+                    expires_at
+             FROM choices WHERE subject_id IN {list} ORDER BY subject_id, purpose"
+        ),
+    };
+    let mut statement = connection.query(sqlx::AssertSqlSafe(sql));
+    for subject_id in ids {
+        statement = statement.bind(subject_id.to_owned());
     }
-    let subjects = statement.fetch_all().await?;
-    let mut statement = connection.query(sqlx::AssertSqlSafe(format!(
-        "SELECT subject_id, purpose, choice, updated_at, notice_version, method, caller,
-                expires_at
-         FROM choices WHERE subject_id IN {list} ORDER BY subject_id, purpose"
-    )));
-    for subject_id in &ids {
-        statement = statement.bind(subject_id.clone());
-    }
-    let choices = statement.fetch_all().await?;
-    Ok((subjects, choices))
+    Ok(statement.fetch_all().await?)
 }
 
 /// A subject's row, its choices not yet added.
