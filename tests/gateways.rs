@@ -4,6 +4,9 @@
 //! resolved, every value of its field's type); the Kubernetes ones name the ext_authz keys
 //! assent reads.
 
+#[path = "support/metadata.rs"]
+mod metadata;
+
 use std::path::PathBuf;
 
 use prost_reflect::{DescriptorPool, DynamicMessage};
@@ -49,13 +52,7 @@ fn yaml_documents() -> Vec<serde_json::Value> {
 /// The descriptors envoy-types was generated from (`src/generated/types.bin` of the crate as
 /// cargo fetched it).
 fn envoy_descriptors() -> DescriptorPool {
-    let metadata = std::process::Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    assert!(metadata.status.success(), "cargo metadata failed");
-    let metadata: serde_json::Value = serde_json::from_slice(&metadata.stdout).unwrap();
+    let metadata = metadata::workspace();
     let manifest = metadata["packages"]
         .as_array()
         .unwrap()

@@ -11,6 +11,9 @@
 //! its parent); a `#[macro_export]` macro named `crate::name!` is its defining file. Test modules inside a file
 //! count like the rest of it. `src/main.rs` is the binary, a crate of its own, and is skipped.
 
+#[path = "support/metadata.rs"]
+mod metadata;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -583,13 +586,7 @@ fn the_detector_finds_a_loop() {
 /// it without a database driver or a Redis client (what `cargo tree -p assent-client` shows).
 #[test]
 fn the_client_crate_depends_on_neither_sqlx_nor_redis() {
-    let metadata = std::process::Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    assert!(metadata.status.success(), "cargo metadata failed");
-    let metadata: serde_json::Value = serde_json::from_slice(&metadata.stdout).unwrap();
+    let metadata = metadata::workspace();
     let nodes: BTreeMap<&str, &serde_json::Value> = metadata["resolve"]["nodes"]
         .as_array()
         .unwrap()
