@@ -8,52 +8,42 @@ use super::StoreError;
 use super::sql::Row;
 use crate::audit::AuditEvent;
 
-/// `rows::read_rows` of subjects on PostgreSQL: the rows of the subjects `ids` (each id once).
-///
-/// Read id by id, a lateral join on the primary key (`OFFSET 0` keeps the planner from
-/// flattening it), which probes the index whatever the table's statistics, as is
-/// [`choice_rows`]. Read with `subject_id IN (...)` or `= ANY($1)`, subjects and choices were
-/// scanned whole while the tables had no statistics (a new database, until autovacuum's first
-/// ANALYZE): PostgreSQL then guesses a third of the choices for 64 ids, and a plan made while
-/// the tables were empty is kept. Measured in a new database at 15,000 choices and 30,000
-/// subjects: 2 to 5 ms a read, a group's two reads taking more than all its writes together;
-/// read by probes, 0.1 ms.
-pub(super) async fn subject_rows(
-    connection: &mut sqlx::PgConnection,
-    ids: &[&str],
-) -> Result<Vec<Row>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT subject.* FROM unnest($1::TEXT[]) AS id (subject_id)
-         CROSS JOIN LATERAL (
-             SELECT subject_id, plan, jurisdiction, status, gpc, zero_data_retention, revision
-             FROM subjects WHERE subjects.subject_id = id.subject_id
-             OFFSET 0
-         ) AS subject",
-    )
-    .bind(ids)
-    .fetch_all(&mut *connection)
-    .await?;
-    Ok(rows.into_iter().map(Row::Postgres).collect())
-}
+/// `rows::read_rows` of subjects on PostgreSQL: the rows of the subjects in `$1` (each id once).
+pub(super) const SUBJECT_ROWS: &str = "SELECT subject.* FROM unnest($1::TEXT[]) AS id (subject_id)
+     CROSS JOIN LATERAL (
+         SELECT subject_id, plan, jurisdiction, status, gpc, zero_data_retention, revision
+         FROM subjects WHERE subjects.subject_id = id.subject_id
+         OFFSET 0
+     ) AS subject";
 
-/// `rows::read_rows` of stored choices on PostgreSQL: the choices of the subjects `ids` (each id
-/// once), ordered by purpose within a subject; read id by id, as [`subject_rows`] reads.
-pub(super) async fn choice_rows(
+/// `rows::read_rows` of stored choices on PostgreSQL: the choices of the subjects in `$1` (each
+/// id once), ordered by purpose within a subject.
+pub(super) const CHOICE_ROWS: &str = "SELECT choice.* FROM unnest($1::TEXT[]) AS id (subject_id)
+     CROSS JOIN LATERAL (
+         SELECT subject_id, purpose, choice, updated_at, notice_version, method, caller,
+                expires_at
+         FROM choices WHERE choices.subject_id = id.subject_id
+         ORDER BY purpose OFFSET 0
+     ) AS choice";
+
+/// Runs [`SUBJECT_ROWS`] or [`CHOICE_ROWS`] for the subjects `ids`.
+///
+/// Both read id by id, a lateral join on the primary key (`OFFSET 0` keeps the planner from
+/// flattening it), which probes the index whatever the tables' statistics. Read with
+/// `subject_id IN (...)` or `= ANY($1)`, subjects and choices were scanned whole while the
+/// tables had no statistics (a new database, until autovacuum's first ANALYZE): PostgreSQL then
+/// guesses a third of the choices for 64 ids, and a plan made while the tables were empty is
+/// kept. Measured in a new database at 15,000 choices and 30,000 subjects: 2 to 5 ms a read, a
+/// group's two reads taking more than all its writes together; read by probes, 0.1 ms.
+pub(super) async fn rows_by_id(
     connection: &mut sqlx::PgConnection,
+    statement: &'static str,
     ids: &[&str],
 ) -> Result<Vec<Row>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT choice.* FROM unnest($1::TEXT[]) AS id (subject_id)
-         CROSS JOIN LATERAL (
-             SELECT subject_id, purpose, choice, updated_at, notice_version, method, caller,
-                    expires_at
-             FROM choices WHERE choices.subject_id = id.subject_id
-             ORDER BY purpose OFFSET 0
-         ) AS choice",
-    )
-    .bind(ids)
-    .fetch_all(&mut *connection)
-    .await?;
+    let rows = sqlx::query(statement)
+        .bind(ids)
+        .fetch_all(&mut *connection)
+        .await?;
     Ok(rows.into_iter().map(Row::Postgres).collect())
 }
 

@@ -1047,10 +1047,11 @@ async fn read_rows(
     ids: &[&str],
 ) -> Result<Vec<Row>, StoreError> {
     if let Some(postgres) = connection.as_postgres() {
-        return match rows {
-            Rows::Subjects => super::arrays::subject_rows(postgres, ids).await,
-            Rows::Choices => super::arrays::choice_rows(postgres, ids).await,
+        let statement = match rows {
+            Rows::Subjects => super::arrays::SUBJECT_ROWS,
+            Rows::Choices => super::arrays::CHOICE_ROWS,
         };
+        return super::arrays::rows_by_id(postgres, statement, ids).await;
     }
     let mut ids = ids.to_vec();
     let last = ids[ids.len() - 1];
