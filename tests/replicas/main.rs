@@ -537,10 +537,27 @@ async fn a_postgres_outage_keeps_cached_answers_and_fails_safe() {
             }
         }
     }
+    let mut last = String::new();
     for index in 0..3 {
-        cluster
+        last = cluster
             .upsert(0, &format!("uncached-{index}"), Plan::Free)
             .await;
+    }
+    // Replica 1 has applied them before the cut: a subject it has not heard of yet is one it
+    // may answer as unknown (DENY) without asking the store.
+    let applied = assent::revision::Revision::parse_token(&last)
+        .unwrap()
+        .sequence() as f64;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while process::scrape(&cluster.replicas[1].admin_address)
+        .await
+        .get("assent_cache_applied_revision")
+        .copied()
+        .unwrap_or(0.0)
+        < applied
+    {
+        assert!(Instant::now() < deadline, "replica 1 did not catch up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     postgres.cut();
