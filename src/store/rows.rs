@@ -1038,7 +1038,7 @@ enum Rows {
 }
 
 /// The rows of the subjects `ids` (each id once), or their stored choices (ordered by purpose
-/// within a subject): on PostgreSQL from an array (`arrays::read_rows`); on SQLite with an `IN`
+/// within a subject): on PostgreSQL from an array (`arrays::rows_by_id`); on SQLite with an `IN`
 /// list, padded to a power of two with its last id again, so that a few distinct statements
 /// stay prepared.
 async fn read_rows(
