@@ -55,6 +55,42 @@ pub struct EventObject {
 }
 
 impl EventObject {
+    /// The object of an event as the API serves it: the payload (`null` once erased), the
+    /// leaf's fields and the chain link. The error names what the served event lacks.
+    pub fn from_served(event: crate::proto::AuditEvent) -> Result<EventObject, String> {
+        let sequence = Revision::parse_token(&event.revision)
+            .map_err(|_| {
+                format!(
+                    "event {} with a malformed revision {:?}",
+                    event.event_id, event.revision
+                )
+            })?
+            .sequence();
+        let at = event
+            .at
+            .ok_or_else(|| format!("event {} without a time", event.event_id))?;
+        let actor = event.actor.unwrap_or_default();
+        let erased = event.payload_erased;
+        Ok(EventObject {
+            revision: Some(event.revision),
+            sequence,
+            event_id: event.event_id,
+            at_micros: at.seconds * 1_000_000 + i64::from(at.nanos / 1_000),
+            subject_id: event.subject_id,
+            kind: event.kind,
+            caller: event.caller,
+            operator_id: actor.operator_id,
+            actor_reason: actor.reason,
+            detail_json: (!erased).then_some(event.detail_json),
+            payload_salt: (!erased).then_some(event.payload_salt),
+            payload_sha256: event.payload_sha256,
+            policy_version: event.policy_version,
+            trace_id: event.trace_id,
+            prev_hash: event.prev_hash,
+            hash: event.hash,
+        })
+    }
+
     /// The object of a stored event (an erased payload as nulls).
     pub fn from_event(event: &AuditEvent) -> EventObject {
         let payload = |value: &str| (!event.payload_erased).then(|| value.to_owned());
@@ -142,6 +178,37 @@ pub struct SubjectExport {
     /// The signed note every proof is against.
     pub checkpoint: String,
     pub events: Vec<ExportedEvent>,
+}
+
+impl SubjectExport {
+    /// The export document of an export as the API serves it. The error names what the served
+    /// export lacks.
+    pub fn from_served(served: crate::proto::SubjectExport) -> Result<SubjectExport, String> {
+        let checkpoint = served
+            .checkpoint
+            .ok_or_else(|| "an export without its checkpoint".to_owned())?;
+        let mut events = Vec::with_capacity(served.events.len());
+        for exported in served.events {
+            let event = exported
+                .event
+                .ok_or_else(|| "an exported event without the event".to_owned())?;
+            let proof = exported
+                .proof
+                .ok_or_else(|| format!("exported event {} without its proof", event.event_id))?;
+            events.push(ExportedEvent {
+                event: EventObject::from_served(event)?,
+                leaf_index: proof.leaf_index,
+                inclusion_proof: proof.hashes.iter().map(hex::encode).collect(),
+            });
+        }
+        Ok(SubjectExport {
+            format: SUBJECT_EXPORT_FORMAT.to_owned(),
+            subject_id: served.subject_id,
+            verifier_key: checkpoint.verifier_key,
+            checkpoint: checkpoint.note,
+            events,
+        })
+    }
 }
 
 /// A consistency proof file: the tree of `old_size` is a prefix of the tree of `new_size`.

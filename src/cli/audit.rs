@@ -13,10 +13,7 @@ use super::client::{actor, call_failed, connect, print};
 use super::{ActorArgs, AuditCommand, ClientArgs, EventArgs, UsageError, VerifyOfflineCommand};
 use crate::audit::note;
 use crate::audit::note::CheckpointVerifier;
-use crate::audit::offline::{
-    self, ConsistencyProofFile, EventObject, ExportedEvent, Report, SUBJECT_EXPORT_FORMAT,
-    SubjectExport,
-};
+use crate::audit::offline::{self, ConsistencyProofFile, EventObject, Report, SubjectExport};
 use crate::proto;
 use crate::proto::audit_client::AuditClient;
 use crate::revision::Revision;
@@ -249,41 +246,9 @@ fn hex_list(hashes: &[Vec<u8>]) -> Vec<String> {
     hashes.iter().map(hex::encode).collect()
 }
 
-/// One event as docs/audit.md's exports and dumps hold it, from its form on the wire: the
-/// payload (`null` once erased), the leaf's fields and the chain link.
+/// One event as docs/audit.md's exports and dumps hold it, from its form on the wire.
 fn event_object(event: proto::AuditEvent) -> anyhow::Result<EventObject> {
-    let sequence = Revision::parse_token(&event.revision)
-        .map_err(|_| {
-            anyhow!(
-                "the server sent event {} with a malformed revision {:?}",
-                event.event_id,
-                event.revision
-            )
-        })?
-        .sequence();
-    let at = event
-        .at
-        .with_context(|| format!("the server sent event {} without a time", event.event_id))?;
-    let actor = event.actor.unwrap_or_default();
-    let erased = event.payload_erased;
-    Ok(EventObject {
-        revision: Some(event.revision),
-        sequence,
-        event_id: event.event_id,
-        at_micros: at.seconds * 1_000_000 + i64::from(at.nanos / 1_000),
-        subject_id: event.subject_id,
-        kind: event.kind,
-        caller: event.caller,
-        operator_id: actor.operator_id,
-        actor_reason: actor.reason,
-        detail_json: (!erased).then_some(event.detail_json),
-        payload_salt: (!erased).then_some(event.payload_salt),
-        payload_sha256: event.payload_sha256,
-        policy_version: event.policy_version,
-        trace_id: event.trace_id,
-        prev_hash: event.prev_hash,
-        hash: event.hash,
-    })
+    EventObject::from_served(event).map_err(|problem| anyhow!("the server sent {problem}"))
 }
 
 async fn export(subject_id: String, out: Option<&Path>, client: &ClientArgs) -> anyhow::Result<()> {
@@ -295,32 +260,11 @@ async fn export(subject_id: String, out: Option<&Path>, client: &ClientArgs) -> 
         .into_inner();
     let checkpoint = answer
         .checkpoint
+        .clone()
         .context("the server sent an export without its checkpoint")?;
-    let mut events = Vec::with_capacity(answer.events.len());
-    for exported in answer.events {
-        let event = exported
-            .event
-            .context("the server sent an exported event without the event")?;
-        let proof = exported.proof.with_context(|| {
-            format!(
-                "the server sent exported event {} without its proof",
-                event.event_id
-            )
-        })?;
-        events.push(ExportedEvent {
-            event: event_object(event)?,
-            leaf_index: proof.leaf_index,
-            inclusion_proof: hex_list(&proof.hashes),
-        });
-    }
-    let count = events.len();
-    let document = SubjectExport {
-        format: SUBJECT_EXPORT_FORMAT.to_owned(),
-        subject_id: answer.subject_id,
-        verifier_key: checkpoint.verifier_key.clone(),
-        checkpoint: checkpoint.note.clone(),
-        events,
-    };
+    let document = SubjectExport::from_served(answer)
+        .map_err(|problem| anyhow!("the server sent {problem}"))?;
+    let count = document.events.len();
     let mut bytes = serde_json::to_vec_pretty(&document)?;
     bytes.push(b'\n');
     let Some(path) = out else {
