@@ -16,6 +16,7 @@ use crate::auth::{Scopes, TokenSettings, parse_client_scopes};
 use crate::cache::shared::{SentinelUrl, seed_urls};
 use crate::cache::{CacheSettings, RedisEntryKey, SharedSettings};
 use crate::checkpoints::CheckpointSettings;
+use crate::console::ConsoleSettings;
 use crate::decision_log::LogMode;
 use crate::limits::LimitSettings;
 use crate::store::{DatabaseUrl, Schema, StoreLocation, StoreTimeouts};
@@ -72,6 +73,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// The admin HTTP address (`/metrics`, `/healthz`, `/readyz`); `None`: not served.
     pub admin_listen: Option<SocketAddr>,
+    /// The staff console; `None`: not served.
+    pub console: Option<ConsoleSettings>,
     /// Trace export, when an OTLP endpoint is configured.
     pub traces: Option<TraceSettings>,
     /// The key of the subject hash in telemetry; `None`: a random key per process.
@@ -203,6 +206,8 @@ settings! {
     shutdown_grace_seconds: u64 = ["ASSENT_SHUTDOWN_GRACE_SECONDS"], "30";
     log_format: String = ["ASSENT_LOG_FORMAT"], "text";
     admin_listen: String = ["ASSENT_ADMIN_LISTEN"], "127.0.0.1:9090";
+    console_listen: String = ["ASSENT_CONSOLE_LISTEN"], "off";
+    console_token_header: String = ["ASSENT_CONSOLE_TOKEN_HEADER"], "authorization";
     // The OpenTelemetry SDK's standard variables.
     otlp_endpoint: String =
         ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"], None;
@@ -672,6 +677,32 @@ impl Settings {
                 invalid("admin_listen", message)
             })?),
         };
+        let console = match given.console_listen.as_str() {
+            "off" => None,
+            text => {
+                let listen = text.parse().map_err(|_| {
+                    let message =
+                        format!("expected an address such as 127.0.0.1:9091, or off; got {text:?}");
+                    invalid("console_listen", message)
+                })?;
+                let token_header = given
+                    .console_token_header
+                    .trim()
+                    .to_ascii_lowercase()
+                    .parse()
+                    .map_err(|_| {
+                        let message = format!(
+                            "expected an HTTP header name, got {:?}",
+                            given.console_token_header
+                        );
+                        invalid("console_token_header", message)
+                    })?;
+                Some(ConsoleSettings {
+                    listen,
+                    token_header,
+                })
+            }
+        };
         let ratio = &given.trace_sample_ratio;
         let sample_ratio = ratio
             .parse::<f64>()
@@ -783,6 +814,7 @@ impl Settings {
             shutdown_grace: Duration::from_secs(given.shutdown_grace_seconds),
             log_format,
             admin_listen,
+            console,
             traces,
             subject_hash_key: given.subject_hash_key.map(SubjectHashKey::new),
             tls,
@@ -802,6 +834,22 @@ impl Settings {
                 http2_keepalive_timeout: Duration::from_millis(given.http2_keepalive_timeout_ms),
             },
         };
+        // The console authenticates its viewers with the bearer tokens of the gRPC port: beyond
+        // loopback, or wherever the gRPC port asks for authentication, it needs them.
+        if let Some(console) = &settings.console
+            && settings.tokens.is_none()
+            && (!console.listen.ip().is_loopback() || settings.authenticates())
+        {
+            return Err(invalid(
+                "console_listen",
+                format!(
+                    "refusing to serve the console on {} without bearer tokens: set jwt_* (the \
+                     token of the authenticating proxy in front of it), or serve it on \
+                     127.0.0.1 with no authentication configured",
+                    console.listen
+                ),
+            ));
+        }
         if !listen.ip().is_loopback() && (settings.tls.is_none() || !settings.authenticates()) {
             return Err(invalid(
                 "listen",
@@ -929,6 +977,51 @@ mod tests {
             let mut environment = environment.clone();
             environment.insert(name.to_owned(), value.to_owned());
             let error = Settings::resolve(None, &environment, Overrides::default()).unwrap_err();
+            assert!(error.to_string().starts_with(setting), "{error}");
+        }
+    }
+
+    #[test]
+    fn the_console_is_off_unless_configured_and_needs_tokens_beyond_loopback() {
+        let defaults = Settings::resolve(None, &env(&[]), Overrides::default()).unwrap();
+        assert_eq!(defaults.console, None);
+        let open = env(&[("ASSENT_CONSOLE_LISTEN", "127.0.0.1:9091")]);
+        let console = Settings::resolve(None, &open, Overrides::default())
+            .unwrap()
+            .console
+            .unwrap();
+        assert_eq!(console.listen, "127.0.0.1:9091".parse().unwrap());
+        assert_eq!(console.token_header, http::header::AUTHORIZATION);
+        let proxied = env(&[
+            ("ASSENT_CONSOLE_LISTEN", "10.0.0.5:9091"),
+            ("ASSENT_CONSOLE_TOKEN_HEADER", "X-Forwarded-Access-Token"),
+            (
+                "ASSENT_JWT_HS256_SECRET",
+                "a-development-secret-of-at-least-32-bytes",
+            ),
+            ("ASSENT_JWT_ISSUER", "https://auth.test"),
+            ("ASSENT_JWT_AUDIENCE", "assent"),
+        ]);
+        let console = Settings::resolve(None, &proxied, Overrides::default())
+            .unwrap()
+            .console
+            .unwrap();
+        assert_eq!(console.token_header.as_str(), "x-forwarded-access-token");
+        for (pairs, setting) in [
+            (
+                vec![("ASSENT_CONSOLE_LISTEN", "0.0.0.0:9091")],
+                "console_listen",
+            ),
+            (vec![("ASSENT_CONSOLE_LISTEN", "9091")], "console_listen"),
+            (
+                vec![
+                    ("ASSENT_CONSOLE_LISTEN", "127.0.0.1:9091"),
+                    ("ASSENT_CONSOLE_TOKEN_HEADER", "not a header"),
+                ],
+                "console_token_header",
+            ),
+        ] {
+            let error = Settings::resolve(None, &env(&pairs), Overrides::default()).unwrap_err();
             assert!(error.to_string().starts_with(setting), "{error}");
         }
     }

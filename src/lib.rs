@@ -10,6 +10,7 @@ pub mod calendar;
 pub mod checkpoints;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod decision_log;
 pub mod domain;
 pub mod error;

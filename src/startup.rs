@@ -28,6 +28,7 @@ use crate::auth::{AuthLayer, Authenticator, TokenVerifier};
 use crate::cache::SubjectCache;
 use crate::checkpoints::Checkpoints;
 use crate::config::{Settings, TlsSettings};
+use crate::console::Console;
 use crate::decision_log::{DecisionLog, LogStore};
 use crate::limits::LimitLayer;
 use crate::policies::Policies;
@@ -58,6 +59,7 @@ pub struct Application {
     settings: Settings,
     listener: TcpListener,
     admin_listener: Option<TcpListener>,
+    console_listener: Option<TcpListener>,
     store: Store,
     /// Where the decision log's rows go: `store`, or a database of the log's own.
     decision_store: LogStore,
@@ -87,6 +89,12 @@ impl Application {
             ),
             None => None,
         };
+        let console_listener = match &settings.console {
+            Some(console) => Some(TcpListener::bind(console.listen).await.with_context(|| {
+                format!("cannot listen on {} (console_listen)", console.listen)
+            })?),
+            None => None,
+        };
         if let Some(key) = &settings.subject_hash_key {
             key.install();
         }
@@ -102,6 +110,7 @@ impl Application {
             settings,
             listener,
             admin_listener,
+            console_listener,
             store,
             decision_store,
             open_decision_store,
@@ -118,6 +127,15 @@ impl Application {
     /// The bound admin address, when the admin port is served.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_listener.as_ref().map(|listener| {
+            listener
+                .local_addr()
+                .expect("a bound listener has an address")
+        })
+    }
+
+    /// The bound console address, when the console is served.
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        self.console_listener.as_ref().map(|listener| {
             listener
                 .local_addr()
                 .expect("a bound listener has an address")
@@ -236,10 +254,45 @@ impl Application {
         .add_service(reflection(Builder::build_v1)?)
         .add_service(reflection(Builder::build_v1alpha)?);
 
+        let authenticator = Arc::new(authenticator(&self.settings)?);
+        if !authenticator.enabled() {
+            tracing::warn!(
+                "no authentication configured: every caller is trusted; serving on loopback only"
+            );
+        }
+        let limits = LimitLayer::new(self.settings.limits);
+        let admin_stop = Arc::new(Notify::new());
+        let console_stop = Arc::new(Notify::new());
+        // The console calls the services through the layers of the gRPC port, with its
+        // viewer's token: what it may show and do is what that token may ask the API for.
+        let console = self.console_listener.map(|listener| {
+            let grpc = tower::ServiceBuilder::new()
+                .layer(RpcLayer)
+                .layer(limits.clone())
+                .layer(AuthLayer::new(authenticator.clone()))
+                .layer(limits.per_caller())
+                .service(routes.clone());
+            let console = Console::new(
+                crate::console::Grpc::new(
+                    tower::ServiceExt::<http::Request<tonic::body::Body>>::map_err(grpc, |error| {
+                        crate::console::CallFailed(error.to_string())
+                    }),
+                ),
+                authenticator.clone(),
+                self.settings
+                    .console
+                    .as_ref()
+                    .map(|console| console.token_header.clone())
+                    .unwrap_or(http::header::AUTHORIZATION),
+            );
+            let stop = console_stop.clone();
+            tokio::spawn(crate::console::serve(listener, console, async move {
+                stop.notified().await;
+            }))
+        });
         let draining = Arc::new(Notify::new());
         let drain_started = draining.clone();
         let not_ready = Arc::new(AtomicBool::new(false));
-        let admin_stop = Arc::new(Notify::new());
         let admin = self.admin_listener.map(|listener| {
             let state = AdminState {
                 store: self.store.clone(),
@@ -282,13 +335,6 @@ impl Application {
                 .tls_config(tls_config(tls)?)
                 .context("cannot set up TLS")?;
         }
-        let authenticator = Arc::new(authenticator(&self.settings)?);
-        if !authenticator.enabled() {
-            tracing::warn!(
-                "no authentication configured: every caller is trusted; serving on loopback only"
-            );
-        }
-        let limits = LimitLayer::new(self.settings.limits);
         let forget_idle = {
             let limits = limits.clone();
             tokio::spawn(async move {
@@ -355,10 +401,12 @@ impl Application {
             decision_store.close().await;
         }
         admin_stop.notify_one();
-        if let Some(admin) = admin {
-            match admin.await {
-                Ok(Err(error)) => tracing::warn!(%error, "the admin port failed"),
-                Err(error) => tracing::warn!(%error, "the admin port failed"),
+        console_stop.notify_one();
+        for (port, task) in [("the admin port", admin), ("the console", console)] {
+            let Some(task) = task else { continue };
+            match task.await {
+                Ok(Err(error)) => tracing::warn!(%error, "{port} failed"),
+                Err(error) => tracing::warn!(%error, "{port} failed"),
                 Ok(Ok(())) => {}
             }
         }

@@ -42,7 +42,7 @@ const LAYERS: &[&[&str]] = &[
     &["limits"],
     &["error"],
     &["api"],
-    &["admin", "scenarios"],
+    &["admin", "scenarios", "console"],
     &["config"],
     &["startup"],
     &["cli"],

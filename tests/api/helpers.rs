@@ -29,6 +29,8 @@ use tonic::transport::Channel;
 
 pub struct TestApp {
     pub address: SocketAddr,
+    /// The console's address, when the settings serve it.
+    pub console: Option<SocketAddr>,
     pub data: Arc<TestDatabase>,
     channel: Channel,
     shutdown: Option<oneshot::Sender<()>>,
@@ -91,6 +93,7 @@ impl TestApp {
             shutdown_grace: Duration::from_secs(10),
             log_format: LogFormat::Text,
             admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+            console: None,
             traces: None,
             subject_hash_key: None,
             tls: None,
@@ -102,6 +105,7 @@ impl TestApp {
         adjust(&mut settings);
         let application = Application::build(settings).await.unwrap();
         let address = application.local_addr();
+        let console = application.console_addr();
         let (shutdown, signal) = oneshot::channel::<()>();
         let server = tokio::spawn(application.run_until(async {
             let _ = signal.await;
@@ -113,6 +117,7 @@ impl TestApp {
             .unwrap();
         TestApp {
             address,
+            console,
             data,
             channel,
             shutdown: Some(shutdown),
@@ -151,14 +156,22 @@ impl TestApp {
     /// A server on a fresh database that authenticates every call by a bearer token (HS256,
     /// the development key of [`token`]).
     pub async fn spawn_with_tokens() -> TestApp {
+        TestApp::spawn_adjusted(|settings| settings.tokens = Some(token_settings())).await
+    }
+
+    /// A server on a fresh database serving the console on loopback, open (no authentication)
+    /// or, with `tokens`, to bearer tokens in the `authorization` header; other settings
+    /// adjusted by `adjust`.
+    pub async fn spawn_console(tokens: bool, adjust: impl FnOnce(&mut Settings)) -> TestApp {
         TestApp::spawn_adjusted(|settings| {
-            settings.tokens = Some(TokenSettings {
-                jwks_file: None,
-                hs256_secret: Some(TOKEN_SECRET.to_owned()),
-                issuer: TOKEN_ISSUER.to_owned(),
-                audience: TOKEN_AUDIENCE.to_owned(),
-                leeway_seconds: 30,
+            adjust(settings);
+            settings.console = Some(assent::console::ConsoleSettings {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                token_header: http::header::AUTHORIZATION,
             });
+            if tokens {
+                settings.tokens = Some(token_settings());
+            }
         })
         .await
     }
@@ -524,6 +537,16 @@ impl DirectConnection {
 const TOKEN_ISSUER: &str = "https://auth.test";
 const TOKEN_AUDIENCE: &str = "assent";
 const TOKEN_SECRET: &str = "a-development-secret-of-at-least-32-bytes";
+
+fn token_settings() -> TokenSettings {
+    TokenSettings {
+        jwks_file: None,
+        hs256_secret: Some(TOKEN_SECRET.to_owned()),
+        issuer: TOKEN_ISSUER.to_owned(),
+        audience: TOKEN_AUDIENCE.to_owned(),
+        leeway_seconds: 30,
+    }
+}
 
 /// A token a [`TestApp::spawn_with_tokens`] server accepts, naming `caller` with `scopes`
 /// (space-separated), valid for five minutes.

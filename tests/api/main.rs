@@ -6,6 +6,7 @@ mod changes;
 mod checkpoints;
 mod cli;
 mod consent;
+mod console;
 mod decision_log;
 mod decisions;
 mod durability;
