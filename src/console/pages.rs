@@ -263,7 +263,7 @@ pub(super) fn subject(viewer: &Viewer, view: &SubjectView) -> Markup {
             }
             section aria-labelledby="decisions" {
                 h2 id="decisions" { (decisions_heading) }
-                div class="table" {
+                div class="table" tabindex="0" role="region" aria-label="Table (scrolls sideways)" {
                     table {
                         thead {
                             tr {
@@ -287,7 +287,13 @@ pub(super) fn subject(viewer: &Viewer, view: &SubjectView) -> Markup {
                                     }
                                     td { code { (decision.rule) } }
                                     td { (words(decision.reason().as_str_name(), "REASON_")) }
-                                    td { (words(decision.basis().as_str_name(), "LAWFUL_BASIS_")) }
+                                    td {
+                                        @if decision.basis() == proto::LawfulBasis::Unspecified {
+                                            "none (nothing is processed)"
+                                        } @else {
+                                            (words(decision.basis().as_str_name(), "LAWFUL_BASIS_"))
+                                        }
+                                    }
                                 }
                             }
                         }
@@ -370,7 +376,7 @@ fn timeline(view: &SubjectView) -> Markup {
                 "Every change of this subject, oldest first: what it changed, who made it, and "
                 "why. Pick an instant above to see the decisions as they stood then."
             }
-            div class="table" {
+            div class="table" tabindex="0" role="region" aria-label="Table (scrolls sideways)" {
                 table {
                     thead {
                         tr {
@@ -480,7 +486,7 @@ fn request_table(requests: &[proto::RightsRequest], now_micros: i64) -> Markup {
 
 fn request_rows(requests: &[&proto::RightsRequest], now_micros: i64) -> Markup {
     html! {
-        div class="table" {
+        div class="table" tabindex="0" role="region" aria-label="Table (scrolls sideways)" {
             table {
                 thead {
                     tr {
@@ -694,7 +700,7 @@ pub(super) fn rights_request(viewer: &Viewer, view: &RequestView) -> Markup {
 
 fn events_table(events: &[proto::AuditEvent]) -> Markup {
     html! {
-        div class="table" {
+        div class="table" tabindex="0" role="region" aria-label="Table (scrolls sideways)" {
             table {
                 thead {
                     tr {
@@ -809,7 +815,7 @@ pub(super) fn policies(
         html! {
             section aria-labelledby="versions" {
                 h2 id="versions" { "Versions" }
-                div class="table" {
+                div class="table" tabindex="0" role="region" aria-label="Table (scrolls sideways)" {
                     table {
                         thead {
                             tr {
@@ -862,7 +868,7 @@ fn diff_table(diff: &proto::DiffPolicyResponse) -> Markup {
             @if diff.truncated { " (the smallest groups of states left out)" }
             "."
         }
-        div class="table" {
+        div class="table" tabindex="0" role="region" aria-label="Table (scrolls sideways)" {
             table {
                 thead {
                     tr {
