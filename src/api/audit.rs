@@ -94,20 +94,29 @@ impl proto::audit_server::Audit for AuditService {
             .as_deref()
             .map(validate::subject_id)
             .transpose()?;
-        let after_sequence = validate::page_token(&body.page_token)?;
+        let from_sequence = validate::page_token(&body.page_token)?;
         let page_size = validate::page_size(body.page_size);
         // One event more than the page tells whether another page follows.
-        let query = EventQuery {
-            subject_id,
-            after_sequence,
-            limit: page_size + 1,
-        };
-        let mut events = self
-            .state
-            .store
-            .events(&query)
-            .await
-            .map_err(ApiError::from)?;
+        let store = &self.state.store;
+        let mut events = if body.newest_first {
+            // The first page starts at the newest; a token names the oldest event listed.
+            let before = if body.page_token.is_empty() {
+                u64::MAX
+            } else {
+                from_sequence
+            };
+            store
+                .events_before(subject_id.as_ref(), before, page_size + 1)
+                .await
+        } else {
+            let query = EventQuery {
+                subject_id,
+                after_sequence: from_sequence,
+                limit: page_size + 1,
+            };
+            store.events(&query).await
+        }
+        .map_err(ApiError::from)?;
         let next_page_token = next_page(&mut events, page_size, |last| {
             Revision::new(last.sequence).to_token()
         });

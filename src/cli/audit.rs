@@ -307,6 +307,7 @@ async fn dump(out: Option<&Path>, client: &ClientArgs) -> anyhow::Result<()> {
                 subject_id: None,
                 page_size: DUMP_PAGE_SIZE,
                 page_token,
+                newest_first: false,
             })
             .await
             .map_err(call_failed)?

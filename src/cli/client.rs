@@ -399,6 +399,7 @@ pub async fn audit(command: AuditCommand) -> anyhow::Result<()> {
                     subject_id: subject.clone(),
                     page_size: pages.page_size,
                     page_token,
+                    newest_first: false,
                 };
                 audit.list_events(request).await
             };

@@ -373,7 +373,7 @@ fn timeline(view: &SubjectView) -> Markup {
         section aria-labelledby="history" {
             h2 id="history" { "History" }
             p class="hint" {
-                "Every change of this subject, oldest first: what it changed, who made it, and "
+                "Every change of this subject, newest first: what it changed, who made it, and "
                 "why. Pick an instant above to see the decisions as they stood then."
             }
             div class="table" tabindex="0" role="region" aria-label="Table (scrolls sideways)" {
@@ -408,13 +408,13 @@ fn timeline(view: &SubjectView) -> Markup {
             }
             nav class="pages" aria-label="History pages" {
                 @if !view.page.is_empty() {
-                    a href={ "/subjects?id=" (encode(subject_id)) "&as_of=" (as_of) } { "First page" }
+                    a href={ "/subjects?id=" (encode(subject_id)) "&as_of=" (as_of) } { "Newest changes" }
                 }
                 @if !view.timeline.next_page_token.is_empty() {
                     a href={
                         "/subjects?id=" (encode(subject_id)) "&as_of=" (as_of)
                         "&page=" (encode(&view.timeline.next_page_token))
-                    } { "Later changes" }
+                    } { "Older changes" }
                 }
             }
         }
@@ -739,8 +739,8 @@ fn events_table(events: &[proto::AuditEvent]) -> Markup {
 pub(super) struct AuditView<'a> {
     pub events: &'a proto::ListEventsResponse,
     pub page: &'a str,
-    /// The chain's verification, or why it could not be run.
-    pub chain: Result<&'a proto::VerifyChainResponse, &'a str>,
+    /// The chain's verification, or why it could not be run; `None` when not asked for.
+    pub chain: Option<Result<&'a proto::VerifyChainResponse, &'a str>>,
     pub checkpoint: Option<&'a proto::Checkpoint>,
 }
 
@@ -753,19 +753,25 @@ pub(super) fn audit(viewer: &Viewer, view: &AuditView) -> Markup {
             section aria-labelledby="chain" {
                 h2 id="chain" { "Chain" }
                 @match view.chain {
-                    Ok(chain) if chain.ok => {
+                    None => {
+                        p {
+                            a href="/audit?verify=1" { "Verify the chain now" }
+                            " (every event's hash, link, payload and leaf, read from the store)"
+                        }
+                    }
+                    Some(Ok(chain)) if chain.ok => {
                         p class="done" role="status" {
                             "Verified: " (chain.events_checked) " events, every hash, link, "
                             "payload and leaf."
                         }
                         p { "Root " code class="hash" { (chain.root_hash) } }
                     }
-                    Ok(chain) => {
+                    Some(Ok(chain)) => {
                         p class="error" role="alert" {
                             "Does not verify: the first bad event is " (chain.first_bad_event_id) "."
                         }
                     }
-                    Err(message) => p class="error" role="alert" { "Not verified: " (message) },
+                    Some(Err(message)) => p class="error" role="alert" { "Not verified: " (message) },
                 }
                 @match view.checkpoint {
                     Some(checkpoint) => {
@@ -790,12 +796,12 @@ pub(super) fn audit(viewer: &Viewer, view: &AuditView) -> Markup {
                 }
             }
             section aria-labelledby="events" {
-                h2 id="events" { "Events, oldest first" }
+                h2 id="events" { "Events, newest first" }
                 (events_table(&view.events.events))
                 nav class="pages" aria-label="Event pages" {
-                    @if !view.page.is_empty() { a href="/audit" { "First page" } }
+                    @if !view.page.is_empty() { a href="/audit" { "Newest events" } }
                     @if !view.events.next_page_token.is_empty() {
-                        a href={ "/audit?page=" (encode(&view.events.next_page_token)) } { "Later events" }
+                        a href={ "/audit?page=" (encode(&view.events.next_page_token)) } { "Older events" }
                     }
                 }
             }

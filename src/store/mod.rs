@@ -1241,6 +1241,26 @@ impl Store {
         .await
     }
 
+    /// The events (of `subject_id`, or all) with a sequence below `before_sequence`, newest
+    /// first, at most `limit`.
+    pub async fn events_before(
+        &self,
+        subject_id: Option<&SubjectId>,
+        before_sequence: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        self.run("events", Access::Connection, async |connection| {
+            rows::events_before_in(
+                connection,
+                subject_id.map(SubjectId::as_str),
+                before_sequence,
+                limit,
+            )
+            .await
+        })
+        .await
+    }
+
     /// The sequence of the audit event with this id, if there is one.
     pub async fn event_sequence(&self, event_id: &str) -> Result<Option<u64>, StoreError> {
         self.run("event_sequence", Access::Connection, async |connection| {

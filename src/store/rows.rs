@@ -2119,6 +2119,47 @@ pub(super) async fn events_in(
     rows.iter().map(event_from_row).collect()
 }
 
+/// The events (of one subject, or all) with a sequence below `before`, newest first, at most
+/// `limit`.
+pub(super) async fn events_before_in(
+    connection: &mut Connection,
+    subject_id: Option<&str>,
+    before: u64,
+    limit: u32,
+) -> Result<Vec<AuditEvent>, StoreError> {
+    let before = i64::try_from(before).unwrap_or(i64::MAX);
+    let limit = i64::from(limit);
+    let rows = match subject_id {
+        Some(subject_id) => {
+            connection
+                .query(
+                    "SELECT e.*, p.salt, p.detail_json FROM audit_events AS e
+                 LEFT JOIN audit_payloads AS p ON p.sequence = e.sequence
+                 WHERE e.subject_id = $1 AND e.sequence < $2
+                 ORDER BY e.sequence DESC LIMIT $3",
+                )
+                .bind(subject_id)
+                .bind(before)
+                .bind(limit)
+                .fetch_all()
+                .await?
+        }
+        None => {
+            connection
+                .query(
+                    "SELECT e.*, p.salt, p.detail_json FROM audit_events AS e
+                 LEFT JOIN audit_payloads AS p ON p.sequence = e.sequence
+                 WHERE e.sequence < $1 ORDER BY e.sequence DESC LIMIT $2",
+                )
+                .bind(before)
+                .bind(limit)
+                .fetch_all()
+                .await?
+        }
+    };
+    rows.iter().map(event_from_row).collect()
+}
+
 /// Recomputes the chain, each payload's commitment, each leaf and the stored tree nodes inside
 /// an open read transaction (one snapshot of events and head, even while writes continue).
 pub(super) async fn verify_chain_in(connection: &mut Connection) -> Result<LogReport, StoreError> {

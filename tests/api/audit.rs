@@ -70,7 +70,7 @@ async fn events_record_who_what_and_why() {
 }
 
 #[tokio::test]
-async fn events_page_oldest_first() {
+async fn events_page_oldest_first_or_newest_first() {
     let app = TestApp::spawn().await;
     for subject in 0..5 {
         let subject_id = format!("p-{subject}");
@@ -95,6 +95,7 @@ async fn events_page_oldest_first() {
                 subject_id: None,
                 page_size: 10,
                 page_token,
+                newest_first: false,
             })
             .await
             .unwrap()
@@ -120,6 +121,42 @@ async fn events_page_oldest_first() {
         }
     }
     assert_eq!(pages, [10, 10, 5]);
+
+    // Newest first: the same 25 events backwards, in pages that continue backwards; one
+    // subject's too.
+    for (subject_id, total) in [(None, 25u64), (Some("p-3".to_owned()), 5)] {
+        let mut listed = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = audit
+                .list_events(proto::ListEventsRequest {
+                    subject_id: subject_id.clone(),
+                    page_size: 10,
+                    page_token,
+                    newest_first: true,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            listed.extend(page.events.iter().map(|event| {
+                assent::revision::Revision::parse_token(&event.revision)
+                    .unwrap()
+                    .sequence()
+            }));
+            page_token = page.next_page_token;
+            if page_token.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(listed.len() as u64, total, "{subject_id:?}");
+        assert!(
+            listed.windows(2).all(|pair| pair[0] > pair[1]),
+            "{listed:?}"
+        );
+        if subject_id.is_none() {
+            assert_eq!(listed, (1..=25).rev().collect::<Vec<_>>());
+        }
+    }
 
     let one_subject = app.all_events(Some("p-3")).await;
     assert_eq!(one_subject.len(), 5);

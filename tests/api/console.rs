@@ -199,11 +199,11 @@ async fn the_console_shows_a_subject_its_reasons_and_its_past() {
     // The why panel cites the policy sentence and the choice the rule read.
     assert!(now.body.contains(&check.explanation), "no explanation");
     assert!(text(&now.body).contains("Choice for this purpose REFUSED"));
-    // The history lists both choices, oldest first.
+    // The history lists both choices, newest first.
     let history = text(&now.body[now.body.find("id=\"history\"").unwrap()..]);
-    let granted = history.find("granted").unwrap();
     let refused = history.find("granted → refused").unwrap();
-    assert!(granted < refused, "{history}");
+    let granted = history.find("none → granted").unwrap();
+    assert!(refused < granted, "{history}");
 
     let then = get(
         console,
@@ -342,6 +342,7 @@ async fn a_rights_request_is_advanced_from_the_console_and_audited() {
                 subject_id: Some("u-rights".into()),
                 page_size: 100,
                 page_token: String::new(),
+                newest_first: false,
             },
             &writer,
         ))
@@ -499,7 +500,7 @@ async fn a_subject_with_ten_thousand_events_shows_its_first_screen_within_200_ms
         let page = get(console, "/subjects?id=u-busy", &[]).await;
         times.push(started.elapsed());
         assert_eq!(page.status, 200, "{}", page.body);
-        assert!(page.body.contains("Later changes"), "the history is paged");
+        assert!(page.body.contains("Older changes"), "the history is paged");
     }
     times.sort();
     let median = times[2];

@@ -348,6 +348,7 @@ pub async fn all_events(channel: Channel, subject_id: Option<&str>) -> Vec<proto
                 subject_id: subject_id.map(str::to_owned),
                 page_size: 1_000,
                 page_token,
+                newest_first: false,
             })
             .await
             .unwrap()
