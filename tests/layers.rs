@@ -635,3 +635,39 @@ fn the_client_crate_depends_on_neither_sqlx_nor_redis() {
         );
     }
 }
+
+#[test]
+fn the_console_names_of_the_store_cache_and_api_only_the_clock_and_timestamps() {
+    let (krate, named) = read_src();
+    let below = |name: &str| {
+        ["store/", "cache/", "api/"]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+    };
+    let mut report = String::new();
+    let mut seen = 0;
+    for (&(from, to), names) in &named {
+        if !krate.files[from].name.starts_with("console/") || !below(&krate.files[to].name) {
+            continue;
+        }
+        seen += 1;
+        let others: BTreeSet<String> = names
+            .iter()
+            .filter(|name| {
+                !["now_micros", "timestamp"].contains(&name.rsplit("::").next().unwrap_or(name))
+            })
+            .cloned()
+            .collect();
+        if !others.is_empty() {
+            report.push_str(&edge_line(&krate, (from, to), "", &others));
+        }
+    }
+    assert!(
+        seen > 0,
+        "the console names neither the clock nor timestamps: the check reads nothing"
+    );
+    assert!(
+        report.is_empty(),
+        "the console reaches past the API:\n{report}"
+    );
+}
