@@ -218,6 +218,17 @@ pub(super) fn subject_search(viewer: &Viewer) -> Markup {
     )
 }
 
+/// The facts every rule reads of a subject, as `dt`/`dd` pairs.
+fn subject_facts(subject: &proto::Subject) -> Markup {
+    html! {
+        dt { "Status" } dd { (short(subject.status().as_str_name(), "STATUS_")) }
+        dt { "Plan" } dd { (short(subject.plan().as_str_name(), "PLAN_")) }
+        dt { "Jurisdiction" } dd { (subject.jurisdiction) }
+        dt { "Global Privacy Control" } dd { (yes_no(subject.gpc)) }
+        dt { "Zero data retention" } dd { (yes_no(subject.zero_data_retention)) }
+    }
+}
+
 /// What the subject page shows.
 pub(super) struct SubjectView<'a> {
     pub subject: &'a proto::Subject,
@@ -253,52 +264,39 @@ pub(super) fn subject(viewer: &Viewer, view: &SubjectView) -> Markup {
             section aria-labelledby="facts" {
                 h2 id="facts" { "Facts now" }
                 dl class="facts" {
-                    dt { "Status" } dd { (short(subject.status().as_str_name(), "STATUS_")) }
-                    dt { "Plan" } dd { (short(subject.plan().as_str_name(), "PLAN_")) }
-                    dt { "Jurisdiction" } dd { (subject.jurisdiction) }
-                    dt { "Global Privacy Control" } dd { (yes_no(subject.gpc)) }
-                    dt { "Zero data retention" } dd { (yes_no(subject.zero_data_retention)) }
+                    (subject_facts(subject))
                     dt { "Revision" } dd { code { (subject.revision) } }
                 }
             }
             section aria-labelledby="decisions" {
                 h2 id="decisions" { (decisions_heading) }
-                div class="table" tabindex="0" role="region" aria-label="Table (scrolls sideways)" {
-                    table {
-                        thead {
+                (table(
+                    "Decisions",
+                    &["Purpose", "Decision", "Rule", "Reason", "Lawful basis"],
+                    html! {
+                        @for decision in view.decisions {
+                            @let allow = decision.decision() == proto::Decision::Allow;
                             tr {
-                                th scope="col" { "Purpose" }
-                                th scope="col" { "Decision" }
-                                th scope="col" { "Rule" }
-                                th scope="col" { "Reason" }
-                                th scope="col" { "Lawful basis" }
-                            }
-                        }
-                        tbody {
-                            @for decision in view.decisions {
-                                @let allow = decision.decision() == proto::Decision::Allow;
-                                tr {
-                                    th scope="row" { (purpose_name(decision.purpose)) }
-                                    td {
-                                        span class=(if allow { "badge allow" } else { "badge deny" }) {
-                                            (short(decision.decision().as_str_name(), "DECISION_"))
-                                        }
-                                        @if decision.degraded { " (degraded)" }
+                                th scope="row" { (purpose_name(decision.purpose)) }
+                                td {
+                                    span class=(if allow { "badge allow" } else { "badge deny" }) {
+                                        (short(decision.decision().as_str_name(), "DECISION_"))
                                     }
-                                    td { code { (decision.rule) } }
-                                    td { (words(decision.reason().as_str_name(), "REASON_")) }
-                                    td {
-                                        @if decision.basis() == proto::LawfulBasis::Unspecified {
-                                            "none (nothing is processed)"
-                                        } @else {
-                                            (words(decision.basis().as_str_name(), "LAWFUL_BASIS_"))
-                                        }
+                                    @if decision.degraded { " (degraded)" }
+                                }
+                                td { code { (decision.rule) } }
+                                td { (words(decision.reason().as_str_name(), "REASON_")) }
+                                td {
+                                    @if decision.basis() == proto::LawfulBasis::Unspecified {
+                                        "none (nothing is processed)"
+                                    } @else {
+                                        (words(decision.basis().as_str_name(), "LAWFUL_BASIS_"))
                                     }
                                 }
                             }
                         }
-                    }
-                }
+                    },
+                ))
                 h3 { "Why" }
                 @for decision in view.decisions {
                     details class="why" {
@@ -310,11 +308,7 @@ pub(super) fn subject(viewer: &Viewer, view: &SubjectView) -> Markup {
                         p class="cited" { (decision.explanation) }
                         p { "The inputs the rule read:" }
                         dl class="facts" {
-                            dt { "Status" } dd { (short(subject.status().as_str_name(), "STATUS_")) }
-                            dt { "Plan" } dd { (short(subject.plan().as_str_name(), "PLAN_")) }
-                            dt { "Jurisdiction" } dd { (subject.jurisdiction) }
-                            dt { "Global Privacy Control" } dd { (yes_no(subject.gpc)) }
-                            dt { "Zero data retention" } dd { (yes_no(subject.zero_data_retention)) }
+                            (subject_facts(subject))
                             dt { "Choice for this purpose" }
                             dd {
                                 @match choice_of(decision.purpose) {
@@ -376,36 +370,7 @@ fn timeline(view: &SubjectView) -> Markup {
                 "Every change of this subject, newest first: what it changed, who made it, and "
                 "why. Pick an instant above to see the decisions as they stood then."
             }
-            div class="table" tabindex="0" role="region" aria-label="Table (scrolls sideways)" {
-                table {
-                    thead {
-                        tr {
-                            th scope="col" { "When" }
-                            th scope="col" { "Change" }
-                            th scope="col" { "What changed" }
-                            th scope="col" { "Caller" }
-                            th scope="col" { "Operator and reason" }
-                            th scope="col" { "Revision" }
-                        }
-                    }
-                    tbody {
-                        @for event in &view.timeline.events {
-                            @let actor = event.actor.clone().unwrap_or_default();
-                            tr {
-                                td { (instant(event.at.as_ref())) }
-                                td { (event.kind.replace('_', " ")) }
-                                td { (change_summary(event)) }
-                                td { (event.caller) }
-                                td {
-                                    (actor.operator_id)
-                                    @if !actor.reason.is_empty() { ": " (actor.reason) }
-                                }
-                                td { code { (event.revision) } }
-                            }
-                        }
-                    }
-                }
-            }
+            (events_table("History", &view.timeline.events, false))
             nav class="pages" aria-label="History pages" {
                 @if !view.page.is_empty() {
                     a href={ "/subjects?id=" (encode(subject_id)) "&as_of=" (as_of) } { "Newest changes" }
@@ -465,6 +430,19 @@ fn change_summary(event: &proto::AuditEvent) -> String {
     parts.join("; ")
 }
 
+/// A table under `label`, scrolling sideways on a narrow screen (and taking keyboard focus to
+/// do so), with a header row of `columns` and the rows given.
+fn table(label: &str, columns: &[&str], rows: Markup) -> Markup {
+    html! {
+        div class="table" tabindex="0" role="region" aria-label=(label) {
+            table {
+                thead { tr { @for column in columns { th scope="col" { (column) } } } }
+                tbody { (rows) }
+            }
+        }
+    }
+}
+
 /// Whole days left before `due_at`, and the urgency class: overdue, within a week, later.
 fn days_left(request: &proto::RightsRequest, now_micros: i64) -> (i64, &'static str) {
     let due = request.due_at.as_ref().map(micros).unwrap_or(now_micros);
@@ -486,42 +464,31 @@ fn request_table(requests: &[proto::RightsRequest], now_micros: i64) -> Markup {
 
 fn request_rows(requests: &[&proto::RightsRequest], now_micros: i64) -> Markup {
     html! {
-        div class="table" tabindex="0" role="region" aria-label="Table (scrolls sideways)" {
-            table {
-                thead {
+        (table(
+            "Rights requests",
+            &["Request", "Subject", "Kind", "Regime", "State", "Due", "Days left"],
+            html! {
+                @for request in requests {
+                    @let (left, urgency) = days_left(request, now_micros);
+                    @let open = !matches!(request.state(), proto::RequestState::Completed | proto::RequestState::Refused);
                     tr {
-                        th scope="col" { "Request" }
-                        th scope="col" { "Subject" }
-                        th scope="col" { "Kind" }
-                        th scope="col" { "Regime" }
-                        th scope="col" { "State" }
-                        th scope="col" { "Due" }
-                        th scope="col" { "Days left" }
-                    }
-                }
-                tbody {
-                    @for request in requests {
-                        @let (left, urgency) = days_left(request, now_micros);
-                        @let open = !matches!(request.state(), proto::RequestState::Completed | proto::RequestState::Refused);
-                        tr {
-                            td { a href={ "/rights/" (encode(&request.request_id)) } { (request.request_id) } }
-                            td { a href={ "/subjects?id=" (encode(&request.subject_id)) } { (request.subject_id) } }
-                            td { (words(request.kind().as_str_name(), "RIGHT_KIND_")) }
-                            td { (short(request.regime().as_str_name(), "REGIME_")) }
-                            td { (words(request.state().as_str_name(), "REQUEST_STATE_")) }
-                            td { (instant(request.due_at.as_ref())) }
-                            td {
-                                @if open {
-                                    span class={ "badge " (urgency) } {
-                                        @if left < 0 { "overdue by " ((-left)) " d" } @else { (left) " d" }
-                                    }
-                                } @else { "answered" }
-                            }
+                        td { a href={ "/rights/" (encode(&request.request_id)) } { (request.request_id) } }
+                        td { a href={ "/subjects?id=" (encode(&request.subject_id)) } { (request.subject_id) } }
+                        td { (words(request.kind().as_str_name(), "RIGHT_KIND_")) }
+                        td { (short(request.regime().as_str_name(), "REGIME_")) }
+                        td { (words(request.state().as_str_name(), "REQUEST_STATE_")) }
+                        td { (instant(request.due_at.as_ref())) }
+                        td {
+                            @if open {
+                                span class={ "badge " (urgency) } {
+                                    @if left < 0 { "overdue by " ((-left)) " d" } @else { (left) " d" }
+                                }
+                            } @else { "answered" }
                         }
                     }
                 }
-            }
-        }
+            },
+        ))
     }
 }
 
@@ -691,47 +658,45 @@ pub(super) fn rights_request(viewer: &Viewer, view: &RequestView) -> Markup {
                 } @else if view.steps.is_empty() {
                     p { "None recorded." }
                 } @else {
-                    (events_table(view.steps))
+                    (events_table("Steps", view.steps, true))
                 }
             }
         },
     )
 }
 
-fn events_table(events: &[proto::AuditEvent]) -> Markup {
+/// Audit events, a row each: when, what kind, (whose, with `with_subject`,) what it changed, the
+/// caller, the operator and their reason, the revision.
+fn events_table(label: &str, events: &[proto::AuditEvent], with_subject: bool) -> Markup {
+    let mut columns = vec!["When", "Event"];
+    if with_subject {
+        columns.push("Subject");
+    }
+    columns.extend(["What changed", "Caller", "Operator and reason", "Revision"]);
     html! {
-        div class="table" tabindex="0" role="region" aria-label="Table (scrolls sideways)" {
-            table {
-                thead {
+        (table(
+            label,
+            &columns,
+            html! {
+                @for event in events {
+                    @let actor = event.actor.clone().unwrap_or_default();
                     tr {
-                        th scope="col" { "When" }
-                        th scope="col" { "Event" }
-                        th scope="col" { "Subject" }
-                        th scope="col" { "What changed" }
-                        th scope="col" { "Caller" }
-                        th scope="col" { "Operator and reason" }
-                        th scope="col" { "Revision" }
-                    }
-                }
-                tbody {
-                    @for event in events {
-                        @let actor = event.actor.clone().unwrap_or_default();
-                        tr {
-                            td { (instant(event.at.as_ref())) }
-                            td { (event.kind.replace('_', " ")) }
+                        td { (instant(event.at.as_ref())) }
+                        td { (event.kind.replace('_', " ")) }
+                        @if with_subject {
                             td { a href={ "/subjects?id=" (encode(&event.subject_id)) } { (event.subject_id) } }
-                            td { (change_summary(event)) }
-                            td { (event.caller) }
-                            td {
-                                (actor.operator_id)
-                                @if !actor.reason.is_empty() { ": " (actor.reason) }
-                            }
-                            td { code { (event.revision) } }
                         }
+                        td { (change_summary(event)) }
+                        td { (event.caller) }
+                        td {
+                            (actor.operator_id)
+                            @if !actor.reason.is_empty() { ": " (actor.reason) }
+                        }
+                        td { code { (event.revision) } }
                     }
                 }
-            }
-        }
+            },
+        ))
     }
 }
 
@@ -797,7 +762,7 @@ pub(super) fn audit(viewer: &Viewer, view: &AuditView) -> Markup {
             }
             section aria-labelledby="events" {
                 h2 id="events" { "Events, newest first" }
-                (events_table(&view.events.events))
+                (events_table("Audit events", &view.events.events, true))
                 nav class="pages" aria-label="Event pages" {
                     @if !view.page.is_empty() { a href="/audit" { "Newest events" } }
                     @if !view.events.next_page_token.is_empty() {
@@ -821,32 +786,24 @@ pub(super) fn policies(
         html! {
             section aria-labelledby="versions" {
                 h2 id="versions" { "Versions" }
-                div class="table" tabindex="0" role="region" aria-label="Table (scrolls sideways)" {
-                    table {
-                        thead {
+                (table(
+                    "Policy versions",
+                    &["Version", "In force from", "Stored", "Description"],
+                    html! {
+                        @for version in &versions.versions {
                             tr {
-                                th scope="col" { "Version" }
-                                th scope="col" { "In force from" }
-                                th scope="col" { "Stored" }
-                                th scope="col" { "Description" }
-                            }
-                        }
-                        tbody {
-                            @for version in &versions.versions {
-                                tr {
-                                    th scope="row" {
-                                        (version.version)
-                                        @if version.version == versions.in_force { " " span class="badge allow" { "in force" } }
-                                        @if version.builtin { " (built in)" }
-                                    }
-                                    td { (instant(version.effective_from.as_ref())) }
-                                    td { (instant(version.applied_at.as_ref())) }
-                                    td { (version.description) }
+                                th scope="row" {
+                                    (version.version)
+                                    @if version.version == versions.in_force { " " span class="badge allow" { "in force" } }
+                                    @if version.builtin { " (built in)" }
                                 }
+                                td { (instant(version.effective_from.as_ref())) }
+                                td { (instant(version.applied_at.as_ref())) }
+                                td { (version.description) }
                             }
                         }
-                    }
-                }
+                    },
+                ))
             }
             section aria-labelledby="diff" {
                 h2 id="diff" { "Compare a new file with the version in force" }
@@ -874,35 +831,26 @@ fn diff_table(diff: &proto::DiffPolicyResponse) -> Markup {
             @if diff.truncated { " (the smallest groups of states left out)" }
             "."
         }
-        div class="table" tabindex="0" role="region" aria-label="Table (scrolls sideways)" {
-            table {
-                thead {
+        (table(
+            "Answers changed",
+            &["Purpose", "Answers changed", "ALLOW → DENY", "DENY → ALLOW", "Examples"],
+            html! {
+                @for purpose in &diff.purposes {
                     tr {
-                        th scope="col" { "Purpose" }
-                        th scope="col" { "Answers changed" }
-                        th scope="col" { "ALLOW → DENY" }
-                        th scope="col" { "DENY → ALLOW" }
-                        th scope="col" { "Examples" }
-                    }
-                }
-                tbody {
-                    @for purpose in &diff.purposes {
-                        tr {
-                            th scope="row" { (purpose_name(purpose.purpose)) }
-                            td { (purpose.changed) }
-                            td { (purpose.allow_to_deny) }
-                            td { (purpose.deny_to_allow) }
-                            td {
-                                @for example in &purpose.examples {
-                                    a href={ "/subjects?id=" (encode(&example.subject_id)) } { (example.subject_id) }
-                                    " (" (example.old_rule) " → " (example.new_rule) ") "
-                                }
+                        th scope="row" { (purpose_name(purpose.purpose)) }
+                        td { (purpose.changed) }
+                        td { (purpose.allow_to_deny) }
+                        td { (purpose.deny_to_allow) }
+                        td {
+                            @for example in &purpose.examples {
+                                a href={ "/subjects?id=" (encode(&example.subject_id)) } { (example.subject_id) }
+                                " (" (example.old_rule) " → " (example.new_rule) ") "
                             }
                         }
                     }
                 }
-            }
-        }
+            },
+        ))
         @if diff.examples_withheld {
             p class="hint" { "Examples are shown to callers that may read subjects." }
         }

@@ -119,6 +119,14 @@ async fn get(console: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Page 
     request(console, "GET", path, headers, None).await
 }
 
+/// A form sent as a page of the console sends it: with the viewer's token (`Bearer …`) and the
+/// CSRF cookie `csrf`.
+async fn post(console: SocketAddr, path: &str, bearer: &str, csrf: &str, form: &str) -> Page {
+    let cookie = format!("assent_csrf={csrf}");
+    let headers = [("Authorization", bearer), ("Cookie", cookie.as_str())];
+    request(console, "POST", path, &headers, Some(form)).await
+}
+
 /// The text of a page without its tags, its whitespace collapsed.
 fn text(html: &str) -> String {
     let mut out = String::new();
@@ -263,12 +271,34 @@ async fn file_request(app: &TestApp, subject_id: &str, writer: &str) -> String {
         .request_id
 }
 
-#[tokio::test]
-async fn a_rights_request_is_advanced_from_the_console_and_audited() {
+/// A console that takes bearer tokens, a subject `subject_id` and a rights request of theirs
+/// filed: the server, the console's address, a token of every scope, and the request's id.
+async fn console_with_a_request(subject_id: &str) -> (TestApp, SocketAddr, String, String) {
     let app = TestApp::spawn_console(true, |_| {}).await;
     let console = app.console.unwrap();
     let writer = token("support-backend", "admin");
-    let request_id = file_request(&app, "u-rights", &writer).await;
+    let request_id = file_request(&app, subject_id, &writer).await;
+    (app, console, writer, request_id)
+}
+
+/// The state of rights request `request_id` as the API reads it.
+async fn stored_state(app: &TestApp, request_id: &str, token: &str) -> RequestState {
+    proto::rights_client::RightsClient::new(app.channel())
+        .get_request(with_token(
+            proto::GetRightsRequest {
+                request_id: request_id.to_owned(),
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .state()
+}
+
+#[tokio::test]
+async fn a_rights_request_is_advanced_from_the_console_and_audited() {
+    let (app, console, writer, request_id) = console_with_a_request("u-rights").await;
     let privacy = format!(
         "Bearer {}",
         token(
@@ -299,20 +329,15 @@ async fn a_rights_request_is_advanced_from_the_console_and_audited() {
     );
     let cookie = page.csrf_cookie();
     assert_eq!(page.csrf_field().as_deref(), Some(cookie.as_str()));
-    let cookie_header = format!("assent_csrf={cookie}");
     let form = format!(
         "csrf={cookie}&state=REQUEST_STATE_VERIFYING&reason=checking+the+requester%27s+identity"
     );
-    let advanced = request(
+    let advanced = post(
         console,
-        "POST",
         &format!("/rights/{request_id}/advance"),
-        &[
-            ("Authorization", privacy.as_str()),
-            ("Cookie", cookie_header.as_str()),
-            ("Sec-Fetch-Site", "same-origin"),
-        ],
-        Some(&form),
+        &privacy,
+        &cookie,
+        &form,
     )
     .await;
     assert_eq!(advanced.status, 200, "{}", advanced.body);
@@ -324,17 +349,8 @@ async fn a_rights_request_is_advanced_from_the_console_and_audited() {
         steps.contains("dpo@example.com: checking the requester's identity"),
         "{steps}"
     );
-    let stored = proto::rights_client::RightsClient::new(app.channel())
-        .get_request(with_token(
-            proto::GetRightsRequest {
-                request_id: request_id.clone(),
-            },
-            &writer,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(stored.state(), RequestState::Verifying);
+    let stored = stored_state(&app, &request_id, &writer).await;
+    assert_eq!(stored, RequestState::Verifying);
     let events = app
         .audit()
         .list_events(with_token(
@@ -361,10 +377,7 @@ async fn a_rights_request_is_advanced_from_the_console_and_audited() {
 
 #[tokio::test]
 async fn a_read_only_viewer_sees_no_actions_and_forged_forms_are_refused() {
-    let app = TestApp::spawn_console(true, |_| {}).await;
-    let console = app.console.unwrap();
-    let writer = token("support-backend", "admin");
-    let request_id = file_request(&app, "u-readonly", &writer).await;
+    let (app, console, writer, request_id) = console_with_a_request("u-readonly").await;
     let reader = format!(
         "Bearer {}",
         token(
@@ -391,17 +404,7 @@ async fn a_read_only_viewer_sees_no_actions_and_forged_forms_are_refused() {
     let form = format!("csrf={cookie}&state=REQUEST_STATE_VERIFYING&reason=x");
 
     // A reader's own well-formed POST: refused by the API's scopes, not by the console.
-    let by_reader = request(
-        console,
-        "POST",
-        &advance,
-        &[
-            ("Authorization", reader.as_str()),
-            ("Cookie", cookie_header.as_str()),
-        ],
-        Some(&form),
-    )
-    .await;
+    let by_reader = post(console, &advance, &reader, &cookie, &form).await;
     assert_eq!(by_reader.status, 403, "{}", by_reader.body);
     assert!(
         by_reader.body.contains("lacks the scope rights:write"),
@@ -445,30 +448,11 @@ async fn a_read_only_viewer_sees_no_actions_and_forged_forms_are_refused() {
     let bad = get(console, &path, &[("Authorization", "Bearer not-a-token")]).await;
     assert_eq!(bad.status, 401);
     // Nothing was written: the request is as filed.
-    let stored = proto::rights_client::RightsClient::new(app.channel())
-        .get_request(with_token(
-            proto::GetRightsRequest {
-                request_id: request_id.clone(),
-            },
-            &writer,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(stored.state(), RequestState::Received);
+    let stored = stored_state(&app, &request_id, &writer).await;
+    assert_eq!(stored, RequestState::Received);
 
     // The privacy officer's form, with the page's token, is taken.
-    let taken = request(
-        console,
-        "POST",
-        &advance,
-        &[
-            ("Authorization", privacy.as_str()),
-            ("Cookie", cookie_header.as_str()),
-        ],
-        Some(&form),
-    )
-    .await;
+    let taken = post(console, &advance, &privacy, &cookie, &form).await;
     assert_eq!(taken.status, 200, "{}", taken.body);
     app.stop().await;
 }
