@@ -360,6 +360,10 @@ struct SubjectQuery {
     /// The timeline's page.
     #[serde(default)]
     page: String,
+    /// Show the decisions each change of the page flipped (one as-of check per purpose at
+    /// each change and just before it: asked for, not on every view).
+    #[serde(default)]
+    flips: Option<String>,
 }
 
 /// Events of the timeline per page.
@@ -427,6 +431,10 @@ async fn subject_page(
         }))
         .await?
         .into_inner();
+    let flips = match query.flips {
+        Some(_) => Some(flipped(&console, &viewer, subject_id, &timeline.events).await),
+        None => None,
+    };
     let requests = if viewer.may(Scope::RightsRead) {
         console
             .rights()
@@ -446,11 +454,65 @@ async fn subject_page(
         decisions: &decisions,
         as_of: as_of.map(|(text, _)| text),
         timeline: &timeline,
+        flips: flips
+            .as_ref()
+            .map(|flips| flips.as_deref().map_err(|refusal| refusal.message.as_str())),
         page: &query.page,
         requests: requests.as_deref(),
         now_micros: crate::store::now_micros(),
     };
     Ok(page(&viewer, pages::subject(&viewer, &view)))
+}
+
+/// For each event of `events`, the decisions it flipped: each purpose whose decision or rule
+/// as of the event differs from the one just before it, as `purpose: BEFORE → AFTER`.
+async fn flipped(
+    console: &Console,
+    viewer: &Viewer,
+    subject_id: &str,
+    events: &[proto::AuditEvent],
+) -> Result<Vec<Vec<String>>, Refusal> {
+    let instants: Vec<i64> = events
+        .iter()
+        .filter_map(|event| event.at.as_ref())
+        .flat_map(|at| {
+            let micros = at.seconds * 1_000_000 + i64::from(at.nanos / 1_000);
+            [micros - 1, micros]
+        })
+        .collect();
+    if instants.len() != 2 * events.len() {
+        return Err(Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "an event of the history has no time",
+        ));
+    }
+    let checks = instants
+        .iter()
+        .flat_map(|micros| {
+            pages::PURPOSES
+                .iter()
+                .map(move |purpose| proto::CheckRequest {
+                    subject_id: subject_id.to_owned(),
+                    purpose: *purpose as i32,
+                    as_of: Some(crate::api::convert::timestamp(*micros)),
+                    ..Default::default()
+                })
+        })
+        .collect();
+    let results = console
+        .decisions()
+        .batch_check(viewer.call(proto::BatchCheckRequest { checks }))
+        .await?
+        .into_inner()
+        .results;
+    let per_instant: Vec<&[proto::CheckResponse]> = results.chunks(pages::PURPOSES.len()).collect();
+    Ok(per_instant
+        .chunks(2)
+        .map(|pair| match pair {
+            [before, after] => pages::flips(before, after),
+            _ => Vec::new(),
+        })
+        .collect())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -76,6 +76,34 @@ pub(super) fn export_json(export: proto::SubjectExport) -> Result<String, String
     serde_json::to_string_pretty(&document).map_err(|error| error.to_string())
 }
 
+/// The purposes whose answer (decision or rule) differs from `before` to `after` (one answer
+/// per purpose each, in the same order): `purpose: ALLOW (T1) → DENY (T5)`.
+pub(super) fn flips(
+    before: &[proto::CheckResponse],
+    after: &[proto::CheckResponse],
+) -> Vec<String> {
+    let answer = |check: &proto::CheckResponse| {
+        format!(
+            "{} ({})",
+            short(check.decision().as_str_name(), "DECISION_"),
+            check.rule
+        )
+    };
+    before
+        .iter()
+        .zip(after)
+        .filter(|(before, after)| before.decision != after.decision || before.rule != after.rule)
+        .map(|(before, after)| {
+            format!(
+                "{}: {} → {}",
+                purpose_name(after.purpose),
+                answer(before),
+                answer(after)
+            )
+        })
+        .collect()
+}
+
 /// `DECISION_ALLOW` → `ALLOW`; `PURPOSE_MODEL_TRAINING` → `model training`.
 fn short(name: &str, prefix: &str) -> String {
     name.strip_prefix(prefix).unwrap_or(name).to_owned()
@@ -236,6 +264,9 @@ pub(super) struct SubjectView<'a> {
     /// The instant picked (as the field sent it), when the decisions are as of then.
     pub as_of: Option<String>,
     pub timeline: &'a proto::ListEventsResponse,
+    /// The decisions each event of the timeline flipped, when asked for (or why they could not
+    /// be had).
+    pub flips: Option<Result<&'a [Vec<String>], &'a str>>,
     pub page: &'a str,
     /// `None`: the viewer may not read rights requests.
     pub requests: Option<&'a [proto::RightsRequest]>,
@@ -370,7 +401,23 @@ fn timeline(view: &SubjectView) -> Markup {
                 "Every change of this subject, newest first: what it changed, who made it, and "
                 "why. Pick an instant above to see the decisions as they stood then."
             }
-            (events_table("History", &view.timeline.events, false))
+            @match view.flips {
+                None => {
+                    p {
+                        a href={
+                            "/subjects?id=" (encode(subject_id)) "&as_of=" (as_of)
+                            "&page=" (encode(view.page)) "&flips=1#history"
+                        } { "Show the decisions each change flipped" }
+                        " (a check of every purpose as of each change and just before it)"
+                    }
+                    (events_table("History", &view.timeline.events, false, None))
+                }
+                Some(Err(message)) => {
+                    p class="error" role="alert" { "The decisions flipped could not be read: " (message) }
+                    (events_table("History", &view.timeline.events, false, None))
+                }
+                Some(Ok(flips)) => (events_table("History", &view.timeline.events, false, Some(flips))),
+            }
             nav class="pages" aria-label="History pages" {
                 @if !view.page.is_empty() {
                     a href={ "/subjects?id=" (encode(subject_id)) "&as_of=" (as_of) } { "Newest changes" }
@@ -658,27 +705,37 @@ pub(super) fn rights_request(viewer: &Viewer, view: &RequestView) -> Markup {
                 } @else if view.steps.is_empty() {
                     p { "None recorded." }
                 } @else {
-                    (events_table("Steps", view.steps, true))
+                    (events_table("Steps", view.steps, true, None))
                 }
             }
         },
     )
 }
 
-/// Audit events, a row each: when, what kind, (whose, with `with_subject`,) what it changed, the
-/// caller, the operator and their reason, the revision.
-fn events_table(label: &str, events: &[proto::AuditEvent], with_subject: bool) -> Markup {
+/// Audit events, a row each: when, what kind, (whose, with `with_subject`,) what it changed, (the
+/// decisions it flipped, with `flips`, one list per event,) the caller, the operator and their
+/// reason, the revision.
+fn events_table(
+    label: &str,
+    events: &[proto::AuditEvent],
+    with_subject: bool,
+    flips: Option<&[Vec<String>]>,
+) -> Markup {
     let mut columns = vec!["When", "Event"];
     if with_subject {
         columns.push("Subject");
     }
-    columns.extend(["What changed", "Caller", "Operator and reason", "Revision"]);
+    columns.push("What changed");
+    if flips.is_some() {
+        columns.push("Decisions flipped");
+    }
+    columns.extend(["Caller", "Operator and reason", "Revision"]);
     html! {
         (table(
             label,
             &columns,
             html! {
-                @for event in events {
+                @for (index, event) in events.iter().enumerate() {
                     @let actor = event.actor.clone().unwrap_or_default();
                     tr {
                         td { (instant(event.at.as_ref())) }
@@ -687,6 +744,16 @@ fn events_table(label: &str, events: &[proto::AuditEvent], with_subject: bool) -
                             td { a href={ "/subjects?id=" (encode(&event.subject_id)) } { (event.subject_id) } }
                         }
                         td { (change_summary(event)) }
+                        @if let Some(flips) = flips {
+                            td {
+                                @match flips.get(index).filter(|flipped| !flipped.is_empty()) {
+                                    Some(flipped) => {
+                                        @for flip in flipped { (flip) br; }
+                                    }
+                                    None => "none",
+                                }
+                            }
+                        }
                         td { (event.caller) }
                         td {
                             (actor.operator_id)
@@ -762,7 +829,7 @@ pub(super) fn audit(viewer: &Viewer, view: &AuditView) -> Markup {
             }
             section aria-labelledby="events" {
                 h2 id="events" { "Events, newest first" }
-                (events_table("Audit events", &view.events.events, true))
+                (events_table("Audit events", &view.events.events, true, None))
                 nav class="pages" aria-label="Event pages" {
                     @if !view.page.is_empty() { a href="/audit" { "Newest events" } }
                     @if !view.events.next_page_token.is_empty() {

@@ -224,6 +224,22 @@ async fn the_console_shows_a_subject_its_reasons_and_its_past() {
     assert!(training_then.contains("ALLOW"), "{training_then}");
     assert!(then.body.contains("Decisions as of"));
 
+    // Asked for, each change shows the decisions it flipped: the opt-out, training's.
+    let flips = get(console, "/subjects?id=u-console&flips=1", &[]).await;
+    assert_eq!(flips.status, 200, "{}", flips.body);
+    let history = text(&flips.body[flips.body.find("id=\"history\"").unwrap()..]);
+    let opt_out = &history[history.find("granted → refused").unwrap()..];
+    let opt_out = &opt_out[..opt_out.find("none → granted").unwrap_or(opt_out.len())];
+    assert!(
+        opt_out.contains("model training: ALLOW")
+            && opt_out.contains(&format!("→ DENY ({})", check.rule)),
+        "{history}"
+    );
+    assert!(
+        !now.body.contains("Decisions flipped"),
+        "only when asked for"
+    );
+
     let bad = get(console, "/subjects?id=u-console&as_of=yesterday", &[]).await;
     assert_eq!(bad.status, 400);
     assert!(bad.body.contains("as_of: expected a date"), "{}", bad.body);
@@ -486,6 +502,21 @@ async fn a_subject_with_ten_thousand_events_shows_its_first_screen_within_200_ms
         assert_eq!(page.status, 200, "{}", page.body);
         assert!(page.body.contains("Older changes"), "the history is paged");
     }
+    // The decisions flipped by a page of 25 changes are 500 checks as of an instant, each
+    // rebuilding the subject from its events: asked for, never on the first screen. At 10,000
+    // events they outlast the console's deadline, and the page says so.
+    let started = Instant::now();
+    let flips = get(console, "/subjects?id=u-busy&flips=1", &[]).await;
+    assert_eq!(flips.status, 200, "{}", flips.body);
+    let shown = text(&flips.body);
+    assert!(
+        shown.contains("Decisions flipped") || shown.contains("could not be read: deadline"),
+        "{shown}"
+    );
+    println!(
+        "the decisions flipped by its newest 25 changes: {:?}",
+        started.elapsed()
+    );
     times.sort();
     let median = times[2];
     println!("subject page with 10,000 events: median {median:?} of {times:?}");
