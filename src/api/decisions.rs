@@ -11,6 +11,7 @@ use super::{AppState, CallContext};
 use crate::audit::Decided;
 use crate::cache::Tier;
 use crate::decision_log::DurableReceipt;
+use crate::domain::{ConversationId, SubjectId};
 use crate::error::ApiError;
 use crate::policies::Policies;
 use crate::policy::{CompiledPolicy, Purpose, Question, Ruling, SubjectState};
@@ -33,6 +34,12 @@ const POLICIES_LOAD_WAIT: std::time::Duration = std::time::Duration::from_millis
 
 /// How many answers of a StreamCheck may wait for the client to read them.
 const STREAM_BUFFER: usize = 256;
+
+/// The states a batch's checks as of past instants read, by subject, conversation and instant:
+/// each subject's read in one pass over its events for all its instants (a console's history
+/// asks every purpose as of each of many changes).
+type StatesAsOf =
+    std::collections::HashMap<(SubjectId, Option<ConversationId>, i64), DecisionState>;
 
 #[derive(Clone, Debug)]
 pub struct DecisionsService {
@@ -58,10 +65,22 @@ impl DecisionsService {
         DecisionsService { state }
     }
 
-    /// Decides one validated check.
-    async fn decide(&self, query: &CheckQuery, ids: &DecisionIds) -> Result<Verdict, ApiError> {
+    /// Decides one validated check (one as of a past instant on its state in `read`, when
+    /// there).
+    async fn decide(
+        &self,
+        query: &CheckQuery,
+        ids: &DecisionIds,
+        read: Option<&StatesAsOf>,
+    ) -> Result<Verdict, ApiError> {
         if let Some(as_of) = query.as_of {
-            return self.decide_as_of(query, as_of, ids).await;
+            let key = (
+                query.subject_id.clone(),
+                query.conversation_id.clone(),
+                as_of,
+            );
+            let state = read.and_then(|states| states.get(&key)).copied();
+            return self.decide_as_of(query, as_of, ids, state).await;
         }
         let conversation_id = query.conversation_id.as_ref();
         let lookup = crate::child_span!(
@@ -120,19 +139,24 @@ impl DecisionsService {
         query: &CheckQuery,
         as_of: i64,
         ids: &DecisionIds,
+        read: Option<DecisionState>,
     ) -> Result<Verdict, ApiError> {
         let policies = &self.state.policies;
         validate::as_of_in_range(as_of, policies.first_effective_micros(), ids.micros())?;
-        let history = crate::child_span!(
-            "store.history",
-            assent.subject = %telemetry::subject_hash(query.subject_id.as_str()),
-        );
-        let state = self
-            .state
-            .store
-            .state_as_of(&query.subject_id, query.conversation_id.as_ref(), as_of)
-            .instrument(history)
-            .await?;
+        let state = match read {
+            Some(state) => state,
+            None => {
+                let history = crate::child_span!(
+                    "store.history",
+                    assent.subject = %telemetry::subject_hash(query.subject_id.as_str()),
+                );
+                self.state
+                    .store
+                    .state_as_of(&query.subject_id, query.conversation_id.as_ref(), as_of)
+                    .instrument(history)
+                    .await?
+            }
+        };
         let policy = policies.in_force(as_of);
         Ok(self.judge(query, policy, state, as_of, ids))
     }
@@ -247,8 +271,9 @@ impl DecisionsService {
         query: &CheckQuery,
         context: &CallContext,
         ids: &DecisionIds,
+        read: Option<&StatesAsOf>,
     ) -> CheckAnswer {
-        let (verdict, receipt) = self.decide_logged(query, context, ids).await?;
+        let (verdict, receipt) = self.decide_logged(query, context, ids, read).await?;
         Ok((response_to(query, &verdict), receipt))
     }
 
@@ -259,8 +284,9 @@ impl DecisionsService {
         query: &CheckQuery,
         context: &CallContext,
         ids: &DecisionIds,
+        read: Option<&StatesAsOf>,
     ) -> Result<(Verdict, Option<DurableReceipt>), ApiError> {
-        let verdict = self.decide(query, ids).await?;
+        let verdict = self.decide(query, ids, read).await?;
         if !query.require_audit {
             self.log(query, context, &verdict);
             return Ok((verdict, None));
@@ -286,7 +312,12 @@ impl DecisionsService {
         context: &CallContext,
     ) -> Result<Verdict, ApiError> {
         let (verdict, receipt) = self
-            .decide_logged(query, context, &DecisionIds::now(&self.state.policies))
+            .decide_logged(
+                query,
+                context,
+                &DecisionIds::now(&self.state.policies),
+                None,
+            )
             .await?;
         await_receipts(receipt).await?;
         Ok(verdict)
@@ -301,6 +332,7 @@ impl DecisionsService {
         context: &CallContext,
     ) -> Result<(Vec<proto::CheckResponse>, Vec<DurableReceipt>), ApiError> {
         let ids = DecisionIds::now(&self.state.policies);
+        let read = self.read_states_as_of(queries).await;
         let mut answers: Vec<Option<proto::CheckResponse>> = Vec::with_capacity(queries.len());
         let mut receipts = Vec::new();
         let mut waiting = futures_util::stream::FuturesUnordered::new();
@@ -316,7 +348,8 @@ impl DecisionsService {
                 settle(&mut answers, &mut receipts, answered)?;
             }
             let ids = &ids;
-            waiting.push(async move { (index, self.check_one(query, context, ids).await) });
+            let read = Some(&read);
+            waiting.push(async move { (index, self.check_one(query, context, ids, read).await) });
         }
         while let Some(answered) = waiting.next().await {
             settle(&mut answers, &mut receipts, answered)?;
@@ -326,6 +359,47 @@ impl DecisionsService {
             .map(|answer| answer.expect("every check of the batch was answered"))
             .collect();
         Ok((results, receipts))
+    }
+}
+
+impl DecisionsService {
+    /// The states of a batch's checks as of past instants, for each subject (and conversation)
+    /// asked as of more than one instant: one pass over its events. A subject whose pass fails
+    /// is left out, and its checks read as each check alone does (and fail as it would).
+    async fn read_states_as_of(&self, queries: &[CheckQuery]) -> StatesAsOf {
+        let mut instants: std::collections::HashMap<_, Vec<i64>> = Default::default();
+        for query in queries {
+            if let Some(as_of) = query.as_of {
+                instants
+                    .entry((query.subject_id.clone(), query.conversation_id.clone()))
+                    .or_default()
+                    .push(as_of);
+            }
+        }
+        let mut states = StatesAsOf::new();
+        for ((subject_id, conversation_id), mut instants) in instants {
+            instants.sort_unstable();
+            instants.dedup();
+            if instants.len() < 2 {
+                continue;
+            }
+            let history = crate::child_span!(
+                "store.history",
+                assent.subject = %telemetry::subject_hash(subject_id.as_str()),
+            );
+            let read = self
+                .state
+                .store
+                .states_as_of(&subject_id, conversation_id.as_ref(), &instants)
+                .instrument(history)
+                .await;
+            if let Ok(read) = read {
+                for (at, state) in instants.into_iter().zip(read) {
+                    states.insert((subject_id.clone(), conversation_id.clone(), at), state);
+                }
+            }
+        }
+        states
     }
 }
 
@@ -556,7 +630,12 @@ impl proto::decisions_server::Decisions for DecisionsService {
         let query = validate::check(request.get_ref())?;
         let context = CallContext::of(&request);
         let (response, receipt) = self
-            .check_one(&query, &context, &DecisionIds::now(&self.state.policies))
+            .check_one(
+                &query,
+                &context,
+                &DecisionIds::now(&self.state.policies),
+                None,
+            )
             .await?;
         await_receipts(receipt).await?;
         Ok(Response::new(response))
@@ -608,7 +687,12 @@ impl proto::decisions_server::Decisions for DecisionsService {
                 let result = match next {
                     Ok(Some(check_request)) => match validate::check(&check_request) {
                         Ok(query) => match service
-                            .check_one(&query, &context, &DecisionIds::now(&service.state.policies))
+                            .check_one(
+                                &query,
+                                &context,
+                                &DecisionIds::now(&service.state.policies),
+                                None,
+                            )
                             .await
                         {
                             Ok((response, receipt)) => await_receipts(receipt)

@@ -1109,19 +1109,53 @@ impl Store {
         conversation_id: Option<&ConversationId>,
         at_micros: i64,
     ) -> Result<DecisionState, StoreError> {
+        let states = self
+            .states_as_of(subject_id, conversation_id, &[at_micros])
+            .await?;
+        Ok(states[0])
+    }
+
+    /// [`Store::state_as_of`] at each of `instants` (ascending), in one pass over the subject's
+    /// audit events: one state per instant, in their order.
+    pub async fn states_as_of(
+        &self,
+        subject_id: &SubjectId,
+        conversation_id: Option<&ConversationId>,
+        instants: &[i64],
+    ) -> Result<Vec<DecisionState>, StoreError> {
+        let Some(&last) = instants.last() else {
+            return Ok(Vec::new());
+        };
+        // As the state counted at each instant: the choices expired by then no longer count,
+        // whether or not their expiry was recorded by then.
+        let state_at =
+            |replayed: &replay::Replayed, at_micros: i64, revision: Revision| DecisionState {
+                conversation: conversation_id.and_then(|id| replayed.conversation(id.as_str())),
+                subject: replayed
+                    .subject
+                    .as_ref()
+                    .map(|record| record.state.at(at_micros)),
+                revision,
+            };
         let mut replayed = replay::Replayed::default();
+        let mut states = Vec::with_capacity(instants.len());
+        let mut applied = Revision::ZERO;
         let revision = self
-            .replay_until(subject_id, at_micros, |event| {
-                replayed.apply(event).map_err(StoreError::from)
+            .replay_until(subject_id, last, |event| {
+                while let Some(&at_micros) = instants.get(states.len())
+                    && event.at_micros > at_micros
+                {
+                    states.push(state_at(&replayed, at_micros, applied));
+                }
+                replayed.apply(event).map_err(StoreError::from)?;
+                applied = Revision::new(event.sequence);
+                Ok(())
             })
             .await?;
-        Ok(DecisionState {
-            conversation: conversation_id.and_then(|id| replayed.conversation(id.as_str())),
-            // As the state counted then: the choices expired by that instant no longer count,
-            // whether or not their expiry was recorded by then.
-            subject: replayed.subject.map(|record| record.state.at(at_micros)),
-            revision,
-        })
+        while let Some(&at_micros) = instants.get(states.len()) {
+            states.push(state_at(&replayed, at_micros, revision));
+        }
+        Ok(states)
     }
 
     /// Feeds `apply` the subject's audit events committed by `at_micros`, in revision order

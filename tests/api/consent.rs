@@ -662,3 +662,74 @@ async fn an_expired_choice_is_not_answered_from_the_cache() {
         Decision::Deny
     );
 }
+
+#[tokio::test]
+async fn a_batch_as_of_many_instants_answers_as_each_check_alone() {
+    let app = TestApp::spawn().await;
+    let mut instants = vec![assent::store::now_micros()];
+    app.upsert("vera", Plan::Free).await;
+    instants.push(assent::store::now_micros());
+    for (purpose, choice) in [
+        (Purpose::ModelTraining, Choice::Refused),
+        (Purpose::MarketingEmail, Choice::Granted),
+        (Purpose::ModelTraining, Choice::Granted),
+        (Purpose::MarketingEmail, Choice::Refused),
+    ] {
+        app.set_choice("vera", purpose, choice).await.unwrap();
+        instants.push(assent::store::now_micros());
+    }
+    // Out of order on purpose: the batch answers in request order whatever the instants'.
+    instants.reverse();
+    let purposes = [
+        Purpose::ModelTraining,
+        Purpose::MarketingEmail,
+        Purpose::Memory,
+    ];
+    let as_of = |at: i64| prost_types::Timestamp {
+        seconds: at.div_euclid(1_000_000),
+        nanos: (at.rem_euclid(1_000_000) * 1_000) as i32,
+    };
+    let checks: Vec<proto::CheckRequest> = instants
+        .iter()
+        .flat_map(|at| {
+            purposes.iter().map(move |purpose| proto::CheckRequest {
+                as_of: Some(as_of(*at)),
+                ..check_request("vera", *purpose)
+            })
+        })
+        .collect();
+    let batch = app
+        .decisions()
+        .batch_check(proto::BatchCheckRequest {
+            checks: checks.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(batch.len(), checks.len());
+    let mut seen = std::collections::BTreeSet::new();
+    for (check, answered) in checks.into_iter().zip(&batch) {
+        let alone = app.decisions().check(check).await.unwrap().into_inner();
+        assert_eq!(
+            (
+                answered.decision(),
+                answered.reason(),
+                &answered.rule,
+                &answered.revision
+            ),
+            (
+                alone.decision(),
+                alone.reason(),
+                &alone.rule,
+                &alone.revision
+            )
+        );
+        seen.insert((answered.purpose, answered.decision));
+    }
+    // The instants span the changes: training was both allowed and denied, so was e-mail.
+    assert!(seen.contains(&(Purpose::ModelTraining as i32, Decision::Allow as i32)));
+    assert!(seen.contains(&(Purpose::ModelTraining as i32, Decision::Deny as i32)));
+    assert!(seen.contains(&(Purpose::MarketingEmail as i32, Decision::Allow as i32)));
+    app.stop().await;
+}

@@ -502,16 +502,15 @@ async fn a_subject_with_ten_thousand_events_shows_its_first_screen_within_200_ms
         assert_eq!(page.status, 200, "{}", page.body);
         assert!(page.body.contains("Older changes"), "the history is paged");
     }
-    // The decisions flipped by a page of 25 changes are 500 checks as of an instant, each
-    // rebuilding the subject from its events: asked for, never on the first screen. At 10,000
-    // events they outlast the console's deadline, and the page says so.
+    // The decisions flipped by a page of 25 changes: 500 checks as of an instant, which the
+    // server answers from one pass over the subject's events.
     let started = Instant::now();
     let flips = get(console, "/subjects?id=u-busy&flips=1", &[]).await;
     assert_eq!(flips.status, 200, "{}", flips.body);
-    let shown = text(&flips.body);
     assert!(
-        shown.contains("Decisions flipped") || shown.contains("could not be read: deadline"),
-        "{shown}"
+        flips.body.contains("Decisions flipped"),
+        "{}",
+        text(&flips.body)
     );
     println!(
         "the decisions flipped by its newest 25 changes: {:?}",
