@@ -74,12 +74,12 @@ pub fn set_hash_key(key: &[u8]) -> bool {
     HASH_KEY.set(key.to_vec()).is_ok()
 }
 
-/// The subject hash key: the configured one, or a random key for this process.
+/// The subject hash key: the configured one, or a random key for this process, from the
+/// operating system's generator (a secret: not from `fastrand`, which is predictable).
 pub fn hash_key() -> &'static [u8] {
     HASH_KEY.get_or_init(|| {
-        let mut key = Vec::with_capacity(32);
-        key.extend_from_slice(&fastrand::u128(..).to_le_bytes());
-        key.extend_from_slice(&fastrand::u128(..).to_le_bytes());
+        let mut key = vec![0u8; 32];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut key);
         key
     })
 }
