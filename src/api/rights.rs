@@ -74,7 +74,7 @@ impl RightsService {
         page_token: &str,
         now: i64,
     ) -> Result<proto::ListRightsResponse, ApiError> {
-        let limit = validate::rights_page_size(page_size)?;
+        let limit = validate::page_size(page_size);
         let after = validate::rights_page_token(page_token)?;
         let sort_key = |stored: &StoredRightsRequest| match listing {
             RightsListing::Subject(_) => stored.request.received_at_micros,

@@ -317,9 +317,6 @@ pub struct HistoryQuery {
     pub page_size: u32,
 }
 
-const DEFAULT_HISTORY_PAGE: u32 = 100;
-const MAX_HISTORY_PAGE: u32 = 1_000;
-
 pub fn consent_history(request: &proto::ConsentHistoryRequest) -> Result<HistoryQuery, ApiError> {
     let subject_id = subject_id(&request.subject_id)?;
     let as_of = request
@@ -333,11 +330,7 @@ pub fn consent_history(request: &proto::ConsentHistoryRequest) -> Result<History
             ApiError::invalid("page_token", "is not a token returned by ConsentHistory")
         })?,
     };
-    // Page sizes above the maximum are lowered to it rather than refused (AIP-158).
-    let page_size = match request.page_size {
-        0 => DEFAULT_HISTORY_PAGE,
-        size => size.min(MAX_HISTORY_PAGE),
-    };
+    let page_size = page_size(request.page_size);
     Ok(HistoryQuery {
         subject_id,
         as_of,
@@ -408,26 +401,13 @@ pub struct DuePosition {
     pub after: String,
 }
 
-/// Subjects per Due page.
-pub const DEFAULT_DUE_PAGE: u32 = 100;
-pub const MAX_DUE_PAGE: u32 = 1_000;
-
 /// How a Due page token starts.
 const DUE_TOKEN_PREFIX: &str = "d1.";
 
 pub fn retention_due(request: &proto::RetentionDueRequest) -> Result<RetentionDue, ApiError> {
     let category =
         convert::required::<proto::DataCategory, DataCategory>(request.category, "category")?;
-    let page_size = match request.page_size {
-        0 => DEFAULT_DUE_PAGE,
-        size if size <= MAX_DUE_PAGE => size,
-        size => {
-            return Err(ApiError::invalid(
-                "page_size",
-                format_args!("must be 0-{MAX_DUE_PAGE}, got {size}"),
-            ));
-        }
-    };
+    let page_size = page_size(request.page_size);
     let next = match request.page_token.as_str() {
         "" => None,
         token => Some(
@@ -473,8 +453,8 @@ pub fn page_token(token: &str) -> Result<u64, ApiError> {
         .map_err(|_| ApiError::invalid("page_token", "is not a token returned by ListEvents"))
 }
 
-/// A listing's page size: 0 means 100, and sizes above 1,000 are lowered to it rather than
-/// refused (AIP-158).
+/// Every listing's page size: 0 means 100, and a size above 1,000 is lowered to it rather than
+/// refused (AIP-158), whichever listing it is.
 pub fn page_size(requested: u32) -> u32 {
     match requested {
         0 => 100,
@@ -706,14 +686,6 @@ fn reason(text: &str, field: &str) -> Result<String, ApiError> {
 }
 
 /// The page size of a rights listing: 1–1000, 0 meaning 100.
-pub fn rights_page_size(page_size: u32) -> Result<u32, ApiError> {
-    match page_size {
-        0 => Ok(100),
-        1..=1_000 => Ok(page_size),
-        _ => Err(ApiError::invalid("page_size", "must be at most 1000")),
-    }
-}
-
 /// Decodes a rights listing page token: `KEY.REQUEST_ID`, the sort key and id of the last
 /// request of the previous page.
 pub fn rights_page_token(token: &str) -> Result<Option<(i64, String)>, ApiError> {
@@ -902,7 +874,12 @@ mod tests {
             category: proto::DataCategory::AccountData as i32,
             ..Default::default()
         };
-        assert_eq!(retention_due(&due).unwrap().page_size, DEFAULT_DUE_PAGE);
+        assert_eq!(retention_due(&due).unwrap().page_size, 100);
+        let oversize = proto::RetentionDueRequest {
+            page_size: 1_001,
+            ..due.clone()
+        };
+        assert_eq!(retention_due(&oversize).unwrap().page_size, MAX_PAGE_SIZE);
         let position = DuePosition {
             before: -5,
             after: "user@example.com".into(),
@@ -914,13 +891,6 @@ mod tests {
         .unwrap();
         assert_eq!(next.next, Some(position));
         for (request, expected) in [
-            (
-                proto::RetentionDueRequest {
-                    page_size: 1_001,
-                    ..due.clone()
-                },
-                "page_size: must be 0-1000, got 1001",
-            ),
             (
                 proto::RetentionDueRequest {
                     page_token: "r1.10".into(),
@@ -1065,7 +1035,7 @@ mod tests {
             ..Default::default()
         };
         let query = consent_history(&request).unwrap();
-        assert_eq!(query.page_size, MAX_HISTORY_PAGE);
+        assert_eq!(query.page_size, MAX_PAGE_SIZE);
         assert_eq!(
             query.from,
             HistoryCursor {

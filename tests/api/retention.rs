@@ -713,7 +713,8 @@ async fn due_lists_withdrawn_consents_and_zero_data_retention() {
         Code::InvalidArgument,
         "page_token: ",
     );
-    assert_status(
+    // An oversize page is lowered to the maximum, as in every listing.
+    assert!(
         due(
             &app,
             proto::RetentionDueRequest {
@@ -721,9 +722,8 @@ async fn due_lists_withdrawn_consents_and_zero_data_retention() {
                 ..due_request(DataCategory::ChatConversation, None)
             },
         )
-        .await,
-        Code::InvalidArgument,
-        "page_size: ",
+        .await
+        .is_ok()
     );
     app.stop().await;
 }

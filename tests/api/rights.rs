@@ -615,6 +615,17 @@ async fn overdue_requests_are_listed_at_a_simulated_clock() {
         .into_inner();
     assert_eq!(listed.requests.len(), 2);
     assert!(listed.next_page_token.is_empty());
+    // An oversize page is lowered to the maximum, as in every listing, not refused.
+    let oversize = rights(&app)
+        .list_requests(proto::ListRightsRequests {
+            subject_id: "overdue-eu".into(),
+            page_size: 5_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(oversize.requests.len(), 2);
 }
 
 #[tokio::test]
