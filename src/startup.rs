@@ -263,15 +263,25 @@ impl Application {
         let limits = LimitLayer::new(self.settings.limits);
         let admin_stop = Arc::new(Notify::new());
         let console_stop = Arc::new(Notify::new());
-        // The console calls the services through the layers of the gRPC port, with its
-        // viewer's token: what it may show and do is what that token may ask the API for.
+        // Outermost first; a call passes the layers in this order. The gRPC port and the console
+        // share them: the console calls the services through these layers, with its viewer's
+        // token, so what it may show and do is what that token may ask the API for.
+        let layers = tower::ServiceBuilder::new()
+            // Telemetry outside everything, so a call refused by a limit or by authentication is
+            // still traced and counted with its status.
+            .layer(RpcLayer)
+            // Shedding before authentication, so a flood is refused before any token is
+            // verified; the deadline bounds everything below; the slot is held until the
+            // response ends, so a stream holds one for its whole life.
+            .layer(limits.clone())
+            // Authentication before any service, so a refused call reads and writes nothing; it
+            // records the caller the next layer counts writes for.
+            .layer(AuthLayer::new(authenticator.clone()))
+            // The write rate and the open streams after authentication: they are counted per
+            // authenticated caller.
+            .layer(limits.per_caller());
         let console = self.console_listener.map(|listener| {
-            let grpc = tower::ServiceBuilder::new()
-                .layer(RpcLayer)
-                .layer(limits.clone())
-                .layer(AuthLayer::new(authenticator.clone()))
-                .layer(limits.per_caller())
-                .service(routes.clone());
+            let grpc = layers.clone().service(routes.clone());
             let console = Console::new(
                 crate::console::Grpc::new(
                     tower::ServiceExt::<http::Request<tonic::body::Body>>::map_err(grpc, |error| {
@@ -345,21 +355,8 @@ impl Application {
                 }
             })
         };
-        // Outermost first; a call passes the layers in this order.
         let serve = builder
-            // Telemetry outside everything, so a call refused by a limit or by authentication is
-            // still traced and counted with its status.
-            .layer(RpcLayer)
-            // Shedding before authentication, so a flood is refused before any token is
-            // verified; the deadline bounds everything below; the slot is held until the
-            // response ends, so a stream holds one for its whole life.
-            .layer(limits.clone())
-            // Authentication before any service, so a refused call reads and writes nothing; it
-            // records the caller the next layer counts writes for.
-            .layer(AuthLayer::new(authenticator))
-            // The write rate and the open streams after authentication: they are counted per
-            // authenticated caller.
-            .layer(limits.per_caller())
+            .layer(layers)
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming(self.listener), announce_shutdown);
         match admin_address {
