@@ -332,7 +332,7 @@ impl DecisionsService {
         context: &CallContext,
     ) -> Result<(Vec<proto::CheckResponse>, Vec<DurableReceipt>), ApiError> {
         let ids = DecisionIds::now(&self.state.policies);
-        let read = self.read_states_as_of(queries).await;
+        let read = self.read_states_as_of(queries, &ids).await;
         let mut answers: Vec<Option<proto::CheckResponse>> = Vec::with_capacity(queries.len());
         let mut receipts = Vec::new();
         let mut waiting = futures_util::stream::FuturesUnordered::new();
@@ -366,10 +366,13 @@ impl DecisionsService {
     /// The states of a batch's checks as of past instants, for each subject (and conversation)
     /// asked as of more than one instant: one pass over its events. A subject whose pass fails
     /// is left out, and its checks read as each check alone does (and fail as it would).
-    async fn read_states_as_of(&self, queries: &[CheckQuery]) -> StatesAsOf {
+    /// Instants out of range are left to each check, which refuses them without a read.
+    async fn read_states_as_of(&self, queries: &[CheckQuery], ids: &DecisionIds) -> StatesAsOf {
+        let first = self.state.policies.first_effective_micros();
+        let in_range = |as_of| validate::as_of_in_range(as_of, first, ids.micros()).is_ok();
         let mut instants: std::collections::HashMap<_, Vec<i64>> = Default::default();
         for query in queries {
-            if let Some(as_of) = query.as_of {
+            if let Some(as_of) = query.as_of.filter(|as_of| in_range(*as_of)) {
                 instants
                     .entry((query.subject_id.clone(), query.conversation_id.clone()))
                     .or_default()

@@ -474,11 +474,8 @@ async fn flipped(
 ) -> Result<Vec<Vec<String>>, Refusal> {
     let instants: Vec<i64> = events
         .iter()
-        .filter_map(|event| event.at.as_ref())
-        .flat_map(|at| {
-            let micros = at.seconds * 1_000_000 + i64::from(at.nanos / 1_000);
-            [micros - 1, micros]
-        })
+        .filter_map(|event| event.at.as_ref().map(pages::micros))
+        .flat_map(|micros| [micros - 1, micros])
         .collect();
     if instants.len() != 2 * events.len() {
         return Err(Refusal::new(

@@ -119,7 +119,8 @@ fn purpose_name(purpose: i32) -> String {
         .unwrap_or_else(|_| format!("purpose {purpose}"))
 }
 
-fn micros(timestamp: &prost_types::Timestamp) -> i64 {
+/// A timestamp in microseconds since the epoch.
+pub(super) fn micros(timestamp: &prost_types::Timestamp) -> i64 {
     timestamp.seconds * 1_000_000 + i64::from(timestamp.nanos / 1_000)
 }
 

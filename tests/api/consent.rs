@@ -685,15 +685,11 @@ async fn a_batch_as_of_many_instants_answers_as_each_check_alone() {
         Purpose::MarketingEmail,
         Purpose::Memory,
     ];
-    let as_of = |at: i64| prost_types::Timestamp {
-        seconds: at.div_euclid(1_000_000),
-        nanos: (at.rem_euclid(1_000_000) * 1_000) as i32,
-    };
     let checks: Vec<proto::CheckRequest> = instants
         .iter()
         .flat_map(|at| {
             purposes.iter().map(move |purpose| proto::CheckRequest {
-                as_of: Some(as_of(*at)),
+                as_of: Some(assent::api::convert::timestamp(*at)),
                 ..check_request("vera", *purpose)
             })
         })
