@@ -70,10 +70,15 @@ The ServiceAccount of the server pods.
 {{- end }}
 
 {{/*
-The server image.
+The image of every pod: REPOSITORY@DIGEST when image.digest is set (the tag is then not used),
+else REPOSITORY:TAG.
 */}}
 {{- define "assent.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -95,7 +100,8 @@ both given (assent.validate refuses one without the other). Renders "true" or no
 {{- end }}
 
 {{/*
-The DNS name the health probe expects in the server certificate.
+The DNS name the clients of the chart (`assent health` in the container, the helm test) expect
+in the server certificate.
 */}}
 {{- define "assent.tlsServerName" -}}
 {{- default (printf "%s.%s.svc" (include "assent.fullname" .) .Release.Namespace) .Values.tls.serverName }}
@@ -166,11 +172,11 @@ ASSENT_DATABASE_URL from its Secret: the server's role.
 {{- end }}
 
 {{/*
-ASSENT_DATABASE_URL of the migration job: the owner's URL with two roles (database.ownerKey),
-else the server's.
+ASSENT_DATABASE_URL (and the decision log's) of the migration job and the prune CronJob: the
+owner's URL with two roles (database.ownerKey), else the server's.
 */}}
 {{- define "assent.migrationsDatabaseEnv" -}}
-{{- if .Values.database.ownerKey }}
+{{- if .Values.database.ownerKey -}}
 - name: ASSENT_DATABASE_URL
   valueFrom:
     secretKeyRef:
@@ -191,34 +197,68 @@ else the server's.
 {{- end }}
 
 {{/*
-The pod securityContext of the server and the migration job: the image's unprivileged user.
-The group fsGroup may read the mounted Secrets (their files belong to root) and write the
-audit checkpoint volume. OnRootMismatch: Kubernetes changes the group of a volume's files only
-when its top directory lacks it, not at every start (the checkpoint volume gains a file per
-checkpoint, and a recursive pass would grow with it). Volumes that manage no ownership (NFS,
-most ReadWriteMany drivers) ignore fsGroup: theirs must let uid or gid 10001 write.
+The client settings of the assent binary in a container of the chart (ASSENT_SERVER, the CA, the
+name checked in the server certificate and, with mutual TLS, the certificate presented), for
+`server` (a URL) and a client certificate in the directory `clientCertDir`.
 */}}
-{{- define "assent.podSecurityContext" -}}
-runAsNonRoot: true
-runAsUser: 10001
-runAsGroup: 10001
-fsGroup: 10001
-fsGroupChangePolicy: OnRootMismatch
-seccompProfile:
-  type: RuntimeDefault
+{{- define "assent.clientEnv" -}}
+{{- $root := .root -}}
+- name: ASSENT_SERVER
+  value: {{ .server | quote }}
+- name: ASSENT_CA_CERT
+  value: /etc/assent/tls/ca.crt
+- name: ASSENT_TLS_DOMAIN
+  value: {{ include "assent.tlsServerName" $root | quote }}
+{{- if $root.Values.tls.mutual }}
+- name: ASSENT_CLIENT_CERT
+  value: {{ .clientCertDir }}/tls.crt
+- name: ASSENT_CLIENT_KEY
+  value: {{ .clientCertDir }}/tls.key
+{{- end }}
 {{- end }}
 
 {{/*
-The container securityContext of the server and the migration job.
+A container of the helm test Pod: the assent binary as a client of the release (`server`), with
+`args`, as `name`.
 */}}
-{{- define "assent.containerSecurityContext" -}}
-allowPrivilegeEscalation: false
-readOnlyRootFilesystem: true
-privileged: false
-runAsNonRoot: true
-capabilities:
-  drop:
-    - ALL
+{{- define "assent.testContainer" -}}
+{{- $root := .root -}}
+- name: {{ .name }}
+  image: {{ include "assent.image" $root | quote }}
+  imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+  args: {{ toJson .args }}
+  env:
+    {{- include "assent.clientEnv" . | nindent 4 }}
+    {{- with $root.Values.tests.tokenSecret }}
+    - name: ASSENT_TOKEN
+      valueFrom:
+        secretKeyRef:
+          name: {{ . }}
+          key: {{ $root.Values.tests.tokenSecretKey }}
+    {{- end }}
+  resources:
+    {{- toYaml $root.Values.tests.resources | nindent 4 }}
+  {{- with $root.Values.containerSecurityContext }}
+  securityContext:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  volumeMounts:
+    - name: tls
+      mountPath: /etc/assent/tls
+      readOnly: true
+    {{- if and $root.Values.tls.mutual $root.Values.tests.clientCertSecret }}
+    - name: test-client
+      mountPath: /etc/assent/test-client
+      readOnly: true
+    {{- end }}
+{{- end }}
+
+{{/*
+Whether the helm test makes a Check: it has a credential, a bearer token or (mutual TLS) a
+client certificate. Renders "true" or nothing.
+*/}}
+{{- define "assent.testChecks" -}}
+{{- if or .Values.tests.tokenSecret .Values.tls.mutual }}true{{ end }}
 {{- end }}
 
 {{/*
