@@ -7,7 +7,8 @@ are then moved into ``assent_client/_proto/`` with their ``from assent.v1 import
 rewritten, so that no top-level ``assent`` package is installed.
 
 The runtime requirements follow the generator: the generated code refuses to run on a grpcio
-older than the grpcio-tools that wrote it, and on a protobuf older than its protoc.
+older than the grpcio-tools that wrote it, and on a protobuf older than its protoc. grpcio-status
+and googleapis-common-protos come along for the error details.
 """
 
 from __future__ import annotations
@@ -123,15 +124,23 @@ def requirement_of(distribution: str, name: str) -> str | None:
     return None
 
 
+#: For the standard error details (assent_client.errors): grpcio-status reads the
+#: ``google.rpc.Status`` of a call's trailer, googleapis-common-protos has its messages. Each of
+#: their releases names the protobuf it works with; pip picks one that works with the protobuf
+#: required below.
+ERROR_DETAILS = ["grpcio-status>=1.66", "googleapis-common-protos>=1.63"]
+
+
 def runtime_requirements() -> list[str]:
-    """grpcio at least the generator's version; protobuf as the generator itself requires."""
+    """grpcio at least the generator's version; protobuf as the generator itself requires; the
+    packages that decode the error details."""
     try:
         tools = metadata.version("grpcio-tools")
     except metadata.PackageNotFoundError:
         # Metadata only (no stubs to build): the floor the generated code has always needed.
-        return ["grpcio>=1.66", "protobuf>=5.26.1"]
+        return ["grpcio>=1.66", "protobuf>=5.26.1", *ERROR_DETAILS]
     protobuf = requirement_of("grpcio-tools", "protobuf") or "protobuf"
-    return [f"grpcio>={tools}", protobuf]
+    return [f"grpcio>={tools}", protobuf, *ERROR_DETAILS]
 
 
 setup(
