@@ -1,19 +1,30 @@
-"""Spreading calls over the replicas, and retrying the ones that change nothing.
+"""Spreading calls over the replicas, and retrying the calls that are safe to send again.
 
 Each replica has its own channel. A call goes to the next replica in turn, skipping for a second
-one that last failed with UNAVAILABLE (unless every replica is being skipped). A call that
-changes nothing (its method is in :data:`READ_ONLY`) is tried up to 4 times on UNAVAILABLE, 10,
-20 and 40 ms apart, each time on the next replica; any other call is made once: its answer may
-have been lost after it was applied.
+one that last failed with UNAVAILABLE (unless every replica is being skipped). A unary call is
+tried up to 4 times (the ``attempts`` of the client), each time on the next replica:
+
+- refused with UNAVAILABLE, when it changes nothing (its method is in :data:`READ_ONLY`): 10,
+  20 and 40 ms apart. Any other call is not sent again: its answer may have been lost after it
+  was applied;
+- refused with RESOURCE_EXHAUSTED by assent with a ``RetryInfo`` (the server shedding load),
+  read or write alike: after the delay the server asked for, plus up to half of it again as
+  jitter, unless that delay is over the client's ``max_pause`` (:data:`MAX_PAUSE`, 200 ms, as
+  the Rust client's).
+
+A retry that would not start before the call's deadline is not made: the refusal is raised.
 """
 
 from __future__ import annotations
 
 import itertools
+import random
 import time
 from typing import Any, Callable, Sequence
 
 import grpc
+
+from . import errors
 
 #: Calls that change nothing: retried on UNAVAILABLE (a write never is).
 READ_ONLY: frozenset[str] = frozenset(
@@ -41,8 +52,17 @@ READ_ONLY: frozenset[str] = frozenset(
     }
 )
 
-#: Pauses before the 2nd, 3rd and 4th try of a read-only call.
+#: Pauses before the 2nd, 3rd and 4th try of a read-only call refused with UNAVAILABLE (the
+#: last one again before any further try, when a client is given more attempts).
 RETRY_PAUSES: tuple[float, ...] = (0.010, 0.020, 0.040)
+
+#: Tries of a unary call, the first included, unless the client is given another number.
+ATTEMPTS = len(RETRY_PAUSES) + 1
+
+#: The longest pause a ``RetryInfo`` may ask for and still be waited out, unless the client is
+#: given another: a call asked to wait longer is not retried (the refusal is raised, for the
+#: caller to decide). 200 ms: about the whole budget of a gateway's call.
+MAX_PAUSE = 0.2
 
 #: How long a replica that failed with UNAVAILABLE is left out of the rotation.
 SKIP_SECONDS = 1.0
@@ -93,6 +113,60 @@ def is_unavailable(error: BaseException) -> bool:
     return isinstance(error, grpc.RpcError) and error.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
 
 
+def pause_before_retry(
+    error: BaseException,
+    *,
+    attempt: int,
+    attempts: int,
+    read_only: bool,
+    deadline: float | None,
+    max_pause: float = MAX_PAUSE,
+) -> float | None:
+    """The pause before trying again a call whose try number ``attempt`` (0 the first) failed
+    with ``error``; None: raise ``error``."""
+    if attempt + 1 >= attempts or not isinstance(error, grpc.RpcError):
+        return None
+    code = error.code()  # type: ignore[attr-defined]
+    if code == grpc.StatusCode.UNAVAILABLE and read_only:
+        pause = RETRY_PAUSES[min(attempt, len(RETRY_PAUSES) - 1)]
+    elif code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        shed = shed_pause(error, max_pause)
+        if shed is None:
+            return None
+        pause = shed
+    else:
+        return None
+    if deadline is not None and time.monotonic() + pause >= deadline:
+        return None
+    return pause
+
+
+def shed_pause(error: BaseException, max_pause: float = MAX_PAUSE) -> float | None:
+    """The pause before sending again a call refused with RESOURCE_EXHAUSTED, or None when it
+    is not to be sent again.
+
+    assent sends a ``RetryInfo`` with RESOURCE_EXHAUSTED only when it shed the call before doing
+    any of its work (its concurrency limit, the caller's write rate, the caller's open streams):
+    nothing was applied, so a write is as safe to send again as a read. A RESOURCE_EXHAUSTED
+    without one (a message over a size limit, or one from something else than assent) is not
+    retried: sending the same call again would meet the same refusal, or could apply twice.
+    The pause is the delay asked for plus up to half of it again, so that callers shed together
+    do not come back together.
+    """
+    found = errors.details(error)
+    if found.domain != errors.DOMAIN or found.retry_delay is None:
+        return None
+    if found.retry_delay > max_pause:
+        return None
+    return random.uniform(found.retry_delay, 1.5 * found.retry_delay)
+
+
+def checked_attempts(attempts: int) -> int:
+    if attempts < 1:
+        raise ValueError("attempts: at least 1 (the first try)")
+    return attempts
+
+
 def with_token(metadata: Metadata | None, token_metadata: Metadata) -> Metadata | None:
     if not token_metadata:
         return metadata
@@ -101,12 +175,13 @@ def with_token(metadata: Metadata | None, token_metadata: Metadata) -> Metadata 
 
 class _SyncUnaryUnary:
     """``channel.unary_unary(...)`` over every replica: rotation, token, default deadline,
-    retries for read-only methods."""
+    retries (of read-only methods on UNAVAILABLE, of any on RESOURCE_EXHAUSTED with a
+    ``RetryInfo``)."""
 
     def __init__(self, balanced: "BalancedChannel", method: str, kwargs: dict[str, Any]) -> None:
         self._balanced = balanced
         self._method = method
-        self._retried = method in READ_ONLY
+        self._read_only = method in READ_ONLY
         self._callables = [channel.unary_unary(method, **kwargs) for channel in balanced.channels]
 
     def _invoke(
@@ -123,9 +198,9 @@ class _SyncUnaryUnary:
             timeout = balanced.default_timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         metadata = with_token(metadata, balanced.token_metadata)
-        tries = len(RETRY_PAUSES) + 1 if self._retried else 1
+        attempts = balanced.attempts
         index: int | None = None
-        for attempt in range(tries):
+        for attempt in range(attempts):
             index = rotation.pick(avoid=index)
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             callable_ = self._callables[index]
@@ -136,15 +211,19 @@ class _SyncUnaryUnary:
                     )
                 return callable_(request, timeout=remaining, metadata=metadata, **options)
             except grpc.RpcError as error:
-                if not is_unavailable(error):
+                if is_unavailable(error):
+                    rotation.failed(index)
+                pause = pause_before_retry(
+                    error,
+                    attempt=attempt,
+                    attempts=attempts,
+                    read_only=self._read_only,
+                    deadline=deadline,
+                    max_pause=balanced.max_pause,
+                )
+                if pause is None:
                     raise
-                rotation.failed(index)
-                last_try = attempt + 1 == tries
-                if last_try or (
-                    deadline is not None and time.monotonic() + RETRY_PAUSES[attempt] >= deadline
-                ):
-                    raise
-                time.sleep(RETRY_PAUSES[attempt])
+                time.sleep(pause)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def __call__(
@@ -276,11 +355,15 @@ class BalancedChannel(grpc.Channel):
         channels: Sequence[grpc.Channel],
         token: str | None,
         default_timeout: float | None,
+        attempts: int = ATTEMPTS,
+        max_pause: float = MAX_PAUSE,
     ) -> None:
         self.channels = list(channels)
         self.rotation = Rotation(len(self.channels))
         self.token_metadata: Metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.default_timeout = default_timeout
+        self.attempts = checked_attempts(attempts)
+        self.max_pause = max_pause
 
     def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return _SyncUnaryUnary(self, method, _keywords(args, kwargs))
@@ -331,7 +414,7 @@ class _AsyncUnaryUnary:
         self, balanced: "AsyncBalancedChannel", method: str, kwargs: dict[str, Any]
     ) -> None:
         self._balanced = balanced
-        self._retried = method in READ_ONLY
+        self._read_only = method in READ_ONLY
         self._callables = [channel.unary_unary(method, **kwargs) for channel in balanced.channels]
 
     async def _invoke(
@@ -345,9 +428,9 @@ class _AsyncUnaryUnary:
             timeout = balanced.default_timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         metadata = with_token(metadata, balanced.token_metadata)
-        tries = len(RETRY_PAUSES) + 1 if self._retried else 1
+        attempts = balanced.attempts
         index: int | None = None
-        for attempt in range(tries):
+        for attempt in range(attempts):
             index = rotation.pick(avoid=index)
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             try:
@@ -355,15 +438,19 @@ class _AsyncUnaryUnary:
                     request, timeout=remaining, metadata=metadata, **options
                 )
             except grpc.RpcError as error:
-                if not is_unavailable(error):
+                if is_unavailable(error):
+                    rotation.failed(index)
+                pause = pause_before_retry(
+                    error,
+                    attempt=attempt,
+                    attempts=attempts,
+                    read_only=self._read_only,
+                    deadline=deadline,
+                    max_pause=balanced.max_pause,
+                )
+                if pause is None:
                     raise
-                rotation.failed(index)
-                last_try = attempt + 1 == tries
-                if last_try or (
-                    deadline is not None and time.monotonic() + RETRY_PAUSES[attempt] >= deadline
-                ):
-                    raise
-                await asyncio.sleep(RETRY_PAUSES[attempt])
+                await asyncio.sleep(pause)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def __call__(
@@ -412,11 +499,15 @@ class AsyncBalancedChannel:
         channels: Sequence[Any],
         token: str | None,
         default_timeout: float | None,
+        attempts: int = ATTEMPTS,
+        max_pause: float = MAX_PAUSE,
     ) -> None:
         self.channels = list(channels)
         self.rotation = Rotation(len(self.channels))
         self.token_metadata: Metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.default_timeout = default_timeout
+        self.attempts = checked_attempts(attempts)
+        self.max_pause = max_pause
 
     def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return _AsyncUnaryUnary(self, method, _keywords(args, kwargs))

@@ -1,9 +1,11 @@
 """The clients: :class:`Client` (blocking) and :class:`AsyncClient` (grpc.aio).
 
-Both take every replica's address, spread calls over them and retry the calls that change
-nothing (see :mod:`assent_client._balance`), carry ``authorization: Bearer <token>`` on every
-call when given a token, and raise the server's gRPC status unchanged (``grpc.RpcError``, whose
-``details()`` names the field at fault).
+Both take every replica's address, spread calls over them and retry the calls that are safe to
+send again (see :mod:`assent_client._balance`: a read refused with UNAVAILABLE, any call the
+server shed with RESOURCE_EXHAUSTED and a ``RetryInfo``), carry ``authorization: Bearer
+<token>`` on every call when given a token, and raise the server's gRPC status unchanged
+(``grpc.RpcError``, whose ``details()`` names the field at fault, and whose ``google.rpc``
+details :func:`assent_client.errors.details` decodes).
 
 ``check``, ``batch_check`` and ``get_subject`` are the common questions; every other call goes
 through the generated stubs, ``client.decisions``, ``client.subjects``, ``client.changes``,
@@ -19,7 +21,7 @@ import grpc
 import grpc.aio
 
 from . import pb
-from ._balance import CHANNEL_OPTIONS, AsyncBalancedChannel, BalancedChannel
+from ._balance import ATTEMPTS, CHANNEL_OPTIONS, MAX_PAUSE, AsyncBalancedChannel, BalancedChannel
 from ._names import PurposeLike, SourceLike, purpose_value, source_value
 from ._proto import (
     audit_pb2_grpc,
@@ -72,7 +74,9 @@ class Client:
 
     ``timeout`` is the default deadline, in seconds, of every unary call (retries included);
     ``credentials`` makes the channels TLS (``grpc.ssl_channel_credentials(...)``), otherwise
-    they are plaintext.
+    they are plaintext; ``attempts`` is how many times a unary call may be tried, the first
+    included (1: never retried); ``max_pause`` the longest pause, in seconds, the client waits
+    out when the server sheds a call and asks for one (a longer one: the refusal is raised).
     """
 
     def __init__(
@@ -82,6 +86,8 @@ class Client:
         token: str | None = None,
         timeout: float = 1.0,
         credentials: grpc.ChannelCredentials | None = None,
+        attempts: int = ATTEMPTS,
+        max_pause: float = MAX_PAUSE,
     ) -> None:
         self.targets = _targets(targets)
         self.timeout = timeout
@@ -91,7 +97,7 @@ class Client:
             else grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
             for target in self.targets
         ]
-        self.channel = BalancedChannel(channels, token, timeout)
+        self.channel = BalancedChannel(channels, token, timeout, attempts, max_pause)
         self.decisions = decisions_pb2_grpc.DecisionsStub(self.channel)
         self.subjects = subjects_pb2_grpc.SubjectsStub(self.channel)
         self.changes = changes_pb2_grpc.ChangesStub(self.channel)
@@ -158,6 +164,8 @@ class AsyncClient:
         token: str | None = None,
         timeout: float = 1.0,
         credentials: grpc.ChannelCredentials | None = None,
+        attempts: int = ATTEMPTS,
+        max_pause: float = MAX_PAUSE,
     ) -> None:
         self.targets = _targets(targets)
         self.timeout = timeout
@@ -167,7 +175,7 @@ class AsyncClient:
             else grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
             for target in self.targets
         ]
-        self.channel = AsyncBalancedChannel(channels, token, timeout)
+        self.channel = AsyncBalancedChannel(channels, token, timeout, attempts, max_pause)
         self.decisions = decisions_pb2_grpc.DecisionsStub(self.channel)
         self.subjects = subjects_pb2_grpc.SubjectsStub(self.channel)
         self.changes = changes_pb2_grpc.ChangesStub(self.channel)
