@@ -1,6 +1,9 @@
 //! The service's metrics, in one process-wide registry, exposed in the Prometheus text format
 //! (OpenMetrics) on the admin port. `docs/observability.md` says what each one means.
 //!
+//! A metric measured in seconds or bytes says so (an OpenMetrics `# UNIT` line); its name ends
+//! with its unit, as it always did: the registry appends the unit to the name it is given.
+//!
 //! Request path metrics are recorded where things happen (a counter increment, a histogram
 //! observation); what other parts already count — the cache's tiers, the decision log's queue —
 //! is read from them at scrape time ([`Scraped`], registered when a server starts), so the
@@ -15,7 +18,7 @@ use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
 
 use crate::policy::{Decision, Purpose, Reason};
 
@@ -119,9 +122,11 @@ impl Metrics {
         let request_duration = Family::<MethodLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(latency_buckets())
         });
-        registry.register(
-            "grpc_request_duration_seconds",
-            "Time from a call's arrival to its response headers, by method",
+        registry.register_with_unit(
+            "grpc_request_duration",
+            "Time from a call's arrival to its end (a unary call's answer, a stream's last \
+             message or its cancellation), by method",
+            Unit::Seconds,
             request_duration.clone(),
         );
         let decisions = Family::<DecisionLabels, Counter>::default();
@@ -134,15 +139,17 @@ impl Metrics {
             Family::<OperationLabels, Histogram>::new_with_constructor(|| {
                 Histogram::new(latency_buckets())
             });
-        registry.register(
-            "store_query_duration_seconds",
+        registry.register_with_unit(
+            "store_query_duration",
             "Time of store operations, by operation",
+            Unit::Seconds,
             store_query_duration.clone(),
         );
         let invalidation_lag = Histogram::new(latency_buckets());
-        registry.register(
-            "invalidation_lag_seconds",
+        registry.register_with_unit(
+            "invalidation_lag",
             "Time from a change's commit (on any replica) to this replica applying it",
+            Unit::Seconds,
             invalidation_lag.clone(),
         );
         let chain_verifications = Family::<ResultLabels, Counter>::default();
@@ -322,23 +329,37 @@ impl Collector for SourcesCollector {
     }
 }
 
-/// Where a [`Scraped`] part writes what it counts.
+/// Where a [`Scraped`] part writes what it counts. A name ending in `_seconds` or `_bytes` is
+/// of a metric in that unit, and says so.
 pub struct Scrape<'a>(DescriptorEncoder<'a>);
+
+/// The units a scraped metric's name may end with.
+static UNITS: [(&str, Unit); 2] = [("_seconds", Unit::Seconds), ("_bytes", Unit::Bytes)];
+
+/// A metric's name without its unit, and its unit (the encoder appends it to the name again).
+fn unit_of(name: &str) -> (&str, Option<&'static Unit>) {
+    UNITS
+        .iter()
+        .find_map(|(suffix, unit)| Some((name.strip_suffix(suffix)?, Some(unit))))
+        .unwrap_or((name, None))
+}
 
 impl Scrape<'_> {
     pub fn counter(&mut self, name: &str, help: &str, value: u64) -> std::fmt::Result {
         let metric = ConstCounter::new(value);
+        let (name, unit) = unit_of(name);
         metric.encode(
             self.0
-                .encode_descriptor(name, help, None, metric.metric_type())?,
+                .encode_descriptor(name, help, unit, metric.metric_type())?,
         )
     }
 
     pub fn gauge(&mut self, name: &str, help: &str, value: u64) -> std::fmt::Result {
         let metric = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+        let (name, unit) = unit_of(name);
         metric.encode(
             self.0
-                .encode_descriptor(name, help, None, metric.metric_type())?,
+                .encode_descriptor(name, help, unit, metric.metric_type())?,
         )
     }
 
@@ -376,7 +397,8 @@ impl Scrape<'_> {
         values: impl Iterator<Item = (Labels, u64)>,
     ) -> std::fmt::Result {
         let metric_type = ConstCounter::new(0_u64).metric_type();
-        let mut family = self.0.encode_descriptor(name, help, None, metric_type)?;
+        let (name, unit) = unit_of(name);
+        let mut family = self.0.encode_descriptor(name, help, unit, metric_type)?;
         for (labels, value) in values {
             ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
         }
@@ -391,11 +413,109 @@ impl Scrape<'_> {
         values: impl Iterator<Item = (Labels, u64)>,
     ) -> std::fmt::Result {
         let metric_type = ConstGauge::new(0_i64).metric_type();
-        let mut family = self.0.encode_descriptor(name, help, None, metric_type)?;
+        let (name, unit) = unit_of(name);
+        let mut family = self.0.encode_descriptor(name, help, unit, metric_type)?;
         for (labels, value) in values {
             let value = i64::try_from(value).unwrap_or(i64::MAX);
             ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a part of the server reports at scrape time, in the forms it uses.
+    #[derive(Debug)]
+    struct Reported;
+
+    impl Scraped for Reported {
+        fn scrape(&self, scrape: &mut Scrape<'_>) -> std::fmt::Result {
+            scrape.gauge("decision_log_backlog_bytes", "Bytes not shipped", 7)?;
+            scrape.counter("decision_log_unreadable_bytes", "Bytes unreadable", 3)?;
+            scrape.counter("decision_log_written", "Decisions written", 2)?;
+            scrape.labelled_gauges(
+                "replica_lag_revisions",
+                "Revisions behind",
+                [(vec![("replica", "0")], 1)].into_iter(),
+            )
+        }
+    }
+
+    /// A name and what a descriptor line says of it (its type, or its unit).
+    type Described = (String, String);
+
+    /// The `# TYPE` and `# UNIT` lines of an exposition.
+    fn descriptors(text: &str) -> (Vec<Described>, Vec<Described>) {
+        let pairs = |prefix: &str| -> Vec<Described> {
+            text.lines()
+                .filter_map(|line| line.strip_prefix(prefix))
+                .filter_map(|rest| rest.split_once(' '))
+                .map(|(name, value)| (name.to_owned(), value.to_owned()))
+                .collect()
+        };
+        (pairs("# TYPE "), pairs("# UNIT "))
+    }
+
+    #[test]
+    fn durations_are_in_seconds_under_the_names_they_always_had() {
+        // A family is written once it has a member.
+        record_request("assent.v1.Decisions/Check", "OK", Duration::from_micros(80));
+        record_store_query("write", Duration::from_millis(2));
+        let (types, units) = descriptors(&METRICS.encode());
+        for name in [
+            "assent_grpc_request_duration_seconds",
+            "assent_store_query_duration_seconds",
+            "assent_invalidation_lag_seconds",
+        ] {
+            assert!(
+                types.contains(&(name.to_owned(), "histogram".to_owned())),
+                "{name}"
+            );
+            assert!(
+                units.contains(&(name.to_owned(), "seconds".to_owned())),
+                "{name}"
+            );
+        }
+        assert!(types.contains(&("assent_grpc_requests".to_owned(), "counter".to_owned())));
+        assert!(!units.iter().any(|(name, _)| name == "assent_grpc_requests"));
+    }
+
+    #[test]
+    fn scraped_metrics_in_bytes_say_so_under_the_names_they_always_had() {
+        let mut registry = Registry::with_prefix("assent");
+        let sources = Arc::new(Sources::default());
+        *sources.lock().unwrap() = vec![Box::new(Reported) as Box<dyn Scraped>];
+        registry.register_collector(Box::new(SourcesCollector(sources)));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let (types, units) = descriptors(&text);
+        let named = |name: &str, kind: &str| (name.to_owned(), kind.to_owned());
+        assert_eq!(
+            types,
+            [
+                named("assent_decision_log_backlog_bytes", "gauge"),
+                named("assent_decision_log_unreadable_bytes", "counter"),
+                named("assent_decision_log_written", "counter"),
+                named("assent_replica_lag_revisions", "gauge"),
+            ]
+        );
+        assert_eq!(
+            units,
+            [
+                named("assent_decision_log_backlog_bytes", "bytes"),
+                named("assent_decision_log_unreadable_bytes", "bytes"),
+            ]
+        );
+        assert!(
+            text.contains("\nassent_decision_log_backlog_bytes 7\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nassent_decision_log_unreadable_bytes_total 3\n"),
+            "{text}"
+        );
     }
 }

@@ -5,7 +5,7 @@
 #[path = "../support/process.rs"]
 mod process;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -526,4 +526,140 @@ async fn a_flood_of_unknown_subjects_barely_reaches_the_store() {
     assert!(reads <= 1_000.0, "{reads} store reads");
     assert!(filtered >= (FLOOD - 1_000) as f64, "{filtered}");
     server.stop();
+}
+
+/// The metric names of docs/observability.md's table, as they are exposed.
+fn documented_metrics() -> BTreeSet<String> {
+    let text = include_str!("../../docs/observability.md");
+    let section = text
+        .split("\n## ")
+        .find(|section| section.starts_with("Metrics"))
+        .expect("a Metrics section");
+    section
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|rest| rest.split_once('`'))
+        .map(|(name, _)| format!("assent_{name}"))
+        .collect()
+}
+
+/// The `assent_` metric names a text names, without the suffixes of histogram series.
+fn metrics_named_in(text: &str) -> BTreeSet<String> {
+    text.match_indices("assent_")
+        .map(|(start, _)| {
+            text[start..]
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .next()
+                .unwrap()
+        })
+        .map(|name| {
+            ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(name)
+                .to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_keep_their_names_and_say_their_units() {
+    let (_data, data_setting) = data_dir();
+    let server = ServerProcess::start(&[data_setting]);
+    // A family is written once it has a member: a write and a Check make most of them.
+    let channel = server.channel().await;
+    SubjectsClient::new(channel.clone())
+        .upsert_subject(proto::UpsertSubjectRequest {
+            subject_id: "named-user".into(),
+            plan: Some(Plan::Free as i32),
+            actor: actor(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    DecisionsClient::new(channel.clone())
+        .check(proto::CheckRequest {
+            subject_id: "named-user".into(),
+            purpose: Purpose::ModelTraining as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assent::proto::audit_client::AuditClient::new(channel)
+        .verify_chain(proto::VerifyChainRequest::default())
+        .await
+        .unwrap();
+    let (status, text) = http_get(&server.admin_address, "/metrics").await;
+    assert_eq!(status, 200);
+    server.stop();
+
+    // Every metric family, by the name its samples carry (a counter's ends with `_total`).
+    let mut exposed = BTreeSet::new();
+    let mut units = Vec::new();
+    for line in text.lines() {
+        if let Some((name, kind)) = line
+            .strip_prefix("# TYPE ")
+            .and_then(|rest| rest.split_once(' '))
+        {
+            let sampled = match kind {
+                "counter" => format!("{name}_total"),
+                _ => name.to_owned(),
+            };
+            exposed.insert(sampled);
+        }
+        if let Some((name, unit)) = line
+            .strip_prefix("# UNIT ")
+            .and_then(|rest| rest.split_once(' '))
+        {
+            units.push((name.to_owned(), unit.to_owned()));
+        }
+    }
+    // The names are those documented, but for those written only once they count something
+    // (a limit reached, a checkpoint signed) and a read replica's (only with replicas).
+    let documented = documented_metrics();
+    let undocumented: Vec<&String> = exposed.difference(&documented).collect();
+    assert!(
+        undocumented.is_empty(),
+        "exposed, not documented: {undocumented:?}"
+    );
+    let missing: Vec<&String> = documented
+        .difference(&exposed)
+        .filter(|name| !name.starts_with("assent_replica_"))
+        .filter(|name| {
+            ![
+                "assent_limited_requests_total",
+                "assent_audit_checkpoints_total",
+            ]
+            .contains(&name.as_str())
+        })
+        .collect();
+    assert!(missing.is_empty(), "documented, not exposed: {missing:?}");
+    // Those the dashboard and the alert rules query are among them.
+    for (file, text) in [
+        (
+            "docs/grafana-dashboard.json",
+            include_str!("../../docs/grafana-dashboard.json"),
+        ),
+        (
+            "helm/assent/templates/prometheusrule.yaml",
+            include_str!("../../helm/assent/templates/prometheusrule.yaml"),
+        ),
+    ] {
+        for name in metrics_named_in(text) {
+            assert!(documented.contains(&name), "{file} queries {name}");
+        }
+    }
+    // Times and sizes say their unit, which ends their name.
+    units.sort();
+    let unit = |name: &str, unit: &str| (name.to_owned(), unit.to_owned());
+    assert_eq!(
+        units,
+        [
+            unit("assent_decision_log_backlog_bytes", "bytes"),
+            unit("assent_decision_log_unreadable_bytes", "bytes"),
+            unit("assent_grpc_request_duration_seconds", "seconds"),
+            unit("assent_invalidation_lag_seconds", "seconds"),
+            unit("assent_store_query_duration_seconds", "seconds"),
+        ]
+    );
 }
