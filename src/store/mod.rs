@@ -1709,7 +1709,10 @@ enum Access {
     Write,
 }
 
-/// Runs one store operation in a span of its own (when the call is traced) and times it.
+/// Runs one store operation in a span of its own (when the call is traced) and times it. The
+/// span is a database client span of the OpenTelemetry semantic conventions, with their current
+/// names (`db.system.name`, `db.operation.name`; `db.system` and `db.operation` are deprecated);
+/// the operation is the store's, which may run several statements.
 async fn observed<T>(
     store: &Store,
     operation: &'static str,
@@ -1717,8 +1720,9 @@ async fn observed<T>(
 ) -> Result<T, StoreError> {
     let span = crate::child_span!(
         "store.query",
-        db.system = store.system(),
-        db.operation = operation,
+        otel.kind = "client",
+        db.system.name = store.system(),
+        db.operation.name = operation,
         otel.status_code = tracing::field::Empty,
     );
     let started = Instant::now();

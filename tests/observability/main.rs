@@ -290,13 +290,17 @@ async fn spans_continue_the_callers_trace_and_never_hold_the_subject_id() {
     let store_write = find(&write_spans, "store.query");
     assert!(is_child_of(store_write, write_span));
     assert_eq!(
-        attribute(store_write, "db.operation").as_deref(),
+        attribute(store_write, "db.operation.name").as_deref(),
         Some("write")
     );
     assert_eq!(
-        attribute(store_write, "db.system").as_deref(),
+        attribute(store_write, "db.system.name").as_deref(),
         Some("sqlite")
     );
+    assert_eq!(store_write.kind, SpanKind::Client as i32);
+    // The deprecated names are gone.
+    assert_eq!(attribute(store_write, "db.operation"), None);
+    assert_eq!(attribute(store_write, "db.system"), None);
     let append = find(&write_spans, "audit.append");
     assert!(is_child_of(append, store_write));
     // The cache lookup missed right after the write, so the store was read under it.
