@@ -9,8 +9,10 @@ use std::path::Path;
 use anyhow::{Context, anyhow};
 use serde_json::json;
 
-use super::client::{actor, call_failed, connect, print};
-use super::{ActorArgs, AuditCommand, ClientArgs, EventArgs, UsageError, VerifyOfflineCommand};
+use super::client::{actor, call_failed, connect};
+use super::exit::CliError;
+use super::output::Output;
+use super::{ActorArgs, AuditCommand, ClientArgs, EventArgs, VerifyOfflineCommand};
 use crate::audit::note;
 use crate::audit::note::CheckpointVerifier;
 use crate::audit::offline::{self, ConsistencyProofFile, EventObject, Report, SubjectExport};
@@ -21,51 +23,51 @@ use crate::revision::Revision;
 /// The events asked for per page of a dump (the server's maximum).
 const DUMP_PAGE_SIZE: u32 = 1_000;
 
-pub async fn audit(command: AuditCommand) -> anyhow::Result<()> {
+pub async fn audit(command: AuditCommand, output: Output) -> anyhow::Result<()> {
     match command {
         command @ (AuditCommand::List { .. }
         | AuditCommand::Decisions { .. }
         | AuditCommand::Verify { .. }
-        | AuditCommand::VerifyState { .. }) => super::client::audit(command).await,
+        | AuditCommand::VerifyState { .. }) => super::client::audit(command, output).await,
         AuditCommand::Prune { .. } => unreachable!("prune opens the store itself"),
-        AuditCommand::Keygen { name, out, json } => keygen(&name, out.as_deref(), json),
+        AuditCommand::Keygen { name, out } => keygen(&name, out.as_deref(), output),
         AuditCommand::Checkpoint { sign, out, client } => {
-            checkpoint(sign, out.as_deref(), &client).await
+            checkpoint(sign, out.as_deref(), &client, output).await
         }
         AuditCommand::Proof {
             event,
             tree_size,
             client,
-        } => inclusion_proof(event, tree_size, &client).await,
+        } => inclusion_proof(event, tree_size, &client, output).await,
         AuditCommand::Consistency {
             old_size,
             new_size,
             client,
-        } => consistency_proof(old_size, new_size, &client).await,
+        } => consistency_proof(old_size, new_size, &client, output).await,
         AuditCommand::Export {
             subject,
             out,
             client,
-        } => export(subject, out.as_deref(), &client).await,
-        AuditCommand::Dump { out, client } => dump(out.as_deref(), &client).await,
+        } => export(subject, out.as_deref(), &client, output).await,
+        AuditCommand::Dump { out, client } => dump(out.as_deref(), &client, output).await,
         AuditCommand::Erase {
             subject,
             actor,
             client,
-        } => erase(subject, &actor, &client).await,
-        AuditCommand::VerifyOffline(command) => verify_offline(command),
+        } => erase(subject, &actor, &client, output).await,
+        AuditCommand::VerifyOffline(command) => verify_offline(command, output),
     }
 }
 
 /// A new signer key, written to `out` (created, never overwritten, readable by its owner only)
 /// or printed; then the verifier key, always printed, last.
-fn keygen(name: &str, out: Option<&Path>, json: bool) -> anyhow::Result<()> {
+fn keygen(name: &str, out: Option<&Path>, output: Output) -> anyhow::Result<()> {
     let (signer, verifier) =
-        note::generate_key(name).map_err(|error| UsageError(format!("--name: {error}")))?;
+        note::generate_key(name).map_err(|error| CliError::Usage(format!("--name: {error}")))?;
     if let Some(path) = out {
         write_secret(path, &signer)?;
     }
-    if json {
+    if output.json {
         let printed_signer = out.is_none().then_some(&signer);
         println!(
             "{}",
@@ -99,7 +101,7 @@ fn write_secret(path: &Path, key: &str) -> anyhow::Result<()> {
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(path).map_err(|error| {
         if error.kind() == std::io::ErrorKind::AlreadyExists {
-            anyhow!(UsageError(format!(
+            anyhow!(CliError::Usage(format!(
                 "--out: {} already exists; a signer key file is never overwritten",
                 path.display()
             )))
@@ -117,7 +119,12 @@ fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
 }
 
-async fn checkpoint(sign: bool, out: Option<&Path>, client: &ClientArgs) -> anyhow::Result<()> {
+async fn checkpoint(
+    sign: bool,
+    out: Option<&Path>,
+    client: &ClientArgs,
+    output: Output,
+) -> anyhow::Result<()> {
     let mut audit = AuditClient::new(connect(client).await?);
     let answer = if sign {
         audit.sign_checkpoint(proto::SignCheckpointRequest {}).await
@@ -128,7 +135,7 @@ async fn checkpoint(sign: bool, out: Option<&Path>, client: &ClientArgs) -> anyh
     if let Some(path) = out {
         write_file(path, checkpoint.note.as_bytes())?;
     }
-    if client.json {
+    if output.json {
         println!("{}", checkpoint_json(&checkpoint));
     } else if let Some(path) = out {
         println!(
@@ -167,6 +174,7 @@ async fn inclusion_proof(
     event: EventArgs,
     tree_size: Option<u64>,
     client: &ClientArgs,
+    output: Output,
 ) -> anyhow::Result<()> {
     use proto::get_inclusion_proof_request::Event;
     let event = match (event.event_id, event.revision) {
@@ -198,7 +206,7 @@ async fn inclusion_proof(
         hex::encode(&proof.leaf_hash),
     );
     append_hashes(&mut text, "audit path", &hashes);
-    print(client, json, text);
+    output.value(json, &text);
     Ok(())
 }
 
@@ -206,6 +214,7 @@ async fn consistency_proof(
     old_size: u64,
     new_size: Option<u64>,
     client: &ClientArgs,
+    output: Output,
 ) -> anyhow::Result<()> {
     let mut audit = AuditClient::new(connect(client).await?);
     let proof = audit
@@ -227,7 +236,7 @@ async fn consistency_proof(
         proof.new_size, proof.old_size
     );
     append_hashes(&mut text, "proof", &hashes);
-    print(client, json, text);
+    output.value(json, &text);
     Ok(())
 }
 
@@ -251,7 +260,12 @@ fn event_object(event: proto::AuditEvent) -> anyhow::Result<EventObject> {
     EventObject::from_served(event).map_err(|problem| anyhow!("the server sent {problem}"))
 }
 
-async fn export(subject_id: String, out: Option<&Path>, client: &ClientArgs) -> anyhow::Result<()> {
+async fn export(
+    subject_id: String,
+    out: Option<&Path>,
+    client: &ClientArgs,
+    output: Output,
+) -> anyhow::Result<()> {
     let mut audit = AuditClient::new(connect(client).await?);
     let answer = audit
         .export_subject(proto::ExportSubjectRequest { subject_id })
@@ -284,12 +298,12 @@ async fn export(subject_id: String, out: Option<&Path>, client: &ClientArgs) -> 
         checkpoint_label(&checkpoint),
         path.display()
     );
-    print(client, json, text);
+    output.value(json, &text);
     Ok(())
 }
 
 /// Every event, oldest first, one JSON object per line, written page by page.
-async fn dump(out: Option<&Path>, client: &ClientArgs) -> anyhow::Result<()> {
+async fn dump(out: Option<&Path>, client: &ClientArgs, output: Output) -> anyhow::Result<()> {
     let mut audit = AuditClient::new(connect(client).await?);
     let mut writer: Box<dyn std::io::Write> = match out {
         Some(path) => Box::new(std::io::BufWriter::new(
@@ -328,10 +342,9 @@ async fn dump(out: Option<&Path>, client: &ClientArgs) -> anyhow::Result<()> {
     drop(writer);
     if let Some(path) = out {
         let last = last.unwrap_or_default();
-        print(
-            client,
+        output.value(
             json!({"events": count, "last_revision": last, "out": path}),
-            format!(
+            &format!(
                 "dumped {count} events (to revision {last}) to {}",
                 path.display()
             ),
@@ -344,6 +357,7 @@ async fn erase(
     subject_id: String,
     actor_args: &ActorArgs,
     client: &ClientArgs,
+    output: Output,
 ) -> anyhow::Result<()> {
     let mut audit = AuditClient::new(connect(client).await?);
     let answer = audit
@@ -354,53 +368,47 @@ async fn erase(
         .await
         .map_err(call_failed)?
         .into_inner();
-    let text = if answer.erased == 0 {
-        format!("ok, nothing to erase: no payload of {subject_id} is left")
-    } else {
-        format!(
-            "ok, erased the payloads of {} events of {subject_id}, revision {}",
-            answer.erased, answer.revision
-        )
-    };
-    print(
-        client,
-        json!({"erased": answer.erased.to_string(), "revision": answer.revision}),
-        text,
-    );
-    Ok(())
+    output.message(&answer, |answer| {
+        if answer.erased == 0 {
+            format!("ok, nothing to erase: no payload of {subject_id} is left")
+        } else {
+            format!(
+                "ok, erased the payloads of {} events of {subject_id}, revision {}",
+                answer.erased, answer.revision
+            )
+        }
+    })
 }
 
 /// Verifies a file with no server (`crate::audit::offline`): prints the report, and fails (exit
-/// status 1) when a check failed; unreadable files and a malformed key are usage errors (2).
-fn verify_offline(command: VerifyOfflineCommand) -> anyhow::Result<()> {
-    let (report, json, summary) = match command {
-        VerifyOfflineCommand::Export { file, key, json } => {
+/// status 3) when a check failed; unreadable files and a malformed key are usage errors (1).
+fn verify_offline(command: VerifyOfflineCommand, output: Output) -> anyhow::Result<()> {
+    let (report, summary) = match command {
+        VerifyOfflineCommand::Export { file, key } => {
             let key = verifier_key(&key)?;
             let text = read_text(&file, "FILE")?;
             let report = offline::verify_export(&text, &key)
-                .map_err(|error| UsageError(format!("{}: {error}", file.display())))?;
-            (report, json, None)
+                .map_err(|error| CliError::Usage(format!("{}: {error}", file.display())))?;
+            (report, None)
         }
         VerifyOfflineCommand::Dump {
             file,
             checkpoint,
             key,
-            json,
         } => {
             let key = verifier_key(&key)?;
             let note = read_text(&checkpoint, "--checkpoint")?;
             let dump = std::fs::File::open(&file).map_err(|error| {
-                UsageError(format!("FILE: cannot read {}: {error}", file.display()))
+                CliError::Usage(format!("FILE: cannot read {}: {error}", file.display()))
             })?;
             let report = offline::verify_dump(std::io::BufReader::new(dump), &note, &key);
-            (report, json, None)
+            (report, None)
         }
         VerifyOfflineCommand::Consistency {
             old,
             new,
             proof,
             key,
-            json,
         } => {
             let key = verifier_key(&key)?;
             let old_note = read_text(&old, "OLD")?;
@@ -417,18 +425,16 @@ fn verify_offline(command: VerifyOfflineCommand) -> anyhow::Result<()> {
                         proof.new_size, proof.old_size
                     )
                 });
-            (report, json, summary)
+            (report, summary)
         }
     };
-    match summary {
-        _ if json => println!("{}", report_json(&report)),
-        Some(summary) => println!("{summary}"),
-        None => println!("{report}"),
-    }
+    let text = summary.unwrap_or_else(|| report.to_string());
+    output.value(report_json(&report), &text);
     if report.ok {
         Ok(())
     } else {
-        Err(anyhow!("offline verification failed"))
+        let message = "offline verification failed".to_owned();
+        Err(CliError::CheckFailed(message).into())
     }
 }
 
@@ -445,14 +451,15 @@ fn report_json(report: &Report) -> serde_json::Value {
 }
 
 /// The text of a file named on the command line (`what` names the argument).
-fn read_text(path: &Path, what: &str) -> Result<String, UsageError> {
-    std::fs::read_to_string(path)
-        .map_err(|error| UsageError(format!("{what}: cannot read {}: {error}", path.display())))
+fn read_text(path: &Path, what: &str) -> Result<String, CliError> {
+    std::fs::read_to_string(path).map_err(|error| {
+        CliError::Usage(format!("{what}: cannot read {}: {error}", path.display()))
+    })
 }
 
 /// A verifier key given on the command line: the key's text, or a file holding it; checked to
 /// be a verifier key before anything is verified with it.
-fn verifier_key(argument: &str) -> Result<String, UsageError> {
+fn verifier_key(argument: &str) -> Result<String, CliError> {
     let path = Path::new(argument);
     let key = if path.is_file() {
         read_text(path, "--key")?.trim().to_owned()
@@ -460,7 +467,7 @@ fn verifier_key(argument: &str) -> Result<String, UsageError> {
         argument.trim().to_owned()
     };
     CheckpointVerifier::from_key_text(&key)
-        .map_err(|error| UsageError(format!("--key: {error}")))?;
+        .map_err(|error| CliError::Usage(format!("--key: {error}")))?;
     Ok(key)
 }
 

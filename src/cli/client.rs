@@ -1,11 +1,15 @@
 //! The client subcommands: one gRPC call each (ListEvents --all follows pages).
 
-use anyhow::{Context, anyhow};
+use anyhow::Context;
 use assent_client::{BearerToken, Client, Connection};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
-use super::output;
-use super::{ActorArgs, AuditCommand, CheckArgs, ClientArgs, HealthArgs, PageArgs, SubjectCommand};
+use super::exit::CliError;
+use super::output::{self, Output};
+use super::{
+    ActorArgs, AuditCommand, CheckArgs, ChoiceValue, ClientArgs, HealthArgs, PageArgs,
+    SubjectCommand,
+};
 use crate::proto;
 use crate::proto::audit_client::AuditClient;
 use crate::proto::consistency::Requirement;
@@ -16,18 +20,19 @@ const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// One server's endpoint, with TLS when its address is https://.
 fn endpoint(client: &ClientArgs, address: &str) -> anyhow::Result<Endpoint> {
     let mut endpoint = Endpoint::from_shared(address.to_owned())
-        .with_context(|| format!("invalid server address {address:?}"))?
+        .map_err(|_| CliError::Usage(format!("--server: invalid address {address:?}")))?
         .connect_timeout(CONNECT_TIMEOUT)
         .initial_stream_window_size(crate::startup::HTTP2_STREAM_WINDOW)
         .initial_connection_window_size(crate::startup::HTTP2_CONNECTION_WINDOW);
     if address.starts_with("https://") {
         let read = |path: &std::path::Path| {
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+            std::fs::read(path).map_err(|error| {
+                CliError::Usage(format!("cannot read {}: {error}", path.display()))
+            })
         };
-        let ca_cert = client
-            .ca_cert
-            .as_deref()
-            .context("--ca-cert: required to verify an https:// server")?;
+        let ca_cert = client.ca_cert.as_deref().ok_or_else(|| {
+            CliError::Usage("--ca-cert: required to verify an https:// server".into())
+        })?;
         let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca_cert)?));
         if let (Some(cert), Some(key)) = (&client.client_cert, &client.client_key) {
             tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
@@ -62,60 +67,54 @@ async fn client_of(client: &ClientArgs) -> anyhow::Result<Client> {
             Err(error) => refused.push(format!("{address}: {error}")),
         }
     }
-    let channel = connected
-        .with_context(|| format!("cannot reach the assent server: {}", refused.join("; ")))?;
+    let channel = connected.ok_or_else(|| {
+        CliError::Unreachable(format!(
+            "cannot reach the assent server: {}",
+            refused.join("; ")
+        ))
+    })?;
     let token = match &client.token {
-        Some(token) => {
-            BearerToken::new(token.trim()).context("--token: not a valid header value")?
-        }
+        Some(token) => BearerToken::new(token.trim())
+            .map_err(|_| CliError::Usage("--token: not a valid header value".into()))?,
         None => BearerToken::none(),
     };
     Ok(Client::new(channel).with_token(token))
 }
 
-/// A failed call as one line: "INVALID_ARGUMENT: subject_id: must not be empty".
+/// A call the server answered with an error status: its exit status follows from the code.
 pub(super) fn call_failed(status: tonic::Status) -> anyhow::Error {
-    let code = format!("{:?}", status.code());
-    let mut name = String::new();
-    for (index, character) in code.chars().enumerate() {
-        if character.is_uppercase() && index > 0 {
-            name.push('_');
-        }
-        name.push(character.to_ascii_uppercase());
-    }
-    anyhow!("{name}: {}", status.message())
+    CliError::Call(Box::new(status)).into()
 }
 
-pub(super) fn print(client: &ClientArgs, json: serde_json::Value, text: String) {
-    if client.json {
-        println!("{json}");
-    } else {
-        println!("{text}");
-    }
-}
-
-/// Follows a listing from `page_token`: `fetch` asks for one page, `show` prints it and answers
-/// the next page's token, empty after the last. With `all` it goes on to the last page;
-/// otherwise it stops after the first and says how to ask for the next.
-pub(super) async fn follow_pages<Page>(
-    client: &ClientArgs,
+/// Follows a listing from `page_token`: `fetch` asks for one page, printed as its message (JSON)
+/// or as `text`; `next` is its next page's token, empty after the last. With `all` it goes on
+/// to the last page; otherwise it stops after the first and says how to ask for the next.
+pub(super) async fn follow_pages<Page: prost::Message>(
+    output: Output,
     page_token: String,
     all: bool,
     mut fetch: impl AsyncFnMut(String) -> Result<tonic::Response<Page>, tonic::Status>,
-    mut show: impl FnMut(Page) -> String,
+    next: impl Fn(&Page) -> String,
+    text: impl Fn(&Page) -> String,
 ) -> anyhow::Result<()> {
     let mut token = page_token;
     loop {
-        token = show(fetch(token).await.map_err(call_failed)?.into_inner());
+        let page = fetch(token).await.map_err(call_failed)?.into_inner();
+        output.message(&page, &text)?;
+        token = next(&page);
         if token.is_empty() || !all {
             break;
         }
     }
     if !token.is_empty() {
-        let more = serde_json::json!({"nextPageToken": token});
-        print(client, more, format!("more: --page-token {token}"));
+        output.hint(&format!("more: --page-token {token}"));
     }
     Ok(())
+}
+
+/// Each item's line of text, one after the other.
+pub(super) fn lines<T>(items: &[T], line: impl Fn(&T) -> String) -> String {
+    items.iter().map(line).collect::<Vec<_>>().join("\n")
 }
 
 pub(super) fn actor(args: &ActorArgs) -> Option<proto::Actor> {
@@ -125,7 +124,7 @@ pub(super) fn actor(args: &ActorArgs) -> Option<proto::Actor> {
     })
 }
 
-pub async fn health(args: HealthArgs) -> anyhow::Result<()> {
+pub async fn health(args: HealthArgs, output: Output) -> anyhow::Result<()> {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
@@ -142,22 +141,23 @@ pub async fn health(args: HealthArgs) -> anyhow::Result<()> {
             .map_err(call_failed)
             .map(|response| response.into_inner().status())
     };
-    let status = tokio::time::timeout(timeout, ask)
-        .await
-        .map_err(|_| anyhow!("no answer from {} within {timeout:?}", args.client.server))??;
+    let status = tokio::time::timeout(timeout, ask).await.map_err(|_| {
+        CliError::Unreachable(format!(
+            "no answer from {} within {timeout:?}",
+            args.client.server
+        ))
+    })??;
     let name = status.as_str_name();
-    print(
-        &args.client,
-        serde_json::json!({ "status": name }),
-        name.to_owned(),
-    );
+    // grpc.health.v1.HealthCheckResponse in the proto3 JSON mapping.
+    output.value(serde_json::json!({ "status": name }), name);
     if status != ServingStatus::Serving {
-        return Err(anyhow!("{} is {name}", args.client.server));
+        let message = format!("{} is {name}", args.client.server);
+        return Err(CliError::Unreachable(message).into());
     }
     Ok(())
 }
 
-pub async fn check(args: CheckArgs) -> anyhow::Result<()> {
+pub async fn check(args: CheckArgs, output: Output) -> anyhow::Result<()> {
     let client = client_of(&args.client).await?;
     let requirement = match (&args.at_least_as_fresh, args.fully_consistent) {
         (Some(token), _) => Some(Requirement::AtLeastAsFresh(token.clone())),
@@ -179,15 +179,10 @@ pub async fn check(args: CheckArgs) -> anyhow::Result<()> {
     };
     // A check changes nothing: one that a replica left unanswered is tried again.
     let response = client.check(request).await.map_err(call_failed)?;
-    print(
-        &args.client,
-        output::check_json(&response),
-        output::check_text(&response),
-    );
-    Ok(())
+    output.message(&response, output::check_text)
 }
 
-pub async fn subject(command: SubjectCommand) -> anyhow::Result<()> {
+pub async fn subject(command: SubjectCommand, output: Output) -> anyhow::Result<()> {
     if let SubjectCommand::ConsentHistory {
         subject,
         as_of,
@@ -195,7 +190,7 @@ pub async fn subject(command: SubjectCommand) -> anyhow::Result<()> {
         client,
     } = command
     {
-        return consent_history(subject, as_of, pages, client).await;
+        return consent_history(subject, as_of, pages, client, output).await;
     }
     if let SubjectCommand::Get { subject, client } = &command {
         let mut subjects = SubjectsClient::new(connect(client).await?);
@@ -207,12 +202,7 @@ pub async fn subject(command: SubjectCommand) -> anyhow::Result<()> {
             .await
             .map_err(call_failed)?
             .into_inner();
-        print(
-            client,
-            output::subject_json(&response),
-            output::subject_text(&response),
-        );
-        return Ok(());
+        return output.message(&response, output::subject_text);
     }
     let (client, call) = write_call(command);
     let mut subjects = SubjectsClient::new(connect(&client).await?);
@@ -226,20 +216,16 @@ pub async fn subject(command: SubjectCommand) -> anyhow::Result<()> {
     }
     .map_err(call_failed)?
     .into_inner();
-    print(
-        &client,
-        output::write_json(&response),
-        output::write_text(&response),
-    );
-    Ok(())
+    output.message(&response, output::write_text)
 }
 
-/// Prints a subject's consent records, one per line, following pages with `--all`.
+/// Prints a subject's consent records, a page at a time, following pages with `--all`.
 async fn consent_history(
     subject: String,
     as_of: Option<std::time::SystemTime>,
     pages: PageArgs,
     client: ClientArgs,
+    output: Output,
 ) -> anyhow::Result<()> {
     let mut subjects = SubjectsClient::new(connect(&client).await?);
     let fetch = async |page_token| {
@@ -251,20 +237,15 @@ async fn consent_history(
         };
         subjects.consent_history(request).await
     };
-    let show = |page: proto::ConsentHistoryResponse| {
-        if page.records.is_empty() && !client.json {
-            println!("(no consent records)");
+    let text = |page: &proto::ConsentHistoryResponse| {
+        if page.records.is_empty() {
+            "(no consent records)".to_owned()
+        } else {
+            lines(&page.records, output::consent_text)
         }
-        for record in &page.records {
-            print(
-                &client,
-                output::consent_json(record),
-                output::consent_text(record),
-            );
-        }
-        page.next_page_token
     };
-    follow_pages(&client, pages.page_token, pages.all, fetch, show).await
+    let next = |page: &proto::ConsentHistoryResponse| page.next_page_token.clone();
+    follow_pages(output, pages.page_token, pages.all, fetch, next, text).await
 }
 
 enum WriteCall {
@@ -310,10 +291,10 @@ fn write_call(command: SubjectCommand) -> (ClientArgs, WriteCall) {
             actor: actor_args,
             client,
         } => {
-            let choice = match choice.as_str() {
-                "granted" => proto::Choice::Granted,
-                "refused" => proto::Choice::Refused,
-                _ => proto::Choice::Cleared,
+            let choice = match choice {
+                ChoiceValue::Granted => proto::Choice::Granted,
+                ChoiceValue::Refused => proto::Choice::Refused,
+                ChoiceValue::Cleared => proto::Choice::Cleared,
             };
             let request = proto::SetChoiceRequest {
                 subject_id: subject,
@@ -386,10 +367,11 @@ fn write_call(command: SubjectCommand) -> (ClientArgs, WriteCall) {
     }
 }
 
-pub async fn audit(command: AuditCommand) -> anyhow::Result<()> {
+pub async fn audit(command: AuditCommand, output: Output) -> anyhow::Result<()> {
     match command {
         AuditCommand::List {
             subject,
+            newest_first,
             pages,
             client,
         } => {
@@ -399,21 +381,13 @@ pub async fn audit(command: AuditCommand) -> anyhow::Result<()> {
                     subject_id: subject.clone(),
                     page_size: pages.page_size,
                     page_token,
-                    newest_first: false,
+                    newest_first,
                 };
                 audit.list_events(request).await
             };
-            let show = |page: proto::ListEventsResponse| {
-                for event in &page.events {
-                    print(
-                        &client,
-                        output::event_json(event),
-                        output::event_text(event),
-                    );
-                }
-                page.next_page_token
-            };
-            follow_pages(&client, pages.page_token, pages.all, fetch, show).await
+            let text = |page: &proto::ListEventsResponse| lines(&page.events, output::event_text);
+            let next = |page: &proto::ListEventsResponse| page.next_page_token.clone();
+            follow_pages(output, pages.page_token, pages.all, fetch, next, text).await
         }
         AuditCommand::Decisions {
             subject,
@@ -435,17 +409,10 @@ pub async fn audit(command: AuditCommand) -> anyhow::Result<()> {
                 };
                 audit.list_decisions(request).await
             };
-            let show = |page: proto::ListDecisionsResponse| {
-                for recorded in &page.decisions {
-                    print(
-                        &client,
-                        output::recorded_json(recorded),
-                        output::recorded_text(recorded),
-                    );
-                }
-                page.next_page_token
-            };
-            follow_pages(&client, pages.page_token, pages.all, fetch, show).await
+            let text =
+                |page: &proto::ListDecisionsResponse| lines(&page.decisions, output::recorded_text);
+            let next = |page: &proto::ListDecisionsResponse| page.next_page_token.clone();
+            follow_pages(output, pages.page_token, pages.all, fetch, next, text).await
         }
         AuditCommand::Verify { client } => {
             let mut audit = AuditClient::new(connect(&client).await?);
@@ -454,15 +421,12 @@ pub async fn audit(command: AuditCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(call_failed)?
                 .into_inner();
-            print(
-                &client,
-                output::verify_json(&response),
-                output::verify_text(&response),
-            );
+            output.message(&response, output::verify_text)?;
             if response.ok {
                 Ok(())
             } else {
-                Err(anyhow!("audit chain verification failed"))
+                let message = "audit chain verification failed".to_owned();
+                Err(CliError::CheckFailed(message).into())
             }
         }
         AuditCommand::VerifyState { client } => {
@@ -472,15 +436,12 @@ pub async fn audit(command: AuditCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(call_failed)?
                 .into_inner();
-            print(
-                &client,
-                output::verify_state_json(&response),
-                output::verify_state_text(&response),
-            );
+            output.message(&response, output::verify_state_text)?;
             if response.ok {
                 Ok(())
             } else {
-                Err(anyhow!("the state tables differ from the audit events"))
+                let message = "the state tables differ from the audit events".to_owned();
+                Err(CliError::CheckFailed(message).into())
             }
         }
         _ => unreachable!("the other audit subcommands are in cli::audit"),

@@ -3,6 +3,7 @@
 
 mod audit;
 mod client;
+mod exit;
 mod output;
 mod policy;
 mod retention;
@@ -12,8 +13,12 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::builder::PossibleValue;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::json;
 
+pub use self::exit::{CliError, EXIT_STATUS_HELP, ExitStatus, Failure};
+use self::output::Output;
 use crate::config::{Overrides, Setting, Settings};
 use crate::policy::rights::{RequestState, RightKind};
 use crate::policy::{ConsentMethod, DataCategory, FlagKind, Plan, Purpose, Rating, Source};
@@ -24,9 +29,18 @@ use crate::store::{Schema, Store};
 #[command(
     name = "assent",
     version,
-    about = "The consent authority: may this user's data be processed for this purpose?"
+    about = "The consent authority: may this user's data be processed for this purpose?",
+    after_help = EXIT_STATUS_HELP
 )]
 pub struct Cli {
+    /// Print JSON for scripts instead of text.
+    ///
+    /// An answer of the API is printed as its message in the proto3 JSON mapping, as grpcurl
+    /// prints it (lowerCamelCase names, enum values by name, 64-bit integers as strings, RFC 3339
+    /// times); a listing one page per line, with its nextPageToken; a failure as one object on
+    /// standard error (see the exit statuses below).
+    #[arg(long, global = true)]
+    pub json: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -59,9 +73,15 @@ pub enum Command {
     /// Ask the retention schedule: how long data may be kept, and what is due for deletion.
     #[command(subcommand)]
     Retention(RetentionCommand),
-    /// Ask a running server's gRPC health service whether it serves; exits 0 if it does, 1 if
-    /// not (the container's and Kubernetes' probe).
+    /// Ask a running server's gRPC health service whether it serves; exits 0 if it does, 2 if
+    /// not or if it does not answer (the container's and Kubernetes' probe).
     Health(HealthArgs),
+    /// Print a completion script for a shell, such as
+    /// `assent completions bash > /etc/bash_completion.d/assent`.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -78,7 +98,7 @@ pub struct HealthArgs {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    #[arg(long, help = Setting::flag_help("listen", "The gRPC listen address"))]
+    #[arg(long, env = variable("listen"), help = setting_help("listen", "The gRPC listen address"))]
     pub listen: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
@@ -96,40 +116,73 @@ pub struct MigrateArgs {
     pub store: StoreArgs,
 }
 
-/// Which store, for the commands that open it themselves.
+/// Which store, for the commands that open it themselves. Each flag, when not given, is read
+/// from its setting's environment variable, as `serve` reads it; the URL's value (a password)
+/// is never shown in `--help`: keep it in the environment rather than on the command line.
 #[derive(Debug, Args)]
 pub struct StoreArgs {
-    #[arg(long, help = Setting::flag_help("data_dir", "Where the embedded store keeps its data"))]
+    #[arg(long, env = variable("data_dir"), help = setting_help(
+        "data_dir",
+        "Where the embedded store keeps its data",
+    ))]
     pub data_dir: Option<PathBuf>,
-    #[arg(long, help = Setting::flag_help(
+    #[arg(long, env = variable("database_url"), hide_env_values = true, help = setting_help(
         "database_url",
         "postgres://USER:PASSWORD@HOST/DB for PostgreSQL, or sqlite://PATH",
     ))]
     pub database_url: Option<String>,
-    /// A TOML file of settings [env: ASSENT_CONFIG]
-    #[arg(long)]
+    /// A TOML file of settings, below the environment and the flags.
+    #[arg(long, env = "ASSENT_CONFIG")]
     pub config: Option<PathBuf>,
 }
 
 impl StoreArgs {
-    /// The settings from the environment, the configuration file and these flags.
+    /// The settings from the environment, the configuration file and these flags (a variable
+    /// set to nothing counts as unset, as `config` reads it).
     fn settings(&self, listen: Option<String>) -> anyhow::Result<Settings> {
         let env: HashMap<String, String> = std::env::vars().collect();
+        let given = |value: Option<String>| value.filter(|value| !value.is_empty());
         let flags = Overrides {
-            listen,
-            data_dir: self.data_dir.clone(),
-            database_url: self.database_url.clone(),
+            listen: given(listen),
+            data_dir: self
+                .data_dir
+                .clone()
+                .filter(|path| !path.as_os_str().is_empty()),
+            database_url: given(self.database_url.clone()),
             ..Overrides::default()
         };
-        Ok(Settings::resolve(self.config.as_deref(), &env, flags)?)
+        let config = self
+            .config
+            .as_deref()
+            .filter(|path| !path.as_os_str().is_empty());
+        Settings::resolve(config, &env, flags)
+            .map_err(|error| CliError::Usage(format!("{:#}", anyhow::Error::new(error))).into())
+    }
+}
+
+/// The environment variable of a declared setting (`config::SETTINGS`), which its flag reads
+/// when it is not given.
+fn variable(key: &str) -> &'static str {
+    let setting = Setting::named(key).unwrap_or_else(|| panic!("no setting {key}"));
+    setting.environment[0]
+}
+
+/// A settings flag's help: `what`, and the default the declared setting has.
+fn setting_help(key: &str, what: &str) -> String {
+    let setting = Setting::named(key).unwrap_or_else(|| panic!("no setting {key}"));
+    match setting.default {
+        Some(default) => format!("{what} (default {default}, or the configuration file's {key})"),
+        None => format!("{what} (or the configuration file's {key})"),
     }
 }
 
 /// Which page of a listing to ask for, and whether to follow the rest.
 #[derive(Debug, Clone, Args)]
 pub struct PageArgs {
+    /// Items per page (0 for the server's 100; at most 1,000).
     #[arg(long, default_value_t = 100)]
     pub page_size: u32,
+    /// Start at this page: the nextPageToken of the page before [default: the first page]
     #[arg(long, default_value = "")]
     pub page_token: String,
     /// Follow page tokens to the end.
@@ -150,18 +203,16 @@ pub struct ClientArgs {
     /// PEM file of the CA that signed the server's certificate (for an https:// server).
     #[arg(long, env = "ASSENT_CA_CERT")]
     pub ca_cert: Option<std::path::PathBuf>,
-    /// PEM files of a client certificate and its key, for a server that requires mutual TLS.
+    /// PEM file of a client certificate, for a server that requires mutual TLS.
     #[arg(long, env = "ASSENT_CLIENT_CERT", requires = "client_key")]
     pub client_cert: Option<std::path::PathBuf>,
+    /// PEM file of the client certificate's private key.
     #[arg(long, env = "ASSENT_CLIENT_KEY", requires = "client_cert")]
     pub client_key: Option<std::path::PathBuf>,
     /// The name the server's certificate is checked against, when it is not the host of
     /// --server (a probe calling 127.0.0.1 inside the server's pod).
     #[arg(long, env = "ASSENT_TLS_DOMAIN")]
     pub tls_domain: Option<String>,
-    /// Print JSON (proto3 JSON names) instead of text.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// Who makes a write, and why; recorded in the audit event.
@@ -177,17 +228,18 @@ pub struct ActorArgs {
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
+    /// The subject (user or organisation) the data is about.
     #[arg(long)]
     pub subject: String,
-    /// model-training, memory, sensitive-memory, ip-geolocation, marketing-email,
-    /// analytics-cookies, marketing-cookies, abuse-monitoring-retention, product-improvement,
-    /// service-delivery
-    #[arg(long, value_parser = parse_purpose)]
+    /// What the data would be processed for.
+    #[arg(long)]
     pub purpose: Purpose,
+    /// The conversation the data comes from, for the decisions that depend on it (feedback,
+    /// flags).
     #[arg(long)]
     pub conversation: Option<String>,
-    /// conversation or connector
-    #[arg(long, value_parser = parse_source)]
+    /// Where the data comes from [default: unspecified]
+    #[arg(long)]
     pub source: Option<Source>,
     /// Demand an answer at least as fresh as this revision (returned by a write).
     #[arg(long, conflicts_with = "fully_consistent")]
@@ -208,6 +260,7 @@ pub enum PolicyCommand {
     /// Validate a policy file and store it as a new version, in force from its effective date
     /// on every replica.
     Apply {
+        /// The policy file (TOML).
         file: PathBuf,
         #[command(flatten)]
         actor: ActorArgs,
@@ -221,6 +274,7 @@ pub enum PolicyCommand {
     },
     /// Print one version's policy file.
     Get {
+        /// The version's name, such as 2026-01-01.
         version: String,
         #[command(flatten)]
         client: ClientArgs,
@@ -228,7 +282,9 @@ pub enum PolicyCommand {
     /// A dry run over the stored subjects: how many answers per purpose would change from OLD
     /// to NEW. OLD is a policy file, or `in-force` for the version in force now.
     Diff {
+        /// The policy file to compare from, or `in-force`.
         old: String,
+        /// The policy file to compare to.
         new: PathBuf,
         /// Examples to show per purpose (0-100).
         #[arg(long, default_value_t = 5)]
@@ -237,27 +293,29 @@ pub enum PolicyCommand {
         client: ClientArgs,
     },
     /// Run scenario vectors (the format of tests/fixtures/scenarios.json) against a policy
-    /// file, without a server. Exits 1 if a check fails.
+    /// file, without a server; with --json, one line per check. Exits 3 if a check fails.
     Test {
+        /// The policy file (TOML).
         file: PathBuf,
+        /// The scenario file (JSON).
         scenarios: PathBuf,
-        /// Print JSON lines instead of text.
-        #[arg(long)]
-        json: bool,
     },
-    /// Validate a policy file without a server.
-    Validate { file: PathBuf },
+    /// Validate a policy file without a server; exits 3 if it is not valid.
+    Validate {
+        /// The policy file (TOML).
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum RightsCommand {
     /// File a request; prints it with its deadline.
     File {
+        /// The subject the request is about.
         #[arg(long)]
         subject: String,
-        /// access, portability, rectification, deletion, objection, consent-withdrawal,
-        /// restriction, post-mortem, appeal
-        #[arg(long, value_parser = parse_right_kind)]
+        /// The right exercised.
+        #[arg(long)]
         kind: RightKind,
         /// ISO 3166 such as FR or US-CA [default: the subject's]
         #[arg(long, default_value = "")]
@@ -265,10 +323,11 @@ pub enum RightsCommand {
         /// When the request was received (RFC 3339) [default: now]
         #[arg(long, value_parser = parse_instant)]
         received_at: Option<std::time::SystemTime>,
+        /// The requester's identity is verified already.
         #[arg(long)]
         identity_verified: bool,
         /// A purpose the objection or consent withdrawal is about (repeatable).
-        #[arg(long = "purpose", value_parser = parse_purpose)]
+        #[arg(long = "purpose")]
         purposes: Vec<Purpose>,
         #[command(flatten)]
         actor: ActorArgs,
@@ -277,12 +336,14 @@ pub enum RightsCommand {
     },
     /// Print one request.
     Get {
+        /// The request's id.
         request_id: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// A subject's requests, oldest received first.
     List {
+        /// The subject whose requests to list.
         #[arg(long)]
         subject: String,
         #[command(flatten)]
@@ -298,9 +359,10 @@ pub enum RightsCommand {
     },
     /// Move a request to another state.
     Advance {
+        /// The request's id.
         request_id: String,
-        /// verifying, in-progress, completed, refused, appealed
-        #[arg(long, value_parser = parse_request_state)]
+        /// The state to move it to.
+        #[arg(long)]
         state: RequestState,
         /// The requester's identity was verified.
         #[arg(long)]
@@ -315,6 +377,7 @@ pub enum RightsCommand {
     },
     /// Extend a request's deadline once (GDPR: by two months; US: by 45 days).
     Extend {
+        /// The request's id.
         request_id: String,
         /// The reason for the delay, told to the requester.
         #[arg(long)]
@@ -337,7 +400,7 @@ pub enum ChangesCommand {
         #[arg(long, conflicts_with = "since")]
         from_latest: bool,
         /// Only changes that flipped a decision of these purposes (repeatable).
-        #[arg(long = "purpose", value_parser = parse_purpose)]
+        #[arg(long = "purpose")]
         purposes: Vec<Purpose>,
         /// Print heartbeats too.
         #[arg(long)]
@@ -355,10 +418,8 @@ pub enum RetentionCommand {
     /// How long one category of data may be kept for a subject, or for one record (its own
     /// event given), under the policy version in force.
     Query {
-        /// chat-conversation, api-io, agents-api-io, fine-tuning-data, non-essential-cookies,
-        /// marketing-contact, lead-contact, civil-identity, account-data, technical-data,
-        /// invoices, contracts, dispute-resolution, privacy-requests, support-tickets
-        #[arg(long, value_parser = parse_category)]
+        /// The category of data, as the retention schedule names it.
+        #[arg(long)]
         category: DataCategory,
         /// The subject, for a category that depends on its state (deletion, consent, zero data
         /// retention).
@@ -381,7 +442,8 @@ pub enum RetentionCommand {
     /// What must be deleted: the subjects whose data of a category is due, and the cut-off for
     /// records that run from an event of their own.
     Due {
-        #[arg(long, value_parser = parse_category)]
+        /// The category of data, as the retention schedule names it.
+        #[arg(long)]
         category: DataCategory,
         /// Due at this instant (RFC 3339, now or later) [default: now]
         #[arg(long, value_parser = parse_instant)]
@@ -389,9 +451,10 @@ pub enum RetentionCommand {
         /// Subjects per page (1-1000).
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
         page_size: u32,
+        /// Start at this page: the nextPageToken of the page before [default: the first page]
         #[arg(long, default_value = "")]
         page_token: String,
-        /// Follow page tokens to the end.
+        /// Follow page tokens to the end (one answer with every page's subjects).
         #[arg(long)]
         all: bool,
         #[command(flatten)]
@@ -403,15 +466,17 @@ pub enum RetentionCommand {
 pub enum SubjectCommand {
     /// Show a subject, its choices and its effective decisions.
     Get {
+        /// The subject's id.
         subject: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Create a subject or change the fields given.
     Upsert {
+        /// The subject's id.
         subject: String,
-        /// free, pro, student, team, enterprise, api-free, api-paid
-        #[arg(long, value_parser = parse_plan)]
+        /// The subject's plan.
+        #[arg(long)]
         plan: Option<Plan>,
         /// ISO 3166 code such as FR or US-CA.
         #[arg(long)]
@@ -429,15 +494,16 @@ pub enum SubjectCommand {
     },
     /// Record the user's choice for one purpose.
     Choice {
+        /// The subject's id.
         subject: String,
-        #[arg(long, value_parser = parse_purpose)]
+        /// The purpose the choice is about.
+        #[arg(long)]
         purpose: Purpose,
-        /// granted, refused or cleared
-        #[arg(long, value_parser = ["granted", "refused", "cleared"])]
-        choice: String,
-        /// How the user gave it: settings-page, cookie-banner, gpc-signal, rights-request,
-        /// api-import [default: unspecified]
-        #[arg(long, value_parser = parse_consent_method)]
+        /// The choice; cleared lets the default apply again.
+        #[arg(long)]
+        choice: ChoiceValue,
+        /// How the user gave it [default: unspecified]
+        #[arg(long)]
         method: Option<ConsentMethod>,
         /// The notice or policy version shown to the user [default: the policy version in
         /// force]
@@ -455,6 +521,7 @@ pub enum SubjectCommand {
     /// Every consent record of a subject, oldest first: choices given, cleared, expired or
     /// erased, with how and under what they were given.
     ConsentHistory {
+        /// The subject's id.
         subject: String,
         /// Only the records committed by this instant (RFC 3339): the last one per purpose is
         /// the consent then.
@@ -467,11 +534,13 @@ pub enum SubjectCommand {
     },
     /// Record a thumbs up or down on a conversation.
     Feedback {
+        /// The subject's id.
         subject: String,
+        /// The conversation rated.
         #[arg(long)]
         conversation: String,
-        /// up or down
-        #[arg(long, value_parser = parse_rating)]
+        /// Thumbs up or down.
+        #[arg(long)]
         rating: Rating,
         #[command(flatten)]
         actor: ActorArgs,
@@ -480,11 +549,13 @@ pub enum SubjectCommand {
     },
     /// Flag a conversation (automated moderation or user report).
     Flag {
+        /// The subject's id.
         subject: String,
+        /// The conversation flagged.
         #[arg(long)]
         conversation: String,
-        /// automated-moderation or user-report
-        #[arg(long, value_parser = parse_flag_kind)]
+        /// Who flagged it.
+        #[arg(long)]
         kind: FlagKind,
         #[command(flatten)]
         actor: ActorArgs,
@@ -493,7 +564,9 @@ pub enum SubjectCommand {
     },
     /// Restrict all processing of a subject (or lift the restriction with --lift).
     Restrict {
+        /// The subject's id.
         subject: String,
+        /// Lift the restriction instead.
         #[arg(long)]
         lift: bool,
         #[command(flatten)]
@@ -503,6 +576,7 @@ pub enum SubjectCommand {
     },
     /// Mark a subject's account deleted (kept as a tombstone).
     Delete {
+        /// The subject's id.
         subject: String,
         #[command(flatten)]
         actor: ActorArgs,
@@ -513,11 +587,14 @@ pub enum SubjectCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// List audit events, oldest first.
+    /// List audit events, oldest first (or newest first).
     List {
         /// Only the events of this subject.
         #[arg(long)]
         subject: Option<String>,
+        /// List from the newest event back; each next page holds older events.
+        #[arg(long)]
+        newest_first: bool,
         #[command(flatten)]
         pages: PageArgs,
         #[command(flatten)]
@@ -559,9 +636,6 @@ pub enum AuditCommand {
         /// The signer key file to create (the server's audit_signing_key_file).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
     },
     /// Print the latest signed checkpoint: the signed note as published, or its fields with
     /// --json.
@@ -588,9 +662,10 @@ pub enum AuditCommand {
     /// The consistency proof that the tree of --old-size is a prefix of the tree of --new-size;
     /// with --json, in the proof file format verify-offline reads.
     Consistency {
+        /// The size of the older tree.
         #[arg(long)]
         old_size: u64,
-        /// [default: the latest signed checkpoint's size]
+        /// The size of the newer tree [default: the latest signed checkpoint's size]
         #[arg(long)]
         new_size: Option<u64>,
         #[command(flatten)]
@@ -599,6 +674,7 @@ pub enum AuditCommand {
     /// A subject's events, each with its inclusion proof against a checkpoint signed now, in the
     /// subject export format (docs/audit.md) that verify-offline reads.
     Export {
+        /// The subject's id.
         subject: String,
         /// Write the export to this file instead of stdout.
         #[arg(long)]
@@ -618,6 +694,7 @@ pub enum AuditCommand {
     /// Erase the payloads (details) of a deleted subject's events from the store (needs admin);
     /// the events and their leaves stay, and the erasure is itself an event.
     Erase {
+        /// The deleted subject's id.
         subject: String,
         #[command(flatten)]
         actor: ActorArgs,
@@ -625,7 +702,7 @@ pub enum AuditCommand {
         client: ClientArgs,
     },
     /// Verify an export, a full dump or a consistency proof without any server: exits 0 when
-    /// verified, 1 when a check fails (each failure printed), 2 when the input is unusable.
+    /// verified, 3 when a check fails (each failure printed), 1 when the input is unusable.
     #[command(subcommand)]
     VerifyOffline(VerifyOfflineCommand),
     /// Compare the state tables with the state the audit events make (changes nothing).
@@ -647,6 +724,7 @@ pub enum AuditCommand {
 #[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
 pub struct EventArgs {
+    /// The event's id.
     #[arg(long)]
     pub event_id: Option<String>,
     /// The event's revision token (r1.<hex>).
@@ -659,17 +737,16 @@ pub enum VerifyOfflineCommand {
     /// A subject export: the checkpoint's signature, then each event's payload, hash, chain
     /// link and inclusion in the checkpoint's tree.
     Export {
+        /// The export file.
         file: PathBuf,
         /// The verifier key (<name>+<hex key id>+<base64 key>), or a file holding it.
         #[arg(long)]
         key: String,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
     },
     /// A full dump (JSON lines, sequence 1 first): the checkpoint's signature, every event's
     /// payload, hash and chain link, and the root of the checkpoint's first events.
     Dump {
+        /// The dump file (JSON lines).
         file: PathBuf,
         /// The signed checkpoint note file the dump is checked against.
         #[arg(long)]
@@ -677,49 +754,77 @@ pub enum VerifyOfflineCommand {
         /// The verifier key, or a file holding it.
         #[arg(long)]
         key: String,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
     },
     /// Two signed checkpoints and the consistency proof (`assent audit consistency --json`)
     /// that the newer one's tree extends the older one's.
     Consistency {
+        /// The older signed checkpoint note file.
         old: PathBuf,
+        /// The newer signed checkpoint note file.
         new: PathBuf,
+        /// The consistency proof file.
         proof: PathBuf,
         /// The verifier key, or a file holding it.
         #[arg(long)]
         key: String,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
     },
 }
 
-/// A command line that cannot be acted on (an unreadable file, a malformed key or input):
-/// `assent` exits with status 2 for it, as for a usage error, rather than 1 for a failed check.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
-
-/// Runs a parsed command line.
+/// Runs a parsed command line. Its error's exit status and report are [`Failure::of`] it.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let output = Output { json: cli.json };
     match cli.command {
         Command::Serve(args) => serve(args).await,
-        Command::Migrate(args) => migrate(args).await,
-        Command::Check(args) => client::check(args).await,
-        Command::Subject(command) => client::subject(command).await,
-        Command::Health(args) => client::health(args).await,
+        Command::Migrate(args) => migrate(args, output).await,
+        Command::Check(args) => client::check(args, output).await,
+        Command::Subject(command) => client::subject(command, output).await,
+        Command::Health(args) => client::health(args, output).await,
         Command::Audit(AuditCommand::Prune {
             older_than_days,
             store,
-        }) => prune(older_than_days, store).await,
-        Command::Audit(command) => audit::audit(command).await,
-        Command::Policy(command) => policy::policy(command).await,
-        Command::Changes(command) => policy::changes(command).await,
-        Command::Rights(command) => rights::rights(command).await,
-        Command::Retention(command) => retention::retention(command).await,
+        }) => prune(older_than_days, store, output).await,
+        Command::Audit(command) => audit::audit(command, output).await,
+        Command::Policy(command) => policy::policy(command, output).await,
+        Command::Changes(command) => policy::changes(command, output).await,
+        Command::Rights(command) => rights::rights(command, output).await,
+        Command::Retention(command) => retention::retention(command, output).await,
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "assent", &mut std::io::stdout());
+            Ok(())
+        }
     }
+}
+
+/// Parses the command line, or ends the process: 0 after printing `--help` or `--version`, 1
+/// for a command line clap refuses (whose own status would be 2), reported as any failure is.
+pub fn parse_or_exit() -> Cli {
+    let error = match Cli::try_parse() {
+        Ok(cli) => return cli,
+        Err(error) => error,
+    };
+    if !error.use_stderr() {
+        // --help, --version: what was asked for, on standard output.
+        let _ = error.print();
+        std::process::exit(0);
+    }
+    let json = std::env::args_os().any(|argument| argument == "--json");
+    if json {
+        // Clap's message up to its first blank line (before the usage and the tips), on one
+        // line.
+        let rendered = error.render().to_string();
+        let message: Vec<&str> = rendered
+            .lines()
+            .take_while(|line| !line.trim().is_empty())
+            .map(str::trim)
+            .collect();
+        let message = message.join(" ");
+        let message = message.strip_prefix("error: ").unwrap_or(&message);
+        Failure::usage(message.to_owned()).report(true);
+    } else {
+        let _ = error.print();
+    }
+    std::process::exit(i32::from(ExitStatus::Usage as u8));
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -743,7 +848,7 @@ fn maintenance_timeouts(settings: &crate::config::Settings) -> crate::store::Sto
     }
 }
 
-async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+async fn migrate(args: MigrateArgs, output: Output) -> anyhow::Result<()> {
     let settings = args.store.settings(None)?;
     let _telemetry = crate::telemetry::init(settings.log_format, None);
     migrate_one(
@@ -751,6 +856,7 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
         &settings.store_location(),
         &settings,
         args.grant_to.as_deref(),
+        output,
     )
     .await?;
     // The decision log's own database, when it has one, gets the same schema (it uses only
@@ -761,6 +867,7 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
             &location,
             &settings,
             args.grant_to.as_deref(),
+            output,
         )
         .await?;
     }
@@ -768,12 +875,15 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
 }
 
 /// Migrates the database at `location` (`what` it is, in messages) and grants `role` the
-/// server's privileges there, or prints them.
+/// server's privileges there, or prints them. With `--json`, one object per database:
+/// `{"database", "schema_version", "granted_role", "grants"}` (`granted_role` null when the
+/// grants are printed for a role `ROLE`, not run).
 async fn migrate_one(
     what: &str,
     location: &crate::store::StoreLocation,
     settings: &Settings,
     grant_to: Option<&str>,
+    output: Output,
 ) -> anyhow::Result<()> {
     let store = Store::open_with(location, maintenance_timeouts(settings), Schema::Migrate)
         .await
@@ -781,25 +891,34 @@ async fn migrate_one(
     let version = store.schema_version().await?;
     let granted = grant(&store, grant_to).await;
     store.close().await;
-    println!("the {what}'s schema is up to date (version {version})");
-    match granted? {
+    let mut text = format!("the {what}'s schema is up to date (version {version})");
+    let (role, statements) = match granted? {
         Grants::Applied { role, statements } => {
-            println!(
-                "granted role {role} the server's privileges ({} statements)",
+            text.push_str(&format!(
+                "\ngranted role {role} the server's privileges ({} statements)",
                 statements.len()
-            );
+            ));
+            (Some(role), statements)
         }
         Grants::Expected(statements) => {
-            println!(
-                "the server's role needs these grants when it does not own the schema (as \
-                 assent migrate --grant-to ROLE runs them; run_migrations = false for it):"
+            text.push_str(
+                "\nthe server's role needs these grants when it does not own the schema (as \
+                 assent migrate --grant-to ROLE runs them; run_migrations = false for it):",
             );
-            for statement in statements {
-                println!("{statement};");
+            for statement in &statements {
+                text.push_str(&format!("\n{statement};"));
             }
+            (None, statements)
         }
-        Grants::None => {}
-    }
+        Grants::None => (None, Vec::new()),
+    };
+    let json = json!({
+        "database": what,
+        "schema_version": version,
+        "granted_role": role,
+        "grants": statements,
+    });
+    output.value(json, &text);
     Ok(())
 }
 
@@ -832,7 +951,13 @@ async fn grant(store: &Store, role: Option<&str>) -> anyhow::Result<Grants> {
     })
 }
 
-async fn prune(older_than_days: Option<u32>, args: StoreArgs) -> anyhow::Result<()> {
+/// Drops the decision log's days older than the retention window. With `--json`:
+/// `{"older_than_days", "partitions_dropped", "rows_deleted"}`.
+async fn prune(
+    older_than_days: Option<u32>,
+    args: StoreArgs,
+    output: Output,
+) -> anyhow::Result<()> {
     let settings = args.settings(None)?;
     let _telemetry = crate::telemetry::init(settings.log_format, None);
     let days = older_than_days.unwrap_or(settings.decision_log_retention_days);
@@ -846,100 +971,99 @@ async fn prune(older_than_days: Option<u32>, args: StoreArgs) -> anyhow::Result<
     let cutoff = crate::store::now_micros() - i64::from(days) * crate::calendar::MICROS_PER_DAY;
     let report = store.prune_decision_log(cutoff).await?;
     store.close().await;
+    let mut text = Vec::new();
     if report.partitions_dropped.is_empty() && report.rows_deleted == 0 {
-        println!("nothing older than {days} days in the decision log");
+        text.push(format!(
+            "nothing older than {days} days in the decision log"
+        ));
     }
     for partition in &report.partitions_dropped {
-        println!("dropped {partition}");
+        text.push(format!("dropped {partition}"));
     }
     if report.rows_deleted > 0 {
-        println!(
+        text.push(format!(
             "deleted {} decisions older than {days} days",
             report.rows_deleted
-        );
+        ));
     }
+    let json = json!({
+        "older_than_days": days,
+        "partitions_dropped": report.partitions_dropped,
+        "rows_deleted": report.rows_deleted,
+    });
+    output.value(json, &text.join("\n"));
     Ok(())
 }
 
-/// Parses an enum value given as `model-training`, `model_training` or `MODEL_TRAINING`.
-fn parse_named<T: Copy>(
-    text: &str,
-    from_name: fn(&str) -> Option<T>,
-    all: &[T],
-    as_str: fn(T) -> &'static str,
-) -> Result<T, String> {
-    from_name(&text.trim().replace('-', "_").to_ascii_uppercase()).ok_or_else(|| {
-        let known: Vec<String> = all
-            .iter()
-            .map(|value| as_str(*value).to_ascii_lowercase().replace('_', "-"))
-            .collect();
-        format!("expected one of {}", known.join(", "))
-    })
+/// The choice `subject choice` records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ChoiceValue {
+    Granted,
+    Refused,
+    Cleared,
 }
 
-fn parse_purpose(text: &str) -> Result<Purpose, String> {
-    parse_named(text, Purpose::from_name, Purpose::ALL, Purpose::as_str)
+/// The policy's enums as flag values: each by its canonical name in lower case with dashes
+/// (`model-training`), also accepted as written on the wire (`MODEL_TRAINING`) or in snake case;
+/// `--help` and the shell completions list them. A macro because each impl is the same, of
+/// clap's trait for a type of a lower layer, which cannot name clap.
+macro_rules! flag_values {
+    ($($type:ty),+ $(,)?) => {$(
+        impl ValueEnum for $type {
+            fn value_variants<'a>() -> &'a [Self] {
+                <$type>::ALL
+            }
+
+            fn to_possible_value(&self) -> Option<PossibleValue> {
+                Some(possible_value(self.as_str()))
+            }
+        }
+    )+};
 }
 
-fn parse_right_kind(text: &str) -> Result<RightKind, String> {
-    parse_named(
-        text,
-        RightKind::from_name,
-        RightKind::ALL,
-        RightKind::as_str,
-    )
+flag_values!(
+    Purpose,
+    Plan,
+    Source,
+    ConsentMethod,
+    FlagKind,
+    DataCategory,
+    RightKind,
+    RequestState,
+);
+
+/// A value named `MODEL_TRAINING` as `model-training`, with its other spellings as aliases.
+fn possible_value(name: &'static str) -> PossibleValue {
+    let snake = name.to_ascii_lowercase();
+    let value = PossibleValue::new(snake.replace('_', "-")).alias(name);
+    if snake.contains('_') {
+        value.alias(snake)
+    } else {
+        value
+    }
 }
 
-fn parse_request_state(text: &str) -> Result<RequestState, String> {
-    parse_named(
-        text,
-        RequestState::from_name,
-        RequestState::ALL,
-        RequestState::as_str,
-    )
-}
+/// A rating is `up` or `down` (also `thumbs-up`, `THUMBS_UP`, ...).
+impl ValueEnum for Rating {
+    fn value_variants<'a>() -> &'a [Self] {
+        Rating::ALL
+    }
 
-fn parse_category(text: &str) -> Result<DataCategory, String> {
-    parse_named(
-        text,
-        DataCategory::from_name,
-        DataCategory::ALL,
-        DataCategory::as_str,
-    )
-}
-
-fn parse_plan(text: &str) -> Result<Plan, String> {
-    parse_named(text, Plan::from_name, Plan::ALL, Plan::as_str)
-}
-
-fn parse_source(text: &str) -> Result<Source, String> {
-    parse_named(text, Source::from_name, Source::ALL, Source::as_str)
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        let short = match self {
+            Rating::ThumbsUp => "up",
+            Rating::ThumbsDown => "down",
+        };
+        let full = self.as_str();
+        let snake = full.to_ascii_lowercase();
+        let aliases = [snake.replace('_', "-"), full.to_owned(), snake];
+        Some(PossibleValue::new(short).aliases(aliases))
+    }
 }
 
 fn parse_instant(text: &str) -> Result<std::time::SystemTime, String> {
     humantime::parse_rfc3339_weak(text)
         .map_err(|error| format!("{error}: expected an RFC 3339 time such as 2026-11-23T15:00:00Z"))
-}
-
-fn parse_consent_method(text: &str) -> Result<ConsentMethod, String> {
-    parse_named(
-        text,
-        ConsentMethod::from_name,
-        ConsentMethod::ALL,
-        ConsentMethod::as_str,
-    )
-}
-
-fn parse_flag_kind(text: &str) -> Result<FlagKind, String> {
-    parse_named(text, FlagKind::from_name, FlagKind::ALL, FlagKind::as_str)
-}
-
-fn parse_rating(text: &str) -> Result<Rating, String> {
-    match text.trim().to_ascii_lowercase().as_str() {
-        "up" => Ok(Rating::ThumbsUp),
-        "down" => Ok(Rating::ThumbsDown),
-        _ => parse_named(text, Rating::from_name, Rating::ALL, Rating::as_str),
-    }
 }
 
 #[cfg(test)]
@@ -1014,31 +1138,53 @@ mod tests {
 
     #[test]
     fn enum_values_parse_in_any_case() {
-        assert_eq!(parse_purpose("model-training"), Ok(Purpose::ModelTraining));
-        assert_eq!(parse_purpose("MODEL_TRAINING"), Ok(Purpose::ModelTraining));
-        assert_eq!(parse_plan("api-free"), Ok(Plan::ApiFree));
-        assert_eq!(parse_rating("up"), Ok(Rating::ThumbsUp));
-        assert_eq!(parse_rating("thumbs-down"), Ok(Rating::ThumbsDown));
-        assert_eq!(
-            parse_consent_method("cookie-banner"),
-            Ok(ConsentMethod::CookieBanner)
-        );
-        assert_eq!(parse_category("api-io"), Ok(DataCategory::ApiIo));
-        assert_eq!(
-            parse_category("ACCOUNT_DATA"),
-            Ok(DataCategory::AccountData)
-        );
+        fn parse<T: ValueEnum>(text: &str) -> Result<T, String> {
+            T::from_str(text, false)
+        }
+        assert_eq!(parse("model-training"), Ok(Purpose::ModelTraining));
+        assert_eq!(parse("MODEL_TRAINING"), Ok(Purpose::ModelTraining));
+        assert_eq!(parse("model_training"), Ok(Purpose::ModelTraining));
+        assert_eq!(parse("memory"), Ok(Purpose::Memory));
+        assert_eq!(parse("api-free"), Ok(Plan::ApiFree));
+        assert_eq!(parse("up"), Ok(Rating::ThumbsUp));
+        assert_eq!(parse("thumbs-down"), Ok(Rating::ThumbsDown));
+        assert_eq!(parse("cookie-banner"), Ok(ConsentMethod::CookieBanner));
+        assert_eq!(parse("api-io"), Ok(DataCategory::ApiIo));
+        assert_eq!(parse("ACCOUNT_DATA"), Ok(DataCategory::AccountData));
+        assert!(parse::<DataCategory>("cookies").is_err());
+        assert_eq!(parse("post-mortem"), Ok(RightKind::PostMortem));
+        assert_eq!(parse("in-progress"), Ok(RequestState::InProgress));
+        assert!(parse::<Purpose>("training").is_err());
+    }
+
+    /// `--help` lists every enum flag's values, and every flag and argument says what it is.
+    #[test]
+    fn every_argument_has_help_and_every_enum_its_values() {
+        fn check(command: &clap::Command, path: &str) {
+            for argument in command.get_arguments() {
+                let id = argument.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                assert!(
+                    argument.get_help().is_some() || argument.get_long_help().is_some(),
+                    "{path} {id}: no help"
+                );
+            }
+            for subcommand in command.get_subcommands() {
+                check(subcommand, &format!("{path} {}", subcommand.get_name()));
+            }
+        }
+        let mut command = <Cli as clap::CommandFactory>::command();
+        command.build();
+        check(&command, "assent");
+        let check_command = command.find_subcommand_mut("check").unwrap();
+        let help = check_command.render_help().to_string();
         assert!(
-            parse_category("cookies")
-                .unwrap_err()
-                .contains("non-essential-cookies")
+            help.contains("[possible values: model-training, memory,"),
+            "{help}"
         );
-        assert_eq!(parse_right_kind("post-mortem"), Ok(RightKind::PostMortem));
-        assert_eq!(
-            parse_request_state("in-progress"),
-            Ok(RequestState::InProgress)
-        );
-        let error = parse_purpose("training").unwrap_err();
-        assert!(error.contains("model-training"), "{error}");
+        let help = command.render_long_help().to_string();
+        assert!(help.contains("Exit status:"), "{help}");
     }
 }

@@ -1,10 +1,95 @@
-//! How client commands print answers: aligned text for people, JSON for scripts. JSON uses the
-//! proto3 JSON mapping (lowerCamelCase names, enum value names, RFC 3339 times), as grpcurl
-//! prints it, with every field present.
+//! How commands print answers: aligned text for people, JSON for scripts (`--json`).
+//!
+//! An answer of the API is printed in JSON as its message, derived from `proto/` by its
+//! descriptors (prost-reflect): the proto3 JSON mapping, as grpcurl prints it — lowerCamelCase
+//! field names, enum values by name, 64-bit integers as strings, times in RFC 3339 — with every
+//! field, those without presence at their default, and a message or `optional` field that is
+//! not set left out. What is not a message of the API (the documents of docs/audit.md, reports
+//! of work done without a server) is printed as its own documented object.
 
-use serde_json::{Value, json};
+use std::sync::LazyLock;
+
+use anyhow::Context as _;
+use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
+use serde_json::Value;
 
 use crate::proto;
+
+/// How a command prints what it has to say.
+#[derive(Clone, Copy, Debug)]
+pub struct Output {
+    /// `--json`: JSON on standard output, for scripts.
+    pub json: bool,
+}
+
+impl Output {
+    /// Prints an answer of the API: the message in JSON, or `text` of it.
+    pub fn message<M: prost::Message>(
+        self,
+        message: &M,
+        text: impl FnOnce(&M) -> String,
+    ) -> anyhow::Result<()> {
+        if self.json {
+            println!("{}", message_json(message)?);
+        } else {
+            print_text(&text(message));
+        }
+        Ok(())
+    }
+
+    /// Prints what is not a message of the API: `json`, or `text`.
+    pub fn value(self, json: Value, text: &str) {
+        if self.json {
+            println!("{json}");
+        } else {
+            print_text(text);
+        }
+    }
+
+    /// A hint for a person at a terminal, such as how to ask for the next page: on standard
+    /// error, so that standard output holds the answer alone, and not with `--json`, whose
+    /// objects carry what it says (`nextPageToken`).
+    pub fn hint(self, text: &str) {
+        if !self.json {
+            eprintln!("{text}");
+        }
+    }
+}
+
+/// Text as lines, each ended by a newline; nothing at all for an empty text.
+fn print_text(text: &str) {
+    let text = text.trim_end_matches('\n');
+    if !text.is_empty() {
+        println!("{text}");
+    }
+}
+
+/// The descriptors of `proto/`, as the client crate encodes them for server reflection.
+static DESCRIPTORS: LazyLock<DescriptorPool> = LazyLock::new(|| {
+    DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET).expect("the descriptors of proto/ decode")
+});
+
+/// A message of `assent.v1` in the proto3 JSON mapping (see the top of this file).
+pub fn message_json<M: prost::Message>(message: &M) -> anyhow::Result<Value> {
+    let name = message_name::<M>();
+    let descriptor = DESCRIPTORS
+        .get_message_by_name(&name)
+        .with_context(|| format!("{name}: no such message in proto/"))?;
+    let dynamic = DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice())
+        .with_context(|| format!("{name}: cannot read the answer"))?;
+    let options = SerializeOptions::new().skip_default_fields(false);
+    dynamic
+        .serialize_with_options(serde_json::value::Serializer, &options)
+        .with_context(|| format!("{name}: cannot print the answer as JSON"))
+}
+
+/// The full name of the message of a generated type: prost names each type after its message,
+/// in the module of its package (`proto::CheckResponse` is `assent.v1.CheckResponse`).
+fn message_name<M>() -> String {
+    let path = std::any::type_name::<M>();
+    let name = path.rsplit("::").next().unwrap_or(path);
+    format!("assent.v1.{name}")
+}
 
 fn enum_name<E: TryFrom<i32>>(value: i32, name: fn(&E) -> &'static str) -> String {
     E::try_from(value)
@@ -28,32 +113,25 @@ fn basis(value: i32) -> String {
     enum_name::<proto::LawfulBasis>(value, |value| value.as_str_name())
 }
 
-pub fn timestamp(stamp: Option<&prost_types::Timestamp>) -> Value {
+/// A time as RFC 3339 text with microseconds, `-` when unset (or before 1970 or after 9999,
+/// which RFC 3339's four-digit years cannot write).
+pub fn time_text(stamp: Option<&prost_types::Timestamp>) -> String {
     let Some(stamp) = stamp else {
-        return Value::Null;
+        return "-".to_owned();
     };
-    // RFC 3339 has four-digit years: a time before 1970 or after 9999 prints as null.
     let Ok(seconds) = u64::try_from(stamp.seconds) else {
-        return Value::Null;
+        return "-".to_owned();
     };
     if seconds > LAST_RFC3339_SECOND {
-        return Value::Null;
+        return "-".to_owned();
     }
     let time = std::time::UNIX_EPOCH
         + std::time::Duration::new(seconds, u32::try_from(stamp.nanos).unwrap_or_default());
-    Value::String(humantime::format_rfc3339_micros(time).to_string())
+    humantime::format_rfc3339_micros(time).to_string()
 }
 
 /// 9999-12-31T23:59:59Z.
 const LAST_RFC3339_SECOND: u64 = 253_402_300_799;
-
-/// A time as RFC 3339 text, `-` when unset.
-pub fn time_text(stamp: Option<&prost_types::Timestamp>) -> String {
-    match timestamp(stamp) {
-        Value::String(text) => text,
-        _ => "-".to_owned(),
-    }
-}
 
 /// The value of a wire enum without its prefix, lower-case: `DECISION_ALLOW` → `allow`.
 fn short(name: &str, prefix: &str) -> String {
@@ -61,23 +139,6 @@ fn short(name: &str, prefix: &str) -> String {
         .unwrap_or(name)
         .to_ascii_lowercase()
         .replace('_', "-")
-}
-
-pub fn check_json(response: &proto::CheckResponse) -> Value {
-    json!({
-        "subjectId": response.subject_id,
-        "purpose": purpose(response.purpose),
-        "conversationId": response.conversation_id,
-        "decision": decision(response.decision),
-        "reason": reason(response.reason),
-        "basis": basis(response.basis),
-        "rule": response.rule,
-        "policyVersion": response.policy_version,
-        "revision": response.revision,
-        "explanation": response.explanation,
-        "decisionId": response.decision_id,
-        "degraded": response.degraded,
-    })
 }
 
 pub fn check_text(response: &proto::CheckResponse) -> String {
@@ -106,38 +167,12 @@ pub fn check_text(response: &proto::CheckResponse) -> String {
     format!("{line}\n       {}", response.explanation)
 }
 
-pub fn write_json(response: &proto::WriteResponse) -> Value {
-    json!({"revision": response.revision, "changed": response.changed})
-}
-
 pub fn write_text(response: &proto::WriteResponse) -> String {
     if response.changed {
         format!("ok, revision {}", response.revision)
     } else {
         format!("ok, nothing to change, revision {}", response.revision)
     }
-}
-
-pub fn subject_json(subject: &proto::Subject) -> Value {
-    json!({
-        "subjectId": subject.subject_id,
-        "plan": enum_name::<proto::Plan>(subject.plan, |value| value.as_str_name()),
-        "jurisdiction": subject.jurisdiction,
-        "status": enum_name::<proto::Status>(subject.status, |value| value.as_str_name()),
-        "gpc": subject.gpc,
-        "zeroDataRetention": subject.zero_data_retention,
-        "choices": subject.choices.iter().map(|choice| json!({
-            "purpose": purpose(choice.purpose),
-            "choice": enum_name::<proto::Choice>(choice.choice, |value| value.as_str_name()),
-            "updatedAt": timestamp(choice.updated_at.as_ref()),
-            "noticeVersion": choice.notice_version,
-            "method": method(choice.method),
-            "caller": choice.caller,
-            "expiresAt": timestamp(choice.expires_at.as_ref()),
-        })).collect::<Vec<_>>(),
-        "effective": subject.effective.iter().map(check_json).collect::<Vec<_>>(),
-        "revision": subject.revision,
-    })
 }
 
 pub fn subject_text(subject: &proto::Subject) -> String {
@@ -222,22 +257,6 @@ fn provenance_text(
     parts.join(", ")
 }
 
-pub fn consent_json(record: &proto::ConsentEvent) -> Value {
-    let actor = record.actor.clone().unwrap_or_default();
-    json!({
-        "purpose": purpose(record.purpose),
-        "choice": enum_name::<proto::Choice>(record.choice, |value| value.as_str_name()),
-        "noticeVersion": record.notice_version,
-        "method": method(record.method),
-        "caller": record.caller,
-        "actor": {"operatorId": actor.operator_id, "reason": actor.reason},
-        "expiresAt": timestamp(record.expires_at.as_ref()),
-        "recordedAt": timestamp(record.recorded_at.as_ref()),
-        "revision": record.revision,
-        "why": enum_name::<proto::ConsentEventReason>(record.why, |value| value.as_str_name()),
-    })
-}
-
 pub fn consent_text(record: &proto::ConsentEvent) -> String {
     let choice = enum_name::<proto::Choice>(record.choice, |value| value.as_str_name());
     let why = enum_name::<proto::ConsentEventReason>(record.why, |value| value.as_str_name());
@@ -264,35 +283,12 @@ pub fn consent_text(record: &proto::ConsentEvent) -> String {
     )
 }
 
-pub fn event_json(event: &proto::AuditEvent) -> Value {
-    let actor = event.actor.clone().unwrap_or_default();
-    json!({
-        "eventId": event.event_id,
-        "revision": event.revision,
-        "at": timestamp(event.at.as_ref()),
-        "subjectId": event.subject_id,
-        "kind": event.kind,
-        "caller": event.caller,
-        "actor": {"operatorId": actor.operator_id, "reason": actor.reason},
-        "detailJson": event.detail_json,
-        "policyVersion": event.policy_version,
-        "traceId": event.trace_id,
-        "prevHash": event.prev_hash,
-        "hash": event.hash,
-        "payloadSha256": event.payload_sha256,
-        "payloadSalt": event.payload_salt,
-        "payloadErased": event.payload_erased,
-        "leafHash": event.leaf_hash,
-    })
-}
-
 pub fn event_text(event: &proto::AuditEvent) -> String {
-    let at = timestamp(event.at.as_ref());
+    let at = time_text(event.at.as_ref());
     let actor = event.actor.clone().unwrap_or_default();
     format!(
         "{revision:<8} {at}  {kind:<21} {subject}  by {caller}/{operator}  {detail}",
         revision = event.revision,
-        at = at.as_str().unwrap_or("-"),
         kind = event.kind,
         subject = event.subject_id,
         caller = event.caller,
@@ -305,31 +301,10 @@ pub fn event_text(event: &proto::AuditEvent) -> String {
     )
 }
 
-pub fn recorded_json(recorded: &proto::RecordedDecision) -> Value {
-    json!({
-        "decisionId": recorded.decision_id,
-        "decidedAt": timestamp(recorded.decided_at.as_ref()),
-        "subjectId": recorded.subject_id,
-        "purpose": purpose(recorded.purpose),
-        "conversationId": recorded.conversation_id,
-        "source": enum_name::<proto::Source>(recorded.source, |value| value.as_str_name()),
-        "consistency": recorded.consistency,
-        "decision": decision(recorded.decision),
-        "reason": reason(recorded.reason),
-        "rule": recorded.rule,
-        "policyVersion": recorded.policy_version,
-        "revision": recorded.revision,
-        "degraded": recorded.degraded,
-        "caller": recorded.caller,
-        "traceId": recorded.trace_id,
-    })
-}
-
 pub fn recorded_text(recorded: &proto::RecordedDecision) -> String {
-    let at = timestamp(recorded.decided_at.as_ref());
+    let at = time_text(recorded.decided_at.as_ref());
     let mut line = format!(
         "{at}  {decision:<5} {purpose:<22} {subject}  rule {rule}  by {caller}  {id}",
-        at = at.as_str().unwrap_or("-"),
         decision = short(&decision(recorded.decision), "DECISION_").to_ascii_uppercase(),
         purpose = short(&purpose(recorded.purpose), "PURPOSE_"),
         subject = recorded.subject_id,
@@ -341,15 +316,6 @@ pub fn recorded_text(recorded: &proto::RecordedDecision) -> String {
         line.push_str("  (degraded)");
     }
     line
-}
-
-pub fn verify_json(response: &proto::VerifyChainResponse) -> Value {
-    json!({
-        "ok": response.ok,
-        "eventsChecked": response.events_checked.to_string(),
-        "firstBadEventId": response.first_bad_event_id,
-        "rootHash": response.root_hash,
-    })
 }
 
 pub fn verify_text(response: &proto::VerifyChainResponse) -> String {
@@ -364,19 +330,6 @@ pub fn verify_text(response: &proto::VerifyChainResponse) -> String {
             response.first_bad_event_id, response.events_checked
         )
     }
-}
-
-pub fn verify_state_json(response: &proto::VerifyStateResponse) -> Value {
-    json!({
-        "ok": response.ok,
-        "subjectsChecked": response.subjects_checked.to_string(),
-        "subjectsUnverifiable": response.subjects_unverifiable.to_string(),
-        "mismatches": response.mismatches.iter().map(|mismatch| json!({
-            "subjectId": mismatch.subject_id,
-            "differences": mismatch.differences,
-        })).collect::<Vec<_>>(),
-        "truncated": response.truncated,
-    })
 }
 
 /// One line for the outcome, then each differing subject and its differences, indented.
@@ -409,34 +362,6 @@ pub fn verify_state_text(response: &proto::VerifyStateResponse) -> String {
     text
 }
 
-fn flip_json(flip: &proto::DecisionFlip) -> Value {
-    json!({
-        "purpose": purpose(flip.purpose),
-        "conversationId": flip.conversation_id,
-        "before": decision(flip.before),
-        "after": decision(flip.after),
-        "beforeRule": flip.before_rule,
-        "afterRule": flip.after_rule,
-        "beforeReason": reason(flip.before_reason),
-        "afterReason": reason(flip.after_reason),
-    })
-}
-
-pub fn change_json(change: &proto::ChangeEvent) -> Value {
-    json!({
-        "revision": change.revision,
-        "subjectId": change.subject_id,
-        "kind": change.kind,
-        "at": timestamp(change.at.as_ref()),
-        "beforeJson": change.before_json,
-        "afterJson": change.after_json,
-        "flipped": change.flipped.iter().map(flip_json).collect::<Vec<_>>(),
-        "policyVersion": change.policy_version,
-        "eventId": change.event_id,
-        "conversationId": change.conversation_id,
-    })
-}
-
 pub fn change_text(change: &proto::ChangeEvent) -> String {
     let mut text = format!(
         "{:<8} {}  {:<21} {}",
@@ -459,55 +384,6 @@ pub fn change_text(change: &proto::ChangeEvent) -> String {
         ));
     }
     text
-}
-
-pub fn diff_json(response: &proto::DiffPolicyResponse) -> Value {
-    let purposes: Vec<Value> = response
-        .purposes
-        .iter()
-        .map(|diff| {
-            let examples: Vec<Value> = diff
-                .examples
-                .iter()
-                .map(|example| {
-                    json!({
-                        "subjectId": example.subject_id,
-                        "oldDecision": decision(example.old_decision),
-                        "newDecision": decision(example.new_decision),
-                        "oldRule": example.old_rule,
-                        "newRule": example.new_rule,
-                    })
-                })
-                .collect();
-            json!({
-                "purpose": purpose(diff.purpose),
-                "changed": diff.changed.to_string(),
-                "allowToDeny": diff.allow_to_deny.to_string(),
-                "denyToAllow": diff.deny_to_allow.to_string(),
-                "examples": examples,
-            })
-        })
-        .collect();
-    json!({
-        "oldVersion": response.old_version,
-        "newVersion": response.new_version,
-        "subjectsScanned": response.subjects_scanned.to_string(),
-        "distinctStates": response.distinct_states.to_string(),
-        "examplesWithheld": response.examples_withheld,
-        "truncated": response.truncated,
-        "purposes": purposes,
-        "retention": response
-            .retention
-            .iter()
-            .map(|row| {
-                json!({
-                    "category": category(row.category),
-                    "oldRow": row.old_row,
-                    "newRow": row.new_row,
-                })
-            })
-            .collect::<Vec<Value>>(),
-    })
 }
 
 pub fn diff_text(response: &proto::DiffPolicyResponse) -> String {
@@ -567,18 +443,6 @@ fn retention_event(value: i32) -> String {
     enum_name::<proto::RetentionEvent>(value, |value| value.as_str_name())
 }
 
-fn period_json(period: Option<&proto::RetentionPeriod>) -> Value {
-    use proto::retention_period::Length;
-    match period.and_then(|period| period.length) {
-        Some(Length::Days(days)) => json!({ "days": days }),
-        Some(Length::Years(years)) => json!({ "years": years }),
-        Some(Length::YearsFromFinancialYearClose(years)) => {
-            json!({ "yearsFromFinancialYearClose": years })
-        }
-        None => json!({}),
-    }
-}
-
 fn period_text(period: Option<&proto::RetentionPeriod>) -> String {
     use proto::retention_period::Length;
     let plural =
@@ -592,35 +456,6 @@ fn period_text(period: Option<&proto::RetentionPeriod>) -> String {
         ),
         None => "?".to_owned(),
     }
-}
-
-pub fn retention_json(response: &proto::RetentionQueryResponse) -> Value {
-    use proto::retention_query_response::Keep;
-    let mut object = json!({
-        "category": category(response.category),
-        "subjectId": response.subject_id,
-        "legalHold": response.legal_hold,
-        "section": response.section,
-        "policyVersion": response.policy_version,
-        "due": response.due,
-        "revision": response.revision,
-        "asOf": timestamp(response.as_of.as_ref()),
-    });
-    let (name, value) = match &response.keep {
-        Some(Keep::KeepUntil(until)) => ("keepUntil", timestamp(Some(until))),
-        Some(Keep::UntilEvent(event)) => ("untilEvent", json!(retention_event(*event))),
-        Some(Keep::AfterEvent(after)) => (
-            "afterEvent",
-            json!({
-                "event": retention_event(after.event),
-                "period": period_json(after.period.as_ref()),
-            }),
-        ),
-        Some(Keep::NotKept(not_kept)) => ("notKept", json!(not_kept)),
-        None => return object,
-    };
-    object[name] = value;
-    object
 }
 
 pub fn retention_text(response: &proto::RetentionQueryResponse) -> String {
@@ -652,33 +487,6 @@ pub fn retention_text(response: &proto::RetentionQueryResponse) -> String {
         time_text(response.as_of.as_ref())
     ));
     text
-}
-
-pub fn due_json(response: &proto::RetentionDueResponse) -> Value {
-    let subjects: Vec<Value> = response
-        .subjects
-        .iter()
-        .map(|subject| {
-            json!({
-                "subjectId": subject.subject_id,
-                "keepUntil": timestamp(subject.keep_until.as_ref()),
-                "legalHold": subject.legal_hold,
-            })
-        })
-        .collect();
-    json!({
-        "category": category(response.category),
-        "before": timestamp(response.before.as_ref()),
-        "policyVersion": response.policy_version,
-        "recordCutoff": response.record_cutoff.as_ref().map(|cutoff| json!({
-            "event": retention_event(cutoff.event),
-            "dueThrough": timestamp(cutoff.due_through.as_ref()),
-        })),
-        "readsSubjects": response.reads_subjects,
-        "subjects": subjects,
-        "nextPageToken": response.next_page_token,
-        "revision": response.revision,
-    })
 }
 
 pub fn due_text(response: &proto::RetentionDueResponse) -> String {
@@ -720,4 +528,70 @@ pub fn due_text(response: &proto::RetentionDueResponse) -> String {
         ));
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every answer a command prints finds its message among the descriptors.
+    #[test]
+    fn every_answer_printed_is_a_message_of_proto() {
+        fn printed<M: prost::Message + Default>() {
+            let name = message_name::<M>();
+            message_json(&M::default()).unwrap_or_else(|error| panic!("{name}: {error:#}"));
+        }
+        printed::<proto::CheckResponse>();
+        printed::<proto::WriteResponse>();
+        printed::<proto::Subject>();
+        printed::<proto::ConsentHistoryResponse>();
+        printed::<proto::ListEventsResponse>();
+        printed::<proto::ListDecisionsResponse>();
+        printed::<proto::VerifyChainResponse>();
+        printed::<proto::VerifyStateResponse>();
+        printed::<proto::ErasePayloadsResponse>();
+        printed::<proto::WatchResponse>();
+        printed::<proto::ApplyPolicyResponse>();
+        printed::<proto::ListPoliciesResponse>();
+        printed::<proto::PolicyVersion>();
+        printed::<proto::DiffPolicyResponse>();
+        printed::<proto::RightsRequest>();
+        printed::<proto::RightsWriteResponse>();
+        printed::<proto::ListRightsResponse>();
+        printed::<proto::RetentionQueryResponse>();
+        printed::<proto::RetentionDueResponse>();
+    }
+
+    #[test]
+    fn messages_are_printed_in_the_proto3_json_mapping() {
+        let response = proto::VerifyChainResponse {
+            ok: true,
+            events_checked: 12,
+            ..Default::default()
+        };
+        assert_eq!(
+            message_json(&response).unwrap(),
+            serde_json::json!({
+                "ok": true,
+                "eventsChecked": "12",
+                "firstBadEventId": "",
+                "rootHash": "",
+            })
+        );
+        let record = proto::ConsentEvent {
+            purpose: proto::Purpose::Memory as i32,
+            recorded_at: Some(prost_types::Timestamp {
+                seconds: 1_767_225_600,
+                nanos: 123_456_000,
+            }),
+            ..Default::default()
+        };
+        let json = message_json(&record).unwrap();
+        assert_eq!(json["purpose"], "PURPOSE_MEMORY");
+        assert_eq!(json["recordedAt"], "2026-01-01T00:00:00.123456Z");
+        assert_eq!(json["choice"], "CHOICE_UNSPECIFIED");
+        // A message field that is not set is left out.
+        assert!(json.get("expiresAt").is_none(), "{json}");
+        assert!(json.get("actor").is_none(), "{json}");
+    }
 }

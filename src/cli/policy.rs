@@ -1,10 +1,11 @@
 //! The `policy` and `changes` subcommands. `policy test` and `policy validate` work on files
 //! alone; the others call a running server.
 
-use anyhow::{Context, anyhow};
 use serde_json::json;
 
-use super::client::{actor, call_failed, connect, print};
+use super::client::{actor, call_failed, connect, lines};
+use super::exit::CliError;
+use super::output::{Output, time_text};
 use super::{ChangesCommand, PolicyCommand};
 use crate::policy::CompiledPolicy;
 use crate::proto;
@@ -12,15 +13,20 @@ use crate::proto::changes_client::ChangesClient;
 use crate::proto::policies_client::PoliciesClient;
 use crate::scenarios::{ScenarioFile, run_on_policy};
 
-fn read(path: &std::path::Path) -> anyhow::Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+fn read(path: &std::path::Path) -> Result<String, CliError> {
+    std::fs::read_to_string(path)
+        .map_err(|error| CliError::Usage(format!("cannot read {}: {error}", path.display())))
 }
 
-fn compile(path: &std::path::Path) -> anyhow::Result<CompiledPolicy> {
-    CompiledPolicy::compile(&read(path)?).with_context(|| format!("{}", path.display()))
+/// A policy file compiled; one that does not compile is a failed check (exit status 3).
+fn compile(path: &std::path::Path) -> Result<CompiledPolicy, CliError> {
+    CompiledPolicy::compile(&read(path)?).map_err(|error| {
+        let error = anyhow::Error::new(error);
+        CliError::CheckFailed(format!("{}: {error:#}", path.display()))
+    })
 }
 
-pub async fn policy(command: PolicyCommand) -> anyhow::Result<()> {
+pub async fn policy(command: PolicyCommand, output: Output) -> anyhow::Result<()> {
     match command {
         PolicyCommand::Apply {
             file,
@@ -37,26 +43,17 @@ pub async fn policy(command: PolicyCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(call_failed)?
                 .into_inner();
-            let effective = super::output::time_text(response.effective_from.as_ref());
-            let text = if response.changed {
-                format!(
-                    "applied policy version {}, in force from {effective} (revision {})",
-                    response.version, response.revision
-                )
-            } else {
-                format!("policy version {} was applied already", response.version)
-            };
-            print(
-                &client,
-                json!({
-                    "version": response.version,
-                    "effectiveFrom": effective,
-                    "revision": response.revision,
-                    "changed": response.changed,
-                }),
-                text,
-            );
-            Ok(())
+            output.message(&response, |response| {
+                let effective = time_text(response.effective_from.as_ref());
+                if response.changed {
+                    format!(
+                        "applied policy version {}, in force from {effective} (revision {})",
+                        response.version, response.revision
+                    )
+                } else {
+                    format!("policy version {} was applied already", response.version)
+                }
+            })
         }
         PolicyCommand::List { client } => {
             let mut policies = PoliciesClient::new(connect(&client).await?);
@@ -65,29 +62,22 @@ pub async fn policy(command: PolicyCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(call_failed)?
                 .into_inner();
-            for version in &response.versions {
-                let in_force = version.version == response.in_force;
-                let effective = super::output::time_text(version.effective_from.as_ref());
-                print(
-                    &client,
-                    json!({
-                        "version": version.version,
-                        "effectiveFrom": effective,
-                        "description": version.description,
-                        "appliedAt": super::output::timestamp(version.applied_at.as_ref()),
-                        "builtin": version.builtin,
-                        "inForce": in_force,
-                    }),
+            output.message(&response, |response| {
+                lines(&response.versions, |version| {
                     format!(
-                        "{:<20} from {effective}{}{}  {}",
+                        "{:<20} from {}{}{}  {}",
                         version.version,
+                        time_text(version.effective_from.as_ref()),
                         if version.builtin { "  built-in" } else { "" },
-                        if in_force { "  IN FORCE" } else { "" },
+                        if version.version == response.in_force {
+                            "  IN FORCE"
+                        } else {
+                            ""
+                        },
                         version.description
-                    ),
-                );
-            }
-            Ok(())
+                    )
+                })
+            })
         }
         PolicyCommand::Get { version, client } => {
             let mut policies = PoliciesClient::new(connect(&client).await?);
@@ -96,8 +86,8 @@ pub async fn policy(command: PolicyCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(call_failed)?
                 .into_inner();
-            print!("{}", response.source);
-            Ok(())
+            // The file's text as it was applied.
+            output.message(&response, |response| response.source.clone())
         }
         PolicyCommand::Diff {
             old,
@@ -120,43 +110,44 @@ pub async fn policy(command: PolicyCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(call_failed)?
                 .into_inner();
-            if client.json {
-                println!("{}", super::output::diff_json(&response));
-            } else {
-                print!("{}", super::output::diff_text(&response));
-            }
-            Ok(())
+            output.message(&response, super::output::diff_text)
         }
-        PolicyCommand::Test {
-            file,
-            scenarios,
-            json,
-        } => test(&file, &scenarios, json),
+        PolicyCommand::Test { file, scenarios } => test(&file, &scenarios, output),
         PolicyCommand::Validate { file } => {
             let policy = compile(&file)?;
-            println!(
-                "{}: policy version {} is valid ({} rules), in force from {}",
-                file.display(),
-                policy.version(),
-                policy.rule_ids().count(),
-                super::output::time_text(Some(&crate::api::convert::timestamp(
-                    policy.effective_from_micros()
-                )))
+            let effective = time_text(Some(&crate::api::convert::timestamp(
+                policy.effective_from_micros(),
+            )));
+            let rules = policy.rule_ids().count();
+            output.value(
+                json!({
+                    "file": file,
+                    "version": policy.version(),
+                    "rules": rules,
+                    "effective_from": effective,
+                }),
+                &format!(
+                    "{}: policy version {} is valid ({rules} rules), in force from {effective}",
+                    file.display(),
+                    policy.version(),
+                ),
             );
             Ok(())
         }
     }
 }
 
-/// Runs every scenario of a file against a policy file; an error when a check fails.
-fn test(file: &std::path::Path, scenarios: &std::path::Path, json: bool) -> anyhow::Result<()> {
+/// Runs every scenario of a file against a policy file; a failed check (exit status 3) when one
+/// of their checks fails. With `--json`, one line per check.
+fn test(file: &std::path::Path, scenarios: &std::path::Path, output: Output) -> anyhow::Result<()> {
+    let json = output.json;
     let policy = compile(file)?;
     let vectors = ScenarioFile::parse(&read(scenarios)?)
-        .map_err(|error| anyhow!("{}: {error}", scenarios.display()))?;
+        .map_err(|error| CliError::Usage(format!("{}: {error}", scenarios.display())))?;
     let (mut passed, mut failed) = (0, 0);
     for scenario in &vectors.scenarios {
         let outcomes = run_on_policy(scenario, &policy)
-            .map_err(|error| anyhow!("scenario {:?}: {error}", scenario.name))?;
+            .map_err(|error| CliError::Usage(format!("scenario {:?}: {error}", scenario.name)))?;
         for outcome in outcomes {
             if outcome.passed() {
                 passed += 1;
@@ -205,12 +196,15 @@ fn test(file: &std::path::Path, scenarios: &std::path::Path, json: bool) -> anyh
         );
     }
     if failed > 0 {
-        return Err(anyhow!("{failed} scenario checks failed"));
+        let message = format!("{failed} scenario checks failed");
+        return Err(CliError::CheckFailed(message).into());
     }
     Ok(())
 }
 
-pub async fn changes(command: ChangesCommand) -> anyhow::Result<()> {
+/// Prints every change (and heartbeat, with `--heartbeats`) as it comes: a line of text, or the
+/// `WatchResponse` message.
+pub async fn changes(command: ChangesCommand, output: Output) -> anyhow::Result<()> {
     let ChangesCommand::Watch {
         since,
         from_latest,
@@ -235,25 +229,19 @@ pub async fn changes(command: ChangesCommand) -> anyhow::Result<()> {
         .into_inner();
     let mut seen = 0_u64;
     while let Some(message) = stream.message().await.map_err(call_failed)? {
-        match message.event {
+        match &message.event {
             Some(proto::watch_response::Event::Change(change)) => {
-                print(
-                    &client,
-                    super::output::change_json(&change),
-                    super::output::change_text(&change),
-                );
+                output.message(&message, |_| super::output::change_text(change))?;
                 seen += 1;
                 if limit.is_some_and(|limit| seen >= limit) {
                     break;
                 }
             }
             Some(proto::watch_response::Event::Heartbeat(heartbeat)) if heartbeats => {
-                let at = super::output::time_text(heartbeat.at.as_ref());
-                print(
-                    &client,
-                    json!({"heartbeat": {"revision": heartbeat.revision, "at": at}}),
-                    format!("heartbeat {} {at}", heartbeat.revision),
-                );
+                output.message(&message, |_| {
+                    let at = time_text(heartbeat.at.as_ref());
+                    format!("heartbeat {} {at}", heartbeat.revision)
+                })?;
             }
             _ => {}
         }

@@ -1,12 +1,13 @@
 //! The `retention` subcommands: the retention schedule of the policy version in force, asked of
 //! a running server.
 
-use super::client::{call_failed, connect, print};
-use super::{RetentionCommand, output};
+use super::RetentionCommand;
+use super::client::{call_failed, connect};
+use super::output::{self, Output};
 use crate::proto;
 use crate::proto::retention_client::RetentionClient;
 
-pub async fn retention(command: RetentionCommand) -> anyhow::Result<()> {
+pub async fn retention(command: RetentionCommand, output: Output) -> anyhow::Result<()> {
     match command {
         RetentionCommand::Query {
             category,
@@ -28,12 +29,7 @@ pub async fn retention(command: RetentionCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(call_failed)?
                 .into_inner();
-            print(
-                &client,
-                output::retention_json(&response),
-                output::retention_text(&response),
-            );
-            Ok(())
+            output.message(&response, output::retention_text)
         }
         RetentionCommand::Due {
             category,
@@ -66,13 +62,9 @@ pub async fn retention(command: RetentionCommand) -> anyhow::Result<()> {
                 answer.subjects.extend(page.subjects);
                 answer.next_page_token = page.next_page_token;
             }
-            if client.json {
-                println!("{}", output::due_json(&answer));
-            } else {
-                print!("{}", output::due_text(&answer));
-                if !answer.next_page_token.is_empty() {
-                    println!("more: --page-token {}", answer.next_page_token);
-                }
+            output.message(&answer, output::due_text)?;
+            if !answer.next_page_token.is_empty() {
+                output.hint(&format!("more: --page-token {}", answer.next_page_token));
             }
             Ok(())
         }

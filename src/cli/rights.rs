@@ -1,14 +1,12 @@
 //! The `rights` subcommands: file, follow and answer rights requests on a running server.
 
-use serde_json::json;
-
-use super::client::{actor, call_failed, connect, follow_pages, print};
-use super::output::{time_text, timestamp};
-use super::{ClientArgs, RightsCommand};
+use super::RightsCommand;
+use super::client::{actor, call_failed, connect, follow_pages, lines};
+use super::output::{Output, time_text};
 use crate::proto;
 use crate::proto::rights_client::RightsClient;
 
-pub async fn rights(command: RightsCommand) -> anyhow::Result<()> {
+pub async fn rights(command: RightsCommand, output: Output) -> anyhow::Result<()> {
     match command {
         RightsCommand::File {
             subject,
@@ -35,7 +33,7 @@ pub async fn rights(command: RightsCommand) -> anyhow::Result<()> {
                     actor: actor(&actor_args),
                 })
                 .await;
-            written(&client, answer)
+            written(output, answer)
         }
         RightsCommand::Get { request_id, client } => {
             let mut rights = RightsClient::new(connect(&client).await?);
@@ -44,8 +42,7 @@ pub async fn rights(command: RightsCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(call_failed)?
                 .into_inner();
-            show(&client, Some(&request));
-            Ok(())
+            output.message(&request, request_text)
         }
         RightsCommand::List { subject, client } => {
             let mut rights = RightsClient::new(connect(&client).await?);
@@ -57,8 +54,7 @@ pub async fn rights(command: RightsCommand) -> anyhow::Result<()> {
                 };
                 rights.list_requests(request).await
             };
-            let show = |page| show_page(&client, page);
-            follow_pages(&client, String::new(), true, fetch, show).await
+            follow_pages(output, String::new(), true, fetch, next_page, page_text).await
         }
         RightsCommand::Overdue { at, client } => {
             let mut rights = RightsClient::new(connect(&client).await?);
@@ -70,8 +66,7 @@ pub async fn rights(command: RightsCommand) -> anyhow::Result<()> {
                 };
                 rights.list_overdue(request).await
             };
-            let show = |page| show_page(&client, page);
-            follow_pages(&client, String::new(), true, fetch, show).await
+            follow_pages(output, String::new(), true, fetch, next_page, page_text).await
         }
         RightsCommand::Advance {
             request_id,
@@ -91,7 +86,7 @@ pub async fn rights(command: RightsCommand) -> anyhow::Result<()> {
                     actor: actor(&actor_args),
                 })
                 .await;
-            written(&client, answer)
+            written(output, answer)
         }
         RightsCommand::Extend {
             request_id,
@@ -107,45 +102,44 @@ pub async fn rights(command: RightsCommand) -> anyhow::Result<()> {
                     actor: actor(&actor_args),
                 })
                 .await;
-            written(&client, answer)
+            written(output, answer)
         }
     }
 }
 
-/// Prints the request a write answers.
+/// Prints the request a write answers (with `--json`, the whole answer).
 fn written(
-    client: &ClientArgs,
+    output: Output,
     answer: Result<tonic::Response<proto::RightsWriteResponse>, tonic::Status>,
 ) -> anyhow::Result<()> {
     let response = answer.map_err(call_failed)?.into_inner();
-    show(client, response.request.as_ref());
-    Ok(())
+    output.message(&response, |response| {
+        response
+            .request
+            .as_ref()
+            .map(request_text)
+            .unwrap_or_default()
+    })
 }
 
-/// Prints a page of requests and answers the next page's token.
-fn show_page(client: &ClientArgs, page: proto::ListRightsResponse) -> String {
-    for request in &page.requests {
-        show(client, Some(request));
-    }
-    page.next_page_token
+fn next_page(page: &proto::ListRightsResponse) -> String {
+    page.next_page_token.clone()
 }
 
-/// Prints a request: one line of text, or one JSON object.
-fn show(client: &ClientArgs, request: Option<&proto::RightsRequest>) {
-    let Some(request) = request else { return };
-    // JSON carries the wire names, as every client command's does; text the short ones.
-    let (kind_name, state_name, regime_name) = (
-        request.kind().as_str_name(),
-        request.state().as_str_name(),
-        request.regime().as_str_name(),
-    );
-    let kind = kind_name.trim_start_matches("RIGHT_KIND_");
-    let state = state_name.trim_start_matches("REQUEST_STATE_");
-    let regime = regime_name.trim_start_matches("REGIME_");
-    let purposes: Vec<&str> = request
-        .purposes()
-        .map(|purpose| purpose.as_str_name())
-        .collect();
+fn page_text(page: &proto::ListRightsResponse) -> String {
+    lines(&page.requests, request_text)
+}
+
+/// A request in one line: its id, kind, state, subject, jurisdiction and deadline, then what
+/// is out of the ordinary.
+fn request_text(request: &proto::RightsRequest) -> String {
+    let kind = request
+        .kind()
+        .as_str_name()
+        .trim_start_matches("RIGHT_KIND_");
+    let state = request.state().as_str_name();
+    let state = state.trim_start_matches("REQUEST_STATE_");
+    let regime = request.regime().as_str_name().trim_start_matches("REGIME_");
     let due = time_text(request.due_at.as_ref());
     let mut text = format!(
         "{}  {kind:<18} {state:<11} subject {}  {} ({regime})  due {due}",
@@ -163,29 +157,5 @@ fn show(client: &ClientArgs, request: Option<&proto::RightsRequest>) {
     if !request.refusal_reason.is_empty() {
         text.push_str(&format!("  refused: {}", request.refusal_reason));
     }
-    print(
-        client,
-        json!({
-            "requestId": request.request_id,
-            "subjectId": request.subject_id,
-            "kind": kind_name,
-            "state": state_name,
-            "jurisdiction": request.jurisdiction,
-            "regime": regime_name,
-            "receivedAt": timestamp(request.received_at.as_ref()),
-            "identityVerified": request.identity_verified,
-            "purposes": purposes,
-            "dueAt": timestamp(request.due_at.as_ref()),
-            "overdue": request.overdue,
-            "extended": request.extended,
-            "extensionReason": request.extension_reason,
-            "appealed": request.appealed,
-            "effectApplied": request.effect_applied,
-            "refusalReason": request.refusal_reason,
-            "answeredAt": timestamp(request.answered_at.as_ref()),
-            "keptUntil": timestamp(request.kept_until.as_ref()),
-            "revision": request.revision,
-        }),
-        text,
-    );
+    text
 }

@@ -141,16 +141,27 @@ async fn errors_are_reported_with_their_status() {
         ],
     )
     .await;
-    assert!(!output.status.success());
+    assert_eq!(output.status.code(), Some(4), "refused");
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains("NOT_FOUND: subject_id"), "{stderr}");
     let output = assent(&app, &["check", "--subject", "u", "--purpose", "training"]).await;
-    assert!(!output.status.success());
+    assert_eq!(output.status.code(), Some(1), "a usage error");
     assert!(
         String::from_utf8(output.stderr)
             .unwrap()
             .contains("model-training")
     );
+}
+
+/// Each line of a listing printed with `--json`: one page, its items under `field`.
+fn items_of_pages(output: &str, field: &str) -> Vec<serde_json::Value> {
+    output
+        .lines()
+        .flat_map(|line| {
+            let page: serde_json::Value = serde_json::from_str(line).unwrap();
+            page[field].as_array().unwrap().clone()
+        })
+        .collect()
 }
 
 /// `--server a,b`: a command reaches a replica that accepts even when another listed one does
@@ -219,7 +230,7 @@ async fn policy_files_are_validated_tested_applied_and_compared() {
     let v2 = v2.to_str().unwrap();
     // The scenarios were written for the built-in policy: the new one fails some, and says so.
     let output = assent(&app, &["policy", "test", v2, scenarios]).await;
-    assert!(!output.status.success());
+    assert_eq!(output.status.code(), Some(3), "failed checks");
     let report = String::from_utf8(output.stdout).unwrap();
     assert!(
         report.contains("FAIL free plan trains by default"),
@@ -228,7 +239,9 @@ async fn policy_files_are_validated_tested_applied_and_compared() {
     let broken = directory.path().join("broken.toml");
     std::fs::write(&broken, "version = \"x\"\n").unwrap();
     let output = assent(&app, &["policy", "validate", broken.to_str().unwrap()]).await;
-    assert!(!output.status.success());
+    assert_eq!(output.status.code(), Some(3), "an invalid policy file");
+    let output = assent(&app, &["policy", "validate", "no-such-policy.toml"]).await;
+    assert_eq!(output.status.code(), Some(1), "an unreadable file");
 
     app.upsert("alice", assent::proto::Plan::Free).await;
     let diff = stdout(&app, &["policy", "diff", "in-force", v2]).await;
@@ -265,15 +278,20 @@ async fn policy_files_are_validated_tested_applied_and_compared() {
         decision(&app, &as_of).await,
         ("DECISION_ALLOW".to_owned(), "T6".to_owned())
     );
+    // Each line is a WatchResponse: a change (or a heartbeat) under its name.
     let watched = stdout(&app, &["changes", "watch", "--limit", "2", "--json"]).await;
     let kinds: Vec<String> = watched
         .lines()
         .map(|line| {
-            let change: serde_json::Value = serde_json::from_str(line).unwrap();
-            change["kind"].as_str().unwrap().to_owned()
+            let answer: serde_json::Value = serde_json::from_str(line).unwrap();
+            answer["change"]["kind"].as_str().unwrap().to_owned()
         })
         .collect();
     assert_eq!(kinds, ["subject_upserted", "policy_applied"]);
+    let listed: serde_json::Value =
+        serde_json::from_str(&stdout(&app, &["policy", "list", "--json"]).await).unwrap();
+    assert_eq!(listed["inForce"], "2026-01-01");
+    assert_eq!(listed["versions"].as_array().unwrap().len(), 2);
 }
 
 #[tokio::test]
@@ -292,7 +310,7 @@ async fn rights_requests_are_filed_advanced_and_listed() {
         ],
     )
     .await;
-    let filed: serde_json::Value = serde_json::from_str(
+    let written: serde_json::Value = serde_json::from_str(
         &stdout(
             &app,
             &[
@@ -310,6 +328,9 @@ async fn rights_requests_are_filed_advanced_and_listed() {
         .await,
     )
     .unwrap();
+    // The RightsWriteResponse: the request, and the revision of the write.
+    assert!(written["revision"].as_str().unwrap().starts_with("r1."));
+    let filed = &written["request"];
     assert_eq!(filed["kind"], "RIGHT_KIND_OBJECTION");
     assert_eq!(filed["regime"], "REGIME_US_STATE");
     assert_eq!(filed["dueAt"], "2026-02-24T23:59:59.999999Z");
@@ -325,7 +346,7 @@ async fn rights_requests_are_filed_advanced_and_listed() {
         "{overdue}"
     );
     let refusal = assent(&app, &["rights", "advance", id, "--state", "refused"]).await;
-    assert!(!refusal.status.success());
+    assert_eq!(refusal.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&refusal.stderr).contains("INVALID_ARGUMENT: reason"));
     let refused = stdout(
         &app,
@@ -351,6 +372,10 @@ async fn rights_requests_are_filed_advanced_and_listed() {
     );
     let listed = stdout(&app, &["rights", "list", "--subject", "carol"]).await;
     assert_eq!(listed.lines().count(), 1, "{listed}");
+    let listed = stdout(&app, &["rights", "list", "--subject", "carol", "--json"]).await;
+    let requests = items_of_pages(&listed, "requests");
+    assert_eq!(requests.len(), 1, "{listed}");
+    assert_eq!(requests[0]["state"], "REQUEST_STATE_REFUSED");
     assert!(
         stdout(&app, &["rights", "get", id])
             .await
@@ -450,12 +475,11 @@ async fn choices_carry_their_provenance_and_their_history_on_the_command_line() 
         ],
     )
     .await;
-    let whys: Vec<String> = paged
-        .lines()
-        .map(|line| {
-            let record: serde_json::Value = serde_json::from_str(line).unwrap();
-            format!("{} {}", record["choice"], record["why"])
-        })
+    // One ConsentHistoryResponse per line, one page each.
+    assert_eq!(paged.lines().count(), 2, "{paged}");
+    let whys: Vec<String> = items_of_pages(&paged, "records")
+        .iter()
+        .map(|record| format!("{} {}", record["choice"], record["why"]))
         .collect();
     assert_eq!(
         whys,
@@ -484,7 +508,7 @@ async fn choices_carry_their_provenance_and_their_history_on_the_command_line() 
         ],
     )
     .await;
-    assert!(!output.status.success());
+    assert_eq!(output.status.code(), Some(4));
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains("INVALID_ARGUMENT: expires_at"), "{stderr}");
     let output = assent(
@@ -502,7 +526,7 @@ async fn choices_carry_their_provenance_and_their_history_on_the_command_line() 
         ],
     )
     .await;
-    assert!(!output.status.success());
+    assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains("cookie-banner"), "{stderr}");
 }
@@ -568,25 +592,33 @@ async fn retention_is_queried_and_due_data_listed() {
     )
     .unwrap();
     assert_eq!(json["category"], "DATA_CATEGORY_INVOICES");
-    assert_eq!(json["keepUntil"], "2037-01-01T00:00:00.000000Z");
+    assert_eq!(json["keepUntil"], "2037-01-01T00:00:00Z");
     assert_eq!(json["legalHold"], true);
     assert_eq!(json["due"], false);
 
-    let due = stdout(
-        &app,
-        &[
-            "retention",
-            "due",
-            "--category",
-            "chat-conversation",
-            "--page-size",
-            "1",
-        ],
-    )
-    .await;
+    let first_page = [
+        "retention",
+        "due",
+        "--category",
+        "chat-conversation",
+        "--page-size",
+        "1",
+    ];
+    let output = assent(&app, &first_page).await;
+    assert!(output.status.success());
+    let due = String::from_utf8(output.stdout).unwrap();
     assert!(due.contains("subjects whose data is due: 1"), "{due}");
     assert!(due.contains("    ada "), "{due}");
-    assert!(due.contains("more: --page-token d1."), "{due}");
+    // How to ask for the next page is said on standard error, not in the answer.
+    assert!(!due.contains("more:"), "{due}");
+    let hint = String::from_utf8(output.stderr).unwrap();
+    assert!(hint.starts_with("more: --page-token d1."), "{hint}");
+    let mut json_page = first_page.to_vec();
+    json_page.push("--json");
+    let output = assent(&app, &json_page).await;
+    assert!(output.stderr.is_empty());
+    let page: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(page["nextPageToken"].as_str().unwrap().starts_with("d1."));
     let all: serde_json::Value = serde_json::from_str(
         &stdout(
             &app,
@@ -629,7 +661,7 @@ async fn retention_is_queried_and_due_data_listed() {
         ],
     )
     .await;
-    assert!(!output.status.success());
+    assert_eq!(output.status.code(), Some(4));
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains("NOT_FOUND: subject_id"), "{stderr}");
 }
@@ -650,14 +682,14 @@ async fn verify_state_reports_a_subject_whose_rows_were_changed() {
         .unwrap();
     database.close().await;
     let output = assent(&app, &["audit", "verify-state"]).await;
-    assert!(!output.status.success());
+    assert_eq!(output.status.code(), Some(3), "a failed check");
     assert_eq!(
         String::from_utf8(output.stdout).unwrap(),
         "MISMATCH: 1 of 1 subjects differ from their audit events\n\
          ada\n  plan: stored ENTERPRISE, events PRO\n"
     );
     let output = assent(&app, &["audit", "verify-state", "--json"]).await;
-    assert!(!output.status.success());
+    assert_eq!(output.status.code(), Some(3), "a failed check");
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(json["ok"], false);
     assert_eq!(json["mismatches"][0]["subjectId"], "ada");
@@ -696,13 +728,8 @@ async fn recorded_decisions_are_listed_on_the_command_line() {
         ids.push(json["decisionId"].as_str().unwrap().to_owned());
         answers.push(json);
     }
-    // Shipped about a second after the decision.
-    let listed = |output: String| -> Vec<serde_json::Value> {
-        output
-            .lines()
-            .map(|line| serde_json::from_str(line).unwrap())
-            .collect()
-    };
+    // Shipped about a second after the decision; each line a page of them.
+    let listed = |output: String| items_of_pages(&output, "decisions");
     let mut of_ada = Vec::new();
     for _ in 0..100 {
         of_ada = listed(stdout(&app, &["audit", "decisions", "--subject", "ada", "--json"]).await);
@@ -739,7 +766,7 @@ async fn recorded_decisions_are_listed_on_the_command_line() {
     assert_eq!(before, "");
 
     let output = assent(&app, &["audit", "decisions", "--decision-id", "d-1"]).await;
-    assert!(!output.status.success());
+    assert_eq!(output.status.code(), Some(4));
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains("INVALID_ARGUMENT: decision_id"), "{stderr}");
 }

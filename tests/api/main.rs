@@ -5,6 +5,7 @@ mod audit_cli;
 mod changes;
 mod checkpoints;
 mod cli;
+mod cli_exit;
 mod consent;
 mod console;
 mod decision_log;
