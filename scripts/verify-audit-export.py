@@ -4,8 +4,9 @@
     assent audit list --all --json > events.jsonl
     scripts/verify-audit-export.py events.jsonl
 
-Each line is one event as `assent audit list --json` prints it. The encoding is the one of
-docs/audit.md. Exits 0 when every event verifies, 1 at the first that does not.
+Each line is one page of events as `assent audit list --json` prints it (a ListEventsResponse:
+`events` and `nextPageToken`), or one event, as earlier versions printed them. The encoding is
+the one of docs/audit.md. Exits 0 when every event verifies, 1 at the first that does not.
 """
 
 import datetime
@@ -41,20 +42,27 @@ def canonical(event: dict) -> bytes:
     return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
+def events(path: str):
+    """The events of the file, in order: those of each page, or each line's own."""
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            value = json.loads(line)
+            if "events" in value:
+                yield from value["events"]
+            elif "eventId" in value:
+                yield value
+
+
 def main(path: str) -> int:
     previous = GENESIS
     checked = 0
-    with open(path, encoding="utf-8") as lines:
-        for line in lines:
-            event = json.loads(line)
-            if "eventId" not in event:
-                continue
-            digest = hashlib.sha256(previous.encode("ascii") + canonical(event)).hexdigest()
-            if event["prevHash"] != previous or event["hash"] != digest:
-                print(f"BROKEN at event {event['eventId']} ({event['revision']})")
-                return 1
-            previous = event["hash"]
-            checked += 1
+    for event in events(path):
+        digest = hashlib.sha256(previous.encode("ascii") + canonical(event)).hexdigest()
+        if event["prevHash"] != previous or event["hash"] != digest:
+            print(f"BROKEN at event {event['eventId']} ({event['revision']})")
+            return 1
+        previous = event["hash"]
+        checked += 1
     print(f"ok: {checked} events verify")
     return 0
 
