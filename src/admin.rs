@@ -68,20 +68,25 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<AdminState>) -> (StatusCode, String) {
+    match readiness(&state).await {
+        Ok(()) => (StatusCode::OK, "ready\n".into()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+    }
+}
+
+/// Whether the replica takes calls, and if not why: what `/readyz` answers, and what the gRPC
+/// health entries follow (`startup`).
+pub async fn readiness(state: &AdminState) -> Result<(), String> {
     if state.draining.load(Ordering::Acquire) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into());
+        return Err("shutting down".into());
     }
     if let Some(refusal) = state.checkpoints.as_ref().and_then(Checkpoints::refusal) {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("audit log inconsistent with its last signed checkpoint: {refusal}\n"),
-        );
+        return Err(format!(
+            "audit log inconsistent with its last signed checkpoint: {refusal}"
+        ));
     }
     match tokio::time::timeout(READY_TIMEOUT, state.store.head_revision()).await {
-        Ok(Ok(_)) => (StatusCode::OK, "ready\n".into()),
-        Ok(Err(_)) | Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store unavailable\n".into(),
-        ),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(_)) | Err(_) => Err("store unavailable".into()),
     }
 }

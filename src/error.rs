@@ -1,9 +1,19 @@
 //! The one mapping from the service's errors to gRPC status codes.
 //!
 //! Messages are lower-case, have no trailing period, and start with the field they are about,
-//! so a caller can tell which part of its request to fix.
+//! so a caller can tell which part of its request to fix. The same facts travel as the standard
+//! `google.rpc` error details (the richer error model), for clients that act on them rather
+//! than read them: an `ErrorInfo` on every error (its `reason` says which of this enum it is),
+//! a `BadRequest` field violation on INVALID_ARGUMENT, a `PreconditionFailure` on
+//! FAILED_PRECONDITION, and a `RetryInfo` on an UNAVAILABLE that is safe to retry after a pause.
+
+use std::collections::HashMap;
+use std::time::Duration;
 
 use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::status::error_info;
 
 use crate::decision_log::DecisionLogError;
 use crate::domain::SubjectId;
@@ -200,6 +210,85 @@ impl From<InstallError> for ApiError {
     }
 }
 
+/// How long a caller should wait before retrying a call refused because the store, or the
+/// decision log's database, could not be reached: about the time a connection is retried in.
+pub const RETRY_STORE: Duration = Duration::from_secs(1);
+
+/// How long before retrying a check that found the policy versions still loading.
+pub const RETRY_POLICIES_LOADING: Duration = Duration::from_millis(100);
+
+impl ApiError {
+    /// The `ErrorInfo.reason`: which error this is, in upper snake case, stable for clients.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ApiError::InvalidArgument { .. } => "INVALID_FIELD",
+            ApiError::SubjectNotFound(_) => "SUBJECT_NOT_FOUND",
+            ApiError::SubjectDeleted(_) => "SUBJECT_DELETED",
+            ApiError::Unimplemented { .. } => "UNIMPLEMENTED_FIELD",
+            ApiError::FailedPrecondition { .. } => "FAILED_PRECONDITION",
+            ApiError::NotFound { .. } => "NOT_FOUND",
+            ApiError::AlreadyExists { .. } => "ALREADY_EXISTS",
+            ApiError::PermissionDenied(_) => "SCOPE_MISSING",
+            ApiError::StoreUnavailable(_) => "STORE_UNAVAILABLE",
+            ApiError::PoliciesLoading => "POLICIES_LOADING",
+            ApiError::WriteUnconfirmed(_) => "WRITE_UNCONFIRMED",
+            ApiError::AuditUnavailable(_) => "AUDIT_UNAVAILABLE",
+            ApiError::DecisionLogUnavailable => "DECISION_LOG_UNAVAILABLE",
+            ApiError::AuditLogInconsistent(_) => "AUDIT_LOG_INCONSISTENT",
+            ApiError::Internal(_) => "INTERNAL",
+        }
+    }
+
+    /// The `google.rpc` details of the error's status.
+    ///
+    /// A write whose commit went unconfirmed carries no `RetryInfo`: it may have been applied,
+    /// and is to be read back rather than sent again.
+    pub fn details(&self) -> ErrorDetails {
+        let field = match self {
+            ApiError::InvalidArgument { field, .. }
+            | ApiError::Unimplemented { field, .. }
+            | ApiError::FailedPrecondition { field, .. }
+            | ApiError::NotFound { field, .. }
+            | ApiError::AlreadyExists { field, .. } => Some(field.as_str()),
+            ApiError::SubjectNotFound(_) | ApiError::SubjectDeleted(_) => Some("subject_id"),
+            _ => None,
+        };
+        let metadata = field
+            .map(|field| HashMap::from([("field".to_owned(), field.to_owned())]))
+            .unwrap_or_default();
+        let mut details = error_info(self.reason(), metadata);
+        match self {
+            ApiError::InvalidArgument { field, message } => {
+                details.add_bad_request_violation(field.clone(), message.clone());
+            }
+            ApiError::FailedPrecondition { field, message } => {
+                details.add_precondition_failure_violation(
+                    self.reason(),
+                    field.clone(),
+                    message.clone(),
+                );
+            }
+            ApiError::SubjectDeleted(_) => {
+                details.add_precondition_failure_violation(
+                    self.reason(),
+                    "subject_id",
+                    "a deleted account stays deleted",
+                );
+            }
+            ApiError::StoreUnavailable(_)
+            | ApiError::AuditUnavailable(_)
+            | ApiError::DecisionLogUnavailable => {
+                details.set_retry_info(Some(RETRY_STORE));
+            }
+            ApiError::PoliciesLoading => {
+                details.set_retry_info(Some(RETRY_POLICIES_LOADING));
+            }
+            _ => {}
+        }
+        details
+    }
+}
+
 impl From<ApiError> for Status {
     fn from(error: ApiError) -> Status {
         let code = error.code();
@@ -207,7 +296,7 @@ impl From<ApiError> for Status {
             let trace_id = crate::telemetry::layer::call_trace_id();
             tracing::error!(error = %crate::telemetry::error_chain(&error), %trace_id, "request failed");
         }
-        Status::new(code, error.to_string())
+        Status::with_error_details(code, error.to_string(), error.details())
     }
 }
 

@@ -24,5 +24,6 @@ pub mod revision;
 pub mod rpc;
 pub mod scenarios;
 pub mod startup;
+pub mod status;
 pub mod store;
 pub mod telemetry;

@@ -36,6 +36,17 @@ use crate::rpc::{
     answer_after_request, take_ready,
 };
 
+/// The pause a call shed at the concurrency limit is told to wait (`RetryInfo`): about a
+/// call's time under load, so a retry finds a slot freed without piling onto the next one.
+pub const RETRY_CONCURRENCY: Duration = Duration::from_millis(20);
+
+/// The pause a stream refused at its caller's limit is told to wait: streams are long-lived, and
+/// one closes in seconds, not milliseconds.
+pub const RETRY_STREAMS: Duration = Duration::from_secs(1);
+
+/// The shortest pause any refusal asks for.
+const RETRY_MINIMUM: Duration = Duration::from_millis(1);
+
 /// The limits of a server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LimitSettings {
@@ -291,11 +302,17 @@ impl LimitLayer {
             match slots.clone().try_acquire_owned() {
                 Ok(permit) => held.hold(permit),
                 Err(_) => {
-                    let status = tonic::Status::resource_exhausted(format!(
-                        "concurrency: the server is serving its limit of {} calls \
-                         (max_concurrent_requests); retry with backoff",
-                        self.settings.max_concurrent
-                    ));
+                    let status = crate::status::shed(
+                        "CONCURRENCY_LIMIT",
+                        "max_concurrent_requests",
+                        None,
+                        format!(
+                            "concurrency: the server is serving its limit of {} calls \
+                             (max_concurrent_requests); retry with backoff",
+                            self.settings.max_concurrent
+                        ),
+                        RETRY_CONCURRENCY,
+                    );
                     return refuse("concurrency", request, status);
                 }
             }
@@ -341,10 +358,16 @@ impl LimitLayer {
         let owner = stream_owner(&request);
         let limit = self.settings.max_streams_per_caller;
         let Some(open) = self.streams.open(owner.clone(), limit) else {
-            let status = tonic::Status::resource_exhausted(format!(
-                "streams: the caller {owner} has its limit of {limit} streams open \
-                 (max_streams_per_caller); close one, or retry with backoff"
-            ));
+            let status = crate::status::shed(
+                "STREAMS_PER_CALLER_LIMIT",
+                "max_streams_per_caller",
+                Some(&owner),
+                format!(
+                    "streams: the caller {owner} has its limit of {limit} streams open \
+                     (max_streams_per_caller); close one, or retry with backoff"
+                ),
+                RETRY_STREAMS,
+            );
             return refuse("streams_per_caller", request, status);
         };
         // The admission layer's, when it is in front; otherwise this layer keeps its own.
@@ -383,12 +406,20 @@ impl LimitLayer {
                 .extensions()
                 .get::<Caller>()
                 .map_or(ANONYMOUS_CALLER, |caller| caller.0.as_str());
-            if writes.check_key(&caller.to_owned()).is_err() {
-                return Some(tonic::Status::resource_exhausted(format!(
-                    "rate: the caller {caller} is over its {} writes per second; retry with \
-                     backoff",
-                    self.settings.writes_per_second
-                )));
+            if let Err(not_until) = writes.check_key(&caller.to_owned()) {
+                // The pause until the caller's next write is admitted, as the limiter knows it.
+                let wait = not_until.wait_time_from(governor::clock::Clock::now(writes.clock()));
+                return Some(crate::status::shed(
+                    "WRITE_RATE_LIMIT",
+                    "writes_per_second",
+                    Some(caller),
+                    format!(
+                        "rate: the caller {caller} is over its {} writes per second; retry \
+                         with backoff",
+                        self.settings.writes_per_second
+                    ),
+                    wait.max(RETRY_MINIMUM),
+                ));
             }
         }
         None

@@ -214,6 +214,8 @@ impl Application {
             .state_check_interval
             .map(|interval| tokio::spawn(check_state(state.store.clone(), interval)));
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        // The server-wide entry and one per service: all follow the replica's readiness.
+        let mut health_entries = vec![""];
         let max_message = self.settings.limits.max_message_bytes;
         // Each service once: its route, with the message limit, and its health status (the
         // reflection services describe them all from one descriptor set). A macro because each
@@ -223,6 +225,9 @@ impl Application {
                 let mut routes = Routes::default();
                 $(
                     health_reporter.set_serving::<$server<$service>>().await;
+                    health_entries.push(
+                        <$server<$service> as tonic::server::NamedService>::NAME,
+                    );
                     let server = $server::new($service::new(state.clone()));
                     routes = routes.add_service(server.max_decoding_message_size(max_message));
                 )+
@@ -244,6 +249,8 @@ impl Application {
             health_reporter
                 .set_serving::<AuthorizationServer<ExtAuthzService>>()
                 .await;
+            health_entries
+                .push(<AuthorizationServer<ExtAuthzService> as tonic::server::NamedService>::NAME);
             AuthorizationServer::new(ExtAuthzService::new(
                 state.clone(),
                 self.settings.ext_authz.clone(),
@@ -303,12 +310,20 @@ impl Application {
         let draining = Arc::new(Notify::new());
         let drain_started = draining.clone();
         let not_ready = Arc::new(AtomicBool::new(false));
+        let readiness = AdminState {
+            store: self.store.clone(),
+            draining: not_ready.clone(),
+            checkpoints: checkpoints.clone(),
+        };
+        let (stop_health, health_stopped) = tokio::sync::oneshot::channel();
+        let health = tokio::spawn(report_health(
+            readiness.clone(),
+            health_reporter,
+            health_entries,
+            health_stopped,
+        ));
         let admin = self.admin_listener.map(|listener| {
-            let state = AdminState {
-                store: self.store.clone(),
-                draining: not_ready.clone(),
-                checkpoints: checkpoints.clone(),
-            };
+            let state = readiness;
             let stop = admin_stop.clone();
             tokio::spawn(crate::admin::serve(listener, state, async move {
                 stop.notified().await;
@@ -318,9 +333,9 @@ impl Application {
             shutdown.await;
             not_ready.store(true, Ordering::Release);
             tracing::info!("shutting down: refusing new calls, finishing in-flight ones");
-            health_reporter
-                .set_service_status("", tonic_health::ServingStatus::NotServing)
-                .await;
+            // Every health entry NOT_SERVING before the drain starts, and none turned back.
+            let _ = stop_health.send(());
+            let _ = health.await;
             drain_started.notify_one();
         };
 
@@ -487,6 +502,50 @@ async fn sweep_expired_consent(state: AppState, interval: std::time::Duration) {
 /// (`api::audit::check_state`: each differing subject logged by its hash, the outcome in the
 /// `assent_state_*` metrics); the first comparison once the server has started. Reads only, a
 /// page of subjects per read transaction; on PostgreSQL every replica compares.
+/// How often the gRPC health entries are brought in line with the replica's readiness.
+const HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Keeps every gRPC health entry (the server-wide one and each service's) SERVING while the
+/// replica is ready (`admin::readiness`: the store answers, the audit log extends its last
+/// checkpoint) and NOT_SERVING while it is not, so a client balancing over the replicas' health
+/// moves away from one cut off from its store; on `stop` (shutdown), NOT_SERVING for good.
+async fn report_health(
+    readiness: AdminState,
+    reporter: tonic_health::server::HealthReporter,
+    entries: Vec<&'static str>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    use tonic_health::ServingStatus;
+    let set = async |status: ServingStatus| {
+        for entry in &entries {
+            reporter.set_service_status(*entry, status).await;
+        }
+    };
+    let mut ticks = tokio::time::interval(HEALTH_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut serving = true;
+    loop {
+        let ready = tokio::select! {
+            _ = &mut stop => break,
+            _ = ticks.tick() => crate::admin::readiness(&readiness).await,
+        };
+        if ready.is_ok() != serving {
+            serving = ready.is_ok();
+            match ready {
+                Ok(()) => tracing::info!("ready again: health SERVING"),
+                Err(why) => tracing::warn!(%why, "not ready: health NOT_SERVING"),
+            }
+            let status = if serving {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            set(status).await;
+        }
+    }
+    set(ServingStatus::NotServing).await;
+}
+
 async fn check_state(store: Store, interval: std::time::Duration) {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

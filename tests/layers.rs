@@ -28,7 +28,7 @@ type Module = Vec<String>;
 /// may name nothing above it.
 const LAYERS: &[&[&str]] = &[
     &[
-        "", "calendar", "domain", "revision", "proto", "rpc", "named",
+        "", "calendar", "domain", "revision", "proto", "rpc", "named", "status",
     ],
     &["policy"],
     &["metrics"],

@@ -108,11 +108,17 @@ impl<T> AnswerSender<T> {
 
     fn idle_status(&self, what: &str) -> Status {
         let limit = self.idle.unwrap_or_default();
-        Status::unavailable(format!(
-            "idle: {what} for {} ms (stream_idle_timeout_ms) and the stream was ended; {}",
-            limit.as_millis(),
-            self.resume
-        ))
+        // Safe to retry at once: the stream ended, nothing of it was lost (`resume` says how to
+        // go on from where it stopped).
+        crate::status::unavailable(
+            "STREAM_IDLE",
+            format!(
+                "idle: {what} for {} ms (stream_idle_timeout_ms) and the stream was ended; {}",
+                limit.as_millis(),
+                self.resume
+            ),
+            Duration::ZERO,
+        )
     }
 }
 

@@ -100,6 +100,49 @@ async fn health_reports_every_service() {
     }
 }
 
+/// On shutdown every health entry turns NOT_SERVING, not only the server-wide one: a client
+/// watching one service's entry moves away too.
+#[tokio::test]
+async fn every_health_entry_turns_not_serving_on_shutdown() {
+    let mut app = TestApp::spawn().await;
+    let mut health = HealthClient::new(app.channel());
+    let mut watches = Vec::new();
+    for service in [
+        "",
+        "assent.v1.Decisions",
+        "assent.v1.Subjects",
+        "assent.v1.Audit",
+        "assent.v1.Changes",
+        "assent.v1.Policies",
+        "assent.v1.Rights",
+        "assent.v1.Retention",
+        "envoy.service.auth.v3.Authorization",
+    ] {
+        let mut watch = health
+            .watch(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let first = watch.message().await.unwrap().unwrap().status();
+        assert_eq!(first, ServingStatus::Serving, "{service:?}");
+        watches.push((service, watch));
+    }
+    app.begin_shutdown();
+    for (service, watch) in &mut watches {
+        let next = tokio::time::timeout(Duration::from_secs(5), watch.message())
+            .await
+            .unwrap_or_else(|_| panic!("{service:?} said nothing on shutdown"))
+            .unwrap()
+            .unwrap()
+            .status();
+        assert_eq!(next, ServingStatus::NotServing, "{service:?}");
+    }
+    drop(watches);
+    app.stop().await;
+}
+
 /// What `grpcurl -plaintext HOST list` asks: reflection, in both protocol versions (grpcurl
 /// before 1.9 speaks only v1alpha).
 #[tokio::test]

@@ -11,6 +11,7 @@ mod console;
 mod decision_log;
 mod decisions;
 mod durability;
+mod error_details;
 mod ext_authz;
 mod helpers;
 mod lifecycle;

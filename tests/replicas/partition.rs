@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use assent::proto::{self, Choice, Plan, Purpose, consistency::Requirement};
 use assent::store::testing::{Backend, TestDatabase};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 use super::{Cluster, Options, process, proxy_for};
 
@@ -244,8 +247,53 @@ async fn writes_fail_fast(cluster: &mut Cluster, subject_id: &str, phase: &str) 
     slowest
 }
 
-/// `/readyz` of every replica answers 503 (each probe within the budget); the slowest probe.
+/// The gRPC health entries a client may watch: the server-wide one and each service's.
+const HEALTH_ENTRIES: [&str; 8] = [
+    "",
+    "assent.v1.Decisions",
+    "assent.v1.Subjects",
+    "assent.v1.Audit",
+    "assent.v1.Changes",
+    "assent.v1.Policies",
+    "assent.v1.Rights",
+    "assent.v1.Retention",
+];
+
+/// Waits until every health entry of every replica says `expected` (the entries follow
+/// readiness within a probe interval, a second, plus a probe's own second at most).
+async fn health_turns(cluster: &Cluster, expected: ServingStatus, phase: &str) -> Duration {
+    let started = Instant::now();
+    for replica in &cluster.replicas {
+        let mut health = HealthClient::new(replica.channel().await);
+        for entry in HEALTH_ENTRIES {
+            loop {
+                let status = health
+                    .check(HealthCheckRequest {
+                        service: entry.into(),
+                    })
+                    .await
+                    .expect("the health service answers")
+                    .into_inner()
+                    .status();
+                if status == expected {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "{phase}: health of {entry:?} still {status:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    started.elapsed()
+}
+
+/// `/readyz` of every replica answers 503 (each probe within the budget), and every gRPC health
+/// entry turns NOT_SERVING; the slowest probe.
 async fn unready(cluster: &Cluster, phase: &str) -> Duration {
+    let turned = health_turns(cluster, ServingStatus::NotServing, phase).await;
+    println!("{phase}: every health entry NOT_SERVING within {turned:?}");
     let mut slowest = Duration::ZERO;
     for replica in &cluster.replicas {
         let started = Instant::now();
@@ -259,6 +307,48 @@ async fn unready(cluster: &Cluster, phase: &str) -> Duration {
         slowest = slowest.max(took);
     }
     slowest
+}
+
+/// With every replica NOT_SERVING (the store they share is gone), the Rust client's balance
+/// still sends Checks to them, and they are answered within the budget, exactly or degraded:
+/// not held until a replica serves again.
+async fn answered_through_the_balance(cluster: &Cluster, subjects: &[Subject]) {
+    let endpoints = cluster
+        .replicas
+        .iter()
+        .map(|replica| {
+            tonic::transport::Endpoint::from_shared(format!("http://{}", replica.address)).unwrap()
+        })
+        .collect();
+    let client = assent_client::Client::over(assent_client::Replicas::connect(endpoints));
+    // The health watches report, and the first call opens the connections, before the timed
+    // ones.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let warm = client.check(check_request(&subjects[0].id, Purpose::Memory));
+    tokio::time::timeout(Duration::from_secs(2), warm)
+        .await
+        .expect("held by a balance with no SERVING replica")
+        .expect("answered");
+    for subject in subjects {
+        let started = Instant::now();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(2),
+            client.check(check_request(&subject.id, Purpose::ModelTraining)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{}: held by a balance with no SERVING replica", subject.id))
+        .expect("answered");
+        let took = started.elapsed();
+        if subject.opted_out {
+            assert_ne!(
+                answer.decision,
+                proto::Decision::Allow as i32,
+                "{}",
+                subject.id
+            );
+        }
+        assert!(took < CHECK_BUDGET * 2, "{}: {took:?}", subject.id);
+    }
 }
 
 /// After healing: writes succeed, `/readyz` is ready, the store answers every Check again, and
@@ -300,6 +390,7 @@ async fn healed(
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        health_turns(cluster, ServingStatus::Serving, phase).await;
         // The first reads after healing may still be cut short while the replica reconnects.
         loop {
             match cluster
@@ -446,6 +537,7 @@ async fn a_partitioned_store_is_answered_safely_and_fast() {
     let write = writes_fail_fast(&mut cluster, &write_subject, "cut").await;
     let ready = unready(&cluster, "cut").await;
     report("cut (reset and refused)", &tally, write, ready);
+    answered_through_the_balance(&cluster, &subjects).await;
 
     postgres.swallow().await;
     let tally = check_everything(&mut cluster, &subjects, "swallowed").await;

@@ -42,4 +42,4 @@ pub mod revision;
 
 pub use cache::{Answer, AnswerFrom, CacheOptions, CacheStats, LocalCache, WhenStale};
 pub use client::{BearerToken, Client, Connection, InvalidToken};
-pub use replicas::{Replicas, Retry, unanswered};
+pub use replicas::{Replicas, Retry, shed_pause, unanswered};
