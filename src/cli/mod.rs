@@ -171,8 +171,10 @@ fn variable(key: &str) -> &'static str {
 fn setting_help(key: &str, what: &str) -> String {
     let setting = Setting::named(key).unwrap_or_else(|| panic!("no setting {key}"));
     match setting.default {
-        Some(default) => format!("{what} (default {default}, or the configuration file's {key})"),
-        None => format!("{what} (or the configuration file's {key})"),
+        Some(default) => {
+            format!("{what} [default: the configuration file's {key}, else {default}]")
+        }
+        None => format!("{what} [default: the configuration file's {key}]"),
     }
 }
 
