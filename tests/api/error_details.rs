@@ -10,13 +10,6 @@ use tonic_types::StatusExt;
 
 use crate::helpers::{TestApp, actor, check_request};
 
-fn watch_request() -> proto::WatchRequest {
-    proto::WatchRequest {
-        heartbeat_interval_ms: 1_000,
-        ..Default::default()
-    }
-}
-
 #[tokio::test]
 async fn a_bad_field_and_a_deleted_subject_say_which_field_and_why() {
     let app = TestApp::spawn().await;
@@ -100,13 +93,7 @@ async fn a_shed_call_is_retried_by_the_client_and_succeeds() {
     })
     .await;
     app.upsert("someone", Plan::Free).await;
-    let mut watch = app
-        .changes()
-        .watch(watch_request())
-        .await
-        .unwrap()
-        .into_inner();
-    watch.message().await.unwrap().unwrap();
+    let watch = app.open_watch().await;
 
     let status = app
         .decisions()

@@ -238,6 +238,19 @@ impl TestApp {
         self.data.clone()
     }
 
+    /// A Watch from now, heartbeats every 100 ms, once its first heartbeat came: open, holding
+    /// its admission slot and its place among its caller's streams.
+    pub async fn open_watch(&self) -> tonic::Streaming<proto::WatchResponse> {
+        let mut watch = self
+            .changes()
+            .watch(watch_request())
+            .await
+            .unwrap()
+            .into_inner();
+        watch.message().await.unwrap().unwrap();
+        watch
+    }
+
     /// Creates (or updates) a subject with a plan; returns the revision.
     pub async fn upsert(&self, subject_id: &str, plan: proto::Plan) -> String {
         self.subjects()
@@ -586,6 +599,14 @@ pub fn actor() -> Option<proto::Actor> {
         operator_id: "support:tester".into(),
         reason: "integration test".into(),
     })
+}
+
+/// A Watch from now, with a heartbeat every 100 ms.
+pub fn watch_request() -> proto::WatchRequest {
+    proto::WatchRequest {
+        heartbeat_interval_ms: 100,
+        ..Default::default()
+    }
 }
 
 pub fn check_request(subject_id: &str, purpose: proto::Purpose) -> proto::CheckRequest {

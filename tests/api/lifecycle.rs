@@ -107,17 +107,7 @@ async fn every_health_entry_turns_not_serving_on_shutdown() {
     let mut app = TestApp::spawn().await;
     let mut health = HealthClient::new(app.channel());
     let mut watches = Vec::new();
-    for service in [
-        "",
-        "assent.v1.Decisions",
-        "assent.v1.Subjects",
-        "assent.v1.Audit",
-        "assent.v1.Changes",
-        "assent.v1.Policies",
-        "assent.v1.Rights",
-        "assent.v1.Retention",
-        "envoy.service.auth.v3.Authorization",
-    ] {
+    for service in crate::process::HEALTH_ENTRIES {
         let mut watch = health
             .watch(tonic_health::pb::HealthCheckRequest {
                 service: service.into(),

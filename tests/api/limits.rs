@@ -6,7 +6,7 @@ use std::time::Duration;
 use assent::proto::{self, Plan, Purpose};
 use tonic::Code;
 
-use crate::helpers::{TestApp, actor, check_request};
+use crate::helpers::{TestApp, actor, check_request, watch_request};
 
 fn upsert_request(subject_id: &str) -> proto::UpsertSubjectRequest {
     proto::UpsertSubjectRequest {
@@ -185,34 +185,15 @@ async fn oversized_messages_are_refused() {
     app.stop().await;
 }
 
-fn watch_request() -> proto::WatchRequest {
-    proto::WatchRequest {
-        heartbeat_interval_ms: 100,
-        ..Default::default()
-    }
-}
-
 #[tokio::test]
 async fn a_stream_holds_its_admission_slot_until_it_ends() {
     let app = TestApp::spawn_adjusted(|settings| {
         settings.limits.max_concurrent = 2;
     })
     .await;
-    let mut first = app
-        .changes()
-        .watch(watch_request())
-        .await
-        .unwrap()
-        .into_inner();
-    let mut second = app
-        .changes()
-        .watch(watch_request())
-        .await
-        .unwrap()
-        .into_inner();
     // Both are served (a heartbeat each) long after their handlers returned.
-    first.message().await.unwrap().unwrap();
-    second.message().await.unwrap().unwrap();
+    let first = app.open_watch().await;
+    let mut second = app.open_watch().await;
     let status = app
         .decisions()
         .check(check_request("someone", Purpose::Memory))
@@ -266,13 +247,7 @@ async fn streams_beyond_a_callers_limit_are_refused_and_a_closed_one_frees_its_p
         .unwrap()
         .into_inner();
     let _second = open_stream_check().await.unwrap();
-    let mut watch = app
-        .changes()
-        .watch(watch_request())
-        .await
-        .unwrap()
-        .into_inner();
-    watch.message().await.unwrap().unwrap();
+    let mut watch = app.open_watch().await;
     let status = open_stream_check().await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(

@@ -247,25 +247,13 @@ async fn writes_fail_fast(cluster: &mut Cluster, subject_id: &str, phase: &str) 
     slowest
 }
 
-/// The gRPC health entries a client may watch: the server-wide one and each service's.
-const HEALTH_ENTRIES: [&str; 8] = [
-    "",
-    "assent.v1.Decisions",
-    "assent.v1.Subjects",
-    "assent.v1.Audit",
-    "assent.v1.Changes",
-    "assent.v1.Policies",
-    "assent.v1.Rights",
-    "assent.v1.Retention",
-];
-
 /// Waits until every health entry of every replica says `expected` (the entries follow
 /// readiness within a probe interval, a second, plus a probe's own second at most).
 async fn health_turns(cluster: &Cluster, expected: ServingStatus, phase: &str) -> Duration {
     let started = Instant::now();
     for replica in &cluster.replicas {
         let mut health = HealthClient::new(replica.channel().await);
-        for entry in HEALTH_ENTRIES {
+        for entry in process::HEALTH_ENTRIES {
             loop {
                 let status = health
                     .check(HealthCheckRequest {

@@ -8,6 +8,19 @@ use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
 
+/// Every gRPC health entry a server reports: the server-wide one and each service's.
+pub const HEALTH_ENTRIES: [&str; 9] = [
+    "",
+    "assent.v1.Decisions",
+    "assent.v1.Subjects",
+    "assent.v1.Audit",
+    "assent.v1.Changes",
+    "assent.v1.Policies",
+    "assent.v1.Rights",
+    "assent.v1.Retention",
+    "envoy.service.auth.v3.Authorization",
+];
+
 /// An `assent serve` process on a free port of loopback.
 pub struct ServerProcess {
     child: Child,
