@@ -234,12 +234,16 @@ async fn a_refused_request_exits_4_with_its_status_in_json() {
     assert_eq!(error["grpc_status"], "INVALID_ARGUMENT");
     let message = error["message"].as_str().unwrap();
     assert!(message.starts_with("decision_id: "), "{error}");
-    // The status's google.rpc details follow it, when the server attaches them: a BadRequest
-    // naming the field (the JSON of each kind of detail is tested in cli::exit).
-    if let Some(violations) = error.get("field_violations") {
-        assert_eq!(violations[0]["field"], "decision_id", "{error}");
-        assert!(violations[0]["description"].is_string(), "{error}");
-    }
+    // The status's google.rpc details follow it: a BadRequest naming the field, and the
+    // ErrorInfo (the JSON of each kind of detail is tested in cli::exit).
+    let violations = &error["field_violations"];
+    assert_eq!(violations[0]["field"], "decision_id", "{error}");
+    assert!(
+        message.ends_with(violations[0]["description"].as_str().unwrap()),
+        "{error}"
+    );
+    assert_eq!(error["error_info"]["reason"], "INVALID_FIELD", "{error}");
+    assert_eq!(error["error_info"]["domain"], "assent", "{error}");
 
     let output = run_on(&app, &["subject", "get", "nobody", "--json"]).await;
     let (code, error) = json_error(&output);
