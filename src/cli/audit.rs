@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::client::{actor, call_failed, connect};
 use super::exit::CliError;
-use super::output::Output;
+use super::output::{self, Output, out};
 use super::{ActorArgs, AuditCommand, ClientArgs, EventArgs, VerifyOfflineCommand};
 use crate::audit::note;
 use crate::audit::note::CheckpointVerifier;
@@ -69,7 +69,7 @@ fn keygen(name: &str, out: Option<&Path>, output: Output) -> anyhow::Result<()> 
     }
     if output.json {
         let printed_signer = out.is_none().then_some(&signer);
-        println!(
+        out!(
             "{}",
             json!({
                 "name": name,
@@ -86,9 +86,9 @@ fn keygen(name: &str, out: Option<&Path>, output: Output) -> anyhow::Result<()> 
              audit_signing_key_file); the verifier key follows",
             path.display()
         ),
-        None => println!("{signer}"),
+        None => out!("{signer}"),
     }
-    println!("{verifier}");
+    out!("{verifier}");
     Ok(())
 }
 
@@ -136,16 +136,16 @@ async fn checkpoint(
         write_file(path, checkpoint.note.as_bytes())?;
     }
     if output.json {
-        println!("{}", checkpoint_json(&checkpoint));
+        out!("{}", checkpoint_json(&checkpoint));
     } else if let Some(path) = out {
-        println!(
+        out!(
             "{}, written to {}",
             checkpoint_label(&checkpoint),
             path.display()
         );
     } else {
         // The note ends with its newline: printed byte for byte.
-        print!("{}", checkpoint.note);
+        output::write_out(format_args!("{}", checkpoint.note));
     }
     Ok(())
 }

@@ -792,7 +792,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Retention(command) => retention::retention(command, output).await,
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut command, "assent", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "assent", &mut script);
+            output::write_out(format_args!("{}", String::from_utf8_lossy(&script)));
             Ok(())
         }
     }

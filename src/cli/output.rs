@@ -15,6 +15,29 @@ use serde_json::Value;
 
 use crate::proto;
 
+/// Prints to standard output as `println!` does, except that a reader that stopped reading
+/// (`assent ... | head`) ends the command quietly, with status 0, as other Unix tools do, where
+/// `println!` panics; any other failure to write ends it with status 5.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::output::write_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+pub(crate) use out;
+
+/// Writes to standard output (see [`out!`]).
+pub fn write_out(text: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = stdout.write_fmt(text).and_then(|()| stdout.flush()) {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to standard output: {error}");
+        std::process::exit(i32::from(super::ExitStatus::Error as u8));
+    }
+}
+
 /// How a command prints what it has to say.
 #[derive(Clone, Copy, Debug)]
 pub struct Output {
@@ -30,7 +53,7 @@ impl Output {
         text: impl FnOnce(&M) -> String,
     ) -> anyhow::Result<()> {
         if self.json {
-            println!("{}", message_json(message)?);
+            out!("{}", message_json(message)?);
         } else {
             print_text(&text(message));
         }
@@ -40,7 +63,7 @@ impl Output {
     /// Prints what is not a message of the API: `json`, or `text`.
     pub fn value(self, json: Value, text: &str) {
         if self.json {
-            println!("{json}");
+            out!("{json}");
         } else {
             print_text(text);
         }
@@ -60,7 +83,7 @@ impl Output {
 fn print_text(text: &str) {
     let text = text.trim_end_matches('\n');
     if !text.is_empty() {
-        println!("{text}");
+        out!("{text}");
     }
 }
 

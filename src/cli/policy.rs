@@ -5,7 +5,7 @@ use serde_json::json;
 
 use super::client::{actor, call_failed, connect, lines};
 use super::exit::CliError;
-use super::output::{Output, time_text};
+use super::output::{Output, out, time_text};
 use super::{ChangesCommand, PolicyCommand};
 use crate::policy::CompiledPolicy;
 use crate::proto;
@@ -155,7 +155,7 @@ fn test(file: &std::path::Path, scenarios: &std::path::Path, output: Output) -> 
                 failed += 1;
             }
             if json {
-                println!(
+                out!(
                     "{}",
                     json!({
                         "scenario": outcome.scenario,
@@ -174,7 +174,7 @@ fn test(file: &std::path::Path, scenarios: &std::path::Path, output: Output) -> 
                     })
                 );
             } else if !outcome.passed() {
-                println!(
+                out!(
                     "FAIL {} (check {}): expected {} {} {}, got {} {} {}",
                     outcome.scenario,
                     outcome.check_index,
@@ -189,7 +189,7 @@ fn test(file: &std::path::Path, scenarios: &std::path::Path, output: Output) -> 
         }
     }
     if !json {
-        println!(
+        out!(
             "policy {}: {passed} checks passed, {failed} failed ({} scenarios)",
             policy.version(),
             vectors.scenarios.len()

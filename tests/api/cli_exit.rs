@@ -381,3 +381,24 @@ async fn completions_are_printed_for_each_shell() {
     let output = run(&nowhere, None, &["completions", "tcsh"]).await;
     assert_eq!(output.status.code(), Some(1));
 }
+
+/// A reader that stops reading (`assent ... | head`) ends the command quietly with status 0,
+/// not with a panic: 145 KB of bash completions into a pipe closed after the first bytes.
+#[tokio::test]
+async fn a_closed_pipe_ends_the_command_quietly() {
+    use std::io::Read as _;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_assent"))
+        .args(["completions", "bash"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0; 16];
+    stdout.read_exact(&mut first).unwrap();
+    drop(stdout);
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+}
