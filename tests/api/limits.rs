@@ -247,7 +247,7 @@ async fn streams_beyond_a_callers_limit_are_refused_and_a_closed_one_frees_its_p
         .unwrap()
         .into_inner();
     let _second = open_stream_check().await.unwrap();
-    let mut watch = app.open_watch().await;
+    let _watch = app.open_watch().await;
     let status = open_stream_check().await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(
