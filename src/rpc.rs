@@ -75,6 +75,10 @@ impl Held {
 pub trait HoldingBody: Default + Send + 'static {
     /// This body, releasing `held` when it has ended or is dropped.
     fn holding(self, held: Held) -> Self;
+
+    /// This body, telling `watcher` how it ended: with its trailers, without, or dropped before
+    /// its end.
+    fn watched(self, watcher: impl EndWatcher) -> Self;
 }
 
 impl HoldingBody for tonic::body::Body {
@@ -83,6 +87,83 @@ impl HoldingBody for tonic::body::Body {
             body: self,
             held: Some(held),
         })
+    }
+
+    fn watched(self, watcher: impl EndWatcher) -> Self {
+        tonic::body::Body::new(WatchedUntilEnd {
+            body: self,
+            watcher: Some(watcher),
+        })
+    }
+}
+
+/// How a response body ended.
+#[derive(Clone, Copy, Debug)]
+pub enum Ended<'a> {
+    /// With its trailers (a gRPC response's status, when its headers did not carry it).
+    Trailers(&'a http::HeaderMap),
+    /// After its last frame, without trailers.
+    WithoutTrailers,
+    /// With an error of the body: the response was cut short.
+    Failed,
+    /// Dropped before its end: the client went away (reset the stream, or its connection
+    /// closed), or the server stopped.
+    Dropped,
+}
+
+/// Told once how a response ended ([`HoldingBody::watched`]).
+pub trait EndWatcher: Send + Unpin + 'static {
+    fn ended(self, how: Ended<'_>);
+}
+
+/// A body telling its watcher how it ended.
+struct WatchedUntilEnd<B, W: EndWatcher> {
+    body: B,
+    watcher: Option<W>,
+}
+
+impl<B, W: EndWatcher> WatchedUntilEnd<B, W> {
+    fn end(&mut self, how: Ended<'_>) {
+        if let Some(watcher) = self.watcher.take() {
+            watcher.ended(how);
+        }
+    }
+}
+
+impl<B, W: EndWatcher> Drop for WatchedUntilEnd<B, W> {
+    fn drop(&mut self) {
+        self.end(Ended::Dropped);
+    }
+}
+
+impl<B: http_body::Body + Unpin, W: EndWatcher> http_body::Body for WatchedUntilEnd<B, W> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(context);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    self.end(Ended::Trailers(trailers));
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.end(Ended::Failed),
+            Poll::Ready(None) => self.end(Ended::WithoutTrailers),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

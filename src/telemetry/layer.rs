@@ -2,6 +2,13 @@
 //! traced, opens its server span (a child of the caller's span when a `traceparent` came in),
 //! and counts it in the request metrics with its status code and duration.
 //!
+//! A call ends when its answer has gone out. A unary call's answer is whole when its response
+//! headers go out (its status is in them when it failed, and OK otherwise), so it is measured
+//! then, at no cost beyond reading the headers. A streaming answer (Watch, StreamCheck, health
+//! Watch, reflection) ends with its trailers, which carry its status, or when its client drops
+//! it (CANCELLED): its body is watched ([`HoldingBody::watched`]) and the span and the metrics
+//! end there.
+//!
 //! What it decides is visible to the call's own code through a task-local [`CallTrace`]:
 //! [`traced`] says whether to open child spans, [`call_trace_id`] gives the W3C trace id to store
 //! in audit events and decision-log rows and to print in error logs.
@@ -21,7 +28,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::metrics;
-use crate::rpc::{Body, Call, Filter, Filtered, Inner, take_ready};
+use crate::rpc::{Body, Call, EndWatcher, Ended, Filter, Filtered, HoldingBody, Inner, take_ready};
 
 static TRACING: AtomicBool = AtomicBool::new(false);
 static SAMPLE_RATIO: AtomicU64 = AtomicU64::new(0);
@@ -93,12 +100,15 @@ struct MethodName {
     service: &'static str,
     /// `Check`.
     method: &'static str,
+    /// Whether its answer is a stream (server or bidirectional streaming).
+    streams: bool,
 }
 
 const UNKNOWN_METHOD: MethodName = MethodName {
     full: "unknown",
     service: "unknown",
     method: "unknown",
+    streams: false,
 };
 
 /// Every method served, by request path, read from the descriptors the server registers (so a
@@ -109,7 +119,7 @@ static METHODS: LazyLock<HashMap<String, MethodName>> = LazyLock::new(|| {
         crate::proto::FILE_DESCRIPTOR_SET,
         tonic_health::pb::FILE_DESCRIPTOR_SET,
     ];
-    let mut names: Vec<(String, String)> = Vec::new();
+    let mut names: Vec<(String, String, bool)> = Vec::new();
     for encoded in sets {
         let Ok(set) = prost_types::FileDescriptorSet::decode(encoded) else {
             continue;
@@ -119,7 +129,12 @@ static METHODS: LazyLock<HashMap<String, MethodName>> = LazyLock::new(|| {
             for service in file.service {
                 let service_name = format!("{package}.{}", service.name.unwrap_or_default());
                 for method in service.method {
-                    names.push((service_name.clone(), method.name.unwrap_or_default()));
+                    let streams = method.server_streaming.unwrap_or(false);
+                    names.push((
+                        service_name.clone(),
+                        method.name.unwrap_or_default(),
+                        streams,
+                    ));
                 }
             }
         }
@@ -128,15 +143,17 @@ static METHODS: LazyLock<HashMap<String, MethodName>> = LazyLock::new(|| {
         names.push((
             format!("grpc.reflection.{version}.ServerReflection"),
             "ServerReflectionInfo".to_owned(),
+            true,
         ));
     }
     // Envoy's ext_authz (`api::ext_authz`), whose descriptors the server does not register.
     names.push((
         "envoy.service.auth.v3.Authorization".to_owned(),
         "Check".to_owned(),
+        false,
     ));
     // Leaked once: the set of methods is fixed for the life of the process.
-    for (service, method) in names {
+    for (service, method, streams) in names {
         let full: &'static str = Box::leak(format!("{service}/{method}").into_boxed_str());
         let (service, method) = full.split_once('/').expect("the name has a slash");
         methods.insert(
@@ -145,6 +162,7 @@ static METHODS: LazyLock<HashMap<String, MethodName>> = LazyLock::new(|| {
                 full,
                 service,
                 method,
+                streams,
             },
         );
     }
@@ -176,19 +194,73 @@ const CODE_NAMES: [&str; 17] = [
     "UNAUTHENTICATED",
 ];
 
-/// The status of a response from its headers: a failed call answers with its `grpc-status` in
-/// the headers (trailers-only); a call that got as far as a body has none there (OK).
-fn status_of(headers: &http::HeaderMap) -> usize {
-    const UNKNOWN: usize = 2;
-    let Some(value) = headers.get("grpc-status") else {
-        return 0;
-    };
-    value
+const OK: usize = 0;
+const CANCELLED: usize = 1;
+const UNKNOWN: usize = 2;
+
+/// The `grpc-status` of response headers or trailers, if they carry one. A failed call answers
+/// with its status in the headers (trailers-only); a call that got as far as a body carries it
+/// in its trailers.
+fn status_in(headers: &http::HeaderMap) -> Option<usize> {
+    let value = headers.get("grpc-status")?;
+    let code = value
         .to_str()
         .ok()
         .and_then(|text| text.parse::<usize>().ok())
         .filter(|code| *code < CODE_NAMES.len())
-        .unwrap_or(UNKNOWN)
+        .unwrap_or(UNKNOWN);
+    Some(code)
+}
+
+/// Whether a server span ending with `code` has status ERROR. The OpenTelemetry semantic
+/// conventions for gRPC ("gRPC Status") count only these codes as the server's errors; the
+/// others (CANCELLED, INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, RESOURCE_EXHAUSTED, …)
+/// answer the caller's request as it deserves, and leave the span's status unset. (A client
+/// span would count every code but OK; assent makes no gRPC client spans.)
+fn is_server_error(code: usize) -> bool {
+    matches!(
+        CODE_NAMES[code],
+        "UNKNOWN"
+            | "DEADLINE_EXCEEDED"
+            | "UNIMPLEMENTED"
+            | "INTERNAL"
+            | "UNAVAILABLE"
+            | "DATA_LOSS"
+    )
+}
+
+/// A call has ended with `code`: it is counted, and its span (when traced) given its status;
+/// the span ends when its last handle is dropped.
+fn finish(method: MethodName, started: Instant, span: &tracing::Span, code: usize) {
+    metrics::record_request(method.full, CODE_NAMES[code], started.elapsed());
+    if !span.is_disabled() {
+        span.record("rpc.grpc.status_code", code as i64);
+        if is_server_error(code) {
+            span.record("otel.status_code", "ERROR");
+            span.record("error.type", CODE_NAMES[code]);
+        }
+    }
+}
+
+/// A streaming call, finished when its response body ends.
+struct StreamEnd {
+    method: MethodName,
+    started: Instant,
+    span: tracing::Span,
+}
+
+impl EndWatcher for StreamEnd {
+    fn ended(self, how: Ended<'_>) {
+        let code = match how {
+            Ended::Trailers(trailers) => status_in(trailers).unwrap_or(UNKNOWN),
+            Ended::WithoutTrailers | Ended::Failed => UNKNOWN,
+            Ended::Dropped => CANCELLED,
+        };
+        // The exporter takes a span's end from the last time it was left: entered once more
+        // here, the span ends with the stream, not with the last message the handler made.
+        self.span
+            .in_scope(|| finish(self.method, self.started, &self.span, code));
+    }
 }
 
 /// The trace id of a W3C `traceparent` value (`00-<trace id>-<parent id>-<flags>`), or empty
@@ -265,6 +337,7 @@ fn start_call(headers: &http::HeaderMap, method: MethodName) -> (CallTrace, trac
         otel.name = method.full,
         otel.kind = "server",
         otel.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
         rpc.system = "grpc",
         rpc.service = method.service,
         rpc.method = method.method,
@@ -315,19 +388,29 @@ impl Filter for RpcLayer {
                 let _entered = span.enter();
                 inner.call(request)
             };
-            let result = CALL.scope(call, future.instrument(span.clone())).await;
-            let code = match &result {
-                Ok(response) => status_of(response.headers()),
-                Err(_) => 2,
+            let response = match CALL.scope(call, future.instrument(span.clone())).await {
+                Ok(response) => response,
+                Err(error) => {
+                    finish(method, started, &span, UNKNOWN);
+                    return Err(error);
+                }
             };
-            metrics::record_request(method.full, CODE_NAMES[code], started.elapsed());
-            if !span.is_disabled() {
-                span.record("rpc.grpc.status_code", code as i64);
-                if code != 0 {
-                    span.record("otel.status_code", "ERROR");
+            match status_in(response.headers()) {
+                // A stream under way: it ends with its body.
+                None if method.streams => {
+                    let end = StreamEnd {
+                        method,
+                        started,
+                        span,
+                    };
+                    Ok(response.map(|body| body.watched(end)))
+                }
+                // A unary answer, whole with its headers; or a call refused or failed at once.
+                code => {
+                    finish(method, started, &span, code.unwrap_or(OK));
+                    Ok(response)
                 }
             }
-            result
         })
     }
 }
@@ -372,12 +455,48 @@ mod tests {
     }
 
     #[test]
-    fn status_codes_come_from_the_headers() {
+    fn status_codes_come_from_the_headers_or_trailers() {
         let mut headers = http::HeaderMap::new();
-        assert_eq!(CODE_NAMES[status_of(&headers)], "OK");
+        assert_eq!(status_in(&headers), None);
         headers.insert("grpc-status", "3".parse().unwrap());
-        assert_eq!(CODE_NAMES[status_of(&headers)], "INVALID_ARGUMENT");
+        assert_eq!(
+            status_in(&headers).map(|code| CODE_NAMES[code]),
+            Some("INVALID_ARGUMENT")
+        );
         headers.insert("grpc-status", "99".parse().unwrap());
-        assert_eq!(CODE_NAMES[status_of(&headers)], "UNKNOWN");
+        assert_eq!(
+            status_in(&headers).map(|code| CODE_NAMES[code]),
+            Some("UNKNOWN")
+        );
+    }
+
+    #[test]
+    fn only_the_servers_own_failures_are_span_errors() {
+        let errors: Vec<&str> = (0..CODE_NAMES.len())
+            .filter(|code| is_server_error(*code))
+            .map(|code| CODE_NAMES[code])
+            .collect();
+        assert_eq!(
+            errors,
+            [
+                "UNKNOWN",
+                "DEADLINE_EXCEEDED",
+                "UNIMPLEMENTED",
+                "INTERNAL",
+                "UNAVAILABLE",
+                "DATA_LOSS"
+            ]
+        );
+    }
+
+    #[test]
+    fn streaming_methods_are_known_from_the_descriptors() {
+        assert!(method_of("/assent.v1.Changes/Watch").streams);
+        assert!(method_of("/assent.v1.Decisions/StreamCheck").streams);
+        assert!(method_of("/grpc.health.v1.Health/Watch").streams);
+        assert!(method_of("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo").streams);
+        assert!(!method_of("/assent.v1.Decisions/Check").streams);
+        assert!(!method_of("/assent.v1.Audit/ListEvents").streams);
+        assert!(!method_of("/envoy.service.auth.v3.Authorization/Check").streams);
     }
 }

@@ -7,8 +7,9 @@ mod process;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use assent::proto::changes_client::ChangesClient;
 use assent::proto::decisions_client::DecisionsClient;
 use assent::proto::subjects_client::SubjectsClient;
 use assent::proto::{self, Choice, Plan, Purpose};
@@ -21,6 +22,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Channel;
 
@@ -530,6 +532,251 @@ async fn a_flood_of_unknown_subjects_barely_reaches_the_store() {
     assert!(reads <= 1_000.0, "{reads} store reads");
     assert!(filtered >= (FLOOD - 1_000) as f64, "{filtered}");
     server.stop();
+}
+
+/// A span's status code (unset when the span has no status).
+fn status_of(span: &Span) -> StatusCode {
+    span.status
+        .as_ref()
+        .map_or(StatusCode::Unset, |status| status.code())
+}
+
+fn unix_nanos(time: SystemTime) -> u64 {
+    u64::try_from(time.duration_since(UNIX_EPOCH).unwrap().as_nanos()).unwrap()
+}
+
+/// Waits up to 10 s for `probe` to find something.
+async fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(found) = probe() {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The settings of a server exporting to `endpoint` over OTLP/gRPC every 100 ms (the SDK's
+/// batch delay), tracing the calls whose caller samples them.
+fn exporting_to(
+    endpoint: String,
+    data_setting: (&'static str, String),
+) -> Vec<(&'static str, String)> {
+    vec![
+        data_setting,
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+        ("OTEL_TRACES_SAMPLER_ARG", "0".to_owned()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+    ]
+}
+
+fn of_trace(spans: &[Span], trace: &str) -> Vec<Span> {
+    spans
+        .iter()
+        .filter(|span| hex::encode(&span.trace_id) == trace)
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streams_span_and_metrics_end_when_the_stream_ends() {
+    let receiver = Receiver::default();
+    let endpoint = receiver.start().await;
+    let (_data, data_setting) = data_dir();
+    let server = ServerProcess::start(&exporting_to(endpoint, data_setting));
+    let admin = server.admin_address.clone();
+    let channel = server.channel().await;
+
+    let watch_trace = "6bf92f3577b34da6a3ce929d0e0e4738";
+    let mut stream = ChangesClient::new(channel.clone())
+        .watch(traced(
+            proto::WatchRequest {
+                from_latest: true,
+                ..Default::default()
+            },
+            &format!("00-{watch_trace}-00f067aa0ba902b9-01"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    // A traced write, whose change the stream then carries.
+    let write_trace = "7bf92f3577b34da6a3ce929d0e0e4739";
+    SubjectsClient::new(channel)
+        .upsert_subject(traced(
+            proto::UpsertSubjectRequest {
+                subject_id: "watched-user".into(),
+                plan: Some(Plan::Free as i32),
+                actor: actor(),
+                ..Default::default()
+            },
+            &format!("00-{write_trace}-00f067aa0ba902ba-01"),
+        ))
+        .await
+        .unwrap();
+    loop {
+        let message = stream.message().await.unwrap().unwrap();
+        if let Some(proto::watch_response::Event::Change(change)) = message.event {
+            assert_eq!(change.subject_id, "watched-user");
+            break;
+        }
+    }
+    let last_message = SystemTime::now();
+
+    // The write's span is exported within the batch delay; the stream's is not: the stream is
+    // still open, and neither counted nor timed yet.
+    eventually("the write's span exported", || {
+        (!of_trace(&receiver.spans(), write_trace).is_empty()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let exported = of_trace(&receiver.spans(), watch_trace);
+    let names: Vec<&str> = exported.iter().map(|span| span.name.as_str()).collect();
+    assert!(!names.contains(&"assent.v1.Changes/Watch"), "{names:?}");
+    let watch = "method=\"assent.v1.Changes/Watch\"";
+    let duration_count = format!("assent_grpc_request_duration_seconds_count{{{watch}}}");
+    let duration_sum = format!("assent_grpc_request_duration_seconds_sum{{{watch}}}");
+    assert_eq!(scrape(&admin).await.get(&duration_count), None);
+
+    // The client goes away: the stream ends, CANCELLED (not a server error).
+    drop(stream);
+    let server_span = eventually("the stream's span exported", || {
+        of_trace(&receiver.spans(), watch_trace)
+            .into_iter()
+            .find(|span| span.name == "assent.v1.Changes/Watch")
+    })
+    .await;
+    assert_eq!(server_span.kind, SpanKind::Server as i32);
+    assert!(server_span.start_time_unix_nano < unix_nanos(last_message));
+    assert!(
+        server_span.end_time_unix_nano >= unix_nanos(last_message + Duration::from_millis(300)),
+        "the span ended {} ns before the stream did",
+        unix_nanos(last_message + Duration::from_millis(300))
+            .saturating_sub(server_span.end_time_unix_nano)
+    );
+    assert_eq!(
+        attribute(&server_span, "rpc.grpc.status_code").as_deref(),
+        Some("1")
+    );
+    assert_eq!(status_of(&server_span), StatusCode::Unset);
+    let closed = scrape(&admin).await;
+    assert_eq!(closed[&duration_count], 1.0);
+    assert!(closed[&duration_sum] >= 0.3, "{}", closed[&duration_sum]);
+    assert_eq!(
+        closed[&format!("assent_grpc_requests_total{{{watch},code=\"CANCELLED\"}}")],
+        1.0
+    );
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_span_is_an_error_only_for_the_servers_own_failures() {
+    let receiver = Receiver::default();
+    let endpoint = receiver.start().await;
+    let (_data, data_setting) = data_dir();
+    let server = ServerProcess::start(&exporting_to(endpoint, data_setting));
+    let admin = server.admin_address.clone();
+    let channel = server.channel().await;
+    let mut decisions = DecisionsClient::new(channel.clone());
+    let traceparent = |trace: &str| format!("00-{trace}-00f067aa0ba902bb-01");
+
+    // A StreamCheck answering one check, then ending with INVALID_ARGUMENT in its trailers.
+    let stream_trace = "8bf92f3577b34da6a3ce929d0e0e473a";
+    let checks = tokio_stream::iter([
+        proto::CheckRequest {
+            subject_id: "someone".into(),
+            purpose: Purpose::ModelTraining as i32,
+            ..Default::default()
+        },
+        proto::CheckRequest {
+            subject_id: String::new(),
+            purpose: Purpose::ModelTraining as i32,
+            ..Default::default()
+        },
+    ]);
+    let mut answers = decisions
+        .stream_check(traced(checks, &traceparent(stream_trace)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answers.message().await.unwrap().is_some());
+    let status = answers.message().await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+
+    // A unary Check refused: INVALID_ARGUMENT.
+    let check_trace = "9bf92f3577b34da6a3ce929d0e0e473b";
+    let status = decisions
+        .check(traced(
+            proto::CheckRequest {
+                subject_id: String::new(),
+                purpose: Purpose::ModelTraining as i32,
+                ..Default::default()
+            },
+            &traceparent(check_trace),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+
+    // A method the server does not have: UNIMPLEMENTED, the server's failure.
+    let missing_trace = "abf92f3577b34da6a3ce929d0e0e473c";
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let status = grpc
+        .unary::<proto::CheckRequest, proto::CheckResponse, _>(
+            traced(proto::CheckRequest::default(), &traceparent(missing_trace)),
+            http::uri::PathAndQuery::from_static("/assent.v1.Decisions/Missing"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unimplemented);
+
+    // The stream is counted with the code it ended with, not the OK of its headers.
+    let samples = scrape(&admin).await;
+    let stream_check = "method=\"assent.v1.Decisions/StreamCheck\"";
+    assert_eq!(
+        samples[&format!("assent_grpc_requests_total{{{stream_check},code=\"INVALID_ARGUMENT\"}}")],
+        1.0
+    );
+    assert_eq!(
+        samples.get(&format!(
+            "assent_grpc_requests_total{{{stream_check},code=\"OK\"}}"
+        )),
+        None
+    );
+
+    assert!(server.stop_with_status().success());
+    let spans = receiver.spans();
+    let server_span = |trace: &str| -> Span {
+        of_trace(&spans, trace)
+            .into_iter()
+            .find(|span| span.kind == SpanKind::Server as i32)
+            .unwrap_or_else(|| panic!("no server span in trace {trace}"))
+    };
+    for (trace, name) in [
+        (stream_trace, "assent.v1.Decisions/StreamCheck"),
+        (check_trace, "assent.v1.Decisions/Check"),
+    ] {
+        let span = server_span(trace);
+        assert_eq!(span.name, name);
+        assert_eq!(
+            attribute(&span, "rpc.grpc.status_code").as_deref(),
+            Some("3")
+        );
+        assert_eq!(status_of(&span), StatusCode::Unset, "{name}");
+        assert_eq!(attribute(&span, "error.type"), None, "{name}");
+    }
+    let missing = server_span(missing_trace);
+    assert_eq!(
+        attribute(&missing, "rpc.grpc.status_code").as_deref(),
+        Some("12")
+    );
+    assert_eq!(status_of(&missing), StatusCode::Error);
+    assert_eq!(
+        attribute(&missing, "error.type").as_deref(),
+        Some("UNIMPLEMENTED")
+    );
 }
 
 /// The metric names of docs/observability.md's table, as they are exposed.
