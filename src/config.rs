@@ -20,7 +20,8 @@ use crate::console::ConsoleSettings;
 use crate::decision_log::LogMode;
 use crate::limits::LimitSettings;
 use crate::store::{DatabaseUrl, Schema, StoreLocation, StoreTimeouts};
-use crate::telemetry::{LogFormat, SubjectHashKey, TraceSettings};
+use crate::telemetry::layer::{Sampler, SamplerError};
+use crate::telemetry::{LogFormat, OtlpProtocol, SubjectHashKey, TraceSettings};
 
 const DATABASE_FILE: &str = "assent.db";
 
@@ -209,9 +210,13 @@ settings! {
     console_listen: String = ["ASSENT_CONSOLE_LISTEN"], "off";
     console_token_header: String = ["ASSENT_CONSOLE_TOKEN_HEADER"], "authorization";
     // The OpenTelemetry SDK's standard variables.
-    otlp_endpoint: String =
-        ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"], None;
-    service_name: String = ["OTEL_SERVICE_NAME"], "assent";
+    otlp_traces_endpoint: String = ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"], None;
+    otlp_endpoint: String = ["OTEL_EXPORTER_OTLP_ENDPOINT"], None;
+    otlp_protocol: String =
+        ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"], "grpc";
+    service_name: String = ["OTEL_SERVICE_NAME"], None;
+    resource_attributes: String = ["OTEL_RESOURCE_ATTRIBUTES"], None;
+    trace_sampler: String = ["OTEL_TRACES_SAMPLER"], "parentbased_traceidratio";
     trace_sample_ratio: String = ["OTEL_TRACES_SAMPLER_ARG"], "1";
     subject_hash_key: String = ["ASSENT_SUBJECT_HASH_KEY"], None;
     tls_cert: PathBuf = ["ASSENT_TLS_CERT"], None;
@@ -411,6 +416,60 @@ fn query_parameter<'a>(url: &'a str, name: &str) -> Option<&'a str> {
     query
         .split('&')
         .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+}
+
+/// Trace export as the OpenTelemetry variables configure it; `None` without an endpoint.
+fn trace_settings(
+    traces_endpoint: Option<String>,
+    endpoint: Option<String>,
+    protocol: &str,
+    service_name: Option<String>,
+    resource_attributes: Option<&str>,
+    sampler: &str,
+    sample_ratio: &str,
+) -> Result<Option<TraceSettings>, ConfigError> {
+    for (setting, url) in [
+        ("otlp_traces_endpoint", &traces_endpoint),
+        ("otlp_endpoint", &endpoint),
+    ] {
+        if let Some(url) = url
+            && !has_scheme(url, &["http://", "https://"])
+        {
+            let message = format!("expected an http:// or https:// URL, got {url:?}");
+            return Err(invalid(setting, message));
+        }
+    }
+    let protocol =
+        OtlpProtocol::parse(protocol).map_err(|message| invalid("otlp_protocol", message))?;
+    let sampler = Sampler::parse(sampler, sample_ratio).map_err(|error| match error {
+        SamplerError::Name(_) => invalid("trace_sampler", error.to_string()),
+        SamplerError::Ratio(_) => invalid("trace_sample_ratio", error.to_string()),
+    })?;
+    let mut resource_attributes = match resource_attributes {
+        Some(text) => crate::telemetry::parse_resource_attributes(text)
+            .map_err(|message| invalid("resource_attributes", message))?,
+        None => Vec::new(),
+    };
+    // OTEL_SERVICE_NAME wins over a service.name among the resource attributes.
+    let named = resource_attributes
+        .iter()
+        .position(|(key, _)| key == "service.name")
+        .map(|index| resource_attributes.remove(index).1);
+    let service_name = service_name
+        .or(named)
+        .unwrap_or_else(|| "assent".to_owned());
+    let endpoint = crate::telemetry::traces_endpoint(
+        protocol,
+        traces_endpoint.as_deref(),
+        endpoint.as_deref(),
+    );
+    Ok(endpoint.map(|endpoint| TraceSettings {
+        endpoint,
+        protocol,
+        service_name,
+        resource_attributes,
+        sampler,
+    }))
 }
 
 /// Whether `url` starts with one of `schemes`.
@@ -703,26 +762,15 @@ impl Settings {
                 })
             }
         };
-        let ratio = &given.trace_sample_ratio;
-        let sample_ratio = ratio
-            .parse::<f64>()
-            .ok()
-            .filter(|ratio| (0.0..=1.0).contains(ratio))
-            .ok_or_else(|| {
-                let message = format!("expected a number from 0 to 1, got {ratio:?}");
-                invalid("trace_sample_ratio", message)
-            })?;
-        if let Some(endpoint) = &given.otlp_endpoint
-            && !has_scheme(endpoint, &["http://", "https://"])
-        {
-            let message = format!("expected an http:// or https:// URL, got {endpoint:?}");
-            return Err(invalid("otlp_endpoint", message));
-        }
-        let traces = given.otlp_endpoint.map(|otlp_endpoint| TraceSettings {
-            otlp_endpoint,
-            service_name: given.service_name,
-            sample_ratio,
-        });
+        let traces = trace_settings(
+            given.otlp_traces_endpoint,
+            given.otlp_endpoint,
+            &given.otlp_protocol,
+            given.service_name,
+            given.resource_attributes.as_deref(),
+            &given.trace_sampler,
+            &given.trace_sample_ratio,
+        )?;
         let tls = match (given.tls_cert, given.tls_key) {
             (Some(cert), Some(key)) => Some(TlsSettings {
                 cert,
@@ -960,13 +1008,29 @@ mod tests {
         ]);
         let settings = Settings::resolve(None, &environment, Overrides::default()).unwrap();
         let traces = settings.traces.unwrap();
-        assert_eq!(traces.otlp_endpoint, "http://collector:4317");
+        assert_eq!(traces.endpoint, "http://collector:4317");
+        assert_eq!(traces.protocol, OtlpProtocol::Grpc);
         assert_eq!(traces.service_name, "assent");
-        assert_eq!(traces.sample_ratio, 0.01);
+        assert_eq!(traces.resource_attributes, []);
+        assert_eq!(
+            traces.sampler,
+            Sampler {
+                follows_parent: true,
+                ratio: 0.01
+            }
+        );
         assert_eq!(settings.admin_listen, None);
         assert!(!format!("{:?}", settings.subject_hash_key).contains("secret"));
         for (name, value, setting) in [
             ("OTEL_TRACES_SAMPLER_ARG", "2", "trace_sample_ratio"),
+            ("OTEL_TRACES_SAMPLER", "sometimes", "trace_sampler"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http", "otlp_protocol"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "team", "resource_attributes"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "collector:4317",
+                "otlp_traces_endpoint",
+            ),
             ("ASSENT_ADMIN_LISTEN", "9090", "admin_listen"),
             (
                 "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -979,6 +1043,75 @@ mod tests {
             let error = Settings::resolve(None, &environment, Overrides::default()).unwrap_err();
             assert!(error.to_string().starts_with(setting), "{error}");
         }
+    }
+
+    #[test]
+    fn trace_export_follows_the_otlp_exporter_specification() {
+        let traces = |pairs: &[(&str, &str)]| {
+            Settings::resolve(None, &env(pairs), Overrides::default())
+                .unwrap()
+                .traces
+                .unwrap()
+        };
+        // OTLP/HTTP: the traces path is appended to the endpoint of every signal, never to the
+        // traces endpoint; the traces protocol wins over every signal's.
+        let http = traces(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ]);
+        assert_eq!(http.endpoint, "http://collector:4318/v1/traces");
+        assert_eq!(http.protocol, OtlpProtocol::HttpProtobuf);
+        let own_path = traces(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "https://traces:443/ingest",
+            ),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json"),
+        ]);
+        assert_eq!(own_path.endpoint, "https://traces:443/ingest");
+        assert_eq!(own_path.protocol, OtlpProtocol::HttpJson);
+        // OTLP/gRPC: the endpoint as it is.
+        let grpc = traces(&[(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "http://collector:4317",
+        )]);
+        assert_eq!(grpc.endpoint, "http://collector:4317");
+        assert_eq!(grpc.protocol, OtlpProtocol::Grpc);
+        // The sampler, by name.
+        let off = traces(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_TRACES_SAMPLER", "always_off"),
+        ]);
+        assert!(off.sampler.never());
+        // The resource: its attributes decoded; OTEL_SERVICE_NAME wins over their service.name.
+        let attributes = (
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "service.name=billing-consent, deployment.environment.name=prod%2Ceu,team=privacy",
+        );
+        let named = traces(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            attributes,
+        ]);
+        assert_eq!(named.service_name, "billing-consent");
+        assert_eq!(
+            named.resource_attributes,
+            [
+                (
+                    "deployment.environment.name".to_owned(),
+                    "prod,eu".to_owned()
+                ),
+                ("team".to_owned(), "privacy".to_owned())
+            ]
+        );
+        let renamed = traces(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_SERVICE_NAME", "assent-eu"),
+            attributes,
+        ]);
+        assert_eq!(renamed.service_name, "assent-eu");
+        assert_eq!(renamed.resource_attributes.len(), 2);
     }
 
     #[test]

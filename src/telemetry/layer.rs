@@ -32,6 +32,7 @@ use crate::rpc::{Body, Call, EndWatcher, Ended, Filter, Filtered, HoldingBody, I
 
 static TRACING: AtomicBool = AtomicBool::new(false);
 static SAMPLE_RATIO: AtomicU64 = AtomicU64::new(0);
+static FOLLOWS_PARENT: AtomicBool = AtomicBool::new(true);
 static HASH_KEY: OnceLock<Vec<u8>> = OnceLock::new();
 
 tokio::task_local! {
@@ -47,11 +48,99 @@ pub struct CallTrace {
     pub trace_id: String,
 }
 
-/// Turns on span creation for sampled calls; `ratio` is the fraction of calls without a
-/// sampled parent that are traced.
-pub fn enable_tracing(ratio: f64) {
-    SAMPLE_RATIO.store(ratio.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
+/// Which calls are traced: the samplers of `OTEL_TRACES_SAMPLER`, as this layer applies them
+/// once per call (the SDK's own sampler then keeps every span it is given).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sampler {
+    /// Whether a call whose caller sent a `traceparent` is traced exactly when the caller's span
+    /// is sampled (the `parentbased_*` samplers).
+    pub follows_parent: bool,
+    /// The fraction of the other calls traced, 0 to 1: of those without a `traceparent` by
+    /// chance, of those with one by their trace id (`traceidratio`: every service sampling a
+    /// trace id at the same ratio keeps the same traces).
+    pub ratio: f64,
+}
+
+impl Sampler {
+    /// The sampler named `name` as `OTEL_TRACES_SAMPLER` names it; `argument` is
+    /// `OTEL_TRACES_SAMPLER_ARG`, the ratio of the two ratio samplers (others ignore it).
+    pub fn parse(name: &str, argument: &str) -> Result<Sampler, SamplerError> {
+        let ratio = || {
+            argument
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|ratio| (0.0..=1.0).contains(ratio))
+                .ok_or_else(|| SamplerError::Ratio(argument.to_owned()))
+        };
+        let (follows_parent, ratio) = match name.trim() {
+            "always_on" => (false, 1.0),
+            "always_off" => (false, 0.0),
+            "traceidratio" => (false, ratio()?),
+            "parentbased_always_on" => (true, 1.0),
+            "parentbased_always_off" => (true, 0.0),
+            "parentbased_traceidratio" => (true, ratio()?),
+            other => return Err(SamplerError::Name(other.to_owned())),
+        };
+        Ok(Sampler {
+            follows_parent,
+            ratio,
+        })
+    }
+
+    /// Whether no call is ever traced (`always_off`).
+    pub fn never(&self) -> bool {
+        !self.follows_parent && self.ratio <= 0.0
+    }
+
+    /// Whether a call is traced: `parent` is the caller's span, when a valid `traceparent` came
+    /// in.
+    fn samples(&self, parent: Option<&opentelemetry::trace::SpanContext>) -> bool {
+        match parent {
+            None => fastrand::f64() < self.ratio,
+            Some(parent) if self.follows_parent => parent.is_sampled(),
+            Some(parent) => trace_id_admitted(parent.trace_id(), self.ratio),
+        }
+    }
+}
+
+/// A sampler setting that names no sampler, or a ratio that is none.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SamplerError {
+    #[error(
+        "expected always_on, always_off, traceidratio, parentbased_always_on, \
+         parentbased_always_off or parentbased_traceidratio, got {0:?}"
+    )]
+    Name(String),
+    #[error("expected a ratio from 0 to 1, got {0:?}")]
+    Ratio(String),
+}
+
+/// The trace-id ratio rule of the OpenTelemetry SDKs (`TraceIdRatioBased`): the trace id's
+/// last 8 bytes, as a number, below the ratio's share of their range.
+fn trace_id_admitted(trace_id: opentelemetry::trace::TraceId, ratio: f64) -> bool {
+    if ratio >= 1.0 {
+        return true;
+    }
+    let bound = (ratio.max(0.0) * (1_u64 << 63) as f64) as u64;
+    let bytes = trace_id.to_bytes();
+    let mut low = [0_u8; 8];
+    low.copy_from_slice(&bytes[8..]);
+    (u64::from_be_bytes(low) >> 1) < bound
+}
+
+/// Turns on span creation for the calls `sampler` samples.
+pub fn enable_tracing(sampler: Sampler) {
+    SAMPLE_RATIO.store(sampler.ratio.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
+    FOLLOWS_PARENT.store(sampler.follows_parent, Ordering::Relaxed);
     TRACING.store(true, Ordering::Release);
+}
+
+fn sampler() -> Sampler {
+    Sampler {
+        follows_parent: FOLLOWS_PARENT.load(Ordering::Relaxed),
+        ratio: f64::from_bits(SAMPLE_RATIO.load(Ordering::Relaxed)),
+    }
 }
 
 /// Whether the current call is traced (false outside a call).
@@ -319,12 +408,7 @@ fn start_call(headers: &http::HeaderMap, method: MethodName) -> (CallTrace, trac
     }
     let parent = TraceContextPropagator::new().extract(&Headers(headers));
     let parent_context = parent.span().span_context().clone();
-    let sampled = if parent_context.is_valid() {
-        parent_context.is_sampled()
-    } else {
-        let ratio = f64::from_bits(SAMPLE_RATIO.load(Ordering::Relaxed));
-        fastrand::f64() < ratio
-    };
+    let sampled = sampler().samples(parent_context.is_valid().then_some(&parent_context));
     if !sampled {
         let call = CallTrace {
             traced: false,
@@ -498,5 +582,87 @@ mod tests {
         assert!(!method_of("/assent.v1.Decisions/Check").streams);
         assert!(!method_of("/assent.v1.Audit/ListEvents").streams);
         assert!(!method_of("/envoy.service.auth.v3.Authorization/Check").streams);
+    }
+
+    #[test]
+    fn samplers_are_the_opentelemetry_ones() {
+        let parse = |name: &str, argument: &str| Sampler::parse(name, argument).unwrap();
+        let sampler = |follows_parent: bool, ratio: f64| Sampler {
+            follows_parent,
+            ratio,
+        };
+        assert_eq!(parse("always_on", "junk"), sampler(false, 1.0));
+        assert_eq!(parse("always_off", "1"), sampler(false, 0.0));
+        assert_eq!(parse("traceidratio", "0.25"), sampler(false, 0.25));
+        assert_eq!(parse("parentbased_always_on", ""), sampler(true, 1.0));
+        assert_eq!(parse("parentbased_always_off", ""), sampler(true, 0.0));
+        assert_eq!(
+            parse("parentbased_traceidratio", "0.01"),
+            sampler(true, 0.01)
+        );
+        assert!(parse("always_off", "").never());
+        assert!(!parse("parentbased_always_off", "").never());
+        for (name, argument) in [
+            ("traceidratio", "2"),
+            ("parentbased_traceidratio", "-0.5"),
+            ("traceidratio", "half"),
+            ("jaeger_remote", ""),
+            ("AlwaysOn", ""),
+        ] {
+            assert!(Sampler::parse(name, argument).is_err(), "{name} {argument}");
+        }
+    }
+
+    #[test]
+    fn samplers_decide_with_and_without_a_caller() {
+        use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+        let parent = |trace_id: u128, sampled: bool| {
+            let flags = if sampled {
+                TraceFlags::SAMPLED
+            } else {
+                TraceFlags::default()
+            };
+            SpanContext::new(
+                TraceId::from(trace_id),
+                SpanId::from(1_u64),
+                flags,
+                true,
+                TraceState::default(),
+            )
+        };
+        let sampler = |name: &str, argument: &str| Sampler::parse(name, argument).unwrap();
+        let sampled_parent = parent(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736, true);
+        let unsampled_parent = parent(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736, false);
+        // The parent-based samplers follow the caller, whatever their ratio.
+        for name in ["parentbased_always_on", "parentbased_always_off"] {
+            assert!(sampler(name, "").samples(Some(&sampled_parent)), "{name}");
+            assert!(
+                !sampler(name, "").samples(Some(&unsampled_parent)),
+                "{name}"
+            );
+        }
+        // The others ignore the caller's flag.
+        assert!(sampler("always_on", "").samples(Some(&unsampled_parent)));
+        assert!(!sampler("always_off", "").samples(Some(&sampled_parent)));
+        assert!(sampler("always_on", "").samples(None));
+        assert!(!sampler("always_off", "").samples(None));
+        assert!(!sampler("parentbased_always_off", "").samples(None));
+        // The trace-id ratio: the same trace id, the same answer; low ids in, high ids out.
+        let half = sampler("traceidratio", "0.5");
+        assert!(half.samples(Some(&parent(
+            0x0000_0000_0000_0000_0000_0000_0000_0002,
+            false
+        ))));
+        assert!(!half.samples(Some(&parent(
+            0x0000_0000_0000_0000_ffff_ffff_ffff_fffe,
+            true
+        ))));
+        let admitted = (1..=1_000_u128)
+            .filter(|index| {
+                let trace_id = index.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
+                half.samples(Some(&parent(trace_id, false)))
+            })
+            .count();
+        assert!((400..=600).contains(&admitted), "{admitted}");
     }
 }

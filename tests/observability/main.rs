@@ -19,6 +19,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
+use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
@@ -75,8 +76,11 @@ impl Receiver {
 }
 
 fn attribute(span: &Span, key: &str) -> Option<String> {
-    let value = span
-        .attributes
+    attribute_of(&span.attributes, key)
+}
+
+fn attribute_of(attributes: &[KeyValue], key: &str) -> Option<String> {
+    let value = attributes
         .iter()
         .find(|attribute| attribute.key == key)?
         .value
@@ -776,6 +780,239 @@ async fn a_span_is_an_error_only_for_the_servers_own_failures() {
     assert_eq!(
         attribute(&missing, "error.type").as_deref(),
         Some("UNIMPLEMENTED")
+    );
+}
+
+/// Runs a server with `sampler`, makes a Check whose caller samples it, one whose caller does
+/// not, and one without a caller's trace; the spans exported.
+async fn spans_sampled_by(sampler: &str) -> (Vec<Span>, [&'static str; 2]) {
+    let receiver = Receiver::default();
+    let endpoint = receiver.start().await;
+    let (_data, data_setting) = data_dir();
+    let mut settings = exporting_to(endpoint, data_setting);
+    settings.push(("OTEL_TRACES_SAMPLER", sampler.to_owned()));
+    let server = ServerProcess::start(&settings);
+    let mut decisions = DecisionsClient::new(server.channel().await);
+    let check = || proto::CheckRequest {
+        subject_id: "sampled-user".into(),
+        purpose: Purpose::ModelTraining as i32,
+        ..Default::default()
+    };
+    let traces = [
+        "bbf92f3577b34da6a3ce929d0e0e473d",
+        "cbf92f3577b34da6a3ce929d0e0e473e",
+    ];
+    for (trace, flags) in traces.iter().zip(["01", "00"]) {
+        let traceparent = format!("00-{trace}-00f067aa0ba902bc-{flags}");
+        decisions
+            .check(traced(check(), &traceparent))
+            .await
+            .unwrap();
+    }
+    decisions.check(check()).await.unwrap();
+    assert!(server.stop_with_status().success());
+    (receiver.spans(), traces)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sampler_setting_decides_which_calls_are_traced() {
+    // always_on: every call, whatever its caller chose, and one without a caller.
+    let (spans, [sampled, unsampled]) = spans_sampled_by("always_on").await;
+    let check = "assent.v1.Decisions/Check";
+    find(&of_trace(&spans, sampled), check);
+    find(&of_trace(&spans, unsampled), check);
+    let traces: BTreeSet<Vec<u8>> = spans
+        .iter()
+        .filter(|span| span.name == check)
+        .map(|span| span.trace_id.clone())
+        .collect();
+    assert_eq!(traces.len(), 3);
+
+    // always_off: nothing, not even the call its caller sampled.
+    let (spans, _) = spans_sampled_by("always_off").await;
+    let names: Vec<&str> = spans.iter().map(|span| span.name.as_str()).collect();
+    assert!(spans.is_empty(), "{names:?}");
+}
+
+/// An OTLP/HTTP trace receiver: keeps each request it is sent.
+#[derive(Clone, Default)]
+struct HttpReceiver {
+    posts: Arc<Mutex<Vec<Post>>>,
+}
+
+/// A request to the OTLP/HTTP receiver.
+#[derive(Clone)]
+struct Post {
+    path: String,
+    content_type: String,
+    body: Vec<u8>,
+}
+
+impl HttpReceiver {
+    /// Serves on a free loopback port; returns its base URL.
+    async fn start(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let posts = self.posts.clone();
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let posts = posts.clone();
+            async move {
+                let path = request.uri().path().to_owned();
+                let content_type = request
+                    .headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|value| value.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                let body = axum::body::to_bytes(request.into_body(), 64 << 20)
+                    .await
+                    .unwrap();
+                posts.lock().unwrap().push(Post {
+                    path,
+                    content_type: content_type.clone(),
+                    body: body.to_vec(),
+                });
+                // An empty ExportTraceServiceResponse in the request's encoding.
+                let answer = if content_type == "application/json" {
+                    b"{}".to_vec()
+                } else {
+                    Vec::new()
+                };
+                ([(http::header::CONTENT_TYPE, content_type)], answer)
+            }
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        format!("http://{address}")
+    }
+
+    fn posts(&self) -> Vec<Post> {
+        self.posts.lock().unwrap().clone()
+    }
+}
+
+/// Runs a server with these trace settings and makes one Check its caller samples.
+async fn one_traced_check(settings: Vec<(&'static str, String)>, trace: &str) {
+    let (_data, data_setting) = data_dir();
+    let mut settings = settings;
+    settings.push(data_setting);
+    let server = ServerProcess::start(&settings);
+    DecisionsClient::new(server.channel().await)
+        .check(traced(
+            proto::CheckRequest {
+                subject_id: "http-user".into(),
+                purpose: Purpose::ModelTraining as i32,
+                ..Default::default()
+            },
+            &format!("00-{trace}-00f067aa0ba902bd-01"),
+        ))
+        .await
+        .unwrap();
+    assert!(server.stop_with_status().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_go_over_otlp_http_with_the_resource_configured() {
+    // http/protobuf, to the endpoint of every signal: the traces path is appended.
+    let receiver = HttpReceiver::default();
+    let base = receiver.start().await;
+    let trace = "dbf92f3577b34da6a3ce929d0e0e473f";
+    one_traced_check(
+        vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", base),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()),
+            ("OTEL_SERVICE_NAME", "assent-over-http".to_owned()),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "deployment.environment.name=test,team=privacy%20office".to_owned(),
+            ),
+        ],
+        trace,
+    )
+    .await;
+    let posts = receiver.posts();
+    assert!(!posts.is_empty());
+    let mut spans = Vec::new();
+    for post in &posts {
+        assert_eq!(post.path, "/v1/traces");
+        assert_eq!(post.content_type, "application/x-protobuf");
+        let request = <ExportTraceServiceRequest as prost::Message>::decode(post.body.as_slice())
+            .expect("an ExportTraceServiceRequest");
+        for resource_spans in request.resource_spans {
+            let resource = resource_spans.resource.expect("a resource");
+            let attributes = &resource.attributes;
+            assert_eq!(
+                attribute_of(attributes, "service.name").as_deref(),
+                Some("assent-over-http")
+            );
+            assert_eq!(
+                attribute_of(attributes, "service.version").as_deref(),
+                Some(env!("CARGO_PKG_VERSION"))
+            );
+            assert_eq!(
+                attribute_of(attributes, "deployment.environment.name").as_deref(),
+                Some("test")
+            );
+            assert_eq!(
+                attribute_of(attributes, "team").as_deref(),
+                Some("privacy office")
+            );
+            assert_eq!(
+                attribute_of(attributes, "telemetry.sdk.language").as_deref(),
+                Some("rust")
+            );
+            for scope_spans in resource_spans.scope_spans {
+                spans.extend(scope_spans.spans);
+            }
+        }
+    }
+    let check = find(&of_trace(&spans, trace), "assent.v1.Decisions/Check").clone();
+    assert_eq!(check.kind, SpanKind::Server as i32);
+
+    // http/json, to a traces endpoint of its own, used as it is.
+    let receiver = HttpReceiver::default();
+    let base = receiver.start().await;
+    let trace = "ebf92f3577b34da6a3ce929d0e0e4740";
+    one_traced_check(
+        vec![
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                format!("{base}/collector/traces"),
+            ),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json".to_owned()),
+        ],
+        trace,
+    )
+    .await;
+    let posts = receiver.posts();
+    assert!(!posts.is_empty());
+    let mut names = Vec::new();
+    for post in &posts {
+        assert_eq!(post.path, "/collector/traces");
+        assert_eq!(post.content_type, "application/json");
+        let request: serde_json::Value = serde_json::from_slice(&post.body).unwrap();
+        for resource_spans in request["resourceSpans"].as_array().unwrap() {
+            let attributes = resource_spans["resource"]["attributes"].as_array().unwrap();
+            let value_of = |key: &str| {
+                attributes
+                    .iter()
+                    .find(|attribute| attribute["key"] == key)
+                    .map(|attribute| attribute["value"]["stringValue"].clone())
+            };
+            assert_eq!(value_of("service.name"), Some("assent".into()));
+            assert_eq!(
+                value_of("service.version"),
+                Some(env!("CARGO_PKG_VERSION").into())
+            );
+            for scope_spans in resource_spans["scopeSpans"].as_array().unwrap() {
+                for span in scope_spans["spans"].as_array().unwrap() {
+                    names.push(span["name"].as_str().unwrap().to_owned());
+                }
+            }
+        }
+    }
+    assert!(
+        names.iter().any(|name| name == "assent.v1.Decisions/Check"),
+        "{names:?}"
     );
 }
 
