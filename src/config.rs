@@ -258,16 +258,6 @@ impl Setting {
     pub fn named(key: &str) -> Option<&'static Setting> {
         SETTINGS.iter().find(|setting| setting.key == key)
     }
-
-    /// A flag's help: `what`, then the setting's variables and default as declared.
-    pub fn flag_help(key: &str, what: &str) -> String {
-        let setting = Setting::named(key).unwrap_or_else(|| panic!("no setting {key}"));
-        let mut help = format!("{what} [env: {}]", setting.environment.join(", "));
-        if let Some(default) = setting.default {
-            help.push_str(&format!(" [default: {default}]"));
-        }
-        help
-    }
 }
 
 /// The most clock skew a token may be forgiven when serving beyond loopback.
