@@ -8,7 +8,7 @@ use assent_client::{Client, Retry};
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::helpers::{TestApp, actor, check_request};
+use crate::helpers::{TestApp, actor, check_request, upsert_request};
 
 #[tokio::test]
 async fn a_bad_field_and_a_deleted_subject_say_which_field_and_why() {
@@ -62,12 +62,7 @@ async fn a_bad_field_and_a_deleted_subject_say_which_field_and_why() {
         .unwrap();
     let status = app
         .subjects()
-        .upsert_subject(proto::UpsertSubjectRequest {
-            subject_id: "gone".into(),
-            plan: Some(Plan::Pro as i32),
-            actor: actor(),
-            ..Default::default()
-        })
+        .upsert_subject(upsert_request("gone"))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
@@ -154,12 +149,7 @@ async fn a_callers_write_rate_says_when_its_next_write_is_admitted() {
     app.upsert("first", Plan::Free).await;
     let status = app
         .subjects()
-        .upsert_subject(proto::UpsertSubjectRequest {
-            subject_id: "second".into(),
-            plan: Some(Plan::Free as i32),
-            actor: actor(),
-            ..Default::default()
-        })
+        .upsert_subject(upsert_request("second"))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");

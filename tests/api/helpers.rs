@@ -601,6 +601,16 @@ pub fn actor() -> Option<proto::Actor> {
     })
 }
 
+/// An UpsertSubject of `subject_id` on the Free plan, by the test's operator.
+pub fn upsert_request(subject_id: &str) -> proto::UpsertSubjectRequest {
+    proto::UpsertSubjectRequest {
+        subject_id: subject_id.into(),
+        plan: Some(proto::Plan::Free as i32),
+        actor: actor(),
+        ..Default::default()
+    }
+}
+
 /// A Watch from now, with a heartbeat every 100 ms.
 pub fn watch_request() -> proto::WatchRequest {
     proto::WatchRequest {

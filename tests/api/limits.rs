@@ -6,16 +6,7 @@ use std::time::Duration;
 use assent::proto::{self, Plan, Purpose};
 use tonic::Code;
 
-use crate::helpers::{TestApp, actor, check_request, watch_request};
-
-fn upsert_request(subject_id: &str) -> proto::UpsertSubjectRequest {
-    proto::UpsertSubjectRequest {
-        subject_id: subject_id.into(),
-        plan: Some(Plan::Free as i32),
-        actor: actor(),
-        ..Default::default()
-    }
-}
+use crate::helpers::{TestApp, check_request, upsert_request, watch_request};
 
 /// Resident memory of this process (server and clients both run in it), from /proc.
 fn resident_bytes() -> u64 {
