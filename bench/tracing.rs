@@ -10,11 +10,15 @@
 //! which counts them. Reports per-run figures, medians, the median of the per-round throughput
 //! ratios against export off, and server CPU time per Check (from /proc). Environment:
 //! BENCH_ROUNDS (default 5), BENCH_SECONDS per run (default 8), BENCH_CONCURRENCY (in-flight
-//! calls, default 32).
+//! calls, default 32), BENCH_BASELINE_BIN (an `assent` binary of another build: its runs with
+//! export off and at 1% join every round, to compare the request path of two builds).
+//!
+//!     BENCH_BASELINE_BIN=path/to/other/assent cargo bench --bench tracing
 
 #[path = "support.rs"]
 mod support;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -31,12 +35,44 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 const SUBJECTS: usize = 1_000;
 
-/// The settings compared: name, and the sampling ratio (`None`: no export configured).
-const MODES: [(&str, Option<&str>); 3] = [
-    ("export off", None),
-    ("export on, 1%", Some("0.01")),
-    ("export on, 100%", Some("1")),
-];
+/// A setting compared: its name, the sampling ratio (`None`: no export configured), and the
+/// binary (`None`: this checkout's).
+struct Mode {
+    name: &'static str,
+    ratio: Option<&'static str>,
+    binary: Option<PathBuf>,
+}
+
+/// The settings compared; the first is the one the others are measured against.
+fn modes() -> Vec<Mode> {
+    let mut modes = vec![
+        Mode {
+            name: "export off",
+            ratio: None,
+            binary: None,
+        },
+        Mode {
+            name: "export on, 1%",
+            ratio: Some("0.01"),
+            binary: None,
+        },
+        Mode {
+            name: "export on, 100%",
+            ratio: Some("1"),
+            binary: None,
+        },
+    ];
+    if let Ok(baseline) = std::env::var("BENCH_BASELINE_BIN") {
+        for (name, ratio) in [("baseline, off", None), ("baseline, 1%", Some("0.01"))] {
+            modes.push(Mode {
+                name,
+                ratio,
+                binary: Some(PathBuf::from(&baseline)),
+            });
+        }
+    }
+    modes
+}
 
 /// Counts the spans it is sent.
 #[derive(Clone, Default)]
@@ -73,17 +109,26 @@ struct Run {
     spans: u64,
 }
 
-async fn run(mode: usize, endpoint: &str, receiver: &Receiver, seconds: u64) -> Run {
+async fn run(
+    modes: &[Mode],
+    mode: usize,
+    endpoint: &str,
+    receiver: &Receiver,
+    seconds: u64,
+) -> Run {
     let data = tempfile::tempdir().unwrap();
     let mut settings = vec![
         ("ASSENT_DATA_DIR", data.path().to_str().unwrap().to_owned()),
         ("ASSENT_DECISION_LOG", "off".to_owned()),
     ];
-    if let Some(ratio) = MODES[mode].1 {
+    if let Some(ratio) = modes[mode].ratio {
         settings.push(("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.to_owned()));
         settings.push(("OTEL_TRACES_SAMPLER_ARG", ratio.to_owned()));
     }
-    let server = Server::start(&settings);
+    let server = match &modes[mode].binary {
+        Some(binary) => Server::start_binary(binary, &settings),
+        None => Server::start(&settings),
+    };
     let channels = server.channels(4).await;
     seed_subjects(
         channels[0].clone(),
@@ -133,16 +178,17 @@ fn main() {
                 .add_service(TraceServiceServer::new(receiver.clone()))
                 .serve_with_incoming(TcpListenerStream::new(listener)),
         );
+        let modes = modes();
         let mut runs: Vec<Run> = Vec::new();
         for round in 0..rounds {
-            for step in 0..MODES.len() {
-                let mode = (round + step) % MODES.len();
-                let result = run(mode, &endpoint, &receiver, seconds).await;
+            for step in 0..modes.len() {
+                let mode = (round + step) % modes.len();
+                let result = run(&modes, mode, &endpoint, &receiver, seconds).await;
                 println!(
                     "round {} {:>16}: {:>8.0} Checks/s  {:>6.1} µs CPU/Check  p50 {:>5} µs  \
                      p99 {:>6} µs  {:>7} spans received",
                     round + 1,
-                    MODES[mode].0,
+                    modes[mode].name,
                     result.checks_per_second,
                     result.cpu_micros_per_check,
                     result.p50_micros,
@@ -154,13 +200,13 @@ fn main() {
         }
         println!();
         let of = |mode: usize| runs.iter().filter(move |run| run.mode == mode);
-        for (mode, (name, _)) in MODES.iter().enumerate() {
+        for (mode, Mode { name, .. }) in modes.iter().enumerate() {
             let throughput = median(of(mode).map(|run| run.checks_per_second).collect());
             let cpu = median(of(mode).map(|run| run.cpu_micros_per_check).collect());
             let ratios: Vec<f64> = (0..rounds)
                 .map(|round| {
                     let in_round = |mode: usize| {
-                        runs[round * MODES.len()..(round + 1) * MODES.len()]
+                        runs[round * modes.len()..(round + 1) * modes.len()]
                             .iter()
                             .find(|run| run.mode == mode)
                             .unwrap()
